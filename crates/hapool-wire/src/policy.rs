@@ -233,7 +233,7 @@ pub enum Policy {
     Other {
         /// The policy type code.
         policy_type: PolicyType,
-        /// The value bytes after the type.
+        /// The value words after the type, as bytes (a multiple of four).
         values: Bytes,
     },
 }
@@ -372,8 +372,8 @@ impl Policy {
         })
     }
 
-    /// Decodes a policy parameter. Words beyond those the policy type
-    /// needs are ignored, as rsplib does.
+    /// Decodes a policy parameter. Its length must be 8 + 4n; words beyond
+    /// those the policy type needs are ignored, as rsplib does.
     pub(crate) fn decode(raw: RawParam<'_>) -> Result<Self, DecodeError> {
         let too_short = || DecodeError::ParameterLength {
             param: ParamType::Policy,
@@ -383,6 +383,10 @@ impl Policy {
         let Some((type_bytes, rest)) = raw.value.split_first_chunk::<4>() else {
             return Err(too_short());
         };
+        if rest.len() % 4 != 0 {
+            // Policy values are 32-bit words (length 8 + 4n).
+            return Err(too_short());
+        }
         let policy_type = PolicyType(u32::from_be_bytes(*type_bytes));
         let Some(count) = Self::word_count(policy_type) else {
             return Ok(Self::Other {
@@ -474,6 +478,12 @@ impl Policy {
                 return Err(EncodeError::Invalid {
                     what: "policy",
                     reason: "Policy::Other with the code of a known policy",
+                });
+            }
+            if values.len() % 4 != 0 {
+                return Err(EncodeError::Invalid {
+                    what: "policy",
+                    reason: "policy values are not whole 32-bit words",
                 });
             }
             dst.put_slice(values);

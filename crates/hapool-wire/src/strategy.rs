@@ -122,10 +122,10 @@ pub fn policy() -> impl Strategy<Value = Policy> {
                 distance,
             }
         }),
-        (0x6000_0000u32..0x7000_0000, vec(any::<u8>(), 0..16)).prop_map(|(code, values)| {
+        (0x6000_0000u32..0x7000_0000, vec(any::<u32>(), 0..4)).prop_map(|(code, words)| {
             Policy::Other {
                 policy_type: PolicyType(code),
-                values: Bytes::from(values),
+                values: words.iter().flat_map(|w| w.to_be_bytes()).collect(),
             }
         }),
     ]

@@ -606,10 +606,10 @@ fn every_policy_layout() {
             },
         ),
         (
-            "0008000a 60000000 abcd 0000",
+            "0008000c 60000000 abcd0123",
             Policy::Other {
                 policy_type: hapool_wire::PolicyType(0x6000_0000),
-                values: Bytes::from_static(&[0xab, 0xcd]),
+                values: Bytes::from_static(&[0xab, 0xcd, 0x01, 0x23]),
             },
         ),
     ];

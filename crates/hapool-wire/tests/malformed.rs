@@ -364,13 +364,18 @@ fn policy() {
         panic!()
     };
     assert_eq!(pool_element.policy, Policy::LeastUsed { load: 9 });
-    // Mis-padded: an unknown policy with two value bytes whose padding the
-    // pool element's length leaves out, as its last parameter: accepted.
-    let odd = tlv(0x0008, &[0x60, 0, 0, 0, 0xab, 0xcd]);
-    let mut bytes = registration(&cat(&[&tcp(), &odd]));
-    let pe_len = u16::from_be_bytes([bytes[14], bytes[15]]) - 2;
-    bytes[14..16].copy_from_slice(&pe_len.to_be_bytes());
-    AsapMessage::decode(&bytes).unwrap();
+    // Values that are not whole 32-bit words (length not 8 + 4n).
+    expect!(
+        asap_err(&registration(&cat(&[
+            &tcp(),
+            &tlv(0x0008, &[0x60, 0, 0, 0, 0xab, 0xcd])
+        ]))),
+        DecodeError::ParameterLength {
+            param: ParamType::Policy,
+            length: 10,
+            ..
+        }
+    );
     // Duplicated.
     expect!(
         asap_err(&registration(&cat(&[&tcp(), &lu(), &lu()]))),
@@ -450,6 +455,14 @@ fn pool_element() {
             ..
         }
     );
+    // Mis-padded: the last nested parameter (a skippable unknown one of
+    // five bytes) without its padding in the pool element's length:
+    // accepted, as Wireshark accepts it.
+    let odd = tlv(0x8123, b"x");
+    let mut bytes = registration(&cat(&[&tcp(), &lu(), &odd]));
+    let pe_len = u16::from_be_bytes([bytes[14], bytes[15]]) - 3;
+    bytes[14..16].copy_from_slice(&pe_len.to_be_bytes());
+    AsapMessage::decode(&bytes).unwrap();
     // A business card must carry at least one.
     expect!(
         asap_err(&asap(0x0D, &handle())),
