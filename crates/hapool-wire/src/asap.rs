@@ -247,7 +247,9 @@ pub(crate) fn take_policy_and_elements(
 
 /// Takes every pool element that comes next.
 pub(crate) fn take_elements(r: &mut ParamReader<'_, '_>) -> Result<Vec<PoolElement>, DecodeError> {
-    let mut elements = Vec::new();
+    // Room for as many elements as the rest could hold at the smallest
+    // possible size, so the vector does not regrow; bounded by the input.
+    let mut elements = Vec::with_capacity(r.remaining() / PoolElement::MIN_WIRE_LEN);
     while let Some(raw) = r.take_if(ParamType::PoolElement)? {
         elements.push(PoolElement::decode(raw, r)?);
     }

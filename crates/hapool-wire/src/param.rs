@@ -248,6 +248,22 @@ fn decode_address(param: ParamType, raw: RawParam<'_>) -> Result<IpAddr, DecodeE
     }
 }
 
+/// Takes the next address parameter of a transport; any other known
+/// parameter is out of place there.
+fn take_address(reader: &mut ParamReader<'_, '_>) -> Result<Option<IpAddr>, DecodeError> {
+    match reader.take_any()? {
+        Some((found @ (ParamType::Ipv4Address | ParamType::Ipv6Address), raw)) => {
+            decode_address(found, raw).map(Some)
+        }
+        Some((found, raw)) => Err(DecodeError::UnexpectedParameter {
+            context: "transport parameter",
+            found,
+            tlv: raw.to_bytes(),
+        }),
+        None => Ok(None),
+    }
+}
+
 fn encode_address(address: &IpAddr, dst: &mut BytesMut) {
     match address {
         IpAddr::V4(a) => {
@@ -421,29 +437,17 @@ impl Transport {
         } else {
             0
         };
-        let context = "transport parameter";
-        let mut reader = outer.nested(fields.rest(), context);
-        let mut addresses = Vec::new();
-        while let Some((found, inner)) = reader.take_any()? {
-            match found {
-                ParamType::Ipv4Address | ParamType::Ipv6Address => {
-                    addresses.push(decode_address(found, inner)?);
-                }
-                _ => {
-                    return Err(DecodeError::UnexpectedParameter {
-                        context,
-                        found,
-                        tlv: inner.to_bytes(),
-                    });
-                }
-            }
-        }
+        let mut reader = outer.nested(fields.rest(), "transport parameter");
         let invalid = |reason| DecodeError::InvalidValue {
             param,
             reason,
             tlv: raw.to_bytes(),
         };
         if param == ParamType::SctpTransport {
+            let mut addresses = Vec::new();
+            while let Some(address) = take_address(&mut reader)? {
+                addresses.push(address);
+            }
             if addresses.is_empty() {
                 return Err(invalid("SCTP transport without an address"));
             }
@@ -453,15 +457,14 @@ impl Transport {
                 addresses,
             });
         }
-        let address = match addresses[..] {
-            [address] => address,
-            [] => return Err(invalid("transport without an address")),
-            _ => {
-                return Err(invalid(
-                    "more than one address for a single-homed transport",
-                ));
-            }
+        let Some(address) = take_address(&mut reader)? else {
+            return Err(invalid("transport without an address"));
         };
+        if take_address(&mut reader)?.is_some() {
+            return Err(invalid(
+                "more than one address for a single-homed transport",
+            ));
+        }
         Ok(match param {
             ParamType::TcpTransport => Self::Tcp {
                 port,
@@ -577,6 +580,10 @@ pub struct PoolElement {
 }
 
 impl PoolElement {
+    /// The smallest encoded pool element: header, fixed fields, a
+    /// single-homed IPv4 transport and a policy without values.
+    pub(crate) const MIN_WIRE_LEN: usize = 4 + 12 + 16 + 8;
+
     pub(crate) fn decode(
         raw: RawParam<'_>,
         outer: &mut ParamReader<'_, '_>,

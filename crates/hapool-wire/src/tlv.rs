@@ -76,7 +76,14 @@ impl<'a, 'r> ParamReader<'a, 'r> {
         ParamReader::new(value, context, self.reports)
     }
 
+    /// Bytes not yet read.
+    #[inline]
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
     /// Reads the parameter at the current position without consuming it.
+    #[inline]
     fn peek_raw(&self) -> Result<Option<(RawParam<'a>, usize)>, DecodeError> {
         let rest = &self.buf[self.pos..];
         if rest.is_empty() {
@@ -129,6 +136,7 @@ impl<'a, 'r> ParamReader<'a, 'r> {
 
     /// Skips unknown parameters as their action bits allow and returns the
     /// next known one without consuming it.
+    #[inline]
     fn peek_known(&mut self) -> Result<Option<(ParamType, RawParam<'a>, usize)>, DecodeError> {
         loop {
             let Some((raw, step)) = self.peek_raw()? else {
@@ -156,6 +164,7 @@ impl<'a, 'r> ParamReader<'a, 'r> {
     }
 
     /// Takes the next parameter if it is of type `expected`.
+    #[inline]
     pub(crate) fn take_if(
         &mut self,
         expected: ParamType,
@@ -164,6 +173,7 @@ impl<'a, 'r> ParamReader<'a, 'r> {
     }
 
     /// Takes the next parameter if its type is one that `accept` accepts.
+    #[inline]
     pub(crate) fn take_if_where(
         &mut self,
         accept: impl Fn(ParamType) -> bool,
@@ -179,12 +189,14 @@ impl<'a, 'r> ParamReader<'a, 'r> {
     }
 
     /// Takes the next parameter, which must be of type `expected`.
+    #[inline]
     pub(crate) fn take(&mut self, expected: ParamType) -> Result<RawParam<'a>, DecodeError> {
         Ok(self.take_where(|p| p == expected, expected)?.1)
     }
 
     /// Takes the next parameter, whose type `accept` must accept;
     /// `expected` names what was wanted if nothing comes.
+    #[inline]
     pub(crate) fn take_where(
         &mut self,
         accept: impl Fn(ParamType) -> bool,
@@ -203,6 +215,7 @@ impl<'a, 'r> ParamReader<'a, 'r> {
     }
 
     /// Takes the next parameter, whatever its (known) type.
+    #[inline]
     pub(crate) fn take_any(&mut self) -> Result<Option<(ParamType, RawParam<'a>)>, DecodeError> {
         Ok(self.peek_known()?.map(|(param, raw, step)| {
             self.pos += step;
@@ -212,6 +225,7 @@ impl<'a, 'r> ParamReader<'a, 'r> {
     }
 
     /// Checks that nothing but skippable unknown parameters is left.
+    #[inline]
     pub(crate) fn finish(mut self) -> Result<(), DecodeError> {
         match self.peek_known()? {
             None => Ok(()),
@@ -245,6 +259,7 @@ pub(crate) struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     /// Fixed fields of `what`, which needs at least `needed` bytes.
+    #[inline]
     pub(crate) fn new(
         buf: &'a [u8],
         what: &'static str,
@@ -260,6 +275,7 @@ impl<'a> Fields<'a> {
         Ok(Self { buf, what })
     }
 
+    #[inline]
     fn take<const N: usize>(&mut self) -> [u8; N] {
         // `new` checked the total length; a shorter buffer here is a bug in
         // the caller's `needed`, which the tests of every decoder catch.
@@ -271,15 +287,18 @@ impl<'a> Fields<'a> {
         *head
     }
 
+    #[inline]
     pub(crate) fn u16(&mut self) -> u16 {
         u16::from_be_bytes(self.take())
     }
 
+    #[inline]
     pub(crate) fn u32(&mut self) -> u32 {
         u32::from_be_bytes(self.take())
     }
 
     /// What follows the fixed fields.
+    #[inline]
     pub(crate) fn rest(self) -> &'a [u8] {
         self.buf
     }
