@@ -1,0 +1,15 @@
+//! ASAP decoding never panics, and whatever decodes re-encodes to bytes
+//! that decode to the same message.
+#![no_main]
+
+use hapool_wire::{AsapMessage, Message};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(decoded) = AsapMessage::decode(data)
+        && let Ok(bytes) = decoded.message.to_bytes()
+    {
+        let again = AsapMessage::decode(&bytes).expect("re-encoded message decodes");
+        assert_eq!(again.message, decoded.message);
+    }
+});
