@@ -16,6 +16,29 @@
 //!
 //! This crate never does I/O, never reads the clock and never depends on an
 //! async runtime.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use hapool_wire::{AsapMessage, FrameDecoder, Message, PoolElementId, PoolHandle};
+//!
+//! // A pool user reports a PE it could not reach.
+//! let report = AsapMessage::EndpointUnreachable {
+//!     pool_handle: PoolHandle::from("Echo"),
+//!     pe_id: PoolElementId(0x1122_3344),
+//! };
+//! let bytes = report.to_bytes()?;
+//! assert_eq!(bytes.len(), 20);
+//!
+//! // The registrar cuts it out of its TCP stream, which may deliver it in pieces.
+//! let mut stream = BytesMut::new();
+//! let mut decoder = FrameDecoder::<AsapMessage>::default();
+//! stream.extend_from_slice(&bytes[..7]);
+//! assert!(decoder.decode(&mut stream)?.is_none());
+//! stream.extend_from_slice(&bytes[7..]);
+//! let decoded = decoder.decode(&mut stream)?.expect("a whole message");
+//! assert_eq!(decoded.message, report);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![forbid(unsafe_code)]
 
