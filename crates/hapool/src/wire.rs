@@ -6,7 +6,7 @@ use anyhow::bail;
 use bytes::BytesMut;
 use hapool_wire::{
     AsapMessage, DecodeError, Decoded, EnrpBody, EnrpMessage, ErrorCause, FrameDecoder, Message,
-    OperationError, PoolElement, ResolutionOutcome,
+    OperationError, PoolElement, PoolElementId, PoolHandle, ResolutionOutcome,
 };
 
 use crate::Protocol;
@@ -85,6 +85,18 @@ fn error(out: &mut String, e: &OperationError) {
     }
 }
 
+fn handle_pe_error(
+    out: &mut String,
+    pool_handle: &PoolHandle,
+    pe_id: PoolElementId,
+    e: Option<&OperationError>,
+) {
+    let _ = writeln!(out, "  pool handle \"{pool_handle}\"\n  PE {pe_id}");
+    if let Some(e) = e {
+        error(out, e);
+    }
+}
+
 fn describe_asap(m: &AsapMessage) -> String {
     let mut out = format!("ASAP {:?}\n", m.message_type());
     let o = &mut out;
@@ -108,21 +120,13 @@ fn describe_asap(m: &AsapMessage) -> String {
             error: e,
         } => {
             let _ = writeln!(o, "  {}", if *reject { "REJECTED" } else { "accepted" });
-            let _ = writeln!(o, "  pool handle \"{pool_handle}\"\n  PE {pe_id}");
-            if let Some(e) = e {
-                error(o, e);
-            }
+            handle_pe_error(o, pool_handle, *pe_id, e.as_ref());
         }
         AsapMessage::DeregistrationResponse {
             pool_handle,
             pe_id,
             error: e,
-        } => {
-            let _ = writeln!(o, "  pool handle \"{pool_handle}\"\n  PE {pe_id}");
-            if let Some(e) = e {
-                error(o, e);
-            }
-        }
+        } => handle_pe_error(o, pool_handle, *pe_id, e.as_ref()),
         AsapMessage::HandleResolution {
             subscribe,
             pool_handle,
