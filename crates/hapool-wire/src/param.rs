@@ -388,6 +388,15 @@ impl Transport {
         }
     }
 
+    /// Whether ASAP control traffic shares this transport (SCTP and TCP
+    /// only; the others carry data only).
+    pub fn transport_use(&self) -> TransportUse {
+        match self {
+            Self::Sctp { transport_use, .. } | Self::Tcp { transport_use, .. } => *transport_use,
+            _ => TransportUse::DataOnly,
+        }
+    }
+
     /// The first (for SCTP: primary) address.
     pub fn address(&self) -> Option<IpAddr> {
         match self {
@@ -480,6 +489,14 @@ impl Transport {
             },
             _ => unreachable!("caller passes transport types only"),
         })
+    }
+
+    /// The transport as an encoded parameter, e.g. for the information of
+    /// an "Inconsistent Transport Type" error cause.
+    pub fn to_param(&self) -> Result<Bytes, EncodeError> {
+        let mut dst = BytesMut::with_capacity(32);
+        self.encode(&mut dst)?;
+        Ok(dst.freeze())
     }
 
     pub(crate) fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {

@@ -466,6 +466,14 @@ impl Policy {
         })
     }
 
+    /// The policy as an encoded parameter, e.g. for the information of an
+    /// "Inconsistent Pooling Policy" error cause.
+    pub fn to_param(&self) -> Result<Bytes, EncodeError> {
+        let mut dst = BytesMut::with_capacity(24);
+        self.encode(&mut dst)?;
+        Ok(dst.freeze())
+    }
+
     pub(crate) fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         let start = begin_param(dst, ParamType::Policy);
         dst.put_u32(self.policy_type().0);

@@ -1,0 +1,645 @@
+//! The handlespace: a registrar's memory of every pool, every pool element
+//! (PE), which registrar is home for each PE, when each registration runs
+//! out, and how the next PE of a pool is chosen.
+//!
+//! Main types: [`Handlespace`] (all pools, with an owner index carrying
+//! the ENRP PE checksum per home registrar and an expiry index), [`Pool`]
+//! and [`PeEntry`]; [`HandlespaceConfig`] holds every limit.
+//!
+//! Rules (RFC 5352, RFC 5356): the first PE of a pool fixes its policy type
+//! and transport; a PE that differs is refused with the matching error
+//! cause. A PE already present is updated only by the connection or the
+//! authenticated identity that registered it. Selection follows the pool's
+//! policy (see the `selection` module for every policy's meaning).
+//!
+//! This crate never does I/O, never reads the clock (`now` is an argument)
+//! and never makes its own randomness (the RNG is an argument).
+
+#![forbid(unsafe_code)]
+
+mod checksum;
+mod fenwick;
+mod pool;
+mod selection;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hapool_wire::{
+    CauseCode, ErrorCause, ParamType, Policy, PolicyType, PoolElement, PoolElementId, PoolHandle,
+    RegistrarId, Transport, TransportUse,
+};
+use rand::Rng;
+
+pub use checksum::{Checksum, checksum_of, element_sum, handle_sum};
+pub use pool::{ConnectionId, PeEntry, Pool, Registrant};
+
+/// Limits of a handlespace. Every one refuses what goes past it with a
+/// clear error, never by dropping what was already accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandlespaceConfig {
+    /// Longest pool handle accepted, in bytes. Default 64.
+    pub max_pool_handle_len: usize,
+    /// Most pools. Default 10,000.
+    pub max_pools: usize,
+    /// Most PEs in one pool. Default 100,000.
+    pub max_elements_per_pool: usize,
+    /// PEs returned by a handle resolution that does not say how many.
+    /// Default 3 (as rsplib).
+    pub default_items: usize,
+    /// Most PEs returned by one handle resolution. Default 128.
+    pub max_items: usize,
+    /// How many of the PEs a resolution returns count as selected (get a
+    /// new round-robin position, accumulate degradation); 0 means all.
+    /// Default 1, so that a 3-item resolution moves the window by one.
+    pub max_increment: usize,
+    /// Distinct pool users that must report a PE unreachable, within
+    /// `bad_report_window`, before it is removed. Default 3.
+    pub max_bad_pe_reports: usize,
+    /// How long an unreachability report counts. Default 60 s.
+    pub bad_report_window: Duration,
+}
+
+impl Default for HandlespaceConfig {
+    fn default() -> Self {
+        Self {
+            max_pool_handle_len: 64,
+            max_pools: 10_000,
+            max_elements_per_pool: 100_000,
+            default_items: 3,
+            max_items: 128,
+            max_increment: 1,
+            max_bad_pe_reports: 3,
+            bad_report_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where a registration comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A PE, over ASAP: ownership is checked.
+    Asap(Registrant),
+    /// A peer registrar, over ENRP: it checked ownership at its end.
+    Enrp,
+}
+
+/// What a registration did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registered {
+    /// A new PE.
+    Added,
+    /// A PE that was already there, updated.
+    Updated,
+}
+
+/// Why a registration was refused. [`RegistrationError::cause`] gives the
+/// RFC 5354 error cause for the REGISTRATION_RESPONSE.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistrationError {
+    /// The pool handle is longer than `max_pool_handle_len`.
+    #[error("pool handle of {length} bytes is longer than the limit of {max}")]
+    PoolHandleTooLong {
+        /// Its length.
+        length: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The pool handle is empty.
+    #[error("empty pool handle")]
+    EmptyPoolHandle,
+    /// PE identifier 0 means "undefined" and cannot be registered.
+    #[error("PE identifier 0 is reserved")]
+    ReservedIdentifier,
+    /// The PE's policy type is not the pool's.
+    #[error("pool uses policy {pool}, the PE offers {}", offered.policy_type())]
+    InconsistentPolicy {
+        /// The pool's policy type.
+        pool: PolicyType,
+        /// The PE's policy.
+        offered: Policy,
+    },
+    /// The PE's transport type is not the pool's.
+    #[error("pool uses {pool:?}, the PE offers {:?}", offered.param_type())]
+    InconsistentTransport {
+        /// The pool's transport type.
+        pool: ParamType,
+        /// The PE's transport.
+        offered: Transport,
+    },
+    /// The PE's transport use (data only / data plus control) is not the pool's.
+    #[error("pool uses transport use {pool:?}, the PE offers {offered:?}")]
+    InconsistentDataControl {
+        /// The pool's transport use.
+        pool: TransportUse,
+        /// The PE's.
+        offered: TransportUse,
+    },
+    /// The PE id is registered by another connection or identity.
+    #[error("PE {pe_id} is registered by another owner")]
+    NotOwner {
+        /// The PE.
+        pe_id: PoolElementId,
+    },
+    /// The pool has `max_elements_per_pool` PEs already.
+    #[error("pool is full ({max} PEs)")]
+    PoolFull {
+        /// The limit.
+        max: usize,
+    },
+    /// There are `max_pools` pools already.
+    #[error("too many pools ({max})")]
+    TooManyPools {
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl RegistrationError {
+    /// The error cause to send back, with the offending parameter as its
+    /// information where RFC 5354 asks for one.
+    pub fn cause(&self) -> ErrorCause {
+        let (code, info) = match self {
+            Self::PoolHandleTooLong { .. } | Self::EmptyPoolHandle | Self::ReservedIdentifier => {
+                (CauseCode::INVALID_VALUES, Bytes::new())
+            }
+            Self::InconsistentPolicy { offered, .. } => (
+                CauseCode::INCONSISTENT_POOLING_POLICY,
+                offered.to_param().unwrap_or_default(),
+            ),
+            Self::InconsistentTransport { offered, .. } => (
+                CauseCode::INCONSISTENT_TRANSPORT_TYPE,
+                offered.to_param().unwrap_or_default(),
+            ),
+            Self::InconsistentDataControl { .. } => (
+                CauseCode::INCONSISTENT_DATA_CONTROL_CONFIGURATION,
+                Bytes::new(),
+            ),
+            Self::NotOwner { .. } => (CauseCode::NON_UNIQUE_PE_IDENTIFIER, Bytes::new()),
+            Self::PoolFull { .. } | Self::TooManyPools { .. } => {
+                (CauseCode::LACK_OF_RESOURCES, Bytes::new())
+            }
+        };
+        ErrorCause { code, info }
+    }
+}
+
+/// Why a PE could not be found or changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LookupError {
+    /// No pool has this handle.
+    #[error("unknown pool handle")]
+    UnknownPool,
+    /// The pool has no PE with this identifier.
+    #[error("unknown PE {0}")]
+    UnknownElement(PoolElementId),
+    /// The PE is registered by another connection or identity.
+    #[error("PE {0} is registered by another owner")]
+    NotOwner(PoolElementId),
+}
+
+impl LookupError {
+    /// The error cause to send back.
+    pub fn cause(&self) -> ErrorCause {
+        ErrorCause::new(match self {
+            Self::UnknownPool => CauseCode::UNKNOWN_POOL_HANDLE,
+            Self::UnknownElement(_) => CauseCode::INVALID_VALUES,
+            Self::NotOwner(_) => CauseCode::REJECTION_DUE_TO_SECURITY,
+        })
+    }
+}
+
+/// What an unreachability report did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unreachable {
+    /// Counted: this many distinct reporters within the window so far.
+    Counted(usize),
+    /// The threshold was reached and the PE removed.
+    Removed(PoolElement),
+}
+
+/// The PEs one registrar is home for, and their checksum.
+#[derive(Debug, Default)]
+struct Owned {
+    elements: HashSet<(u32, PoolElementId)>,
+    checksum: Checksum,
+}
+
+/// Every pool and PE a registrar knows. See the crate documentation.
+#[derive(Debug, Default)]
+pub struct Handlespace {
+    config: HandlespaceConfig,
+    pools: Vec<Option<Pool>>,
+    free_pools: Vec<u32>,
+    by_handle: HashMap<PoolHandle, u32>,
+    owners: HashMap<RegistrarId, Owned>,
+    expiry: BTreeSet<(Instant, u32, PoolElementId)>,
+    next_seq: u64,
+    elements: usize,
+}
+
+impl Handlespace {
+    /// An empty handlespace with these limits.
+    pub fn new(config: HandlespaceConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &HandlespaceConfig {
+        &self.config
+    }
+
+    /// The number of PEs in all pools.
+    pub fn len(&self) -> usize {
+        self.elements
+    }
+
+    /// Whether there is no PE at all.
+    pub fn is_empty(&self) -> bool {
+        self.elements == 0
+    }
+
+    /// The number of pools.
+    pub fn pool_count(&self) -> usize {
+        self.by_handle.len()
+    }
+
+    /// The pool with this handle.
+    pub fn pool(&self, handle: &PoolHandle) -> Option<&Pool> {
+        self.by_handle.get(handle).map(|&i| self.pool_at(i))
+    }
+
+    /// Every pool, in no particular order.
+    pub fn pools(&self) -> impl Iterator<Item = &Pool> {
+        self.pools.iter().flatten()
+    }
+
+    /// The PE `id` of pool `handle`.
+    pub fn get(&self, handle: &PoolHandle, id: PoolElementId) -> Option<&PeEntry> {
+        self.pool(handle)?.get(id)
+    }
+
+    fn pool_at(&self, index: u32) -> &Pool {
+        self.pools[index as usize]
+            .as_ref()
+            .expect("pool index in use")
+    }
+
+    fn pool_at_mut(&mut self, index: u32) -> &mut Pool {
+        self.pools[index as usize]
+            .as_mut()
+            .expect("pool index in use")
+    }
+
+    /// Registers a PE, or updates it when it is there already.
+    pub fn register(
+        &mut self,
+        handle: &PoolHandle,
+        element: PoolElement,
+        origin: Origin,
+        now: Instant,
+    ) -> Result<Registered, RegistrationError> {
+        if handle.is_empty() {
+            return Err(RegistrationError::EmptyPoolHandle);
+        }
+        if handle.len() > self.config.max_pool_handle_len {
+            return Err(RegistrationError::PoolHandleTooLong {
+                length: handle.len(),
+                max: self.config.max_pool_handle_len,
+            });
+        }
+        if element.id.0 == 0 {
+            return Err(RegistrationError::ReservedIdentifier);
+        }
+        let registrant = match origin {
+            Origin::Asap(r) => Some(r),
+            Origin::Enrp => None,
+        };
+        let Some(&pool_index) = self.by_handle.get(handle) else {
+            if self.by_handle.len() >= self.config.max_pools {
+                return Err(RegistrationError::TooManyPools {
+                    max: self.config.max_pools,
+                });
+            }
+            let pool_index = self.new_pool(handle, &element);
+            self.add(pool_index, element, registrant, now);
+            return Ok(Registered::Added);
+        };
+        let pool = self.pool_at(pool_index);
+        check_consistent(pool, &element)?;
+        match pool.slot_of(element.id) {
+            Some(slot) => {
+                let entry = pool.entry(slot);
+                if let (Some(new), Some(old)) = (&registrant, entry.registrant())
+                    && !old.same_owner(new)
+                {
+                    return Err(RegistrationError::NotOwner { pe_id: element.id });
+                }
+                self.unlink(pool_index, slot);
+                self.pool_at_mut(pool_index)
+                    .modify(slot, |entry| entry.update(element, registrant, now));
+                self.link(pool_index, slot);
+                Ok(Registered::Updated)
+            }
+            None => {
+                if pool.len() >= self.config.max_elements_per_pool {
+                    return Err(RegistrationError::PoolFull {
+                        max: self.config.max_elements_per_pool,
+                    });
+                }
+                self.add(pool_index, element, registrant, now);
+                Ok(Registered::Added)
+            }
+        }
+    }
+
+    fn new_pool(&mut self, handle: &PoolHandle, first: &PoolElement) -> u32 {
+        let pool = Pool::new(handle.clone(), first);
+        let index = match self.free_pools.pop() {
+            Some(i) => {
+                self.pools[i as usize] = Some(pool);
+                i
+            }
+            None => {
+                self.pools.push(Some(pool));
+                (self.pools.len() - 1) as u32
+            }
+        };
+        self.by_handle.insert(handle.clone(), index);
+        index
+    }
+
+    fn add(
+        &mut self,
+        pool_index: u32,
+        element: PoolElement,
+        registrant: Option<Registrant>,
+        now: Instant,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let entry = PeEntry::new(element, registrant, now);
+        let slot = self.pool_at_mut(pool_index).insert(entry, seq);
+        self.elements += 1;
+        self.link(pool_index, slot);
+    }
+
+    /// Enters the PE at `slot` in the owner and expiry indexes.
+    fn link(&mut self, pool_index: u32, slot: u32) {
+        let pool = self.pools[pool_index as usize]
+            .as_ref()
+            .expect("pool in use");
+        let entry = pool.entry(slot);
+        let id = entry.element().id;
+        let owned = self
+            .owners
+            .entry(entry.element().home_registrar)
+            .or_default();
+        owned.elements.insert((pool_index, id));
+        owned.checksum.add(element_sum(pool.handle_sum, id));
+        self.expiry.insert((entry.expires_at(), pool_index, id));
+    }
+
+    /// Takes the PE at `slot` out of the owner and expiry indexes.
+    fn unlink(&mut self, pool_index: u32, slot: u32) {
+        let pool = self.pools[pool_index as usize]
+            .as_ref()
+            .expect("pool in use");
+        let entry = pool.entry(slot);
+        let id = entry.element().id;
+        let home = entry.element().home_registrar;
+        if let Some(owned) = self.owners.get_mut(&home) {
+            owned.elements.remove(&(pool_index, id));
+            owned.checksum.remove(element_sum(pool.handle_sum, id));
+            if owned.elements.is_empty() {
+                self.owners.remove(&home);
+            }
+        }
+        self.expiry.remove(&(entry.expires_at(), pool_index, id));
+    }
+
+    /// Removes the PE at `slot`, and its pool when it was the last.
+    fn remove_at(&mut self, pool_index: u32, slot: u32) -> PoolElement {
+        self.unlink(pool_index, slot);
+        let pool = self.pool_at_mut(pool_index);
+        let entry = pool.remove(slot);
+        if pool.is_empty() {
+            let pool = self.pools[pool_index as usize].take().expect("pool in use");
+            self.by_handle.remove(pool.handle());
+            self.free_pools.push(pool_index);
+        }
+        self.elements -= 1;
+        entry.element().clone()
+    }
+
+    fn locate(&self, handle: &PoolHandle, id: PoolElementId) -> Result<(u32, u32), LookupError> {
+        let &pool_index = self.by_handle.get(handle).ok_or(LookupError::UnknownPool)?;
+        let slot = self
+            .pool_at(pool_index)
+            .slot_of(id)
+            .ok_or(LookupError::UnknownElement(id))?;
+        Ok((pool_index, slot))
+    }
+
+    /// Deregisters a PE. Over ASAP only its owner may; a peer registrar
+    /// (ENRP) may always.
+    pub fn deregister(
+        &mut self,
+        handle: &PoolHandle,
+        id: PoolElementId,
+        origin: &Origin,
+    ) -> Result<PoolElement, LookupError> {
+        let (pool_index, slot) = self.locate(handle, id)?;
+        if let (Origin::Asap(who), Some(owner)) =
+            (origin, self.pool_at(pool_index).entry(slot).registrant())
+            && !owner.same_owner(who)
+        {
+            return Err(LookupError::NotOwner(id));
+        }
+        Ok(self.remove_at(pool_index, slot))
+    }
+
+    /// Removes a PE whatever its owner (a failed keep-alive, a dropped
+    /// connection, an operator's command).
+    pub fn remove(&mut self, handle: &PoolHandle, id: PoolElementId) -> Option<PoolElement> {
+        let (pool_index, slot) = self.locate(handle, id).ok()?;
+        Some(self.remove_at(pool_index, slot))
+    }
+
+    /// Chooses PEs of a pool by its policy: `items` of them (`None` or 0:
+    /// the configured default; at most `max_items`; `u32::MAX`: as many as
+    /// allowed). The first `max_increment` chosen count as selected.
+    pub fn resolve<R: Rng + ?Sized>(
+        &mut self,
+        handle: &PoolHandle,
+        items: Option<u32>,
+        rng: &mut R,
+    ) -> Result<Vec<&PoolElement>, LookupError> {
+        let &pool_index = self.by_handle.get(handle).ok_or(LookupError::UnknownPool)?;
+        let n = match items {
+            None | Some(0) => self.config.default_items,
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+        .min(self.config.max_items);
+        let increment = self.config.max_increment;
+        let mut next_seq = self.next_seq;
+        let pool = self.pools[pool_index as usize]
+            .as_mut()
+            .expect("pool in use");
+        let chosen = pool.select(n, increment, rng, &mut next_seq);
+        self.next_seq = next_seq;
+        let pool = self.pool_at(pool_index);
+        Ok(chosen
+            .iter()
+            .map(|&slot| pool.entry(slot).element())
+            .collect())
+    }
+
+    /// Renews a registration's life from `now` (a keep-alive answered).
+    pub fn confirm(
+        &mut self,
+        handle: &PoolHandle,
+        id: PoolElementId,
+        now: Instant,
+    ) -> Result<(), LookupError> {
+        let (pool_index, slot) = self.locate(handle, id)?;
+        let expires = self.pool_at(pool_index).entry(slot).expires_at();
+        self.expiry.remove(&(expires, pool_index, id));
+        let pool = self.pool_at_mut(pool_index);
+        pool.modify(slot, |entry| entry.confirm(now));
+        let expires = pool.entry(slot).expires_at();
+        self.expiry.insert((expires, pool_index, id));
+        Ok(())
+    }
+
+    /// Counts a report from `reporter` (a pool user) that the PE is
+    /// unreachable. Reports from the same reporter count once; reports
+    /// older than `bad_report_window` do not count. At
+    /// `max_bad_pe_reports` distinct reporters the PE is removed.
+    pub fn report_unreachable(
+        &mut self,
+        handle: &PoolHandle,
+        id: PoolElementId,
+        reporter: u64,
+        now: Instant,
+    ) -> Result<Unreachable, LookupError> {
+        let (pool_index, slot) = self.locate(handle, id)?;
+        let window = self.config.bad_report_window;
+        let threshold = self.config.max_bad_pe_reports;
+        let count = self.pool_at_mut(pool_index).modify(slot, |entry| {
+            entry
+                .bad_reports
+                .retain(|&(who, at)| who != reporter && now.saturating_duration_since(at) < window);
+            entry.bad_reports.push((reporter, now));
+            entry.bad_reports.len()
+        });
+        if count >= threshold {
+            Ok(Unreachable::Removed(self.remove_at(pool_index, slot)))
+        } else {
+            Ok(Unreachable::Counted(count))
+        }
+    }
+
+    /// When the next registration runs out.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.expiry.first().map(|&(at, _, _)| at)
+    }
+
+    /// Removes every PE whose registration ran out at or before `now`.
+    pub fn expire_until(&mut self, now: Instant) -> Vec<(PoolHandle, PoolElement)> {
+        let mut expired = Vec::new();
+        while let Some(&(at, pool_index, id)) = self.expiry.first() {
+            if at > now {
+                break;
+            }
+            let handle = self.pool_at(pool_index).handle().clone();
+            let slot = self
+                .pool_at(pool_index)
+                .slot_of(id)
+                .expect("expiry index in step");
+            expired.push((handle, self.remove_at(pool_index, slot)));
+        }
+        expired
+    }
+
+    /// The PEs `registrar` is home for.
+    pub fn owned_by(
+        &self,
+        registrar: RegistrarId,
+    ) -> impl Iterator<Item = (&PoolHandle, &PeEntry)> {
+        self.owners
+            .get(&registrar)
+            .into_iter()
+            .flat_map(|owned| owned.elements.iter())
+            .map(|&(pool_index, id)| {
+                let pool = self.pool_at(pool_index);
+                (pool.handle(), pool.get(id).expect("owner index in step"))
+            })
+    }
+
+    /// How many PEs `registrar` is home for.
+    pub fn owned_count(&self, registrar: RegistrarId) -> usize {
+        self.owners.get(&registrar).map_or(0, |o| o.elements.len())
+    }
+
+    /// The ENRP PE checksum of the PEs `registrar` is home for.
+    pub fn checksum(&self, registrar: RegistrarId) -> u16 {
+        self.owners
+            .get(&registrar)
+            .map_or(Checksum::default(), |o| o.checksum)
+            .value()
+    }
+
+    /// Makes `to` the home of every PE `from` is home for (an ENRP
+    /// takeover); returns the PEs taken over.
+    pub fn take_over(
+        &mut self,
+        from: RegistrarId,
+        to: RegistrarId,
+    ) -> Vec<(PoolHandle, PoolElementId)> {
+        let Some(owned) = self.owners.remove(&from) else {
+            return Vec::new();
+        };
+        let mut taken = Vec::with_capacity(owned.elements.len());
+        for &(pool_index, id) in &owned.elements {
+            let pool = self.pool_at_mut(pool_index);
+            let slot = pool.slot_of(id).expect("owner index in step");
+            pool.modify(slot, |entry| entry.element_mut().home_registrar = to);
+            taken.push((pool.handle().clone(), id));
+        }
+        let target = self.owners.entry(to).or_default();
+        target.checksum.add(owned.checksum.raw());
+        target.elements.extend(owned.elements);
+        taken
+    }
+}
+
+/// Checks the rules of RFC 5352/5356 that a pool imposes on a new PE.
+fn check_consistent(pool: &Pool, element: &PoolElement) -> Result<(), RegistrationError> {
+    if element.policy.policy_type() != pool.policy_type() {
+        return Err(RegistrationError::InconsistentPolicy {
+            pool: pool.policy_type(),
+            offered: element.policy.clone(),
+        });
+    }
+    let (transport, transport_use) = pool.transport();
+    if element.user_transport.param_type() != transport {
+        return Err(RegistrationError::InconsistentTransport {
+            pool: transport,
+            offered: element.user_transport.clone(),
+        });
+    }
+    if element.user_transport.transport_use() != transport_use {
+        return Err(RegistrationError::InconsistentDataControl {
+            pool: transport_use,
+            offered: element.user_transport.transport_use(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! One pool: its PEs in a slab with stable slots, and the index its policy
+//! selects from.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hapool_wire::{ParamType, PolicyType, PoolElement, PoolElementId, PoolHandle, TransportUse};
+use rand::Rng;
+
+use crate::fenwick::Fenwick;
+use crate::selection::{self, Kind, SelectionState};
+
+/// A connection to the registrar, as the driver numbers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+/// Who registered a PE at this registrar: the connection it came on and,
+/// when the connection is authenticated (TLS client certificate, token),
+/// the identity behind it. Only the same connection or the same identity
+/// may update or deregister the PE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registrant {
+    /// The connection the registration arrived on.
+    pub connection: ConnectionId,
+    /// The authenticated identity, if any.
+    pub identity: Option<Arc<str>>,
+}
+
+impl Registrant {
+    /// Whether `other` speaks for the same owner.
+    pub fn same_owner(&self, other: &Self) -> bool {
+        self.connection == other.connection
+            || (self.identity.is_some() && self.identity == other.identity)
+    }
+}
+
+/// A PE as the handlespace holds it.
+#[derive(Clone, Debug)]
+pub struct PeEntry {
+    element: PoolElement,
+    registrant: Option<Registrant>,
+    last_confirmed: Instant,
+    /// Order among equals: a fresh number on addition and on each selection.
+    pub(crate) seq: u64,
+    pub(crate) selection: SelectionState,
+    /// Distinct reporters of unreachability and when they last reported.
+    pub(crate) bad_reports: Vec<(u64, Instant)>,
+}
+
+impl PeEntry {
+    pub(crate) fn new(element: PoolElement, registrant: Option<Registrant>, now: Instant) -> Self {
+        Self {
+            element,
+            registrant,
+            last_confirmed: now,
+            seq: 0,
+            selection: SelectionState::default(),
+            bad_reports: Vec::new(),
+        }
+    }
+
+    /// The PE as registered (home registrar, transport, policy values).
+    pub fn element(&self) -> &PoolElement {
+        &self.element
+    }
+
+    /// Who registered it here; `None` when it was learned from a peer
+    /// registrar.
+    pub fn registrant(&self) -> Option<&Registrant> {
+        self.registrant.as_ref()
+    }
+
+    /// When the registration was last made, renewed or confirmed.
+    pub fn last_confirmed(&self) -> Instant {
+        self.last_confirmed
+    }
+
+    /// When the registration runs out unless renewed.
+    pub fn expires_at(&self) -> Instant {
+        let life = Duration::from_millis(u64::from(self.element.registration_life));
+        self.last_confirmed
+            .checked_add(life)
+            .unwrap_or(self.last_confirmed + Duration::from_secs(86_400 * 365))
+    }
+
+    /// Load degradation accumulated by selections since the last registration.
+    pub fn accumulated_degradation(&self) -> u32 {
+        self.selection.degradation
+    }
+
+    pub(crate) fn element_mut(&mut self) -> &mut PoolElement {
+        &mut self.element
+    }
+
+    /// Replaces the registration (a re-registration): selection history
+    /// that depends on the old values starts again.
+    pub(crate) fn update(
+        &mut self,
+        element: PoolElement,
+        registrant: Option<Registrant>,
+        now: Instant,
+    ) {
+        self.element = element;
+        if registrant.is_some() {
+            self.registrant = registrant;
+        }
+        self.last_confirmed = now;
+        self.selection.degradation = 0;
+        self.bad_reports.clear();
+    }
+
+    pub(crate) fn confirm(&mut self, now: Instant) {
+        self.last_confirmed = now;
+    }
+}
+
+/// A pool: the PEs under one pool handle, which share a policy type and a
+/// transport kind (fixed by the first PE).
+#[derive(Debug)]
+pub struct Pool {
+    handle: PoolHandle,
+    pub(crate) handle_sum: u64,
+    policy_type: PolicyType,
+    kind: Kind,
+    transport: (ParamType, TransportUse),
+    slots: Vec<Option<PeEntry>>,
+    free: Vec<u32>,
+    by_id: HashMap<PoolElementId, u32>,
+    /// Ordered policies: (key, seq, slot), smallest first.
+    ordered: BTreeSet<(u64, u64, u32)>,
+    /// Weighted policies: weight by slot.
+    weighted: Fenwick,
+    /// WRR: virtual time of the latest selection; newcomers start there.
+    virtual_time: u64,
+}
+
+impl Pool {
+    pub(crate) fn new(handle: PoolHandle, first: &PoolElement) -> Self {
+        Self {
+            handle_sum: crate::checksum::handle_sum(handle.as_bytes()),
+            handle,
+            policy_type: first.policy.policy_type(),
+            kind: selection::kind(&first.policy),
+            transport: (
+                first.user_transport.param_type(),
+                first.user_transport.transport_use(),
+            ),
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            ordered: BTreeSet::new(),
+            weighted: Fenwick::default(),
+            virtual_time: 0,
+        }
+    }
+
+    /// The pool handle.
+    pub fn handle(&self) -> &PoolHandle {
+        &self.handle
+    }
+
+    /// The policy type every PE of the pool uses.
+    pub fn policy_type(&self) -> PolicyType {
+        self.policy_type
+    }
+
+    /// The transport type and use every PE of the pool has.
+    pub fn transport(&self) -> (ParamType, TransportUse) {
+        self.transport
+    }
+
+    /// The number of PEs.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether the pool has no PE (an empty pool is removed at once).
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The PE with this identifier.
+    pub fn get(&self, id: PoolElementId) -> Option<&PeEntry> {
+        self.slot_of(id).map(|slot| self.entry(slot))
+    }
+
+    /// Every PE, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &PeEntry> {
+        self.slots.iter().flatten()
+    }
+
+    pub(crate) fn slot_of(&self, id: PoolElementId) -> Option<u32> {
+        self.by_id.get(&id).copied()
+    }
+
+    pub(crate) fn entry(&self, slot: u32) -> &PeEntry {
+        self.slots[slot as usize].as_ref().expect("slot in use")
+    }
+
+    /// Changes the entry at `slot` with `f`, keeping the selection index
+    /// in step with whatever `f` changes.
+    pub(crate) fn modify<T>(&mut self, slot: u32, f: impl FnOnce(&mut PeEntry) -> T) -> T {
+        self.unindex(slot);
+        let entry = self.slots[slot as usize].as_mut().expect("slot in use");
+        let result = f(entry);
+        self.index(slot);
+        result
+    }
+
+    /// Adds a PE (whose id is not in the pool yet) and returns its slot.
+    pub(crate) fn insert(&mut self, mut entry: PeEntry, seq: u64) -> u32 {
+        entry.seq = seq;
+        entry.selection.virtual_time = self.virtual_time;
+        let id = entry.element.id;
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(entry);
+                slot
+            }
+            None => {
+                self.slots.push(Some(entry));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.by_id.insert(id, slot);
+        self.index(slot);
+        slot
+    }
+
+    /// Removes the PE at `slot`.
+    pub(crate) fn remove(&mut self, slot: u32) -> PeEntry {
+        self.unindex(slot);
+        let entry = self.slots[slot as usize].take().expect("slot in use");
+        self.by_id.remove(&entry.element.id);
+        self.free.push(slot);
+        entry
+    }
+
+    fn index(&mut self, slot: u32) {
+        let entry = self.entry(slot);
+        match self.kind {
+            Kind::Ordered => {
+                let key = selection::key(&entry.element.policy, entry.selection);
+                self.ordered.insert((key, entry.seq, slot));
+            }
+            Kind::Weighted => {
+                let weight = selection::weight(&entry.element.policy, entry.selection);
+                self.weighted.set(slot as usize, weight);
+            }
+        }
+    }
+
+    fn unindex(&mut self, slot: u32) {
+        let entry = self.entry(slot);
+        match self.kind {
+            Kind::Ordered => {
+                let key = selection::key(&entry.element.policy, entry.selection);
+                let removed = self.ordered.remove(&(key, entry.seq, slot));
+                debug_assert!(removed, "index out of step with slot {slot}");
+            }
+            Kind::Weighted => self.weighted.set(slot as usize, 0),
+        }
+    }
+
+    /// Chooses up to `n` distinct PEs by the pool's policy. The first
+    /// `increment` of them (all when zero) count as selected: they get a
+    /// fresh sequence number from `next_seq` and their degradation or
+    /// virtual time advances.
+    pub(crate) fn select<R: Rng + ?Sized>(
+        &mut self,
+        n: usize,
+        increment: usize,
+        rng: &mut R,
+        next_seq: &mut u64,
+    ) -> Vec<u32> {
+        let chosen: Vec<u32> = match self.kind {
+            Kind::Ordered => self
+                .ordered
+                .iter()
+                .take(n)
+                .map(|&(_, _, slot)| slot)
+                .collect(),
+            Kind::Weighted => {
+                let mut chosen = Vec::with_capacity(n.min(self.len()));
+                while chosen.len() < n && self.weighted.total() > 0 {
+                    let slot = self
+                        .weighted
+                        .find(rng.random_range(0..self.weighted.total()));
+                    // Out of the draw until the end, so the PEs are distinct.
+                    self.weighted.set(slot, 0);
+                    chosen.push(slot as u32);
+                }
+                for &slot in &chosen {
+                    self.index(slot);
+                }
+                chosen
+            }
+        };
+        let increment = if increment == 0 {
+            chosen.len()
+        } else {
+            increment.min(chosen.len())
+        };
+        for &slot in &chosen[..increment] {
+            let seq = *next_seq;
+            *next_seq += 1;
+            let virtual_time = self.modify(slot, |entry| {
+                entry.seq = seq;
+                let before = entry.selection.virtual_time;
+                selection::after_selection(&entry.element.policy, &mut entry.selection);
+                before
+            });
+            self.virtual_time = self.virtual_time.max(virtual_time);
+        }
+        chosen
+    }
+}
