@@ -241,7 +241,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                         prop_assert_eq!(got, Err(LookupError::UnknownPool));
                     }
                     None => {
-                        prop_assert_eq!(got, Err(LookupError::UnknownElement(PoolElementId(id))))
+                        prop_assert_eq!(got, Err(LookupError::UnknownElement(PoolElementId(id))));
                     }
                     Some(pe) if pe.conn.is_some_and(|c| c != conn) => {
                         prop_assert_eq!(got, Err(LookupError::NotOwner(PoolElementId(id))));
