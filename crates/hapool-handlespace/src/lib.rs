@@ -18,11 +18,12 @@
 #![forbid(unsafe_code)]
 
 mod checksum;
+mod expiry;
 mod fenwick;
 mod pool;
 mod selection;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,6 +32,8 @@ use hapool_wire::{
     RegistrarId, Transport, TransportUse,
 };
 use rand::Rng;
+
+use crate::expiry::{ExpiryEntry, ExpiryIndex};
 
 pub use checksum::{Checksum, checksum_of, element_sum, handle_sum};
 pub use pool::{ConnectionId, PeEntry, Pool, Registrant};
@@ -236,7 +239,7 @@ pub struct Handlespace {
     free_pools: Vec<u32>,
     by_handle: HashMap<PoolHandle, u32>,
     owners: HashMap<RegistrarId, Owned>,
-    expiry: BTreeSet<(Instant, u32, PoolElementId)>,
+    expiry: ExpiryIndex,
     next_seq: u64,
     elements: usize,
 }
@@ -341,10 +344,7 @@ impl Handlespace {
                 {
                     return Err(RegistrationError::NotOwner { pe_id: element.id });
                 }
-                self.unlink(pool_index, slot);
-                self.pool_at_mut(pool_index)
-                    .modify(slot, |entry| entry.update(element, registrant, now));
-                self.link(pool_index, slot);
+                self.update(pool_index, slot, element, registrant, now);
                 Ok(Registered::Updated)
             }
             None => {
@@ -390,6 +390,48 @@ impl Handlespace {
         self.link(pool_index, slot);
     }
 
+    /// Replaces the registration at `slot`, moving it in the owner and
+    /// expiry indexes only when its home or its expiry changes (a load
+    /// update usually changes neither).
+    fn update(
+        &mut self,
+        pool_index: u32,
+        slot: u32,
+        element: PoolElement,
+        registrant: Option<Registrant>,
+        now: Instant,
+    ) {
+        let pool = self.pools[pool_index as usize]
+            .as_mut()
+            .expect("pool in use");
+        let handle_sum = pool.handle_sum;
+        let id = element.id;
+        let before = pool.entry(slot);
+        let (old_home, old_expiry) = (before.element().home_registrar, before.expires_at());
+        pool.modify(slot, |entry| entry.update(element, registrant, now));
+        let after = pool.entry(slot);
+        let (new_home, new_expiry) = (after.element().home_registrar, after.expires_at());
+        if new_home != old_home {
+            let part = element_sum(handle_sum, id);
+            if let Some(owned) = self.owners.get_mut(&old_home) {
+                owned.elements.remove(&(pool_index, id));
+                owned.checksum.remove(part);
+                if owned.elements.is_empty() {
+                    self.owners.remove(&old_home);
+                }
+            }
+            let owned = self.owners.entry(new_home).or_default();
+            owned.elements.insert((pool_index, id));
+            owned.checksum.add(part);
+        }
+        if new_expiry != old_expiry {
+            self.expiry
+                .remove(expiry_entry(old_expiry, pool_index, slot));
+            self.expiry
+                .insert(expiry_entry(new_expiry, pool_index, slot));
+        }
+    }
+
     /// Enters the PE at `slot` in the owner and expiry indexes.
     fn link(&mut self, pool_index: u32, slot: u32) {
         let pool = self.pools[pool_index as usize]
@@ -403,7 +445,8 @@ impl Handlespace {
             .or_default();
         owned.elements.insert((pool_index, id));
         owned.checksum.add(element_sum(pool.handle_sum, id));
-        self.expiry.insert((entry.expires_at(), pool_index, id));
+        self.expiry
+            .insert(expiry_entry(entry.expires_at(), pool_index, slot));
     }
 
     /// Takes the PE at `slot` out of the owner and expiry indexes.
@@ -421,7 +464,8 @@ impl Handlespace {
                 self.owners.remove(&home);
             }
         }
-        self.expiry.remove(&(entry.expires_at(), pool_index, id));
+        self.expiry
+            .remove(expiry_entry(entry.expires_at(), pool_index, slot));
     }
 
     /// Removes the PE at `slot`, and its pool when it was the last.
@@ -509,12 +553,12 @@ impl Handlespace {
         now: Instant,
     ) -> Result<(), LookupError> {
         let (pool_index, slot) = self.locate(handle, id)?;
-        let expires = self.pool_at(pool_index).entry(slot).expires_at();
-        self.expiry.remove(&(expires, pool_index, id));
         let pool = self.pool_at_mut(pool_index);
+        let before = pool.entry(slot).expires_at();
         pool.modify(slot, |entry| entry.confirm(now));
-        let expires = pool.entry(slot).expires_at();
-        self.expiry.insert((expires, pool_index, id));
+        let after = pool.entry(slot).expires_at();
+        self.expiry.remove(expiry_entry(before, pool_index, slot));
+        self.expiry.insert(expiry_entry(after, pool_index, slot));
         Ok(())
     }
 
@@ -548,22 +592,18 @@ impl Handlespace {
 
     /// When the next registration runs out.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.expiry.first().map(|&(at, _, _)| at)
+        self.expiry.first().map(|entry| entry.at)
     }
 
     /// Removes every PE whose registration ran out at or before `now`.
     pub fn expire_until(&mut self, now: Instant) -> Vec<(PoolHandle, PoolElement)> {
         let mut expired = Vec::new();
-        while let Some(&(at, pool_index, id)) = self.expiry.first() {
-            if at > now {
+        while let Some(entry) = self.expiry.first() {
+            if entry.at > now {
                 break;
             }
-            let handle = self.pool_at(pool_index).handle().clone();
-            let slot = self
-                .pool_at(pool_index)
-                .slot_of(id)
-                .expect("expiry index in step");
-            expired.push((handle, self.remove_at(pool_index, slot)));
+            let handle = self.pool_at(entry.pool).handle().clone();
+            expired.push((handle, self.remove_at(entry.pool, entry.slot)));
         }
         expired
     }
@@ -620,6 +660,10 @@ impl Handlespace {
     }
 }
 
+fn expiry_entry(at: Instant, pool: u32, slot: u32) -> ExpiryEntry {
+    ExpiryEntry { at, pool, slot }
+}
+
 /// Checks the rules of RFC 5352/5356 that a pool imposes on a new PE.
 fn check_consistent(pool: &Pool, element: &PoolElement) -> Result<(), RegistrationError> {
     if element.policy.policy_type() != pool.policy_type() {
@@ -642,4 +686,45 @@ fn check_consistent(pool: &Pool, element: &PoolElement) -> Result<(), Registrati
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// Renewals keep exactly one expiry entry per PE, and the right PE
+    /// expires.
+    #[test]
+    fn expiry_index_follows_renewals() {
+        let start = Instant::now();
+        let mut hs = Handlespace::default();
+        let handle = PoolHandle::from("p");
+        for id in 1..=100u32 {
+            let pe = PoolElement {
+                id: PoolElementId(id),
+                home_registrar: RegistrarId(1),
+                registration_life: 1_000,
+                user_transport: Transport::tcp((Ipv4Addr::LOCALHOST, 80).into()),
+                policy: Policy::RoundRobin,
+                asap_transport: None,
+            };
+            hs.register(&handle, pe, Origin::Enrp, start).unwrap();
+        }
+        let mut now = start;
+        for round in 0..100u32 {
+            now += Duration::from_millis(10);
+            for id in 1..=100u32 {
+                // PE 100 stops renewing after the first round.
+                if id < 100 || round == 0 {
+                    hs.confirm(&handle, PoolElementId(id), now).unwrap();
+                }
+                assert_eq!(hs.expiry.len(), hs.len());
+            }
+        }
+        let expired = hs.expire_until(start + Duration::from_millis(1_010));
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].1.id, PoolElementId(100));
+        assert_eq!(hs.next_expiry(), Some(now + Duration::from_millis(1_000)));
+    }
 }
