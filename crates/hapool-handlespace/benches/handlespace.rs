@@ -19,8 +19,11 @@ use rand::rngs::SmallRng;
 
 const SIZES: [u32; 3] = [10, 1_000, 100_000];
 
+/// Makes the policy values of PE `i`.
+type MakePolicy = fn(u32) -> Policy;
+
 /// Every policy, with values that vary with `i`.
-fn policies() -> Vec<(&'static str, fn(u32) -> Policy)> {
+fn policies() -> Vec<(&'static str, MakePolicy)> {
     vec![
         ("RR", |_| Policy::RoundRobin),
         ("WRR", |i| Policy::WeightedRoundRobin { weight: 1 + i % 7 }),
@@ -108,7 +111,7 @@ fn origin(id: u32) -> Origin {
     })
 }
 
-fn filled(size: u32, make: fn(u32) -> Policy, handle: &PoolHandle, now: Instant) -> Handlespace {
+fn filled(size: u32, make: MakePolicy, handle: &PoolHandle, now: Instant) -> Handlespace {
     let mut hs = Handlespace::new(HandlespaceConfig {
         max_elements_per_pool: 1_000_000,
         ..HandlespaceConfig::default()

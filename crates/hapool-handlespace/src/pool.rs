@@ -282,17 +282,34 @@ impl Pool {
                 .map(|&(_, _, slot)| slot)
                 .collect(),
             Kind::Weighted => {
-                let mut chosen = Vec::with_capacity(n.min(self.len()));
+                let n = n.min(self.len());
+                let mut chosen: Vec<u32> = Vec::with_capacity(n);
+                // Draw with replacement and reject repeats: the same
+                // distribution as drawing without replacement, without
+                // touching the tree. Once a repeat happens, take the
+                // chosen PEs out of the draw instead (small or skewed pools).
+                let mut zeroed = false;
                 while chosen.len() < n && self.weighted.total() > 0 {
-                    let slot = self
-                        .weighted
-                        .find(rng.random_range(0..self.weighted.total()));
-                    // Out of the draw until the end, so the PEs are distinct.
-                    self.weighted.set(slot, 0);
-                    chosen.push(slot as u32);
+                    let target = rng.random_range(0..self.weighted.total());
+                    let slot = self.weighted.find(target) as u32;
+                    if chosen.contains(&slot) {
+                        if !zeroed {
+                            for &s in &chosen {
+                                self.weighted.set(s as usize, 0);
+                            }
+                            zeroed = true;
+                        }
+                        continue;
+                    }
+                    chosen.push(slot);
+                    if zeroed {
+                        self.weighted.set(slot as usize, 0);
+                    }
                 }
-                for &slot in &chosen {
-                    self.index(slot);
+                if zeroed {
+                    for &slot in &chosen {
+                        self.index(slot);
+                    }
                 }
                 chosen
             }
@@ -305,6 +322,15 @@ impl Pool {
         for &slot in &chosen[..increment] {
             let seq = *next_seq;
             *next_seq += 1;
+            let entry = self.slots[slot as usize].as_mut().expect("slot in use");
+            if self.kind == Kind::Weighted
+                && !selection::changes_on_selection(&entry.element.policy)
+            {
+                // Only the sequence number changes, and the weighted index
+                // does not hold it.
+                entry.seq = seq;
+                continue;
+            }
             let virtual_time = self.modify(slot, |entry| {
                 entry.seq = seq;
                 let before = entry.selection.virtual_time;

@@ -148,6 +148,14 @@ pub(crate) fn weight(policy: &Policy, state: SelectionState) -> u64 {
     }
 }
 
+/// Whether selecting a PE changes its key or weight (beyond the sequence
+/// number that orders equals).
+pub(crate) fn changes_on_selection(policy: &Policy) -> bool {
+    let mut state = SelectionState::default();
+    after_selection(policy, &mut state);
+    state != SelectionState::default()
+}
+
 /// What selecting a PE does to its selection state.
 pub(crate) fn after_selection(policy: &Policy, state: &mut SelectionState) {
     match *policy {
