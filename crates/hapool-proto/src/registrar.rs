@@ -1,0 +1,611 @@
+//! The registrar's ASAP side: registrations, deregistrations, handle
+//! resolutions, keep-alive supervision of the PEs it is home for, and
+//! unreachability reports, all without I/O.
+//!
+//! # Call order
+//!
+//! The driver owns the sockets and the clock. For each connection it calls
+//! [`Registrar::handle_connect`] once, [`Registrar::handle_message`] for
+//! every decoded message and [`Registrar::handle_disconnect`] when the
+//! connection ends. After each of these calls, and after
+//! [`Registrar::handle_timeout`], it drains [`Registrar::poll_transmit`]
+//! (messages to send) and [`Registrar::poll_event`] (what changed, for ENRP,
+//! logs and metrics), then sleeps until [`Registrar::poll_timeout`] and calls
+//! `handle_timeout` with the time it woke.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hapool_handlespace::{
+    ConnectionId, Handlespace, HandlespaceConfig, LookupError, Origin, Registered, Registrant,
+    Unreachable,
+};
+use hapool_wire::{
+    AsapMessage, CauseCode, ErrorCause, OperationError, PoolElement, PoolElementId, PoolHandle,
+    RegistrarId, ResolutionOutcome, Transport,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::rate::{RateLimit, TokenBucket};
+
+/// Every timer and limit of a registrar.
+#[derive(Clone, Debug)]
+pub struct RegistrarConfig {
+    /// This registrar's identifier (random at start-up, never 0).
+    pub id: RegistrarId,
+    /// How often a PE this registrar is home for is sent a keep-alive.
+    /// Default 5 s; works down to 100 ms.
+    pub keep_alive_interval: Duration,
+    /// How long a PE has to answer a keep-alive before it is removed.
+    /// Default 5 s; works down to 100 ms.
+    pub keep_alive_timeout: Duration,
+    /// Limits of the handlespace.
+    pub handlespace: HandlespaceConfig,
+    /// Registrations (and re-registrations) one connection may send.
+    /// Default 100/s with a burst of 200.
+    pub registration_rate: RateLimit,
+    /// Handle resolutions one connection may send. Default 1,000/s with a
+    /// burst of 2,000.
+    pub resolution_rate: RateLimit,
+    /// Unreachability reports one connection may send. Default 1/s with a
+    /// burst of 5, so that one pool user cannot empty a pool.
+    pub unreachable_rate: RateLimit,
+    /// Seed of the random choices (weighted selection policies).
+    pub seed: u64,
+}
+
+impl RegistrarConfig {
+    /// The defaults, for registrar `id`.
+    pub fn new(id: RegistrarId) -> Self {
+        Self {
+            id,
+            keep_alive_interval: Duration::from_secs(5),
+            keep_alive_timeout: Duration::from_secs(5),
+            handlespace: HandlespaceConfig::default(),
+            registration_rate: RateLimit {
+                per_second: 100.0,
+                burst: 200,
+            },
+            resolution_rate: RateLimit {
+                per_second: 1000.0,
+                burst: 2000,
+            },
+            unreachable_rate: RateLimit {
+                per_second: 1.0,
+                burst: 5,
+            },
+            seed: u64::from(id.0),
+        }
+    }
+}
+
+/// A message to send, or a connection to close.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transmit {
+    /// Send `message` on `connection`.
+    Send {
+        /// The connection.
+        connection: ConnectionId,
+        /// The message.
+        message: AsapMessage,
+    },
+}
+
+/// Why a PE left the handlespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemovalReason {
+    /// It deregistered.
+    Deregistered,
+    /// It did not answer a keep-alive in time.
+    KeepAliveTimeout,
+    /// The connection it registered on ended.
+    ConnectionLost,
+    /// Enough distinct pool users reported it unreachable.
+    Unreachable,
+    /// Its registration life ran out.
+    Expired,
+}
+
+/// What changed, for ENRP (HANDLE_UPDATE), logs and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A PE registered or re-registered here; this registrar is its home.
+    Registered {
+        /// The pool.
+        pool_handle: PoolHandle,
+        /// The PE as stored (home and ASAP transport filled in).
+        element: PoolElement,
+        /// Whether it is new (else an update).
+        added: bool,
+    },
+    /// A PE was removed.
+    Removed {
+        /// The pool.
+        pool_handle: PoolHandle,
+        /// The PE.
+        element: PoolElement,
+        /// Why.
+        reason: RemovalReason,
+    },
+    /// A request was refused (a pool user or PE misbehaved or hit a limit).
+    Refused {
+        /// The connection.
+        connection: ConnectionId,
+        /// What was asked.
+        request: &'static str,
+        /// The cause sent back (or that would have been).
+        cause: CauseCode,
+    },
+}
+
+/// Keep-alive state of a PE this registrar is home for.
+#[derive(Clone, Copy, Debug)]
+struct Supervision {
+    connection: ConnectionId,
+    /// When the next keep-alive is due, or when the awaited ack times out.
+    due: Instant,
+    awaiting_ack: bool,
+}
+
+struct Connection {
+    registrant: Registrant,
+    peer: Option<SocketAddr>,
+    /// PEs registered on this connection that this registrar supervises.
+    elements: HashSet<(PoolHandle, PoolElementId)>,
+    registrations: TokenBucket,
+    resolutions: TokenBucket,
+    reports: TokenBucket,
+}
+
+/// The registrar state machine. See the module documentation for the call
+/// order.
+pub struct Registrar {
+    config: RegistrarConfig,
+    handlespace: Handlespace,
+    connections: HashMap<ConnectionId, Connection>,
+    supervised: HashMap<(PoolHandle, PoolElementId), Supervision>,
+    timers: BTreeSet<(Instant, PoolHandle, PoolElementId)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    rng: StdRng,
+}
+
+impl Registrar {
+    /// A registrar with an empty handlespace.
+    pub fn new(config: RegistrarConfig) -> Self {
+        Self {
+            handlespace: Handlespace::new(config.handlespace.clone()),
+            rng: StdRng::seed_from_u64(config.seed),
+            config,
+            connections: HashMap::new(),
+            supervised: HashMap::new(),
+            timers: BTreeSet::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RegistrarConfig {
+        &self.config
+    }
+
+    /// The handlespace, to read.
+    pub fn handlespace(&self) -> &Handlespace {
+        &self.handlespace
+    }
+
+    /// A connection was accepted from `peer`, authenticated as `identity`
+    /// when TLS client certificates (or another mechanism) say so.
+    pub fn handle_connect(
+        &mut self,
+        connection: ConnectionId,
+        peer: Option<SocketAddr>,
+        identity: Option<Arc<str>>,
+        now: Instant,
+    ) {
+        let c = &self.config;
+        self.connections.insert(
+            connection,
+            Connection {
+                registrant: Registrant {
+                    connection,
+                    identity,
+                },
+                peer,
+                elements: HashSet::new(),
+                registrations: TokenBucket::new(c.registration_rate, now),
+                resolutions: TokenBucket::new(c.resolution_rate, now),
+                reports: TokenBucket::new(c.unreachable_rate, now),
+            },
+        );
+    }
+
+    /// A connection ended: every PE registered on it is removed at once.
+    pub fn handle_disconnect(&mut self, connection: ConnectionId, _now: Instant) {
+        let Some(conn) = self.connections.remove(&connection) else {
+            return;
+        };
+        for (handle, id) in conn.elements {
+            self.remove(&handle, id, RemovalReason::ConnectionLost);
+        }
+    }
+
+    /// A message arrived on `connection`.
+    pub fn handle_message(&mut self, connection: ConnectionId, message: AsapMessage, now: Instant) {
+        if !self.connections.contains_key(&connection) {
+            self.handle_connect(connection, None, None, now);
+        }
+        match message {
+            AsapMessage::Registration {
+                pool_handle,
+                pool_element,
+            } => self.on_registration(connection, pool_handle, pool_element, now),
+            AsapMessage::Deregistration { pool_handle, pe_id } => {
+                self.on_deregistration(connection, pool_handle, pe_id);
+            }
+            AsapMessage::HandleResolution {
+                pool_handle, items, ..
+            } => self.on_resolution(connection, pool_handle, items, now),
+            AsapMessage::EndpointKeepAliveAck { pool_handle, pe_id } => {
+                self.on_keep_alive_ack(connection, &pool_handle, pe_id, now);
+            }
+            AsapMessage::EndpointUnreachable { pool_handle, pe_id } => {
+                self.on_unreachable(connection, &pool_handle, pe_id, now);
+            }
+            // Messages a registrar does not act on (cookies and business
+            // cards travel between pool users and PEs).
+            _ => {}
+        }
+    }
+
+    fn send(&mut self, connection: ConnectionId, message: AsapMessage) {
+        self.transmits.push_back(Transmit::Send {
+            connection,
+            message,
+        });
+    }
+
+    fn refused(&mut self, connection: ConnectionId, request: &'static str, cause: CauseCode) {
+        self.events.push_back(Event::Refused {
+            connection,
+            request,
+            cause,
+        });
+    }
+
+    fn on_registration(
+        &mut self,
+        connection: ConnectionId,
+        pool_handle: PoolHandle,
+        mut element: PoolElement,
+        now: Instant,
+    ) {
+        let conn = self.connections.get_mut(&connection).expect("connected");
+        let reject = |cause: ErrorCause, pe_id| AsapMessage::RegistrationResponse {
+            reject: true,
+            pool_handle: pool_handle.clone(),
+            pe_id,
+            error: Some(OperationError::single(cause)),
+        };
+        if !conn.registrations.try_take(now) {
+            let cause = ErrorCause::new(CauseCode::LACK_OF_RESOURCES);
+            let response = reject(cause, element.id);
+            self.send(connection, response);
+            self.refused(connection, "registration", CauseCode::LACK_OF_RESOURCES);
+            return;
+        }
+        // This registrar becomes the PE's home; its ASAP endpoint is the
+        // connection it came on. A registration life shorter than one
+        // keep-alive round would expire a PE that answers every keep-alive,
+        // so it is raised to that.
+        element.home_registrar = self.config.id;
+        element.asap_transport = conn.peer.map(Transport::tcp);
+        let round = self.config.keep_alive_interval + self.config.keep_alive_timeout;
+        let round_ms = u32::try_from(round.as_millis()).unwrap_or(u32::MAX);
+        element.registration_life = element.registration_life.max(round_ms);
+        let origin = Origin::Asap(conn.registrant.clone());
+        let pe_id = element.id;
+        match self
+            .handlespace
+            .register(&pool_handle, element.clone(), origin, now)
+        {
+            Ok(outcome) => {
+                let key = (pool_handle.clone(), pe_id);
+                // The PE may have moved to this connection (a reconnect).
+                if let Some(old) = self.supervised.get(&key).map(|s| s.connection)
+                    && old != connection
+                    && let Some(c) = self.connections.get_mut(&old)
+                {
+                    c.elements.remove(&key);
+                }
+                self.connections
+                    .get_mut(&connection)
+                    .expect("connected")
+                    .elements
+                    .insert(key.clone());
+                self.supervise(key, connection, now + self.config.keep_alive_interval);
+                self.send(
+                    connection,
+                    AsapMessage::RegistrationResponse {
+                        reject: false,
+                        pool_handle: pool_handle.clone(),
+                        pe_id,
+                        error: None,
+                    },
+                );
+                self.events.push_back(Event::Registered {
+                    pool_handle,
+                    element,
+                    added: outcome == Registered::Added,
+                });
+            }
+            Err(e) => {
+                let cause = e.cause();
+                let code = cause.code;
+                let response = reject(cause, pe_id);
+                self.send(connection, response);
+                self.refused(connection, "registration", code);
+            }
+        }
+    }
+
+    /// (Re)starts keep-alive supervision: the next keep-alive is due at `due`.
+    fn supervise(
+        &mut self,
+        key: (PoolHandle, PoolElementId),
+        connection: ConnectionId,
+        due: Instant,
+    ) {
+        if let Some(old) = self.supervised.get(&key) {
+            self.timers.remove(&(old.due, key.0.clone(), key.1));
+        }
+        self.timers.insert((due, key.0.clone(), key.1));
+        self.supervised.insert(
+            key,
+            Supervision {
+                connection,
+                due,
+                awaiting_ack: false,
+            },
+        );
+    }
+
+    fn unsupervise(&mut self, handle: &PoolHandle, id: PoolElementId) {
+        let key = (handle.clone(), id);
+        if let Some(s) = self.supervised.remove(&key) {
+            self.timers.remove(&(s.due, key.0.clone(), key.1));
+            if let Some(c) = self.connections.get_mut(&s.connection) {
+                c.elements.remove(&key);
+            }
+        }
+    }
+
+    /// Removes a PE from the handlespace and from supervision.
+    fn remove(&mut self, handle: &PoolHandle, id: PoolElementId, reason: RemovalReason) {
+        self.unsupervise(handle, id);
+        if let Some(element) = self.handlespace.remove(handle, id) {
+            self.events.push_back(Event::Removed {
+                pool_handle: handle.clone(),
+                element,
+                reason,
+            });
+        }
+    }
+
+    fn on_deregistration(
+        &mut self,
+        connection: ConnectionId,
+        pool_handle: PoolHandle,
+        pe_id: PoolElementId,
+    ) {
+        let registrant = self.connections[&connection].registrant.clone();
+        let result = self
+            .handlespace
+            .deregister(&pool_handle, pe_id, &Origin::Asap(registrant));
+        let error = match result {
+            Ok(element) => {
+                self.unsupervise(&pool_handle, pe_id);
+                self.events.push_back(Event::Removed {
+                    pool_handle: pool_handle.clone(),
+                    element,
+                    reason: RemovalReason::Deregistered,
+                });
+                None
+            }
+            Err(e) => {
+                let cause = e.cause();
+                self.refused(connection, "deregistration", cause.code);
+                Some(OperationError::single(cause))
+            }
+        };
+        self.send(
+            connection,
+            AsapMessage::DeregistrationResponse {
+                pool_handle,
+                pe_id,
+                error,
+            },
+        );
+    }
+
+    fn on_resolution(
+        &mut self,
+        connection: ConnectionId,
+        pool_handle: PoolHandle,
+        items: Option<u32>,
+        now: Instant,
+    ) {
+        let conn = self.connections.get_mut(&connection).expect("connected");
+        let outcome = if !conn.resolutions.try_take(now) {
+            self.refused(
+                connection,
+                "handle resolution",
+                CauseCode::LACK_OF_RESOURCES,
+            );
+            ResolutionOutcome::Error(OperationError::single(ErrorCause::new(
+                CauseCode::LACK_OF_RESOURCES,
+            )))
+        } else {
+            match self.handlespace.resolve(&pool_handle, items, &mut self.rng) {
+                Ok(chosen) => ResolutionOutcome::Members {
+                    policy: chosen.first().map(|pe| pe.policy.clone()),
+                    elements: chosen
+                        .into_iter()
+                        .map(|pe| PoolElement {
+                            asap_transport: None,
+                            ..pe.clone()
+                        })
+                        .collect(),
+                },
+                Err(e) => {
+                    let cause = e.cause();
+                    ResolutionOutcome::Error(OperationError::single(cause))
+                }
+            }
+        };
+        self.send(
+            connection,
+            AsapMessage::HandleResolutionResponse {
+                accepted: false,
+                pool_handle,
+                outcome,
+            },
+        );
+    }
+
+    fn on_keep_alive_ack(
+        &mut self,
+        connection: ConnectionId,
+        handle: &PoolHandle,
+        id: PoolElementId,
+        now: Instant,
+    ) {
+        let key = (handle.clone(), id);
+        let Some(s) = self.supervised.get(&key) else {
+            return;
+        };
+        if s.connection != connection || !s.awaiting_ack {
+            return;
+        }
+        self.supervise(key, connection, now + self.config.keep_alive_interval);
+        // The PE is alive: its registration life starts again.
+        let _ = self.handlespace.confirm(handle, id, now);
+    }
+
+    fn on_unreachable(
+        &mut self,
+        connection: ConnectionId,
+        handle: &PoolHandle,
+        id: PoolElementId,
+        now: Instant,
+    ) {
+        let conn = self.connections.get_mut(&connection).expect("connected");
+        if !conn.reports.try_take(now) {
+            self.refused(
+                connection,
+                "unreachability report",
+                CauseCode::LACK_OF_RESOURCES,
+            );
+            return;
+        }
+        // A pool user is told apart by its authenticated identity, or else
+        // by its connection.
+        let reporter = match &conn.registrant.identity {
+            Some(name) => reporter_of_identity(name),
+            None => connection.0,
+        };
+        match self
+            .handlespace
+            .report_unreachable(handle, id, reporter, now)
+        {
+            Ok(Unreachable::Removed(element)) => {
+                self.unsupervise(handle, id);
+                self.events.push_back(Event::Removed {
+                    pool_handle: handle.clone(),
+                    element,
+                    reason: RemovalReason::Unreachable,
+                });
+            }
+            Ok(Unreachable::Counted(_))
+            | Err(LookupError::UnknownPool | LookupError::UnknownElement(_)) => {}
+            Err(e) => self.refused(connection, "unreachability report", e.cause().code),
+        }
+    }
+
+    /// Time has come to `now`: keep-alives due are sent, PEs that did not
+    /// answer in time and registrations that ran out are removed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((due, handle, id)) = self.timers.first().cloned() {
+            if due > now {
+                break;
+            }
+            self.timers.pop_first();
+            let key = (handle, id);
+            let s = self.supervised[&key];
+            if s.awaiting_ack {
+                self.remove(&key.0, key.1, RemovalReason::KeepAliveTimeout);
+                continue;
+            }
+            let deadline = now + self.config.keep_alive_timeout;
+            self.timers.insert((deadline, key.0.clone(), key.1));
+            self.supervised.insert(
+                key.clone(),
+                Supervision {
+                    connection: s.connection,
+                    due: deadline,
+                    awaiting_ack: true,
+                },
+            );
+            self.send(
+                s.connection,
+                AsapMessage::EndpointKeepAlive {
+                    home: false,
+                    registrar_id: self.config.id,
+                    pool_handle: key.0,
+                    pe_id: Some(key.1),
+                },
+            );
+        }
+        for (pool_handle, element) in self.handlespace.expire_until(now) {
+            self.unsupervise(&pool_handle, element.id);
+            self.events.push_back(Event::Removed {
+                pool_handle,
+                element,
+                reason: RemovalReason::Expired,
+            });
+        }
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next change to report.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Registrar::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let supervision = self.timers.first().map(|(at, _, _)| *at);
+        match (supervision, self.handlespace.next_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// A reporter number for an authenticated identity (FNV-1a), with the top
+/// bit set so it never equals a connection number.
+fn reporter_of_identity(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h | 1 << 63
+}
