@@ -1,0 +1,306 @@
+//! The registrar as a running service: a tokio driver around
+//! [`hapool_proto::Registrar`].
+//!
+//! One task owns the state machine. It accepts connections, and for each
+//! one spawns a reader (decoded messages in) and a writer (messages out,
+//! through a bounded queue; a connection that cannot keep up is closed
+//! rather than buffered without bound). After every input it drains the
+//! state machine's transmits and events, and it sleeps until the state
+//! machine's next timeout.
+//!
+//! Never decides anything about the protocol itself: that is the state
+//! machine's job.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+
+use hapool_handlespace::ConnectionId;
+use hapool_net::{MessageReader, write_message};
+use hapool_proto::{Event, Registrar, RegistrarConfig, Transmit};
+use hapool_wire::{
+    AsapMessage, DEFAULT_MAX_MESSAGE, OperationError, PoolElement, PoolHandle, RegistrarId,
+};
+use tokio::net::TcpListener;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, info, warn};
+
+/// Messages queued for one connection before it counts as too slow.
+const WRITE_QUEUE: usize = 1024;
+
+/// One pool as a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    /// The pool.
+    pub pool_handle: PoolHandle,
+    /// Its PEs, by id.
+    pub elements: Vec<PoolElement>,
+}
+
+enum Input {
+    Message {
+        id: ConnectionId,
+        message: AsapMessage,
+    },
+    Closed {
+        id: ConnectionId,
+    },
+}
+
+enum Command {
+    Snapshot(oneshot::Sender<Vec<PoolSnapshot>>),
+    Shutdown,
+}
+
+/// A running registrar.
+pub struct RegistrarHandle {
+    local_addr: SocketAddr,
+    id: RegistrarId,
+    commands: mpsc::Sender<Command>,
+    task: JoinHandle<()>,
+}
+
+impl RegistrarHandle {
+    /// Where it listens for ASAP.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Its registrar identifier.
+    pub fn id(&self) -> RegistrarId {
+        self.id
+    }
+
+    /// Every pool and PE, sorted by pool handle and PE id.
+    pub async fn snapshot(&self) -> Vec<PoolSnapshot> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Snapshot(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Stops serving: every connection is closed.
+    pub async fn shutdown(self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+        let _ = self.task.await;
+    }
+}
+
+/// Starts a registrar serving ASAP on `listener`.
+pub fn start(config: RegistrarConfig, listener: TcpListener) -> io::Result<RegistrarHandle> {
+    let local_addr = listener.local_addr()?;
+    let id = config.id;
+    let (commands, command_rx) = mpsc::channel(16);
+    info!(registrar_id = %id, %local_addr, "registrar serving ASAP");
+    let task = tokio::spawn(run(Registrar::new(config), listener, command_rx));
+    Ok(RegistrarHandle {
+        local_addr,
+        id,
+        commands,
+        task,
+    })
+}
+
+async fn run(
+    mut registrar: Registrar,
+    listener: TcpListener,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let (input_tx, mut inputs) = mpsc::channel::<Input>(4096);
+    let mut connections: HashMap<ConnectionId, Connection> = HashMap::new();
+    let mut next_id = 0u64;
+    loop {
+        let deadline = registrar.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    next_id += 1;
+                    let id = ConnectionId(next_id);
+                    let _ = stream.set_nodelay(true);
+                    let (read, write) = stream.into_split();
+                    let (writer, queue) = mpsc::channel(WRITE_QUEUE);
+                    let tasks = [
+                        tokio::spawn(write_loop(write, queue)),
+                        tokio::spawn(read_loop(id, read, input_tx.clone(), writer.clone())),
+                    ];
+                    debug!(connection = id.0, %peer, "connection accepted");
+                    connections.insert(id, Connection { writer, tasks });
+                    registrar.handle_connect(id, Some(peer), None, Instant::now().into_std());
+                }
+                Err(e) => warn!(error = %e, "accept failed"),
+            },
+            Some(input) = inputs.recv() => {
+                let now = Instant::now().into_std();
+                match input {
+                    Input::Message { id, message } => registrar.handle_message(id, message, now),
+                    Input::Closed { id } => {
+                        debug!(connection = id.0, "connection closed");
+                        // Dropping the queue lets the writer send what is
+                        // left (such as an error report) and then close.
+                        connections.remove(&id);
+                        registrar.handle_disconnect(id, now);
+                    }
+                }
+            }
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                registrar.handle_timeout(Instant::now().into_std());
+            }
+            command = commands.recv() => match command {
+                Some(Command::Snapshot(reply)) => {
+                    let _ = reply.send(snapshot(&registrar));
+                }
+                Some(Command::Shutdown) | None => break,
+            },
+        }
+        while let Some(Transmit::Send {
+            connection,
+            message,
+        }) = registrar.poll_transmit()
+        {
+            let Some(c) = connections.get(&connection) else {
+                continue;
+            };
+            if c.writer.try_send(message).is_err() {
+                warn!(
+                    connection = connection.0,
+                    "connection too slow or gone; closing it"
+                );
+                if let Some(c) = connections.remove(&connection) {
+                    c.close();
+                }
+                registrar.handle_disconnect(connection, Instant::now().into_std());
+            }
+        }
+        while let Some(event) = registrar.poll_event() {
+            log_event(&event);
+        }
+    }
+    for (_, c) in connections {
+        c.close();
+    }
+    info!("registrar stopped");
+}
+
+/// A connection's outgoing queue and its reader and writer tasks.
+struct Connection {
+    writer: mpsc::Sender<AsapMessage>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Connection {
+    /// Closes the connection at once: both tasks end and the socket with
+    /// them, whatever is still queued.
+    fn close(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn snapshot(registrar: &Registrar) -> Vec<PoolSnapshot> {
+    let mut pools: Vec<PoolSnapshot> = registrar
+        .handlespace()
+        .pools()
+        .map(|pool| {
+            let mut elements: Vec<PoolElement> = pool.iter().map(|e| e.element().clone()).collect();
+            elements.sort_by_key(|e| e.id);
+            PoolSnapshot {
+                pool_handle: pool.handle().clone(),
+                elements,
+            }
+        })
+        .collect();
+    pools.sort_by(|a, b| a.pool_handle.cmp(&b.pool_handle));
+    pools
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Registered {
+            pool_handle,
+            element,
+            added,
+        } => {
+            debug!(pool = %pool_handle, pe_id = %element.id, added, "registered");
+        }
+        Event::Removed {
+            pool_handle,
+            element,
+            reason,
+        } => {
+            info!(pool = %pool_handle, pe_id = %element.id, ?reason, "pool element removed");
+        }
+        Event::Refused {
+            connection,
+            request,
+            cause,
+        } => {
+            warn!(
+                connection = connection.0,
+                request,
+                ?cause,
+                "request refused"
+            );
+        }
+    }
+}
+
+async fn read_loop(
+    id: ConnectionId,
+    read: OwnedReadHalf,
+    inputs: mpsc::Sender<Input>,
+    writer: mpsc::Sender<AsapMessage>,
+) {
+    let mut reader = MessageReader::<_, AsapMessage>::new(read, DEFAULT_MAX_MESSAGE);
+    loop {
+        match reader.next().await {
+            Ok(Some(decoded)) => {
+                if !decoded.reports.is_empty() {
+                    let error = OperationError {
+                        causes: decoded.reports,
+                    };
+                    let _ = writer.try_send(AsapMessage::Error { error });
+                }
+                if inputs
+                    .send(Input::Message {
+                        id,
+                        message: decoded.message,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                warn!(connection = id.0, error = %e, "malformed input");
+                if let hapool_net::ReadError::Decode(d) = &e
+                    && let Some(cause) = d.cause()
+                {
+                    let error = OperationError::single(cause);
+                    let _ = writer.try_send(AsapMessage::Error { error });
+                }
+                if !e.is_recoverable() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = inputs.send(Input::Closed { id }).await;
+}
+
+async fn write_loop(mut write: OwnedWriteHalf, mut queue: mpsc::Receiver<AsapMessage>) {
+    while let Some(message) = queue.recv().await {
+        if let Err(e) = write_message(&mut write, &message).await {
+            debug!(error = %e, "write failed");
+            break;
+        }
+    }
+}

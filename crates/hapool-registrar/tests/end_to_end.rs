@@ -1,0 +1,230 @@
+//! End to end on loopback: a registrar (the real driver and state machine
+//! over TCP), PEs and PUs from `hapool-client`, and raw ASAP clients where a
+//! test needs a misbehaving peer.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use hapool_client::{PeConfig, PeHandle, PeState, PoolUser, PuConfig};
+use hapool_net::{MessageReader, write_message};
+use hapool_proto::RegistrarConfig;
+use hapool_registrar::{RegistrarHandle, start};
+use hapool_wire::{
+    AsapMessage, CauseCode, DEFAULT_MAX_MESSAGE, Policy, PoolElement, PoolElementId, PoolHandle,
+    RegistrarId, Transport,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, sleep};
+
+const INTERVAL: Duration = Duration::from_millis(100);
+const TIMEOUT: Duration = Duration::from_millis(100);
+
+async fn registrar(id: u32) -> RegistrarHandle {
+    let mut config = RegistrarConfig::new(RegistrarId(id));
+    config.keep_alive_interval = INTERVAL;
+    config.keep_alive_timeout = TIMEOUT;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    start(config, listener).unwrap()
+}
+
+fn element(id: u32, load: u32) -> PoolElement {
+    PoolElement {
+        id: PoolElementId(id),
+        home_registrar: RegistrarId(0),
+        registration_life: 10_000,
+        user_transport: Transport::tcp((Ipv4Addr::LOCALHOST, 10_000 + id as u16).into()),
+        policy: Policy::LeastUsed { load },
+        asap_transport: None,
+    }
+}
+
+fn pool() -> PoolHandle {
+    PoolHandle::from("echo")
+}
+
+async fn start_pe(registrars: Vec<SocketAddr>, id: u32, load: u32) -> PeHandle {
+    let mut config = PeConfig::new(registrars, pool(), element(id, load));
+    config.retry_interval = Duration::from_millis(50);
+    let mut pe = PeHandle::start(config);
+    pe.wait_registered(Duration::from_secs(5)).await.unwrap();
+    pe
+}
+
+fn pu(registrars: Vec<SocketAddr>) -> PoolUser {
+    let mut config = PuConfig::new(registrars);
+    config.cache_ttl = Duration::ZERO;
+    config.items = Some(u32::MAX);
+    PoolUser::new(config)
+}
+
+async fn ids(registrar: &RegistrarHandle) -> Vec<u32> {
+    registrar
+        .snapshot()
+        .await
+        .iter()
+        .flat_map(|p| p.elements.iter().map(|e| e.id.0))
+        .collect()
+}
+
+/// Waits until `check` holds, for at most `limit`; returns how long it took.
+async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "not within {limit:?}");
+        sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_pes_five_pus_and_a_killed_pe() {
+    let r = registrar(1).await;
+    let addr = vec![r.local_addr()];
+    let mut pes = Vec::new();
+    for id in 1..=10 {
+        pes.push(start_pe(addr.clone(), id, id * 1000).await);
+    }
+    assert_eq!(ids(&r).await, (1..=10).collect::<Vec<_>>());
+    let pus: Vec<PoolUser> = (0..5).map(|_| pu(addr.clone())).collect();
+    for user in &pus {
+        let got = user.resolve(&pool()).await.unwrap();
+        assert_eq!(got.len(), 10);
+        // Least Used: the lightest first.
+        assert_eq!(got[0].id, PoolElementId(1));
+        assert_eq!(got[0].home_registrar, r.id());
+    }
+    // Kill PE 1 (its process dies: the socket closes): gone at once.
+    pes.remove(0).abort();
+    let took = within(INTERVAL + TIMEOUT, async || !ids(&r).await.contains(&1)).await;
+    eprintln!("killed PE gone after {took:?}");
+    for user in &pus {
+        let got = user.resolve(&pool()).await.unwrap();
+        assert_eq!(got.len(), 9);
+        assert_eq!(got[0].id, PoolElementId(2));
+    }
+    // A load update reorders resolution.
+    pes[8].set_policy(Policy::LeastUsed { load: 0 }).await;
+    within(Duration::from_secs(2), async || {
+        pus[0].resolve(&pool()).await.unwrap()[0].id == PoolElementId(10)
+    })
+    .await;
+    // A clean stop deregisters.
+    pes.remove(0).stop().await;
+    assert!(!ids(&r).await.contains(&2));
+    r.shutdown().await;
+}
+
+/// A PE that stays connected but stops answering keep-alives (hung).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_pe_is_gone_within_interval_plus_timeout() {
+    let r = registrar(2).await;
+    let stream = TcpStream::connect(r.local_addr()).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut reader = MessageReader::<_, AsapMessage>::new(read, DEFAULT_MAX_MESSAGE);
+    let registration = AsapMessage::Registration {
+        pool_handle: pool(),
+        pool_element: element(7, 0),
+    };
+    write_message(&mut write, &registration).await.unwrap();
+    let answer = reader.next().await.unwrap().unwrap().message;
+    assert!(matches!(
+        answer,
+        AsapMessage::RegistrationResponse { reject: false, .. }
+    ));
+    let registered = Instant::now();
+    // The keep-alive comes after one interval; it is not answered.
+    let keep_alive = reader.next().await.unwrap().unwrap().message;
+    assert!(matches!(
+        keep_alive,
+        AsapMessage::EndpointKeepAlive { home: false, .. }
+    ));
+    within(Duration::from_secs(2), async || ids(&r).await.is_empty()).await;
+    let took = registered.elapsed();
+    eprintln!("hung PE gone {took:?} after registering");
+    assert!(took >= INTERVAL + TIMEOUT, "{took:?}");
+    assert!(
+        took < INTERVAL + TIMEOUT + Duration::from_millis(150),
+        "{took:?}"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pe_fails_over_to_the_next_registrar_within_one_interval() {
+    let first = registrar(3).await;
+    let second = registrar(4).await;
+    let list = vec![first.local_addr(), second.local_addr()];
+    let mut pe = start_pe(list.clone(), 5, 0).await;
+    assert_eq!(
+        pe.state(),
+        PeState::Registered {
+            registrar: first.local_addr()
+        }
+    );
+    first.shutdown().await;
+    let registrar = pe.wait_registered(Duration::from_secs(2)).await;
+    let took = within(INTERVAL, async || ids(&second).await == [5]).await;
+    eprintln!("re-registered with the second registrar after {took:?} (state {registrar:?})");
+    // A pool user with the same list fails over too.
+    let user = pu(list);
+    let got = user.resolve(&pool()).await.unwrap();
+    assert_eq!(got[0].id, PoolElementId(5));
+    assert_eq!(got[0].home_registrar, RegistrarId(4));
+    pe.stop().await;
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_its_error_and_disturbs_nothing() {
+    let r = registrar(5).await;
+    let addr = vec![r.local_addr()];
+    let _pe = start_pe(addr.clone(), 1, 0).await;
+    // Garbage: an unknown message type gets ASAP_ERROR (Unrecognized Message).
+    let stream = TcpStream::connect(r.local_addr()).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut reader = MessageReader::<_, AsapMessage>::new(read, DEFAULT_MAX_MESSAGE);
+    tokio::io::AsyncWriteExt::write_all(&mut write, &[0x7F, 0, 0, 8, 1, 2, 3, 4])
+        .await
+        .unwrap();
+    match reader.next().await.unwrap().unwrap().message {
+        AsapMessage::Error { error } => {
+            assert_eq!(error.causes[0].code, CauseCode::UNRECOGNIZED_MESSAGE);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A length field below the header size breaks the framing: Invalid
+    // Values, then the connection closes.
+    tokio::io::AsyncWriteExt::write_all(&mut write, &[0x01, 0, 0x00, 0x02])
+        .await
+        .unwrap();
+    let answer = reader.next().await;
+    assert!(
+        matches!(&answer, Ok(Some(d)) if matches!(&d.message, AsapMessage::Error { error } if error.causes[0].code == CauseCode::INVALID_VALUES)),
+        "{answer:?}"
+    );
+    assert!(matches!(reader.next().await, Ok(None) | Err(_)));
+    // A hijacking re-registration from another connection is refused.
+    let stream = TcpStream::connect(r.local_addr()).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut reader = MessageReader::<_, AsapMessage>::new(read, DEFAULT_MAX_MESSAGE);
+    let hijack = AsapMessage::Registration {
+        pool_handle: pool(),
+        pool_element: element(1, 99),
+    };
+    write_message(&mut write, &hijack).await.unwrap();
+    match reader.next().await.unwrap().unwrap().message {
+        AsapMessage::RegistrationResponse { reject, error, .. } => {
+            assert!(reject);
+            assert_eq!(
+                error.unwrap().causes[0].code,
+                CauseCode::NON_UNIQUE_PE_IDENTIFIER
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The PE is untouched and still resolvable.
+    let got = pu(addr).resolve(&pool()).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].policy, Policy::LeastUsed { load: 0 });
+    r.shutdown().await;
+}
