@@ -1,6 +1,11 @@
 //! `hapool`: the one binary of hapool.
 //!
 //! Subcommands so far:
+//! - `hapool registrar`: serves ASAP (registration, resolution, keep-alive
+//!   supervision) on TCP.
+//! - `hapool pe`: keeps an existing server registered in a pool while a TCP
+//!   probe of it passes; deregisters on SIGTERM.
+//! - `hapool resolve POOL`: prints the PEs a registrar chooses.
 //! - `hapool wire decode`: decodes ASAP or ENRP messages given in hex and
 //!   prints them readably, or says exactly what is malformed and which RFC
 //!   5354 error cause a peer would be sent.
@@ -12,6 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod serve;
 mod wire;
 
 #[derive(Parser)]
@@ -27,6 +33,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve ASAP as a registrar.
+    Registrar(serve::RegistrarArgs),
+    /// Keep an existing server registered in a pool while it is healthy.
+    Pe(serve::PeArgs),
+    /// Print the pool elements a registrar chooses for a pool.
+    Resolve(serve::ResolveArgs),
     /// Work with the ASAP/ENRP wire format.
     Wire {
         #[command(subcommand)]
@@ -57,9 +69,46 @@ pub(crate) enum Protocol {
     Enrp,
 }
 
+/// Exit status for a bad command line or configuration (EX_USAGE).
+const EXIT_BAD_CONFIG: u8 = 64;
+
+/// An error in what the operator asked for, as opposed to one met while
+/// running: the process exits with [`EXIT_BAD_CONFIG`].
+#[derive(Debug)]
+pub(crate) struct BadConfig(pub(crate) String);
+
+impl std::fmt::Display for BadConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadConfig {}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_BAD_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let result = match cli.command {
+        Command::Registrar(args) => runtime().and_then(|rt| rt.block_on(serve::registrar(args))),
+        Command::Pe(args) => runtime().and_then(|rt| rt.block_on(serve::pe(args))),
+        Command::Resolve(args) => runtime().and_then(|rt| rt.block_on(serve::resolve(args))),
         Command::Wire {
             command: WireCommand::Decode { protocol, hex },
         } => read_hex(hex).and_then(|bytes| wire::decode(protocol, &bytes)),
@@ -68,9 +117,19 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<BadConfig>().is_some() {
+                ExitCode::from(EXIT_BAD_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// The bytes of the hex arguments, or of standard input when there are none.

@@ -1,14 +1,22 @@
 //! The `hapool` command as a user runs it.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn hapool(args: &[&str]) -> (bool, String, String) {
+    let (code, out, err) = hapool_code(args);
+    (code == 0, out, err)
+}
+
+fn hapool_code(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_hapool"))
         .args(args)
         .output()
         .expect("run hapool");
     (
-        out.status.success(),
+        out.status.code().expect("exited"),
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
     )
@@ -70,4 +78,128 @@ fn wire_decode_names_the_fault_and_the_cause() {
     let (ok, _, err) = hapool(&["wire", "decode", "08000014 00090008"]);
     assert!(!ok);
     assert!(err.contains("not a whole ASAP message"), "{err}");
+}
+
+/// Sends SIGTERM to `child` and waits for it.
+fn terminate(mut child: Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    child.wait().expect("wait")
+}
+
+/// Runs `hapool resolve` until `done` accepts its output, for 10 s at most.
+fn resolve_until(registrar: &str, done: impl Fn(bool, &str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let (ok, out, err) = hapool(&["resolve", "web", "--registrar", registrar]);
+        if done(ok, &out) {
+            return format!("{out}{err}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "resolve gave: {out}{err}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn registrar_pe_sidecar_and_resolve() {
+    let mut registrar = Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args(["registrar", "--listen", "127.0.0.1:0", "--id", "abcd"])
+        .args([
+            "--keep-alive-interval",
+            "200ms",
+            "--keep-alive-timeout",
+            "200ms",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(registrar.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(
+        line.starts_with("registrar 0000abcd serving ASAP on"),
+        "{line}"
+    );
+
+    // An existing server, and the sidecar that registers it while it is up.
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = server.local_addr().unwrap().to_string();
+    let pe = Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args([
+            "pe",
+            "--registrar",
+            &addr,
+            "--pool",
+            "web",
+            "--address",
+            &server_addr,
+        ])
+        .args([
+            "--policy",
+            "lu",
+            "--load",
+            "25",
+            "--id",
+            "77",
+            "--probe-interval",
+            "100ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = resolve_until(&addr, |ok, out| ok && out.contains("0000004d"));
+    assert!(out.contains(&format!("tcp://{server_addr}")), "{out}");
+    assert!(out.contains("LU load=25.00%"), "{out}");
+    assert!(out.contains("home 0000abcd"), "{out}");
+
+    // The server goes down: the sidecar deregisters it.
+    drop(server);
+    let out = resolve_until(&addr, |ok, _| !ok);
+    assert!(out.contains("Unknown Pool Handle"), "{out}");
+
+    // SIGTERM ends both cleanly.
+    assert!(terminate(pe).success());
+    assert!(terminate(registrar).success());
+}
+
+#[test]
+fn bad_arguments_are_named_and_exit_64() {
+    let pe = [
+        "pe",
+        "--registrar",
+        "127.0.0.1:1",
+        "--pool",
+        "p",
+        "--address",
+        "127.0.0.1:2",
+    ];
+    let (code, _, err) = hapool_code(&[&pe[..], &["--policy", "fastest"]].concat());
+    assert_eq!(code, 64);
+    assert!(err.contains("unknown policy \"fastest\""), "{err}");
+    let (code, _, err) = hapool_code(&[&pe[..], &["--policy", "lu", "--load", "150"]].concat());
+    assert_eq!(code, 64);
+    assert!(err.contains("150 is not a percentage"), "{err}");
+    let (code, _, err) = hapool_code(&["registrar", "--id", "0"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("0 is reserved"), "{err}");
+    let (code, _, err) = hapool_code(&["registrar", "--keep-alive-interval", "soon"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("--keep-alive-interval"), "{err}");
+    // A port already taken is a runtime failure, named, exit 1.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = hapool_code(&["registrar", "--listen", &addr]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert_eq!(hapool_code(&["--help"]).0, 0);
 }
