@@ -413,59 +413,64 @@ impl Handlespace {
         let (new_home, new_expiry) = (after.element().home_registrar, after.expires_at());
         if new_home != old_home {
             let part = element_sum(handle_sum, id);
-            if let Some(owned) = self.owners.get_mut(&old_home) {
-                owned.elements.remove(&(pool_index, id));
-                owned.checksum.remove(part);
-                if owned.elements.is_empty() {
-                    self.owners.remove(&old_home);
-                }
-            }
-            let owned = self.owners.entry(new_home).or_default();
-            owned.elements.insert((pool_index, id));
-            owned.checksum.add(part);
+            self.disown(old_home, pool_index, id, part);
+            self.own(new_home, pool_index, id, part);
         }
         if new_expiry != old_expiry {
-            self.expiry
-                .remove(expiry_entry(old_expiry, pool_index, slot));
-            self.expiry
-                .insert(expiry_entry(new_expiry, pool_index, slot));
+            self.move_expiry(pool_index, slot, old_expiry, new_expiry);
         }
     }
 
-    /// Enters the PE at `slot` in the owner and expiry indexes.
-    fn link(&mut self, pool_index: u32, slot: u32) {
-        let pool = self.pools[pool_index as usize]
-            .as_ref()
-            .expect("pool in use");
-        let entry = pool.entry(slot);
-        let id = entry.element().id;
-        let owned = self
-            .owners
-            .entry(entry.element().home_registrar)
-            .or_default();
+    /// Counts PE `id` of pool `pool_index` as `home`'s, with its checksum part.
+    fn own(&mut self, home: RegistrarId, pool_index: u32, id: PoolElementId, part: u64) {
+        let owned = self.owners.entry(home).or_default();
         owned.elements.insert((pool_index, id));
-        owned.checksum.add(element_sum(pool.handle_sum, id));
-        self.expiry
-            .insert(expiry_entry(entry.expires_at(), pool_index, slot));
+        owned.checksum.add(part);
     }
 
-    /// Takes the PE at `slot` out of the owner and expiry indexes.
-    fn unlink(&mut self, pool_index: u32, slot: u32) {
-        let pool = self.pools[pool_index as usize]
-            .as_ref()
-            .expect("pool in use");
-        let entry = pool.entry(slot);
-        let id = entry.element().id;
-        let home = entry.element().home_registrar;
+    /// Stops counting PE `id` as `home`'s; an owner left with none is dropped.
+    fn disown(&mut self, home: RegistrarId, pool_index: u32, id: PoolElementId, part: u64) {
         if let Some(owned) = self.owners.get_mut(&home) {
             owned.elements.remove(&(pool_index, id));
-            owned.checksum.remove(element_sum(pool.handle_sum, id));
+            owned.checksum.remove(part);
             if owned.elements.is_empty() {
                 self.owners.remove(&home);
             }
         }
-        self.expiry
-            .remove(expiry_entry(entry.expires_at(), pool_index, slot));
+    }
+
+    /// Moves the expiry entry of the PE at `slot` from `old` to `new`.
+    fn move_expiry(&mut self, pool_index: u32, slot: u32, old: Instant, new: Instant) {
+        self.expiry.remove(expiry_entry(old, pool_index, slot));
+        self.expiry.insert(expiry_entry(new, pool_index, slot));
+    }
+
+    /// Enters the PE at `slot` in the owner and expiry indexes.
+    fn link(&mut self, pool_index: u32, slot: u32) {
+        let pool = self.pool_at(pool_index);
+        let entry = pool.entry(slot);
+        let (id, home, expires) = (
+            entry.element().id,
+            entry.element().home_registrar,
+            entry.expires_at(),
+        );
+        let part = element_sum(pool.handle_sum, id);
+        self.own(home, pool_index, id, part);
+        self.expiry.insert(expiry_entry(expires, pool_index, slot));
+    }
+
+    /// Takes the PE at `slot` out of the owner and expiry indexes.
+    fn unlink(&mut self, pool_index: u32, slot: u32) {
+        let pool = self.pool_at(pool_index);
+        let entry = pool.entry(slot);
+        let (id, home, expires) = (
+            entry.element().id,
+            entry.element().home_registrar,
+            entry.expires_at(),
+        );
+        let part = element_sum(pool.handle_sum, id);
+        self.disown(home, pool_index, id, part);
+        self.expiry.remove(expiry_entry(expires, pool_index, slot));
     }
 
     /// Removes the PE at `slot`, and its pool when it was the last.
@@ -557,8 +562,7 @@ impl Handlespace {
         let before = pool.entry(slot).expires_at();
         pool.modify(slot, |entry| entry.confirm(now));
         let after = pool.entry(slot).expires_at();
-        self.expiry.remove(expiry_entry(before, pool_index, slot));
-        self.expiry.insert(expiry_entry(after, pool_index, slot));
+        self.move_expiry(pool_index, slot, before, after);
         Ok(())
     }
 

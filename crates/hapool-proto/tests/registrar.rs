@@ -88,6 +88,17 @@ impl Harness {
         std::iter::from_fn(|| self.registrar.poll_event()).collect()
     }
 
+    fn ack(&mut self, c: u64, id: u32, ms: u64) -> Vec<(u64, AsapMessage)> {
+        self.send(
+            c,
+            AsapMessage::EndpointKeepAliveAck {
+                pool_handle: handle(),
+                pe_id: PoolElementId(id),
+            },
+            ms,
+        )
+    }
+
     fn register(&mut self, c: u64, id: u32, ms: u64) -> Vec<(u64, AsapMessage)> {
         self.send(
             c,
@@ -228,14 +239,7 @@ fn keep_alive_supervision_at_100ms() {
     assert_eq!(h.tick(100), vec![keep_alive(1, 7)]);
     assert_eq!(h.registrar.poll_timeout(), Some(h.at(200)));
     // The ack restarts the cycle and renews the registration.
-    h.send(
-        1,
-        AsapMessage::EndpointKeepAliveAck {
-            pool_handle: handle(),
-            pe_id: PoolElementId(7),
-        },
-        150,
-    );
+    h.ack(1, 7, 150);
     assert_eq!(h.registrar.poll_timeout(), Some(h.at(250)));
     assert_eq!(h.tick(250), vec![keep_alive(1, 7)]);
     // No ack within the timeout: removed at once.
@@ -256,14 +260,7 @@ fn an_ack_from_another_connection_does_not_count() {
     h.connect(2);
     h.register(1, 7, 0);
     h.tick(100);
-    h.send(
-        2,
-        AsapMessage::EndpointKeepAliveAck {
-            pool_handle: handle(),
-            pe_id: PoolElementId(7),
-        },
-        150,
-    );
+    h.ack(2, 7, 150);
     h.tick(200);
     assert!(h.registrar.handlespace().is_empty());
 }
@@ -530,14 +527,7 @@ fn registration_life_is_at_least_one_keep_alive_round() {
     for round in 0..20u64 {
         let t = round * 100;
         h.tick(t + 100);
-        h.send(
-            1,
-            AsapMessage::EndpointKeepAliveAck {
-                pool_handle: handle(),
-                pe_id: PoolElementId(7),
-            },
-            t + 100,
-        );
+        h.ack(1, 7, t + 100);
     }
     assert_eq!(h.registrar.handlespace().len(), 1);
 }
