@@ -6,6 +6,8 @@
 //! - `hapool pe`: keeps an existing server registered in a pool while a TCP
 //!   probe of it passes; deregisters on SIGTERM.
 //! - `hapool resolve POOL`: prints the PEs a registrar chooses.
+//! - `hapool bench`: loads a running registrar and reports requests per
+//!   second and latency.
 //! - `hapool wire decode`: decodes ASAP or ENRP messages given in hex and
 //!   prints them readably, or says exactly what is malformed and which RFC
 //!   5354 error cause a peer would be sent.
@@ -17,6 +19,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench;
 mod serve;
 mod wire;
 
@@ -39,6 +42,9 @@ enum Command {
     Pe(serve::PeArgs),
     /// Print the pool elements a registrar chooses for a pool.
     Resolve(serve::ResolveArgs),
+    /// Load a running registrar: registrations, re-registrations and
+    /// resolutions per second.
+    Bench(bench::BenchArgs),
     /// Work with the ASAP/ENRP wire format.
     Wire {
         #[command(subcommand)]
@@ -109,6 +115,7 @@ fn main() -> ExitCode {
         Command::Registrar(args) => runtime().and_then(|rt| rt.block_on(serve::registrar(args))),
         Command::Pe(args) => runtime().and_then(|rt| rt.block_on(serve::pe(args))),
         Command::Resolve(args) => runtime().and_then(|rt| rt.block_on(serve::resolve(args))),
+        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::bench(args))),
         Command::Wire {
             command: WireCommand::Decode { protocol, hex },
         } => read_hex(hex).and_then(|bytes| wire::decode(protocol, &bytes)),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hapool_client::{PeConfig, PeHandle, PoolUser, PuConfig};
-use hapool_proto::RegistrarConfig;
+use hapool_proto::{RateLimit, RegistrarConfig};
 use hapool_wire::{
     Policy, PolicyType, PoolElement, PoolElementId, PoolHandle, RegistrarId, Transport,
 };
@@ -31,6 +31,30 @@ pub(crate) struct RegistrarArgs {
     /// How long a PE has to answer a keep-alive.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     keep_alive_timeout: Duration,
+    /// Registrations per second one connection may send (0: no limit).
+    #[arg(long, default_value_t = 100.0)]
+    registration_rate: f64,
+    /// Handle resolutions per second one connection may send (0: no limit).
+    #[arg(long, default_value_t = 1000.0)]
+    resolution_rate: f64,
+}
+
+/// A per-connection limit of `per_second`, with a two-second burst; 0
+/// means none.
+fn rate(per_second: f64, flag: &str) -> anyhow::Result<RateLimit> {
+    if !per_second.is_finite() || per_second < 0.0 {
+        bail!(BadConfig(format!(
+            "{flag} {per_second} is not a rate (0 or more per second)"
+        )));
+    }
+    Ok(if per_second == 0.0 {
+        RateLimit::UNLIMITED
+    } else {
+        RateLimit {
+            per_second,
+            burst: (per_second * 2.0).ceil().min(f64::from(u32::MAX)) as u32,
+        }
+    })
 }
 
 fn parse_hex_id(s: &str) -> Result<u32, String> {
@@ -49,6 +73,8 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
     let mut config = RegistrarConfig::new(RegistrarId(id));
     config.keep_alive_interval = args.keep_alive_interval;
     config.keep_alive_timeout = args.keep_alive_timeout;
+    config.registration_rate = rate(args.registration_rate, "--registration-rate")?;
+    config.resolution_rate = rate(args.resolution_rate, "--resolution-rate")?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -108,27 +108,14 @@ fn resolve_until(registrar: &str, done: impl Fn(bool, &str) -> bool) -> String {
 
 #[test]
 fn registrar_pe_sidecar_and_resolve() {
-    let mut registrar = Command::new(env!("CARGO_BIN_EXE_hapool"))
-        .args(["registrar", "--listen", "127.0.0.1:0", "--id", "abcd"])
-        .args([
-            "--keep-alive-interval",
-            "200ms",
-            "--keep-alive-timeout",
-            "200ms",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(registrar.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(
-        line.starts_with("registrar 0000abcd serving ASAP on"),
-        "{line}"
-    );
+    let (registrar, addr) = start_registrar(&[
+        "--id",
+        "abcd",
+        "--keep-alive-interval",
+        "200ms",
+        "--keep-alive-timeout",
+        "200ms",
+    ]);
 
     // An existing server, and the sidecar that registers it while it is up.
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -202,4 +189,72 @@ fn bad_arguments_are_named_and_exit_64() {
     assert_eq!(code, 1);
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
     assert_eq!(hapool_code(&["--help"]).0, 0);
+}
+
+/// Starts `hapool registrar` on a free port; returns it and its address.
+/// Checks the line it prints first.
+fn start_registrar(extra: &[&str]) -> (Child, String) {
+    let mut registrar = Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args(["registrar", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(registrar.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("registrar ") && line.contains(" serving ASAP on "),
+        "{line}"
+    );
+    if let Some(i) = extra.iter().position(|a| *a == "--id") {
+        assert!(
+            line.starts_with(&format!("registrar {:0>8}", extra[i + 1])),
+            "{line}"
+        );
+    }
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    (registrar, addr)
+}
+
+#[test]
+fn bench_loads_a_registrar() {
+    let (registrar, addr) =
+        start_registrar(&["--registration-rate", "0", "--resolution-rate", "0"]);
+    let (ok, out, err) = hapool(&[
+        "bench",
+        "--registrar",
+        &addr,
+        "--concurrency",
+        "2",
+        "--duration",
+        "200ms",
+    ]);
+    assert!(ok, "{err}");
+    for phase in ["register", "re-register", "resolve"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{phase} ")))
+            .unwrap_or_else(|| panic!("no {phase} line in {out}"));
+        let requests: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(requests > 0, "{line}");
+    }
+    assert!(terminate(registrar).success());
+    // With the default limits the registrar refuses the flood, and the
+    // bench says so.
+    let (registrar, addr) = start_registrar(&[]);
+    let (ok, _, err) = hapool(&[
+        "bench",
+        "--registrar",
+        &addr,
+        "--concurrency",
+        "1",
+        "--duration",
+        "2s",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("Lack of Resources"), "{err}");
+    assert!(terminate(registrar).success());
 }
