@@ -39,6 +39,11 @@ pub(crate) struct BenchArgs {
     /// PEs asked for per resolution.
     #[arg(long, default_value_t = 3)]
     items: u32,
+    /// Instead of the load phases, measure failure detection: how long a
+    /// PE that stops answering keep-alives, and one whose connection
+    /// closes, stay in resolution.
+    #[arg(long)]
+    failure_detection: bool,
 }
 
 struct Conn {
@@ -184,7 +189,67 @@ fn report(name: &str, mut latencies: Vec<u64>, elapsed: Duration) {
     );
 }
 
+/// Resolves `pool` every 2 ms until the registrar no longer knows it;
+/// returns when that happened.
+async fn wait_until_gone(conn: &mut Conn, pool: &PoolHandle) -> anyhow::Result<Instant> {
+    let resolve = AsapMessage::HandleResolution {
+        subscribe: false,
+        pool_handle: pool.clone(),
+        items: None,
+    };
+    let start = Instant::now();
+    loop {
+        match conn.call(&resolve).await? {
+            AsapMessage::HandleResolutionResponse {
+                outcome: ResolutionOutcome::Error(_),
+                ..
+            } => return Ok(Instant::now()),
+            _ if start.elapsed() > Duration::from_secs(120) => bail!("the PE outlived 120 s"),
+            _ => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
+async fn failure_detection(args: &BenchArgs) -> anyhow::Result<()> {
+    let mut user = Conn::open(args.registrar).await?;
+    // A hung PE: registered, then it never reads again, so keep-alives go
+    // unanswered.
+    let pool = PoolHandle::from(format!("{}-hung", args.pool).as_str());
+    let mut hung = Conn::open(args.registrar).await?;
+    let registration = AsapMessage::Registration {
+        pool_handle: pool.clone(),
+        pool_element: element(1, 0),
+    };
+    hung.call(&registration).await?;
+    let registered = Instant::now();
+    let gone = wait_until_gone(&mut user, &pool).await?;
+    println!(
+        "hung PE (keep-alives unanswered): out of resolution {} ms after registering",
+        (gone - registered).as_millis()
+    );
+    // A killed PE: its connection closes.
+    let pool = PoolHandle::from(format!("{}-killed", args.pool).as_str());
+    let mut killed = Conn::open(args.registrar).await?;
+    let registration = AsapMessage::Registration {
+        pool_handle: pool.clone(),
+        pool_element: element(2, 0),
+    };
+    killed.call(&registration).await?;
+    let died = Instant::now();
+    drop(killed);
+    let gone = wait_until_gone(&mut user, &pool).await?;
+    println!(
+        "killed PE (connection closed): out of resolution {} ms after it died",
+        (gone - died).as_millis()
+    );
+    drop(hung);
+    Ok(())
+}
+
 pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.failure_detection {
+        return failure_detection(&args).await;
+    }
     if args.concurrency == 0 {
         bail!(crate::BadConfig("--concurrency must be at least 1".into()));
     }

@@ -242,6 +242,27 @@ fn bench_loads_a_registrar() {
         assert!(requests > 0, "{line}");
     }
     assert!(terminate(registrar).success());
+    // Failure detection at 100 ms + 100 ms keep-alives.
+    let (registrar, addr) = start_registrar(&[
+        "--keep-alive-interval",
+        "100ms",
+        "--keep-alive-timeout",
+        "100ms",
+    ]);
+    let (ok, out, err) = hapool(&["bench", "--registrar", &addr, "--failure-detection"]);
+    assert!(ok, "{err}");
+    let hung_ms: u64 = out
+        .lines()
+        .find(|l| l.starts_with("hung PE"))
+        .and_then(|l| l.split_whitespace().rev().nth(3))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!((200..400).contains(&hung_ms), "{out}");
+    assert!(
+        out.contains("killed PE (connection closed): out of resolution"),
+        "{out}"
+    );
+    assert!(terminate(registrar).success());
     // With the default limits the registrar refuses the flood, and the
     // bench says so.
     let (registrar, addr) = start_registrar(&[]);
