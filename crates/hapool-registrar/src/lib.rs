@@ -8,6 +8,14 @@
 //! state machine's transmits and events, and it sleeps until the state
 //! machine's next timeout.
 //!
+//! Metrics (through the `metrics` facade; the binary installs the
+//! Prometheus exporter): `hapool_registrar_requests_total{type}`,
+//! `hapool_registrar_registrations_total{result}`,
+//! `hapool_registrar_removals_total{reason}`,
+//! `hapool_registrar_refusals_total{request}`, and the gauges
+//! `hapool_registrar_pools`, `hapool_registrar_pool_elements` and
+//! `hapool_registrar_connections`.
+//!
 //! Never decides anything about the protocol itself: that is the state
 //! machine's job.
 
@@ -19,7 +27,7 @@ use std::net::SocketAddr;
 
 use hapool_handlespace::ConnectionId;
 use hapool_net::{MessageReader, write_message};
-use hapool_proto::{Event, Registrar, RegistrarConfig, Transmit};
+use hapool_proto::{Event, Registrar, RegistrarConfig, RemovalReason, Transmit};
 use hapool_wire::{
     AsapMessage, DEFAULT_MAX_MESSAGE, OperationError, PoolElement, PoolHandle, RegistrarId,
 };
@@ -57,6 +65,24 @@ enum Command {
     Shutdown,
 }
 
+/// A cheap, cloneable way to ask a running registrar questions.
+#[derive(Clone)]
+pub struct RegistrarClient {
+    commands: mpsc::Sender<Command>,
+}
+
+impl RegistrarClient {
+    /// Every pool and PE, sorted by pool handle and PE id; empty once the
+    /// registrar has stopped.
+    pub async fn snapshot(&self) -> Vec<PoolSnapshot> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Snapshot(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
 /// A running registrar.
 pub struct RegistrarHandle {
     local_addr: SocketAddr,
@@ -78,11 +104,14 @@ impl RegistrarHandle {
 
     /// Every pool and PE, sorted by pool handle and PE id.
     pub async fn snapshot(&self) -> Vec<PoolSnapshot> {
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Snapshot(tx)).await.is_err() {
-            return Vec::new();
+        self.client().snapshot().await
+    }
+
+    /// A handle for questions that can outlive borrows of this one.
+    pub fn client(&self) -> RegistrarClient {
+        RegistrarClient {
+            commands: self.commands.clone(),
         }
-        rx.await.unwrap_or_default()
     }
 
     /// Stops serving: every connection is closed.
@@ -138,7 +167,10 @@ async fn run(
             Some(input) = inputs.recv() => {
                 let now = Instant::now().into_std();
                 match input {
-                    Input::Message { id, message } => registrar.handle_message(id, message, now),
+                    Input::Message { id, message } => {
+                        count_request(&message);
+                        registrar.handle_message(id, message, now);
+                    }
                     Input::Closed { id } => {
                         debug!(connection = id.0, "connection closed");
                         // Dropping the queue lets the writer send what is
@@ -180,6 +212,10 @@ async fn run(
         while let Some(event) = registrar.poll_event() {
             log_event(&event);
         }
+        let handlespace = registrar.handlespace();
+        metrics::gauge!("hapool_registrar_pools").set(handlespace.pool_count() as f64);
+        metrics::gauge!("hapool_registrar_pool_elements").set(handlespace.len() as f64);
+        metrics::gauge!("hapool_registrar_connections").set(connections.len() as f64);
     }
     for (_, c) in connections {
         c.close();
@@ -220,6 +256,7 @@ fn snapshot(registrar: &Registrar) -> Vec<PoolSnapshot> {
     pools
 }
 
+/// Logs an event and counts it in the metrics.
 fn log_event(event: &Event) {
     match event {
         Event::Registered {
@@ -228,6 +265,9 @@ fn log_event(event: &Event) {
             added,
         } => {
             debug!(pool = %pool_handle, pe_id = %element.id, added, "registered");
+            let kind = if *added { "added" } else { "updated" };
+            metrics::counter!("hapool_registrar_registrations_total", "result" => kind)
+                .increment(1);
         }
         Event::Removed {
             pool_handle,
@@ -235,6 +275,14 @@ fn log_event(event: &Event) {
             reason,
         } => {
             info!(pool = %pool_handle, pe_id = %element.id, ?reason, "pool element removed");
+            let reason = match reason {
+                RemovalReason::Deregistered => "deregistered",
+                RemovalReason::KeepAliveTimeout => "keep_alive_timeout",
+                RemovalReason::ConnectionLost => "connection_lost",
+                RemovalReason::Unreachable => "unreachable",
+                RemovalReason::Expired => "expired",
+            };
+            metrics::counter!("hapool_registrar_removals_total", "reason" => reason).increment(1);
         }
         Event::Refused {
             connection,
@@ -247,8 +295,23 @@ fn log_event(event: &Event) {
                 ?cause,
                 "request refused"
             );
+            metrics::counter!("hapool_registrar_refusals_total", "request" => *request)
+                .increment(1);
         }
     }
+}
+
+/// Counts a request by its message type.
+fn count_request(message: &AsapMessage) {
+    let kind = match message {
+        AsapMessage::Registration { .. } => "registration",
+        AsapMessage::Deregistration { .. } => "deregistration",
+        AsapMessage::HandleResolution { .. } => "handle_resolution",
+        AsapMessage::EndpointKeepAliveAck { .. } => "keep_alive_ack",
+        AsapMessage::EndpointUnreachable { .. } => "endpoint_unreachable",
+        _ => "other",
+    };
+    metrics::counter!("hapool_registrar_requests_total", "type" => kind).increment(1);
 }
 
 async fn read_loop(

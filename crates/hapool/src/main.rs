@@ -8,6 +8,8 @@
 //! - `hapool resolve POOL`: prints the PEs a registrar chooses.
 //! - `hapool bench`: loads a running registrar and reports requests per
 //!   second and latency.
+//! - `hapool status`: the pools and PEs of a registrar, from its admin
+//!   port (`/status`, JSON; `/metrics`, Prometheus).
 //! - `hapool wire decode`: decodes ASAP or ENRP messages given in hex and
 //!   prints them readably, or says exactly what is malformed and which RFC
 //!   5354 error cause a peer would be sent.
@@ -19,6 +21,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod admin;
 mod bench;
 mod serve;
 mod wire;
@@ -45,6 +48,8 @@ enum Command {
     /// Load a running registrar: registrations, re-registrations and
     /// resolutions per second.
     Bench(bench::BenchArgs),
+    /// Print the pools and PEs of a running registrar (from its admin port).
+    Status(admin::StatusArgs),
     /// Work with the ASAP/ENRP wire format.
     Wire {
         #[command(subcommand)]
@@ -116,6 +121,7 @@ fn main() -> ExitCode {
         Command::Pe(args) => runtime().and_then(|rt| rt.block_on(serve::pe(args))),
         Command::Resolve(args) => runtime().and_then(|rt| rt.block_on(serve::resolve(args))),
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::bench(args))),
+        Command::Status(args) => runtime().and_then(|rt| rt.block_on(admin::status(args))),
         Command::Wire {
             command: WireCommand::Decode { protocol, hex },
         } => read_hex(hex).and_then(|bytes| wire::decode(protocol, &bytes)),

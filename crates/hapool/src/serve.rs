@@ -37,6 +37,10 @@ pub(crate) struct RegistrarArgs {
     /// Handle resolutions per second one connection may send (0: no limit).
     #[arg(long, default_value_t = 1000.0)]
     resolution_rate: f64,
+    /// Where to serve the admin HTTP port (`/status`, `/metrics`); off
+    /// when absent.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
 }
 
 /// A per-connection limit of `per_second`, with a two-second burst; 0
@@ -79,16 +83,78 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     warn!("no registration rules configured: any client may register into any pool");
+    let admin = match args.admin {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the admin port"))?,
+        ),
+        None => None,
+    };
     let handle = hapool_registrar::start(config, listener)?;
     println!(
         "registrar {:08x} serving ASAP on {}",
         id,
         handle.local_addr()
     );
+    if let Some(listener) = admin {
+        let metrics = crate::admin::install_metrics()?;
+        println!("admin HTTP on {}", listener.local_addr()?);
+        let client = handle.client();
+        let asap = handle.local_addr();
+        let status: crate::admin::StatusFn = std::sync::Arc::new(move || {
+            let client = client.clone();
+            Box::pin(async move { registrar_status(RegistrarId(id), asap, &client).await })
+        });
+        tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve(listener, status, metrics).await {
+                warn!(error = %format!("{e:#}"), "admin port stopped");
+            }
+        });
+    }
     shutdown_signal().await;
     info!("shutting down");
     handle.shutdown().await;
     Ok(())
+}
+
+/// The registrar's `/status` document.
+async fn registrar_status(
+    id: RegistrarId,
+    asap: SocketAddr,
+    client: &hapool_registrar::RegistrarClient,
+) -> serde_json::Value {
+    let pools: Vec<serde_json::Value> = client
+        .snapshot()
+        .await
+        .into_iter()
+        .map(|pool| {
+            let elements: Vec<serde_json::Value> = pool
+                .elements
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "id": e.id.to_string(),
+                        "transport": e.user_transport.to_string(),
+                        "policy": e.policy.to_string(),
+                        "load": e.policy.load().map(|l| f64::from(l) / f64::from(u32::MAX)),
+                        "home": e.home_registrar.to_string(),
+                        "registration_life_ms": e.registration_life,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "pool": pool.pool_handle.to_string(),
+                "policy": pool.elements.first().map(|e| e.policy.policy_type().to_string()),
+                "elements": elements,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "registrar_id": id.to_string(),
+        "asap": asap.to_string(),
+        "pools": pools,
+    })
 }
 
 /// Options of `hapool pe`.

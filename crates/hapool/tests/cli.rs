@@ -279,3 +279,106 @@ fn bench_loads_a_registrar() {
     assert!(err.contains("Lack of Resources"), "{err}");
     assert!(terminate(registrar).success());
 }
+
+/// GET `path` from `addr` over plain HTTP/1.0; the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    response.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+#[test]
+fn status_and_metrics_from_the_admin_port() {
+    let mut registrar = Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args([
+            "registrar",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--id",
+            "beef",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(registrar.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    out.read_line(&mut first).unwrap();
+    out.read_line(&mut second).unwrap();
+    let asap = first.trim().rsplit(' ').next().unwrap().to_owned();
+    let admin = second
+        .trim()
+        .strip_prefix("admin HTTP on ")
+        .expect(&second)
+        .to_owned();
+
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = server.local_addr().unwrap().to_string();
+    let pe = Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args([
+            "pe",
+            "--registrar",
+            &asap,
+            "--pool",
+            "web",
+            "--address",
+            &server_addr,
+        ])
+        .args([
+            "--policy",
+            "lu",
+            "--load",
+            "35",
+            "--id",
+            "42",
+            "--probe-interval",
+            "100ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    resolve_until(&asap, |ok, _| ok);
+
+    let (ok, table, err) = hapool(&["status", "--admin", &admin]);
+    assert!(ok, "{err}");
+    assert!(table.starts_with("registrar 0000beef  ASAP "), "{table}");
+    let row = table.lines().find(|l| l.starts_with("web ")).expect(&table);
+    for field in [
+        "0000002a",
+        &format!("tcp://{server_addr}"),
+        "LU load=35.00%",
+        "0000beef",
+    ] {
+        assert!(row.contains(field), "{row}");
+    }
+    let (ok, json, _) = hapool(&["status", "--admin", &admin, "--json"]);
+    assert!(ok);
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["pools"][0]["pool"], "web");
+    assert_eq!(doc["pools"][0]["elements"][0]["id"], "0000002a");
+    let metrics = http_get(&admin, "/metrics");
+    assert!(
+        metrics.contains("hapool_registrar_pool_elements 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hapool_registrar_registrations_total{result=\"added\"} 1"),
+        "{metrics}"
+    );
+
+    assert!(terminate(pe).success());
+    assert!(terminate(registrar).success());
+    let (ok, _, err) = hapool(&["status", "--admin", &admin]);
+    assert!(!ok);
+    assert!(err.contains("cannot reach the admin port"), "{err}");
+}

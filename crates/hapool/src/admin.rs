@@ -1,0 +1,111 @@
+//! The admin HTTP port of every daemon: `GET /status` (JSON) and
+//! `GET /metrics` (Prometheus text format); and `hapool status`, which
+//! reads `/status` and prints it as a table.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+/// Produces the daemon's `/status` document.
+pub(crate) type StatusFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Value> + Send>> + Send + Sync>;
+
+/// Installs the process-wide Prometheus recorder.
+pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")
+}
+
+/// Serves the admin port on `listener` until the process ends.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    status: StatusFn,
+    metrics: PrometheusHandle,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route(
+            "/status",
+            get(move || {
+                let status = status.clone();
+                async move { axum::Json(status().await) }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let text = metrics.render();
+                async move {
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .await
+        .context("admin server failed")
+}
+
+/// Options of `hapool status`.
+#[derive(clap::Args)]
+pub(crate) struct StatusArgs {
+    /// The admin address of the daemon (its `--admin`).
+    #[arg(long, default_value = "127.0.0.1:3880")]
+    admin: SocketAddr,
+    /// Print the JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let uri: hyper::Uri = format!("http://{}/status", args.admin).parse()?;
+    let response = client
+        .get(uri)
+        .await
+        .with_context(|| format!("cannot reach the admin port at {}", args.admin))?;
+    if !response.status().is_success() {
+        bail!("{} answered {}", args.admin, response.status());
+    }
+    let body = response.into_body().collect().await?.to_bytes();
+    let doc: Value = serde_json::from_slice(&body).context("/status is not JSON")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!(
+        "registrar {}  ASAP {}",
+        doc["registrar_id"].as_str().unwrap_or("?"),
+        doc["asap"].as_str().unwrap_or("?")
+    );
+    println!(
+        "{:<20} {:<10} {:<28} {:<28} HOME",
+        "POOL", "PE", "TRANSPORT", "POLICY"
+    );
+    for pool in doc["pools"].as_array().into_iter().flatten() {
+        for pe in pool["elements"].as_array().into_iter().flatten() {
+            println!(
+                "{:<20} {:<10} {:<28} {:<28} {}",
+                pool["pool"].as_str().unwrap_or("?"),
+                pe["id"].as_str().unwrap_or("?"),
+                pe["transport"].as_str().unwrap_or("?"),
+                pe["policy"].as_str().unwrap_or("?"),
+                pe["home"].as_str().unwrap_or("?"),
+            );
+        }
+    }
+    Ok(())
+}
