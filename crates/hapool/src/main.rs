@@ -10,6 +10,7 @@
 //!   second and latency.
 //! - `hapool status`: the pools and PEs of a registrar, from its admin
 //!   port (`/status`, JSON; `/metrics`, Prometheus).
+//! - `hapool check-config FILE`: validates a configuration file.
 //! - `hapool wire decode`: decodes ASAP or ENRP messages given in hex and
 //!   prints them readably, or says exactly what is malformed and which RFC
 //!   5354 error cause a peer would be sent.
@@ -23,6 +24,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod admin;
 mod bench;
+mod config;
 mod serve;
 mod wire;
 
@@ -50,6 +52,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the pools and PEs of a running registrar (from its admin port).
     Status(admin::StatusArgs),
+    /// Check a configuration file and say what it configures.
+    CheckConfig(serve::CheckConfigArgs),
     /// Work with the ASAP/ENRP wire format.
     Wire {
         #[command(subcommand)]
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
         Command::Resolve(args) => runtime().and_then(|rt| rt.block_on(serve::resolve(args))),
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::bench(args))),
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(admin::status(args))),
+        Command::CheckConfig(args) => serve::check_config(&args),
         Command::Wire {
             command: WireCommand::Decode { protocol, hex },
         } => read_hex(hex).and_then(|bytes| wire::decode(protocol, &bytes)),

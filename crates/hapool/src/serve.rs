@@ -1,89 +1,83 @@
 //! `hapool registrar`, `hapool pe` and `hapool resolve`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hapool_client::{PeConfig, PeHandle, PoolUser, PuConfig};
-use hapool_proto::{RateLimit, RegistrarConfig};
 use hapool_wire::{
     Policy, PolicyType, PoolElement, PoolElementId, PoolHandle, RegistrarId, Transport,
 };
-use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep, timeout};
 use tracing::{info, warn};
 
-use crate::BadConfig;
+use crate::{BadConfig, config};
 
-/// Options of `hapool registrar`.
+/// Options of `hapool registrar`. Each flag overrides the same setting of
+/// the configuration file.
 #[derive(clap::Args)]
 pub(crate) struct RegistrarArgs {
-    /// Where to serve ASAP.
-    #[arg(long, default_value = "127.0.0.1:3863")]
-    listen: SocketAddr,
+    /// A configuration file (TOML, a `[registrar]` table).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where to serve ASAP (default 127.0.0.1:3863).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// The registrar identifier, in hex (random when absent).
-    #[arg(long, value_parser = parse_hex_id)]
-    id: Option<u32>,
-    /// How often each PE is sent a keep-alive.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    keep_alive_interval: Duration,
-    /// How long a PE has to answer a keep-alive.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    keep_alive_timeout: Duration,
-    /// Registrations per second one connection may send (0: no limit).
-    #[arg(long, default_value_t = 100.0)]
-    registration_rate: f64,
-    /// Handle resolutions per second one connection may send (0: no limit).
-    #[arg(long, default_value_t = 1000.0)]
-    resolution_rate: f64,
+    #[arg(long)]
+    id: Option<String>,
+    /// How often each PE is sent a keep-alive (default 5s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    keep_alive_interval: Option<Duration>,
+    /// How long a PE has to answer a keep-alive (default 5s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    keep_alive_timeout: Option<Duration>,
+    /// Registrations per second one connection may send (0: no limit;
+    /// default 100).
+    #[arg(long)]
+    registration_rate: Option<f64>,
+    /// Handle resolutions per second one connection may send (0: no
+    /// limit; default 1000).
+    #[arg(long)]
+    resolution_rate: Option<f64>,
     /// Where to serve the admin HTTP port (`/status`, `/metrics`); off
     /// when absent.
     #[arg(long)]
     admin: Option<SocketAddr>,
 }
 
-/// A per-connection limit of `per_second`, with a two-second burst; 0
-/// means none.
-fn rate(per_second: f64, flag: &str) -> anyhow::Result<RateLimit> {
-    if !per_second.is_finite() || per_second < 0.0 {
-        bail!(BadConfig(format!(
-            "{flag} {per_second} is not a rate (0 or more per second)"
-        )));
-    }
-    Ok(if per_second == 0.0 {
-        RateLimit::UNLIMITED
-    } else {
-        RateLimit {
-            per_second,
-            burst: (per_second * 2.0).ceil().min(f64::from(u32::MAX)) as u32,
-        }
-    })
-}
-
-fn parse_hex_id(s: &str) -> Result<u32, String> {
-    let id = u32::from_str_radix(s.trim_start_matches("0x"), 16)
-        .map_err(|e| format!("not a hexadecimal 32-bit id: {e}"))?;
-    if id == 0 {
-        return Err("0 is reserved".into());
-    }
-    Ok(id)
+/// The configuration file (or the defaults) with the flags applied.
+fn registrar_config(args: &RegistrarArgs) -> anyhow::Result<config::Registrar> {
+    let mut file = match &args.config {
+        Some(path) => config::read(path)?
+            .registrar
+            .ok_or_else(|| BadConfig(format!("{}: no [registrar] table", path.display())))?,
+        None => config::RegistrarFile::default(),
+    };
+    file.listen = args.listen.or(file.listen);
+    file.id = args.id.clone().or(file.id);
+    file.admin = args.admin.or(file.admin);
+    file.keep_alive.interval = args.keep_alive_interval.or(file.keep_alive.interval);
+    file.keep_alive.timeout = args.keep_alive_timeout.or(file.keep_alive.timeout);
+    file.limits.registration_rate = args.registration_rate.or(file.limits.registration_rate);
+    file.limits.resolution_rate = args.resolution_rate.or(file.limits.resolution_rate);
+    Ok(config::Registrar::try_from(file)?)
 }
 
 pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
-    let id = args
-        .id
-        .unwrap_or_else(|| rand::rng().random_range(1..=u32::MAX));
-    let mut config = RegistrarConfig::new(RegistrarId(id));
-    config.keep_alive_interval = args.keep_alive_interval;
-    config.keep_alive_timeout = args.keep_alive_timeout;
-    config.registration_rate = rate(args.registration_rate, "--registration-rate")?;
-    config.resolution_rate = rate(args.resolution_rate, "--resolution-rate")?;
-    let listener = TcpListener::bind(args.listen)
+    let config::Registrar {
+        config,
+        listen,
+        admin,
+    } = registrar_config(&args)?;
+    let id = config.id.0;
+    let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     warn!("no registration rules configured: any client may register into any pool");
-    let admin = match args.admin {
+    let admin = match admin {
         Some(addr) => Some(
             TcpListener::bind(addr)
                 .await
@@ -395,4 +389,33 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// Options of `hapool check-config`.
+#[derive(clap::Args)]
+pub(crate) struct CheckConfigArgs {
+    /// The configuration file to check.
+    file: PathBuf,
+}
+
+/// Validates a configuration file and says what it configures.
+pub(crate) fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
+    let file = config::read(&args.file)?;
+    let Some(registrar) = file.registrar else {
+        return Err(BadConfig(format!("{}: no [registrar] table", args.file.display())).into());
+    };
+    let r = config::Registrar::try_from(registrar)?;
+    let c = &r.config;
+    println!("{}: valid", args.file.display());
+    println!(
+        "registrar {:08x}: ASAP on {}, admin {}, keep-alive every {:?} (timeout {:?}), at most {} pools of {} PEs",
+        c.id.0,
+        r.listen,
+        r.admin.map_or("off".to_owned(), |a| a.to_string()),
+        c.keep_alive_interval,
+        c.keep_alive_timeout,
+        c.handlespace.max_pools,
+        c.handlespace.max_elements_per_pool,
+    );
+    Ok(())
 }

@@ -1,0 +1,218 @@
+//! Configuration files. A file is TOML with one table per daemon
+//! (`[registrar]` today); unknown keys are errors; durations are written
+//! as text ("500ms", "5s"). A file is turned into the runtime configuration
+//! with `TryFrom`, so a configuration that passed start-up is valid, and
+//! every error names the key and the value.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use hapool_handlespace::HandlespaceConfig;
+use hapool_proto::{RateLimit, RegistrarConfig};
+use hapool_wire::RegistrarId;
+use serde::Deserialize;
+
+use crate::BadConfig;
+
+/// A configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct File {
+    /// The registrar's settings.
+    pub(crate) registrar: Option<RegistrarFile>,
+}
+
+/// `[registrar]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegistrarFile {
+    /// Registrar identifier in hex; random when absent.
+    pub(crate) id: Option<String>,
+    /// Where to serve ASAP. Default 127.0.0.1:3863.
+    pub(crate) listen: Option<SocketAddr>,
+    /// Where to serve the admin port; off when absent.
+    pub(crate) admin: Option<SocketAddr>,
+    /// `[registrar.keep_alive]`.
+    #[serde(default)]
+    pub(crate) keep_alive: KeepAliveFile,
+    /// `[registrar.limits]`.
+    #[serde(default)]
+    pub(crate) limits: LimitsFile,
+}
+
+/// `[registrar.keep_alive]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeepAliveFile {
+    /// Between keep-alives to a PE. Default 5s.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) interval: Option<Duration>,
+    /// For a PE to answer. Default 5s.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// `[registrar.limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsFile {
+    /// Registrations per second per connection; 0 for none. Default 100.
+    pub(crate) registration_rate: Option<f64>,
+    /// Handle resolutions per second per connection; 0 for none. Default 1000.
+    pub(crate) resolution_rate: Option<f64>,
+    /// Unreachability reports per second per connection; 0 for none. Default 1.
+    pub(crate) unreachable_rate: Option<f64>,
+    /// Longest pool handle in bytes. Default 64.
+    pub(crate) max_pool_handle_length: Option<usize>,
+    /// Most pools. Default 10000.
+    pub(crate) max_pools: Option<usize>,
+    /// Most PEs in one pool. Default 100000.
+    pub(crate) max_elements_per_pool: Option<usize>,
+    /// PEs returned when a resolution does not say. Default 3.
+    pub(crate) default_items: Option<usize>,
+    /// Most PEs returned by one resolution. Default 128.
+    pub(crate) max_items: Option<usize>,
+    /// How many returned PEs count as selected; 0 for all. Default 1.
+    pub(crate) max_increment: Option<usize>,
+    /// Distinct reporters that remove a PE. Default 3.
+    pub(crate) max_bad_pe_reports: Option<usize>,
+    /// How long a report counts. Default 60s.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) bad_report_window: Option<Duration>,
+}
+
+/// Reads and parses `path`.
+pub(crate) fn read(path: &Path) -> anyhow::Result<File> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        BadConfig(format!(
+            "cannot read configuration file {}: {e}",
+            path.display()
+        ))
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        anyhow::Error::new(BadConfig(format!("{}: {}", path.display(), e.message())))
+            .context(location(&text, e.span()))
+    })
+}
+
+/// "line N" for an error span, when there is one.
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => format!("at line {}", text[..span.start].lines().count().max(1)),
+        None => "in the file".into(),
+    }
+}
+
+/// A rate limit from a per-second value; 0 means none.
+pub(crate) fn rate(per_second: f64, key: &str) -> Result<RateLimit, BadConfig> {
+    if !per_second.is_finite() || per_second < 0.0 {
+        return Err(BadConfig(format!(
+            "{key} = {per_second} is not a rate (0 or more per second)"
+        )));
+    }
+    Ok(if per_second == 0.0 {
+        RateLimit::UNLIMITED
+    } else {
+        RateLimit {
+            per_second,
+            burst: (per_second * 2.0).ceil().min(f64::from(u32::MAX)) as u32,
+        }
+    })
+}
+
+/// A registrar id from hex text.
+pub(crate) fn parse_id(text: &str) -> Result<u32, String> {
+    let id = u32::from_str_radix(text.trim_start_matches("0x"), 16)
+        .map_err(|e| format!("{text:?} is not a hexadecimal 32-bit id: {e}"))?;
+    if id == 0 {
+        return Err("0 is reserved".into());
+    }
+    Ok(id)
+}
+
+/// A valid registrar configuration: the state machine's, and where to serve.
+#[derive(Debug)]
+pub(crate) struct Registrar {
+    pub(crate) config: RegistrarConfig,
+    pub(crate) listen: SocketAddr,
+    pub(crate) admin: Option<SocketAddr>,
+}
+
+impl TryFrom<RegistrarFile> for Registrar {
+    type Error = BadConfig;
+
+    fn try_from(file: RegistrarFile) -> Result<Self, BadConfig> {
+        let id = match &file.id {
+            Some(text) => parse_id(text).map_err(|e| BadConfig(format!("registrar.id: {e}")))?,
+            None => rand::Rng::random_range(&mut rand::rng(), 1..=u32::MAX),
+        };
+        let mut config = RegistrarConfig::new(RegistrarId(id));
+        let k = &file.keep_alive;
+        config.keep_alive_interval = k.interval.unwrap_or(config.keep_alive_interval);
+        config.keep_alive_timeout = k.timeout.unwrap_or(config.keep_alive_timeout);
+        for (key, value) in [
+            ("registrar.keep_alive.interval", config.keep_alive_interval),
+            ("registrar.keep_alive.timeout", config.keep_alive_timeout),
+        ] {
+            if value < Duration::from_millis(10) {
+                return Err(BadConfig(format!(
+                    "{key} = {value:?} is below the 10ms minimum"
+                )));
+            }
+        }
+        let l = &file.limits;
+        if let Some(r) = l.registration_rate {
+            config.registration_rate = rate(r, "registrar.limits.registration_rate")?;
+        }
+        if let Some(r) = l.resolution_rate {
+            config.resolution_rate = rate(r, "registrar.limits.resolution_rate")?;
+        }
+        if let Some(r) = l.unreachable_rate {
+            config.unreachable_rate = rate(r, "registrar.limits.unreachable_rate")?;
+        }
+        let d = HandlespaceConfig::default();
+        config.handlespace = HandlespaceConfig {
+            max_pool_handle_len: l.max_pool_handle_length.unwrap_or(d.max_pool_handle_len),
+            max_pools: l.max_pools.unwrap_or(d.max_pools),
+            max_elements_per_pool: l.max_elements_per_pool.unwrap_or(d.max_elements_per_pool),
+            default_items: l.default_items.unwrap_or(d.default_items),
+            max_items: l.max_items.unwrap_or(d.max_items),
+            max_increment: l.max_increment.unwrap_or(d.max_increment),
+            max_bad_pe_reports: l.max_bad_pe_reports.unwrap_or(d.max_bad_pe_reports),
+            bad_report_window: l.bad_report_window.unwrap_or(d.bad_report_window),
+        };
+        let h = &config.handlespace;
+        for (key, value) in [
+            (
+                "registrar.limits.max_pool_handle_length",
+                h.max_pool_handle_len,
+            ),
+            ("registrar.limits.max_pools", h.max_pools),
+            (
+                "registrar.limits.max_elements_per_pool",
+                h.max_elements_per_pool,
+            ),
+            ("registrar.limits.default_items", h.default_items),
+            ("registrar.limits.max_items", h.max_items),
+            ("registrar.limits.max_bad_pe_reports", h.max_bad_pe_reports),
+        ] {
+            if value == 0 {
+                return Err(BadConfig(format!("{key} = 0: it must be at least 1")));
+            }
+        }
+        if h.default_items > h.max_items {
+            return Err(BadConfig(format!(
+                "registrar.limits.default_items = {} is above registrar.limits.max_items = {}",
+                h.default_items, h.max_items
+            )));
+        }
+        Ok(Self {
+            config,
+            listen: file
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3863))),
+            admin: file.admin,
+        })
+    }
+}
