@@ -1,5 +1,10 @@
-//! Client libraries of hapool: [`PoolElement`](pe::PeHandle) keeps a server
-//! registered in a pool; [`PoolUser`] finds servers of a pool.
+//! Client libraries of hapool: [`PeHandle`] keeps a server registered in a
+//! pool; [`PoolUser`] finds servers of a pool and connects to one, failing
+//! over to the next when one is down.
+//!
+//! Runnable examples: `examples/echo_pe.rs` (an echo server that registers
+//! itself) and `examples/echo_pu.rs` (a client that keeps talking to the
+//! pool while its servers die).
 //!
 //! Both speak ASAP over TCP to any registrar of a list and move to the
 //! next one when a registrar fails.
@@ -29,6 +34,9 @@ pub enum ClientError {
     /// The registrar did not answer in time.
     #[error("registrar did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// No pool element of the pool accepted a connection.
+    #[error("no pool element of pool {0:?} accepted a connection")]
+    NoElement(String),
     /// The connection failed while waiting for an answer.
     #[error("connection to the registrar failed: {0}")]
     Connection(String),

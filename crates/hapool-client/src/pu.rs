@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hapool_wire::{AsapMessage, PoolElement, PoolElementId, PoolHandle, ResolutionOutcome};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
+use tracing::warn;
 
 use crate::ClientError;
 use crate::connection::RegistrarConnection;
@@ -93,6 +95,33 @@ impl PoolUser {
                     .map_or(hapool_wire::CauseCode::INVALID_VALUES, |c| c.code),
             )),
         }
+    }
+
+    /// Connects to a PE of `pool`: tries them in the order the registrar
+    /// chose them (its policy), reports each that refuses or does not
+    /// answer within the connect timeout as unreachable, and returns the
+    /// first that accepts. When none does, resolves once more (the pool
+    /// may have changed) before giving up.
+    pub async fn connect(
+        &self,
+        pool: &PoolHandle,
+    ) -> Result<(PoolElement, TcpStream), ClientError> {
+        for _ in 0..2 {
+            for element in self.resolve(pool).await? {
+                let Some(addr) = element.user_transport.socket_addr() else {
+                    continue;
+                };
+                match timeout(self.config.connect_timeout, TcpStream::connect(addr)).await {
+                    Ok(Ok(stream)) => return Ok((element, stream)),
+                    Ok(Err(_)) | Err(_) => {
+                        warn!(pool = %pool, pe_id = %element.id, %addr, "pool element unreachable");
+                        let _ = self.report_unreachable(pool, element.id).await;
+                    }
+                }
+            }
+            self.invalidate(pool);
+        }
+        Err(ClientError::NoElement(pool.to_string()))
     }
 
     /// Forgets the cached resolution of `pool`.

@@ -228,3 +228,43 @@ async fn bad_input_gets_its_error_and_disturbs_nothing() {
     assert_eq!(got[0].policy, Policy::LeastUsed { load: 0 });
     r.shutdown().await;
 }
+
+/// A PE whose registration is alive but whose server is down: the pool
+/// user skips it, reports it unreachable, and connects to the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_user_fails_over_past_a_dead_server() {
+    let r = registrar(6).await;
+    let addr = vec![r.local_addr()];
+    // Server 1 (preferred: load 0) is down; server 2 listens.
+    let dead = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let live = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let live_addr = live.local_addr().unwrap();
+    let mut pes = Vec::new();
+    for (id, load, server) in [(1, 0, dead_addr), (2, 1000, live_addr)] {
+        let element = PoolElement {
+            user_transport: Transport::tcp(server),
+            ..element(id, load)
+        };
+        let mut pe = PeHandle::start(PeConfig::new(addr.clone(), pool(), element));
+        pe.wait_registered(Duration::from_secs(5)).await.unwrap();
+        pes.push(pe);
+    }
+    let mut config = PuConfig::new(addr);
+    config.items = Some(u32::MAX);
+    let user = PoolUser::new(config);
+    let (chosen, _stream) = user.connect(&pool()).await.unwrap();
+    assert_eq!(chosen.id, PoolElementId(2));
+    // The registrar counted the report (one reporter: not yet removed).
+    assert_eq!(ids(&r).await, [1, 2]);
+    // With every server down, connect says so.
+    drop(live);
+    drop(_stream);
+    let err = user.connect(&pool()).await.unwrap_err();
+    assert!(
+        matches!(err, hapool_client::ClientError::NoElement(_)),
+        "{err}"
+    );
+    r.shutdown().await;
+}
