@@ -17,4 +17,4 @@ mod rate;
 mod registrar;
 
 pub use rate::RateLimit;
-pub use registrar::{Event, Registrar, RegistrarConfig, RemovalReason, Transmit};
+pub use registrar::{Event, Registrar, RegistrarConfig, RegistrationRule, RemovalReason, Transmit};

@@ -55,6 +55,47 @@ pub struct RegistrarConfig {
     pub unreachable_rate: RateLimit,
     /// Seed of the random choices (weighted selection policies).
     pub seed: u64,
+    /// Who may register into which pools. Empty: anyone into any pool (as
+    /// RFC 5352 has it). Otherwise a registration into a pool needs an
+    /// authenticated identity named by a rule whose pattern matches the
+    /// pool; pools no rule matches take no registrations at all.
+    pub rules: Vec<RegistrationRule>,
+}
+
+/// One authorization rule: these identities may register into pools whose
+/// handle matches one of these patterns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistrationRule {
+    /// Pool handle patterns: an exact handle, or a prefix ending in `*`.
+    pub pools: Vec<String>,
+    /// Authenticated identities (such as TLS client certificate names).
+    pub identities: Vec<String>,
+}
+
+impl RegistrationRule {
+    /// Whether this rule covers `pool`.
+    pub fn matches(&self, pool: &PoolHandle) -> bool {
+        self.pools
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => pool.as_bytes().starts_with(prefix.as_bytes()),
+                None => pool.as_bytes() == pattern.as_bytes(),
+            })
+    }
+}
+
+/// Whether `identity` may register into `pool` under `rules`.
+fn authorized(rules: &[RegistrationRule], pool: &PoolHandle, identity: Option<&str>) -> bool {
+    if rules.is_empty() {
+        return true;
+    }
+    let Some(identity) = identity else {
+        return false;
+    };
+    rules
+        .iter()
+        .filter(|rule| rule.matches(pool))
+        .any(|rule| rule.identities.iter().any(|name| name == identity))
 }
 
 impl RegistrarConfig {
@@ -78,6 +119,7 @@ impl RegistrarConfig {
                 burst: 5,
             },
             seed: u64::from(id.0),
+            rules: Vec::new(),
         }
     }
 }
@@ -296,6 +338,17 @@ impl Registrar {
             let response = reject(cause, element.id);
             self.send(connection, response);
             self.refused(connection, "registration", CauseCode::LACK_OF_RESOURCES);
+            return;
+        }
+        if !authorized(
+            &self.config.rules,
+            &pool_handle,
+            conn.registrant.identity.as_deref(),
+        ) {
+            let code = CauseCode::REJECTION_DUE_TO_SECURITY;
+            let response = reject(ErrorCause::new(code), element.id);
+            self.send(connection, response);
+            self.refused(connection, "registration", code);
             return;
         }
         // This registrar becomes the PE's home; its ASAP endpoint is the

@@ -531,3 +531,77 @@ fn registration_life_is_at_least_one_keep_alive_round() {
     }
     assert_eq!(h.registrar.handlespace().len(), 1);
 }
+
+#[test]
+fn registration_rules_name_who_may_register_where() {
+    use hapool_proto::RegistrationRule;
+    let mut config = RegistrarConfig::new(ME);
+    config.rules = vec![
+        RegistrationRule {
+            pools: vec!["echo".into()],
+            identities: vec!["pe-a".into()],
+        },
+        RegistrationRule {
+            pools: vec!["web-*".into()],
+            identities: vec!["pe-a".into(), "pe-b".into()],
+        },
+    ];
+    let mut h = Harness::new(config);
+    let now = h.t0;
+    let who = |c: u64, name: Option<&str>| (ConnectionId(c), name.map(std::sync::Arc::from));
+    for (c, name) in [who(1, Some("pe-a")), who(2, Some("pe-b")), who(3, None)] {
+        h.registrar.handle_connect(c, Some(peer(40_000)), name, now);
+    }
+    let register = |h: &mut Harness, c: u64, pool: &str| {
+        let out = h.send(
+            c,
+            AsapMessage::Registration {
+                pool_handle: PoolHandle::from(pool),
+                pool_element: pe(c as u32, 0),
+            },
+            0,
+        );
+        match &out[..] {
+            [(_, AsapMessage::RegistrationResponse { reject: false, .. })] => Ok(()),
+            [
+                (
+                    _,
+                    AsapMessage::RegistrationResponse {
+                        reject: true,
+                        error: Some(e),
+                        ..
+                    },
+                ),
+            ] => Err(e.causes[0].code),
+            other => panic!("{other:?}"),
+        }
+    };
+    let refused = Err(CauseCode::REJECTION_DUE_TO_SECURITY);
+    assert_eq!(register(&mut h, 1, "echo"), Ok(()));
+    assert_eq!(register(&mut h, 2, "echo"), refused);
+    assert_eq!(register(&mut h, 2, "web-eu"), Ok(()));
+    // Unauthenticated connections may not register where rules exist.
+    assert_eq!(register(&mut h, 3, "web-eu"), refused);
+    // A pool no rule covers takes no registrations.
+    assert_eq!(register(&mut h, 1, "other"), refused);
+    // Resolution is not restricted.
+    let out = h.send(
+        3,
+        AsapMessage::HandleResolution {
+            subscribe: false,
+            pool_handle: PoolHandle::from("web-eu"),
+            items: None,
+        },
+        1,
+    );
+    assert!(matches!(
+        &out[..],
+        [(
+            3,
+            AsapMessage::HandleResolutionResponse {
+                outcome: ResolutionOutcome::Members { .. },
+                ..
+            }
+        )]
+    ));
+}

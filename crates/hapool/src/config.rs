@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hapool_handlespace::HandlespaceConfig;
-use hapool_proto::{RateLimit, RegistrarConfig};
+use hapool_proto::{RateLimit, RegistrarConfig, RegistrationRule};
 use hapool_wire::RegistrarId;
 use serde::Deserialize;
 
@@ -39,6 +39,19 @@ pub(crate) struct RegistrarFile {
     /// `[registrar.limits]`.
     #[serde(default)]
     pub(crate) limits: LimitsFile,
+    /// `[[registrar.rules]]`: who may register into which pools.
+    #[serde(default)]
+    pub(crate) rules: Vec<RuleFile>,
+}
+
+/// `[[registrar.rules]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuleFile {
+    /// Pool handles, or prefixes ending in `*`.
+    pub(crate) pools: Vec<String>,
+    /// Authenticated identities allowed to register into them.
+    pub(crate) identities: Vec<String>,
 }
 
 /// `[registrar.keep_alive]`.
@@ -206,6 +219,26 @@ impl TryFrom<RegistrarFile> for Registrar {
                 "registrar.limits.default_items = {} is above registrar.limits.max_items = {}",
                 h.default_items, h.max_items
             )));
+        }
+        for (i, rule) in file.rules.into_iter().enumerate() {
+            if rule.pools.is_empty() || rule.identities.is_empty() {
+                return Err(BadConfig(format!(
+                    "registrar.rules[{i}]: needs at least one pool and one identity"
+                )));
+            }
+            if let Some(p) = rule
+                .pools
+                .iter()
+                .find(|p| p.is_empty() || p.trim_end_matches('*').contains('*'))
+            {
+                return Err(BadConfig(format!(
+                    "registrar.rules[{i}].pools: {p:?} is neither a pool handle nor a prefix ending in *"
+                )));
+            }
+            config.rules.push(RegistrationRule {
+                pools: rule.pools,
+                identities: rule.identities,
+            });
         }
         Ok(Self {
             config,

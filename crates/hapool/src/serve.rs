@@ -76,7 +76,11 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    warn!("no registration rules configured: any client may register into any pool");
+    if config.rules.is_empty() {
+        warn!("no registration rules configured: any client may register into any pool");
+    } else {
+        info!(rules = config.rules.len(), "registration rules in force");
+    }
     let admin = match admin {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -408,7 +412,7 @@ pub(crate) fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
     let c = &r.config;
     println!("{}: valid", args.file.display());
     println!(
-        "registrar {:08x}: ASAP on {}, admin {}, keep-alive every {:?} (timeout {:?}), at most {} pools of {} PEs",
+        "registrar {:08x}: ASAP on {}, admin {}, keep-alive every {:?} (timeout {:?}), at most {} pools of {} PEs, {} registration rule(s)",
         c.id.0,
         r.listen,
         r.admin.map_or("off".to_owned(), |a| a.to_string()),
@@ -416,6 +420,10 @@ pub(crate) fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
         c.keep_alive_timeout,
         c.handlespace.max_pools,
         c.handlespace.max_elements_per_pool,
+        c.rules.len(),
     );
+    if c.rules.is_empty() {
+        println!("warning: no registration rules: any client may register into any pool");
+    }
     Ok(())
 }

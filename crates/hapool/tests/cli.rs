@@ -437,6 +437,16 @@ fn check_config() {
         ),
         ("id.toml", "[registrar]\nid = \"xyz\"\n", "registrar.id"),
         ("empty.toml", "", "no [registrar] table"),
+        (
+            "rule.toml",
+            "[[registrar.rules]]\npools = []\nidentities = [\"a\"]\n",
+            "registrar.rules[0]: needs at least one pool",
+        ),
+        (
+            "glob.toml",
+            "[[registrar.rules]]\npools = [\"a*b\"]\nidentities = [\"a\"]\n",
+            "\"a*b\" is neither a pool handle nor a prefix",
+        ),
     ];
     for (name, text, message) in cases {
         let path = write_config(name, text);
