@@ -70,17 +70,28 @@ pub(crate) struct StatusArgs {
     json: bool,
 }
 
-pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
+/// GETs `uri` over plain HTTP; the status and the body.
+pub(crate) async fn http_get(uri: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let uri: hyper::Uri = format!("http://{}/status", args.admin).parse()?;
+    let uri: hyper::Uri = uri
+        .parse()
+        .with_context(|| format!("{uri:?} is not a URL"))?;
     let response = client
-        .get(uri)
+        .get(uri.clone())
+        .await
+        .with_context(|| format!("GET {uri} failed"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let (code, body) = http_get(&format!("http://{}/status", args.admin))
         .await
         .with_context(|| format!("cannot reach the admin port at {}", args.admin))?;
-    if !response.status().is_success() {
-        bail!("{} answered {}", args.admin, response.status());
+    if !code.is_success() {
+        bail!("{} answered {code}", args.admin);
     }
-    let body = response.into_body().collect().await?.to_bytes();
     let doc: Value = serde_json::from_slice(&body).context("/status is not JSON")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);

@@ -194,6 +194,22 @@ pub(crate) struct PeArgs {
     /// Registration life.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     life: Duration,
+    /// Probe health with an HTTP GET of this URL (a 2xx answer passes)
+    /// instead of a TCP connect.
+    #[arg(long, conflicts_with = "probe_command")]
+    probe_http: Option<String>,
+    /// Probe health with this shell command (exit status 0 passes) instead
+    /// of a TCP connect.
+    #[arg(long)]
+    probe_command: Option<String>,
+    /// Read the load (a percentage) from this shell command's output at
+    /// every probe, and re-register when it changes.
+    #[arg(long, conflicts_with = "load_url")]
+    load_command: Option<String>,
+    /// Read the load (a percentage) from the body of a GET of this URL at
+    /// every probe, and re-register when it changes.
+    #[arg(long)]
+    load_url: Option<String>,
 }
 
 fn fraction(percent: f64) -> anyhow::Result<u32> {
@@ -205,9 +221,10 @@ fn fraction(percent: f64) -> anyhow::Result<u32> {
     Ok((percent / 100.0 * f64::from(u32::MAX)).round() as u32)
 }
 
-/// The policy named `name` with the values given on the command line.
-fn policy(args: &PeArgs) -> anyhow::Result<Policy> {
-    let (load, degradation) = (fraction(args.load)?, fraction(args.degradation)?);
+/// The policy named by `--policy` with the values given on the command
+/// line, and the load `load_percent`.
+fn policy(args: &PeArgs, load_percent: f64) -> anyhow::Result<Policy> {
+    let (load, degradation) = (fraction(load_percent)?, fraction(args.degradation)?);
     let weight = args.weight;
     let code = [
         PolicyType::ROUND_ROBIN,
@@ -290,15 +307,81 @@ fn policy(args: &PeArgs) -> anyhow::Result<Policy> {
     })
 }
 
-async fn probe(address: SocketAddr) -> bool {
+/// Whether the server passes its health probe.
+async fn healthy(args: &PeArgs) -> bool {
+    if let Some(url) = &args.probe_http {
+        return matches!(
+            timeout(Duration::from_secs(2), crate::admin::http_get(url)).await,
+            Ok(Ok((code, _))) if code.is_success()
+        );
+    }
+    if let Some(command) = &args.probe_command {
+        let status = timeout(
+            Duration::from_secs(5),
+            tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(command)
+                .status(),
+        )
+        .await;
+        return matches!(status, Ok(Ok(s)) if s.success());
+    }
     matches!(
-        timeout(Duration::from_secs(1), TcpStream::connect(address)).await,
+        timeout(Duration::from_secs(1), TcpStream::connect(args.address)).await,
         Ok(Ok(_))
     )
 }
 
+/// The server's load in percent, from `--load-command` or `--load-url`;
+/// `None` when neither is given.
+async fn read_load(args: &PeArgs) -> Option<anyhow::Result<f64>> {
+    let text = if let Some(command) = &args.load_command {
+        let output = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .output();
+        match timeout(Duration::from_secs(5), output).await {
+            Ok(Ok(out)) if out.status.success() => {
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+            Ok(Ok(out)) => {
+                return Some(Err(anyhow::anyhow!(
+                    "--load-command exited with {}",
+                    out.status
+                )));
+            }
+            Ok(Err(e)) => return Some(Err(anyhow::anyhow!("--load-command cannot run: {e}"))),
+            Err(_) => return Some(Err(anyhow::anyhow!("--load-command took over 5 s"))),
+        }
+    } else if let Some(url) = &args.load_url {
+        match timeout(Duration::from_secs(2), crate::admin::http_get(url)).await {
+            Ok(Ok((code, body))) if code.is_success() => {
+                String::from_utf8_lossy(&body).into_owned()
+            }
+            Ok(Ok((code, _))) => return Some(Err(anyhow::anyhow!("--load-url answered {code}"))),
+            Ok(Err(e)) => return Some(Err(e)),
+            Err(_) => return Some(Err(anyhow::anyhow!("--load-url took over 2 s"))),
+        }
+    } else {
+        return None;
+    };
+    Some(
+        text.trim()
+            .trim_end_matches('%')
+            .parse::<f64>()
+            .ok()
+            .filter(|p| (0.0..=100.0).contains(p))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "load {:?} is not a percentage between 0 and 100",
+                    text.trim()
+                )
+            }),
+    )
+}
+
 pub(crate) async fn pe(args: PeArgs) -> anyhow::Result<()> {
-    let policy = policy(&args)?;
+    let mut load = args.load;
     let life = u32::try_from(args.life.as_millis())
         .map_err(|_| BadConfig(format!("--life {:?} is longer than 49 days", args.life)))?;
     let element = PoolElement {
@@ -306,17 +389,30 @@ pub(crate) async fn pe(args: PeArgs) -> anyhow::Result<()> {
         home_registrar: RegistrarId(0),
         registration_life: life,
         user_transport: Transport::tcp(args.address),
-        policy,
+        policy: policy(&args, load)?,
         asap_transport: None,
     };
     let pool = PoolHandle::from(args.pool.as_str());
-    let config = PeConfig::new(args.registrars.clone(), pool, element);
+    let mut config = PeConfig::new(args.registrars.clone(), pool, element);
     let mut running: Option<PeHandle> = None;
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
-        let healthy = probe(args.address).await;
-        match (healthy, running.take()) {
+        match read_load(&args).await {
+            Some(Ok(now)) if (now - load).abs() >= 0.5 => {
+                load = now;
+                config.element.policy = policy(&args, load)?;
+                if let Some(pe) = &running {
+                    println!("load of {} is now {load}%: re-registering", args.address);
+                    pe.set_policy(config.element.policy.clone()).await;
+                }
+            }
+            Some(Err(e)) => {
+                warn!(error = %format!("{e:#}"), "cannot read the load; keeping the last one");
+            }
+            _ => {}
+        }
+        match (healthy(&args).await, running.take()) {
             (true, None) => {
                 let pe = PeHandle::start(config.clone());
                 println!(

@@ -479,3 +479,45 @@ fn registrar_flags_override_its_config_file() {
     assert!(err.contains("Unknown Pool Handle"), "{err}");
     assert!(terminate(registrar).success());
 }
+
+#[test]
+fn sidecar_probes_and_load_from_commands() {
+    let (registrar, addr) = start_registrar(&[]);
+    let dir = std::env::temp_dir().join(format!("hapool-sidecar-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (health, load) = (dir.join("healthy"), dir.join("load"));
+    std::fs::write(&health, "").unwrap();
+    std::fs::write(&load, "10\n").unwrap();
+    let pe = Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args([
+            "pe",
+            "--registrar",
+            &addr,
+            "--pool",
+            "web",
+            "--address",
+            "127.0.0.1:9",
+        ])
+        .args(["--policy", "lu", "--probe-interval", "50ms"])
+        .args(["--probe-command", &format!("test -f {}", health.display())])
+        .args(["--load-command", &format!("cat {}", load.display())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Healthy by the command although nothing listens on port 9.
+    resolve_until(&addr, |ok, out| ok && out.contains("LU load=10.00%"));
+    std::fs::write(&load, "60%\n").unwrap();
+    resolve_until(&addr, |ok, out| ok && out.contains("LU load=60.00%"));
+    // A load that is not a percentage is ignored (logged), the last one kept.
+    std::fs::write(&load, "lots\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, out, _) = hapool(&["resolve", "web", "--registrar", &addr]);
+    assert!(ok && out.contains("LU load=60.00%"), "{out}");
+    std::fs::remove_file(&health).unwrap();
+    let out = resolve_until(&addr, |ok, _| !ok);
+    assert!(out.contains("Unknown Pool Handle"), "{out}");
+    assert!(terminate(pe).success());
+    assert!(terminate(registrar).success());
+    std::fs::remove_dir_all(&dir).ok();
+}
