@@ -3,20 +3,37 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use hapool_net::tls::{ServerName, TlsConnector};
 use hapool_net::{MessageReader, write_message};
 use hapool_wire::{AsapMessage, DEFAULT_MAX_MESSAGE};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::timeout;
 use tracing::debug;
 
 use crate::ClientError;
 
+/// How to reach the registrars over TLS.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    /// Trusted authorities and, to be known by name, a client certificate
+    /// (see [`hapool_net::tls::client_config`]).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the registrars' certificates must carry (a DNS name or an
+    /// IP address).
+    pub server_name: ServerName<'static>,
+}
+
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
 /// An open ASAP connection to a registrar.
 pub(crate) struct RegistrarConnection {
     pub(crate) addr: SocketAddr,
-    pub(crate) reader: MessageReader<OwnedReadHalf, AsapMessage>,
-    pub(crate) writer: OwnedWriteHalf,
+    pub(crate) reader: MessageReader<Reader, AsapMessage>,
+    pub(crate) writer: Writer,
 }
 
 impl RegistrarConnection {
@@ -26,19 +43,18 @@ impl RegistrarConnection {
         registrars: &[SocketAddr],
         start: usize,
         connect_timeout: Duration,
+        tls: Option<&ClientTls>,
     ) -> Result<(usize, Self), ClientError> {
         for k in 0..registrars.len() {
             let i = (start + k) % registrars.len();
             let addr = registrars[i];
-            match timeout(connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    let (read, writer) = stream.into_split();
+            match timeout(connect_timeout, Self::open(addr, tls)).await {
+                Ok(Ok((reader, writer))) => {
                     return Ok((
                         i,
                         Self {
                             addr,
-                            reader: MessageReader::new(read, DEFAULT_MAX_MESSAGE),
+                            reader: MessageReader::new(reader, DEFAULT_MAX_MESSAGE),
                             writer,
                         },
                     ));
@@ -50,6 +66,24 @@ impl RegistrarConnection {
         Err(ClientError::NoRegistrar {
             tried: registrars.len(),
         })
+    }
+
+    /// A TCP connection to `addr`, secured when `tls` says so.
+    async fn open(addr: SocketAddr, tls: Option<&ClientTls>) -> std::io::Result<(Reader, Writer)> {
+        let stream = TcpStream::connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        match tls {
+            Some(tls) => {
+                let connector = TlsConnector::from(tls.config.clone());
+                let stream = connector.connect(tls.server_name.clone(), stream).await?;
+                let (read, write) = tokio::io::split(stream);
+                Ok((Box::new(read), Box::new(write)))
+            }
+            None => {
+                let (read, write) = stream.into_split();
+                Ok((Box::new(read), Box::new(write)))
+            }
+        }
     }
 
     pub(crate) async fn send(&mut self, message: &AsapMessage) -> Result<(), ClientError> {

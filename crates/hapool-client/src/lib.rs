@@ -15,6 +15,7 @@ mod connection;
 pub mod pe;
 mod pu;
 
+pub use connection::ClientTls;
 pub use pe::{PeConfig, PeHandle, PeState};
 pub use pu::{PoolUser, PuConfig};
 

@@ -16,7 +16,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
 use crate::ClientError;
-use crate::connection::RegistrarConnection;
+use crate::connection::{ClientTls, RegistrarConnection};
 
 /// How a pool element registers.
 #[derive(Clone, Debug)]
@@ -37,6 +37,8 @@ pub struct PeConfig {
     /// How long to wait before trying the list again when no registrar
     /// answered or the registration was refused. Default 1 s.
     pub retry_interval: Duration,
+    /// Reach the registrars over TLS (their TLS port); plain TCP when absent.
+    pub tls: Option<ClientTls>,
 }
 
 impl PeConfig {
@@ -50,6 +52,7 @@ impl PeConfig {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(2),
             retry_interval: Duration::from_secs(1),
+            tls: None,
         }
     }
 }
@@ -160,8 +163,13 @@ async fn run(
     let mut start = 0;
     loop {
         state.send_replace(PeState::Connecting);
-        let connected =
-            RegistrarConnection::connect(&config.registrars, start, config.connect_timeout).await;
+        let connected = RegistrarConnection::connect(
+            &config.registrars,
+            start,
+            config.connect_timeout,
+            config.tls.as_ref(),
+        )
+        .await;
         let retry = match connected {
             Ok((i, mut conn)) => {
                 match session(&mut config, &mut conn, &mut commands, &state).await {

@@ -11,7 +11,7 @@ use tokio::time::{Instant, timeout};
 use tracing::warn;
 
 use crate::ClientError;
-use crate::connection::RegistrarConnection;
+use crate::connection::{ClientTls, RegistrarConnection};
 
 /// How a pool user reaches the registrars.
 #[derive(Clone, Debug)]
@@ -27,6 +27,8 @@ pub struct PuConfig {
     pub connect_timeout: Duration,
     /// How long to wait for a registrar's answer. Default 2 s.
     pub request_timeout: Duration,
+    /// Reach the registrars over TLS (their TLS port); plain TCP when absent.
+    pub tls: Option<ClientTls>,
 }
 
 impl PuConfig {
@@ -38,6 +40,7 @@ impl PuConfig {
             items: None,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -162,6 +165,7 @@ impl PoolUser {
                     &self.config.registrars,
                     0,
                     self.config.connect_timeout,
+                    self.config.tls.as_ref(),
                 )
                 .await?,
             );
@@ -203,6 +207,7 @@ impl PoolUser {
                     &self.config.registrars,
                     next,
                     self.config.connect_timeout,
+                    self.config.tls.as_ref(),
                 )
                 .await?,
             );

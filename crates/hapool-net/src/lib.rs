@@ -1,13 +1,16 @@
 //! The only crate of hapool that touches sockets.
 //!
 //! So far: [`MessageReader`] and [`write_message`], which carry ASAP or ENRP
-//! messages over any byte stream (TCP today; TLS and SCTP later), one
-//! message after another, framed by the length in each header.
+//! messages over any byte stream (TCP or TLS; SCTP later), one message after
+//! another, framed by the length in each header; and [`tls`], which builds
+//! TLS configurations and reads client identities.
 //!
 //! Never holds protocol state: what a message means is for the state
 //! machines in `hapool-proto`.
 
 #![forbid(unsafe_code)]
+
+pub mod tls;
 
 use std::io;
 use std::marker::PhantomData;

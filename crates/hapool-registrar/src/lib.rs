@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use hapool_handlespace::ConnectionId;
 use hapool_net::{MessageReader, write_message};
@@ -31,8 +32,8 @@ use hapool_proto::{Event, Registrar, RegistrarConfig, RemovalReason, Transmit};
 use hapool_wire::{
     AsapMessage, DEFAULT_MAX_MESSAGE, OperationError, PoolElement, PoolHandle, RegistrarId,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
@@ -40,6 +41,9 @@ use tracing::{debug, info, warn};
 
 /// Messages queued for one connection before it counts as too slow.
 const WRITE_QUEUE: usize = 1024;
+
+/// How long a client has to complete a TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One pool as a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +55,12 @@ pub struct PoolSnapshot {
 }
 
 enum Input {
+    /// A TLS handshake completed.
+    Secured {
+        id: ConnectionId,
+        peer: SocketAddr,
+        stream: Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    },
     Message {
         id: ConnectionId,
         message: AsapMessage,
@@ -86,6 +96,7 @@ impl RegistrarClient {
 /// A running registrar.
 pub struct RegistrarHandle {
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     id: RegistrarId,
     commands: mpsc::Sender<Command>,
     task: JoinHandle<()>,
@@ -95,6 +106,11 @@ impl RegistrarHandle {
     /// Where it listens for ASAP.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where it listens for ASAP over TLS, if it does.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Its registrar identifier.
@@ -121,14 +137,36 @@ impl RegistrarHandle {
     }
 }
 
+/// ASAP over TLS: where, and with which server configuration.
+pub struct TlsListener {
+    /// The listening socket (3864 by convention).
+    pub listener: TcpListener,
+    /// Certificate, key and, optionally, the client certificate authorities.
+    pub config: Arc<rustls::ServerConfig>,
+}
+
 /// Starts a registrar serving ASAP on `listener`.
 pub fn start(config: RegistrarConfig, listener: TcpListener) -> io::Result<RegistrarHandle> {
+    start_with_tls(config, listener, None)
+}
+
+/// Starts a registrar serving ASAP on `listener`, and over TLS on `tls`.
+/// A TLS client that presents a certificate is known by the name in it
+/// (for the registration rules and ownership); one that presents none is
+/// anonymous.
+pub fn start_with_tls(
+    config: RegistrarConfig,
+    listener: TcpListener,
+    tls: Option<TlsListener>,
+) -> io::Result<RegistrarHandle> {
     let local_addr = listener.local_addr()?;
+    let tls_addr = tls.as_ref().map(|t| t.listener.local_addr()).transpose()?;
     let id = config.id;
     let (commands, command_rx) = mpsc::channel(16);
-    info!(registrar_id = %id, %local_addr, "registrar serving ASAP");
-    let task = tokio::spawn(run(Registrar::new(config), listener, command_rx));
+    info!(registrar_id = %id, %local_addr, ?tls_addr, "registrar serving ASAP");
+    let task = tokio::spawn(run(Registrar::new(config), listener, tls, command_rx));
     Ok(RegistrarHandle {
+        tls_addr,
         local_addr,
         id,
         commands,
@@ -136,11 +174,37 @@ pub fn start(config: RegistrarConfig, listener: TcpListener) -> io::Result<Regis
     })
 }
 
+/// Splits a stream and spawns its reader and writer tasks.
+fn spawn_connection<S>(id: ConnectionId, stream: S, inputs: &mpsc::Sender<Input>) -> Connection
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read, write) = tokio::io::split(stream);
+    let (writer, queue) = mpsc::channel(WRITE_QUEUE);
+    let tasks = [
+        tokio::spawn(write_loop(write, queue)),
+        tokio::spawn(read_loop(id, read, inputs.clone(), writer.clone())),
+    ];
+    Connection { writer, tasks }
+}
+
+/// Accepts from `tls`, or never when there is none.
+async fn accept_tls(tls: Option<&TlsListener>) -> io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match tls {
+        Some(t) => t.listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn run(
     mut registrar: Registrar,
     listener: TcpListener,
+    tls: Option<TlsListener>,
     mut commands: mpsc::Receiver<Command>,
 ) {
+    let acceptor = tls
+        .as_ref()
+        .map(|t| hapool_net::tls::TlsAcceptor::from(t.config.clone()));
     let (input_tx, mut inputs) = mpsc::channel::<Input>(4096);
     let mut connections: HashMap<ConnectionId, Connection> = HashMap::new();
     let mut next_id = 0u64;
@@ -152,21 +216,43 @@ async fn run(
                     next_id += 1;
                     let id = ConnectionId(next_id);
                     let _ = stream.set_nodelay(true);
-                    let (read, write) = stream.into_split();
-                    let (writer, queue) = mpsc::channel(WRITE_QUEUE);
-                    let tasks = [
-                        tokio::spawn(write_loop(write, queue)),
-                        tokio::spawn(read_loop(id, read, input_tx.clone(), writer.clone())),
-                    ];
                     debug!(connection = id.0, %peer, "connection accepted");
-                    connections.insert(id, Connection { writer, tasks });
+                    connections.insert(id, spawn_connection(id, stream, &input_tx));
                     registrar.handle_connect(id, Some(peer), None, Instant::now().into_std());
                 }
                 Err(e) => warn!(error = %e, "accept failed"),
             },
+            accepted = accept_tls(tls.as_ref()) => match (accepted, &acceptor) {
+                (Ok((stream, peer)), Some(acceptor)) => {
+                    next_id += 1;
+                    let id = ConnectionId(next_id);
+                    let _ = stream.set_nodelay(true);
+                    let (acceptor, inputs) = (acceptor.clone(), input_tx.clone());
+                    // The handshake runs on its own, so a slow client
+                    // cannot hold up the registrar.
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                let stream = Box::new(stream);
+                                let _ = inputs.send(Input::Secured { id, peer, stream }).await;
+                            }
+                            Ok(Err(e)) => warn!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => warn!(%peer, "TLS handshake timed out"),
+                        }
+                    });
+                }
+                (Err(e), _) => warn!(error = %e, "TLS accept failed"),
+                (Ok(_), None) => unreachable!("accepting TLS only with an acceptor"),
+            },
             Some(input) = inputs.recv() => {
                 let now = Instant::now().into_std();
                 match input {
+                    Input::Secured { id, peer, stream } => {
+                        let identity = hapool_net::tls::client_identity(&stream).map(Arc::<str>::from);
+                        debug!(connection = id.0, %peer, ?identity, "TLS connection accepted");
+                        connections.insert(id, spawn_connection(id, *stream, &input_tx));
+                        registrar.handle_connect(id, Some(peer), identity, now);
+                    }
                     Input::Message { id, message } => {
                         count_request(&message);
                         registrar.handle_message(id, message, now);
@@ -314,9 +400,9 @@ fn count_request(message: &AsapMessage) {
     metrics::counter!("hapool_registrar_requests_total", "type" => kind).increment(1);
 }
 
-async fn read_loop(
+async fn read_loop<R: AsyncRead + Unpin>(
     id: ConnectionId,
-    read: OwnedReadHalf,
+    read: R,
     inputs: mpsc::Sender<Input>,
     writer: mpsc::Sender<AsapMessage>,
 ) {
@@ -359,7 +445,7 @@ async fn read_loop(
     let _ = inputs.send(Input::Closed { id }).await;
 }
 
-async fn write_loop(mut write: OwnedWriteHalf, mut queue: mpsc::Receiver<AsapMessage>) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, mut queue: mpsc::Receiver<AsapMessage>) {
     while let Some(message) = queue.recv().await {
         if let Err(e) = write_message(&mut write, &message).await {
             debug!(error = %e, "write failed");

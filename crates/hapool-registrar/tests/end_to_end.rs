@@ -268,3 +268,77 @@ async fn a_pool_user_fails_over_past_a_dead_server() {
     );
     r.shutdown().await;
 }
+
+fn pki(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../hapool-net/tests/pki")
+        .join(name)
+}
+
+fn client_tls(identity: Option<&str>) -> hapool_client::ClientTls {
+    let (cert, key) = match identity {
+        Some(name) => (pki(&format!("{name}.pem")), pki(&format!("{name}.key"))),
+        None => (Default::default(), Default::default()),
+    };
+    let id = identity.map(|_| (cert.as_path(), key.as_path()));
+    hapool_client::ClientTls {
+        config: hapool_net::tls::client_config(&pki("ca.pem"), id).unwrap(),
+        server_name: hapool_net::tls::ServerName::try_from("127.0.0.1".to_owned()).unwrap(),
+    }
+}
+
+/// Registration rules with TLS client certificates: only `pe-a` may
+/// register into `secure`; anyone may resolve it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_identities_and_registration_rules() {
+    let mut config = RegistrarConfig::new(RegistrarId(7));
+    config.rules = vec![hapool_proto::RegistrationRule {
+        pools: vec!["secure".into()],
+        identities: vec!["pe-a".into()],
+    }];
+    let plain = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let tls = hapool_registrar::TlsListener {
+        listener: TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap(),
+        config: hapool_net::tls::server_config(
+            &pki("server.pem"),
+            &pki("server.key"),
+            Some(&pki("ca.pem")),
+        )
+        .unwrap(),
+    };
+    let r = hapool_registrar::start_with_tls(config, plain, Some(tls)).unwrap();
+    let tls_addr = r.tls_addr().unwrap();
+    let secure = PoolHandle::from("secure");
+    let start = |registrars: Vec<SocketAddr>, id: u32, tls: Option<hapool_client::ClientTls>| {
+        let mut config = PeConfig::new(registrars, secure.clone(), element(id, 0));
+        config.tls = tls;
+        config.retry_interval = Duration::from_secs(60);
+        PeHandle::start(config)
+    };
+    // pe-a over TLS: registered, with its identity.
+    let mut a = start(vec![tls_addr], 1, Some(client_tls(Some("pe-a"))));
+    a.wait_registered(Duration::from_secs(5)).await.unwrap();
+    // pe-b over TLS and anyone over plain TCP: refused.
+    let b = start(vec![tls_addr], 2, Some(client_tls(Some("pe-b"))));
+    let anonymous = start(vec![r.local_addr()], 3, None);
+    for pe in [&b, &anonymous] {
+        within(Duration::from_secs(5), async || {
+            pe.state() == PeState::Refused(CauseCode::REJECTION_DUE_TO_SECURITY)
+        })
+        .await;
+    }
+    assert_eq!(ids(&r).await, [1]);
+    // An anonymous pool user over TLS resolves the pool.
+    let mut config = PuConfig::new(vec![tls_addr]);
+    config.tls = Some(client_tls(None));
+    let got = PoolUser::new(config).resolve(&secure).await.unwrap();
+    assert_eq!(got[0].id, PoolElementId(1));
+    // A client that does not trust the registrar's certificate gets nowhere.
+    let mut config = PuConfig::new(vec![tls_addr]);
+    let mut untrusted = client_tls(None);
+    untrusted.server_name =
+        hapool_net::tls::ServerName::try_from("example.org".to_owned()).unwrap();
+    config.tls = Some(untrusted);
+    assert!(PoolUser::new(config).resolve(&secure).await.is_err());
+    r.shutdown().await;
+}

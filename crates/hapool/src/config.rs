@@ -5,7 +5,7 @@
 //! every error names the key and the value.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hapool_handlespace::HandlespaceConfig;
@@ -42,6 +42,23 @@ pub(crate) struct RegistrarFile {
     /// `[[registrar.rules]]`: who may register into which pools.
     #[serde(default)]
     pub(crate) rules: Vec<RuleFile>,
+    /// `[registrar.tls]`: ASAP over TLS.
+    pub(crate) tls: Option<TlsFile>,
+}
+
+/// `[registrar.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsFile {
+    /// Where to serve ASAP over TLS. Default 127.0.0.1:3864.
+    pub(crate) listen: Option<SocketAddr>,
+    /// The server's certificate chain (PEM).
+    pub(crate) certificate: PathBuf,
+    /// The server's private key (PEM).
+    pub(crate) key: PathBuf,
+    /// Authorities whose client certificates identify clients (PEM);
+    /// clients without a certificate stay anonymous.
+    pub(crate) client_ca: Option<PathBuf>,
 }
 
 /// `[[registrar.rules]]`.
@@ -145,11 +162,12 @@ pub(crate) fn parse_id(text: &str) -> Result<u32, String> {
 }
 
 /// A valid registrar configuration: the state machine's, and where to serve.
-#[derive(Debug)]
 pub(crate) struct Registrar {
     pub(crate) config: RegistrarConfig,
     pub(crate) listen: SocketAddr,
     pub(crate) admin: Option<SocketAddr>,
+    /// Where to serve ASAP over TLS, and how.
+    pub(crate) tls: Option<(SocketAddr, std::sync::Arc<rustls::ServerConfig>)>,
 }
 
 impl TryFrom<RegistrarFile> for Registrar {
@@ -240,12 +258,25 @@ impl TryFrom<RegistrarFile> for Registrar {
                 identities: rule.identities,
             });
         }
+        let tls = match file.tls {
+            Some(t) => {
+                let server =
+                    hapool_net::tls::server_config(&t.certificate, &t.key, t.client_ca.as_deref())
+                        .map_err(|e| BadConfig(format!("registrar.tls: {e}")))?;
+                let listen = t
+                    .listen
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3864)));
+                Some((listen, server))
+            }
+            None => None,
+        };
         Ok(Self {
             config,
             listen: file
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3863))),
             admin: file.admin,
+            tls,
         })
     }
 }

@@ -71,6 +71,7 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
         config,
         listen,
         admin,
+        tls,
     } = registrar_config(&args)?;
     let id = config.id.0;
     let listener = TcpListener::bind(listen)
@@ -89,12 +90,24 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let handle = hapool_registrar::start(config, listener)?;
+    let tls = match tls {
+        Some((addr, server)) => Some(hapool_registrar::TlsListener {
+            listener: TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for ASAP over TLS"))?,
+            config: server,
+        }),
+        None => None,
+    };
+    let handle = hapool_registrar::start_with_tls(config, listener, tls)?;
     println!(
         "registrar {:08x} serving ASAP on {}",
         id,
         handle.local_addr()
     );
+    if let Some(addr) = handle.tls_addr() {
+        println!("ASAP over TLS on {addr}");
+    }
     if let Some(listener) = admin {
         let metrics = crate::admin::install_metrics()?;
         println!("admin HTTP on {}", listener.local_addr()?);
@@ -155,9 +168,54 @@ async fn registrar_status(
     })
 }
 
+/// How `hapool pe` and `hapool resolve` reach registrars over TLS.
+#[derive(clap::Args, Clone)]
+pub(crate) struct ClientTlsArgs {
+    /// Reach the registrars over TLS, trusting these authorities (PEM).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) to be known by the name in it.
+    #[arg(long, requires = "tls_key", requires = "tls_ca")]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The name the registrars' certificates must carry (default: the
+    /// first registrar's IP address).
+    #[arg(long, requires = "tls_ca")]
+    tls_server_name: Option<String>,
+}
+
+impl ClientTlsArgs {
+    /// The TLS settings, or `None` for plain TCP.
+    fn build(&self, first: SocketAddr) -> anyhow::Result<Option<hapool_client::ClientTls>> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+        let config =
+            hapool_net::tls::client_config(ca, identity).map_err(|e| BadConfig(e.to_string()))?;
+        let name = self
+            .tls_server_name
+            .clone()
+            .unwrap_or_else(|| first.ip().to_string());
+        let server_name = hapool_net::tls::ServerName::try_from(name.clone()).map_err(|_| {
+            BadConfig(format!(
+                "--tls-server-name {name:?} is not a DNS name or an IP address"
+            ))
+        })?;
+        Ok(Some(hapool_client::ClientTls {
+            config,
+            server_name,
+        }))
+    }
+}
+
 /// Options of `hapool pe`.
 #[derive(clap::Args)]
 pub(crate) struct PeArgs {
+    #[command(flatten)]
+    tls: ClientTlsArgs,
     /// A registrar to use (repeat for failover, in order of preference).
     #[arg(long = "registrar", required = true)]
     registrars: Vec<SocketAddr>,
@@ -394,6 +452,7 @@ pub(crate) async fn pe(args: PeArgs) -> anyhow::Result<()> {
     };
     let pool = PoolHandle::from(args.pool.as_str());
     let mut config = PeConfig::new(args.registrars.clone(), pool, element);
+    config.tls = args.tls.build(args.registrars[0])?;
     let mut running: Option<PeHandle> = None;
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -445,6 +504,8 @@ pub(crate) async fn pe(args: PeArgs) -> anyhow::Result<()> {
 /// Options of `hapool resolve`.
 #[derive(clap::Args)]
 pub(crate) struct ResolveArgs {
+    #[command(flatten)]
+    tls: ClientTlsArgs,
     /// The pool to resolve.
     pool: String,
     /// A registrar to ask (repeat for failover).
@@ -456,8 +517,9 @@ pub(crate) struct ResolveArgs {
 }
 
 pub(crate) async fn resolve(args: ResolveArgs) -> anyhow::Result<()> {
-    let mut config = PuConfig::new(args.registrars);
+    let mut config = PuConfig::new(args.registrars.clone());
     config.items = args.items;
+    config.tls = args.tls.build(args.registrars[0])?;
     let user = PoolUser::new(config);
     let pool = PoolHandle::from(args.pool.as_str());
     let elements = user
@@ -518,6 +580,9 @@ pub(crate) fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
         c.handlespace.max_elements_per_pool,
         c.rules.len(),
     );
+    if let Some((addr, _)) = &r.tls {
+        println!("ASAP over TLS on {addr}");
+    }
     if c.rules.is_empty() {
         println!("warning: no registration rules: any client may register into any pool");
     }

@@ -521,3 +521,98 @@ fn sidecar_probes_and_load_from_commands() {
     assert!(terminate(registrar).success());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn registrar_over_tls_with_client_certificates() {
+    let pki = |f: &str| format!("{}/../hapool-net/tests/pki/{f}", env!("CARGO_MANIFEST_DIR"));
+    let config = write_config(
+        "tls.toml",
+        &format!(
+            "[registrar]\nlisten = \"127.0.0.1:0\"\n[registrar.tls]\nlisten = \"127.0.0.1:0\"\n\
+             certificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n\
+             [[registrar.rules]]\npools = [\"web\"]\nidentities = [\"pe-a\"]\n",
+            pki("server.pem"),
+            pki("server.key"),
+            pki("ca.pem")
+        ),
+    );
+    let (code, out, err) = hapool_code(&["check-config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("1 registration rule(s)") && out.contains("ASAP over TLS on 127.0.0.1:0"),
+        "{out}"
+    );
+    let mut registrar = Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args(["registrar", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(registrar.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    out.read_line(&mut first).unwrap();
+    out.read_line(&mut second).unwrap();
+    let tls = second
+        .trim()
+        .strip_prefix("ASAP over TLS on ")
+        .expect(&second)
+        .to_owned();
+
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = server.local_addr().unwrap().to_string();
+    let tls_flags = [
+        "--tls-ca",
+        &pki("ca.pem"),
+        "--tls-cert",
+        &pki("pe-a.pem"),
+        "--tls-key",
+        &pki("pe-a.key"),
+    ];
+    let pe = Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args([
+            "pe",
+            "--registrar",
+            &tls,
+            "--pool",
+            "web",
+            "--address",
+            &server_addr,
+            "--id",
+            "10",
+        ])
+        .args(["--probe-interval", "100ms"])
+        .args(tls_flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let (ok, out, err) = hapool(&[
+            "resolve",
+            "web",
+            "--registrar",
+            &tls,
+            "--tls-ca",
+            &pki("ca.pem"),
+        ]);
+        if ok && out.contains("0000000a") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{out}{err}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A CA file that cannot be read is named, and is a bad configuration.
+    let (code, _, err) = hapool_code(&[
+        "resolve",
+        "web",
+        "--registrar",
+        &tls,
+        "--tls-ca",
+        "/nonexistent.pem",
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("/nonexistent.pem"), "{err}");
+    assert!(terminate(pe).success());
+    assert!(terminate(registrar).success());
+}
