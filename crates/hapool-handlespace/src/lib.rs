@@ -445,30 +445,26 @@ impl Handlespace {
         self.expiry.insert(expiry_entry(new, pool_index, slot));
     }
 
-    /// Enters the PE at `slot` in the owner and expiry indexes.
-    fn link(&mut self, pool_index: u32, slot: u32) {
+    /// What the owner and expiry indexes hold of the PE at `slot`: its id,
+    /// home, expiry and checksum part.
+    fn index_keys(&self, pool_index: u32, slot: u32) -> (PoolElementId, RegistrarId, Instant, u64) {
         let pool = self.pool_at(pool_index);
         let entry = pool.entry(slot);
-        let (id, home, expires) = (
-            entry.element().id,
-            entry.element().home_registrar,
-            entry.expires_at(),
-        );
+        let id = entry.element().id;
         let part = element_sum(pool.handle_sum, id);
+        (id, entry.element().home_registrar, entry.expires_at(), part)
+    }
+
+    /// Enters the PE at `slot` in the owner and expiry indexes.
+    fn link(&mut self, pool_index: u32, slot: u32) {
+        let (id, home, expires, part) = self.index_keys(pool_index, slot);
         self.own(home, pool_index, id, part);
         self.expiry.insert(expiry_entry(expires, pool_index, slot));
     }
 
     /// Takes the PE at `slot` out of the owner and expiry indexes.
     fn unlink(&mut self, pool_index: u32, slot: u32) {
-        let pool = self.pool_at(pool_index);
-        let entry = pool.entry(slot);
-        let (id, home, expires) = (
-            entry.element().id,
-            entry.element().home_registrar,
-            entry.expires_at(),
-        );
-        let part = element_sum(pool.handle_sum, id);
+        let (id, home, expires, part) = self.index_keys(pool_index, slot);
         self.disown(home, pool_index, id, part);
         self.expiry.remove(expiry_entry(expires, pool_index, slot));
     }

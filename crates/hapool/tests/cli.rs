@@ -80,6 +80,26 @@ fn wire_decode_names_the_fault_and_the_cause() {
     assert!(err.contains("not a whole ASAP message"), "{err}");
 }
 
+/// Starts `hapool pe` for the server at `server` in pool `web`, with
+/// `extra` flags.
+fn spawn_pe(registrar: &str, server: &str, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args([
+            "pe",
+            "--registrar",
+            registrar,
+            "--pool",
+            "web",
+            "--address",
+            server,
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Sends SIGTERM to `child` and waits for it.
 fn terminate(mut child: Child) -> std::process::ExitStatus {
     let status = Command::new("kill")
@@ -120,17 +140,10 @@ fn registrar_pe_sidecar_and_resolve() {
     // An existing server, and the sidecar that registers it while it is up.
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = server.local_addr().unwrap().to_string();
-    let pe = Command::new(env!("CARGO_BIN_EXE_hapool"))
-        .args([
-            "pe",
-            "--registrar",
-            &addr,
-            "--pool",
-            "web",
-            "--address",
-            &server_addr,
-        ])
-        .args([
+    let pe = spawn_pe(
+        &addr,
+        &server_addr,
+        &[
             "--policy",
             "lu",
             "--load",
@@ -139,11 +152,8 @@ fn registrar_pe_sidecar_and_resolve() {
             "77",
             "--probe-interval",
             "100ms",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+    );
     let out = resolve_until(&addr, |ok, out| ok && out.contains("0000004d"));
     assert!(out.contains(&format!("tcp://{server_addr}")), "{out}");
     assert!(out.contains("LU load=25.00%"), "{out}");
@@ -323,17 +333,10 @@ fn status_and_metrics_from_the_admin_port() {
 
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = server.local_addr().unwrap().to_string();
-    let pe = Command::new(env!("CARGO_BIN_EXE_hapool"))
-        .args([
-            "pe",
-            "--registrar",
-            &asap,
-            "--pool",
-            "web",
-            "--address",
-            &server_addr,
-        ])
-        .args([
+    let pe = spawn_pe(
+        &asap,
+        &server_addr,
+        &[
             "--policy",
             "lu",
             "--load",
@@ -342,11 +345,8 @@ fn status_and_metrics_from_the_admin_port() {
             "42",
             "--probe-interval",
             "100ms",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+    );
     resolve_until(&asap, |ok, _| ok);
 
     let (ok, table, err) = hapool(&["status", "--admin", &admin]);
