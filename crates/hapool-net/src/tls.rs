@@ -2,7 +2,6 @@
 //! the identity a client certificate carries (its first DNS name, else its
 //! common name).
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -136,9 +135,4 @@ pub fn identity(chain: &[CertificateDer<'_>]) -> Option<String> {
 /// a certificate.
 pub fn client_identity<S>(stream: &tokio_rustls::server::TlsStream<S>) -> Option<String> {
     stream.get_ref().1.peer_certificates().and_then(identity)
-}
-
-/// An I/O error for a TLS handshake that failed.
-pub fn handshake_error(e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))
 }
