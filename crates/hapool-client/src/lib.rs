@@ -12,10 +12,12 @@
 #![forbid(unsafe_code)]
 
 mod connection;
+mod discover;
 pub mod pe;
 mod pu;
 
 pub use connection::ClientTls;
+pub use discover::discover;
 pub use pe::{PeConfig, PeHandle, PeState};
 pub use pu::{PoolUser, PuConfig};
 

@@ -17,4 +17,6 @@ mod rate;
 mod registrar;
 
 pub use rate::RateLimit;
-pub use registrar::{Event, Registrar, RegistrarConfig, RegistrationRule, RemovalReason, Transmit};
+pub use registrar::{
+    Announcement, Event, Registrar, RegistrarConfig, RegistrationRule, RemovalReason, Transmit,
+};

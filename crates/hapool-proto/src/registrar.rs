@@ -4,7 +4,9 @@
 //!
 //! # Call order
 //!
-//! The driver owns the sockets and the clock. For each connection it calls
+//! The driver owns the sockets and the clock. It calls
+//! [`Registrar::handle_start`] once when it starts serving. For each
+//! connection it calls
 //! [`Registrar::handle_connect`] once, [`Registrar::handle_message`] for
 //! every decoded message and [`Registrar::handle_disconnect`] when the
 //! connection ends. After each of these calls, and after
@@ -55,11 +57,23 @@ pub struct RegistrarConfig {
     pub unreachable_rate: RateLimit,
     /// Seed of the random choices (weighted selection policies).
     pub seed: u64,
+    /// How often to send ASAP_SERVER_ANNOUNCE, and where this registrar is
+    /// reached; `None` (the default) sends none.
+    pub announce: Option<Announcement>,
     /// Who may register into which pools. Empty: anyone into any pool (as
     /// RFC 5352 has it). Otherwise a registration into a pool needs an
     /// authenticated identity named by a rule whose pattern matches the
     /// pool; pools no rule matches take no registrations at all.
     pub rules: Vec<RegistrationRule>,
+}
+
+/// What a registrar announces, and how often.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    /// Between announcements (RFC 5352 suggests 1 s).
+    pub interval: Duration,
+    /// Where this registrar's ASAP endpoints are.
+    pub transports: Vec<Transport>,
 }
 
 /// One authorization rule: these identities may register into pools whose
@@ -119,6 +133,7 @@ impl RegistrarConfig {
                 burst: 5,
             },
             seed: u64::from(id.0),
+            announce: None,
             rules: Vec::new(),
         }
     }
@@ -132,6 +147,12 @@ pub enum Transmit {
         /// The connection.
         connection: ConnectionId,
         /// The message.
+        message: AsapMessage,
+    },
+    /// Announce this registrar (ASAP_SERVER_ANNOUNCE) on the announcement
+    /// channel (UDP, usually multicast).
+    Announce {
+        /// The ASAP_SERVER_ANNOUNCE.
         message: AsapMessage,
     },
 }
@@ -213,6 +234,8 @@ pub struct Registrar {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     rng: StdRng,
+    /// When the next ASAP_SERVER_ANNOUNCE is due (when announcing).
+    next_announce: Option<Instant>,
 }
 
 impl Registrar {
@@ -227,6 +250,7 @@ impl Registrar {
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            next_announce: None,
         }
     }
 
@@ -238,6 +262,14 @@ impl Registrar {
     /// The handlespace, to read.
     pub fn handlespace(&self) -> &Handlespace {
         &self.handlespace
+    }
+
+    /// The registrar starts serving at `now`: the first announcement (when
+    /// announcing) is due at once. Call once, before anything else.
+    pub fn handle_start(&mut self, now: Instant) {
+        if self.config.announce.is_some() {
+            self.next_announce = Some(now);
+        }
     }
 
     /// A connection was accepted from `peer`, authenticated as `identity`
@@ -592,6 +624,17 @@ impl Registrar {
     /// Time has come to `now`: keep-alives due are sent, PEs that did not
     /// answer in time and registrations that ran out are removed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(announce) = &self.config.announce {
+            if self.next_announce.is_some_and(|due| due <= now) {
+                self.transmits.push_back(Transmit::Announce {
+                    message: AsapMessage::ServerAnnounce {
+                        registrar_id: self.config.id,
+                        transports: announce.transports.clone(),
+                    },
+                });
+                self.next_announce = Some(now + announce.interval);
+            }
+        }
         while let Some((due, handle, id)) = self.timers.first().cloned() {
             if due > now {
                 break;
@@ -646,10 +689,14 @@ impl Registrar {
     /// When [`Registrar::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let supervision = self.timers.first().map(|(at, _, _)| *at);
-        match (supervision, self.handlespace.next_expiry()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            supervision,
+            self.handlespace.next_expiry(),
+            self.next_announce,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 

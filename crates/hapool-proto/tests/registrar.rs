@@ -75,12 +75,14 @@ impl Harness {
 
     fn transmits(&mut self) -> Vec<(u64, AsapMessage)> {
         std::iter::from_fn(|| self.registrar.poll_transmit())
-            .map(
-                |Transmit::Send {
-                     connection,
-                     message,
-                 }| (connection.0, message),
-            )
+            .map(|t| match t {
+                Transmit::Send {
+                    connection,
+                    message,
+                } => (connection.0, message),
+                // Announcements go to no connection; 0 stands for them.
+                Transmit::Announce { message } => (0, message),
+            })
             .collect()
     }
 
@@ -604,4 +606,33 @@ fn registration_rules_name_who_may_register_where() {
             }
         )]
     ));
+}
+
+#[test]
+fn server_announcements_when_configured() {
+    let mut config = RegistrarConfig::new(ME);
+    config.announce = Some(hapool_proto::Announcement {
+        interval: Duration::from_millis(1000),
+        transports: vec![Transport::tcp(peer(3863))],
+    });
+    let mut h = Harness::new(config);
+    let announce = (
+        0,
+        AsapMessage::ServerAnnounce {
+            registrar_id: ME,
+            transports: vec![Transport::tcp(peer(3863))],
+        },
+    );
+    assert_eq!(h.registrar.poll_timeout(), None);
+    h.registrar.handle_start(h.at(0));
+    assert_eq!(h.registrar.poll_timeout(), Some(h.at(0)));
+    assert_eq!(h.tick(0), vec![announce.clone()]);
+    assert_eq!(h.registrar.poll_timeout(), Some(h.at(1000)));
+    assert_eq!(h.tick(999), vec![]);
+    assert_eq!(h.tick(1000), vec![announce]);
+    // Without the setting, nothing is announced.
+    let mut h = Harness::default();
+    h.registrar.handle_start(h.at(0));
+    assert_eq!(h.registrar.poll_timeout(), None);
+    assert_eq!(h.tick(5000), vec![]);
 }

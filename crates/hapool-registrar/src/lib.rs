@@ -145,26 +145,65 @@ pub struct TlsListener {
     pub config: Arc<rustls::ServerConfig>,
 }
 
-/// Starts a registrar serving ASAP on `listener`.
-pub fn start(config: RegistrarConfig, listener: TcpListener) -> io::Result<RegistrarHandle> {
-    start_with_tls(config, listener, None)
+/// Where a registrar serves.
+pub struct Listeners {
+    /// ASAP over TCP.
+    pub asap: TcpListener,
+    /// ASAP over TLS. A TLS client that presents a certificate is known by
+    /// the name in it (for the registration rules and ownership); one that
+    /// presents none is anonymous.
+    pub tls: Option<TlsListener>,
+    /// Where to send ASAP_SERVER_ANNOUNCE by UDP (a multicast group such as
+    /// 239.0.0.50:3863, or an address); requires `config.announce`.
+    pub announce_to: Option<SocketAddr>,
 }
 
-/// Starts a registrar serving ASAP on `listener`, and over TLS on `tls`.
-/// A TLS client that presents a certificate is known by the name in it
-/// (for the registration rules and ownership); one that presents none is
-/// anonymous.
-pub fn start_with_tls(
-    config: RegistrarConfig,
-    listener: TcpListener,
-    tls: Option<TlsListener>,
+/// Starts a registrar serving ASAP on `listener`.
+pub fn start(config: RegistrarConfig, listener: TcpListener) -> io::Result<RegistrarHandle> {
+    start_serving(
+        config,
+        Listeners {
+            asap: listener,
+            tls: None,
+            announce_to: None,
+        },
+    )
+}
+
+/// Starts a registrar on `listeners`. When it announces itself and the
+/// announcement names no transport, it names its ASAP listener.
+pub fn start_serving(
+    mut config: RegistrarConfig,
+    listeners: Listeners,
 ) -> io::Result<RegistrarHandle> {
+    let Listeners {
+        asap: listener,
+        tls,
+        announce_to,
+    } = listeners;
     let local_addr = listener.local_addr()?;
+    if let Some(announce) = &mut config.announce
+        && announce.transports.is_empty()
+    {
+        announce
+            .transports
+            .push(hapool_wire::Transport::tcp(local_addr));
+    }
+    let announcer = match announce_to {
+        Some(target) => Some(announcer(target)?),
+        None => None,
+    };
     let tls_addr = tls.as_ref().map(|t| t.listener.local_addr()).transpose()?;
     let id = config.id;
     let (commands, command_rx) = mpsc::channel(16);
     info!(registrar_id = %id, %local_addr, ?tls_addr, "registrar serving ASAP");
-    let task = tokio::spawn(run(Registrar::new(config), listener, tls, command_rx));
+    let task = tokio::spawn(run(
+        Registrar::new(config),
+        listener,
+        tls,
+        announcer,
+        command_rx,
+    ));
     Ok(RegistrarHandle {
         tls_addr,
         local_addr,
@@ -196,12 +235,38 @@ async fn accept_tls(tls: Option<&TlsListener>) -> io::Result<(tokio::net::TcpStr
     }
 }
 
+/// A UDP socket to send announcements to `target` from.
+fn announcer(target: SocketAddr) -> io::Result<(std::net::UdpSocket, SocketAddr)> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(bind)?;
+    if let std::net::IpAddr::V4(group) = target.ip()
+        && group.is_multicast()
+    {
+        socket.set_multicast_loop_v4(true)?;
+        socket.set_multicast_ttl_v4(8)?;
+    }
+    socket.set_nonblocking(true)?;
+    Ok((socket, target))
+}
+
 async fn run(
     mut registrar: Registrar,
     listener: TcpListener,
     tls: Option<TlsListener>,
+    announcer: Option<(std::net::UdpSocket, SocketAddr)>,
     mut commands: mpsc::Receiver<Command>,
 ) {
+    let announcer = announcer.and_then(|(socket, target)| {
+        tokio::net::UdpSocket::from_std(socket)
+            .inspect_err(|e| warn!(error = %e, "cannot announce"))
+            .ok()
+            .map(|s| (s, target))
+    });
+    registrar.handle_start(Instant::now().into_std());
     let acceptor = tls
         .as_ref()
         .map(|t| hapool_net::tls::TlsAcceptor::from(t.config.clone()));
@@ -276,11 +341,22 @@ async fn run(
                 Some(Command::Shutdown) | None => break,
             },
         }
-        while let Some(Transmit::Send {
-            connection,
-            message,
-        }) = registrar.poll_transmit()
-        {
+        while let Some(transmit) = registrar.poll_transmit() {
+            let (connection, message) = match transmit {
+                Transmit::Send {
+                    connection,
+                    message,
+                } => (connection, message),
+                Transmit::Announce { message } => {
+                    if let Some((socket, target)) = &announcer
+                        && let Ok(bytes) = hapool_wire::Message::to_bytes(&message)
+                        && let Err(e) = socket.try_send_to(&bytes, *target)
+                    {
+                        warn!(%target, error = %e, "cannot send the server announcement");
+                    }
+                    continue;
+                }
+            };
             let Some(c) = connections.get(&connection) else {
                 continue;
             };

@@ -306,7 +306,15 @@ async fn tls_identities_and_registration_rules() {
         )
         .unwrap(),
     };
-    let r = hapool_registrar::start_with_tls(config, plain, Some(tls)).unwrap();
+    let r = hapool_registrar::start_serving(
+        config,
+        hapool_registrar::Listeners {
+            asap: plain,
+            tls: Some(tls),
+            announce_to: None,
+        },
+    )
+    .unwrap();
     let tls_addr = r.tls_addr().unwrap();
     let secure = PoolHandle::from("secure");
     let start = |registrars: Vec<SocketAddr>, id: u32, tls: Option<hapool_client::ClientTls>| {
@@ -340,5 +348,42 @@ async fn tls_identities_and_registration_rules() {
         hapool_net::tls::ServerName::try_from("example.org".to_owned()).unwrap();
     config.tls = Some(untrusted);
     assert!(PoolUser::new(config).resolve(&secure).await.is_err());
+    r.shutdown().await;
+}
+
+/// A registrar announces itself; `discover` finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrars_announce_themselves_and_are_discovered() {
+    let channel = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = RegistrarConfig::new(RegistrarId(0x5A));
+    config.announce = Some(hapool_proto::Announcement {
+        interval: Duration::from_millis(50),
+        transports: Vec::new(),
+    });
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let discovery = tokio::spawn(hapool_client::discover(channel, Duration::from_millis(500)));
+    sleep(Duration::from_millis(50)).await;
+    let r = hapool_registrar::start_serving(
+        config,
+        hapool_registrar::Listeners {
+            asap: listener,
+            tls: None,
+            announce_to: Some(channel),
+        },
+    )
+    .unwrap();
+    let found = discovery.await.unwrap().unwrap();
+    assert_eq!(found, [(RegistrarId(0x5A), r.local_addr())]);
+    // The discovered address serves ASAP.
+    let got = pu(vec![found[0].1]).resolve(&pool()).await;
+    assert!(matches!(
+        got,
+        Err(hapool_client::ClientError::Refused(
+            CauseCode::UNKNOWN_POOL_HANDLE
+        ))
+    ));
     r.shutdown().await;
 }

@@ -44,6 +44,20 @@ pub(crate) struct RegistrarFile {
     pub(crate) rules: Vec<RuleFile>,
     /// `[registrar.tls]`: ASAP over TLS.
     pub(crate) tls: Option<TlsFile>,
+    /// `[registrar.announce]`: ASAP_SERVER_ANNOUNCE by UDP.
+    pub(crate) announce: Option<AnnounceFile>,
+}
+
+/// `[registrar.announce]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AnnounceFile {
+    /// Where to send: a multicast group and port (239.0.0.50:3863 by
+    /// convention) or an address. Required.
+    pub(crate) to: Option<SocketAddr>,
+    /// Between announcements. Default 1s.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) interval: Option<Duration>,
 }
 
 /// `[registrar.tls]`.
@@ -168,6 +182,8 @@ pub(crate) struct Registrar {
     pub(crate) admin: Option<SocketAddr>,
     /// Where to serve ASAP over TLS, and how.
     pub(crate) tls: Option<(SocketAddr, std::sync::Arc<rustls::ServerConfig>)>,
+    /// Where to send announcements.
+    pub(crate) announce_to: Option<SocketAddr>,
 }
 
 impl TryFrom<RegistrarFile> for Registrar {
@@ -270,6 +286,27 @@ impl TryFrom<RegistrarFile> for Registrar {
             }
             None => None,
         };
+        let announce_to = match file.announce {
+            Some(a) => {
+                let to = a.to.ok_or_else(|| {
+                    BadConfig(
+                        "registrar.announce.to: required (such as \"239.0.0.50:3863\")".into(),
+                    )
+                })?;
+                let interval = a.interval.unwrap_or(Duration::from_secs(1));
+                if interval < Duration::from_millis(10) {
+                    return Err(BadConfig(format!(
+                        "registrar.announce.interval = {interval:?} is below the 10ms minimum"
+                    )));
+                }
+                config.announce = Some(hapool_proto::Announcement {
+                    interval,
+                    transports: Vec::new(),
+                });
+                Some(to)
+            }
+            None => None,
+        };
         Ok(Self {
             config,
             listen: file
@@ -277,6 +314,7 @@ impl TryFrom<RegistrarFile> for Registrar {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3863))),
             admin: file.admin,
             tls,
+            announce_to,
         })
     }
 }

@@ -54,6 +54,8 @@ enum Command {
     Status(admin::StatusArgs),
     /// Check a configuration file and say what it configures.
     CheckConfig(serve::CheckConfigArgs),
+    /// List the registrars that announce themselves (ASAP_SERVER_ANNOUNCE).
+    Discover(serve::DiscoverArgs),
     /// Work with the ASAP/ENRP wire format.
     Wire {
         #[command(subcommand)]
@@ -127,6 +129,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::bench(args))),
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(admin::status(args))),
         Command::CheckConfig(args) => serve::check_config(&args),
+        Command::Discover(args) => runtime().and_then(|rt| rt.block_on(serve::discover(args))),
         Command::Wire {
             command: WireCommand::Decode { protocol, hex },
         } => read_hex(hex).and_then(|bytes| wire::decode(protocol, &bytes)),

@@ -46,6 +46,10 @@ pub(crate) struct RegistrarArgs {
     /// when absent.
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// Announce this registrar (ASAP_SERVER_ANNOUNCE, every second) to this
+    /// UDP address, usually the multicast group 239.0.0.50:3863.
+    #[arg(long)]
+    announce: Option<SocketAddr>,
 }
 
 /// The configuration file (or the defaults) with the flags applied.
@@ -59,6 +63,9 @@ fn registrar_config(args: &RegistrarArgs) -> anyhow::Result<config::Registrar> {
     file.listen = args.listen.or(file.listen);
     file.id = args.id.clone().or(file.id);
     file.admin = args.admin.or(file.admin);
+    if let Some(target) = args.announce {
+        file.announce.get_or_insert_with(Default::default).to = Some(target);
+    }
     file.keep_alive.interval = args.keep_alive_interval.or(file.keep_alive.interval);
     file.keep_alive.timeout = args.keep_alive_timeout.or(file.keep_alive.timeout);
     file.limits.registration_rate = args.registration_rate.or(file.limits.registration_rate);
@@ -72,6 +79,7 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
         listen,
         admin,
         tls,
+        announce_to,
     } = registrar_config(&args)?;
     let id = config.id.0;
     let listener = TcpListener::bind(listen)
@@ -99,7 +107,14 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
         }),
         None => None,
     };
-    let handle = hapool_registrar::start_with_tls(config, listener, tls)?;
+    let handle = hapool_registrar::start_serving(
+        config,
+        hapool_registrar::Listeners {
+            asap: listener,
+            tls,
+            announce_to,
+        },
+    )?;
     println!(
         "registrar {:08x} serving ASAP on {}",
         id,
@@ -551,6 +566,36 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// Options of `hapool discover`.
+#[derive(clap::Args)]
+pub(crate) struct DiscoverArgs {
+    /// Where announcements arrive: a multicast group and port, or an
+    /// address to bind.
+    #[arg(long, default_value = "239.0.0.50:3863")]
+    channel: SocketAddr,
+    /// How long to listen.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    wait: Duration,
+}
+
+/// Prints the registrars that announce themselves within the wait.
+pub(crate) async fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
+    let found = hapool_client::discover(args.channel, args.wait)
+        .await
+        .with_context(|| format!("cannot listen for announcements on {}", args.channel))?;
+    if found.is_empty() {
+        bail!(
+            "no registrar announced itself on {} within {:?}",
+            args.channel,
+            args.wait
+        );
+    }
+    for (id, addr) in found {
+        println!("registrar {id} at {addr}");
+    }
+    Ok(())
 }
 
 /// Options of `hapool check-config`.
