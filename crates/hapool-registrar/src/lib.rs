@@ -267,6 +267,7 @@ async fn run(
             .map(|s| (s, target))
     });
     registrar.handle_start(Instant::now().into_std());
+    record_gauges(&registrar, 0);
     let acceptor = tls
         .as_ref()
         .map(|t| hapool_net::tls::TlsAcceptor::from(t.config.clone()));
@@ -374,10 +375,7 @@ async fn run(
         while let Some(event) = registrar.poll_event() {
             log_event(&event);
         }
-        let handlespace = registrar.handlespace();
-        metrics::gauge!("hapool_registrar_pools").set(handlespace.pool_count() as f64);
-        metrics::gauge!("hapool_registrar_pool_elements").set(handlespace.len() as f64);
-        metrics::gauge!("hapool_registrar_connections").set(connections.len() as f64);
+        record_gauges(&registrar, connections.len());
     }
     for (_, c) in connections {
         c.close();
@@ -461,6 +459,14 @@ fn log_event(event: &Event) {
                 .increment(1);
         }
     }
+}
+
+/// Sets the gauges of the handlespace and the connections.
+fn record_gauges(registrar: &Registrar, connections: usize) {
+    let handlespace = registrar.handlespace();
+    metrics::gauge!("hapool_registrar_pools").set(handlespace.pool_count() as f64);
+    metrics::gauge!("hapool_registrar_pool_elements").set(handlespace.len() as f64);
+    metrics::gauge!("hapool_registrar_connections").set(connections as f64);
 }
 
 /// Counts a request by its message type.

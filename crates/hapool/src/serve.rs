@@ -90,12 +90,15 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
     } else {
         info!(rules = config.rules.len(), "registration rules in force");
     }
+    // The metrics recorder goes in before the registrar starts, so that
+    // its first gauges are recorded.
     let admin = match admin {
-        Some(addr) => Some(
+        Some(addr) => Some((
             TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} for the admin port"))?,
-        ),
+            crate::admin::install_metrics()?,
+        )),
         None => None,
     };
     let tls = match tls {
@@ -123,8 +126,7 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
     if let Some(addr) = handle.tls_addr() {
         println!("ASAP over TLS on {addr}");
     }
-    if let Some(listener) = admin {
-        let metrics = crate::admin::install_metrics()?;
+    if let Some((listener, metrics)) = admin {
         println!("admin HTTP on {}", listener.local_addr()?);
         let client = handle.client();
         let asap = handle.local_addr();

@@ -330,6 +330,12 @@ fn status_and_metrics_from_the_admin_port() {
         .strip_prefix("admin HTTP on ")
         .expect(&second)
         .to_owned();
+    // A fresh registrar already exports its gauges.
+    let metrics = http_get(&admin, "/metrics");
+    assert!(
+        metrics.contains("hapool_registrar_pool_elements 0"),
+        "{metrics}"
+    );
 
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = server.local_addr().unwrap().to_string();
