@@ -197,13 +197,11 @@ pub fn start_serving(
     let id = config.id;
     let (commands, command_rx) = mpsc::channel(16);
     info!(registrar_id = %id, %local_addr, ?tls_addr, "registrar serving ASAP");
-    let task = tokio::spawn(run(
-        Registrar::new(config),
-        listener,
-        tls,
-        announcer,
-        command_rx,
-    ));
+    let registrar = Registrar::new(config);
+    // Recorded before the task runs, so the gauges exist as soon as this
+    // returns.
+    record_gauges(&registrar, 0);
+    let task = tokio::spawn(run(registrar, listener, tls, announcer, command_rx));
     Ok(RegistrarHandle {
         tls_addr,
         local_addr,
@@ -267,7 +265,6 @@ async fn run(
             .map(|s| (s, target))
     });
     registrar.handle_start(Instant::now().into_std());
-    record_gauges(&registrar, 0);
     let acceptor = tls
         .as_ref()
         .map(|t| hapool_net::tls::TlsAcceptor::from(t.config.clone()));
