@@ -240,6 +240,9 @@ pub struct Handlespace {
     by_handle: HashMap<PoolHandle, u32>,
     owners: HashMap<RegistrarId, Owned>,
     expiry: ExpiryIndex,
+    /// The registrar holding this handlespace, when it is part of a
+    /// cluster: only the PEs it is home for run out here.
+    local: Option<RegistrarId>,
     next_seq: u64,
     elements: usize,
 }
@@ -251,6 +254,35 @@ impl Handlespace {
             config,
             ..Self::default()
         }
+    }
+
+    /// Makes this the handlespace of registrar `id` in a cluster: from now
+    /// on only the PEs whose home is `id` run out by their registration
+    /// life here. A PE homed at a peer registrar is that peer's to
+    /// supervise; it leaves this handlespace when the peer says so (ENRP),
+    /// or runs out here once this registrar has taken it over. Without a
+    /// local registrar (the default) every PE runs out here.
+    pub fn set_local_registrar(&mut self, id: RegistrarId) {
+        self.local = Some(id);
+        self.expiry = ExpiryIndex::default();
+        let slots: Vec<(u32, u32)> = self
+            .pools
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i as u32, p)))
+            .flat_map(|(i, p)| p.slots().map(move |slot| (i, slot)))
+            .collect();
+        for (pool_index, slot) in slots {
+            let (_, home, expires, _) = self.index_keys(pool_index, slot);
+            if self.expires_here(home) {
+                self.expiry.insert(expiry_entry(expires, pool_index, slot));
+            }
+        }
+    }
+
+    /// Whether PEs homed at `home` run out by their registration life here.
+    fn expires_here(&self, home: RegistrarId) -> bool {
+        self.local.is_none_or(|local| local == home)
     }
 
     /// The limits in force.
@@ -408,6 +440,13 @@ impl Handlespace {
         let id = element.id;
         let before = pool.entry(slot);
         let (old_home, old_expiry) = (before.element().home_registrar, before.expires_at());
+        // Ownership moves with the home: a PE re-homed by a peer registrar
+        // no longer belongs to the connection that registered it here.
+        let registrant = match registrant {
+            None if element.home_registrar != old_home => Some(None),
+            None => None,
+            Some(r) => Some(Some(r)),
+        };
         pool.modify(slot, |entry| entry.update(element, registrant, now));
         let after = pool.entry(slot);
         let (new_home, new_expiry) = (after.element().home_registrar, after.expires_at());
@@ -416,8 +455,16 @@ impl Handlespace {
             self.disown(old_home, pool_index, id, part);
             self.own(new_home, pool_index, id, part);
         }
-        if new_expiry != old_expiry {
-            self.move_expiry(pool_index, slot, old_expiry, new_expiry);
+        let (was_here, is_here) = (self.expires_here(old_home), self.expires_here(new_home));
+        if (was_here, old_expiry) != (is_here, new_expiry) {
+            if was_here {
+                self.expiry
+                    .remove(expiry_entry(old_expiry, pool_index, slot));
+            }
+            if is_here {
+                self.expiry
+                    .insert(expiry_entry(new_expiry, pool_index, slot));
+            }
         }
     }
 
@@ -459,14 +506,18 @@ impl Handlespace {
     fn link(&mut self, pool_index: u32, slot: u32) {
         let (id, home, expires, part) = self.index_keys(pool_index, slot);
         self.own(home, pool_index, id, part);
-        self.expiry.insert(expiry_entry(expires, pool_index, slot));
+        if self.expires_here(home) {
+            self.expiry.insert(expiry_entry(expires, pool_index, slot));
+        }
     }
 
     /// Takes the PE at `slot` out of the owner and expiry indexes.
     fn unlink(&mut self, pool_index: u32, slot: u32) {
         let (id, home, expires, part) = self.index_keys(pool_index, slot);
         self.disown(home, pool_index, id, part);
-        self.expiry.remove(expiry_entry(expires, pool_index, slot));
+        if self.expires_here(home) {
+            self.expiry.remove(expiry_entry(expires, pool_index, slot));
+        }
     }
 
     /// Removes the PE at `slot`, and its pool when it was the last.
@@ -557,8 +608,11 @@ impl Handlespace {
         let pool = self.pool_at_mut(pool_index);
         let before = pool.entry(slot).expires_at();
         pool.modify(slot, |entry| entry.confirm(now));
-        let after = pool.entry(slot).expires_at();
-        self.move_expiry(pool_index, slot, before, after);
+        let entry = pool.entry(slot);
+        let (after, home) = (entry.expires_at(), entry.element().home_registrar);
+        if self.expires_here(home) {
+            self.move_expiry(pool_index, slot, before, after);
+        }
         Ok(())
     }
 
@@ -623,6 +677,13 @@ impl Handlespace {
             })
     }
 
+    /// The registrars that are home for at least one PE, in id order.
+    pub fn owners(&self) -> Vec<RegistrarId> {
+        let mut owners: Vec<RegistrarId> = self.owners.keys().copied().collect();
+        owners.sort();
+        owners
+    }
+
     /// How many PEs `registrar` is home for.
     pub fn owned_count(&self, registrar: RegistrarId) -> usize {
         self.owners.get(&registrar).map_or(0, |o| o.elements.len())
@@ -647,11 +708,18 @@ impl Handlespace {
             return Vec::new();
         };
         let mut taken = Vec::with_capacity(owned.elements.len());
+        let (was_here, is_here) = (self.expires_here(from), self.expires_here(to));
         for &(pool_index, id) in &owned.elements {
             let pool = self.pool_at_mut(pool_index);
             let slot = pool.slot_of(id).expect("owner index in step");
-            pool.modify(slot, |entry| entry.element_mut().home_registrar = to);
+            pool.modify(slot, |entry| entry.rehome(to));
             taken.push((pool.handle().clone(), id));
+            let expires = pool.entry(slot).expires_at();
+            if was_here && !is_here {
+                self.expiry.remove(expiry_entry(expires, pool_index, slot));
+            } else if is_here && !was_here {
+                self.expiry.insert(expiry_entry(expires, pool_index, slot));
+            }
         }
         let target = self.owners.entry(to).or_default();
         target.checksum.add(owned.checksum.raw());
@@ -692,6 +760,44 @@ fn check_consistent(pool: &Pool, element: &PoolElement) -> Result<(), Registrati
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    /// In a cluster, only the PEs this registrar is home for run out here;
+    /// a takeover or a re-homing update moves a PE in or out of expiry.
+    #[test]
+    fn only_local_pes_expire_in_a_cluster() {
+        let start = Instant::now();
+        let (me, peer) = (RegistrarId(1), RegistrarId(2));
+        let mut hs = Handlespace::default();
+        let handle = PoolHandle::from("p");
+        let pe = |id: u32, home: RegistrarId| PoolElement {
+            id: PoolElementId(id),
+            home_registrar: home,
+            registration_life: 1_000,
+            user_transport: Transport::tcp((Ipv4Addr::LOCALHOST, 80).into()),
+            policy: Policy::RoundRobin,
+            asap_transport: None,
+        };
+        hs.register(&handle, pe(1, me), Origin::Enrp, start)
+            .unwrap();
+        hs.register(&handle, pe(2, peer), Origin::Enrp, start)
+            .unwrap();
+        hs.register(&handle, pe(3, peer), Origin::Enrp, start)
+            .unwrap();
+        hs.set_local_registrar(me);
+        assert_eq!(hs.expiry.len(), 1);
+        // PE 3 re-homes here by an update.
+        hs.register(&handle, pe(3, me), Origin::Enrp, start)
+            .unwrap();
+        assert_eq!(hs.expiry.len(), 2);
+        let later = start + Duration::from_secs(2);
+        let expired: Vec<u32> = hs.expire_until(later).iter().map(|(_, e)| e.id.0).collect();
+        assert_eq!(expired, vec![1, 3]);
+        assert!(hs.get(&handle, PoolElementId(2)).is_some());
+        // Taken over, PE 2 runs out here too.
+        hs.take_over(peer, me);
+        assert_eq!(hs.expire_until(later).len(), 1);
+        assert!(hs.is_empty());
+    }
 
     /// Renewals keep exactly one expiry entry per PE, and the right PE
     /// expires.

@@ -89,20 +89,24 @@ impl PeEntry {
         self.selection.degradation
     }
 
-    pub(crate) fn element_mut(&mut self) -> &mut PoolElement {
-        &mut self.element
+    /// Gives the PE a new home registrar; whoever registered it at the old
+    /// home no longer owns it.
+    pub(crate) fn rehome(&mut self, home: hapool_wire::RegistrarId) {
+        self.element.home_registrar = home;
+        self.registrant = None;
     }
 
     /// Replaces the registration (a re-registration): selection history
-    /// that depends on the old values starts again.
+    /// that depends on the old values starts again. `registrant` is
+    /// `Some(new)` to replace the owner, `None` to keep it.
     pub(crate) fn update(
         &mut self,
         element: PoolElement,
-        registrant: Option<Registrant>,
+        registrant: Option<Option<Registrant>>,
         now: Instant,
     ) {
         self.element = element;
-        if registrant.is_some() {
+        if let Some(registrant) = registrant {
             self.registrant = registrant;
         }
         self.last_confirmed = now;
@@ -188,6 +192,15 @@ impl Pool {
     /// Every PE, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &PeEntry> {
         self.slots.iter().flatten()
+    }
+
+    /// The slots in use.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some())
+            .map(|(i, _)| i as u32)
     }
 
     pub(crate) fn slot_of(&self, id: PoolElementId) -> Option<u32> {

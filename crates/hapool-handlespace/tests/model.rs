@@ -223,10 +223,11 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     }
                     "updated" => {
                         let pe = model.pes.get_mut(&(pool, id)).unwrap();
-                        pe.element = element;
-                        if conn.is_some() {
+                        // Ownership moves with the home.
+                        if conn.is_some() || pe.element.home_registrar != element.home_registrar {
                             pe.conn = conn;
                         }
+                        pe.element = element;
                         pe.confirmed = now;
                         pe.acc = 0;
                         pe.reports.clear();
@@ -315,6 +316,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 for pe in model.pes.values_mut() {
                     if pe.element.home_registrar.0 == from {
                         pe.element.home_registrar = RegistrarId(to);
+                        pe.conn = None;
                         expected += 1;
                     }
                 }

@@ -14,8 +14,15 @@
 //! (messages to send) and [`Registrar::poll_event`] (what changed, for ENRP,
 //! logs and metrics), then sleeps until [`Registrar::poll_timeout`] and calls
 //! `handle_timeout` with the time it woke.
+//!
+//! ENRP messages from peer registrars go to
+//! [`Registrar::handle_peer_message`]; messages to peers come out of
+//! `poll_transmit` as [`Transmit::Peer`]. The [`peering`] module describes
+//! that side.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+pub(crate) mod peering;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,13 +32,14 @@ use hapool_handlespace::{
     Unreachable,
 };
 use hapool_wire::{
-    AsapMessage, CauseCode, ErrorCause, OperationError, PoolElement, PoolElementId, PoolHandle,
-    RegistrarId, ResolutionOutcome, Transport,
+    AsapMessage, CauseCode, EnrpMessage, ErrorCause, OperationError, PoolElement, PoolElementId,
+    PoolHandle, RegistrarId, ResolutionOutcome, Transport, UpdateAction,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::rate::{RateLimit, TokenBucket};
+use peering::{EnrpConfig, Peering};
 
 /// Every timer and limit of a registrar.
 #[derive(Clone, Debug)]
@@ -65,6 +73,9 @@ pub struct RegistrarConfig {
     /// authenticated identity named by a rule whose pattern matches the
     /// pool; pools no rule matches take no registrations at all.
     pub rules: Vec<RegistrationRule>,
+    /// The cluster: this registrar's ENRP endpoint, its peers and the ENRP
+    /// timers. Off by default.
+    pub enrp: EnrpConfig,
 }
 
 /// What a registrar announces, and how often.
@@ -135,6 +146,7 @@ impl RegistrarConfig {
             seed: u64::from(id.0),
             announce: None,
             rules: Vec::new(),
+            enrp: EnrpConfig::default(),
         }
     }
 }
@@ -154,6 +166,14 @@ pub enum Transmit {
     Announce {
         /// The ASAP_SERVER_ANNOUNCE.
         message: AsapMessage,
+    },
+    /// Send an ENRP message to the peer registrar whose ENRP endpoint is
+    /// `to`.
+    Peer {
+        /// The peer's ENRP endpoint.
+        to: SocketAddr,
+        /// The message.
+        message: EnrpMessage,
     },
 }
 
@@ -202,6 +222,77 @@ pub enum Event {
         /// The cause sent back (or that would have been).
         cause: CauseCode,
     },
+    /// A peer registrar was heard from for the first time (or again after
+    /// it was declared dead).
+    PeerUp {
+        /// The peer.
+        id: RegistrarId,
+        /// Its ENRP endpoint.
+        address: SocketAddr,
+    },
+    /// A peer registrar did not answer in time, or was taken over.
+    PeerDown {
+        /// The peer.
+        id: RegistrarId,
+    },
+    /// The PEs of a dead registrar got a new home.
+    TakenOver {
+        /// The registrar taken over.
+        target: RegistrarId,
+        /// The new home (this registrar or a peer).
+        by: RegistrarId,
+        /// How many PEs moved, as this registrar sees it.
+        elements: usize,
+    },
+    /// A peer's presence carried a checksum that differs from the one
+    /// computed here over the PEs that peer is home for.
+    AuditMismatch {
+        /// The peer.
+        peer: RegistrarId,
+        /// Its checksum.
+        theirs: u16,
+        /// The checksum computed here.
+        ours: u16,
+    },
+    /// A handle table copy from a peer finished.
+    Synchronized {
+        /// The peer.
+        peer: RegistrarId,
+        /// How many PEs its table held.
+        elements: usize,
+    },
+    /// The registrar serves ASAP requests (after copying its mentor's
+    /// handlespace, or alone).
+    Serving {
+        /// The mentor it copied from, if any answered.
+        mentor: Option<RegistrarId>,
+        /// PEs in the handlespace.
+        elements: usize,
+    },
+    /// A PE from a peer could not be stored (a limit or a rule of the pool).
+    PeerUpdateRefused {
+        /// The peer.
+        peer: RegistrarId,
+        /// The pool.
+        pool_handle: PoolHandle,
+        /// Why.
+        cause: CauseCode,
+    },
+    /// A peer sent ENRP_ERROR.
+    PeerError {
+        /// The peer.
+        peer: RegistrarId,
+        /// What it reported.
+        error: OperationError,
+    },
+    /// An ENRP message was not for this registrar (wrong receiver id) or
+    /// claimed to come from it.
+    PeerMessageIgnored {
+        /// The claimed sender.
+        sender: RegistrarId,
+        /// The receiver named.
+        receiver: RegistrarId,
+    },
 }
 
 /// Keep-alive state of a PE this registrar is home for.
@@ -217,7 +308,7 @@ struct Connection {
     registrant: Registrant,
     peer: Option<SocketAddr>,
     /// PEs registered on this connection that this registrar supervises.
-    elements: HashSet<(PoolHandle, PoolElementId)>,
+    elements: BTreeSet<(PoolHandle, PoolElementId)>,
     registrations: TokenBucket,
     resolutions: TokenBucket,
     reports: TokenBucket,
@@ -236,13 +327,16 @@ pub struct Registrar {
     rng: StdRng,
     /// When the next ASAP_SERVER_ANNOUNCE is due (when announcing).
     next_announce: Option<Instant>,
+    peering: Peering,
 }
 
 impl Registrar {
     /// A registrar with an empty handlespace.
     pub fn new(config: RegistrarConfig) -> Self {
+        let mut handlespace = Handlespace::new(config.handlespace.clone());
+        handlespace.set_local_registrar(config.id);
         Self {
-            handlespace: Handlespace::new(config.handlespace.clone()),
+            handlespace,
             rng: StdRng::seed_from_u64(config.seed),
             config,
             connections: HashMap::new(),
@@ -251,6 +345,7 @@ impl Registrar {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_announce: None,
+            peering: Peering::new(),
         }
     }
 
@@ -270,6 +365,7 @@ impl Registrar {
         if self.config.announce.is_some() {
             self.next_announce = Some(now);
         }
+        self.start_peering(now);
     }
 
     /// A connection was accepted from `peer`, authenticated as `identity`
@@ -290,7 +386,7 @@ impl Registrar {
                     identity,
                 },
                 peer,
-                elements: HashSet::new(),
+                elements: BTreeSet::new(),
                 registrations: TokenBucket::new(c.registration_rate, now),
                 resolutions: TokenBucket::new(c.resolution_rate, now),
                 reports: TokenBucket::new(c.unreachable_rate, now),
@@ -300,6 +396,7 @@ impl Registrar {
 
     /// A connection ended: every PE registered on it is removed at once.
     pub fn handle_disconnect(&mut self, connection: ConnectionId, _now: Instant) {
+        self.peering.pending.retain(|(c, _)| *c != connection);
         let Some(conn) = self.connections.remove(&connection) else {
             return;
         };
@@ -312,6 +409,10 @@ impl Registrar {
     pub fn handle_message(&mut self, connection: ConnectionId, message: AsapMessage, now: Instant) {
         if !self.connections.contains_key(&connection) {
             self.handle_connect(connection, None, None, now);
+        }
+        if self.peering.holds() {
+            self.peering.pending.push((connection, message));
+            return;
         }
         match message {
             AsapMessage::Registration {
@@ -422,6 +523,7 @@ impl Registrar {
                         error: None,
                     },
                 );
+                self.announce_change(UpdateAction::AddPe, &pool_handle, &element);
                 self.events.push_back(Event::Registered {
                     pool_handle,
                     element,
@@ -473,12 +575,21 @@ impl Registrar {
     fn remove(&mut self, handle: &PoolHandle, id: PoolElementId, reason: RemovalReason) {
         self.unsupervise(handle, id);
         if let Some(element) = self.handlespace.remove(handle, id) {
-            self.events.push_back(Event::Removed {
-                pool_handle: handle.clone(),
-                element,
-                reason,
-            });
+            self.removed(handle.clone(), element, reason);
         }
+    }
+
+    /// Reports the removal of a PE, and tells the peers when it is news to
+    /// them.
+    fn removed(&mut self, pool_handle: PoolHandle, element: PoolElement, reason: RemovalReason) {
+        if self.removal_is_news(element.home_registrar, reason) {
+            self.announce_change(UpdateAction::DelPe, &pool_handle, &element);
+        }
+        self.events.push_back(Event::Removed {
+            pool_handle,
+            element,
+            reason,
+        });
     }
 
     fn on_deregistration(
@@ -494,11 +605,7 @@ impl Registrar {
         let error = match result {
             Ok(element) => {
                 self.unsupervise(&pool_handle, pe_id);
-                self.events.push_back(Event::Removed {
-                    pool_handle: pool_handle.clone(),
-                    element,
-                    reason: RemovalReason::Deregistered,
-                });
+                self.removed(pool_handle.clone(), element, RemovalReason::Deregistered);
                 None
             }
             Err(e) => {
@@ -609,11 +716,7 @@ impl Registrar {
         {
             Ok(Unreachable::Removed(element)) => {
                 self.unsupervise(handle, id);
-                self.events.push_back(Event::Removed {
-                    pool_handle: handle.clone(),
-                    element,
-                    reason: RemovalReason::Unreachable,
-                });
+                self.removed(handle.clone(), element, RemovalReason::Unreachable);
             }
             Ok(Unreachable::Counted(_))
             | Err(LookupError::UnknownPool | LookupError::UnknownElement(_)) => {}
@@ -666,13 +769,10 @@ impl Registrar {
                 },
             );
         }
+        self.peering_timeout(now);
         for (pool_handle, element) in self.handlespace.expire_until(now) {
             self.unsupervise(&pool_handle, element.id);
-            self.events.push_back(Event::Removed {
-                pool_handle,
-                element,
-                reason: RemovalReason::Expired,
-            });
+            self.removed(pool_handle, element, RemovalReason::Expired);
         }
     }
 
@@ -693,6 +793,7 @@ impl Registrar {
             supervision,
             self.handlespace.next_expiry(),
             self.next_announce,
+            self.peering_next_timeout(),
         ]
         .into_iter()
         .flatten()

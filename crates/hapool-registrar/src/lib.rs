@@ -8,13 +8,22 @@
 //! state machine's transmits and events, and it sleeps until the state
 //! machine's next timeout.
 //!
+//! ENRP: peers connect to the ENRP listener and their messages go to the
+//! state machine whatever connection carried them; messages to a peer go
+//! out over one outgoing connection per peer address ([`PeerLinks`]),
+//! opened on first use and opened again after a failure. ENRP repairs a
+//! lost message by itself (presence checksums start a resynchronisation),
+//! so a link that is down drops what is sent to it rather than queueing.
+//!
 //! Metrics (through the `metrics` facade; the binary installs the
 //! Prometheus exporter): `hapool_registrar_requests_total{type}`,
 //! `hapool_registrar_registrations_total{result}`,
 //! `hapool_registrar_removals_total{reason}`,
 //! `hapool_registrar_refusals_total{request}`, and the gauges
-//! `hapool_registrar_pools`, `hapool_registrar_pool_elements` and
-//! `hapool_registrar_connections`.
+//! `hapool_registrar_pools`, `hapool_registrar_pool_elements`,
+//! `hapool_registrar_connections` and `hapool_registrar_peers`; ENRP:
+//! `hapool_registrar_enrp_messages_total{direction}` and
+//! `hapool_registrar_takeovers_total`.
 //!
 //! Never decides anything about the protocol itself: that is the state
 //! machine's job.
@@ -30,7 +39,8 @@ use hapool_handlespace::ConnectionId;
 use hapool_net::{MessageReader, write_message};
 use hapool_proto::{Event, Registrar, RegistrarConfig, RemovalReason, Transmit};
 use hapool_wire::{
-    AsapMessage, DEFAULT_MAX_MESSAGE, OperationError, PoolElement, PoolHandle, RegistrarId,
+    AsapMessage, DEFAULT_MAX_MESSAGE, EnrpMessage, OperationError, PoolElement, PoolHandle,
+    RegistrarId,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -68,11 +78,27 @@ enum Input {
     Closed {
         id: ConnectionId,
     },
+    /// An ENRP message from a peer.
+    Peer(EnrpMessage),
 }
 
 enum Command {
     Snapshot(oneshot::Sender<Vec<PoolSnapshot>>),
+    Peers(oneshot::Sender<Vec<PeerSnapshot>>),
     Shutdown,
+}
+
+/// A peer registrar as this one sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSnapshot {
+    /// Its id.
+    pub id: RegistrarId,
+    /// Its ENRP endpoint.
+    pub address: SocketAddr,
+    /// How long ago it was last heard from.
+    pub last_heard: std::time::Duration,
+    /// How many PEs it is home for.
+    pub owned: usize,
 }
 
 /// A cheap, cloneable way to ask a running registrar questions.
@@ -91,12 +117,22 @@ impl RegistrarClient {
         }
         rx.await.unwrap_or_default()
     }
+
+    /// The peer registrars believed alive, by id; empty once stopped.
+    pub async fn peers(&self) -> Vec<PeerSnapshot> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Peers(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
 }
 
 /// A running registrar.
 pub struct RegistrarHandle {
     local_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
+    enrp_addr: Option<SocketAddr>,
     id: RegistrarId,
     commands: mpsc::Sender<Command>,
     task: JoinHandle<()>,
@@ -111,6 +147,11 @@ impl RegistrarHandle {
     /// Where it listens for ASAP over TLS, if it does.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// Where it listens for ENRP, if it does.
+    pub fn enrp_addr(&self) -> Option<SocketAddr> {
+        self.enrp_addr
     }
 
     /// Its registrar identifier.
@@ -156,6 +197,10 @@ pub struct Listeners {
     /// Where to send ASAP_SERVER_ANNOUNCE by UDP (a multicast group such as
     /// 239.0.0.50:3863, or an address); requires `config.announce`.
     pub announce_to: Option<SocketAddr>,
+    /// ENRP over TCP (9901 by convention), for a registrar in a cluster.
+    /// When `config.enrp.address` is not set, this listener's address is
+    /// what peers are told.
+    pub enrp: Option<TcpListener>,
 }
 
 /// Starts a registrar serving ASAP on `listener`.
@@ -166,6 +211,7 @@ pub fn start(config: RegistrarConfig, listener: TcpListener) -> io::Result<Regis
             asap: listener,
             tls: None,
             announce_to: None,
+            enrp: None,
         },
     )
 }
@@ -180,8 +226,23 @@ pub fn start_serving(
         asap: listener,
         tls,
         announce_to,
+        enrp,
     } = listeners;
     let local_addr = listener.local_addr()?;
+    let enrp_addr = enrp.as_ref().map(TcpListener::local_addr).transpose()?;
+    if let Some(addr) = enrp_addr
+        && config.enrp.address.is_none()
+    {
+        if addr.ip().is_unspecified() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the ENRP listener {addr} is on every address: say which one peers reach (enrp.address)"
+                ),
+            ));
+        }
+        config.enrp.address = Some(addr);
+    }
     if let Some(announce) = &mut config.announce
         && announce.transports.is_empty()
     {
@@ -196,14 +257,24 @@ pub fn start_serving(
     let tls_addr = tls.as_ref().map(|t| t.listener.local_addr()).transpose()?;
     let id = config.id;
     let (commands, command_rx) = mpsc::channel(16);
-    info!(registrar_id = %id, %local_addr, ?tls_addr, "registrar serving ASAP");
+    info!(registrar_id = %id, %local_addr, ?tls_addr, ?enrp_addr, peers = ?config.enrp.peers, "registrar serving ASAP");
     let registrar = Registrar::new(config);
     // Recorded before the task runs, so the gauges exist as soon as this
     // returns.
     record_gauges(&registrar, 0);
-    let task = tokio::spawn(run(registrar, listener, tls, announcer, command_rx));
+    let task = tokio::spawn(run(
+        registrar,
+        Sockets {
+            asap: listener,
+            tls,
+            enrp,
+            announcer,
+        },
+        command_rx,
+    ));
     Ok(RegistrarHandle {
         tls_addr,
+        enrp_addr,
         local_addr,
         id,
         commands,
@@ -251,13 +322,32 @@ fn announcer(target: SocketAddr) -> io::Result<(std::net::UdpSocket, SocketAddr)
     Ok((socket, target))
 }
 
-async fn run(
-    mut registrar: Registrar,
-    listener: TcpListener,
+/// Accepts from `listener`, or never when there is none.
+async fn accept_on(
+    listener: Option<&TcpListener>,
+) -> io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Everything the registrar task listens and sends on.
+struct Sockets {
+    asap: TcpListener,
     tls: Option<TlsListener>,
+    enrp: Option<TcpListener>,
     announcer: Option<(std::net::UdpSocket, SocketAddr)>,
-    mut commands: mpsc::Receiver<Command>,
-) {
+}
+
+async fn run(mut registrar: Registrar, sockets: Sockets, mut commands: mpsc::Receiver<Command>) {
+    let Sockets {
+        asap: listener,
+        tls,
+        enrp,
+        announcer,
+    } = sockets;
+    let mut links = PeerLinks::default();
     let announcer = announcer.and_then(|(socket, target)| {
         tokio::net::UdpSocket::from_std(socket)
             .inspect_err(|e| warn!(error = %e, "cannot announce"))
@@ -284,6 +374,14 @@ async fn run(
                     registrar.handle_connect(id, Some(peer), None, Instant::now().into_std());
                 }
                 Err(e) => warn!(error = %e, "accept failed"),
+            },
+            accepted = accept_on(enrp.as_ref()) => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    debug!(%peer, "ENRP connection accepted");
+                    tokio::spawn(peer_read_loop(stream, peer, input_tx.clone()));
+                }
+                Err(e) => warn!(error = %e, "ENRP accept failed"),
             },
             accepted = accept_tls(tls.as_ref()) => match (accepted, &acceptor) {
                 (Ok((stream, peer)), Some(acceptor)) => {
@@ -327,6 +425,11 @@ async fn run(
                         connections.remove(&id);
                         registrar.handle_disconnect(id, now);
                     }
+                    Input::Peer(message) => {
+                        metrics::counter!("hapool_registrar_enrp_messages_total", "direction" => "in")
+                            .increment(1);
+                        registrar.handle_peer_message(message, now);
+                    }
                 }
             }
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
@@ -335,6 +438,20 @@ async fn run(
             command = commands.recv() => match command {
                 Some(Command::Snapshot(reply)) => {
                     let _ = reply.send(snapshot(&registrar));
+                }
+                Some(Command::Peers(reply)) => {
+                    let now = Instant::now().into_std();
+                    let peers = registrar
+                        .peers()
+                        .into_iter()
+                        .map(|p| PeerSnapshot {
+                            id: p.id,
+                            address: p.address,
+                            last_heard: now.saturating_duration_since(p.last_heard),
+                            owned: p.owned,
+                        })
+                        .collect();
+                    let _ = reply.send(peers);
                 }
                 Some(Command::Shutdown) | None => break,
             },
@@ -352,6 +469,12 @@ async fn run(
                     {
                         warn!(%target, error = %e, "cannot send the server announcement");
                     }
+                    continue;
+                }
+                Transmit::Peer { to, message } => {
+                    metrics::counter!("hapool_registrar_enrp_messages_total", "direction" => "out")
+                        .increment(1);
+                    links.send(to, message);
                     continue;
                 }
             };
@@ -377,6 +500,7 @@ async fn run(
     for (_, c) in connections {
         c.close();
     }
+    links.close();
     info!("registrar stopped");
 }
 
@@ -455,6 +579,34 @@ fn log_event(event: &Event) {
             metrics::counter!("hapool_registrar_refusals_total", "request" => *request)
                 .increment(1);
         }
+        Event::PeerUp { id, address } => info!(peer = %id, %address, "peer registrar up"),
+        Event::PeerDown { id } => warn!(peer = %id, "peer registrar down"),
+        Event::TakenOver {
+            target,
+            by,
+            elements,
+        } => {
+            warn!(%target, %by, elements, "pool elements of a dead registrar taken over");
+            metrics::counter!("hapool_registrar_takeovers_total").increment(1);
+        }
+        Event::AuditMismatch { peer, theirs, ours } => {
+            info!(%peer, theirs, ours, "handle table audit mismatch; resynchronising");
+        }
+        Event::Synchronized { peer, elements } => {
+            debug!(%peer, elements, "handle table copied");
+        }
+        Event::Serving { mentor, elements } => {
+            info!(?mentor, elements, "serving ASAP");
+        }
+        Event::PeerUpdateRefused {
+            peer,
+            pool_handle,
+            cause,
+        } => warn!(%peer, pool = %pool_handle, ?cause, "cannot store a PE from a peer"),
+        Event::PeerError { peer, error } => warn!(%peer, ?error, "peer reports an error"),
+        Event::PeerMessageIgnored { sender, receiver } => {
+            warn!(%sender, %receiver, "ENRP message not for this registrar");
+        }
     }
 }
 
@@ -464,6 +616,120 @@ fn record_gauges(registrar: &Registrar, connections: usize) {
     metrics::gauge!("hapool_registrar_pools").set(handlespace.pool_count() as f64);
     metrics::gauge!("hapool_registrar_pool_elements").set(handlespace.len() as f64);
     metrics::gauge!("hapool_registrar_connections").set(connections as f64);
+    metrics::gauge!("hapool_registrar_peers").set(registrar.peers().len() as f64);
+}
+
+/// Reads ENRP messages from one peer connection.
+async fn peer_read_loop(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    inputs: mpsc::Sender<Input>,
+) {
+    let mut reader = MessageReader::<_, EnrpMessage>::new(stream, DEFAULT_MAX_MESSAGE);
+    loop {
+        match reader.next().await {
+            Ok(Some(decoded)) => {
+                if inputs.send(Input::Peer(decoded.message)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                warn!(%peer, error = %e, "malformed ENRP input");
+                if !e.is_recoverable() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// ENRP messages queued for one peer before the link counts as stuck.
+const PEER_QUEUE: usize = 4096;
+
+/// How long to wait for a peer's ENRP port to accept, and between
+/// attempts.
+const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Outgoing ENRP connections, one per peer address.
+#[derive(Default)]
+struct PeerLinks {
+    links: HashMap<SocketAddr, (mpsc::Sender<EnrpMessage>, JoinHandle<()>)>,
+}
+
+impl PeerLinks {
+    /// Queues `message` for the peer at `to`, opening a link if there is
+    /// none. A full queue drops the message.
+    fn send(&mut self, to: SocketAddr, message: EnrpMessage) {
+        if let Some((queue, task)) = self.links.get(&to)
+            && !task.is_finished()
+        {
+            if queue.try_send(message).is_err() {
+                debug!(peer = %to, "ENRP link full; message dropped");
+            }
+            return;
+        }
+        let (queue, rx) = mpsc::channel(PEER_QUEUE);
+        let _ = queue.try_send(message);
+        let task = tokio::spawn(peer_write_loop(to, rx));
+        self.links.insert(to, (queue, task));
+    }
+
+    fn close(self) {
+        for (_, (_, task)) in self.links {
+            task.abort();
+        }
+    }
+}
+
+/// Connects to a peer and writes what is queued for it. While the peer
+/// cannot be reached, what is queued is dropped; the link tries again
+/// every [`PEER_CONNECT_TIMEOUT`].
+async fn peer_write_loop(to: SocketAddr, mut queue: mpsc::Receiver<EnrpMessage>) {
+    loop {
+        let connected =
+            tokio::time::timeout(PEER_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(to)).await;
+        let mut stream = match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                debug!(peer = %to, error = %e, "cannot reach peer registrar");
+                if !drop_for(&mut queue, PEER_CONNECT_TIMEOUT).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                debug!(peer = %to, "peer registrar does not accept in time");
+                if !drop_for(&mut queue, std::time::Duration::ZERO).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        while let Some(message) = queue.recv().await {
+            if let Err(e) = write_message(&mut stream, &message).await {
+                debug!(peer = %to, error = %e, "ENRP link broken");
+                break;
+            }
+        }
+        if queue.is_closed() && queue.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Drops what is queued, and what arrives during `wait`; false when the
+/// queue is closed.
+async fn drop_for(queue: &mut mpsc::Receiver<EnrpMessage>, wait: std::time::Duration) -> bool {
+    while queue.try_recv().is_ok() {}
+    let until = Instant::now() + wait;
+    loop {
+        tokio::select! {
+            () = sleep_until(until) => return !queue.is_closed(),
+            message = queue.recv() => if message.is_none() { return false },
+        }
+    }
 }
 
 /// Counts a request by its message type.

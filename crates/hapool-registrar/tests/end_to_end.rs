@@ -312,6 +312,7 @@ async fn tls_identities_and_registration_rules() {
             asap: plain,
             tls: Some(tls),
             announce_to: None,
+            enrp: None,
         },
     )
     .unwrap();
@@ -372,6 +373,7 @@ async fn registrars_announce_themselves_and_are_discovered() {
             asap: listener,
             tls: None,
             announce_to: Some(channel),
+            enrp: None,
         },
     )
     .unwrap();

@@ -46,6 +46,39 @@ pub(crate) struct RegistrarFile {
     pub(crate) tls: Option<TlsFile>,
     /// `[registrar.announce]`: ASAP_SERVER_ANNOUNCE by UDP.
     pub(crate) announce: Option<AnnounceFile>,
+    /// `[registrar.enrp]`: the registrar cluster.
+    pub(crate) enrp: Option<EnrpFile>,
+}
+
+/// `[registrar.enrp]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnrpFile {
+    /// Where to serve ENRP. Default 127.0.0.1:9901.
+    pub(crate) listen: Option<SocketAddr>,
+    /// The address peers reach this registrar's ENRP port at; default the
+    /// listen address (which must then not be 0.0.0.0 or ::).
+    pub(crate) address: Option<SocketAddr>,
+    /// ENRP addresses of the other registrars.
+    #[serde(default)]
+    pub(crate) peers: Vec<SocketAddr>,
+    /// Between presences to each peer (PEER-HEARTBEAT-CYCLE). Default 30s.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) heartbeat: Option<Duration>,
+    /// Silence before a peer is asked for a presence (MAX-TIME-LAST-HEARD).
+    /// Default 61s.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) max_time_last_heard: Option<Duration>,
+    /// Wait for a peer's answer before it counts as dead
+    /// (MAX-TIME-NO-RESPONSE). Default 5s.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) max_time_no_response: Option<Duration>,
+    /// Wait for a mentor at start-up, per attempt. Default 2s.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) server_hunt_timeout: Option<Duration>,
+    /// How long a takeover waits for the other peers to agree. Default 5s.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) takeover_expiry: Option<Duration>,
 }
 
 /// `[registrar.announce]`.
@@ -184,6 +217,8 @@ pub(crate) struct Registrar {
     pub(crate) tls: Option<(SocketAddr, std::sync::Arc<rustls::ServerConfig>)>,
     /// Where to send announcements.
     pub(crate) announce_to: Option<SocketAddr>,
+    /// Where to serve ENRP, when in a cluster.
+    pub(crate) enrp_listen: Option<SocketAddr>,
 }
 
 impl TryFrom<RegistrarFile> for Registrar {
@@ -307,7 +342,12 @@ impl TryFrom<RegistrarFile> for Registrar {
             }
             None => None,
         };
+        let enrp_listen = match file.enrp {
+            Some(e) => Some(enrp(e, &mut config.enrp)?),
+            None => None,
+        };
         Ok(Self {
+            enrp_listen,
             config,
             listen: file
                 .listen
@@ -317,4 +357,68 @@ impl TryFrom<RegistrarFile> for Registrar {
             announce_to,
         })
     }
+}
+
+/// Applies `[registrar.enrp]` to `config`; returns where to listen.
+fn enrp(file: EnrpFile, config: &mut hapool_proto::EnrpConfig) -> Result<SocketAddr, BadConfig> {
+    let listen = file
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
+    let address = file.address.unwrap_or(listen);
+    if address.ip().is_unspecified() || address.port() == 0 {
+        return Err(BadConfig(format!(
+            "registrar.enrp.address = {address}: peers need a reachable address and port (set registrar.enrp.address)"
+        )));
+    }
+    if let Some(own) = file.peers.iter().find(|p| **p == address) {
+        return Err(BadConfig(format!(
+            "registrar.enrp.peers: {own} is this registrar's own ENRP address"
+        )));
+    }
+    config.address = Some(address);
+    config.peers = file.peers;
+    let timers = [
+        (
+            "registrar.enrp.heartbeat",
+            file.heartbeat,
+            &mut config.heartbeat_cycle,
+        ),
+        (
+            "registrar.enrp.max_time_last_heard",
+            file.max_time_last_heard,
+            &mut config.max_time_last_heard,
+        ),
+        (
+            "registrar.enrp.max_time_no_response",
+            file.max_time_no_response,
+            &mut config.max_time_no_response,
+        ),
+        (
+            "registrar.enrp.server_hunt_timeout",
+            file.server_hunt_timeout,
+            &mut config.server_hunt_timeout,
+        ),
+        (
+            "registrar.enrp.takeover_expiry",
+            file.takeover_expiry,
+            &mut config.takeover_expiry,
+        ),
+    ];
+    for (key, value, slot) in timers {
+        if let Some(value) = value {
+            if value < Duration::from_millis(10) {
+                return Err(BadConfig(format!(
+                    "{key} = {value:?} is below the 10ms minimum"
+                )));
+            }
+            *slot = value;
+        }
+    }
+    if config.max_time_last_heard <= config.heartbeat_cycle {
+        return Err(BadConfig(format!(
+            "registrar.enrp.max_time_last_heard = {:?} must be longer than registrar.enrp.heartbeat = {:?}, or every peer is probed all the time",
+            config.max_time_last_heard, config.heartbeat_cycle
+        )));
+    }
+    Ok(listen)
 }

@@ -50,6 +50,18 @@ pub(crate) struct RegistrarArgs {
     /// UDP address, usually the multicast group 239.0.0.50:3863.
     #[arg(long)]
     announce: Option<SocketAddr>,
+    /// Serve ENRP here to join a registrar cluster (9901 by convention).
+    #[arg(long)]
+    enrp_listen: Option<SocketAddr>,
+    /// The ENRP address of another registrar of the cluster (repeat for
+    /// each).
+    #[arg(long = "peer")]
+    peers: Vec<SocketAddr>,
+    /// ENRP heartbeat (default 30s); the other ENRP timers follow it
+    /// unless the configuration file sets them: a silent peer is probed
+    /// after two heartbeats and declared dead one heartbeat later.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    enrp_heartbeat: Option<Duration>,
 }
 
 /// The configuration file (or the defaults) with the flags applied.
@@ -70,6 +82,23 @@ fn registrar_config(args: &RegistrarArgs) -> anyhow::Result<config::Registrar> {
     file.keep_alive.timeout = args.keep_alive_timeout.or(file.keep_alive.timeout);
     file.limits.registration_rate = args.registration_rate.or(file.limits.registration_rate);
     file.limits.resolution_rate = args.resolution_rate.or(file.limits.resolution_rate);
+    if args.enrp_listen.is_some() || !args.peers.is_empty() || args.enrp_heartbeat.is_some() {
+        let enrp = file.enrp.get_or_insert_with(Default::default);
+        enrp.listen = args.enrp_listen.or(enrp.listen);
+        if !args.peers.is_empty() {
+            enrp.peers.clone_from(&args.peers);
+        }
+        if let Some(heartbeat) = args.enrp_heartbeat {
+            let fast = hapool_proto::EnrpConfig::fast(heartbeat);
+            enrp.heartbeat = Some(heartbeat);
+            enrp.max_time_last_heard = enrp.max_time_last_heard.or(Some(fast.max_time_last_heard));
+            enrp.max_time_no_response = enrp
+                .max_time_no_response
+                .or(Some(fast.max_time_no_response));
+            enrp.server_hunt_timeout = enrp.server_hunt_timeout.or(Some(fast.server_hunt_timeout));
+            enrp.takeover_expiry = enrp.takeover_expiry.or(Some(fast.takeover_expiry));
+        }
+    }
     Ok(config::Registrar::try_from(file)?)
 }
 
@@ -80,6 +109,7 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
         admin,
         tls,
         announce_to,
+        enrp_listen,
     } = registrar_config(&args)?;
     let id = config.id.0;
     let listener = TcpListener::bind(listen)
@@ -110,12 +140,21 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
         }),
         None => None,
     };
+    let enrp = match enrp_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for ENRP"))?,
+        ),
+        None => None,
+    };
     let handle = hapool_registrar::start_serving(
         config,
         hapool_registrar::Listeners {
             asap: listener,
             tls,
             announce_to,
+            enrp,
         },
     )?;
     println!(
@@ -125,6 +164,9 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
     );
     if let Some(addr) = handle.tls_addr() {
         println!("ASAP over TLS on {addr}");
+    }
+    if let Some(addr) = handle.enrp_addr() {
+        println!("ENRP on {addr}");
     }
     if let Some((listener, metrics)) = admin {
         println!("admin HTTP on {}", listener.local_addr()?);
@@ -178,10 +220,24 @@ async fn registrar_status(
             })
         })
         .collect();
+    let peers: Vec<serde_json::Value> = client
+        .peers()
+        .await
+        .into_iter()
+        .map(|p| {
+            serde_json::json!({
+                "id": p.id.to_string(),
+                "address": p.address.to_string(),
+                "last_heard_ms": p.last_heard.as_millis() as u64,
+                "owned": p.owned,
+            })
+        })
+        .collect();
     serde_json::json!({
         "registrar_id": id.to_string(),
         "asap": asap.to_string(),
         "pools": pools,
+        "peers": peers,
     })
 }
 
