@@ -347,7 +347,17 @@ async fn run(mut registrar: Registrar, sockets: Sockets, mut commands: mpsc::Rec
         enrp,
         announcer,
     } = sockets;
-    let mut links = PeerLinks::default();
+    // Connections to peers leave from the ENRP address, so that peers
+    // (and firewalls) see the address they know this registrar by.
+    let mut links = PeerLinks {
+        source: registrar
+            .config()
+            .enrp
+            .address
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified()),
+        links: HashMap::new(),
+    };
     let announcer = announcer.and_then(|(socket, target)| {
         tokio::net::UdpSocket::from_std(socket)
             .inspect_err(|e| warn!(error = %e, "cannot announce"))
@@ -652,8 +662,9 @@ const PEER_QUEUE: usize = 4096;
 const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Outgoing ENRP connections, one per peer address.
-#[derive(Default)]
 struct PeerLinks {
+    /// The local address to connect from.
+    source: Option<std::net::IpAddr>,
     links: HashMap<SocketAddr, (mpsc::Sender<EnrpMessage>, JoinHandle<()>)>,
 }
 
@@ -671,7 +682,7 @@ impl PeerLinks {
         }
         let (queue, rx) = mpsc::channel(PEER_QUEUE);
         let _ = queue.try_send(message);
-        let task = tokio::spawn(peer_write_loop(to, rx));
+        let task = tokio::spawn(peer_write_loop(to, self.source, rx));
         self.links.insert(to, (queue, task));
     }
 
@@ -685,10 +696,13 @@ impl PeerLinks {
 /// Connects to a peer and writes what is queued for it. While the peer
 /// cannot be reached, what is queued is dropped; the link tries again
 /// every [`PEER_CONNECT_TIMEOUT`].
-async fn peer_write_loop(to: SocketAddr, mut queue: mpsc::Receiver<EnrpMessage>) {
+async fn peer_write_loop(
+    to: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    mut queue: mpsc::Receiver<EnrpMessage>,
+) {
     loop {
-        let connected =
-            tokio::time::timeout(PEER_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(to)).await;
+        let connected = tokio::time::timeout(PEER_CONNECT_TIMEOUT, connect_from(source, to)).await;
         let mut stream = match connected {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
@@ -717,6 +731,24 @@ async fn peer_write_loop(to: SocketAddr, mut queue: mpsc::Receiver<EnrpMessage>)
             return;
         }
     }
+}
+
+/// Connects to `to`, from `source` when given (and of the same family).
+async fn connect_from(
+    source: Option<std::net::IpAddr>,
+    to: SocketAddr,
+) -> io::Result<tokio::net::TcpStream> {
+    let socket = if to.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source
+        && ip.is_ipv4() == to.is_ipv4()
+    {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(to).await
 }
 
 /// Drops what is queued, and what arrives during `wait`; false when the

@@ -53,6 +53,10 @@ pub(crate) struct RegistrarArgs {
     /// Serve ENRP here to join a registrar cluster (9901 by convention).
     #[arg(long)]
     enrp_listen: Option<SocketAddr>,
+    /// The ENRP address peers reach this registrar at (default: the
+    /// --enrp-listen address).
+    #[arg(long)]
+    enrp_address: Option<SocketAddr>,
     /// The ENRP address of another registrar of the cluster (repeat for
     /// each).
     #[arg(long = "peer")]
@@ -82,9 +86,14 @@ fn registrar_config(args: &RegistrarArgs) -> anyhow::Result<config::Registrar> {
     file.keep_alive.timeout = args.keep_alive_timeout.or(file.keep_alive.timeout);
     file.limits.registration_rate = args.registration_rate.or(file.limits.registration_rate);
     file.limits.resolution_rate = args.resolution_rate.or(file.limits.resolution_rate);
-    if args.enrp_listen.is_some() || !args.peers.is_empty() || args.enrp_heartbeat.is_some() {
+    if args.enrp_listen.is_some()
+        || args.enrp_address.is_some()
+        || !args.peers.is_empty()
+        || args.enrp_heartbeat.is_some()
+    {
         let enrp = file.enrp.get_or_insert_with(Default::default);
         enrp.listen = args.enrp_listen.or(enrp.listen);
+        enrp.address = args.enrp_address.or(enrp.address);
         if !args.peers.is_empty() {
             enrp.peers.clone_from(&args.peers);
         }
