@@ -207,9 +207,9 @@ async fn three_registrars_survive_a_kill_and_a_partition() {
         tokio::spawn(proxy(listener, node.enrp, n as u8 + 1, cut.clone()));
     }
     let proxies: Vec<SocketAddr> = nodes.iter().map(|n| n.proxy).collect();
-    for n in 0..3 {
+    for (n, node) in nodes.iter_mut().enumerate() {
         let peers: Vec<SocketAddr> = (0..3).filter(|&p| p != n).map(|p| proxies[p]).collect();
-        start(&mut nodes[n], n as u8 + 1, &peers);
+        start(node, n as u8 + 1, &peers);
     }
     let asap: Vec<SocketAddr> = nodes.iter().map(|n| n.asap).collect();
     let pool = PoolHandle::from("web");
