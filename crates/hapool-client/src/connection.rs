@@ -31,7 +31,6 @@ type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// An open ASAP connection to a registrar.
 pub(crate) struct RegistrarConnection {
-    pub(crate) addr: SocketAddr,
     pub(crate) reader: MessageReader<Reader, AsapMessage>,
     pub(crate) writer: Writer,
 }
@@ -53,7 +52,6 @@ impl RegistrarConnection {
                     return Ok((
                         i,
                         Self {
-                            addr,
                             reader: MessageReader::new(reader, DEFAULT_MAX_MESSAGE),
                             writer,
                         },
@@ -65,6 +63,18 @@ impl RegistrarConnection {
         }
         Err(ClientError::NoRegistrar {
             tried: registrars.len(),
+        })
+    }
+
+    /// A connection to the registrar at `addr`.
+    pub(crate) async fn open_to(
+        addr: SocketAddr,
+        tls: Option<&ClientTls>,
+    ) -> std::io::Result<Self> {
+        let (reader, writer) = Self::open(addr, tls).await?;
+        Ok(Self {
+            reader: MessageReader::new(reader, DEFAULT_MAX_MESSAGE),
+            writer,
         })
     }
 

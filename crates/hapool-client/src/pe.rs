@@ -1,13 +1,17 @@
 //! A pool element: keeps a server registered in its pool.
 //!
-//! [`PeHandle::start`] spawns a task that connects to a registrar of the
+//! [`PeHandle::start`] spawns a task that drives the pool element state
+//! machine ([`hapool_proto::PeSession`]): it connects to a registrar of the
 //! list, registers, answers keep-alives, re-registers on a timer and when
 //! the policy values (such as the load) change, moves to the next registrar
 //! at once when its registrar fails, and deregisters on [`PeHandle::stop`].
+//! The task only does the I/O; every decision is the state machine's, the
+//! same one the cluster simulation runs.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use hapool_proto::{PeEvent, PeOutput, PeSession, PeSessionConfig};
 use hapool_wire::{AsapMessage, CauseCode, Policy, PoolElement, PoolElementId, PoolHandle};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -149,183 +153,155 @@ impl PeHandle {
     }
 }
 
-enum SessionEnd {
-    Stopped,
-    Lost,
-    Refused(CauseCode),
-}
-
 async fn run(
-    mut config: PeConfig,
+    config: PeConfig,
     mut commands: mpsc::Receiver<Command>,
     state: watch::Sender<PeState>,
 ) {
-    let mut start = 0;
-    loop {
-        state.send_replace(PeState::Connecting);
-        let connected = RegistrarConnection::connect(
-            &config.registrars,
-            start,
-            config.connect_timeout,
-            config.tls.as_ref(),
-        )
-        .await;
-        let retry = match connected {
-            Ok((i, mut conn)) => {
-                match session(&mut config, &mut conn, &mut commands, &state).await {
-                    SessionEnd::Stopped => return,
-                    SessionEnd::Lost => {
-                        warn!(registrar = %conn.addr, pe_id = %config.element.id, "registrar lost; trying the next one");
-                        start = (i + 1) % config.registrars.len();
-                        false
-                    }
-                    SessionEnd::Refused(cause) => {
-                        warn!(registrar = %conn.addr, pe_id = %config.element.id, ?cause, "registration refused");
-                        state.send_replace(PeState::Refused(cause));
-                        start = (i + 1) % config.registrars.len();
-                        true
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "no registrar reachable");
-                true
-            }
-        };
-        if retry {
-            // Wait before going round the list again, still obeying commands.
-            let until = Instant::now() + config.retry_interval;
-            loop {
-                tokio::select! {
-                    () = sleep_until(until) => break,
-                    command = commands.recv() => match command {
-                        Some(Command::SetPolicy(p)) => config.element.policy = p,
-                        Some(Command::Stop(done)) => {
-                            state.send_replace(PeState::Stopped);
-                            let _ = done.send(());
-                            return;
-                        }
-                        None => {
-                            state.send_replace(PeState::Stopped);
-                            return;
-                        }
-                    },
-                }
-            }
-        }
-    }
-}
-
-fn registration(config: &PeConfig) -> AsapMessage {
-    AsapMessage::Registration {
-        pool_handle: config.pool_handle.clone(),
-        pool_element: config.element.clone(),
-    }
-}
-
-/// Registers over `conn` and serves the registrar until the connection
-/// fails or the PE stops.
-async fn session(
-    config: &mut PeConfig,
-    conn: &mut RegistrarConnection,
-    commands: &mut mpsc::Receiver<Command>,
-    state: &watch::Sender<PeState>,
-) -> SessionEnd {
-    if conn.send(&registration(config)).await.is_err() {
-        return SessionEnd::Lost;
-    }
-    let answer = timeout(config.request_timeout, async {
-        loop {
-            match conn.recv().await? {
-                AsapMessage::RegistrationResponse { reject, error, .. } => {
-                    return Ok::<_, ClientError>((reject, error));
-                }
-                other => debug!(?other, "message before the registration response"),
-            }
-        }
-    })
-    .await;
-    match answer {
-        Ok(Ok((false, _))) => {}
-        Ok(Ok((true, error))) => {
-            let cause = error
-                .and_then(|e| e.causes.first().map(|c| c.code))
-                .unwrap_or(CauseCode::INVALID_VALUES);
-            return SessionEnd::Refused(cause);
-        }
-        Ok(Err(_)) | Err(_) => return SessionEnd::Lost,
-    }
-    info!(registrar = %conn.addr, pool = %config.pool_handle, pe_id = %config.element.id, "registered");
-    state.send_replace(PeState::Registered {
-        registrar: conn.addr,
+    let PeConfig {
+        registrars,
+        pool_handle,
+        element,
+        reregistration_interval,
+        connect_timeout,
+        request_timeout,
+        retry_interval,
+        tls,
+    } = config;
+    let mut session = PeSession::new(PeSessionConfig {
+        registrars,
+        pool_handle,
+        element,
+        reregistration_interval,
+        // The session's own deadline covers the whole attempt; connecting
+        // is bounded by the connect timeout below.
+        request_timeout: connect_timeout + request_timeout,
+        retry_interval,
     });
-    let mut next_registration = Instant::now() + config.reregistration_interval;
+    session.handle_start(std_now());
+    let mut conn: Option<RegistrarConnection> = None;
+    let mut stopping: Option<Option<oneshot::Sender<()>>> = None;
     loop {
-        tokio::select! {
-            message = conn.recv() => match message {
-                Ok(AsapMessage::EndpointKeepAlive { pool_handle, .. }) => {
-                    let ack = AsapMessage::EndpointKeepAliveAck {
-                        pool_handle,
-                        pe_id: config.element.id,
-                    };
-                    if conn.send(&ack).await.is_err() {
-                        return SessionEnd::Lost;
+        while let Some(output) = session.poll_output() {
+            match output {
+                PeOutput::Connect(addr) => {
+                    conn = None;
+                    match timeout(
+                        connect_timeout,
+                        RegistrarConnection::open_to(addr, tls.as_ref()),
+                    )
+                    .await
+                    {
+                        Ok(Ok(c)) => {
+                            conn = Some(c);
+                            session.handle_connected(std_now());
+                        }
+                        Ok(Err(e)) => {
+                            debug!(registrar = %addr, error = %e, "registrar unreachable");
+                            session.handle_connect_failed(std_now());
+                        }
+                        Err(_) => {
+                            debug!(registrar = %addr, "registrar connect timed out");
+                            session.handle_connect_failed(std_now());
+                        }
                     }
                 }
-                Ok(AsapMessage::RegistrationResponse { reject: true, error, .. }) => {
-                    let cause = error
-                        .and_then(|e| e.causes.first().map(|c| c.code))
-                        .unwrap_or(CauseCode::INVALID_VALUES);
-                    return SessionEnd::Refused(cause);
+                PeOutput::Send(message) => {
+                    if let Some(c) = conn.as_mut()
+                        && c.send(&message).await.is_err()
+                    {
+                        conn = None;
+                        session.handle_disconnected(std_now());
+                    }
                 }
-                Ok(other) => debug!(?other, "ignored message from the registrar"),
-                Err(_) => return SessionEnd::Lost,
+                PeOutput::Close => conn = None,
+            }
+        }
+        while let Some(event) = session.poll_event() {
+            let pe_id = session.config().element.id;
+            match event {
+                PeEvent::Registered(registrar) => {
+                    info!(%registrar, pool = %session.config().pool_handle, %pe_id, "registered");
+                    state.send_replace(PeState::Registered { registrar });
+                }
+                PeEvent::Refused(registrar, cause) => {
+                    warn!(%registrar, %pe_id, ?cause, "registration refused");
+                    state.send_replace(PeState::Refused(cause));
+                }
+                PeEvent::Lost(registrar) => {
+                    warn!(%registrar, %pe_id, "registrar lost or unreachable; trying the next one");
+                    // A refusal stays visible until a registration succeeds.
+                    state.send_if_modified(|s| {
+                        let changed = !matches!(s, PeState::Refused(_) | PeState::Connecting);
+                        if changed {
+                            *s = PeState::Connecting;
+                        }
+                        changed
+                    });
+                }
+            }
+        }
+        if let Some(done) = stopping {
+            if let Some(c) = conn.as_mut() {
+                wait_deregistered(c, request_timeout).await;
+            }
+            state.send_replace(PeState::Stopped);
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+            return;
+        }
+        let deadline = session.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            message = recv(conn.as_mut()) => match message {
+                Ok(message) => session.handle_message(message, std_now()),
+                Err(_) => {
+                    conn = None;
+                    session.handle_disconnected(std_now());
+                }
             },
-            () = sleep_until(next_registration) => {
-                next_registration = Instant::now() + config.reregistration_interval;
-                if conn.send(&registration(config)).await.is_err() {
-                    return SessionEnd::Lost;
-                }
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                session.handle_timeout(std_now());
             }
             command = commands.recv() => match command {
-                Some(Command::SetPolicy(policy)) => {
-                    config.element.policy = policy;
-                    next_registration = Instant::now() + config.reregistration_interval;
-                    if conn.send(&registration(config)).await.is_err() {
-                        return SessionEnd::Lost;
-                    }
-                }
+                Some(Command::SetPolicy(policy)) => session.set_policy(policy, std_now()),
                 Some(Command::Stop(done)) => {
-                    deregister(config, conn).await;
-                    state.send_replace(PeState::Stopped);
-                    let _ = done.send(());
-                    return SessionEnd::Stopped;
+                    session.stop();
+                    stopping = Some(Some(done));
                 }
                 None => {
-                    deregister(config, conn).await;
-                    state.send_replace(PeState::Stopped);
-                    return SessionEnd::Stopped;
+                    session.stop();
+                    stopping = Some(None);
                 }
             },
         }
     }
 }
 
-async fn deregister(config: &PeConfig, conn: &mut RegistrarConnection) {
-    let message = AsapMessage::Deregistration {
-        pool_handle: config.pool_handle.clone(),
-        pe_id: config.element.id,
-    };
-    if conn.send(&message).await.is_err() {
-        return;
+fn std_now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+/// The next message on `conn`, or never when there is none.
+async fn recv(conn: Option<&mut RegistrarConnection>) -> Result<AsapMessage, ClientError> {
+    match conn {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
     }
-    let _ = timeout(config.request_timeout, async {
+}
+
+/// Waits (at most `limit`) for the answer to the deregistration just sent.
+async fn wait_deregistered(conn: &mut RegistrarConnection, limit: Duration) {
+    let answered = timeout(limit, async {
         while let Ok(m) = conn.recv().await {
             if matches!(m, AsapMessage::DeregistrationResponse { .. }) {
-                break;
+                return true;
             }
         }
+        false
     })
     .await;
-    info!(pool = %config.pool_handle, pe_id = %config.element.id, "deregistered");
+    if answered == Ok(true) {
+        info!("deregistered");
+    }
 }

@@ -86,6 +86,10 @@ pub struct PeSession {
     /// When the pending step (connect, response, retry, re-registration)
     /// runs out.
     deadline: Option<Instant>,
+    /// When the answer to a re-registration is due: a registrar that does
+    /// not answer in time counts as failed, even if its connection looks
+    /// open (a host that died without closing it).
+    answer_due: Option<Instant>,
     output: VecDeque<PeOutput>,
     events: VecDeque<PeEvent>,
 }
@@ -99,6 +103,7 @@ impl PeSession {
             current: 0,
             failures: 0,
             deadline: None,
+            answer_due: None,
             output: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -141,6 +146,7 @@ impl PeSession {
             self.events.push_back(PeEvent::Lost(r));
         }
         self.output.push_back(PeOutput::Close);
+        self.answer_due = None;
         self.failures += 1;
         if self.failures >= self.config.registrars.len().max(1) {
             self.failures = 0;
@@ -198,7 +204,9 @@ impl PeSession {
                         .unwrap_or(CauseCode::INVALID_VALUES);
                     self.events.push_back(PeEvent::Refused(r, cause));
                     self.next_registrar(now);
-                } else if matches!(self.status, PeStatus::Registering(_)) {
+                } else if matches!(self.status, PeStatus::Registered(_)) {
+                    self.answer_due = None;
+                } else {
                     self.failures = 0;
                     self.status = PeStatus::Registered(r);
                     self.deadline = Some(now + self.config.reregistration_interval);
@@ -225,9 +233,15 @@ impl PeSession {
     pub fn set_policy(&mut self, policy: Policy, now: Instant) {
         self.config.element.policy = policy;
         if matches!(self.status, PeStatus::Registered(_)) {
-            self.output.push_back(PeOutput::Send(self.registration()));
-            self.deadline = Some(now + self.config.reregistration_interval);
+            self.reregister(now);
         }
+    }
+
+    fn reregister(&mut self, now: Instant) {
+        self.output.push_back(PeOutput::Send(self.registration()));
+        self.deadline = Some(now + self.config.reregistration_interval);
+        self.answer_due
+            .get_or_insert(now + self.config.request_timeout);
     }
 
     /// Deregisters (when registered) and stops.
@@ -242,20 +256,22 @@ impl PeSession {
         self.output.push_back(PeOutput::Close);
         self.status = PeStatus::Stopped;
         self.deadline = None;
+        self.answer_due = None;
     }
 
     /// Time has come to `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.answer_due.is_some_and(|d| d <= now) {
+            self.next_registrar(now);
+            return;
+        }
         if self.deadline.is_none_or(|d| d > now) {
             return;
         }
         match self.status {
             PeStatus::Idle => self.connect(self.current + 1, now),
             PeStatus::Connecting(_) | PeStatus::Registering(_) => self.next_registrar(now),
-            PeStatus::Registered(_) => {
-                self.output.push_back(PeOutput::Send(self.registration()));
-                self.deadline = Some(now + self.config.reregistration_interval);
-            }
+            PeStatus::Registered(_) => self.reregister(now),
             PeStatus::Stopped => self.deadline = None,
         }
     }
@@ -272,6 +288,9 @@ impl PeSession {
 
     /// When [`PeSession::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
+        match (self.deadline, self.answer_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
