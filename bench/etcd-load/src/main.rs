@@ -11,6 +11,15 @@
 //! `--expiry` instead measures failure detection: it grants the shortest
 //! lease etcd accepts, puts a key with it, never keeps it alive, and reports
 //! how long the key stays visible.
+//!
+//! For a 3-member cluster (the counterpart of a registrar cluster):
+//! - `--convergence --observe URL --count N`: puts N keys on `--endpoint`
+//!   one after another and, after each, reads it on the member at `--observe`
+//!   with serializable (local) reads until it is there: how long a change
+//!   takes to become visible on another member;
+//! - `--leader-loss --members URL=PID,URL=PID,URL=PID`: finds the leader,
+//!   kills it (SIGKILL), and puts through the other members until a put
+//!   succeeds: how long the cluster cannot take a write.
 
 use std::time::Duration;
 
@@ -24,6 +33,10 @@ struct Args {
     duration: Duration,
     items: i64,
     expiry: bool,
+    convergence: bool,
+    observe: String,
+    count: usize,
+    leader_loss: Option<String>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -33,6 +46,10 @@ fn args() -> anyhow::Result<Args> {
         duration: Duration::from_secs(3),
         items: 3,
         expiry: false,
+        convergence: false,
+        observe: String::new(),
+        count: 10_000,
+        leader_loss: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -43,6 +60,11 @@ fn args() -> anyhow::Result<Args> {
             "--duration" => a.duration = humantime::parse_duration(&value()?)?,
             "--items" => a.items = value()?.parse()?,
             "--expiry" => a.expiry = true,
+            "--convergence" => a.convergence = true,
+            "--observe" => a.observe = value()?,
+            "--count" => a.count = value()?.parse()?,
+            "--leader-loss" => a.leader_loss = Some(String::new()),
+            "--members" => a.leader_loss = Some(value()?),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -135,11 +157,96 @@ async fn expiry(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn convergence(a: &Args) -> anyhow::Result<()> {
+    let mut writer = Client::connect([a.endpoint.as_str()], None).await?;
+    let mut reader = Client::connect([a.observe.as_str()], None).await?;
+    let local = GetOptions::new().with_serializable();
+    let mut latencies = Vec::with_capacity(a.count);
+    let start = Instant::now();
+    for i in 0..a.count {
+        let key = format!("/hapool-bench-convergence/{}/{i}", i / 100);
+        let sent = Instant::now();
+        writer.put(key.as_str(), "tcp://10.0.0.1:80", None).await?;
+        loop {
+            if !reader.get(key.as_str(), Some(local.clone())).await?.kvs().is_empty() {
+                break;
+            }
+            if sent.elapsed() > Duration::from_secs(10) {
+                bail!("{key} not visible at {} after 10 s", a.observe);
+            }
+        }
+        latencies.push(sent.elapsed().as_micros() as u64);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    println!(
+        "convergence {} puts: visible on another member p50 {} µs p99 {} µs ({:.1} s)",
+        latencies.len(),
+        pct(0.5),
+        pct(0.99),
+        elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn leader_loss(members: &str) -> anyhow::Result<()> {
+    let members: Vec<(String, u32)> = members
+        .split(',')
+        .map(|m| {
+            let (url, pid) = m.split_once('=').context("members look like URL=PID")?;
+            Ok((url.to_owned(), pid.parse()?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut leader = None;
+    for (url, pid) in &members {
+        let mut c = Client::connect([url.as_str()], None).await?;
+        let status = c.status().await?;
+        if status.leader() == status.header().map_or(0, |h| h.member_id()) {
+            leader = Some((url.clone(), *pid));
+        }
+    }
+    let (leader_url, pid) = leader.context("no member says it leads")?;
+    let others: Vec<String> = members.iter().map(|(u, _)| u.clone()).filter(|u| *u != leader_url).collect();
+    let mut client = Client::connect(others.clone(), None).await?;
+    client.put("/hapool-bench-leader/warm", "x", None).await?;
+    let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status()?;
+    anyhow::ensure!(status.success(), "cannot kill the leader (pid {pid})");
+    let killed = Instant::now();
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let put = tokio::time::timeout(
+            Duration::from_millis(200),
+            client.put("/hapool-bench-leader/after", "x", None),
+        )
+        .await;
+        if matches!(put, Ok(Ok(_))) {
+            break;
+        }
+        if killed.elapsed() > Duration::from_secs(30) {
+            bail!("no write accepted 30 s after the leader died");
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "leader killed: first write accepted {} ms later ({attempts} attempts)",
+        killed.elapsed().as_millis()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
     if a.expiry {
         return expiry(&a).await;
+    }
+    if a.convergence {
+        return convergence(&a).await;
+    }
+    if let Some(members) = &a.leader_loss {
+        return leader_loss(members).await;
     }
     let mut clients = Vec::new();
     for _ in 0..a.concurrency {

@@ -22,7 +22,8 @@
 //! `hapool_registrar_refusals_total{request}`, and the gauges
 //! `hapool_registrar_pools`, `hapool_registrar_pool_elements`,
 //! `hapool_registrar_connections` and `hapool_registrar_peers`; ENRP:
-//! `hapool_registrar_enrp_messages_total{direction}` and
+//! `hapool_registrar_enrp_messages_total{direction}`,
+//! `hapool_registrar_enrp_bytes_total{direction="out"}` and
 //! `hapool_registrar_takeovers_total`.
 //!
 //! Never decides anything about the protocol itself: that is the state
@@ -42,7 +43,7 @@ use hapool_wire::{
     AsapMessage, DEFAULT_MAX_MESSAGE, EnrpMessage, OperationError, PoolElement, PoolHandle,
     RegistrarId,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -722,10 +723,19 @@ async fn peer_write_loop(
         };
         let _ = stream.set_nodelay(true);
         while let Some(message) = queue.recv().await {
-            if let Err(e) = write_message(&mut stream, &message).await {
+            let bytes = match hapool_wire::Message::to_bytes(&message) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    warn!(peer = %to, error = %e, "ENRP message cannot be encoded");
+                    continue;
+                }
+            };
+            if let Err(e) = stream.write_all(&bytes).await {
                 debug!(peer = %to, error = %e, "ENRP link broken");
                 break;
             }
+            metrics::counter!("hapool_registrar_enrp_bytes_total", "direction" => "out")
+                .increment(bytes.len() as u64);
         }
         if queue.is_closed() && queue.is_empty() {
             return;

@@ -6,6 +6,17 @@
 //! load, and handle resolutions. Connection *i* works on its own pool
 //! (`POOL-i`), so that no pool reaches the registrar's per-pool limit.
 //! Prints requests per second and latency percentiles for each phase.
+//!
+//! For a registrar cluster:
+//! - `--convergence --observe C`: registers `--count` PEs at `--registrar`
+//!   one after another and, after each, resolves at registrar `C` until the
+//!   PE is there: how long a registration takes to reach another
+//!   registrar. With `--admin` (the first registrar's admin port) it also
+//!   reports the ENRP bytes that registrar sent per registration.
+//! - `--takeover PID --observe C`: registers `--count` PEs at
+//!   `--registrar`, waits until `C` has them, kills the first registrar
+//!   (SIGKILL to PID, a process the caller started) and reports when `C`
+//!   shows every one of them with a new home.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -44,6 +55,23 @@ pub(crate) struct BenchArgs {
     /// closes, stay in resolution.
     #[arg(long)]
     failure_detection: bool,
+    /// Measure how fast registrations reach the registrar at `--observe`.
+    #[arg(long, requires = "observe")]
+    convergence: bool,
+    /// Kill this process (the registrar at `--registrar`) and measure how
+    /// fast the registrar at `--observe` re-homes its PEs.
+    #[arg(long, requires = "observe")]
+    takeover: Option<u32>,
+    /// Another registrar of the cluster, where changes are watched for.
+    #[arg(long)]
+    observe: Option<SocketAddr>,
+    /// PEs to register for `--convergence` and `--takeover`.
+    #[arg(long, default_value_t = 10_000)]
+    count: u32,
+    /// The admin port of the registrar at `--registrar`, to read its ENRP
+    /// byte counter.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
 }
 
 struct Conn {
@@ -246,9 +274,215 @@ async fn failure_detection(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A connection that answers keep-alives by itself, so that the PEs
+/// registered on it stay registered while the bench looks elsewhere.
+struct PeConn {
+    writer: std::sync::Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    answers: tokio::sync::mpsc::Receiver<AsapMessage>,
+}
+
+impl PeConn {
+    async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+        let Conn { mut reader, writer } = Conn::open(addr).await?;
+        let writer = std::sync::Arc::new(tokio::sync::Mutex::new(writer));
+        let (tx, answers) = tokio::sync::mpsc::channel(16);
+        let acks = writer.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(decoded)) = reader.next().await {
+                match decoded.message {
+                    AsapMessage::EndpointKeepAlive {
+                        pool_handle,
+                        pe_id: Some(pe_id),
+                        ..
+                    } => {
+                        let ack = AsapMessage::EndpointKeepAliveAck { pool_handle, pe_id };
+                        if write_message(&mut *acks.lock().await, &ack).await.is_err() {
+                            return;
+                        }
+                    }
+                    other => {
+                        if tx.send(other).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self { writer, answers })
+    }
+
+    async fn register(&mut self, pool: &PoolHandle, element: PoolElement) -> anyhow::Result<()> {
+        let request = AsapMessage::Registration {
+            pool_handle: pool.clone(),
+            pool_element: element,
+        };
+        write_message(&mut *self.writer.lock().await, &request).await?;
+        match self.answers.recv().await {
+            Some(AsapMessage::RegistrationResponse { reject: false, .. }) => Ok(()),
+            Some(other) => bail!("the registrar refused: {other:?}"),
+            None => bail!("the registrar closed the connection"),
+        }
+    }
+}
+
+/// The PEs of `pool` at the registrar on `conn` (as many as it returns).
+async fn members(conn: &mut Conn, pool: &PoolHandle) -> anyhow::Result<Vec<PoolElement>> {
+    let resolve = AsapMessage::HandleResolution {
+        subscribe: false,
+        pool_handle: pool.clone(),
+        items: Some(u32::MAX),
+    };
+    Ok(match conn.call(&resolve).await? {
+        AsapMessage::HandleResolutionResponse {
+            outcome: ResolutionOutcome::Members { elements, .. },
+            ..
+        } => elements,
+        _ => Vec::new(),
+    })
+}
+
+/// PEs per pool in `--convergence` and `--takeover` (within the
+/// registrar's default of 128 PEs per resolution).
+const PER_POOL: u32 = 100;
+
+fn cluster_pool(args: &BenchArgs, i: u32) -> PoolHandle {
+    PoolHandle::from(format!("{}-cluster-{}", args.pool, i / PER_POOL).as_str())
+}
+
+/// The value of a counter in Prometheus text, summed over its labels
+/// matching `label`.
+async fn counter(admin: SocketAddr, name: &str, label: &str) -> anyhow::Result<f64> {
+    let (_, body) = crate::admin::http_get(&format!("http://{admin}/metrics")).await?;
+    let text = String::from_utf8_lossy(&body);
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+async fn convergence(args: &BenchArgs) -> anyhow::Result<()> {
+    let observe = args.observe.context("--observe is required")?;
+    let mut pe = PeConn::open(args.registrar).await?;
+    let mut watcher = Conn::open(observe).await?;
+    let bytes_before = match args.admin {
+        Some(admin) => Some(counter(admin, "hapool_registrar_enrp_bytes_total", "out").await?),
+        None => None,
+    };
+    let mut latencies = Vec::with_capacity(args.count as usize);
+    let start = Instant::now();
+    for i in 0..args.count {
+        let pool = cluster_pool(args, i);
+        let id = 0x0100_0000 + i;
+        let sent = Instant::now();
+        pe.register(&pool, element(id, i)).await?;
+        loop {
+            if members(&mut watcher, &pool)
+                .await?
+                .iter()
+                .any(|e| e.id.0 == id)
+            {
+                break;
+            }
+            if sent.elapsed() > Duration::from_secs(10) {
+                bail!("PE {id:08x} not at {observe} 10 s after its registration");
+            }
+        }
+        latencies.push(sent.elapsed().as_micros() as u64);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    println!(
+        "convergence {} registrations: resolvable at another registrar p50 {} µs p99 {} µs ({:.1} s)",
+        latencies.len(),
+        pct(0.5),
+        pct(0.99),
+        elapsed.as_secs_f64()
+    );
+    if let (Some(admin), Some(before)) = (args.admin, bytes_before) {
+        let after = counter(admin, "hapool_registrar_enrp_bytes_total", "out").await?;
+        println!(
+            "ENRP bytes sent by the registering registrar: {:.0} per registration (all peers, presences included)",
+            (after - before) / f64::from(args.count)
+        );
+    }
+    Ok(())
+}
+
+async fn takeover(args: &BenchArgs, pid: u32) -> anyhow::Result<()> {
+    let observe = args.observe.context("--observe is required")?;
+    let mut pe = PeConn::open(args.registrar).await?;
+    let mut watcher = Conn::open(observe).await?;
+    let pools: Vec<PoolHandle> = (0..args.count.div_ceil(PER_POOL))
+        .map(|p| cluster_pool(args, p * PER_POOL))
+        .collect();
+    for i in 0..args.count {
+        pe.register(&cluster_pool(args, i), element(0x0200_0000 + i, i))
+            .await?;
+    }
+    // Wait until the observer has them all, and learn their home.
+    let waited = Instant::now();
+    let home = loop {
+        let mut all = Vec::new();
+        for pool in &pools {
+            all.extend(members(&mut watcher, pool).await?);
+        }
+        if all.len() == args.count as usize {
+            break all[0].home_registrar;
+        }
+        if waited.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "{observe} has {} of {} PEs after 30 s",
+                all.len(),
+                args.count
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "cannot kill process {pid}");
+    let killed = Instant::now();
+    drop(pe);
+    loop {
+        let mut rehomed = 0;
+        for pool in &pools {
+            rehomed += members(&mut watcher, pool)
+                .await?
+                .iter()
+                .filter(|e| e.home_registrar != home)
+                .count();
+        }
+        if rehomed == args.count as usize {
+            break;
+        }
+        if killed.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "{rehomed} of {} PEs re-homed 300 s after the kill",
+                args.count
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    println!(
+        "takeover: {} PEs of the killed registrar {home} re-homed at {observe} {} ms after kill -9",
+        args.count,
+        killed.elapsed().as_millis()
+    );
+    Ok(())
+}
+
 pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.failure_detection {
         return failure_detection(&args).await;
+    }
+    if args.convergence {
+        return convergence(&args).await;
+    }
+    if let Some(pid) = args.takeover {
+        return takeover(&args, pid).await;
     }
     if args.concurrency == 0 {
         bail!(crate::BadConfig("--concurrency must be at least 1".into()));
