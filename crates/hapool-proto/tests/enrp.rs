@@ -412,3 +412,38 @@ fn messages_for_another_registrar_are_ignored() {
         && matches!(e, Event::PeerMessageIgnored { receiver, .. } if receiver.0 == 77)));
     assert_eq!(c.node(0).peers().len(), 1);
 }
+
+#[test]
+fn a_registrar_added_with_one_peer_finds_the_whole_cluster() {
+    let mut c = Cluster::new(&[1, 2]);
+    c.register(0, 1, pe(10));
+    c.register(1, 2, pe(20));
+    // The newcomer knows only registrar 0; the list from its mentor names
+    // registrar 1.
+    c.nodes.push(None);
+    c.cut.push(false);
+    let mut config = RegistrarConfig::new(RegistrarId(3));
+    config.enrp = EnrpConfig {
+        address: Some(address(2)),
+        peers: vec![address(0)],
+        ..EnrpConfig::fast(HEARTBEAT)
+    };
+    let mut r = Registrar::new(config);
+    r.handle_start(c.now);
+    c.nodes[2] = Some(r);
+    c.drain(2);
+    c.settle();
+    c.run(50);
+    assert!(c.node(2).is_serving());
+    assert_eq!(c.view(2), [(10, 1), (20, 2)]);
+    let mut peers: Vec<u32> = c.node(2).peers().iter().map(|p| p.id.0).collect();
+    peers.sort_unstable();
+    assert_eq!(peers, [1, 2]);
+    assert!(c.node(1).peers().iter().any(|p| p.id.0 == 3));
+    // Removed again (stopped): the others notice, and nothing was its.
+    c.nodes[2] = None;
+    c.cut[2] = true;
+    c.run(600);
+    assert!(c.node(0).peers().iter().all(|p| p.id.0 != 3));
+    assert_eq!(c.view(0), [(10, 1), (20, 2)]);
+}

@@ -695,6 +695,17 @@ pub(crate) fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
     if let Some((addr, _)) = &r.tls {
         println!("ASAP over TLS on {addr}");
     }
+    if let Some(listen) = r.enrp_listen {
+        let e = &c.enrp;
+        println!(
+            "ENRP on {listen} (peers reach it at {}), {} peer(s), heartbeat {:?}, probe after {:?}, dead after {:?} more",
+            e.address.map_or("?".to_owned(), |a| a.to_string()),
+            e.peers.len(),
+            e.heartbeat_cycle,
+            e.max_time_last_heard,
+            e.max_time_no_response
+        );
+    }
     if c.rules.is_empty() {
         println!("warning: no registration rules: any client may register into any pool");
     }

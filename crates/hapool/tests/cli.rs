@@ -449,6 +449,21 @@ fn check_config() {
             "registrar.rules[0]: needs at least one pool",
         ),
         (
+            "enrp-timers.toml",
+            "[registrar.enrp]\nheartbeat = \"1s\"\nmax_time_last_heard = \"500ms\"\n",
+            "max_time_last_heard = 500ms must be longer than registrar.enrp.heartbeat = 1s",
+        ),
+        (
+            "enrp-address.toml",
+            "[registrar.enrp]\nlisten = \"0.0.0.0:9901\"\n",
+            "registrar.enrp.address = 0.0.0.0:9901",
+        ),
+        (
+            "enrp-self.toml",
+            "[registrar.enrp]\nlisten = \"127.0.0.1:9901\"\npeers = [\"127.0.0.1:9901\"]\n",
+            "127.0.0.1:9901 is this registrar's own ENRP address",
+        ),
+        (
             "glob.toml",
             "[[registrar.rules]]\npools = [\"a*b\"]\nidentities = [\"a\"]\n",
             "\"a*b\" is neither a pool handle nor a prefix",
