@@ -8,12 +8,33 @@
 //! reordering of ENRP messages), and every delay. Every ENRP and ASAP
 //! message crosses the simulated network as bytes, through the codec.
 //!
-//! After every event the simulation checks that each registrar's own
-//! bookkeeping holds; every [`CHECK_EVERY`] of simulated time it checks the
-//! cluster's invariants ([`Violation`] lists them); after the faults end and
-//! the network has been quiet for a while, it checks that the cluster
-//! converged. A failure names the seed; `cargo run -p hapool-sim --release
-//! -- --seed N --trace` replays it with a trace.
+//! # Invariants
+//!
+//! Every 10 ms of simulated time, each registrar's incremental owner
+//! checksums equal the checksums computed from scratch over its
+//! handlespace. After every event:
+//! - (3) a PE registered with a live registrar is held by every registrar
+//!   that serves, once the network has been healthy, the registrar serving
+//!   and the PE registered for longer than the propagation bound (three
+//!   heartbeats, max-time-last-heard and two max-time-no-response: a lost
+//!   update is repaired by the next audit);
+//! - (4) a dead PE is gone from every registrar once the network has been
+//!   healthy for its registration life + the keep-alive round + that bound
+//!   (a PE that died with its home is removed by the registrar that took it
+//!   over when its life runs out);
+//! - a pool user asking a serving registrar for a pool with PEs that (3)
+//!   says it must hold gets a non-empty answer.
+//!
+//! When the faults are over and the healed network has been quiet for
+//! [`SimConfig::quiet_time`]:
+//! - (1) every registrar serves and holds the same PEs with the same homes
+//!   (so the same checksums);
+//! - (2) every registered PE's home is the registrar it is registered with,
+//!   which is alive, in every registrar's view;
+//! - no dead PE is left anywhere.
+//!
+//! A failure names the seed; `cargo run -p hapool-sim --release -- --seed N
+//! --trace` replays it with a trace.
 
 #![forbid(unsafe_code)]
 
@@ -23,9 +44,6 @@ mod world;
 use std::time::Duration;
 
 pub use world::{Report, Violation, run};
-
-/// How often the cluster-wide invariants are checked, in simulated time.
-pub const CHECK_EVERY: Duration = Duration::from_millis(10);
 
 /// What a run looks like, apart from the seed.
 #[derive(Clone, Debug)]

@@ -19,8 +19,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use crate::SimConfig;
 use crate::network::{Links, Queue, delay};
-use crate::{CHECK_EVERY, SimConfig};
 
 /// ENRP heartbeat of the simulated registrars (all ENRP timers follow it).
 const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -30,6 +30,9 @@ const KEEP_ALIVE: Duration = Duration::from_millis(100);
 const LIFE: Duration = Duration::from_millis(3_000);
 /// Re-registration interval of the simulated PEs.
 const REREGISTRATION: Duration = Duration::from_millis(1_000);
+/// How often the registrars' checksums are recomputed from scratch and
+/// compared (the other invariants are checked after every event).
+const CHECKSUM_CHECK_EVERY: Duration = Duration::from_millis(10);
 /// The pools: one per policy family.
 const POOLS: [&str; 2] = ["web", "db"];
 /// The connection number each registrar gives its pool user.
@@ -109,7 +112,6 @@ enum Ev {
     ElementSeesClose(u64),
     Fault(Fault),
     Resolve,
-    Check,
 }
 
 struct RegistrarNode {
@@ -179,6 +181,8 @@ struct World {
     dead: Vec<DeadElement>,
     enrp: EnrpConfig,
     report: Report,
+    /// The pool handles of [`POOLS`].
+    handles: [PoolHandle; 2],
 }
 
 /// Runs the simulation of `seed`.
@@ -189,10 +193,10 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report, Violation> {
     world
         .queue
         .push(world.start + config.fault_time, Ev::Fault(Fault::Heal));
-    world.queue.push(world.start + CHECK_EVERY, Ev::Check);
     world
         .queue
         .push(world.start + Duration::from_millis(50), Ev::Resolve);
+    let mut next_checksum_check = world.start;
     while let Some(at) = world.queue.peek_time() {
         if at > end {
             break;
@@ -201,6 +205,13 @@ pub fn run(seed: u64, config: &SimConfig) -> Result<Report, Violation> {
         world.now = at;
         world.report.events += 1;
         world.handle(event)?;
+        world.check_bounds()?;
+        if at >= next_checksum_check {
+            for slot in 0..world.registrars.len() {
+                world.check_own_checksum(slot)?;
+            }
+            next_checksum_check = at + CHECKSUM_CHECK_EVERY;
+        }
     }
     world.now = end;
     world.check_converged()?;
@@ -248,6 +259,7 @@ impl World {
             next_conn: 1,
             dead: Vec::new(),
             enrp: EnrpConfig::fast(HEARTBEAT),
+            handles: POOLS.map(PoolHandle::from),
             report: Report {
                 registrars: registrar_count,
                 elements: element_count,
@@ -370,7 +382,7 @@ impl World {
         registrars.shuffle(&mut self.rng);
         let config = PeSessionConfig {
             registrars,
-            pool_handle: PoolHandle::from(POOLS[pool]),
+            pool_handle: self.handles[pool].clone(),
             element: PoolElement {
                 id,
                 home_registrar: RegistrarId(0),
@@ -488,10 +500,6 @@ impl World {
                 self.resolve()?;
                 self.queue
                     .push(self.now + Duration::from_millis(20), Ev::Resolve);
-            }
-            Ev::Check => {
-                self.check_bounds()?;
-                self.queue.push(self.now + CHECK_EVERY, Ev::Check);
             }
         }
         Ok(())
@@ -868,7 +876,7 @@ impl World {
         node.r.handle_message(
             ConnectionId(PU_CONNECTION),
             AsapMessage::HandleResolution {
-                pool_handle: PoolHandle::from(POOLS[pool]),
+                pool_handle: self.handles[pool].clone(),
                 items: None,
                 subscribe: false,
             },
@@ -933,9 +941,8 @@ impl World {
                 continue;
             };
             let hs = node.r.handlespace();
-            self.check_own_checksum(slot)?;
             for (pool, id) in self.visible_elements(slot) {
-                if hs.get(&PoolHandle::from(POOLS[pool]), id).is_none() {
+                if hs.get(&self.handles[pool], id).is_none() {
                     return Err(self.violation(format!(
                         "registrar {slot} misses live PE {id} of pool {}",
                         POOLS[pool]
@@ -949,9 +956,7 @@ impl World {
             for dead in &self.dead {
                 let since = dead.at.max(healthy);
                 if self.now.duration_since(since) >= gone_bound
-                    && hs
-                        .get(&PoolHandle::from(POOLS[dead.pool]), dead.id)
-                        .is_some()
+                    && hs.get(&self.handles[dead.pool], dead.id).is_some()
                 {
                     return Err(self.violation(format!(
                         "registrar {slot} still holds dead PE {} of pool {}",
@@ -986,18 +991,11 @@ impl World {
     }
 
     fn known_owners(&self, slot: usize) -> Vec<RegistrarId> {
-        let Some(node) = &self.registrars[slot].node else {
-            return Vec::new();
-        };
-        let mut owners: Vec<RegistrarId> = node
-            .r
-            .handlespace()
-            .pools()
-            .flat_map(|p| p.iter().map(|e| e.element().home_registrar))
-            .collect();
-        owners.sort();
-        owners.dedup();
-        owners
+        self.registrars[slot]
+            .node
+            .as_ref()
+            .map(|n| n.r.handlespace().owners())
+            .unwrap_or_default()
     }
 
     /// Invariants 1 and 2, and 4 at the end: after the quiet time every
