@@ -97,6 +97,26 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// A server configuration for peers that must authenticate each other
+/// (ENRP between registrars): this certificate chain and key, and a client
+/// certificate issued by `ca` required of every client.
+pub fn mutual_server_config(
+    certificate: &Path,
+    key: &Path,
+    ca: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots(ca)?))
+        .build()
+        .map_err(|e| TlsError::ClientCa {
+            path: ca.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let config = ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certificates(certificate)?, private_key(key)?)?;
+    Ok(Arc::new(config))
+}
+
 /// A client configuration trusting the servers `ca` issued; with
 /// `identity`, it presents that certificate chain and key.
 pub fn client_config(

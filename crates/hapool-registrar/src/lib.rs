@@ -201,7 +201,29 @@ pub struct Listeners {
     /// ENRP over TCP (9901 by convention), for a registrar in a cluster.
     /// When `config.enrp.address` is not set, this listener's address is
     /// what peers are told.
-    pub enrp: Option<TcpListener>,
+    pub enrp: Option<EnrpListener>,
+}
+
+/// Where ENRP is served, and whether over TLS.
+pub struct EnrpListener {
+    /// The listening socket (9901 by convention, 9902 for TLS).
+    pub listener: TcpListener,
+    /// Mutual TLS between registrars: every peer connection, in and out,
+    /// is TLS with certificates from the cluster's authority.
+    pub tls: Option<EnrpTls>,
+}
+
+/// The TLS configurations of ENRP.
+#[derive(Clone)]
+pub struct EnrpTls {
+    /// For peers connecting here: this registrar's certificate, and a
+    /// client certificate required of every peer
+    /// ([`hapool_net::tls::mutual_server_config`]).
+    pub server: Arc<rustls::ServerConfig>,
+    /// For connecting to peers: the cluster's authority, and this
+    /// registrar's certificate as client certificate. Peers are checked
+    /// against their IP address.
+    pub client: Arc<rustls::ClientConfig>,
 }
 
 /// Starts a registrar serving ASAP on `listener`.
@@ -230,7 +252,7 @@ pub fn start_serving(
         enrp,
     } = listeners;
     let local_addr = listener.local_addr()?;
-    let enrp_addr = enrp.as_ref().map(TcpListener::local_addr).transpose()?;
+    let enrp_addr = enrp.as_ref().map(|e| e.listener.local_addr()).transpose()?;
     if let Some(addr) = enrp_addr
         && config.enrp.address.is_none()
     {
@@ -337,7 +359,7 @@ async fn accept_on(
 struct Sockets {
     asap: TcpListener,
     tls: Option<TlsListener>,
-    enrp: Option<TcpListener>,
+    enrp: Option<EnrpListener>,
     announcer: Option<(std::net::UdpSocket, SocketAddr)>,
 }
 
@@ -350,7 +372,12 @@ async fn run(mut registrar: Registrar, sockets: Sockets, mut commands: mpsc::Rec
     } = sockets;
     // Connections to peers leave from the ENRP address, so that peers
     // (and firewalls) see the address they know this registrar by.
+    let (enrp, enrp_tls) = match enrp {
+        Some(e) => (Some(e.listener), e.tls),
+        None => (None, None),
+    };
     let mut links = PeerLinks {
+        tls: enrp_tls.as_ref().map(|t| t.client.clone()),
         source: registrar
             .config()
             .enrp
@@ -390,7 +417,22 @@ async fn run(mut registrar: Registrar, sockets: Sockets, mut commands: mpsc::Rec
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     debug!(%peer, "ENRP connection accepted");
-                    tokio::spawn(peer_read_loop(stream, peer, input_tx.clone()));
+                    let inputs = input_tx.clone();
+                    match &enrp_tls {
+                        None => {
+                            tokio::spawn(peer_read_loop(stream, peer, inputs));
+                        }
+                        Some(tls) => {
+                            let acceptor = hapool_net::tls::TlsAcceptor::from(tls.server.clone());
+                            tokio::spawn(async move {
+                                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                    Ok(Ok(stream)) => peer_read_loop(stream, peer, inputs).await,
+                                    Ok(Err(e)) => warn!(%peer, error = %e, "ENRP TLS handshake failed"),
+                                    Err(_) => warn!(%peer, "ENRP TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => warn!(error = %e, "ENRP accept failed"),
             },
@@ -631,8 +673,8 @@ fn record_gauges(registrar: &Registrar, connections: usize) {
 }
 
 /// Reads ENRP messages from one peer connection.
-async fn peer_read_loop(
-    stream: tokio::net::TcpStream,
+async fn peer_read_loop<S: AsyncRead + Unpin>(
+    stream: S,
     peer: SocketAddr,
     inputs: mpsc::Sender<Input>,
 ) {
@@ -666,6 +708,8 @@ const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_mill
 struct PeerLinks {
     /// The local address to connect from.
     source: Option<std::net::IpAddr>,
+    /// TLS to peers, when ENRP runs over TLS.
+    tls: Option<Arc<rustls::ClientConfig>>,
     links: HashMap<SocketAddr, (mpsc::Sender<EnrpMessage>, JoinHandle<()>)>,
 }
 
@@ -683,7 +727,7 @@ impl PeerLinks {
         }
         let (queue, rx) = mpsc::channel(PEER_QUEUE);
         let _ = queue.try_send(message);
-        let task = tokio::spawn(peer_write_loop(to, self.source, rx));
+        let task = tokio::spawn(peer_write_loop(to, self.source, self.tls.clone(), rx));
         self.links.insert(to, (queue, task));
     }
 
@@ -700,14 +744,25 @@ impl PeerLinks {
 async fn peer_write_loop(
     to: SocketAddr,
     source: Option<std::net::IpAddr>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     mut queue: mpsc::Receiver<EnrpMessage>,
 ) {
+    let mut reachable = true;
     loop {
-        let connected = tokio::time::timeout(PEER_CONNECT_TIMEOUT, connect_from(source, to)).await;
+        let connected =
+            tokio::time::timeout(PEER_CONNECT_TIMEOUT, connect_peer(source, to, tls.as_ref()))
+                .await;
+        if matches!(connected, Ok(Ok(_))) {
+            reachable = true;
+        }
         let mut stream = match connected {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                debug!(peer = %to, error = %e, "cannot reach peer registrar");
+                // Said once per outage, not at every attempt.
+                if reachable {
+                    warn!(peer = %to, error = %e, "cannot reach peer registrar");
+                }
+                reachable = false;
                 if !drop_for(&mut queue, PEER_CONNECT_TIMEOUT).await {
                     return;
                 }
@@ -721,7 +776,6 @@ async fn peer_write_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         while let Some(message) = queue.recv().await {
             let bytes = match hapool_wire::Message::to_bytes(&message) {
                 Ok(bytes) => bytes,
@@ -739,6 +793,29 @@ async fn peer_write_loop(
         }
         if queue.is_closed() && queue.is_empty() {
             return;
+        }
+    }
+}
+
+type PeerStream = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// Opens a link to the peer at `to`: TCP from `source`, then TLS when
+/// configured (the peer's certificate must name its IP address).
+async fn connect_peer(
+    source: Option<std::net::IpAddr>,
+    to: SocketAddr,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> io::Result<PeerStream> {
+    let stream = connect_from(source, to).await?;
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => Ok(Box::new(stream)),
+        Some(config) => {
+            let name = hapool_net::tls::ServerName::IpAddress(to.ip().into());
+            let stream = hapool_net::tls::TlsConnector::from(config.clone())
+                .connect(name, stream)
+                .await?;
+            Ok(Box::new(stream))
         }
     }
 }

@@ -389,3 +389,65 @@ async fn registrars_announce_themselves_and_are_discovered() {
     ));
     r.shutdown().await;
 }
+
+/// A registrar in a cluster whose ENRP runs over mutual TLS, with the
+/// certificate `name` of the test cluster PKI (or of another authority).
+async fn tls_cluster_member(id: u32, name: &str, peers: Vec<SocketAddr>) -> RegistrarHandle {
+    let cluster = |file: &str| pki(&format!("cluster/{file}"));
+    let (cert, key, ca) = (
+        cluster(&format!("{name}.pem")),
+        cluster(&format!("{name}.key")),
+        cluster("ca.pem"),
+    );
+    let tls = hapool_registrar::EnrpTls {
+        server: hapool_net::tls::mutual_server_config(&cert, &key, &ca).unwrap(),
+        client: hapool_net::tls::client_config(&ca, Some((&cert, &key))).unwrap(),
+    };
+    let mut config = RegistrarConfig::new(RegistrarId(id));
+    config.enrp = hapool_proto::EnrpConfig {
+        peers,
+        ..hapool_proto::EnrpConfig::fast(Duration::from_millis(100))
+    };
+    hapool_registrar::start_serving(
+        config,
+        hapool_registrar::Listeners {
+            asap: TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap(),
+            tls: None,
+            announce_to: None,
+            enrp: Some(hapool_registrar::EnrpListener {
+                listener: TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap(),
+                tls: Some(tls),
+            }),
+        },
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn enrp_over_mutual_tls_admits_only_the_clusters_certificates() {
+    let a = tls_cluster_member(1, "registrar-1", Vec::new()).await;
+    let a_enrp = a.enrp_addr().unwrap();
+    let b = tls_cluster_member(2, "registrar-2", vec![a_enrp]).await;
+    let stranger = tls_cluster_member(3, "stranger", vec![a_enrp]).await;
+    let pe = start_pe(vec![a.local_addr()], 7, 0).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ids(&b).await != [7] {
+        assert!(
+            Instant::now() < deadline,
+            "the PE never reached registrar 2"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    let peers_of_a: Vec<u32> = a.client().peers().await.iter().map(|p| p.id.0).collect();
+    assert_eq!(peers_of_a, [2]);
+    // The stranger's certificate is from another authority: no handshake
+    // succeeds either way, so it learns nothing and is known to nobody.
+    sleep(Duration::from_millis(500)).await;
+    assert!(ids(&stranger).await.is_empty());
+    assert!(stranger.client().peers().await.is_empty());
+    assert_eq!(b.client().peers().await.len(), 1);
+    pe.stop().await;
+    for r in [a, b, stranger] {
+        r.shutdown().await;
+    }
+}

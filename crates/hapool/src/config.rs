@@ -79,6 +79,22 @@ pub(crate) struct EnrpFile {
     /// How long a takeover waits for the other peers to agree. Default 5s.
     #[serde(default, with = "humantime_serde")]
     pub(crate) takeover_expiry: Option<Duration>,
+    /// `[registrar.enrp.tls]`: ENRP over mutual TLS.
+    pub(crate) tls: Option<EnrpTlsFile>,
+}
+
+/// `[registrar.enrp.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnrpTlsFile {
+    /// This registrar's certificate chain (PEM), presented to peers both
+    /// as server and as client; it must name the registrar's IP address.
+    pub(crate) certificate: PathBuf,
+    /// Its private key (PEM).
+    pub(crate) key: PathBuf,
+    /// The cluster's authority (PEM): peers must present a certificate it
+    /// issued.
+    pub(crate) ca: PathBuf,
 }
 
 /// `[registrar.announce]`.
@@ -219,6 +235,8 @@ pub(crate) struct Registrar {
     pub(crate) announce_to: Option<SocketAddr>,
     /// Where to serve ENRP, when in a cluster.
     pub(crate) enrp_listen: Option<SocketAddr>,
+    /// ENRP over mutual TLS.
+    pub(crate) enrp_tls: Option<hapool_registrar::EnrpTls>,
 }
 
 impl TryFrom<RegistrarFile> for Registrar {
@@ -342,12 +360,16 @@ impl TryFrom<RegistrarFile> for Registrar {
             }
             None => None,
         };
-        let enrp_listen = match file.enrp {
-            Some(e) => Some(enrp(e, &mut config.enrp)?),
-            None => None,
+        let (enrp_listen, enrp_tls) = match file.enrp {
+            Some(e) => {
+                let (listen, tls) = enrp(e, &mut config.enrp)?;
+                (Some(listen), tls)
+            }
+            None => (None, None),
         };
         Ok(Self {
             enrp_listen,
+            enrp_tls,
             config,
             listen: file
                 .listen
@@ -359,11 +381,26 @@ impl TryFrom<RegistrarFile> for Registrar {
     }
 }
 
-/// Applies `[registrar.enrp]` to `config`; returns where to listen.
-fn enrp(file: EnrpFile, config: &mut hapool_proto::EnrpConfig) -> Result<SocketAddr, BadConfig> {
+/// Applies `[registrar.enrp]` to `config`; returns where to listen, and
+/// the TLS configurations when ENRP runs over TLS.
+fn enrp(
+    file: EnrpFile,
+    config: &mut hapool_proto::EnrpConfig,
+) -> Result<(SocketAddr, Option<hapool_registrar::EnrpTls>), BadConfig> {
+    let tls = match &file.tls {
+        Some(t) => {
+            let server = hapool_net::tls::mutual_server_config(&t.certificate, &t.key, &t.ca)
+                .map_err(|e| BadConfig(format!("registrar.enrp.tls: {e}")))?;
+            let client = hapool_net::tls::client_config(&t.ca, Some((&t.certificate, &t.key)))
+                .map_err(|e| BadConfig(format!("registrar.enrp.tls: {e}")))?;
+            Some(hapool_registrar::EnrpTls { server, client })
+        }
+        None => None,
+    };
+    let default_port = if tls.is_some() { 9902 } else { 9901 };
     let listen = file
         .listen
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
     let address = file.address.unwrap_or(listen);
     if address.ip().is_unspecified() || address.port() == 0 {
         return Err(BadConfig(format!(
@@ -420,5 +457,5 @@ fn enrp(file: EnrpFile, config: &mut hapool_proto::EnrpConfig) -> Result<SocketA
             config.max_time_last_heard, config.heartbeat_cycle
         )));
     }
-    Ok(listen)
+    Ok((listen, tls))
 }

@@ -119,6 +119,7 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
         tls,
         announce_to,
         enrp_listen,
+        enrp_tls,
     } = registrar_config(&args)?;
     let id = config.id.0;
     let listener = TcpListener::bind(listen)
@@ -150,11 +151,12 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
         None => None,
     };
     let enrp = match enrp_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
+        Some(addr) => Some(hapool_registrar::EnrpListener {
+            listener: TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} for ENRP"))?,
-        ),
+            tls: enrp_tls,
+        }),
         None => None,
     };
     let handle = hapool_registrar::start_serving(
@@ -698,7 +700,12 @@ pub(crate) fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
     if let Some(listen) = r.enrp_listen {
         let e = &c.enrp;
         println!(
-            "ENRP on {listen} (peers reach it at {}), {} peer(s), heartbeat {:?}, probe after {:?}, dead after {:?} more",
+            "ENRP{} on {listen} (peers reach it at {}), {} peer(s), heartbeat {:?}, probe after {:?}, dead after {:?} more",
+            if r.enrp_tls.is_some() {
+                " over mutual TLS"
+            } else {
+                ""
+            },
             e.address.map_or("?".to_owned(), |a| a.to_string()),
             e.peers.len(),
             e.heartbeat_cycle,

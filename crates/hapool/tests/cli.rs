@@ -464,6 +464,11 @@ fn check_config() {
             "127.0.0.1:9901 is this registrar's own ENRP address",
         ),
         (
+            "enrp-tls.toml",
+            "[registrar.enrp.tls]\ncertificate = \"/nonexistent/r.pem\"\nkey = \"/nonexistent/r.key\"\nca = \"/nonexistent/ca.pem\"\n",
+            "registrar.enrp.tls: ",
+        ),
+        (
             "glob.toml",
             "[[registrar.rules]]\npools = [\"a*b\"]\nidentities = [\"a\"]\n",
             "\"a*b\" is neither a pool handle nor a prefix",
