@@ -372,6 +372,7 @@ async fn run(mut registrar: Registrar, sockets: Sockets, mut commands: mpsc::Rec
     } = sockets;
     // Connections to peers leave from the ENRP address, so that peers
     // (and firewalls) see the address they know this registrar by.
+    let (input_tx, mut inputs) = mpsc::channel::<Input>(4096);
     let (enrp, enrp_tls) = match enrp {
         Some(e) => (Some(e.listener), e.tls),
         None => (None, None),
@@ -385,6 +386,7 @@ async fn run(mut registrar: Registrar, sockets: Sockets, mut commands: mpsc::Rec
             .map(|a| a.ip())
             .filter(|ip| !ip.is_unspecified()),
         links: HashMap::new(),
+        inputs: input_tx.clone(),
     };
     let announcer = announcer.and_then(|(socket, target)| {
         tokio::net::UdpSocket::from_std(socket)
@@ -396,7 +398,6 @@ async fn run(mut registrar: Registrar, sockets: Sockets, mut commands: mpsc::Rec
     let acceptor = tls
         .as_ref()
         .map(|t| hapool_net::tls::TlsAcceptor::from(t.config.clone()));
-    let (input_tx, mut inputs) = mpsc::channel::<Input>(4096);
     let mut connections: HashMap<ConnectionId, Connection> = HashMap::new();
     let mut next_id = 0u64;
     loop {
@@ -418,15 +419,20 @@ async fn run(mut registrar: Registrar, sockets: Sockets, mut commands: mpsc::Rec
                     let _ = stream.set_nodelay(true);
                     debug!(%peer, "ENRP connection accepted");
                     let inputs = input_tx.clone();
+                    let me = registrar.config().id;
                     match &enrp_tls {
                         None => {
-                            tokio::spawn(peer_read_loop(stream, peer, inputs));
+                            let (read, write) = stream.into_split();
+                            tokio::spawn(peer_read_loop(read, Some((write, me)), peer, inputs));
                         }
                         Some(tls) => {
                             let acceptor = hapool_net::tls::TlsAcceptor::from(tls.server.clone());
                             tokio::spawn(async move {
                                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                    Ok(Ok(stream)) => peer_read_loop(stream, peer, inputs).await,
+                                    Ok(Ok(stream)) => {
+                                        let (read, write) = tokio::io::split(stream);
+                                        peer_read_loop(read, Some((write, me)), peer, inputs).await;
+                                    }
                                     Ok(Err(e)) => warn!(%peer, error = %e, "ENRP TLS handshake failed"),
                                     Err(_) => warn!(%peer, "ENRP TLS handshake timed out"),
                                 }
@@ -673,28 +679,65 @@ fn record_gauges(registrar: &Registrar, connections: usize) {
 }
 
 /// Reads ENRP messages from one peer connection.
-async fn peer_read_loop<S: AsyncRead + Unpin>(
-    stream: S,
+/// Reads ENRP messages from a peer connection. With `replies` (the
+/// connection's write half and this registrar's id), input that is
+/// malformed or carries parameters to report is answered with ENRP_ERROR
+/// on the same connection.
+async fn peer_read_loop<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    read: R,
+    mut replies: Option<(W, RegistrarId)>,
     peer: SocketAddr,
     inputs: mpsc::Sender<Input>,
 ) {
-    let mut reader = MessageReader::<_, EnrpMessage>::new(stream, DEFAULT_MAX_MESSAGE);
+    let mut reader = MessageReader::<_, EnrpMessage>::new(read, DEFAULT_MAX_MESSAGE);
     loop {
-        match reader.next().await {
+        let causes = match reader.next().await {
             Ok(Some(decoded)) => {
+                let (sender, reports) = (decoded.message.sender, decoded.reports);
                 if inputs.send(Input::Peer(decoded.message)).await.is_err() {
                     return;
                 }
+                (sender, reports)
             }
             Ok(None) => return,
             Err(e) => {
                 warn!(%peer, error = %e, "malformed ENRP input");
+                let cause = match &e {
+                    hapool_net::ReadError::Decode(d) => d.cause(),
+                    _ => None,
+                };
+                if let (Some((write, me)), Some(cause)) = (replies.as_mut(), cause) {
+                    let _ = write_enrp_error(write, *me, RegistrarId(0), vec![cause]).await;
+                }
                 if !e.is_recoverable() {
                     return;
                 }
+                continue;
             }
+        };
+        if let (Some((write, me)), (sender, reports)) = (replies.as_mut(), causes)
+            && !reports.is_empty()
+        {
+            let _ = write_enrp_error(write, *me, sender, reports).await;
         }
     }
+}
+
+/// Writes an ENRP_ERROR with `causes`.
+async fn write_enrp_error<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    me: RegistrarId,
+    to: RegistrarId,
+    causes: Vec<hapool_wire::ErrorCause>,
+) -> Result<(), hapool_net::WriteError> {
+    let message = EnrpMessage {
+        sender: me,
+        receiver: to,
+        body: hapool_wire::EnrpBody::Error {
+            error: OperationError { causes },
+        },
+    };
+    write_message(write, &message).await
 }
 
 /// ENRP messages queued for one peer before the link counts as stuck.
@@ -710,6 +753,8 @@ struct PeerLinks {
     source: Option<std::net::IpAddr>,
     /// TLS to peers, when ENRP runs over TLS.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Where what peers send back on these links goes (such as ENRP_ERROR).
+    inputs: mpsc::Sender<Input>,
     links: HashMap<SocketAddr, (mpsc::Sender<EnrpMessage>, JoinHandle<()>)>,
 }
 
@@ -727,7 +772,13 @@ impl PeerLinks {
         }
         let (queue, rx) = mpsc::channel(PEER_QUEUE);
         let _ = queue.try_send(message);
-        let task = tokio::spawn(peer_write_loop(to, self.source, self.tls.clone(), rx));
+        let link = Link {
+            to,
+            source: self.source,
+            tls: self.tls.clone(),
+            inputs: self.inputs.clone(),
+        };
+        let task = tokio::spawn(peer_write_loop(link, rx));
         self.links.insert(to, (queue, task));
     }
 
@@ -741,22 +792,28 @@ impl PeerLinks {
 /// Connects to a peer and writes what is queued for it. While the peer
 /// cannot be reached, what is queued is dropped; the link tries again
 /// every [`PEER_CONNECT_TIMEOUT`].
-async fn peer_write_loop(
+/// Where a link goes and how.
+struct Link {
     to: SocketAddr,
     source: Option<std::net::IpAddr>,
     tls: Option<Arc<rustls::ClientConfig>>,
-    mut queue: mpsc::Receiver<EnrpMessage>,
-) {
+    inputs: mpsc::Sender<Input>,
+}
+
+async fn peer_write_loop(link: Link, mut queue: mpsc::Receiver<EnrpMessage>) {
+    let to = link.to;
     let mut reachable = true;
     loop {
-        let connected =
-            tokio::time::timeout(PEER_CONNECT_TIMEOUT, connect_peer(source, to, tls.as_ref()))
-                .await;
+        let connected = tokio::time::timeout(
+            PEER_CONNECT_TIMEOUT,
+            connect_peer(link.source, to, link.tls.as_ref()),
+        )
+        .await;
         if matches!(connected, Ok(Ok(_))) {
             reachable = true;
         }
-        let mut stream = match connected {
-            Ok(Ok(stream)) => stream,
+        let (read, mut stream) = match connected {
+            Ok(Ok(stream)) => tokio::io::split(stream),
             Ok(Err(e)) => {
                 // Said once per outage, not at every attempt.
                 if reachable {
@@ -776,6 +833,13 @@ async fn peer_write_loop(
                 continue;
             }
         };
+        // What the peer sends back on this link (ENRP_ERROR) is read too.
+        let reader = tokio::spawn(peer_read_loop(
+            read,
+            None::<(tokio::io::Sink, RegistrarId)>,
+            to,
+            link.inputs.clone(),
+        ));
         while let Some(message) = queue.recv().await {
             let bytes = match hapool_wire::Message::to_bytes(&message) {
                 Ok(bytes) => bytes,
@@ -791,13 +855,17 @@ async fn peer_write_loop(
             metrics::counter!("hapool_registrar_enrp_bytes_total", "direction" => "out")
                 .increment(bytes.len() as u64);
         }
+        reader.abort();
         if queue.is_closed() && queue.is_empty() {
             return;
         }
     }
 }
 
-type PeerStream = Box<dyn AsyncWrite + Unpin + Send>;
+/// A stream to a peer, plain or TLS.
+trait PeerIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerIo for T {}
+type PeerStream = Box<dyn PeerIo>;
 
 /// Opens a link to the peer at `to`: TCP from `source`, then TLS when
 /// configured (the peer's certificate must name its IP address).

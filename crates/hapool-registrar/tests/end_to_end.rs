@@ -451,3 +451,85 @@ async fn enrp_over_mutual_tls_admits_only_the_clusters_certificates() {
         r.shutdown().await;
     }
 }
+
+/// A peer's message with a parameter to report, and a malformed one, are
+/// answered with ENRP_ERROR on the same connection; the good part of the
+/// message still counts (the sender becomes a peer).
+#[tokio::test]
+async fn malformed_enrp_input_is_answered_with_enrp_error() {
+    let mut config = RegistrarConfig::new(RegistrarId(0x51));
+    config.enrp = hapool_proto::EnrpConfig::fast(Duration::from_millis(100));
+    let r = hapool_registrar::start_serving(
+        config,
+        hapool_registrar::Listeners {
+            asap: TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap(),
+            tls: None,
+            announce_to: None,
+            enrp: Some(hapool_registrar::EnrpListener {
+                listener: TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap(),
+                tls: None,
+            }),
+        },
+    )
+    .unwrap();
+    let me_addr = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let presence = hapool_wire::EnrpMessage {
+        sender: RegistrarId(0x99),
+        receiver: RegistrarId(0),
+        body: hapool_wire::EnrpBody::Presence {
+            reply_required: false,
+            checksum: 0xffff,
+            server_info: Some(hapool_wire::ServerInformation {
+                registrar_id: RegistrarId(0x99),
+                transport: Transport::tcp(me_addr.local_addr().unwrap()),
+            }),
+        },
+    };
+    let mut bytes = hapool_wire::Message::to_bytes(&presence).unwrap().to_vec();
+    // An unknown parameter whose action bits say "skip and report".
+    bytes.extend_from_slice(&[0xC1, 0x23, 0x00, 0x08, 1, 2, 3, 4]);
+    let length = u16::try_from(bytes.len()).unwrap();
+    bytes[2..4].copy_from_slice(&length.to_be_bytes());
+    let mut s = TcpStream::connect(r.enrp_addr().unwrap()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, &bytes)
+        .await
+        .unwrap();
+    let (read, mut write) = s.into_split();
+    let mut reader = MessageReader::<_, hapool_wire::EnrpMessage>::new(read, 65_536);
+    let answer = tokio::time::timeout(Duration::from_secs(2), reader.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .message;
+    let hapool_wire::EnrpBody::Error { error } = answer.body else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(answer.sender, RegistrarId(0x51));
+    assert_eq!(answer.receiver, RegistrarId(0x99));
+    assert_eq!(error.causes[0].code, CauseCode::UNRECOGNIZED_PARAMETER);
+    // The presence itself counted.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while r.client().peers().await.is_empty() {
+        assert!(Instant::now() < deadline, "the sender never became a peer");
+        sleep(Duration::from_millis(10)).await;
+    }
+    // A presence whose PE checksum parameter is cut short.
+    let broken = [
+        0x01, 0x00, 0x00, 0x14, 0, 0, 0, 0x99, 0, 0, 0, 0, 0x00, 0x0d, 0x00, 0x08, 0, 0, 0, 0,
+    ];
+    tokio::io::AsyncWriteExt::write_all(&mut write, &broken)
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(2), reader.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .message;
+    assert!(
+        matches!(answer.body, hapool_wire::EnrpBody::Error { .. }),
+        "{answer:?}"
+    );
+    r.shutdown().await;
+}
