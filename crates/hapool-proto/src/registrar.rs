@@ -167,6 +167,11 @@ pub enum Transmit {
         /// The ASAP_SERVER_ANNOUNCE.
         message: AsapMessage,
     },
+    /// Send an ENRP message (a presence) to the ENRP multicast group.
+    PeerGroup {
+        /// The message.
+        message: EnrpMessage,
+    },
     /// Send an ENRP message to the peer registrar whose ENRP endpoint is
     /// `to`.
     Peer {

@@ -109,7 +109,7 @@ impl Cluster {
                     connection,
                     message,
                 } => self.asap.push((i, connection.0, message)),
-                Transmit::Announce { .. } => {}
+                Transmit::Announce { .. } | Transmit::PeerGroup { .. } => {}
             }
         }
         while let Some(e) = r.poll_event() {

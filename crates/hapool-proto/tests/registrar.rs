@@ -82,7 +82,9 @@ impl Harness {
                 } => (connection.0, message),
                 // Announcements go to no connection; 0 stands for them.
                 Transmit::Announce { message } => (0, message),
-                Transmit::Peer { .. } => panic!("a registrar without peers sent ENRP"),
+                Transmit::Peer { .. } | Transmit::PeerGroup { .. } => {
+                    panic!("a registrar without peers sent ENRP")
+                }
             })
             .collect()
     }

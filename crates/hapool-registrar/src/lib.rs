@@ -211,6 +211,44 @@ pub struct EnrpListener {
     /// Mutual TLS between registrars: every peer connection, in and out,
     /// is TLS with certificates from the cluster's authority.
     pub tls: Option<EnrpTls>,
+    /// An IPv4 multicast group and port (such as 239.0.0.51:9901) where
+    /// the registrar announces its presence every heartbeat and looks for
+    /// a mentor at start-up, so that registrars find each other without a
+    /// peer list. Joined on the interface of the ENRP address.
+    pub multicast: Option<SocketAddr>,
+}
+
+/// A UDP socket in the ENRP multicast `group`, on the interface with
+/// address `interface` (any when unspecified). Several registrars on one
+/// host share the port.
+fn group_socket(group: SocketAddr, interface: std::net::IpAddr) -> io::Result<std::net::UdpSocket> {
+    let (std::net::IpAddr::V4(ip), std::net::IpAddr::V4(interface)) = (group.ip(), interface)
+    else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("ENRP multicast needs an IPv4 group and an IPv4 ENRP address, not {group}"),
+        ));
+    };
+    if !ip.is_multicast() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{group} is not a multicast group"),
+        ));
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, group.port())).into())?;
+    socket.join_multicast_v4(&ip, &interface)?;
+    socket.set_multicast_if_v4(&interface)?;
+    socket.set_multicast_loop_v4(true)?;
+    socket.set_multicast_ttl_v4(8)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// The TLS configurations of ENRP.
@@ -266,6 +304,17 @@ pub fn start_serving(
         }
         config.enrp.address = Some(addr);
     }
+    let group = match enrp.as_ref().and_then(|e| e.multicast) {
+        Some(group) => {
+            let interface = config
+                .enrp
+                .address
+                .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+            config.enrp.multicast = true;
+            Some((group_socket(group, interface)?, group))
+        }
+        None => None,
+    };
     if let Some(announce) = &mut config.announce
         && announce.transports.is_empty()
     {
@@ -291,6 +340,7 @@ pub fn start_serving(
             asap: listener,
             tls,
             enrp,
+            group,
             announcer,
         },
         command_rx,
@@ -360,6 +410,8 @@ struct Sockets {
     asap: TcpListener,
     tls: Option<TlsListener>,
     enrp: Option<EnrpListener>,
+    /// The ENRP multicast socket and its group.
+    group: Option<(std::net::UdpSocket, SocketAddr)>,
     announcer: Option<(std::net::UdpSocket, SocketAddr)>,
 }
 
@@ -368,11 +420,21 @@ async fn run(mut registrar: Registrar, sockets: Sockets, mut commands: mpsc::Rec
         asap: listener,
         tls,
         enrp,
+        group,
         announcer,
     } = sockets;
     // Connections to peers leave from the ENRP address, so that peers
     // (and firewalls) see the address they know this registrar by.
     let (input_tx, mut inputs) = mpsc::channel::<Input>(4096);
+    let group = group.and_then(|(socket, target)| {
+        tokio::net::UdpSocket::from_std(socket)
+            .inspect_err(|e| warn!(error = %e, "cannot use the ENRP multicast group"))
+            .ok()
+            .map(|s| (Arc::new(s), target))
+    });
+    let group_reader = group
+        .as_ref()
+        .map(|(socket, _)| tokio::spawn(group_read_loop(socket.clone(), input_tx.clone())));
     let (enrp, enrp_tls) = match enrp {
         Some(e) => (Some(e.listener), e.tls),
         None => (None, None),
@@ -530,6 +592,15 @@ async fn run(mut registrar: Registrar, sockets: Sockets, mut commands: mpsc::Rec
                     }
                     continue;
                 }
+                Transmit::PeerGroup { message } => {
+                    if let Some((socket, target)) = &group
+                        && let Ok(bytes) = hapool_wire::Message::to_bytes(&message)
+                        && let Err(e) = socket.try_send_to(&bytes, *target)
+                    {
+                        warn!(%target, error = %e, "cannot send to the ENRP multicast group");
+                    }
+                    continue;
+                }
                 Transmit::Peer { to, message } => {
                     metrics::counter!("hapool_registrar_enrp_messages_total", "direction" => "out")
                         .increment(1);
@@ -560,6 +631,9 @@ async fn run(mut registrar: Registrar, sockets: Sockets, mut commands: mpsc::Rec
         c.close();
     }
     links.close();
+    if let Some(task) = group_reader {
+        task.abort();
+    }
     info!("registrar stopped");
 }
 
@@ -719,6 +793,35 @@ async fn peer_read_loop<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             && !reports.is_empty()
         {
             let _ = write_enrp_error(write, *me, sender, reports).await;
+        }
+    }
+}
+
+/// Reads ENRP presences from the multicast group.
+async fn group_read_loop(socket: Arc<tokio::net::UdpSocket>, inputs: mpsc::Sender<Input>) {
+    let mut buffer = vec![0u8; 65_536];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buffer).await {
+            Ok(received) => received,
+            Err(e) => {
+                warn!(error = %e, "ENRP multicast receive failed");
+                return;
+            }
+        };
+        match <EnrpMessage as hapool_wire::Message>::decode(&buffer[..n]) {
+            // Only presences belong on the group.
+            Ok(decoded)
+                if matches!(decoded.message.body, hapool_wire::EnrpBody::Presence { .. }) =>
+            {
+                if inputs.send(Input::Peer(decoded.message)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(other) => {
+                let kind = other.message.body.message_type();
+                debug!(%from, ?kind, "not a presence; ignored on the multicast group");
+            }
+            Err(e) => debug!(%from, error = %e, "malformed datagram on the ENRP multicast group"),
         }
     }
 }

@@ -417,6 +417,7 @@ async fn tls_cluster_member(id: u32, name: &str, peers: Vec<SocketAddr>) -> Regi
             enrp: Some(hapool_registrar::EnrpListener {
                 listener: TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap(),
                 tls: Some(tls),
+                multicast: None,
             }),
         },
     )
@@ -468,6 +469,7 @@ async fn malformed_enrp_input_is_answered_with_enrp_error() {
             enrp: Some(hapool_registrar::EnrpListener {
                 listener: TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap(),
                 tls: None,
+                multicast: None,
             }),
         },
     )

@@ -671,7 +671,8 @@ impl World {
                         });
                     }
                 }
-                Transmit::Announce { .. } => {}
+                // Multicast is off in the simulation: peers are configured.
+                Transmit::Announce { .. } | Transmit::PeerGroup { .. } => {}
             }
         }
     }

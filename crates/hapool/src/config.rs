@@ -62,6 +62,9 @@ pub(crate) struct EnrpFile {
     /// ENRP addresses of the other registrars.
     #[serde(default)]
     pub(crate) peers: Vec<SocketAddr>,
+    /// An IPv4 multicast group and port for presences (registrars find
+    /// each other there); off when absent.
+    pub(crate) multicast: Option<SocketAddr>,
     /// Between presences to each peer (PEER-HEARTBEAT-CYCLE). Default 30s.
     #[serde(default, with = "humantime_serde")]
     pub(crate) heartbeat: Option<Duration>,
@@ -235,6 +238,8 @@ pub(crate) struct Registrar {
     pub(crate) announce_to: Option<SocketAddr>,
     /// Where to serve ENRP, when in a cluster.
     pub(crate) enrp_listen: Option<SocketAddr>,
+    /// The ENRP multicast group.
+    pub(crate) enrp_multicast: Option<SocketAddr>,
     /// ENRP over mutual TLS.
     pub(crate) enrp_tls: Option<hapool_registrar::EnrpTls>,
 }
@@ -360,15 +365,24 @@ impl TryFrom<RegistrarFile> for Registrar {
             }
             None => None,
         };
-        let (enrp_listen, enrp_tls) = match file.enrp {
+        let (enrp_listen, enrp_tls, enrp_multicast) = match file.enrp {
             Some(e) => {
+                let multicast = e.multicast;
+                if let Some(group) = multicast
+                    && !(group.is_ipv4() && group.ip().is_multicast())
+                {
+                    return Err(BadConfig(format!(
+                        "registrar.enrp.multicast = {group} is not an IPv4 multicast group and port"
+                    )));
+                }
                 let (listen, tls) = enrp(e, &mut config.enrp)?;
-                (Some(listen), tls)
+                (Some(listen), tls, multicast)
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         Ok(Self {
             enrp_listen,
+            enrp_multicast,
             enrp_tls,
             config,
             listen: file

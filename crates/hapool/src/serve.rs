@@ -57,6 +57,10 @@ pub(crate) struct RegistrarArgs {
     /// --enrp-listen address).
     #[arg(long)]
     enrp_address: Option<SocketAddr>,
+    /// Announce presence to this IPv4 multicast group and port (such as
+    /// 239.0.0.51:9901) and find peers there.
+    #[arg(long)]
+    enrp_multicast: Option<SocketAddr>,
     /// The ENRP address of another registrar of the cluster (repeat for
     /// each).
     #[arg(long = "peer")]
@@ -88,12 +92,14 @@ fn registrar_config(args: &RegistrarArgs) -> anyhow::Result<config::Registrar> {
     file.limits.resolution_rate = args.resolution_rate.or(file.limits.resolution_rate);
     if args.enrp_listen.is_some()
         || args.enrp_address.is_some()
+        || args.enrp_multicast.is_some()
         || !args.peers.is_empty()
         || args.enrp_heartbeat.is_some()
     {
         let enrp = file.enrp.get_or_insert_with(Default::default);
         enrp.listen = args.enrp_listen.or(enrp.listen);
         enrp.address = args.enrp_address.or(enrp.address);
+        enrp.multicast = args.enrp_multicast.or(enrp.multicast);
         if !args.peers.is_empty() {
             enrp.peers.clone_from(&args.peers);
         }
@@ -120,6 +126,7 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
         announce_to,
         enrp_listen,
         enrp_tls,
+        enrp_multicast,
     } = registrar_config(&args)?;
     let id = config.id.0;
     let listener = TcpListener::bind(listen)
@@ -156,6 +163,7 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {addr} for ENRP"))?,
             tls: enrp_tls,
+            multicast: enrp_multicast,
         }),
         None => None,
     };

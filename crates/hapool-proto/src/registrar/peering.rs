@@ -66,6 +66,11 @@ pub struct EnrpConfig {
     pub takeover_expiry: Duration,
     /// PEs per ENRP_HANDLE_TABLE_RESPONSE page. Default 128.
     pub page_size: usize,
+    /// Also announce presence to the ENRP multicast group (the driver
+    /// knows which) every heartbeat, and look for a mentor there at
+    /// start-up: registrars find each other without a peer list. Off by
+    /// default.
+    pub multicast: bool,
 }
 
 impl Default for EnrpConfig {
@@ -80,6 +85,7 @@ impl Default for EnrpConfig {
             server_hunt_attempts: 3,
             takeover_expiry: Duration::from_secs(5),
             page_size: 128,
+            multicast: false,
         }
     }
 }
@@ -259,7 +265,7 @@ impl Registrar {
             .collect();
         self.peering.addresses = addresses.clone();
         self.peering.next_heartbeat = Some(now + self.config.enrp.heartbeat_cycle);
-        if addresses.is_empty() {
+        if addresses.is_empty() && !self.config.enrp.multicast {
             return;
         }
         self.peering.phase = Phase::Hunting {
@@ -267,9 +273,33 @@ impl Registrar {
             attempts_left: self.config.enrp.server_hunt_attempts.saturating_sub(1),
             mentor: None,
         };
+        self.hunt();
+    }
+
+    /// Asks every known address, and the multicast group, for a presence.
+    fn hunt(&mut self) {
+        let addresses: Vec<SocketAddr> = self.peering.addresses.iter().copied().collect();
         for address in addresses {
             self.send_presence(address, RegistrarId(0), true);
         }
+        self.send_group_presence(true);
+    }
+
+    /// A presence to the multicast group, when multicast is on.
+    fn send_group_presence(&mut self, reply_required: bool) {
+        if !self.config.enrp.multicast {
+            return;
+        }
+        let message = EnrpMessage {
+            sender: self.config.id,
+            receiver: RegistrarId(0),
+            body: EnrpBody::Presence {
+                reply_required,
+                checksum: self.handlespace.checksum(self.config.id),
+                server_info: self.server_info(),
+            },
+        };
+        self.transmits.push_back(Transmit::PeerGroup { message });
     }
 
     fn server_info(&self) -> Option<ServerInformation> {
@@ -351,6 +381,10 @@ impl Registrar {
     pub fn handle_peer_message(&mut self, message: EnrpMessage, now: Instant) {
         let me = self.config.id;
         let from = message.sender;
+        if from == me && message.receiver.0 == 0 {
+            // This registrar's own multicast presence, looped back.
+            return;
+        }
         if from == me || from.0 == 0 || (message.receiver.0 != 0 && message.receiver != me) {
             self.events.push_back(Event::PeerMessageIgnored {
                 sender: from,
@@ -931,10 +965,7 @@ impl Registrar {
                     attempts_left: attempts_left - 1,
                     mentor: None,
                 };
-                let addresses: Vec<SocketAddr> = self.peering.addresses.iter().copied().collect();
-                for address in addresses {
-                    self.send_presence(address, RegistrarId(0), true);
-                }
+                self.hunt();
             }
         }
         if self.peering.next_heartbeat.is_some_and(|due| due <= now) {
@@ -958,6 +989,7 @@ impl Registrar {
             for address in missing {
                 self.send_presence(address, RegistrarId(0), true);
             }
+            self.send_group_presence(false);
             self.adopt_orphans(now);
         }
         let last_heard = self.config.enrp.max_time_last_heard;
