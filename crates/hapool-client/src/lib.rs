@@ -1,6 +1,8 @@
 //! Client libraries of hapool: [`PeHandle`] keeps a server registered in a
 //! pool; [`PoolUser`] finds servers of a pool and connects to one, failing
-//! over to the next when one is down.
+//! over to the next when one is down; [`PoolSession`] and
+//! [`ElementSession`] carry a session between them that survives the
+//! server's death (state cookies, business cards).
 //!
 //! Runnable examples: `examples/echo_pe.rs` (an echo server that registers
 //! itself) and `examples/echo_pu.rs` (a client that keeps talking to the
@@ -15,11 +17,13 @@ mod connection;
 mod discover;
 pub mod pe;
 mod pu;
+pub mod session;
 
 pub use connection::ClientTls;
 pub use discover::discover;
 pub use pe::{PeConfig, PeHandle, PeState};
 pub use pu::{PoolUser, PuConfig};
+pub use session::{ElementSession, Incoming, PoolSession, SessionConfig, SessionEvent};
 
 /// Why a request to the registrars failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,14 @@ pub enum ClientError {
     #[error("no pool element of pool {0:?} accepted a connection")]
     NoElement(String),
     /// The connection failed while waiting for an answer.
-    #[error("connection to the registrar failed: {0}")]
+    #[error("connection failed: {0}")]
     Connection(String),
+    /// A state cookie larger than the session allows.
+    #[error("cookie of {length} bytes exceeds the limit of {max}")]
+    CookieTooLarge {
+        /// Its length.
+        length: usize,
+        /// The limit.
+        max: usize,
+    },
 }

@@ -5,6 +5,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use hapool_client::{PeConfig, PeHandle, PeState, PoolUser, PuConfig};
 use hapool_net::{MessageReader, write_message};
 use hapool_proto::RegistrarConfig;
@@ -534,4 +536,166 @@ async fn malformed_enrp_input_is_answered_with_enrp_error() {
         "{answer:?}"
     );
     r.shutdown().await;
+}
+
+/// A counter server for the session tests: each "add N" adds N to the
+/// session's sum, sends the sum as the state cookie and answers with it.
+/// A cookie echo restores the sum. What each connection received first is
+/// reported on `first`.
+async fn counter_server(
+    listener: TcpListener,
+    last_will: Vec<PoolElement>,
+    first: tokio::sync::mpsc::UnboundedSender<hapool_client::Incoming>,
+) {
+    let mut sessions = tokio::task::JoinSet::new();
+    while let Ok((stream, _)) = listener.accept().await {
+        let (last_will, first) = (last_will.clone(), first.clone());
+        sessions.spawn(async move {
+            let mut s = hapool_client::ElementSession::new(stream, Default::default());
+            if !last_will.is_empty() {
+                s.send_business_card(pool(), last_will).await.unwrap();
+            }
+            let mut sum: u64 = 0;
+            let mut seen_first = false;
+            while let Ok(Some(incoming)) = s.recv().await {
+                if !seen_first {
+                    seen_first = true;
+                    let _ = first.send(incoming.clone());
+                }
+                match incoming {
+                    hapool_client::Incoming::CookieEcho(cookie) => {
+                        sum = std::str::from_utf8(&cookie).unwrap().parse().unwrap();
+                    }
+                    hapool_client::Incoming::Data(data) => {
+                        let text = std::str::from_utf8(&data).unwrap();
+                        sum += text.strip_prefix("add ").unwrap().parse::<u64>().unwrap();
+                        let state = Bytes::from(sum.to_string());
+                        s.send_cookie(state.clone()).await.unwrap();
+                        s.send(state).await.unwrap();
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_session_fails_over_to_the_last_will_with_its_cookie() {
+    let r = registrar(0x77).await;
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap());
+    }
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    // PE 1 is the least loaded; PE 3 comes next by the policy, but PE 1's
+    // last will names PE 2.
+    let loads = [0, 0x4000_0000, 0x1000_0000];
+    let elements: Vec<PoolElement> = (0..3)
+        .map(|i| PoolElement {
+            user_transport: Transport::tcp(addrs[i]),
+            ..element(i as u32 + 1, loads[i])
+        })
+        .collect();
+    let mut pes = Vec::new();
+    let mut firsts = Vec::new();
+    let mut servers = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let mut config = PeConfig::new(vec![r.local_addr()], pool(), elements[i].clone());
+        config.retry_interval = Duration::from_millis(50);
+        let mut pe = PeHandle::start(config);
+        pe.wait_registered(Duration::from_secs(5)).await.unwrap();
+        pes.push(pe);
+        let will = if i == 0 {
+            vec![elements[1].clone()]
+        } else {
+            Vec::new()
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        firsts.push(rx);
+        servers.push(tokio::spawn(counter_server(listener, will, tx)));
+    }
+    let pu = std::sync::Arc::new(pu(vec![r.local_addr()]));
+    let mut session = hapool_client::PoolSession::open(pu, pool(), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(session.element().id, PoolElementId(1));
+    for (n, sum) in [(5, "5"), (7, "12")] {
+        session.send(format!("add {n}").into()).await.unwrap();
+        assert_eq!(session.recv().await.unwrap(), sum);
+    }
+    assert_eq!(session.cookie().map(|c| &c[..]), Some(&b"12"[..]));
+    // PE 1 dies: its server (and every session it holds) and its
+    // registration go at once.
+    servers.remove(0).abort();
+    pes.remove(0).abort();
+    sleep(Duration::from_millis(50)).await;
+    session.send("add 1".into()).await.unwrap();
+    assert_eq!(session.recv().await.unwrap(), "13");
+    assert_eq!(session.element().id, PoolElementId(2));
+    assert_eq!(
+        session.events(),
+        [
+            hapool_client::SessionEvent::FailoverStarted {
+                from: PoolElementId(1)
+            },
+            hapool_client::SessionEvent::FailoverFinished {
+                to: PoolElementId(2),
+                cookie_echoed: true
+            }
+        ]
+    );
+    // PE 2 got the cookie before any data.
+    assert_eq!(
+        firsts[1].recv().await.unwrap(),
+        hapool_client::Incoming::CookieEcho("12".into())
+    );
+    // PE 3 never saw the session.
+    assert!(firsts[2].try_recv().is_err());
+    for pe in pes {
+        pe.stop().await;
+    }
+    r.shutdown().await;
+}
+
+/// Cookies are bounded: a PE cannot send one above the limit, and a PE
+/// that is echoed one above its limit drops it and goes on with fresh
+/// state (the next data still arrives).
+#[tokio::test]
+async fn oversized_cookies_are_refused() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = hapool_client::SessionConfig {
+        max_cookie: 16,
+        ..Default::default()
+    };
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut s = hapool_client::ElementSession::new(stream, config);
+        let refused = s.send_cookie(Bytes::from(vec![b'x'; 17])).await;
+        assert!(
+            matches!(
+                refused,
+                Err(hapool_client::ClientError::CookieTooLarge {
+                    length: 17,
+                    max: 16
+                })
+            ),
+            "{refused:?}"
+        );
+        s.recv().await.unwrap()
+    });
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let echo = hapool_wire::SessionFrame::Control(AsapMessage::CookieEcho {
+        cookie: Bytes::from(vec![b'y'; 100]),
+    });
+    let data = hapool_wire::SessionFrame::Data(Bytes::from_static(b"hello"));
+    for frame in [echo, data] {
+        tokio::io::AsyncWriteExt::write_all(&mut client, &frame.to_bytes().unwrap())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        server.await.unwrap(),
+        Some(hapool_client::Incoming::Data(Bytes::from_static(b"hello")))
+    );
 }

@@ -49,6 +49,7 @@ mod frame;
 mod message;
 mod param;
 mod policy;
+mod session;
 mod tlv;
 
 #[cfg(feature = "proptest")]
@@ -64,6 +65,7 @@ pub use param::{
     RegistrarId, ServerInformation, Transport, TransportUse,
 };
 pub use policy::{Policy, PolicyType};
+pub use session::{SESSION_HEADER_LEN, SessionFrame};
 
 /// IANA port of ASAP over SCTP, TCP and UDP.
 pub const ASAP_PORT: u16 = 3863;
