@@ -43,6 +43,9 @@ pub struct PeConfig {
     pub retry_interval: Duration,
     /// Reach the registrars over TLS (their TLS port); plain TCP when absent.
     pub tls: Option<ClientTls>,
+    /// A shared secret sent with every registration, for registrars whose
+    /// rules name tokens. It travels in the clear unless `tls` is set.
+    pub auth_token: Option<bytes::Bytes>,
 }
 
 impl PeConfig {
@@ -57,6 +60,7 @@ impl PeConfig {
             request_timeout: Duration::from_secs(2),
             retry_interval: Duration::from_secs(1),
             tls: None,
+            auth_token: None,
         }
     }
 }
@@ -167,6 +171,7 @@ async fn run(
         request_timeout,
         retry_interval,
         tls,
+        auth_token,
     } = config;
     let mut session = PeSession::new(PeSessionConfig {
         registrars,
@@ -177,6 +182,7 @@ async fn run(
         // is bounded by the connect timeout below.
         request_timeout: connect_timeout + request_timeout,
         retry_interval,
+        auth_token,
     });
     session.handle_start(std_now());
     let mut conn: Option<RegistrarConnection> = None;

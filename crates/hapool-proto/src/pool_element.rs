@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hapool_wire::{AsapMessage, CauseCode, Policy, PoolElement, PoolHandle};
 
 /// How a pool element registers.
@@ -35,6 +36,8 @@ pub struct PeSessionConfig {
     /// How long to wait before going round the list again when no registrar
     /// took the registration.
     pub retry_interval: Duration,
+    /// A shared secret that the registrars' rules may require.
+    pub auth_token: Option<Bytes>,
 }
 
 /// What the driver must do.
@@ -161,6 +164,7 @@ impl PeSession {
         AsapMessage::Registration {
             pool_handle: self.config.pool_handle.clone(),
             pool_element: self.config.element.clone(),
+            auth_token: self.config.auth_token.clone(),
         }
     }
 

@@ -87,14 +87,18 @@ pub struct Announcement {
     pub transports: Vec<Transport>,
 }
 
-/// One authorization rule: these identities may register into pools whose
-/// handle matches one of these patterns.
+/// One authorization rule: these identities, and registrations carrying
+/// one of these tokens, may register into pools whose handle matches one
+/// of these patterns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegistrationRule {
     /// Pool handle patterns: an exact handle, or a prefix ending in `*`.
     pub pools: Vec<String>,
     /// Authenticated identities (such as TLS client certificate names).
     pub identities: Vec<String>,
+    /// Shared secrets a registration may carry (the authentication token
+    /// parameter).
+    pub tokens: Vec<String>,
 }
 
 impl RegistrationRule {
@@ -109,18 +113,26 @@ impl RegistrationRule {
     }
 }
 
-/// Whether `identity` may register into `pool` under `rules`.
-fn authorized(rules: &[RegistrationRule], pool: &PoolHandle, identity: Option<&str>) -> bool {
+/// Whether a registration from `identity` carrying `token` may go into
+/// `pool` under `rules`.
+fn authorized(
+    rules: &[RegistrationRule],
+    pool: &PoolHandle,
+    identity: Option<&str>,
+    token: Option<&[u8]>,
+) -> bool {
     if rules.is_empty() {
         return true;
     }
-    let Some(identity) = identity else {
-        return false;
-    };
-    rules
-        .iter()
-        .filter(|rule| rule.matches(pool))
-        .any(|rule| rule.identities.iter().any(|name| name == identity))
+    rules.iter().filter(|rule| rule.matches(pool)).any(|rule| {
+        identity.is_some_and(|id| rule.identities.iter().any(|name| name == id))
+            || token.is_some_and(|t| rule.tokens.iter().any(|s| same_secret(s.as_bytes(), t)))
+    })
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl RegistrarConfig {
@@ -423,7 +435,14 @@ impl Registrar {
             AsapMessage::Registration {
                 pool_handle,
                 pool_element,
-            } => self.on_registration(connection, pool_handle, pool_element, now),
+                auth_token,
+            } => self.on_registration(
+                connection,
+                pool_handle,
+                pool_element,
+                auth_token.as_deref(),
+                now,
+            ),
             AsapMessage::Deregistration { pool_handle, pe_id } => {
                 self.on_deregistration(connection, pool_handle, pe_id);
             }
@@ -462,6 +481,7 @@ impl Registrar {
         connection: ConnectionId,
         pool_handle: PoolHandle,
         mut element: PoolElement,
+        auth_token: Option<&[u8]>,
         now: Instant,
     ) {
         let conn = self.connections.get_mut(&connection).expect("connected");
@@ -482,6 +502,7 @@ impl Registrar {
             &self.config.rules,
             &pool_handle,
             conn.registrant.identity.as_deref(),
+            auth_token,
         ) {
             let code = CauseCode::REJECTION_DUE_TO_SECURITY;
             let response = reject(ErrorCause::new(code), element.id);

@@ -164,6 +164,7 @@ impl Cluster {
             AsapMessage::Registration {
                 pool_handle: PoolHandle::from("p"),
                 pool_element: element,
+                auth_token: None,
             },
             now,
         );

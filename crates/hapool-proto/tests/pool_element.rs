@@ -28,6 +28,7 @@ fn session() -> (PeSession, Instant) {
         reregistration_interval: Duration::from_secs(10),
         request_timeout: Duration::from_secs(1),
         retry_interval: Duration::from_secs(3),
+        auth_token: None,
     };
     (PeSession::new(config), Instant::now())
 }

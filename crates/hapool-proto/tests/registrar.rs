@@ -110,6 +110,7 @@ impl Harness {
             AsapMessage::Registration {
                 pool_handle: handle(),
                 pool_element: pe(id, 0),
+                auth_token: None,
             },
             ms,
         )
@@ -519,6 +520,7 @@ fn registration_life_is_at_least_one_keep_alive_round() {
         AsapMessage::Registration {
             pool_handle: handle(),
             pool_element: short,
+            auth_token: None,
         },
         0,
     );
@@ -545,10 +547,12 @@ fn registration_rules_name_who_may_register_where() {
         RegistrationRule {
             pools: vec!["echo".into()],
             identities: vec!["pe-a".into()],
+            tokens: Vec::new(),
         },
         RegistrationRule {
             pools: vec!["web-*".into()],
             identities: vec!["pe-a".into(), "pe-b".into()],
+            tokens: vec!["web-secret-0123456789".into()],
         },
     ];
     let mut h = Harness::new(config);
@@ -557,12 +561,13 @@ fn registration_rules_name_who_may_register_where() {
     for (c, name) in [who(1, Some("pe-a")), who(2, Some("pe-b")), who(3, None)] {
         h.registrar.handle_connect(c, Some(peer(40_000)), name, now);
     }
-    let register = |h: &mut Harness, c: u64, pool: &str| {
+    let register_with = |h: &mut Harness, c: u64, pool: &str, token: Option<&'static str>| {
         let out = h.send(
             c,
             AsapMessage::Registration {
                 pool_handle: PoolHandle::from(pool),
                 pool_element: pe(c as u32, 0),
+                auth_token: token.map(|t| bytes::Bytes::from_static(t.as_bytes())),
             },
             0,
         );
@@ -581,7 +586,22 @@ fn registration_rules_name_who_may_register_where() {
             other => panic!("{other:?}"),
         }
     };
+    let register = |h: &mut Harness, c: u64, pool: &str| register_with(h, c, pool, None);
     let refused = Err(CauseCode::REJECTION_DUE_TO_SECURITY);
+    // A shared token opens the pools its rule covers, and no other; a
+    // wrong token (even one byte off) opens nothing.
+    assert_eq!(
+        register_with(&mut h, 3, "web-eu", Some("web-secret-0123456789")),
+        Ok(())
+    );
+    assert_eq!(
+        register_with(&mut h, 3, "echo", Some("web-secret-0123456789")),
+        refused
+    );
+    assert_eq!(
+        register_with(&mut h, 3, "web-us", Some("web-secret-0123456788")),
+        refused
+    );
     assert_eq!(register(&mut h, 1, "echo"), Ok(()));
     assert_eq!(register(&mut h, 2, "echo"), refused);
     assert_eq!(register(&mut h, 2, "web-eu"), Ok(()));

@@ -126,6 +126,7 @@ async fn a_hung_pe_is_gone_within_interval_plus_timeout() {
     let registration = AsapMessage::Registration {
         pool_handle: pool(),
         pool_element: element(7, 0),
+        auth_token: None,
     };
     write_message(&mut write, &registration).await.unwrap();
     let answer = reader.next().await.unwrap().unwrap().message;
@@ -212,6 +213,7 @@ async fn bad_input_gets_its_error_and_disturbs_nothing() {
     let hijack = AsapMessage::Registration {
         pool_handle: pool(),
         pool_element: element(1, 99),
+        auth_token: None,
     };
     write_message(&mut write, &hijack).await.unwrap();
     match reader.next().await.unwrap().unwrap().message {
@@ -297,6 +299,7 @@ async fn tls_identities_and_registration_rules() {
     config.rules = vec![hapool_proto::RegistrationRule {
         pools: vec!["secure".into()],
         identities: vec!["pe-a".into()],
+        tokens: Vec::new(),
     }];
     let plain = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let tls = hapool_registrar::TlsListener {
@@ -698,4 +701,49 @@ async fn oversized_cookies_are_refused() {
         server.await.unwrap(),
         Some(hapool_client::Incoming::Data(Bytes::from_static(b"hello")))
     );
+}
+
+/// A rule that names a shared token admits PEs that carry it, over plain
+/// TCP, and no others.
+#[tokio::test]
+async fn shared_tokens_in_registration_rules() {
+    let mut config = RegistrarConfig::new(RegistrarId(0x70));
+    config.rules = vec![hapool_proto::RegistrationRule {
+        pools: vec![pool().to_string()],
+        identities: Vec::new(),
+        tokens: vec!["pool-token-0123456789".into()],
+    }];
+    let r = start(
+        config,
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap(),
+    )
+    .unwrap();
+    let with = |id: u32, token: Option<&'static str>| {
+        let mut config = PeConfig::new(vec![r.local_addr()], pool(), element(id, 0));
+        config.retry_interval = Duration::from_millis(50);
+        config.auth_token = token.map(|t| Bytes::from_static(t.as_bytes()));
+        PeHandle::start(config)
+    };
+    let mut good = with(1, Some("pool-token-0123456789"));
+    good.wait_registered(Duration::from_secs(5)).await.unwrap();
+    let bad = with(2, Some("pool-token-wrong-guess"));
+    let none = with(3, None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while [&bad, &none]
+        .iter()
+        .any(|pe| pe.state() != PeState::Refused(CauseCode::REJECTION_DUE_TO_SECURITY))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} {:?}",
+            bad.state(),
+            none.state()
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ids(&r).await, [1]);
+    for pe in [good, bad, none] {
+        pe.stop().await;
+    }
+    r.shutdown().await;
 }

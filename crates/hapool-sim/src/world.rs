@@ -394,6 +394,7 @@ impl World {
             reregistration_interval: REREGISTRATION,
             request_timeout: Duration::from_millis(200),
             retry_interval: Duration::from_millis(200),
+            auth_token: None,
         };
         let mut s = PeSession::new(config);
         s.handle_start(self.now);

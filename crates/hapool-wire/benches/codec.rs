@@ -54,6 +54,7 @@ fn codec(c: &mut Criterion) {
     let registration = AsapMessage::Registration {
         pool_handle: handle.clone(),
         pool_element: pe(1, false),
+        auth_token: None,
     };
     bench_message(c, "registration", &registration);
     let response = AsapMessage::HandleResolutionResponse {

@@ -79,6 +79,9 @@ pub enum AsapMessage {
         pool_handle: PoolHandle,
         /// The PE, without its ASAP transport.
         pool_element: PoolElement,
+        /// A shared secret that registration rules may name (a hapool
+        /// extension parameter; other implementations skip it).
+        auth_token: Option<Bytes>,
     },
     /// A PE asks to leave a pool.
     Deregistration {
@@ -275,10 +278,14 @@ impl Message for AsapMessage {
                 let pool_handle = take_handle(&mut r)?;
                 let raw = r.take(ParamType::PoolElement)?;
                 let pool_element = PoolElement::decode(raw, &mut r)?;
+                let auth_token = r
+                    .take_if(ParamType::AuthToken)?
+                    .map(|raw| Bytes::copy_from_slice(raw.value));
                 r.finish()?;
                 Self::Registration {
                     pool_handle,
                     pool_element,
+                    auth_token,
                 }
             }
             0x02 => {
@@ -447,9 +454,13 @@ impl Message for AsapMessage {
             Self::Registration {
                 pool_handle,
                 pool_element,
+                auth_token,
             } => {
                 pool_handle.encode(dst)?;
                 pool_element.encode(dst)?;
+                if let Some(token) = auth_token {
+                    crate::param::encode_opaque(ParamType::AuthToken, token, dst)?;
+                }
             }
             Self::Deregistration { pool_handle, pe_id }
             | Self::EndpointKeepAliveAck { pool_handle, pe_id }

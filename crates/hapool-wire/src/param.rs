@@ -47,6 +47,10 @@ pub enum ParamType {
     PeChecksum,
     /// Handle resolution option (0x803F, a draft extension).
     HandleResolutionOption,
+    /// Authentication token (0xBD00, a hapool extension): a shared secret
+    /// in ASAP_REGISTRATION that registration rules may name. Its action
+    /// bits (10) tell every other implementation to skip it silently.
+    AuthToken,
 }
 
 impl ParamType {
@@ -69,6 +73,7 @@ impl ParamType {
             0x0E => Self::PeIdentifier,
             0x0F => Self::PeChecksum,
             0x3F => Self::HandleResolutionOption,
+            0x3D00 => Self::AuthToken,
             _ => return None,
         })
     }
@@ -92,6 +97,7 @@ impl ParamType {
             Self::PeIdentifier => 0x000E,
             Self::PeChecksum => 0x000F,
             Self::HandleResolutionOption => 0x803F,
+            Self::AuthToken => 0xBD00,
         }
     }
 
@@ -813,8 +819,17 @@ impl OperationError {
 
 /// Encodes an opaque cookie parameter.
 pub(crate) fn encode_cookie(cookie: &Bytes, dst: &mut BytesMut) -> Result<(), EncodeError> {
-    let start = begin_param(dst, ParamType::Cookie);
-    dst.put_slice(cookie);
+    encode_opaque(ParamType::Cookie, cookie, dst)
+}
+
+/// Encodes a parameter whose value is opaque bytes (a cookie, a token).
+pub(crate) fn encode_opaque(
+    param: ParamType,
+    value: &Bytes,
+    dst: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let start = begin_param(dst, param);
+    dst.put_slice(value);
     end_param(dst, start)
 }
 

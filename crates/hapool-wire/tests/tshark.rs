@@ -254,6 +254,7 @@ fn asap_fields(m: &AsapMessage, flags: u8) -> Fields {
         AsapMessage::Registration {
             pool_handle,
             pool_element,
+            ..
         } => {
             e.handle(pool_handle);
             e.element(pool_element);

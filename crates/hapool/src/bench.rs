@@ -162,6 +162,7 @@ async fn phase(
                         AsapMessage::Registration {
                             pool_handle: pool.clone(),
                             pool_element: element(id, n),
+                            auth_token: None,
                         }
                     }
                     Phase::Reregister => {
@@ -169,6 +170,7 @@ async fn phase(
                         AsapMessage::Registration {
                             pool_handle: pool.clone(),
                             pool_element: element(id, n.wrapping_mul(7919)),
+                            auth_token: None,
                         }
                     }
                     Phase::Resolve => AsapMessage::HandleResolution {
@@ -247,6 +249,7 @@ async fn failure_detection(args: &BenchArgs) -> anyhow::Result<()> {
     let registration = AsapMessage::Registration {
         pool_handle: pool.clone(),
         pool_element: element(1, 0),
+        auth_token: None,
     };
     hung.call(&registration).await?;
     let registered = Instant::now();
@@ -261,6 +264,7 @@ async fn failure_detection(args: &BenchArgs) -> anyhow::Result<()> {
     let registration = AsapMessage::Registration {
         pool_handle: pool.clone(),
         pool_element: element(2, 0),
+        auth_token: None,
     };
     killed.call(&registration).await?;
     let died = Instant::now();
@@ -315,6 +319,7 @@ impl PeConn {
         let request = AsapMessage::Registration {
             pool_handle: pool.clone(),
             pool_element: element,
+            auth_token: None,
         };
         write_message(&mut *self.writer.lock().await, &request).await?;
         match self.answers.recv().await {

@@ -134,7 +134,11 @@ pub(crate) struct RuleFile {
     /// Pool handles, or prefixes ending in `*`.
     pub(crate) pools: Vec<String>,
     /// Authenticated identities allowed to register into them.
+    #[serde(default)]
     pub(crate) identities: Vec<String>,
+    /// Shared secrets a registration may carry to be allowed in.
+    #[serde(default)]
+    pub(crate) tokens: Vec<String>,
 }
 
 /// `[registrar.keep_alive]`.
@@ -313,9 +317,15 @@ impl TryFrom<RegistrarFile> for Registrar {
             )));
         }
         for (i, rule) in file.rules.into_iter().enumerate() {
-            if rule.pools.is_empty() || rule.identities.is_empty() {
+            if rule.pools.is_empty() || (rule.identities.is_empty() && rule.tokens.is_empty()) {
                 return Err(BadConfig(format!(
-                    "registrar.rules[{i}]: needs at least one pool and one identity"
+                    "registrar.rules[{i}]: needs at least one pool and one identity or token"
+                )));
+            }
+            if let Some(t) = rule.tokens.iter().find(|t| t.len() < 16) {
+                return Err(BadConfig(format!(
+                    "registrar.rules[{i}].tokens: a token of {} characters is too easy to guess (at least 16)",
+                    t.len()
                 )));
             }
             if let Some(p) = rule
@@ -330,6 +340,7 @@ impl TryFrom<RegistrarFile> for Registrar {
             config.rules.push(RegistrationRule {
                 pools: rule.pools,
                 identities: rule.identities,
+                tokens: rule.tokens,
             });
         }
         let tls = match file.tls {

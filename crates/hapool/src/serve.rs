@@ -317,6 +317,11 @@ pub(crate) struct PeArgs {
     /// The server's address, as pool users reach it (TCP).
     #[arg(long)]
     address: SocketAddr,
+    /// A file holding the shared token the registrars' rules ask for (sent
+    /// with every registration; use TLS to keep it off the wire in the
+    /// clear).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// The pool's selection policy: rr, wrr, rand, wrand, pri, lu, lud,
     /// plu, rlu, rplu, rlud, plud, rplud, wrand-dpf, lu-dpf, lud-dpf,
     /// plu-dpf, plud-dpf.
@@ -545,6 +550,23 @@ pub(crate) async fn pe(args: PeArgs) -> anyhow::Result<()> {
     let pool = PoolHandle::from(args.pool.as_str());
     let mut config = PeConfig::new(args.registrars.clone(), pool, element);
     config.tls = args.tls.build(args.registrars[0])?;
+    if let Some(path) = &args.token_file {
+        let token = std::fs::read_to_string(path).map_err(|e| {
+            BadConfig(format!(
+                "--token-file {}: cannot read it: {e}",
+                path.display()
+            ))
+        })?;
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(BadConfig(format!(
+                "--token-file {}: the file is empty",
+                path.display()
+            ))
+            .into());
+        }
+        config.auth_token = Some(bytes::Bytes::from(token.to_owned()));
+    }
     let mut running: Option<PeHandle> = None;
     let stop = shutdown_signal();
     tokio::pin!(stop);

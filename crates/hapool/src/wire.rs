@@ -104,9 +104,14 @@ fn describe_asap(m: &AsapMessage) -> String {
         AsapMessage::Registration {
             pool_handle,
             pool_element,
+            auth_token,
         } => {
             let _ = writeln!(o, "  pool handle \"{pool_handle}\"");
             element(o, pool_element);
+            if let Some(token) = auth_token {
+                // The secret itself is never printed.
+                let _ = writeln!(o, "  authentication token ({} bytes)", token.len());
+            }
         }
         AsapMessage::Deregistration { pool_handle, pe_id }
         | AsapMessage::EndpointKeepAliveAck { pool_handle, pe_id }
