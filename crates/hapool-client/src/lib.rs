@@ -23,7 +23,9 @@ pub use connection::ClientTls;
 pub use discover::discover;
 pub use pe::{PeConfig, PeHandle, PeState};
 pub use pu::{PoolUser, PuConfig};
-pub use session::{ElementSession, Incoming, PoolSession, SessionConfig, SessionEvent};
+pub use session::{
+    CookieKey, CookieRefusal, ElementSession, Incoming, PoolSession, SessionConfig, SessionEvent,
+};
 
 /// Why a request to the registrars failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,9 @@ pub enum ClientError {
     /// The connection failed while waiting for an answer.
     #[error("connection failed: {0}")]
     Connection(String),
+    /// A cookie key shorter than 16 bytes.
+    #[error("a cookie key of {0} bytes is too short (at least 16)")]
+    WeakKey(usize),
     /// A state cookie larger than the session allows.
     #[error("cookie of {length} bytes exceeds the limit of {max}")]
     CookieTooLarge {

@@ -44,7 +44,51 @@ pub struct SessionConfig {
     pub connect_timeout: Duration,
     /// PEs to try in one failover before giving up. Default 8.
     pub failover_attempts: usize,
+    /// The pool's cookie key: when set, a PE signs every cookie it sends
+    /// (HMAC-SHA-256, the tag appended) and refuses an echoed cookie whose
+    /// tag does not match, so a PU cannot forge or alter session state.
+    /// Every PE of the pool needs the same key; PUs never need it.
+    pub cookie_key: Option<CookieKey>,
 }
+
+/// A pool's key for signing state cookies.
+#[derive(Clone)]
+pub struct CookieKey(ring::hmac::Key);
+
+impl CookieKey {
+    /// A key from secret bytes (at least 16; 32 random bytes are best).
+    pub fn new(secret: &[u8]) -> Result<Self, ClientError> {
+        if secret.len() < 16 {
+            return Err(ClientError::WeakKey(secret.len()));
+        }
+        Ok(Self(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret)))
+    }
+
+    /// `state` with its tag appended.
+    fn sign(&self, state: &[u8]) -> Bytes {
+        let tag = ring::hmac::sign(&self.0, state);
+        let mut signed = BytesMut::with_capacity(state.len() + TAG_LEN);
+        signed.extend_from_slice(state);
+        signed.extend_from_slice(tag.as_ref());
+        signed.freeze()
+    }
+
+    /// The state inside a signed cookie, when its tag is right.
+    fn open(&self, cookie: &Bytes) -> Option<Bytes> {
+        let split = cookie.len().checked_sub(TAG_LEN)?;
+        ring::hmac::verify(&self.0, &cookie[..split], &cookie[split..]).ok()?;
+        Some(cookie.slice(..split))
+    }
+}
+
+impl std::fmt::Debug for CookieKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CookieKey(..)")
+    }
+}
+
+/// Bytes of an HMAC-SHA-256 tag.
+const TAG_LEN: usize = 32;
 
 impl Default for SessionConfig {
     fn default() -> Self {
@@ -53,6 +97,7 @@ impl Default for SessionConfig {
             max_cookie: 64 << 10,
             connect_timeout: Duration::from_secs(1),
             failover_attempts: 8,
+            cookie_key: None,
         }
     }
 }
@@ -110,11 +155,39 @@ impl FrameConnection {
 /// What a pool element receives on a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Incoming {
-    /// The PU failed over to this PE: the state its previous PE last sent.
-    /// It comes before any data.
+    /// The PU failed over to this PE: the state its previous PE last sent
+    /// (checked against the pool's cookie key when there is one). It comes
+    /// before any data.
     CookieEcho(Bytes),
+    /// The PU echoed a cookie that this PE refuses: too large, or its
+    /// signature does not match the pool's key. The session goes on with
+    /// fresh state.
+    CookieRefused(CookieRefusal),
+    /// The PU is itself a PE of a pool: the pool, and its PEs, through
+    /// which this PE can reach the PU's side again.
+    BusinessCard {
+        /// The PU's pool.
+        pool: PoolHandle,
+        /// Its PEs, in order of preference.
+        elements: Vec<PoolElement>,
+    },
     /// Application data.
     Data(Bytes),
+}
+
+/// Why an echoed cookie was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CookieRefusal {
+    /// Longer than the session's limit.
+    TooLarge {
+        /// Its length.
+        length: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not signed with the pool's key (forged, altered, or from another
+    /// pool).
+    BadSignature,
 }
 
 /// The pool element's side of one session.
@@ -132,24 +205,24 @@ impl ElementSession {
         }
     }
 
-    /// The next thing the PU sent; `None` when it closed the session. A
-    /// cookie echo larger than the configured limit is dropped with a
-    /// warning (the session goes on with fresh state).
+    /// The next thing the PU sent; `None` when it closed the session.
     pub async fn recv(&mut self) -> Result<Option<Incoming>, ClientError> {
         loop {
             match self.conn.recv().await? {
                 None => return Ok(None),
                 Some(SessionFrame::Data(data)) => return Ok(Some(Incoming::Data(data))),
                 Some(SessionFrame::Control(AsapMessage::CookieEcho { cookie })) => {
-                    if cookie.len() > self.config.max_cookie {
-                        warn!(
-                            length = cookie.len(),
-                            max = self.config.max_cookie,
-                            "cookie echo too large; ignored"
-                        );
-                        continue;
-                    }
-                    return Ok(Some(Incoming::CookieEcho(cookie)));
+                    return Ok(Some(self.check_echo(&cookie)));
+                }
+                Some(SessionFrame::Control(AsapMessage::BusinessCard {
+                    pool_handle,
+                    elements,
+                    ..
+                })) => {
+                    return Ok(Some(Incoming::BusinessCard {
+                        pool: pool_handle,
+                        elements,
+                    }));
                 }
                 Some(SessionFrame::Control(other)) => {
                     warn!(message = ?other.message_type(), "control message a PE does not take; ignored");
@@ -158,13 +231,36 @@ impl ElementSession {
         }
     }
 
+    /// The state in an echoed cookie, or why it is refused.
+    fn check_echo(&self, cookie: &Bytes) -> Incoming {
+        let max = self.config.max_cookie + self.config.cookie_key.as_ref().map_or(0, |_| TAG_LEN);
+        if cookie.len() > max {
+            warn!(length = cookie.len(), max, "cookie echo too large; refused");
+            return Incoming::CookieRefused(CookieRefusal::TooLarge {
+                length: cookie.len(),
+                max,
+            });
+        }
+        match &self.config.cookie_key {
+            None => Incoming::CookieEcho(cookie.clone()),
+            Some(key) => match key.open(cookie) {
+                Some(state) => Incoming::CookieEcho(state),
+                None => {
+                    warn!("echoed cookie not signed with the pool's key; refused");
+                    Incoming::CookieRefused(CookieRefusal::BadSignature)
+                }
+            },
+        }
+    }
+
     /// Sends application data.
     pub async fn send(&mut self, data: Bytes) -> Result<(), ClientError> {
         self.conn.send(&SessionFrame::Data(data)).await
     }
 
-    /// Sends the session's state as a COOKIE: the PU hands it to the next
-    /// PE if this one fails.
+    /// Sends the session's state as a COOKIE (signed with the pool's key
+    /// when there is one): the PU hands it to the next PE if this one
+    /// fails.
     pub async fn send_cookie(&mut self, cookie: Bytes) -> Result<(), ClientError> {
         if cookie.len() > self.config.max_cookie {
             return Err(ClientError::CookieTooLarge {
@@ -172,6 +268,10 @@ impl ElementSession {
                 max: self.config.max_cookie,
             });
         }
+        let cookie = match &self.config.cookie_key {
+            Some(key) => key.sign(&cookie),
+            None => cookie,
+        };
         self.conn
             .send(&SessionFrame::Control(AsapMessage::Cookie { cookie }))
             .await
@@ -263,6 +363,31 @@ impl PoolSession {
         self.events.drain(..).collect()
     }
 
+    /// Tells the PE that this PU is itself a PE of `pool` (a
+    /// BUSINESS_CARD), so that the PE can reach this side again through the
+    /// pool if this side's element fails and comes back elsewhere.
+    pub async fn send_business_card(
+        &mut self,
+        pool: PoolHandle,
+        elements: Vec<PoolElement>,
+    ) -> Result<(), ClientError> {
+        let card = AsapMessage::BusinessCard {
+            pool_handle: pool,
+            policy: None,
+            elements,
+        };
+        if self
+            .conn
+            .send(&SessionFrame::Control(card.clone()))
+            .await
+            .is_err()
+        {
+            self.fail_over().await?;
+            self.conn.send(&SessionFrame::Control(card)).await?;
+        }
+        Ok(())
+    }
+
     /// Sends data to the PE; when the PE fails, fails over first.
     pub async fn send(&mut self, data: Bytes) -> Result<(), ClientError> {
         self.unanswered.push(data.clone());
@@ -283,7 +408,8 @@ impl PoolSession {
                     return Ok(data);
                 }
                 Ok(Some(SessionFrame::Control(AsapMessage::Cookie { cookie }))) => {
-                    if cookie.len() > self.config.max_cookie {
+                    // A signed cookie carries its tag on top of the state.
+                    if cookie.len() > self.config.max_cookie + TAG_LEN {
                         warn!(
                             length = cookie.len(),
                             max = self.config.max_cookie,

@@ -550,11 +550,20 @@ async fn counter_server(
     last_will: Vec<PoolElement>,
     first: tokio::sync::mpsc::UnboundedSender<hapool_client::Incoming>,
 ) {
+    counter_server_with(listener, last_will, first, Default::default()).await;
+}
+
+async fn counter_server_with(
+    listener: TcpListener,
+    last_will: Vec<PoolElement>,
+    first: tokio::sync::mpsc::UnboundedSender<hapool_client::Incoming>,
+    config: hapool_client::SessionConfig,
+) {
     let mut sessions = tokio::task::JoinSet::new();
     while let Ok((stream, _)) = listener.accept().await {
-        let (last_will, first) = (last_will.clone(), first.clone());
+        let (last_will, first, config) = (last_will.clone(), first.clone(), config.clone());
         sessions.spawn(async move {
-            let mut s = hapool_client::ElementSession::new(stream, Default::default());
+            let mut s = hapool_client::ElementSession::new(stream, config);
             if !last_will.is_empty() {
                 s.send_business_card(pool(), last_will).await.unwrap();
             }
@@ -576,6 +585,9 @@ async fn counter_server(
                         s.send_cookie(state.clone()).await.unwrap();
                         s.send(state).await.unwrap();
                     }
+                    // Fresh state: the sum stays as it is (0 at the start).
+                    hapool_client::Incoming::CookieRefused(_)
+                    | hapool_client::Incoming::BusinessCard { .. } => {}
                 }
             }
         });
@@ -699,8 +711,103 @@ async fn oversized_cookies_are_refused() {
     }
     assert_eq!(
         server.await.unwrap(),
-        Some(hapool_client::Incoming::Data(Bytes::from_static(b"hello")))
+        Some(hapool_client::Incoming::CookieRefused(
+            hapool_client::CookieRefusal::TooLarge {
+                length: 100,
+                max: 16
+            }
+        ))
     );
+}
+
+/// With a pool cookie key, cookies are signed: a failover hands the state
+/// over, and a forged echo is refused, the session going on with fresh
+/// state (never the forged one).
+#[tokio::test]
+async fn signed_cookies_hand_state_over_and_refuse_forgeries() {
+    let r = registrar(0x78).await;
+    let key = hapool_client::CookieKey::new(b"the pool's 32-byte cookie secret").unwrap();
+    let config = hapool_client::SessionConfig {
+        cookie_key: Some(key),
+        ..Default::default()
+    };
+    let mut pes = Vec::new();
+    let mut servers = Vec::new();
+    let mut firsts = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..2u32 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        let element = PoolElement {
+            user_transport: Transport::tcp(listener.local_addr().unwrap()),
+            ..element(i + 1, i * 0x1000_0000)
+        };
+        let mut pe = PeHandle::start(PeConfig::new(vec![r.local_addr()], pool(), element));
+        pe.wait_registered(Duration::from_secs(5)).await.unwrap();
+        pes.push(pe);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        firsts.push(rx);
+        servers.push(tokio::spawn(counter_server_with(
+            listener,
+            Vec::new(),
+            tx,
+            config.clone(),
+        )));
+    }
+    let pu = std::sync::Arc::new(pu(vec![r.local_addr()]));
+    let mut session = hapool_client::PoolSession::open(pu, pool(), Default::default())
+        .await
+        .unwrap();
+    session.send("add 40".into()).await.unwrap();
+    assert_eq!(session.recv().await.unwrap(), "40");
+    // The PU holds the signed cookie: the state and a 32-byte tag.
+    assert_eq!(session.cookie().unwrap().len(), 2 + 32);
+    servers.remove(0).abort();
+    pes.remove(0).abort();
+    session.send("add 2".into()).await.unwrap();
+    assert_eq!(session.recv().await.unwrap(), "42");
+    assert_eq!(
+        firsts[1].recv().await.unwrap(),
+        hapool_client::Incoming::CookieEcho("40".into())
+    );
+    // A forgery: a state the PE never sent, with a made-up tag.
+    let mut raw = TcpStream::connect(addrs[1]).await.unwrap();
+    let mut forged = b"1000000".to_vec();
+    forged.extend_from_slice(&[0u8; 32]);
+    for frame in [
+        hapool_wire::SessionFrame::Control(AsapMessage::CookieEcho {
+            cookie: Bytes::from(forged),
+        }),
+        hapool_wire::SessionFrame::Data(Bytes::from_static(b"add 1")),
+    ] {
+        tokio::io::AsyncWriteExt::write_all(&mut raw, &frame.to_bytes().unwrap())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        firsts[1].recv().await.unwrap(),
+        hapool_client::Incoming::CookieRefused(hapool_client::CookieRefusal::BadSignature)
+    );
+    // The answer shows fresh state: 0 + 1, not 1000000 + 1.
+    let mut reader = tokio::io::BufReader::new(raw);
+    let mut buf = bytes::BytesMut::new();
+    let answer = loop {
+        tokio::io::AsyncReadExt::read_buf(&mut reader, &mut buf)
+            .await
+            .unwrap();
+        if let Some(hapool_wire::SessionFrame::Data(d)) =
+            std::iter::from_fn(|| hapool_wire::SessionFrame::decode(&mut buf, 1 << 20).unwrap())
+                .find(|f| matches!(f, hapool_wire::SessionFrame::Data(_)))
+        {
+            break d;
+        }
+    };
+    assert_eq!(answer, "1");
+    assert!(hapool_client::CookieKey::new(b"short").is_err());
+    for pe in pes {
+        pe.stop().await;
+    }
+    r.shutdown().await;
 }
 
 /// A rule that names a shared token admits PEs that carry it, over plain
@@ -745,5 +852,102 @@ async fn shared_tokens_in_registration_rules() {
     for pe in [good, bad, none] {
         pe.stop().await;
     }
+    r.shutdown().await;
+}
+
+/// A PU that is itself a PE of a pool sends its business card; after its
+/// element restarts on another port, the PE reaches it back through the
+/// pool named on the card.
+#[tokio::test]
+async fn a_business_card_lets_a_pe_reach_the_pu_back() {
+    let r = registrar(0x79).await;
+    let callback = PoolHandle::from("callback");
+    // The server PE: keeps the business card, and on a signal reaches the
+    // card's pool.
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let server_element = PoolElement {
+        user_transport: Transport::tcp(listener.local_addr().unwrap()),
+        ..element(1, 0)
+    };
+    let mut server_pe =
+        PeHandle::start(PeConfig::new(vec![r.local_addr()], pool(), server_element));
+    server_pe
+        .wait_registered(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (reach_back, mut signal) = tokio::sync::mpsc::channel::<()>(1);
+    let registrars = vec![r.local_addr()];
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut s = hapool_client::ElementSession::new(stream, Default::default());
+        let Some(hapool_client::Incoming::BusinessCard { pool, elements }) =
+            s.recv().await.unwrap()
+        else {
+            panic!("no business card");
+        };
+        assert_eq!(elements[0].id, PoolElementId(50));
+        signal.recv().await.unwrap();
+        // The card's element is gone; the pool still reaches the PU.
+        let (element, mut stream) = pu(registrars).connect(&pool).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, b"hello back")
+            .await
+            .unwrap();
+        element.id
+    });
+    // The PU's own element in "callback".
+    let own = |id: u32, listener: &TcpListener| {
+        let element = PoolElement {
+            user_transport: Transport::tcp(listener.local_addr().unwrap()),
+            ..element(id, 0)
+        };
+        PeHandle::start(PeConfig::new(
+            vec![r.local_addr()],
+            callback.clone(),
+            element,
+        ))
+    };
+    let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let mut own_pe = own(50, &first);
+    own_pe
+        .wait_registered(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let card = vec![PoolElement {
+        user_transport: Transport::tcp(first.local_addr().unwrap()),
+        ..element(50, 0)
+    }];
+    let mut session = hapool_client::PoolSession::open(
+        std::sync::Arc::new(pu(vec![r.local_addr()])),
+        pool(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    session
+        .send_business_card(callback.clone(), card)
+        .await
+        .unwrap();
+    // The PU's element restarts on another port, with another id.
+    own_pe.stop().await;
+    drop(first);
+    let second = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let mut own_pe = own(51, &second);
+    own_pe
+        .wait_registered(Duration::from_secs(5))
+        .await
+        .unwrap();
+    reach_back.send(()).await.unwrap();
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), second.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut got = [0u8; 10];
+    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut got)
+        .await
+        .unwrap();
+    assert_eq!(&got, b"hello back");
+    assert_eq!(server.await.unwrap(), PoolElementId(51));
+    own_pe.stop().await;
+    server_pe.stop().await;
     r.shutdown().await;
 }

@@ -189,18 +189,15 @@ fn pe_id() -> impl Strategy<Value = PoolElementId> {
 /// Any ASAP message.
 pub fn asap_message() -> impl Strategy<Value = AsapMessage> {
     prop_oneof![
-        (
-            pool_handle(),
-            pool_element(),
-            option::of(bytes(32))
-        )
-            .prop_map(|(pool_handle, pool_element, auth_token)| {
+        (pool_handle(), pool_element(), option::of(bytes(32))).prop_map(
+            |(pool_handle, pool_element, auth_token)| {
                 AsapMessage::Registration {
                     pool_handle,
                     pool_element,
                     auth_token,
                 }
-            }),
+            }
+        ),
         (pool_handle(), pe_id())
             .prop_map(|(pool_handle, pe_id)| AsapMessage::Deregistration { pool_handle, pe_id }),
         (
