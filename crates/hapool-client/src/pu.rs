@@ -127,6 +127,36 @@ impl PoolUser {
         Err(ClientError::NoElement(pool.to_string()))
     }
 
+    /// Every PE of `pool` the registrar will name (up to its per-request
+    /// maximum, 128 by default), not from the cache.
+    pub async fn members(&self, pool: &PoolHandle) -> Result<Vec<PoolElement>, ClientError> {
+        let request = AsapMessage::HandleResolution {
+            subscribe: false,
+            pool_handle: pool.clone(),
+            items: Some(u32::MAX),
+        };
+        let response = self
+            .request(&request, |m| {
+                matches!(m, AsapMessage::HandleResolutionResponse { pool_handle, .. } if pool_handle == pool)
+            })
+            .await?;
+        match response {
+            AsapMessage::HandleResolutionResponse {
+                outcome: ResolutionOutcome::Members { elements, .. },
+                ..
+            } => Ok(elements),
+            AsapMessage::HandleResolutionResponse {
+                outcome: ResolutionOutcome::Error(e),
+                ..
+            } => Err(ClientError::Refused(
+                e.causes
+                    .first()
+                    .map_or(hapool_wire::CauseCode::INVALID_VALUES, |c| c.code),
+            )),
+            _ => unreachable!("matched above"),
+        }
+    }
+
     /// Forgets the cached resolution of `pool`.
     pub fn invalidate(&self, pool: &PoolHandle) {
         self.cache.lock().expect("cache lock").remove(pool);

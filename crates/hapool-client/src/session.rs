@@ -11,8 +11,9 @@
 //!   BUSINESS_CARD (the PEs that should take its sessions over).
 //! - [`PoolSession`] is the PU's side: `send` and `recv` on a pool. It keeps
 //!   the latest cookie and business card; when the PE fails it reports it
-//!   unreachable, connects to another PE (the business card's first, then
-//!   the pool policy's order), sends COOKIE_ECHO with the latest cookie
+//!   unreachable, connects to another PE (the business card's first, while
+//!   they are still in the handlespace, then the pool policy's order),
+//!   sends COOKIE_ECHO with the latest cookie
 //!   before anything else, and sends again the data not yet answered (so a
 //!   request/response protocol sees no failure; delivery is at least once).
 //!   [`PoolSession::events`] says when a failover started and finished.
@@ -482,7 +483,17 @@ async fn connect_first(
     failed: Option<PoolElementId>,
 ) -> Result<(PoolElement, FrameConnection), ClientError> {
     pu.invalidate(pool);
-    let mut candidates: Vec<PoolElement> = preferred.to_vec();
+    // The last will's PEs count while they are still in the handlespace
+    // (when the registrars cannot be asked, they are tried anyway).
+    let preferred: Vec<PoolElement> = match (preferred.is_empty(), pu.members(pool).await) {
+        (false, Ok(members)) => preferred
+            .iter()
+            .filter(|p| members.iter().any(|m| m.id == p.id))
+            .cloned()
+            .collect(),
+        _ => preferred.to_vec(),
+    };
+    let mut candidates: Vec<PoolElement> = preferred;
     for e in pu.resolve(pool).await.unwrap_or_default() {
         if !candidates.iter().any(|c| c.id == e.id) {
             candidates.push(e);

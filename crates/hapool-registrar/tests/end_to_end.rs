@@ -951,3 +951,58 @@ async fn a_business_card_lets_a_pe_reach_the_pu_back() {
     server_pe.stop().await;
     r.shutdown().await;
 }
+
+/// A last will's PE that has left the handlespace is passed over, even
+/// though its server still accepts connections.
+#[tokio::test]
+async fn a_last_will_counts_only_while_its_pe_is_registered() {
+    let r = registrar(0x7A).await;
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap());
+    }
+    let elements: Vec<PoolElement> = (0..3)
+        .map(|i| PoolElement {
+            user_transport: Transport::tcp(listeners[i].local_addr().unwrap()),
+            ..element(i as u32 + 1, [0, 0x4000_0000, 0x1000_0000][i])
+        })
+        .collect();
+    let mut pes = Vec::new();
+    let mut firsts = Vec::new();
+    let mut servers = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let mut pe = PeHandle::start(PeConfig::new(
+            vec![r.local_addr()],
+            pool(),
+            elements[i].clone(),
+        ));
+        pe.wait_registered(Duration::from_secs(5)).await.unwrap();
+        pes.push(Some(pe));
+        let will = if i == 0 {
+            vec![elements[1].clone()]
+        } else {
+            Vec::new()
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        firsts.push(rx);
+        servers.push(tokio::spawn(counter_server(listener, will, tx)));
+    }
+    let pu = std::sync::Arc::new(pu(vec![r.local_addr()]));
+    let mut session = hapool_client::PoolSession::open(pu, pool(), Default::default())
+        .await
+        .unwrap();
+    session.send("add 3".into()).await.unwrap();
+    assert_eq!(session.recv().await.unwrap(), "3");
+    // PE 2 deregisters (its server stays up); then PE 1 dies.
+    pes[1].take().unwrap().stop().await;
+    servers[0].abort();
+    pes[0].take().unwrap().abort();
+    session.send("add 4".into()).await.unwrap();
+    assert_eq!(session.recv().await.unwrap(), "7");
+    assert_eq!(session.element().id, PoolElementId(3));
+    assert!(firsts[1].try_recv().is_err(), "PE 2 was tried");
+    for pe in pes.into_iter().flatten() {
+        pe.stop().await;
+    }
+    r.shutdown().await;
+}
