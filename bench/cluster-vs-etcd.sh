@@ -19,26 +19,8 @@ cd "$(dirname "$0")/.."
 COUNT=${COUNT:-10000}
 TAKEOVER_COUNT=${TAKEOVER_COUNT:-1000}
 
-if ! command -v etcd >/dev/null || ! command -v protoc >/dev/null; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq etcd-server protobuf-compiler >/dev/null
-fi
-cargo build --release -q -p hapool
-(cd bench/etcd-load && cargo build --release -q)
-HAPOOL=target/release/hapool
-ETCD_LOAD=bench/etcd-load/target/release/etcd-load
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=bench/etcd-common.sh
+source bench/etcd-common.sh
 
 registrar() { # n -> starts registrar n (1..3), prints its pid
   local n=$1 peers=()

@@ -15,24 +15,8 @@ cd "$(dirname "$0")/.."
 CONCURRENCY=${CONCURRENCY:-16}
 DURATION=${DURATION:-3s}
 
-if ! command -v etcd >/dev/null || ! command -v protoc >/dev/null; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq etcd-server protobuf-compiler >/dev/null
-fi
-cargo build --release -q -p hapool
-(cd bench/etcd-load && cargo build --release -q)
-HAPOOL=target/release/hapool
-ETCD_LOAD=bench/etcd-load/target/release/etcd-load
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=bench/etcd-common.sh
+source bench/etcd-common.sh
 
 etcd --name bench --data-dir "$work/etcd" \
   --listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 \

@@ -594,45 +594,75 @@ async fn counter_server_with(
     }
 }
 
-#[tokio::test]
-async fn a_session_fails_over_to_the_last_will_with_its_cookie() {
-    let r = registrar(0x77).await;
+/// Counter servers registered as PEs 1, 2, ... of the pool with these
+/// loads; with three or more, PE 1's last will names PE 2.
+struct CounterPool {
+    pes: Vec<Option<PeHandle>>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    firsts: Vec<tokio::sync::mpsc::UnboundedReceiver<hapool_client::Incoming>>,
+    addrs: Vec<SocketAddr>,
+}
+
+async fn counter_pool(
+    r: &RegistrarHandle,
+    loads: &[u32],
+    config: hapool_client::SessionConfig,
+) -> CounterPool {
     let mut listeners = Vec::new();
-    for _ in 0..3 {
+    for _ in loads {
         listeners.push(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap());
     }
     let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    // PE 1 is the least loaded; PE 3 comes next by the policy, but PE 1's
-    // last will names PE 2.
-    let loads = [0, 0x4000_0000, 0x1000_0000];
-    let elements: Vec<PoolElement> = (0..3)
+    let elements: Vec<PoolElement> = (0..loads.len())
         .map(|i| PoolElement {
             user_transport: Transport::tcp(addrs[i]),
             ..element(i as u32 + 1, loads[i])
         })
         .collect();
-    let mut pes = Vec::new();
-    let mut firsts = Vec::new();
-    let mut servers = Vec::new();
+    let mut pool_ = CounterPool {
+        pes: Vec::new(),
+        servers: Vec::new(),
+        firsts: Vec::new(),
+        addrs,
+    };
     for (i, listener) in listeners.into_iter().enumerate() {
-        let mut config = PeConfig::new(vec![r.local_addr()], pool(), elements[i].clone());
-        config.retry_interval = Duration::from_millis(50);
-        let mut pe = PeHandle::start(config);
+        let mut pe_config = PeConfig::new(vec![r.local_addr()], pool(), elements[i].clone());
+        pe_config.retry_interval = Duration::from_millis(50);
+        let mut pe = PeHandle::start(pe_config);
         pe.wait_registered(Duration::from_secs(5)).await.unwrap();
-        pes.push(pe);
-        let will = if i == 0 {
+        pool_.pes.push(Some(pe));
+        let will = if i == 0 && loads.len() > 2 {
             vec![elements[1].clone()]
         } else {
             Vec::new()
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        firsts.push(rx);
-        servers.push(tokio::spawn(counter_server(listener, will, tx)));
+        pool_.firsts.push(rx);
+        let server = counter_server_with(listener, will, tx, config.clone());
+        pool_.servers.push(tokio::spawn(server));
     }
+    pool_
+}
+
+async fn open_session(r: &RegistrarHandle) -> hapool_client::PoolSession {
     let pu = std::sync::Arc::new(pu(vec![r.local_addr()]));
-    let mut session = hapool_client::PoolSession::open(pu, pool(), Default::default())
+    hapool_client::PoolSession::open(pu, pool(), Default::default())
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_session_fails_over_to_the_last_will_with_its_cookie() {
+    let r = registrar(0x77).await;
+    // PE 1 is the least loaded; PE 3 comes next by the policy, but PE 1's
+    // last will names PE 2.
+    let CounterPool {
+        mut pes,
+        mut servers,
+        mut firsts,
+        ..
+    } = counter_pool(&r, &[0, 0x4000_0000, 0x1000_0000], Default::default()).await;
+    let mut session = open_session(&r).await;
     assert_eq!(session.element().id, PoolElementId(1));
     for (n, sum) in [(5, "5"), (7, "12")] {
         session.send(format!("add {n}").into()).await.unwrap();
@@ -642,7 +672,7 @@ async fn a_session_fails_over_to_the_last_will_with_its_cookie() {
     // PE 1 dies: its server (and every session it holds) and its
     // registration go at once.
     servers.remove(0).abort();
-    pes.remove(0).abort();
+    pes[0].take().unwrap().abort();
     sleep(Duration::from_millis(50)).await;
     session.send("add 1".into()).await.unwrap();
     assert_eq!(session.recv().await.unwrap(), "13");
@@ -666,7 +696,7 @@ async fn a_session_fails_over_to_the_last_will_with_its_cookie() {
     );
     // PE 3 never saw the session.
     assert!(firsts[2].try_recv().is_err());
-    for pe in pes {
+    for pe in pes.into_iter().flatten() {
         pe.stop().await;
     }
     r.shutdown().await;
@@ -731,39 +761,20 @@ async fn signed_cookies_hand_state_over_and_refuse_forgeries() {
         cookie_key: Some(key),
         ..Default::default()
     };
-    let mut pes = Vec::new();
-    let mut servers = Vec::new();
-    let mut firsts = Vec::new();
-    let mut addrs = Vec::new();
-    for i in 0..2u32 {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        addrs.push(listener.local_addr().unwrap());
-        let element = PoolElement {
-            user_transport: Transport::tcp(listener.local_addr().unwrap()),
-            ..element(i + 1, i * 0x1000_0000)
-        };
-        let mut pe = PeHandle::start(PeConfig::new(vec![r.local_addr()], pool(), element));
-        pe.wait_registered(Duration::from_secs(5)).await.unwrap();
-        pes.push(pe);
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        firsts.push(rx);
-        servers.push(tokio::spawn(counter_server_with(
-            listener,
-            Vec::new(),
-            tx,
-            config.clone(),
-        )));
-    }
-    let pu = std::sync::Arc::new(pu(vec![r.local_addr()]));
-    let mut session = hapool_client::PoolSession::open(pu, pool(), Default::default())
-        .await
-        .unwrap();
+    // No last will here: only the cookie carries the session over.
+    let CounterPool {
+        mut pes,
+        mut servers,
+        mut firsts,
+        addrs,
+    } = counter_pool(&r, &[0, 0x1000_0000], config).await;
+    let mut session = open_session(&r).await;
     session.send("add 40".into()).await.unwrap();
     assert_eq!(session.recv().await.unwrap(), "40");
     // The PU holds the signed cookie: the state and a 32-byte tag.
     assert_eq!(session.cookie().unwrap().len(), 2 + 32);
     servers.remove(0).abort();
-    pes.remove(0).abort();
+    pes[0].take().unwrap().abort();
     session.send("add 2".into()).await.unwrap();
     assert_eq!(session.recv().await.unwrap(), "42");
     assert_eq!(
@@ -804,7 +815,7 @@ async fn signed_cookies_hand_state_over_and_refuse_forgeries() {
     };
     assert_eq!(answer, "1");
     assert!(hapool_client::CookieKey::new(b"short").is_err());
-    for pe in pes {
+    for pe in pes.into_iter().flatten() {
         pe.stop().await;
     }
     r.shutdown().await;
@@ -957,40 +968,13 @@ async fn a_business_card_lets_a_pe_reach_the_pu_back() {
 #[tokio::test]
 async fn a_last_will_counts_only_while_its_pe_is_registered() {
     let r = registrar(0x7A).await;
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap());
-    }
-    let elements: Vec<PoolElement> = (0..3)
-        .map(|i| PoolElement {
-            user_transport: Transport::tcp(listeners[i].local_addr().unwrap()),
-            ..element(i as u32 + 1, [0, 0x4000_0000, 0x1000_0000][i])
-        })
-        .collect();
-    let mut pes = Vec::new();
-    let mut firsts = Vec::new();
-    let mut servers = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let mut pe = PeHandle::start(PeConfig::new(
-            vec![r.local_addr()],
-            pool(),
-            elements[i].clone(),
-        ));
-        pe.wait_registered(Duration::from_secs(5)).await.unwrap();
-        pes.push(Some(pe));
-        let will = if i == 0 {
-            vec![elements[1].clone()]
-        } else {
-            Vec::new()
-        };
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        firsts.push(rx);
-        servers.push(tokio::spawn(counter_server(listener, will, tx)));
-    }
-    let pu = std::sync::Arc::new(pu(vec![r.local_addr()]));
-    let mut session = hapool_client::PoolSession::open(pu, pool(), Default::default())
-        .await
-        .unwrap();
+    let CounterPool {
+        mut pes,
+        servers,
+        mut firsts,
+        ..
+    } = counter_pool(&r, &[0, 0x4000_0000, 0x1000_0000], Default::default()).await;
+    let mut session = open_session(&r).await;
     session.send("add 3".into()).await.unwrap();
     assert_eq!(session.recv().await.unwrap(), "3");
     // PE 2 deregisters (its server stays up); then PE 1 dies.

@@ -87,17 +87,11 @@ fn asap_registration() {
 /// where unknown), padded like any TLV.
 #[test]
 fn asap_registration_with_a_token() {
+    // The registration vector, 12 bytes longer.
+    let with_token = REGISTRATION.replace("01 00 00 38", "01 00 00 44")
+        + "bd 00 00 0a 73 65 63 72 65 74 00 00 | token 'secret', 2 bytes padding\n";
     check(
-        "
-        01 00 00 44                                 | ASAP_REGISTRATION, length 68
-        00 09 00 08 45 63 68 6f                     | pool handle 'Echo'
-        00 0a 00 2c                                 | pool element, length 44
-           11 22 33 44 00 00 00 00 00 00 75 30      |   PE id, home 0, life 30000 ms
-           00 05 00 10 00 07 00 00                  |   TCP transport port 7, data only
-              00 01 00 08 0a 00 00 01               |     IPv4 10.0.0.1
-           00 08 00 0c 40 00 00 01 40 00 00 00      |   policy LU, load 25 %
-        bd 00 00 0a 73 65 63 72 65 74 00 00         | token 'secret', 2 bytes padding
-        ",
+        &with_token,
         AsapMessage::Registration {
             pool_handle: echo(),
             pool_element: registration_pe(),

@@ -100,18 +100,26 @@ impl Conn {
             let Some(decoded) = self.reader.next().await? else {
                 bail!("the registrar closed the connection");
             };
-            match decoded.message {
-                AsapMessage::EndpointKeepAlive {
-                    pool_handle,
-                    pe_id: Some(pe_id),
-                    ..
-                } => {
-                    let ack = AsapMessage::EndpointKeepAliveAck { pool_handle, pe_id };
-                    write_message(&mut self.writer, &ack).await?;
-                }
-                other => return Ok(other),
+            match keep_alive_ack(&decoded.message) {
+                Some(ack) => write_message(&mut self.writer, &ack).await?,
+                None => return Ok(decoded.message),
             }
         }
+    }
+}
+
+/// The answer to a keep-alive, when `message` is one.
+fn keep_alive_ack(message: &AsapMessage) -> Option<AsapMessage> {
+    match message {
+        AsapMessage::EndpointKeepAlive {
+            pool_handle,
+            pe_id: Some(pe_id),
+            ..
+        } => Some(AsapMessage::EndpointKeepAliveAck {
+            pool_handle: pool_handle.clone(),
+            pe_id: *pe_id,
+        }),
+        _ => None,
     }
 }
 
@@ -293,22 +301,12 @@ impl PeConn {
         let acks = writer.clone();
         tokio::spawn(async move {
             while let Ok(Some(decoded)) = reader.next().await {
-                match decoded.message {
-                    AsapMessage::EndpointKeepAlive {
-                        pool_handle,
-                        pe_id: Some(pe_id),
-                        ..
-                    } => {
-                        let ack = AsapMessage::EndpointKeepAliveAck { pool_handle, pe_id };
-                        if write_message(&mut *acks.lock().await, &ack).await.is_err() {
-                            return;
-                        }
-                    }
-                    other => {
-                        if tx.send(other).await.is_err() {
-                            return;
-                        }
-                    }
+                let sent = match keep_alive_ack(&decoded.message) {
+                    Some(ack) => write_message(&mut *acks.lock().await, &ack).await.is_ok(),
+                    None => tx.send(decoded.message).await.is_ok(),
+                };
+                if !sent {
+                    return;
                 }
             }
         });
