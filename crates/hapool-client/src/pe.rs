@@ -220,7 +220,10 @@ async fn run(
                         session.handle_disconnected(std_now());
                     }
                 }
-                PeOutput::Close => conn = None,
+                // When stopping, the connection stays open until the
+                // deregistration is answered.
+                PeOutput::Close if stopping.is_none() => conn = None,
+                PeOutput::Close => {}
             }
         }
         while let Some(event) = session.poll_event() {

@@ -408,6 +408,16 @@ async fn tls_cluster_member(id: u32, name: &str, peers: Vec<SocketAddr>) -> Regi
         server: hapool_net::tls::mutual_server_config(&cert, &key, &ca).unwrap(),
         client: hapool_net::tls::client_config(&ca, Some((&cert, &key))).unwrap(),
     };
+    cluster_member(id, peers, Some(tls)).await
+}
+
+/// A registrar serving ENRP (over `tls` when given) with a 100 ms
+/// heartbeat, knowing `peers`.
+async fn cluster_member(
+    id: u32,
+    peers: Vec<SocketAddr>,
+    tls: Option<hapool_registrar::EnrpTls>,
+) -> RegistrarHandle {
     let mut config = RegistrarConfig::new(RegistrarId(id));
     config.enrp = hapool_proto::EnrpConfig {
         peers,
@@ -421,7 +431,7 @@ async fn tls_cluster_member(id: u32, name: &str, peers: Vec<SocketAddr>) -> Regi
             announce_to: None,
             enrp: Some(hapool_registrar::EnrpListener {
                 listener: TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap(),
-                tls: Some(tls),
+                tls,
                 multicast: None,
             }),
         },
@@ -463,22 +473,7 @@ async fn enrp_over_mutual_tls_admits_only_the_clusters_certificates() {
 /// message still counts (the sender becomes a peer).
 #[tokio::test]
 async fn malformed_enrp_input_is_answered_with_enrp_error() {
-    let mut config = RegistrarConfig::new(RegistrarId(0x51));
-    config.enrp = hapool_proto::EnrpConfig::fast(Duration::from_millis(100));
-    let r = hapool_registrar::start_serving(
-        config,
-        hapool_registrar::Listeners {
-            asap: TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap(),
-            tls: None,
-            announce_to: None,
-            enrp: Some(hapool_registrar::EnrpListener {
-                listener: TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap(),
-                tls: None,
-                multicast: None,
-            }),
-        },
-    )
-    .unwrap();
+    let r = cluster_member(0x51, Vec::new(), None).await;
     let me_addr = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let presence = hapool_wire::EnrpMessage {
         sender: RegistrarId(0x99),
@@ -546,14 +541,6 @@ async fn malformed_enrp_input_is_answered_with_enrp_error() {
 /// A cookie echo restores the sum. What each connection received first is
 /// reported on `first`.
 async fn counter_server(
-    listener: TcpListener,
-    last_will: Vec<PoolElement>,
-    first: tokio::sync::mpsc::UnboundedSender<hapool_client::Incoming>,
-) {
-    counter_server_with(listener, last_will, first, Default::default()).await;
-}
-
-async fn counter_server_with(
     listener: TcpListener,
     last_will: Vec<PoolElement>,
     first: tokio::sync::mpsc::UnboundedSender<hapool_client::Incoming>,
@@ -638,7 +625,7 @@ async fn counter_pool(
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         pool_.firsts.push(rx);
-        let server = counter_server_with(listener, will, tx, config.clone());
+        let server = counter_server(listener, will, tx, config.clone());
         pool_.servers.push(tokio::spawn(server));
     }
     pool_
