@@ -2,15 +2,20 @@
 //!
 //! So far: [`MessageReader`] and [`write_message`], which carry ASAP or ENRP
 //! messages over any byte stream (TCP or TLS; SCTP later), one message after
-//! another, framed by the length in each header; and [`tls`], which builds
-//! TLS configurations and reads client identities.
+//! another, framed by the length in each header; [`tls`], which builds
+//! TLS configurations and reads client identities; and [`vrrp`], VRRP's
+//! raw socket, virtual addresses and gratuitous ARP on Linux.
 //!
 //! Never holds protocol state: what a message means is for the state
-//! machines in `hapool-proto`.
-
-#![forbid(unsafe_code)]
+//! machines in `hapool-proto` and `hapool-vrrp`.
+//!
+//! The one place of hapool with unsafe code is here: building the
+//! link-layer address a gratuitous ARP is sent to (`vrrp.rs`), which no
+//! safe interface offers; the block says why it is sound. Everything else
+//! denies unsafe code.
 
 pub mod tls;
+pub mod vrrp;
 
 use std::io;
 use std::marker::PhantomData;
