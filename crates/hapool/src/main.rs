@@ -25,6 +25,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod admin;
 mod bench;
 mod config;
+mod probe;
 mod serve;
 mod wire;
 

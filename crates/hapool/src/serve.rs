@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hapool_client::{PeConfig, PeHandle, PoolUser, PuConfig};
+
+use crate::probe::Probe;
 use hapool_wire::{
     Policy, PolicyType, PoolElement, PoolElementId, PoolHandle, RegistrarId, Transport,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::{sleep, timeout};
 use tracing::{info, warn};
 
@@ -464,27 +466,14 @@ fn policy(args: &PeArgs, load_percent: f64) -> anyhow::Result<Policy> {
 
 /// Whether the server passes its health probe.
 async fn healthy(args: &PeArgs) -> bool {
-    if let Some(url) = &args.probe_http {
-        return matches!(
-            timeout(Duration::from_secs(2), crate::admin::http_get(url)).await,
-            Ok(Ok((code, _))) if code.is_success()
-        );
-    }
-    if let Some(command) = &args.probe_command {
-        let status = timeout(
-            Duration::from_secs(5),
-            tokio::process::Command::new("sh")
-                .arg("-c")
-                .arg(command)
-                .status(),
-        )
-        .await;
-        return matches!(status, Ok(Ok(s)) if s.success());
-    }
-    matches!(
-        timeout(Duration::from_secs(1), TcpStream::connect(args.address)).await,
-        Ok(Ok(_))
-    )
+    let probe = if let Some(url) = &args.probe_http {
+        Probe::Http(url.clone())
+    } else if let Some(command) = &args.probe_command {
+        Probe::Command(command.clone())
+    } else {
+        Probe::Tcp(args.address)
+    };
+    probe.passes().await
 }
 
 /// The server's load in percent, from `--load-command` or `--load-url`;
