@@ -21,6 +21,75 @@ use crate::BadConfig;
 pub(crate) struct File {
     /// The registrar's settings.
     pub(crate) registrar: Option<RegistrarFile>,
+    /// The virtual IP daemon's settings.
+    pub(crate) vip: Option<VipFile>,
+}
+
+/// `[vip]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VipFile {
+    /// Where to serve the admin port; off when absent.
+    pub(crate) admin: Option<SocketAddr>,
+    /// `[[vip.router]]`: the virtual routers.
+    #[serde(default)]
+    pub(crate) router: Vec<VipRouterFile>,
+}
+
+/// `[[vip.router]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VipRouterFile {
+    /// The interface.
+    pub(crate) interface: String,
+    /// This machine's IPv4 address on it.
+    pub(crate) address: std::net::Ipv4Addr,
+    /// Virtual router id, 1-255.
+    pub(crate) vrid: u8,
+    /// 1-255 (255: owner of the addresses), or "primary" (200),
+    /// "secondary" (150), "backup" (100). Default 100.
+    pub(crate) priority: Option<toml::Value>,
+    /// Between advertisements; 10ms to 40.95s, in steps of 10ms. Default 1s.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) advert_interval: Option<Duration>,
+    /// Take over from a lower-priority master. Default true.
+    pub(crate) preempt: Option<bool>,
+    /// Wait this long after start-up before preempting. Default 0s.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) preempt_delay: Option<Duration>,
+    /// Accept packets to the virtual addresses when master without owning
+    /// them. Default false.
+    pub(crate) accept_mode: Option<bool>,
+    /// The virtual addresses, "A.B.C.D/PREFIX" (one prefix for all).
+    pub(crate) addresses: Vec<String>,
+    /// Peers to advertise to directly (links without multicast).
+    #[serde(default)]
+    pub(crate) unicast_peers: Vec<std::net::Ipv4Addr>,
+    /// "pseudo-header" (RFC 5798, default), "message-only" or "either".
+    pub(crate) checksum: Option<String>,
+    /// A command run on each state change with STATE VRID appended.
+    pub(crate) notify: Option<String>,
+    /// `[[vip.router.track]]`: checks that lower the priority when they fail.
+    #[serde(default)]
+    pub(crate) track: Vec<TrackFile>,
+}
+
+/// `[[vip.router.track]]`: exactly one of `tcp`, `http`, `command`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TrackFile {
+    /// A TCP address that must accept.
+    pub(crate) tcp: Option<SocketAddr>,
+    /// A URL that must answer 2xx (such as a local gateway's or registrar's
+    /// admin `/status`).
+    pub(crate) http: Option<String>,
+    /// A shell command that must exit 0.
+    pub(crate) command: Option<String>,
+    /// How much the priority drops while the check fails. Default 50.
+    pub(crate) weight: Option<u8>,
+    /// Between checks. Default 1s.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) interval: Option<Duration>,
 }
 
 /// `[registrar]`.

@@ -27,6 +27,7 @@ mod bench;
 mod config;
 mod probe;
 mod serve;
+mod vip;
 mod wire;
 
 #[derive(Parser)]
@@ -57,6 +58,9 @@ enum Command {
     CheckConfig(serve::CheckConfigArgs),
     /// List the registrars that announce themselves (ASAP_SERVER_ANNOUNCE).
     Discover(serve::DiscoverArgs),
+    /// Hold virtual IP addresses with VRRPv3: they move to a surviving
+    /// machine when the one holding them dies.
+    Vip(vip::VipArgs),
     /// Work with the ASAP/ENRP wire format.
     Wire {
         #[command(subcommand)]
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(admin::status(args))),
         Command::CheckConfig(args) => serve::check_config(&args),
         Command::Discover(args) => runtime().and_then(|rt| rt.block_on(serve::discover(args))),
+        Command::Vip(args) => runtime().and_then(|rt| rt.block_on(vip::vip(args))),
         Command::Wire {
             command: WireCommand::Decode { protocol, hex },
         } => read_hex(hex).and_then(|bytes| wire::decode(protocol, &bytes)),

@@ -639,7 +639,7 @@ pub(crate) async fn resolve(args: ResolveArgs) -> anyhow::Result<()> {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -696,8 +696,24 @@ pub(crate) struct CheckConfigArgs {
 /// Validates a configuration file and says what it configures.
 pub(crate) fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
     let file = config::read(&args.file)?;
+    if file.registrar.is_none() && file.vip.is_none() {
+        return Err(BadConfig(format!(
+            "{}: neither a [registrar] nor a [vip] table",
+            args.file.display()
+        ))
+        .into());
+    }
+    if let Some(vip) = file.vip {
+        let lines = crate::vip::describe(vip)?;
+        if file.registrar.is_none() {
+            println!("{}: valid", args.file.display());
+        }
+        for line in lines {
+            println!("{line}");
+        }
+    }
     let Some(registrar) = file.registrar else {
-        return Err(BadConfig(format!("{}: no [registrar] table", args.file.display())).into());
+        return Ok(());
     };
     let r = config::Registrar::try_from(registrar)?;
     let c = &r.config;

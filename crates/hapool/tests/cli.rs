@@ -410,6 +410,14 @@ fn check_config() {
         "{out}"
     );
 
+    let vip = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/vip.toml");
+    let (code, out, err) = hapool_code(&["check-config", vip]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("virtual router 51 on eth0 (192.0.2.11): priority 200, advertisements every 1000 ms, addresses [192.0.2.100], 1 tracking check(s)"),
+        "{out}"
+    );
+
     let cases = [
         (
             "unknown.toml",
@@ -442,7 +450,22 @@ fn check_config() {
             "below the 10ms minimum",
         ),
         ("id.toml", "[registrar]\nid = \"xyz\"\n", "registrar.id"),
-        ("empty.toml", "", "no [registrar] table"),
+        ("empty.toml", "", "neither a [registrar] nor a [vip] table"),
+        (
+            "vip-interval.toml",
+            "[[vip.router]]\ninterface = \"eth0\"\naddress = \"10.0.0.1\"\nvrid = 5\naddresses = [\"10.0.0.100/24\"]\nadvert_interval = \"5ms\"\n",
+            "vip.router[0].advert_interval = 5ms: 10ms to 40.95s",
+        ),
+        (
+            "vip-priority.toml",
+            "[[vip.router]]\ninterface = \"eth0\"\naddress = \"10.0.0.1\"\nvrid = 5\naddresses = [\"10.0.0.100/24\"]\npriority = \"boss\"\n",
+            "vip.router[0].priority = \"boss\"",
+        ),
+        (
+            "vip-track.toml",
+            "[[vip.router]]\ninterface = \"eth0\"\naddress = \"10.0.0.1\"\nvrid = 5\naddresses = [\"10.0.0.100/24\"]\n[[vip.router.track]]\ntcp = \"127.0.0.1:80\"\ncommand = \"true\"\n",
+            "vip.router[0].track[0]: exactly one of tcp, http, command",
+        ),
         (
             "rule.toml",
             "[[registrar.rules]]\npools = []\nidentities = [\"a\"]\n",
