@@ -162,6 +162,7 @@ pub fn start(spec: RouterSpec) -> io::Result<VipHandle> {
     let (commands, rx) = mpsc::channel(8);
     let task = tokio::spawn(run(
         Driver {
+            announce_again: None,
             spec,
             interface,
             socket,
@@ -178,7 +179,15 @@ pub fn start(spec: RouterSpec) -> io::Result<VipHandle> {
     })
 }
 
+/// When a new master announces its addresses again: neighbours take no
+/// ARP update for an address within a second of the last (Linux's
+/// neighbour locktime), so the first announcement can be ignored by a
+/// host that was just talking to the old master.
+const ANNOUNCE_AGAIN: std::time::Duration = std::time::Duration::from_millis(1500);
+
 struct Driver {
+    /// When to announce the addresses again (as master).
+    announce_again: Option<Instant>,
     spec: RouterSpec,
     interface: Interface,
     socket: VrrpSocket,
@@ -262,6 +271,10 @@ impl Driver {
                 Action::Send(adv) => self.send(&adv).await,
                 Action::TakeAddresses => self.take_addresses().await,
                 Action::ReleaseAddresses => self.release_addresses().await,
+                Action::Announce => {
+                    self.announce();
+                    self.announce_again = Some(Instant::now() + ANNOUNCE_AGAIN);
+                }
                 Action::StateChanged { from, to } => self.changed(from, to),
             }
         }
@@ -301,8 +314,15 @@ impl Driver {
                 warn!(vrid = self.spec.router.vrid, %address, error = %e, "cannot take the virtual address");
                 continue;
             }
+        }
+        self.announce();
+        self.announce_again = Some(Instant::now() + ANNOUNCE_AGAIN);
+    }
+
+    /// Gratuitous ARP for every virtual address (twice: one can be lost).
+    fn announce(&self) {
+        for address in self.spec.router.addresses.to_vec() {
             if let IpAddr::V4(v4) = address {
-                // Said twice: one gratuitous ARP can be lost.
                 for _ in 0..2 {
                     if let Err(e) = gratuitous_arp(&self.interface, v4) {
                         warn!(%address, error = %e, "gratuitous ARP failed");
@@ -313,6 +333,7 @@ impl Driver {
     }
 
     async fn release_addresses(&mut self) {
+        self.announce_again = None;
         for address in self.spec.router.addresses.to_vec() {
             if let Err(e) = self.addresses.remove(&self.interface, address).await {
                 warn!(vrid = self.spec.router.vrid, %address, error = %e, "cannot release the virtual address");
@@ -362,6 +383,12 @@ async fn run(mut d: Driver, mut commands: mpsc::Receiver<Command>) {
             },
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 d.router.handle_timeout(StdInstant::now());
+            }
+            () = sleep_until(d.announce_again.unwrap_or_else(Instant::now)), if d.announce_again.is_some() => {
+                d.announce_again = None;
+                if d.router.state() == State::Master {
+                    d.announce();
+                }
             }
             command = commands.recv() => match command {
                 Some(Command::SetPriority(p)) => {

@@ -60,6 +60,10 @@ pub enum Action {
     TakeAddresses,
     /// Remove the virtual addresses from the interface.
     ReleaseAddresses,
+    /// Announce the virtual addresses again (gratuitous ARP, unsolicited
+    /// neighbour advertisements): another master was heard, so hosts may
+    /// have learnt its MAC for them.
+    Announce,
     /// The state changed (for notify commands, logs and metrics).
     StateChanged {
         /// The old state.
@@ -241,6 +245,17 @@ impl VirtualRouter {
                 {
                     self.master_adver_interval = adv.max_adver_int;
                     self.become_backup(now);
+                } else {
+                    // Another master, which loses (a partition healing):
+                    // RFC 5798 discards its advertisement. This master
+                    // also advertises at once, so that the other steps
+                    // down without waiting an interval, and announces the
+                    // addresses again, since hosts may have learnt the
+                    // other's MAC for them.
+                    self.actions
+                        .push_back(Action::Send(self.advertisement(self.priority)));
+                    self.actions.push_back(Action::Announce);
+                    self.advert_at = Some(now + cs(u32::from(self.config.advert_interval)));
                 }
             }
         }

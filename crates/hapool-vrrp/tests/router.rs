@@ -181,9 +181,17 @@ fn a_master_yields_to_higher_priority_and_to_a_higher_address_on_a_tie() {
     };
     let mut r = master(t0);
     r.handle_advertisement(ip(2), &adv(99), ms(t0, 4000));
-    assert_eq!(r.state(), State::Master, "lower priority: discarded");
+    assert_eq!(r.state(), State::Master, "lower priority: it stays master");
+    // ... and says so at once, announcing its addresses again.
+    assert_eq!(actions(&mut r), [Action::Send(adv(100)), Action::Announce]);
+    assert_eq!(r.poll_timeout(), Some(ms(t0, 5000)));
     r.handle_advertisement(ip(2), &adv(100), ms(t0, 4000));
-    assert_eq!(r.state(), State::Master, "equal, lower address: discarded");
+    assert_eq!(
+        r.state(),
+        State::Master,
+        "equal, lower address: it stays master"
+    );
+    actions(&mut r);
     r.handle_advertisement(ip(9), &adv(100), ms(t0, 4000));
     assert_eq!(
         actions(&mut r),

@@ -1,0 +1,388 @@
+//! `hapool vip` on a real link: network namespaces of this test's own,
+//! one per member and one for a client, joined by veth links to a bridge
+//! in a "switch" namespace. Each member runs `hapool vip` and a small TCP
+//! service that answers with the member's name; the client connects to the
+//! virtual address and reads who answered. The master is killed (its
+//! daemon with SIGKILL and its link cut, as when the machine dies),
+//! restarted, cut off and healed; a nine-member group is among the cases.
+//! Needs root and iproute2; without them it says SKIPPED, unless
+//! HAPOOL_REQUIRE_TOOLS=1.
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const VIP: &str = "10.232.0.50";
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The namespaces and links, removed on drop.
+struct Lab {
+    prefix: String,
+    members: usize,
+    daemons: Vec<Option<Child>>,
+    services: Vec<Child>,
+}
+
+impl Lab {
+    fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    fn member(i: usize) -> String {
+        format!("r{}", i + 1)
+    }
+
+    fn address(i: usize) -> String {
+        format!("10.232.0.{}", i + 2)
+    }
+
+    fn create(members: usize) -> Option<Self> {
+        let prefix = format!("hapool-vip-{}-{members}", std::process::id());
+        if !ip(&["netns", "add", &format!("{prefix}-sw")]) {
+            return None;
+        }
+        let mut lab = Self {
+            prefix,
+            members,
+            daemons: Vec::new(),
+            services: Vec::new(),
+        };
+        let sw = lab.ns("sw");
+        assert!(ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]));
+        assert!(ip(&["-n", &sw, "link", "set", "br0", "up"]));
+        let mut nodes: Vec<(String, String)> = (0..members)
+            .map(|i| (Self::member(i), format!("{}/24", Self::address(i))))
+            .collect();
+        nodes.push(("c".into(), "10.232.0.200/24".into()));
+        for (k, (name, address)) in nodes.iter().enumerate() {
+            let ns = lab.ns(name);
+            let tag = format!("{}{members}", std::process::id() % 100_000);
+            let (inside, outside) = (format!("hv{tag}i{k}"), format!("hv{tag}o{k}"));
+            assert!(ip(&["netns", "add", &ns]));
+            assert!(ip(&[
+                "link", "add", &inside, "type", "veth", "peer", "name", &outside
+            ]));
+            assert!(ip(&["link", "set", &inside, "netns", &ns]));
+            assert!(ip(&["-n", &ns, "link", "set", &inside, "name", "eth0"]));
+            assert!(ip(&["-n", &ns, "addr", "add", address, "dev", "eth0"]));
+            assert!(ip(&["-n", &ns, "link", "set", "eth0", "up"]));
+            assert!(ip(&["-n", &ns, "link", "set", "lo", "up"]));
+            assert!(ip(&["link", "set", &outside, "netns", &sw]));
+            assert!(ip(&["-n", &sw, "link", "set", &outside, "master", "br0"]));
+            assert!(ip(&["-n", &sw, "link", "set", &outside, "up"]));
+        }
+        // The client takes gratuitous ARP into its neighbour table at once.
+        // Linux ignores an ARP update for an address within `locktime` (1 s)
+        // of its entry's last change, and a host busy talking to the
+        // address changes its entry about every second while the old MAC
+        // does not answer; whichever VRRP daemon announces the move, such a
+        // host then waits for its entry to fail (several seconds). The
+        // client here turns that off, so that the test measures the daemon.
+        for setting in [
+            "net.ipv4.conf.eth0.arp_accept=1",
+            "net.ipv4.neigh.eth0.locktime=0",
+        ] {
+            assert!(
+                Command::new("ip")
+                    .args(["netns", "exec", &lab.ns("c"), "sysctl", "-qw", setting])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        for i in 0..members {
+            let service = Command::new("ip")
+                .args(["netns", "exec", &lab.ns(&Self::member(i))])
+                .arg(std::env::current_exe().unwrap())
+                .args(["--ignored", "--exact", "service", "--nocapture"])
+                .env("HAPOOL_VIP_NAME", Self::member(i))
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            lab.services.push(service);
+            lab.daemons.push(None);
+        }
+        Some(lab)
+    }
+
+    /// Priority of member `i`: the first highest, then in steps of 10.
+    fn priority(&self, i: usize) -> u8 {
+        (200 - 10 * i) as u8
+    }
+
+    fn start(&mut self, i: usize) {
+        let ns = self.ns(&Self::member(i));
+        // A machine that comes back has not kept the virtual address.
+        let _ = ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "del",
+            &format!("{VIP}/24"),
+            "dev",
+            "eth0",
+        ]);
+        let daemon = Command::new("ip")
+            .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_hapool"), "vip"])
+            .args(["--interface", "eth0", "--address", &Self::address(i)])
+            .args(["--vrid", "7", "--priority", &self.priority(i).to_string()])
+            .args(["--vip", &format!("{VIP}/24"), "--advert-interval", "100ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.daemons[i] = Some(daemon);
+    }
+
+    /// SIGKILL to member `i`'s daemon.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut d) = self.daemons[i].take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
+    fn link(&self, i: usize, up: bool) {
+        let ns = self.ns(&Self::member(i));
+        assert!(ip(&[
+            "-n",
+            &ns,
+            "link",
+            "set",
+            "eth0",
+            if up { "up" } else { "down" }
+        ]));
+    }
+
+    /// Who answers at the virtual address, seen from the client.
+    fn who_answers(&self) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns("c")])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "client", "--nocapture"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("answered by ").map(str::to_owned))
+    }
+
+    /// Waits until `member` answers at the virtual address; how long.
+    fn wait_for(&self, member: usize, limit: Duration) -> Duration {
+        let start = Instant::now();
+        let want = Self::member(member);
+        loop {
+            let got = self.who_answers();
+            if got.as_deref() == Some(want.as_str()) {
+                return start.elapsed();
+            }
+            if start.elapsed() >= limit {
+                let neigh = Command::new("ip")
+                    .args(["-n", &self.ns("c"), "neigh", "show"])
+                    .output()
+                    .unwrap();
+                let macs: Vec<String> = (0..self.members)
+                    .map(|i| {
+                        let out = Command::new("ip")
+                            .args([
+                                "-n",
+                                &self.ns(&Self::member(i)),
+                                "-o",
+                                "link",
+                                "show",
+                                "eth0",
+                            ])
+                            .output()
+                            .unwrap();
+                        String::from_utf8_lossy(&out.stdout)
+                            .split_whitespace()
+                            .skip_while(|w| *w != "link/ether")
+                            .nth(1)
+                            .unwrap_or_default()
+                            .to_owned()
+                    })
+                    .collect();
+                panic!(
+                    "{want} did not answer within {limit:?} (last answer {got:?}; holders {:?}; client neighbours {}; member MACs {macs:?})",
+                    self.holders(),
+                    String::from_utf8_lossy(&neigh.stdout)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The running members (daemon up, link up) that have the virtual
+    /// address on their interface. (A dead machine's stale address does
+    /// not count: its link is down.)
+    fn holders(&self) -> Vec<usize> {
+        (0..self.members)
+            .filter(|&i| self.daemons[i].is_some() && self.link_up(i))
+            .filter(|&i| {
+                let out = Command::new("ip")
+                    .args([
+                        "-n",
+                        &self.ns(&Self::member(i)),
+                        "-o",
+                        "addr",
+                        "show",
+                        "eth0",
+                    ])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/"))
+            })
+            .collect()
+    }
+
+    fn link_up(&self, i: usize) -> bool {
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                &self.ns(&Self::member(i)),
+                "-o",
+                "link",
+                "show",
+                "eth0",
+            ])
+            .output()
+            .unwrap();
+        !String::from_utf8_lossy(&out.stdout).contains("state DOWN")
+    }
+
+    fn settle_on(&self, member: usize) {
+        let start = Instant::now();
+        while self.holders() != [member] {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "holders {:?}, expected only {member}",
+                self.holders()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for i in 0..self.daemons.len() {
+            self.kill(i);
+        }
+        for s in &mut self.services {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let mut names: Vec<String> = (0..self.members).map(Self::member).collect();
+        names.extend(["c".to_owned(), "sw".to_owned()]);
+        for name in names {
+            let _ = ip(&["netns", "del", &self.ns(&name)]);
+        }
+    }
+}
+
+fn lab(members: usize) -> Option<Lab> {
+    let lab = Lab::create(members);
+    if lab.is_none() {
+        assert!(
+            std::env::var("HAPOOL_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "HAPOOL_REQUIRE_TOOLS=1 but no network namespace could be made (root and iproute2)"
+        );
+        eprintln!("SKIPPED: no network namespace (needs root and iproute2)");
+    }
+    lab
+}
+
+/// Master down interval at 100 ms adverts is at most 3 × 100 ms + 100 ms
+/// skew. When two masters meet (a restart, a healed cut), the loser's last
+/// announcement can reach the client after the winner's; the winner
+/// announces again 1.5 s later. The rest is slack for a loaded machine.
+const TAKEOVER: Duration = Duration::from_secs(5);
+
+#[test]
+fn three_members_kill_restart_and_cut() {
+    let Some(mut lab) = lab(3) else { return };
+    for i in 0..3 {
+        lab.start(i);
+    }
+    lab.wait_for(0, Duration::from_secs(10));
+    lab.settle_on(0);
+    // The master's machine dies.
+    lab.kill(0);
+    lab.link(0, false);
+    let took = lab.wait_for(1, TAKEOVER);
+    eprintln!("member 2 answers {took:?} after the master died");
+    // It comes back, with the highest priority: it takes the address back.
+    lab.link(0, true);
+    lab.start(0);
+    lab.wait_for(0, TAKEOVER);
+    lab.settle_on(0);
+    // Its link is cut: member 2 takes over; healed: member 1 again, and
+    // only member 1 holds the address.
+    lab.link(0, false);
+    lab.wait_for(1, TAKEOVER);
+    lab.link(0, true);
+    lab.wait_for(0, TAKEOVER);
+    lab.settle_on(0);
+}
+
+#[test]
+fn nine_members_hand_the_address_down_the_line() {
+    let Some(mut lab) = lab(9) else { return };
+    for i in 0..9 {
+        lab.start(i);
+    }
+    lab.wait_for(0, Duration::from_secs(10));
+    lab.settle_on(0);
+    // Kill the masters one after another: each time the next priority.
+    for dead in 0..3 {
+        lab.kill(dead);
+        lab.link(dead, false);
+        lab.wait_for(dead + 1, TAKEOVER);
+    }
+    lab.settle_on(3);
+    // A clean stop of the master (SIGTERM): priority 0, the next takes
+    // over after its skew time.
+    if let Some(d) = lab.daemons[3].as_ref() {
+        assert!(
+            Command::new("kill")
+                .arg(d.id().to_string())
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    lab.wait_for(4, TAKEOVER);
+    lab.settle_on(4);
+}
+
+/// A member's service: answers every connection on port 8080 with its name.
+#[test]
+#[ignore = "an entry point of the namespace tests, not a test by itself"]
+fn service() {
+    let name = std::env::var("HAPOOL_VIP_NAME").expect("run by a namespace test");
+    let listener = std::net::TcpListener::bind("0.0.0.0:8080").unwrap();
+    for mut s in listener.incoming().flatten() {
+        let _ = s.write_all(name.as_bytes());
+    }
+}
+
+/// The client: connects to the virtual address and prints who answered.
+#[test]
+#[ignore = "an entry point of the namespace tests, not a test by itself"]
+fn client() {
+    let addr = format!("{VIP}:8080").parse().unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut name = String::new();
+    s.read_to_string(&mut name).unwrap();
+    println!("answered by {name}");
+}
