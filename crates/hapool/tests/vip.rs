@@ -28,6 +28,14 @@ struct Lab {
     members: usize,
     daemons: Vec<Option<Child>>,
     services: Vec<Child>,
+    keepalived_dirs: Vec<std::path::PathBuf>,
+}
+
+/// Which VRRP daemon a member runs.
+#[derive(Clone, Copy)]
+enum Daemon {
+    Hapool,
+    Keepalived,
 }
 
 impl Lab {
@@ -53,6 +61,7 @@ impl Lab {
             members,
             daemons: Vec::new(),
             services: Vec::new(),
+            keepalived_dirs: Vec::new(),
         };
         let sw = lab.ns("sw");
         assert!(ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]));
@@ -118,6 +127,12 @@ impl Lab {
     }
 
     fn start(&mut self, i: usize) {
+        let priority = self.priority(i);
+        self.start_as(i, Daemon::Hapool, priority);
+    }
+
+    /// Starts `daemon` on member `i` with `priority`.
+    fn start_as(&mut self, i: usize, daemon: Daemon, priority: u8) {
         let ns = self.ns(&Self::member(i));
         // A machine that comes back has not kept the virtual address.
         let _ = ip(&[
@@ -129,11 +144,36 @@ impl Lab {
             "dev",
             "eth0",
         ]);
-        let daemon = Command::new("ip")
-            .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_hapool"), "vip"])
-            .args(["--interface", "eth0", "--address", &Self::address(i)])
-            .args(["--vrid", "7", "--priority", &self.priority(i).to_string()])
-            .args(["--vip", &format!("{VIP}/24"), "--advert-interval", "100ms"])
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &ns]);
+        match daemon {
+            Daemon::Hapool => {
+                command
+                    .args([env!("CARGO_BIN_EXE_hapool"), "vip"])
+                    .args(["--interface", "eth0", "--address", &Self::address(i)])
+                    .args(["--vrid", "7", "--priority", &priority.to_string()])
+                    .args(["--vip", &format!("{VIP}/24"), "--advert-interval", "100ms"]);
+            }
+            Daemon::Keepalived => {
+                let dir = std::env::temp_dir().join(format!("{}-k{i}", self.prefix));
+                std::fs::create_dir_all(&dir).unwrap();
+                let conf = dir.join("keepalived.conf");
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "global_defs {{\n  vrrp_version 3\n}}\nvrrp_instance VI_7 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 7\n  priority {priority}\n  advert_int 0.1\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n"
+                    ),
+                )
+                .unwrap();
+                let path = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+                command
+                    .args(["keepalived", "--dont-fork", "--vrrp", "--log-console"])
+                    .args(["-f", &path("keepalived.conf"), "-p", &path("main.pid")])
+                    .args(["-r", &path("vrrp.pid"), "-c", &path("checkers.pid")]);
+                self.keepalived_dirs.push(dir);
+            }
+        }
+        let daemon = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -146,6 +186,15 @@ impl Lab {
         if let Some(mut d) = self.daemons[i].take() {
             let _ = d.kill();
             let _ = d.wait();
+        }
+        // keepalived's VRRP process, when it ran keepalived: the machine
+        // dies with all its processes.
+        let vrrp = std::env::temp_dir()
+            .join(format!("{}-k{i}", self.prefix))
+            .join("vrrp.pid");
+        if let Ok(pid) = std::fs::read_to_string(&vrrp) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+            let _ = std::fs::remove_file(vrrp);
         }
     }
 
@@ -285,6 +334,9 @@ impl Drop for Lab {
         for name in names {
             let _ = ip(&["netns", "del", &self.ns(&name)]);
         }
+        for dir in &self.keepalived_dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -361,6 +413,46 @@ fn nine_members_hand_the_address_down_the_line() {
     }
     lab.wait_for(4, TAKEOVER);
     lab.settle_on(4);
+}
+
+/// hapool vip and keepalived (Debian's) in one group, each in both roles:
+/// the higher priority holds the address, and each takes over when the
+/// other's machine dies, and gives the address back when it returns.
+#[test]
+fn shares_a_group_with_keepalived() {
+    if Command::new("keepalived")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("HAPOOL_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "HAPOOL_REQUIRE_TOOLS=1 but keepalived is not installed (apt-get install keepalived)"
+        );
+        eprintln!("SKIPPED: keepalived is not installed");
+        return;
+    }
+    let Some(mut lab) = lab(2) else { return };
+    for (high, low) in [
+        (Daemon::Keepalived, Daemon::Hapool),
+        (Daemon::Hapool, Daemon::Keepalived),
+    ] {
+        lab.start_as(0, high, 200);
+        lab.start_as(1, low, 150);
+        lab.wait_for(0, Duration::from_secs(10));
+        lab.settle_on(0);
+        // The master's machine dies: the other daemon takes over.
+        lab.kill(0);
+        lab.link(0, false);
+        lab.wait_for(1, TAKEOVER);
+        // It returns and takes the address back.
+        lab.link(0, true);
+        lab.start_as(0, high, 200);
+        lab.wait_for(0, TAKEOVER);
+        lab.settle_on(0);
+        lab.kill(0);
+        lab.kill(1);
+    }
 }
 
 /// A member's service: answers every connection on port 8080 with its name.
