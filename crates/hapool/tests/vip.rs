@@ -131,8 +131,15 @@ impl Lab {
         self.start_as(i, Daemon::Hapool, priority);
     }
 
-    /// Starts `daemon` on member `i` with `priority`.
+    /// Starts `daemon` on member `i` with `priority`, advertising every
+    /// 100 ms.
     fn start_as(&mut self, i: usize, daemon: Daemon, priority: u8) {
+        self.start_with(i, daemon, priority, 100);
+    }
+
+    /// Starts `daemon` on member `i` with `priority`, advertising every
+    /// `interval_ms`.
+    fn start_with(&mut self, i: usize, daemon: Daemon, priority: u8, interval_ms: u64) {
         let ns = self.ns(&Self::member(i));
         // A machine that comes back has not kept the virtual address.
         let _ = ip(&[
@@ -152,7 +159,8 @@ impl Lab {
                     .args([env!("CARGO_BIN_EXE_hapool"), "vip"])
                     .args(["--interface", "eth0", "--address", &Self::address(i)])
                     .args(["--vrid", "7", "--priority", &priority.to_string()])
-                    .args(["--vip", &format!("{VIP}/24"), "--advert-interval", "100ms"]);
+                    .args(["--vip", &format!("{VIP}/24")])
+                    .args(["--advert-interval", &format!("{interval_ms}ms")]);
             }
             Daemon::Keepalived => {
                 let dir = std::env::temp_dir().join(format!("{}-k{i}", self.prefix));
@@ -161,7 +169,8 @@ impl Lab {
                 std::fs::write(
                     &conf,
                     format!(
-                        "global_defs {{\n  vrrp_version 3\n}}\nvrrp_instance VI_7 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 7\n  priority {priority}\n  advert_int 0.1\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n"
+                        "global_defs {{\n  vrrp_version 3\n}}\nvrrp_instance VI_7 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 7\n  priority {priority}\n  advert_int {}\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n",
+                        interval_ms as f64 / 1000.0
                     ),
                 )
                 .unwrap();
@@ -181,21 +190,26 @@ impl Lab {
         self.daemons[i] = Some(daemon);
     }
 
-    /// SIGKILL to member `i`'s daemon.
+    /// The machine of member `i` dies: every process of its daemon stops
+    /// at once (SIGSTOP, so none can say goodbye) and is then killed.
     fn kill(&mut self, i: usize) {
-        if let Some(mut d) = self.daemons[i].take() {
-            let _ = d.kill();
-            let _ = d.wait();
-        }
-        // keepalived's VRRP process, when it ran keepalived: the machine
-        // dies with all its processes.
+        // keepalived runs a VRRP process besides the one we started.
         let vrrp = std::env::temp_dir()
             .join(format!("{}-k{i}", self.prefix))
             .join("vrrp.pid");
-        if let Ok(pid) = std::fs::read_to_string(&vrrp) {
-            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-            let _ = std::fs::remove_file(vrrp);
+        let child = std::fs::read_to_string(&vrrp)
+            .ok()
+            .map(|pid| pid.trim().to_owned());
+        let main = self.daemons[i].as_ref().map(|d| d.id().to_string());
+        for signal in ["-STOP", "-KILL"] {
+            for pid in child.iter().chain(main.iter()) {
+                let _ = Command::new("kill").args([signal, pid]).status();
+            }
         }
+        if let Some(mut d) = self.daemons[i].take() {
+            let _ = d.wait();
+        }
+        let _ = std::fs::remove_file(vrrp);
     }
 
     fn link(&self, i: usize, up: bool) {
@@ -452,6 +466,147 @@ fn shares_a_group_with_keepalived() {
         lab.settle_on(0);
         lab.kill(0);
         lab.kill(1);
+    }
+}
+
+/// The side-by-side failover benchmark (`bench/vip-vs-keepalived.sh`):
+/// two members and a client probing the virtual address every 2 ms; for
+/// keepalived and for hapool vip, at 1 s and at 100 ms advertisements,
+/// `HAPOOL_VIP_TRIALS` times (default 10): the master's machine dies (all
+/// its daemon's processes killed, its link cut), and the time until the
+/// other member answers is taken; then it returns, and the time until it
+/// answers again, the probes lost and the longest gap are taken.
+#[test]
+#[ignore = "a benchmark: bench/vip-vs-keepalived.sh"]
+fn vip_failover_bench() {
+    let trials: usize = std::env::var("HAPOOL_VIP_TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(10);
+    let Some(mut lab) = lab(2) else { return };
+    let now_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64
+    };
+    for interval in [1000u64, 100] {
+        for (name, daemon) in [
+            ("keepalived", Daemon::Keepalived),
+            ("hapool", Daemon::Hapool),
+        ] {
+            let mut takeovers = Vec::new();
+            let mut returns = Vec::new();
+            let mut blips = Vec::new();
+            for _ in 0..trials {
+                lab.start_with(0, daemon, 200, interval);
+                lab.start_with(1, daemon, 150, interval);
+                lab.wait_for(0, Duration::from_secs(15));
+                lab.settle_on(0);
+                let mut prober = Command::new("ip")
+                    .args(["netns", "exec", &lab.ns("c")])
+                    .arg(std::env::current_exe().unwrap())
+                    .args(["--ignored", "--exact", "prober", "--nocapture"])
+                    .env(
+                        "HAPOOL_VIP_PROBE_SECS",
+                        if interval == 1000 { "14" } else { "3" },
+                    )
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+                let killed = now_us();
+                lab.kill(0);
+                lab.link(0, false);
+                std::thread::sleep(Duration::from_millis(interval * 5));
+                let restarted = now_us();
+                lab.link(0, true);
+                lab.start_with(0, daemon, 200, interval);
+                let mut out = String::new();
+                prober
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .unwrap();
+                let _ = prober.wait();
+                let probes: Vec<(i64, String)> = out
+                    .lines()
+                    .filter_map(|l| {
+                        let (t, who) = l.split_once(' ')?;
+                        Some((t.parse().ok()?, who.to_owned()))
+                    })
+                    .collect();
+                let first = |after: i64, who: &str| {
+                    probes
+                        .iter()
+                        .find(|(t, w)| *t >= after && w == who)
+                        .map(|(t, _)| (t - after) as f64 / 1000.0)
+                };
+                takeovers.push(first(killed, "r2").expect("member 2 answered"));
+                returns.push(first(restarted, "r1").expect("member 1 answered again"));
+                // The fall-back: probes lost and the longest gap between
+                // answers, from the restart on.
+                let answered: Vec<i64> = probes
+                    .iter()
+                    .filter(|(t, w)| *t >= restarted && w != "-")
+                    .map(|(t, _)| *t)
+                    .collect();
+                let lost = probes
+                    .iter()
+                    .filter(|(t, w)| *t >= restarted && w == "-")
+                    .count();
+                let gap = answered.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+                blips.push((lost, gap as f64 / 1000.0));
+                lab.kill(0);
+                lab.kill(1);
+            }
+            let stats = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                (v[v.len() / 2], v[v.len() - 1])
+            };
+            let (t_med, t_max) = stats(&mut takeovers);
+            let (r_med, r_max) = stats(&mut returns);
+            let lost_max = blips.iter().map(|b| b.0).max().unwrap_or(0);
+            let gap_max = blips.iter().map(|b| b.1).fold(0.0, f64::max);
+            println!(
+                "{name:<10} adverts {interval:>4} ms: master death -> other answers median {t_med:.0} ms, max {t_max:.0} ms; return -> answers median {r_med:.0} ms, max {r_max:.0} ms; fall-back: at most {lost_max} probes lost, longest gap {gap_max:.0} ms ({trials} trials)"
+            );
+        }
+    }
+}
+
+/// The benchmark's client: connects to the virtual address every 2 ms
+/// for `HAPOOL_VIP_PROBE_SECS` seconds and prints, for each attempt, the
+/// time (µs since the epoch) and who answered (`-` for nobody).
+#[test]
+#[ignore = "an entry point of the benchmark, not a test by itself"]
+fn prober() {
+    let secs: u64 = std::env::var("HAPOOL_VIP_PROBE_SECS")
+        .expect("run by the benchmark")
+        .parse()
+        .unwrap();
+    let addr = format!("{VIP}:8080").parse().unwrap();
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut out = std::io::stdout().lock();
+    while Instant::now() < end {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
+        let who = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(20))
+            .ok()
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_millis(20))).ok()?;
+                let mut name = String::new();
+                s.read_to_string(&mut name).ok()?;
+                Some(name)
+            })
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "-".to_owned());
+        let _ = writeln!(out, "{at} {who}");
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
