@@ -219,20 +219,26 @@ impl Addresses {
             })
     }
 
-    /// Removes `address` from `interface`; not there is fine.
-    pub async fn remove(&self, interface: &Interface, address: IpAddr) -> io::Result<()> {
-        let mut found = self
-            .handle
+    /// The netlink messages of `address` on `interface` (none or one).
+    async fn find(
+        &self,
+        interface: &Interface,
+        address: IpAddr,
+    ) -> io::Result<Vec<rtnetlink::packet_route::address::AddressMessage>> {
+        self.handle
             .address()
             .get()
             .set_link_index_filter(interface.index)
             .set_address_filter(address)
-            .execute();
-        while let Some(message) = found
-            .try_next()
+            .execute()
+            .try_collect()
             .await
-            .map_err(|e| netlink_error(e, &format!("listing addresses of {}", interface.name)))?
-        {
+            .map_err(|e| netlink_error(e, &format!("listing addresses of {}", interface.name)))
+    }
+
+    /// Removes `address` from `interface`; not there is fine.
+    pub async fn remove(&self, interface: &Interface, address: IpAddr) -> io::Result<()> {
+        for message in self.find(interface, address).await? {
             self.handle
                 .address()
                 .del(message)
@@ -247,18 +253,7 @@ impl Addresses {
 
     /// Whether `interface` has `address`.
     pub async fn has(&self, interface: &Interface, address: IpAddr) -> io::Result<bool> {
-        let mut found = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(interface.index)
-            .set_address_filter(address)
-            .execute();
-        Ok(found
-            .try_next()
-            .await
-            .map_err(|e| netlink_error(e, &format!("listing addresses of {}", interface.name)))?
-            .is_some())
+        Ok(!self.find(interface, address).await?.is_empty())
     }
 }
 

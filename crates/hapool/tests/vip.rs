@@ -254,18 +254,7 @@ impl Lab {
                     .unwrap();
                 let macs: Vec<String> = (0..self.members)
                     .map(|i| {
-                        let out = Command::new("ip")
-                            .args([
-                                "-n",
-                                &self.ns(&Self::member(i)),
-                                "-o",
-                                "link",
-                                "show",
-                                "eth0",
-                            ])
-                            .output()
-                            .unwrap();
-                        String::from_utf8_lossy(&out.stdout)
+                        self.show(i, "link")
                             .split_whitespace()
                             .skip_while(|w| *w != "link/ether")
                             .nth(1)
@@ -289,36 +278,22 @@ impl Lab {
     fn holders(&self) -> Vec<usize> {
         (0..self.members)
             .filter(|&i| self.daemons[i].is_some() && self.link_up(i))
-            .filter(|&i| {
-                let out = Command::new("ip")
-                    .args([
-                        "-n",
-                        &self.ns(&Self::member(i)),
-                        "-o",
-                        "addr",
-                        "show",
-                        "eth0",
-                    ])
-                    .output()
-                    .unwrap();
-                String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/"))
-            })
+            .filter(|&i| self.show(i, "addr").contains(&format!("{VIP}/")))
             .collect()
     }
 
     fn link_up(&self, i: usize) -> bool {
+        !self.show(i, "link").contains("state DOWN")
+    }
+
+    /// `ip -o OBJECT show eth0` in member `i`'s namespace.
+    fn show(&self, i: usize, object: &str) -> String {
+        let ns = self.ns(&Self::member(i));
         let out = Command::new("ip")
-            .args([
-                "-n",
-                &self.ns(&Self::member(i)),
-                "-o",
-                "link",
-                "show",
-                "eth0",
-            ])
+            .args(["-n", &ns, "-o", object, "show", "eth0"])
             .output()
             .unwrap();
-        !String::from_utf8_lossy(&out.stdout).contains("state DOWN")
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn settle_on(&self, member: usize) {
