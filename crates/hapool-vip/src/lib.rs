@@ -179,15 +179,21 @@ pub fn start(spec: RouterSpec) -> io::Result<VipHandle> {
     })
 }
 
-/// When a new master announces its addresses again: neighbours take no
-/// ARP update for an address within a second of the last (Linux's
-/// neighbour locktime), so the first announcement can be ignored by a
-/// host that was just talking to the old master.
-const ANNOUNCE_AGAIN: std::time::Duration = std::time::Duration::from_millis(1500);
+/// When a new master announces its addresses again, after the first
+/// announcement: neighbours take no ARP update for an address within a
+/// second of the last (Linux's neighbour locktime), and the old master's
+/// last announcement can arrive after the new one's, so one announcement
+/// can be missed by a host that was talking to the old master.
+const ANNOUNCE_AGAIN: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(500),
+    std::time::Duration::from_millis(1500),
+    std::time::Duration::from_millis(3000),
+];
 
 struct Driver {
-    /// When to announce the addresses again (as master).
-    announce_again: Option<Instant>,
+    /// When to announce the addresses again (as master), and how many
+    /// announcements of [`ANNOUNCE_AGAIN`] are made.
+    announce_again: Option<(Instant, usize)>,
     spec: RouterSpec,
     interface: Interface,
     socket: VrrpSocket,
@@ -273,7 +279,7 @@ impl Driver {
                 Action::ReleaseAddresses => self.release_addresses().await,
                 Action::Announce => {
                     self.announce();
-                    self.announce_again = Some(Instant::now() + ANNOUNCE_AGAIN);
+                    self.announce_again = Some((Instant::now() + ANNOUNCE_AGAIN[0], 0));
                 }
                 Action::StateChanged { from, to } => self.changed(from, to),
             }
@@ -316,7 +322,7 @@ impl Driver {
             }
         }
         self.announce();
-        self.announce_again = Some(Instant::now() + ANNOUNCE_AGAIN);
+        self.announce_again = Some((Instant::now() + ANNOUNCE_AGAIN[0], 0));
     }
 
     /// Gratuitous ARP for every virtual address (twice: one can be lost).
@@ -384,10 +390,14 @@ async fn run(mut d: Driver, mut commands: mpsc::Receiver<Command>) {
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 d.router.handle_timeout(StdInstant::now());
             }
-            () = sleep_until(d.announce_again.unwrap_or_else(Instant::now)), if d.announce_again.is_some() => {
-                d.announce_again = None;
+            () = sleep_until(d.announce_again.map_or_else(Instant::now, |a| a.0)), if d.announce_again.is_some() => {
+                let (_, done) = d.announce_again.take().expect("scheduled");
                 if d.router.state() == State::Master {
                     d.announce();
+                    if let Some(next) = ANNOUNCE_AGAIN.get(done + 1) {
+                        let since_first = *next - ANNOUNCE_AGAIN[done];
+                        d.announce_again = Some((Instant::now() + since_first, done + 1));
+                    }
                 }
             }
             command = commands.recv() => match command {
