@@ -25,10 +25,19 @@ pub(crate) type StatusFn =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Value> + Send>> + Send + Sync>;
 
 /// Installs the process-wide Prometheus recorder.
-pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")
+}
+
+/// Binds the admin port at `addr` and installs the metrics recorder (before
+/// the daemon starts, so that its first gauges are recorded).
+pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, PrometheusHandle)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the admin port"))?;
+    Ok((listener, install_metrics()?))
 }
 
 /// Serves the admin port on `listener` until the process ends.

@@ -142,12 +142,7 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
     // The metrics recorder goes in before the registrar starts, so that
     // its first gauges are recorded.
     let admin = match admin {
-        Some(addr) => Some((
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} for the admin port"))?,
-            crate::admin::install_metrics()?,
-        )),
+        Some(addr) => Some(crate::admin::bind(addr).await?),
         None => None,
     };
     let tls = match tls {

@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::Context;
 use hapool_vip::{RouterSpec, RouterStatus, VipHandle};
 use hapool_vrrp::{Addresses, ChecksumMode, RouterConfig, State};
-use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::BadConfig;
@@ -314,12 +313,7 @@ fn track(handle: &VipHandle, configured: u8, tracks: Vec<(Probe, u8, Duration)>)
 pub(crate) async fn vip(args: VipArgs) -> anyhow::Result<()> {
     let (routers, admin) = routers(&args)?;
     let admin = match admin {
-        Some(addr) => Some((
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} for the admin port"))?,
-            crate::admin::install_metrics()?,
-        )),
+        Some(addr) => Some(crate::admin::bind(addr).await?),
         None => None,
     };
     let mut handles = Vec::new();
