@@ -1,0 +1,416 @@
+//! The HTTP proxy: HTTP/1.1 and HTTP/2 from clients (over TLS when the
+//! listener terminates it), HTTP/1.1 to members; session affinity by a
+//! cookie, state cookies handed on when a session moves, and retries on
+//! another member when that is safe.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hapool_wire::PoolElementId;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::{Instant, timeout};
+use tracing::{debug, warn};
+
+use crate::pool::{Lease, Pool};
+use crate::sessions::SessionKey;
+use crate::{Limits, Shared};
+
+/// The body of a request to a member: kept in memory (so it can be sent
+/// again), or streamed from the client.
+pub(crate) type MemberBody = Either<Full<Bytes>, Incoming>;
+
+/// The body of a response to a client.
+pub(crate) type ClientBody = Either<LeasedBody, Full<Bytes>>;
+
+/// The HTTP client that reaches members (and probes them).
+pub(crate) type MemberClient = Client<HttpConnector, MemberBody>;
+
+/// The name of the gateway's affinity cookie.
+pub const AFFINITY_COOKIE: &str = "hapool";
+
+/// The header a member sets on a response to hand the gateway its state
+/// cookie for the session, and that the gateway sets on a request when the
+/// session moves to another member.
+pub const STATE_HEADER: &str = "x-hapool-state";
+
+/// A member's client for this gateway's settings.
+pub(crate) fn member_client(limits: &Limits) -> MemberClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(limits.connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(limits.member_idle_timeout)
+        .pool_max_idle_per_host(usize::MAX)
+        .build(connector)
+}
+
+/// A response body that keeps the member's session open until it is done.
+pub(crate) struct LeasedBody {
+    inner: Incoming,
+    _lease: Lease,
+}
+
+impl Body for LeasedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The request body as the proxy holds it.
+enum Held {
+    /// In memory: can be sent to another member.
+    Kept(Bytes),
+    /// Streamed: can be sent once.
+    Streamed(Option<Incoming>),
+}
+
+/// One HTTP listener's proxy.
+pub(crate) struct HttpProxy {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) shared: Arc<Shared>,
+    /// Whether clients reach this listener over TLS.
+    pub(crate) tls: bool,
+    /// Whether sessions are kept together by the affinity cookie.
+    pub(crate) affinity: bool,
+    pub(crate) state_header: HeaderName,
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// The value of the affinity cookie in `headers`, if the client sent one.
+fn affinity_cookie(headers: &HeaderMap) -> Option<u128> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == AFFINITY_COOKIE).then(|| u128::from_str_radix(value, 16).ok())?
+        })
+}
+
+/// Headers that belong to one connection and are not passed on.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<ClientBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+        text.as_bytes(),
+    ))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+impl HttpProxy {
+    /// Serves one request from `client`.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Result<Response<ClientBody>, Infallible> {
+        let (parts, body) = request.into_parts();
+        let mut held = match self.hold(body).await {
+            Ok(held) => held,
+            Err(response) => return Ok(response),
+        };
+        let limits = &self.shared.limits;
+        let now = Instant::now();
+        let key = self
+            .affinity
+            .then(|| affinity_cookie(&parts.headers))
+            .flatten()
+            .map(SessionKey::Cookie);
+        let session = key.and_then(|k| self.pool.sessions.touch(k, now));
+        let idempotent = is_idempotent(&parts.method);
+        let mut tried = Vec::with_capacity(2);
+        let mut handoff = None;
+        for attempt in 0..=limits.retries {
+            let affine = session
+                .as_ref()
+                .filter(|_| attempt == 0)
+                .and_then(|s| self.pool.member(s.member))
+                .filter(|m| self.pool.availability(m).keeps_session());
+            let lease = match affine {
+                Some(member) => Pool::lease(member),
+                None => {
+                    let Some((lease, _)) = self.pool.choose(&tried) else {
+                        break;
+                    };
+                    if let Some(s) = &session
+                        && s.member != lease.member().id
+                    {
+                        handoff.clone_from(&s.state);
+                    }
+                    lease
+                }
+            };
+            let member = lease.member().clone();
+            tried.push(member.id);
+            let body = match &mut held {
+                Held::Kept(bytes) => Either::Left(Full::new(bytes.clone())),
+                Held::Streamed(body) => match body.take() {
+                    Some(body) => Either::Right(body),
+                    None => break,
+                },
+            };
+            let outgoing =
+                self.member_request(&parts, member.address, client, handoff.as_ref(), body);
+            self.shared.metrics.requests.increment(1);
+            match timeout(limits.request_timeout, self.shared.client.request(outgoing)).await {
+                Ok(Ok(response)) => {
+                    return Ok(self.respond(
+                        response,
+                        lease,
+                        key,
+                        session.as_ref().map(|s| s.member),
+                        now,
+                    ));
+                }
+                Ok(Err(e)) => {
+                    let connect = e.is_connect();
+                    debug!(pool = %self.pool.handle(), pe_id = %member.id, error = %e, connect, "request to member failed");
+                    lease.fail();
+                    if connect {
+                        self.shared.unreachable(&self.pool, &member);
+                    }
+                    let safe = connect || idempotent;
+                    if !safe || matches!(held, Held::Streamed(_)) {
+                        self.shared.metrics.failed.increment(1);
+                        return Ok(plain(
+                            StatusCode::BAD_GATEWAY,
+                            "the pool element failed during the request\n",
+                        ));
+                    }
+                    self.shared.metrics.retries.increment(1);
+                }
+                Err(_) => {
+                    lease.fail();
+                    self.shared.limit_hit("request_timeout", self.pool.handle());
+                    self.shared.metrics.failed.increment(1);
+                    return Ok(plain(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the pool element did not answer in time\n",
+                    ));
+                }
+            }
+        }
+        self.shared.metrics.failed.increment(1);
+        warn!(pool = %self.pool.handle(), tried = tried.len(), "no pool element can serve the request");
+        Ok(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no pool element can serve the request\n",
+        ))
+    }
+
+    /// Keeps a small body in memory (so the request can be retried);
+    /// streams a large one.
+    async fn hold(&self, body: Incoming) -> Result<Held, Response<ClientBody>> {
+        let limit = self.shared.limits.retry_body_limit;
+        if body.is_end_stream() {
+            return Ok(Held::Kept(Bytes::new()));
+        }
+        if body
+            .size_hint()
+            .upper()
+            .is_none_or(|upper| upper > limit as u64)
+        {
+            return Ok(Held::Streamed(Some(body)));
+        }
+        match timeout(
+            self.shared.limits.request_timeout,
+            Limited::new(body, limit).collect(),
+        )
+        .await
+        {
+            Ok(Ok(collected)) => Ok(Held::Kept(collected.to_bytes())),
+            Ok(Err(_)) => Err(plain(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read\n",
+            )),
+            Err(_) => {
+                self.shared.limit_hit("request_timeout", self.pool.handle());
+                Err(plain(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time\n",
+                ))
+            }
+        }
+    }
+
+    fn member_request(
+        &self,
+        parts: &http::request::Parts,
+        member: SocketAddr,
+        client: SocketAddr,
+        handoff: Option<&Bytes>,
+        body: MemberBody,
+    ) -> Request<MemberBody> {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.version_mut() = Version::HTTP_11;
+        *request.uri_mut() = format!("http://{member}{path}")
+            .parse()
+            .expect("an address and a path form a URI");
+        let headers = request.headers_mut();
+        headers.clone_from(&parts.headers);
+        remove_hop_by_hop(headers);
+        if !headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            headers.insert(header::HOST, host);
+        }
+        if let Ok(ip) = HeaderValue::from_str(&client.ip().to_string()) {
+            headers.append("x-forwarded-for", ip);
+        }
+        headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if self.tls { "https" } else { "http" }),
+        );
+        headers.remove(&self.state_header);
+        if let Some(state) = handoff
+            && let Ok(value) = HeaderValue::from_bytes(state)
+        {
+            headers.insert(self.state_header.clone(), value);
+        }
+        request
+    }
+
+    /// Passes the member's response on: takes its state cookie, binds the
+    /// session, and sets the affinity cookie on a new session.
+    fn respond(
+        &self,
+        response: Response<Incoming>,
+        lease: Lease,
+        key: Option<SessionKey>,
+        was: Option<PoolElementId>,
+        now: Instant,
+    ) -> Response<ClientBody> {
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        let state = parts
+            .headers
+            .remove(&self.state_header)
+            .map(|v| Bytes::copy_from_slice(v.as_bytes()));
+        let member = lease.member().id;
+        if self.affinity {
+            let starts = state.is_some() || parts.headers.contains_key(header::SET_COOKIE);
+            let kept = match key {
+                Some(key) if was.is_some() || starts => {
+                    self.pool.sessions.bind(key, member, was, state, now)
+                }
+                None if starts => {
+                    let id: u128 = rand::random();
+                    let kept =
+                        self.pool
+                            .sessions
+                            .bind(SessionKey::Cookie(id), member, None, state, now);
+                    let secure = if self.tls { "; Secure" } else { "" };
+                    let cookie = format!("{AFFINITY_COOKIE}={id:032x}; Path=/; HttpOnly{secure}");
+                    if kept && let Ok(value) = HeaderValue::from_str(&cookie) {
+                        parts.headers.append(header::SET_COOKIE, value);
+                    }
+                    kept
+                }
+                _ => true,
+            };
+            if !kept {
+                self.shared.limit_hit("session_table", self.pool.handle());
+            }
+        }
+        Response::from_parts(
+            parts,
+            Either::Left(LeasedBody {
+                inner: body,
+                _lease: lease,
+            }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_affinity_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1; hapool=00ff"));
+        assert_eq!(affinity_cookie(&headers), Some(0xff));
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("hapoolx=1"));
+        headers.append(header::COOKIE, HeaderValue::from_static("hapool=zz"));
+        assert_eq!(affinity_cookie(&headers), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key(header::ACCEPT));
+    }
+}

@@ -1,0 +1,695 @@
+//! The hapool gateway: a proxy in front of server pools for clients that do
+//! not speak ASAP.
+//!
+//! Each listener (plain TCP, or HTTP/1.1 and HTTP/2; either over TLS with
+//! the certificate chosen by SNI) serves one pool. The gateway is a pool
+//! user: it learns the members of a pool from the registrars, keeping the
+//! last answer while no registrar answers, or takes them from its
+//! configuration. A new session goes to a member chosen by the Internet
+//! Cluster Manager's rules ([`select`]); a session stays with its member
+//! ([`sessions`]) while that member can take it, and moves with its state
+//! cookie when it cannot. A request that failed before it reached a member,
+//! or that can be repeated, is retried on another member.
+//!
+//! Main types: [`Gateway`] (start, status, operator marks), [`Pool`],
+//! [`GatewayConfig`]. The crate never parses HTTP itself (hyper does).
+
+#![forbid(unsafe_code)]
+
+mod deadline;
+pub mod http;
+pub mod pool;
+pub mod select;
+pub mod sessions;
+mod tcp;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hapool_client::{PoolUser, PuConfig};
+use hapool_wire::{PoolElementId, PoolHandle};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use metrics::{Counter, counter};
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::deadline::FirstByteDeadline;
+use crate::http::{HttpProxy, MemberClient, member_client};
+pub use crate::pool::{
+    Member, MemberSource, MemberStatus, Pool, PoolSettings, ProbeKind, StaticMember,
+};
+pub use crate::select::{AdminState, Availability, Strategy};
+use crate::sessions::SessionTable;
+use crate::tcp::TcpProxy;
+
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Any protocol over TCP, connection by connection.
+    Tcp,
+    /// HTTP/1.1 and HTTP/2, request by request.
+    Http,
+}
+
+/// One listener.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// What it speaks.
+    pub protocol: Protocol,
+    /// The pool it serves.
+    pub pool: PoolHandle,
+    /// TLS termination, when set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Whether sessions stay with their member (by cookie for HTTP, by
+    /// client address for TCP). Default on.
+    pub affinity: bool,
+    /// Connections open at once; more are closed at once. Default 10,000.
+    pub max_connections: usize,
+}
+
+/// Limits and timers shared by every listener.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Connecting to a member. Default 1 s.
+    pub connect_timeout: Duration,
+    /// From sending a request to a member to its response headers (and
+    /// for reading a small request body). Default 30 s.
+    pub request_timeout: Duration,
+    /// A client has this long for the TLS handshake and for each request's
+    /// headers (slow clients). Default 10 s.
+    pub header_read_timeout: Duration,
+    /// The largest request head in bytes (at least 8,192). Default 16 KiB.
+    pub max_header_bytes: usize,
+    /// Further members tried after a failure that is safe to retry.
+    /// Default 3.
+    pub retries: u32,
+    /// Request bodies up to this size are kept so the request can be sent
+    /// again. Default 64 KiB.
+    pub retry_body_limit: usize,
+    /// Idle connections to members are closed after this. Default 90 s.
+    pub member_idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            retries: 3,
+            retry_body_limit: 64 * 1024,
+            member_idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// The whole gateway's configuration.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Listeners.
+    pub listeners: Vec<ListenerConfig>,
+    /// Pools.
+    pub pools: Vec<PoolSettings>,
+    /// Registrars to resolve pools with (pools whose members come from
+    /// registrars).
+    pub registrars: Vec<SocketAddr>,
+    /// How often registrar pools are resolved again. Default 1 s.
+    pub refresh: Duration,
+    /// How often every member is probed. Default 1 s.
+    pub probe_interval: Duration,
+    /// How long a probe may take. Default 500 ms.
+    pub probe_timeout: Duration,
+    /// Sessions are forgotten after this idle time. Default 30 min.
+    pub session_idle: Duration,
+    /// The most sessions a pool's table keeps. Default 1,000,000.
+    pub session_capacity: usize,
+    /// Limits and timers.
+    pub limits: Limits,
+}
+
+impl GatewayConfig {
+    /// A configuration with these listeners and pools and every default.
+    pub fn new(listeners: Vec<ListenerConfig>, pools: Vec<PoolSettings>) -> Self {
+        Self {
+            listeners,
+            pools,
+            registrars: Vec::new(),
+            refresh: Duration::from_secs(1),
+            probe_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(500),
+            session_idle: Duration::from_secs(30 * 60),
+            session_capacity: 1_000_000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// A listener names a pool that is not configured.
+    #[error("listener {listener} serves pool {pool:?}, which is not configured")]
+    UnknownPool {
+        /// The listener's address.
+        listener: SocketAddr,
+        /// The pool it names.
+        pool: String,
+    },
+    /// A pool is configured twice.
+    #[error("pool {0:?} is configured twice")]
+    DuplicatePool(String),
+    /// A pool takes its members from registrars, but none are configured.
+    #[error("pool {0:?} takes its members from registrars, but no registrar is configured")]
+    NoRegistrars(String),
+    /// A listener's address cannot be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
+}
+
+/// Counters every proxy updates.
+pub(crate) struct GatewayMetrics {
+    pub(crate) requests: Counter,
+    pub(crate) retries: Counter,
+    pub(crate) failed: Counter,
+}
+
+/// What every listener shares.
+pub(crate) struct Shared {
+    pub(crate) limits: Limits,
+    pub(crate) client: MemberClient,
+    pub(crate) metrics: GatewayMetrics,
+    reports: Option<mpsc::Sender<(PoolHandle, PoolElementId)>>,
+    last_limit_log: AtomicU64,
+    started: Instant,
+}
+
+impl Shared {
+    /// Marks `member` unreachable (the prober lets it back in), and tells
+    /// the registrars when the pool is theirs.
+    pub(crate) fn unreachable(&self, pool: &Pool, member: &Member) {
+        if member.set_reachable(false) {
+            warn!(pool = %pool.handle(), pe_id = %member.id, address = %member.address, "pool element unreachable");
+            counter!("hapool_gateway_unreachable_total").increment(1);
+            if pool.settings().source == MemberSource::Registrars
+                && let Some(reports) = &self.reports
+            {
+                let _ = reports.try_send((pool.handle().clone(), member.id));
+            }
+        }
+    }
+
+    /// Counts a limit that was hit, and logs it (at most once a second).
+    pub(crate) fn limit_hit(&self, limit: &'static str, pool: &PoolHandle) {
+        counter!("hapool_gateway_limit_hits_total", "limit" => limit).increment(1);
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_limit_log.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && self
+                .last_limit_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(limit, pool = %pool, "gateway limit hit (logged at most once a second; see hapool_gateway_limit_hits_total)");
+        }
+    }
+}
+
+/// A listener as `/status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ListenerStatus {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// What it speaks.
+    pub protocol: Protocol,
+    /// The pool it serves.
+    pub pool: String,
+    /// Whether it terminates TLS.
+    pub tls: bool,
+}
+
+/// A pool as `/status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolStatus {
+    /// The pool handle.
+    pub pool: String,
+    /// `registrars` or `static`.
+    pub source: &'static str,
+    /// How new sessions choose.
+    pub strategy: Strategy,
+    /// Sessions in its table.
+    pub sessions: usize,
+    /// Its members.
+    pub members: Vec<MemberStatus>,
+}
+
+/// The gateway's state as `/status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct GatewayStatus {
+    /// Listeners.
+    pub listeners: Vec<ListenerStatus>,
+    /// Pools.
+    pub pools: Vec<PoolStatus>,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pools: Vec<Arc<Pool>>,
+    listeners: Vec<ListenerStatus>,
+    tasks: JoinSet<()>,
+}
+
+impl Gateway {
+    /// Binds every listener, learns and probes the members once, and
+    /// starts serving.
+    pub async fn start(config: GatewayConfig) -> Result<Self, GatewayError> {
+        let mut pools: Vec<Arc<Pool>> = Vec::new();
+        for settings in &config.pools {
+            if pools.iter().any(|p| *p.handle() == settings.handle) {
+                return Err(GatewayError::DuplicatePool(settings.handle.to_string()));
+            }
+            if settings.source == MemberSource::Registrars && config.registrars.is_empty() {
+                return Err(GatewayError::NoRegistrars(settings.handle.to_string()));
+            }
+            pools.push(Arc::new(Pool::new(
+                settings.clone(),
+                SessionTable::new(config.session_idle, config.session_capacity),
+            )));
+        }
+        let mut bound = Vec::new();
+        for listener in &config.listeners {
+            let Some(pool) = pools.iter().find(|p| *p.handle() == listener.pool) else {
+                return Err(GatewayError::UnknownPool {
+                    listener: listener.address,
+                    pool: listener.pool.to_string(),
+                });
+            };
+            let socket = TcpListener::bind(listener.address)
+                .await
+                .map_err(|source| GatewayError::Bind {
+                    address: listener.address,
+                    source,
+                })?;
+            bound.push((socket, listener.clone(), pool.clone()));
+        }
+        let (reports, report_rx) = mpsc::channel(1024);
+        let shared = Shared {
+            limits: config.limits.clone(),
+            client: member_client(&config.limits),
+            metrics: GatewayMetrics {
+                requests: counter!("hapool_gateway_requests_total"),
+                retries: counter!("hapool_gateway_retries_total"),
+                failed: counter!("hapool_gateway_failures_total"),
+            },
+            reports: (!config.registrars.is_empty()).then_some(reports),
+            last_limit_log: AtomicU64::new(0),
+            started: Instant::now(),
+        };
+        let shared = Arc::new(shared);
+        let mut tasks = JoinSet::new();
+        let registrar_pools: Vec<Arc<Pool>> = pools
+            .iter()
+            .filter(|p| p.settings().source == MemberSource::Registrars)
+            .cloned()
+            .collect();
+        let pool_user = (!config.registrars.is_empty()).then(|| {
+            let mut pu = PuConfig::new(config.registrars.clone());
+            pu.cache_ttl = Duration::ZERO;
+            Arc::new(PoolUser::new(pu))
+        });
+        if let Some(pu) = &pool_user {
+            refresh(pu, &registrar_pools, &shared, config.probe_timeout).await;
+        }
+        probe_all(&pools, &shared, config.probe_timeout).await;
+        if let Some(pu) = pool_user {
+            tasks.spawn(refresher(
+                pu,
+                registrar_pools,
+                shared.clone(),
+                report_rx,
+                config.refresh,
+                config.probe_timeout,
+            ));
+        }
+        tasks.spawn(prober(
+            pools.clone(),
+            shared.clone(),
+            config.probe_interval,
+            config.probe_timeout,
+        ));
+        tasks.spawn(sweeper(pools.clone()));
+        let mut listeners = Vec::new();
+        for (socket, listener, pool) in bound {
+            let address = socket.local_addr().unwrap_or(listener.address);
+            info!(%address, protocol = ?listener.protocol, pool = %pool.handle(), tls = listener.tls.is_some(), "gateway listening");
+            listeners.push(ListenerStatus {
+                address,
+                protocol: listener.protocol,
+                pool: pool.handle().to_string(),
+                tls: listener.tls.is_some(),
+            });
+            tasks.spawn(accept_loop(socket, listener, pool, shared.clone()));
+        }
+        Ok(Self {
+            pools,
+            listeners,
+            tasks,
+        })
+    }
+
+    /// Where each listener listens (in configuration order).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|l| l.address).collect()
+    }
+
+    /// The pools.
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+
+    /// The pool `handle`.
+    pub fn pool(&self, handle: &PoolHandle) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.handle() == handle)
+    }
+
+    /// A view that can be shared with the admin port.
+    pub fn view(&self) -> GatewayView {
+        GatewayView {
+            pools: self.pools.clone(),
+            listeners: self.listeners.clone(),
+        }
+    }
+
+    /// Stops every listener and background task.
+    pub async fn shutdown(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+/// The gateway's pools and listeners, for status and operator control
+/// while it runs.
+#[derive(Clone)]
+pub struct GatewayView {
+    pools: Vec<Arc<Pool>>,
+    listeners: Vec<ListenerStatus>,
+}
+
+impl GatewayView {
+    /// Listeners, pools, members, session counts.
+    pub fn status(&self) -> GatewayStatus {
+        GatewayStatus {
+            listeners: self.listeners.clone(),
+            pools: self
+                .pools
+                .iter()
+                .map(|p| PoolStatus {
+                    pool: p.handle().to_string(),
+                    source: match p.settings().source {
+                        MemberSource::Registrars => "registrars",
+                        MemberSource::Static(_) => "static",
+                    },
+                    strategy: p.strategy(),
+                    sessions: p.sessions.len(),
+                    members: p.status(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The pool `handle`.
+    pub fn pool(&self, handle: &PoolHandle) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.handle() == handle)
+    }
+
+    /// Every pool.
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    listener: ListenerConfig,
+    pool: Arc<Pool>,
+    shared: Arc<Shared>,
+) {
+    let permits = Arc::new(Semaphore::new(listener.max_connections));
+    let acceptor = listener.tls.clone().map(TlsAcceptor::from);
+    let http = (listener.protocol == Protocol::Http).then(|| {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(shared.limits.header_read_timeout)
+            .max_buf_size(shared.limits.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(
+                u32::try_from(shared.limits.max_header_bytes).unwrap_or(u32::MAX),
+            );
+        (
+            Arc::new(builder),
+            Arc::new(HttpProxy {
+                pool: pool.clone(),
+                shared: shared.clone(),
+                tls: listener.tls.is_some(),
+                affinity: listener.affinity,
+                state_header: http::STATE_HEADER.parse().expect("a valid header name"),
+            }),
+        )
+    });
+    let tcp = Arc::new(TcpProxy {
+        pool: pool.clone(),
+        shared: shared.clone(),
+        affinity: listener.affinity,
+    });
+    loop {
+        let (stream, peer) = match socket.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(address = %listener.address, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared.limit_hit("max_connections", pool.handle());
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let http = http.clone();
+        let tcp = tcp.clone();
+        let shared = shared.clone();
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match acceptor {
+                Some(acceptor) => {
+                    match timeout(shared.limits.header_read_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls)) => {
+                            serve_connection(tls, peer, http, &tcp, &shared, &pool).await;
+                        }
+                        Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
+                        Err(_) => shared.limit_hit("header_read_timeout", pool.handle()),
+                    }
+                }
+                None => serve_connection(stream, peer, http, &tcp, &shared, &pool).await,
+            }
+        });
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    http: Option<(Arc<auto::Builder<TokioExecutor>>, Arc<HttpProxy>)>,
+    tcp: &TcpProxy,
+    shared: &Shared,
+    pool: &Pool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some((builder, proxy)) = http else {
+        tcp.serve(stream, peer).await;
+        return;
+    };
+    let service = service_fn(move |request| proxy.clone().handle(request, peer));
+    // hyper's header timeout starts once it knows the protocol; a client
+    // that sends nothing at all is cut off here.
+    let stream = FirstByteDeadline::new(stream, shared.limits.header_read_timeout);
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        let timed_out = e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+        match e.downcast_ref::<hyper::Error>() {
+            _ if timed_out => shared.limit_hit("header_read_timeout", pool.handle()),
+            Some(e) if e.is_timeout() => shared.limit_hit("header_read_timeout", pool.handle()),
+            Some(e) if e.is_parse_too_large() => {
+                shared.limit_hit("max_header_bytes", pool.handle());
+            }
+            _ => debug!(client = %peer, error = %e, "client connection ended with an error"),
+        }
+    }
+}
+
+/// Resolves every registrar pool once; keeps the last answer of a pool
+/// when no registrar answers.
+async fn refresh(pu: &PoolUser, pools: &[Arc<Pool>], shared: &Shared, probe_timeout: Duration) {
+    for pool in pools {
+        match pu.members(pool.handle()).await {
+            Ok(elements) => {
+                let fresh = pool.update(&elements);
+                for member in fresh {
+                    probe_one(pool, &member, shared, probe_timeout).await;
+                }
+            }
+            Err(hapool_client::ClientError::Refused(cause)) => {
+                // The registrars know no such pool (any more): it is empty.
+                debug!(pool = %pool.handle(), ?cause, "registrars name no member");
+                pool.update(&[]);
+            }
+            Err(e) => {
+                counter!("hapool_gateway_registrar_errors_total").increment(1);
+                warn!(pool = %pool.handle(), error = %e, "no registrar answered; serving from the last known members");
+            }
+        }
+    }
+}
+
+async fn refresher(
+    pu: Arc<PoolUser>,
+    pools: Vec<Arc<Pool>>,
+    shared: Arc<Shared>,
+    mut reports: mpsc::Receiver<(PoolHandle, PoolElementId)>,
+    every: Duration,
+    probe_timeout: Duration,
+) {
+    let mut tick = interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => refresh(&pu, &pools, &shared, probe_timeout).await,
+            Some((pool, pe_id)) = reports.recv() => {
+                if let Err(e) = pu.report_unreachable(&pool, pe_id).await {
+                    debug!(pool = %pool, pe_id = %pe_id, error = %e, "cannot report an unreachable pool element");
+                }
+            }
+        }
+    }
+}
+
+async fn probe_one(pool: &Pool, member: &Arc<Member>, shared: &Shared, probe_timeout: Duration) {
+    let ok = match &pool.settings().probe {
+        ProbeKind::Tcp => matches!(
+            timeout(probe_timeout, TcpStream::connect(member.address)).await,
+            Ok(Ok(_))
+        ),
+        ProbeKind::Http { path } => {
+            let uri = format!("http://{}{path}", member.address);
+            match uri.parse() {
+                Ok(uri) => {
+                    let mut request =
+                        hyper::Request::new(Either::Left(Full::new(bytes::Bytes::new())));
+                    *request.uri_mut() = uri;
+                    match timeout(probe_timeout, shared.client.request(request)).await {
+                        Ok(Ok(response)) => {
+                            let ok = response.status().as_u16() < 500;
+                            // Read the body so the connection can be reused.
+                            let _ = timeout(probe_timeout, response.into_body().collect()).await;
+                            ok
+                        }
+                        _ => false,
+                    }
+                }
+                Err(_) => false,
+            }
+        }
+    };
+    if member.set_reachable(ok) {
+        if ok {
+            info!(pool = %pool.handle(), pe_id = %member.id, address = %member.address, "pool element answers");
+        } else {
+            warn!(pool = %pool.handle(), pe_id = %member.id, address = %member.address, "pool element does not answer its probe");
+        }
+    }
+}
+
+async fn probe_all(pools: &[Arc<Pool>], shared: &Shared, probe_timeout: Duration) {
+    let members: Vec<(&Arc<Pool>, Arc<Member>)> = pools
+        .iter()
+        .flat_map(|pool| pool.members().into_iter().map(move |m| (pool, m)))
+        .collect();
+    join_all(
+        members
+            .iter()
+            .map(|(pool, member)| probe_one(pool, member, shared, probe_timeout)),
+    )
+    .await;
+}
+
+/// Runs every future to completion, concurrently.
+async fn join_all<F: Future<Output = ()>>(futures: impl Iterator<Item = F>) {
+    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        pinned.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if pinned.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
+async fn prober(
+    pools: Vec<Arc<Pool>>,
+    shared: Arc<Shared>,
+    every: Duration,
+    probe_timeout: Duration,
+) {
+    let mut tick = interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        probe_all(&pools, &shared, probe_timeout).await;
+    }
+}
+
+async fn sweeper(pools: Vec<Arc<Pool>>) {
+    let mut tick = interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        for pool in &pools {
+            pool.sessions.sweep(now);
+            pool.remove_drained();
+        }
+    }
+}

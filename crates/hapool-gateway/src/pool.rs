@@ -1,0 +1,617 @@
+//! A pool as the gateway sees it: its members with their live counters,
+//! the operator's marks, and the session table.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use hapool_wire::{Policy, PoolElement, PoolElementId, PoolHandle};
+use serde::Serialize;
+use tracing::info;
+
+use crate::select::{
+    AdminState, Availability, Candidate, Choice, Strategy, Thresholds, availability_index, select,
+};
+use crate::sessions::SessionTable;
+
+/// Where a pool's members come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberSource {
+    /// The registrars: the gateway resolves the pool as a pool user.
+    Registrars,
+    /// A fixed list from the configuration.
+    Static(Vec<StaticMember>),
+}
+
+/// A member named in the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticMember {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Its weight (round robin, random).
+    pub weight: u32,
+    /// Its priority (priority strategy).
+    pub priority: u32,
+}
+
+/// How the gateway checks that a member answers before sending it traffic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// `GET path` is answered with a status below 500.
+    Http {
+        /// The path to ask for.
+        path: String,
+    },
+}
+
+/// A pool's settings.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    /// The pool handle.
+    pub handle: PoolHandle,
+    /// Where its members come from.
+    pub source: MemberSource,
+    /// How a new session picks a member; for registrar pools, `None`
+    /// follows the pool's registered policy.
+    pub strategy: Option<Strategy>,
+    /// BUSY below this availability index (0–100). Default 10.
+    pub availability_threshold: u8,
+    /// MAXUSERS at this many open sessions per member; also the capacity
+    /// the gateway's own load figure is relative to. `None`: no limit.
+    pub max_sessions: Option<u32>,
+    /// How members are probed.
+    pub probe: ProbeKind,
+}
+
+/// One member of a pool.
+#[derive(Debug)]
+pub struct Member {
+    /// Its PE identifier (registrar pools), or its position in the
+    /// configuration counting from 1 (static pools).
+    pub id: PoolElementId,
+    /// Where the gateway reaches it.
+    pub address: SocketAddr,
+    registered_load: AtomicU64,
+    weight: AtomicU32,
+    priority: AtomicU32,
+    admin: AtomicU8,
+    reachable: AtomicBool,
+    active: AtomicU32,
+    chosen: AtomicU64,
+    served: AtomicU64,
+    failed: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// `registered_load` when the PE's policy carries no load.
+const NO_LOAD: u64 = u64::MAX;
+
+impl Member {
+    fn new(id: PoolElementId, address: SocketAddr, weight: u32, priority: u32) -> Self {
+        Self {
+            id,
+            address,
+            registered_load: AtomicU64::new(NO_LOAD),
+            weight: AtomicU32::new(weight),
+            priority: AtomicU32::new(priority),
+            admin: AtomicU8::new(0),
+            // Probed before use.
+            reachable: AtomicBool::new(false),
+            active: AtomicU32::new(0),
+            chosen: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    fn set_policy(&self, policy: &Policy) {
+        self.registered_load
+            .store(policy.load().map_or(NO_LOAD, u64::from), Ordering::Relaxed);
+        self.weight
+            .store(policy.weight().unwrap_or(1), Ordering::Relaxed);
+        let priority = match *policy {
+            Policy::Priority { priority } => priority,
+            _ => 0,
+        };
+        self.priority.store(priority, Ordering::Relaxed);
+    }
+
+    /// The operator's mark.
+    pub fn admin(&self) -> AdminState {
+        match self.admin.load(Ordering::Relaxed) {
+            1 => AdminState::Restricted,
+            2 => AdminState::OutOfService,
+            3 => AdminState::PendingDelete,
+            _ => AdminState::Active,
+        }
+    }
+
+    fn set_admin(&self, state: AdminState) {
+        let code = match state {
+            AdminState::Active => 0,
+            AdminState::Restricted => 1,
+            AdminState::OutOfService => 2,
+            AdminState::PendingDelete => 3,
+        };
+        self.admin.store(code, Ordering::Relaxed);
+    }
+
+    /// Whether its last probe or connection attempt succeeded.
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Records the outcome of a probe or connection attempt; `true` when
+    /// that changed its reachability.
+    pub fn set_reachable(&self, reachable: bool) -> bool {
+        self.reachable.swap(reachable, Ordering::Relaxed) != reachable
+    }
+
+    /// Sessions (HTTP requests, TCP connections) open to it now.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failed request or connection.
+    pub fn count_failure(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts bytes carried (TCP).
+    pub fn count_bytes(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn candidate(&self, capacity: Option<u32>) -> Candidate {
+        let load = self.registered_load.load(Ordering::Relaxed);
+        let sessions = self.active();
+        Candidate {
+            availability_index: availability_index(u32::try_from(load).ok(), sessions, capacity),
+            sessions,
+            chosen: self.chosen.load(Ordering::Relaxed),
+            weight: self.weight.load(Ordering::Relaxed),
+            priority: self.priority.load(Ordering::Relaxed),
+            admin: self.admin(),
+            reachable: self.is_reachable(),
+        }
+    }
+}
+
+/// A member's state as `/status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberStatus {
+    /// PE identifier.
+    pub id: u32,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// The operator's mark.
+    pub admin: AdminState,
+    /// How it stands for a new session.
+    pub availability: Availability,
+    /// Its availability index.
+    pub availability_index: u8,
+    /// Sessions open now.
+    pub active: u32,
+    /// Sessions sent to it.
+    pub chosen: u64,
+    /// Sessions it finished.
+    pub served: u64,
+    /// Failed requests or connections.
+    pub failed: u64,
+    /// Bytes carried (TCP).
+    pub bytes: u64,
+    /// Sessions in the session table bound to it.
+    pub bound_sessions: usize,
+}
+
+/// Marks a member busy for as long as it lives: one open session.
+#[derive(Debug)]
+pub struct Lease {
+    member: Arc<Member>,
+    ok: bool,
+}
+
+impl Lease {
+    /// The member.
+    pub fn member(&self) -> &Arc<Member> {
+        &self.member
+    }
+
+    /// Records that the session failed (it is then not counted as served).
+    pub fn fail(mut self) {
+        self.ok = false;
+        self.member.count_failure();
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.member.active.fetch_sub(1, Ordering::Relaxed);
+        if self.ok {
+            self.member.served.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+struct View {
+    members: Vec<Arc<Member>>,
+    strategy: Strategy,
+}
+
+/// A pool: members, marks, sessions.
+pub struct Pool {
+    settings: PoolSettings,
+    view: RwLock<Arc<View>>,
+    marks: Mutex<Vec<(PoolElementId, AdminState)>>,
+    deleted: Mutex<HashSet<PoolElementId>>,
+    /// The pool's session table.
+    pub sessions: SessionTable,
+}
+
+impl Pool {
+    /// A pool with `settings`; static members are known at once (and
+    /// probed before use), registrar members after the first resolution.
+    pub fn new(settings: PoolSettings, sessions: SessionTable) -> Self {
+        let members = match &settings.source {
+            MemberSource::Static(list) => list
+                .iter()
+                .zip(1..)
+                .map(|(m, id)| {
+                    Arc::new(Member::new(
+                        PoolElementId(id),
+                        m.address,
+                        m.weight,
+                        m.priority,
+                    ))
+                })
+                .collect(),
+            MemberSource::Registrars => Vec::new(),
+        };
+        let strategy = settings.strategy.unwrap_or(Strategy::LeastLoaded);
+        Self {
+            settings,
+            view: RwLock::new(Arc::new(View { members, strategy })),
+            marks: Mutex::new(Vec::new()),
+            deleted: Mutex::new(HashSet::new()),
+            sessions,
+        }
+    }
+
+    /// The pool handle.
+    pub fn handle(&self) -> &PoolHandle {
+        &self.settings.handle
+    }
+
+    /// The pool's settings.
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    fn snapshot(&self) -> Arc<View> {
+        self.view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            availability_threshold: self.settings.availability_threshold,
+            max_sessions: self.settings.max_sessions,
+        }
+    }
+
+    /// Every member.
+    pub fn members(&self) -> Vec<Arc<Member>> {
+        self.snapshot().members.clone()
+    }
+
+    /// The member `id`, if it is in the pool.
+    pub fn member(&self, id: PoolElementId) -> Option<Arc<Member>> {
+        self.snapshot().members.iter().find(|m| m.id == id).cloned()
+    }
+
+    /// How `member` stands for a new session now.
+    pub fn availability(&self, member: &Member) -> Availability {
+        member
+            .candidate(self.settings.max_sessions)
+            .availability(&self.thresholds())
+    }
+
+    /// Chooses a member for a new session, skipping those in `tried`, and
+    /// opens a session on it.
+    pub fn choose(&self, tried: &[PoolElementId]) -> Option<(Lease, Availability)> {
+        let view = self.snapshot();
+        let capacity = self.settings.max_sessions;
+        let candidates: Vec<Candidate> =
+            view.members.iter().map(|m| m.candidate(capacity)).collect();
+        let Choice {
+            index,
+            availability,
+        } = select(
+            &candidates,
+            &self.thresholds(),
+            view.strategy,
+            |i| tried.contains(&view.members[i].id),
+            if view.strategy == Strategy::Random {
+                rand::random()
+            } else {
+                0
+            },
+        )?;
+        let member = view.members[index].clone();
+        member.chosen.fetch_add(1, Ordering::Relaxed);
+        Some((Self::lease(member), availability))
+    }
+
+    /// Opens a session on `member` (one chosen before, for an affine
+    /// session).
+    pub fn lease(member: Arc<Member>) -> Lease {
+        member.active.fetch_add(1, Ordering::Relaxed);
+        Lease { member, ok: true }
+    }
+
+    /// Replaces the members with the registrar's answer `elements`,
+    /// keeping the counters and marks of those that stay. Returns the
+    /// members that are new (to be probed).
+    pub fn update(&self, elements: &[PoolElement]) -> Vec<Arc<Member>> {
+        let old = self.snapshot();
+        let deleted = self.deleted.lock().unwrap_or_else(PoisonError::into_inner);
+        let marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut fresh = Vec::new();
+        let mut members = Vec::with_capacity(elements.len());
+        for element in elements {
+            let Some(address) = element.user_transport.socket_addr() else {
+                continue;
+            };
+            if deleted.contains(&element.id) {
+                continue;
+            }
+            let member = match old
+                .members
+                .iter()
+                .find(|m| m.id == element.id && m.address == address)
+            {
+                Some(m) => m.clone(),
+                None => {
+                    let m = Arc::new(Member::new(element.id, address, 1, 0));
+                    if let Some((_, state)) = marks.iter().find(|(id, _)| *id == element.id) {
+                        m.set_admin(*state);
+                    }
+                    fresh.push(m.clone());
+                    m
+                }
+            };
+            member.set_policy(&element.policy);
+            members.push(member);
+        }
+        let strategy = self.settings.strategy.unwrap_or_else(|| {
+            elements.first().map_or(old.strategy, |e| {
+                Strategy::for_policy(e.policy.policy_type())
+            })
+        });
+        *self.view.write().unwrap_or_else(PoisonError::into_inner) =
+            Arc::new(View { members, strategy });
+        fresh
+    }
+
+    /// Sets the operator's mark on member `id`; `false` when there is no
+    /// such member. Setting `active` on a member deleted after draining
+    /// lets it back in at the next resolution.
+    pub fn set_admin(&self, id: PoolElementId, state: AdminState) -> bool {
+        let mut marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
+        marks.retain(|(m, _)| *m != id);
+        if state != AdminState::Active {
+            marks.push((id, state));
+        }
+        let undeleted = state == AdminState::Active
+            && self
+                .deleted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+        match self.member(id) {
+            Some(member) => {
+                member.set_admin(state);
+                info!(pool = %self.handle(), pe_id = %id, state = state.as_str(), "member marked");
+                true
+            }
+            None => undeleted,
+        }
+    }
+
+    /// Removes the members pending delete that have drained (no open
+    /// session, none in the session table); returns their identifiers.
+    pub fn remove_drained(&self) -> Vec<PoolElementId> {
+        let view = self.snapshot();
+        let drained: Vec<PoolElementId> = view
+            .members
+            .iter()
+            .filter(|m| {
+                m.admin() == AdminState::PendingDelete
+                    && m.active() == 0
+                    && self.sessions.bound_to(m.id) == 0
+            })
+            .map(|m| m.id)
+            .collect();
+        if drained.is_empty() {
+            return drained;
+        }
+        self.deleted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(drained.iter().copied());
+        let members = view
+            .members
+            .iter()
+            .filter(|m| !drained.contains(&m.id))
+            .cloned()
+            .collect();
+        *self.view.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(View {
+            members,
+            strategy: view.strategy,
+        });
+        for id in &drained {
+            info!(pool = %self.handle(), pe_id = %id, "member drained and deleted");
+        }
+        drained
+    }
+
+    /// Every member's state.
+    pub fn status(&self) -> Vec<MemberStatus> {
+        let capacity = self.settings.max_sessions;
+        let thresholds = self.thresholds();
+        self.snapshot()
+            .members
+            .iter()
+            .map(|m| {
+                let candidate = m.candidate(capacity);
+                MemberStatus {
+                    id: m.id.0,
+                    address: m.address,
+                    admin: candidate.admin,
+                    availability: candidate.availability(&thresholds),
+                    availability_index: candidate.availability_index,
+                    active: candidate.sessions,
+                    chosen: candidate.chosen,
+                    served: m.served.load(Ordering::Relaxed),
+                    failed: m.failed.load(Ordering::Relaxed),
+                    bytes: m.bytes.load(Ordering::Relaxed),
+                    bound_sessions: self.sessions.bound_to(m.id),
+                }
+            })
+            .collect()
+    }
+
+    /// The strategy in use.
+    pub fn strategy(&self) -> Strategy {
+        self.snapshot().strategy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use hapool_wire::{RegistrarId, Transport};
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::sessions::SessionKey;
+
+    fn settings(source: MemberSource) -> PoolSettings {
+        PoolSettings {
+            handle: PoolHandle::new(&b"web"[..]),
+            source,
+            strategy: None,
+            availability_threshold: 10,
+            max_sessions: Some(2),
+            probe: ProbeKind::Tcp,
+        }
+    }
+
+    fn element(id: u32, port: u16, load: u32) -> PoolElement {
+        PoolElement {
+            id: PoolElementId(id),
+            home_registrar: RegistrarId(1),
+            registration_life: 30_000,
+            user_transport: Transport::tcp(SocketAddr::from(([127, 0, 0, 1], port))),
+            policy: Policy::LeastUsed { load },
+            asap_transport: None,
+        }
+    }
+
+    #[test]
+    fn registrar_members_keep_their_counters_and_marks_across_updates() {
+        let pool = Pool::new(
+            settings(MemberSource::Registrars),
+            SessionTable::new(Duration::from_secs(60), 10),
+        );
+        let fresh = pool.update(&[element(1, 8001, 0), element(2, 8002, u32::MAX / 2)]);
+        assert_eq!(fresh.len(), 2);
+        assert_eq!(pool.strategy(), Strategy::LeastLoaded);
+        assert!(pool.choose(&[]).is_none(), "not probed yet");
+        for m in &fresh {
+            m.set_reachable(true);
+        }
+        let (lease, availability) = pool.choose(&[]).unwrap();
+        assert_eq!(
+            (lease.member().id, availability),
+            (PoolElementId(1), Availability::Available)
+        );
+        assert!(pool.set_admin(PoolElementId(2), AdminState::Restricted));
+        // PE 1's load rises; PE 2 stays with its counters and mark.
+        let fresh = pool.update(&[element(1, 8001, u32::MAX), element(2, 8002, 0)]);
+        assert!(fresh.is_empty());
+        assert_eq!(
+            pool.member(PoolElementId(2)).unwrap().admin(),
+            AdminState::Restricted
+        );
+        assert_eq!(pool.member(PoolElementId(1)).unwrap().active(), 1);
+        // PE 1 is busy (index 0), PE 2 restricted: busy comes first.
+        let (second, availability) = pool.choose(&[]).unwrap();
+        assert_eq!(
+            (second.member().id, availability),
+            (PoolElementId(1), Availability::Busy)
+        );
+        drop((lease, second));
+        assert_eq!(pool.member(PoolElementId(1)).unwrap().active(), 0);
+        // A PE that left and came back at another address starts afresh,
+        // with the operator's mark.
+        let fresh = pool.update(&[element(2, 9002, 0)]);
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(fresh[0].admin(), AdminState::Restricted);
+        assert!(!fresh[0].is_reachable());
+    }
+
+    #[test]
+    fn pending_delete_removes_a_member_once_drained() {
+        let members = vec![
+            StaticMember {
+                address: "127.0.0.1:1".parse().unwrap(),
+                weight: 1,
+                priority: 0,
+            },
+            StaticMember {
+                address: "127.0.0.1:2".parse().unwrap(),
+                weight: 1,
+                priority: 0,
+            },
+        ];
+        let pool = Pool::new(
+            settings(MemberSource::Static(members)),
+            SessionTable::new(Duration::from_secs(60), 10),
+        );
+        for m in pool.members() {
+            m.set_reachable(true);
+        }
+        let (lease, _) = pool.choose(&[]).unwrap();
+        let id = lease.member().id;
+        let now = Instant::now();
+        assert!(pool.sessions.bind(
+            SessionKey::Cookie(7),
+            id,
+            None,
+            Some(Bytes::from_static(b"x")),
+            now
+        ));
+        assert!(pool.set_admin(id, AdminState::PendingDelete));
+        // No new sessions for it.
+        for _ in 0..3 {
+            let (other, _) = pool.choose(&[]).unwrap();
+            assert_ne!(other.member().id, id);
+        }
+        assert!(pool.remove_drained().is_empty(), "a request is open");
+        drop(lease);
+        assert!(pool.remove_drained().is_empty(), "a session is bound to it");
+        assert_eq!(pool.sessions.sweep(now + Duration::from_secs(61)), 1);
+        assert_eq!(pool.remove_drained(), vec![id]);
+        assert!(pool.member(id).is_none());
+        assert!(!pool.set_admin(PoolElementId(99), AdminState::Restricted));
+    }
+}

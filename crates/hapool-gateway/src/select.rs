@@ -1,0 +1,533 @@
+//! Server choice, as a pure function: the Internet Cluster Manager's rules.
+//!
+//! Every PE gets an availability index, 100 minus its load in percent. A PE
+//! below the pool's availability threshold is BUSY; a PE holding the pool's
+//! maximum of sessions is MAXUSERS; an operator can mark it RESTRICTED, or
+//! take it out of service (OUT_OF_SERVICE, PENDING_DELETE: no new sessions).
+//! A new session goes to an available PE, chosen by the pool's strategy;
+//! when none is available, to a BUSY or MAXUSERS one; when none of those
+//! either, to a RESTRICTED one; never to one that is unreachable or out of
+//! service.
+
+use hapool_wire::PolicyType;
+use serde::{Deserialize, Serialize};
+
+/// What an operator has set for a PE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminState {
+    /// Takes new sessions.
+    #[default]
+    Active,
+    /// Takes new sessions only when no other PE can.
+    Restricted,
+    /// Draining: keeps its sessions, takes no new ones.
+    OutOfService,
+    /// Draining, then removed from the pool once it has no sessions left.
+    PendingDelete,
+}
+
+impl AdminState {
+    /// The state's name as the admin interface spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Restricted => "restricted",
+            Self::OutOfService => "out_of_service",
+            Self::PendingDelete => "pending_delete",
+        }
+    }
+
+    /// The state named `s` (`active`, `restricted`, `out_of_service`,
+    /// `pending_delete`).
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Active,
+            Self::Restricted,
+            Self::OutOfService,
+            Self::PendingDelete,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+    }
+
+    /// Whether the PE keeps serving the sessions it has but takes no new
+    /// ones.
+    pub fn is_draining(self) -> bool {
+        matches!(self, Self::OutOfService | Self::PendingDelete)
+    }
+}
+
+/// How a PE stands for a new session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Availability {
+    /// At or above the availability threshold and below the session limit.
+    Available,
+    /// Below the availability threshold.
+    Busy,
+    /// At the session limit.
+    MaxUsers,
+    /// Marked RESTRICTED by an operator.
+    Restricted,
+    /// Out of service or pending delete.
+    Draining,
+    /// Its last connection attempt or probe failed.
+    Unreachable,
+}
+
+impl Availability {
+    /// Whether a session already bound to a PE in this state stays with
+    /// it: it does unless the PE is unreachable or too loaded (then the
+    /// session moves, with its state cookie). Draining and restricted PEs
+    /// keep the sessions they have.
+    pub fn keeps_session(self) -> bool {
+        !matches!(self, Self::Unreachable | Self::Busy | Self::MaxUsers)
+    }
+
+    /// The fallback tier: 0 is chosen first; `None` is never chosen for a
+    /// new session.
+    fn tier(self) -> Option<u8> {
+        match self {
+            Self::Available => Some(0),
+            Self::Busy | Self::MaxUsers => Some(1),
+            Self::Restricted => Some(2),
+            Self::Draining | Self::Unreachable => None,
+        }
+    }
+}
+
+/// A pool's limits for new sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Below this availability index (0–100) a PE is BUSY.
+    pub availability_threshold: u8,
+    /// At this many open sessions a PE is MAXUSERS; `None` for no limit.
+    pub max_sessions: Option<u32>,
+}
+
+/// How a pool picks among the PEs of one tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// The highest availability index (lightest load); ties go to the PE
+    /// with the fewest open sessions, then to the one chosen least often.
+    LeastLoaded,
+    /// In turn, in proportion to the weights (the PE with the fewest
+    /// choices per unit of weight next).
+    RoundRobin,
+    /// At random, in proportion to the weights.
+    Random,
+    /// The highest priority; in turn among equals.
+    Priority,
+}
+
+impl Strategy {
+    /// The strategy that carries out an RFC 5356 (or rsplib) policy.
+    pub fn for_policy(policy: PolicyType) -> Self {
+        match policy {
+            PolicyType::ROUND_ROBIN | PolicyType::WEIGHTED_ROUND_ROBIN => Self::RoundRobin,
+            PolicyType::RANDOM | PolicyType::WEIGHTED_RANDOM | PolicyType::WEIGHTED_RANDOM_DPF => {
+                Self::Random
+            }
+            PolicyType::PRIORITY => Self::Priority,
+            _ => Self::LeastLoaded,
+        }
+    }
+}
+
+/// One PE as the selection sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// 100 minus the load in percent (see [`availability_index`]).
+    pub availability_index: u8,
+    /// Sessions open through this gateway now.
+    pub sessions: u32,
+    /// Sessions this gateway has sent to it so far.
+    pub chosen: u64,
+    /// Its weight (round robin, random); zero counts as one.
+    pub weight: u32,
+    /// Its priority (higher first).
+    pub priority: u32,
+    /// The operator's mark.
+    pub admin: AdminState,
+    /// Whether its last connection attempt or probe succeeded.
+    pub reachable: bool,
+}
+
+impl Candidate {
+    /// How this PE stands for a new session under `thresholds`.
+    pub fn availability(&self, thresholds: &Thresholds) -> Availability {
+        if !self.reachable {
+            Availability::Unreachable
+        } else if self.admin.is_draining() {
+            Availability::Draining
+        } else if self.admin == AdminState::Restricted {
+            Availability::Restricted
+        } else if thresholds
+            .max_sessions
+            .is_some_and(|max| self.sessions >= max)
+        {
+            Availability::MaxUsers
+        } else if self.availability_index < thresholds.availability_threshold {
+            Availability::Busy
+        } else {
+            Availability::Available
+        }
+    }
+
+    fn weight(&self) -> u64 {
+        u64::from(self.weight.max(1))
+    }
+}
+
+/// The availability index of a PE: 100 minus the larger of the load it
+/// registered (`registered_load`, the RFC 5356 load where 0xFFFFFFFF is
+/// fully loaded) and the gateway's own count of its open `sessions`
+/// relative to `capacity`.
+pub fn availability_index(
+    registered_load: Option<u32>,
+    sessions: u32,
+    capacity: Option<u32>,
+) -> u8 {
+    let max = u64::from(u32::MAX);
+    // In percent, rounded to the nearest.
+    let registered = registered_load.map_or(0, |load| (u64::from(load) * 100 + max / 2) / max);
+    let own = capacity.map_or(0, |cap| u64::from(sessions) * 100 / u64::from(cap.max(1)));
+    let load = registered.max(own).min(100);
+    100 - u8::try_from(load).expect("at most 100")
+}
+
+/// The PE chosen for a new session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice {
+    /// Its index in the candidates.
+    pub index: usize,
+    /// How it stood: anything but `Available` means a fallback.
+    pub availability: Availability,
+}
+
+/// Chooses the PE for a new session among `candidates`, skipping those for
+/// which `skip` says so (PEs already tried for this request). `random` is
+/// used by [`Strategy::Random`] only. `None` when no PE can take it.
+pub fn select(
+    candidates: &[Candidate],
+    thresholds: &Thresholds,
+    strategy: Strategy,
+    skip: impl Fn(usize) -> bool,
+    random: u64,
+) -> Option<Choice> {
+    let mut best_tier = None;
+    for (index, candidate) in candidates.iter().enumerate() {
+        if skip(index) {
+            continue;
+        }
+        if let Some(tier) = candidate.availability(thresholds).tier() {
+            best_tier = Some(best_tier.map_or(tier, |best: u8| best.min(tier)));
+        }
+    }
+    let tier = best_tier?;
+    let in_tier = |index: usize| {
+        !skip(index) && candidates[index].availability(thresholds).tier() == Some(tier)
+    };
+    let index = match strategy {
+        Strategy::Random => {
+            let total: u64 = (0..candidates.len())
+                .filter(|&i| in_tier(i))
+                .map(|i| candidates[i].weight())
+                .sum();
+            let mut point = random % total;
+            (0..candidates.len()).filter(|&i| in_tier(i)).find(|&i| {
+                let weight = candidates[i].weight();
+                if point < weight {
+                    true
+                } else {
+                    point -= weight;
+                    false
+                }
+            })?
+        }
+        _ => (0..candidates.len())
+            .filter(|&i| in_tier(i))
+            .reduce(|best, i| {
+                if better(strategy, &candidates[i], &candidates[best]) {
+                    i
+                } else {
+                    best
+                }
+            })?,
+    };
+    Some(Choice {
+        index,
+        availability: candidates[index].availability(thresholds),
+    })
+}
+
+/// Whether `a` should be chosen over `b` (strictly; ties keep the earlier).
+fn better(strategy: Strategy, a: &Candidate, b: &Candidate) -> bool {
+    // `a.chosen / a.weight < b.chosen / b.weight`, without division.
+    let fewer_choices = || {
+        u128::from(a.chosen) * u128::from(b.weight())
+            < u128::from(b.chosen) * u128::from(a.weight())
+    };
+    match strategy {
+        Strategy::LeastLoaded => (b.availability_index, a.sessions, a.chosen).lt(&(
+            a.availability_index,
+            b.sessions,
+            b.chosen,
+        )),
+        Strategy::RoundRobin | Strategy::Random => fewer_choices(),
+        Strategy::Priority => {
+            a.priority > b.priority || (a.priority == b.priority && fewer_choices())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Thresholds = Thresholds {
+        availability_threshold: 20,
+        max_sessions: Some(10),
+    };
+
+    fn pe(availability_index: u8) -> Candidate {
+        Candidate {
+            availability_index,
+            sessions: 0,
+            chosen: 0,
+            weight: 1,
+            priority: 0,
+            admin: AdminState::Active,
+            reachable: true,
+        }
+    }
+
+    fn choose(candidates: &[Candidate], strategy: Strategy) -> Option<(usize, Availability)> {
+        select(candidates, &T, strategy, |_| false, 0).map(|c| (c.index, c.availability))
+    }
+
+    #[test]
+    fn the_index_is_one_hundred_minus_the_larger_load() {
+        assert_eq!(availability_index(None, 0, None), 100);
+        assert_eq!(availability_index(Some(0), 0, None), 100);
+        assert_eq!(availability_index(Some(u32::MAX), 0, None), 0);
+        assert_eq!(availability_index(Some(u32::MAX / 4), 0, None), 75);
+        assert_eq!(availability_index(None, 5, Some(10)), 50);
+        assert_eq!(availability_index(Some(u32::MAX / 10), 5, Some(10)), 50);
+        assert_eq!(availability_index(Some(u32::MAX / 2 + 1), 1, Some(10)), 50);
+        assert_eq!(
+            availability_index(None, 30, Some(10)),
+            0,
+            "capped at fully loaded"
+        );
+    }
+
+    #[test]
+    fn classification_follows_the_order_of_the_rules() {
+        let mut c = pe(10);
+        c.sessions = 10;
+        c.admin = AdminState::Restricted;
+        c.reachable = false;
+        assert_eq!(c.availability(&T), Availability::Unreachable);
+        c.reachable = true;
+        assert_eq!(c.availability(&T), Availability::Restricted);
+        c.admin = AdminState::OutOfService;
+        assert_eq!(c.availability(&T), Availability::Draining);
+        c.admin = AdminState::PendingDelete;
+        assert_eq!(c.availability(&T), Availability::Draining);
+        c.admin = AdminState::Active;
+        assert_eq!(c.availability(&T), Availability::MaxUsers);
+        c.sessions = 9;
+        assert_eq!(c.availability(&T), Availability::Busy);
+        c.availability_index = 20;
+        assert_eq!(
+            c.availability(&T),
+            Availability::Available,
+            "the threshold itself is not busy"
+        );
+        let unlimited = Thresholds {
+            max_sessions: None,
+            ..T
+        };
+        c.sessions = u32::MAX;
+        assert_eq!(c.availability(&unlimited), Availability::Available);
+    }
+
+    #[test]
+    fn lightest_load_wins_among_available() {
+        let pes = [pe(40), pe(90), pe(60)];
+        assert_eq!(
+            choose(&pes, Strategy::LeastLoaded),
+            Some((1, Availability::Available))
+        );
+    }
+
+    #[test]
+    fn ties_go_to_fewer_sessions_then_fewer_choices_then_the_first() {
+        let mut pes = [pe(80), pe(80), pe(80)];
+        assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 0);
+        pes[0].chosen = 3;
+        pes[1].chosen = 1;
+        pes[2].chosen = 1;
+        assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 1);
+        pes[1].sessions = 2;
+        assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 2);
+    }
+
+    #[test]
+    fn busy_and_maxusers_are_excluded_while_anything_is_available() {
+        let mut full = pe(100);
+        full.sessions = 10;
+        let pes = [pe(5), full, pe(30)];
+        assert_eq!(
+            choose(&pes, Strategy::LeastLoaded),
+            Some((2, Availability::Available))
+        );
+    }
+
+    #[test]
+    fn restricted_is_excluded_while_busy_ones_remain() {
+        let mut restricted = pe(100);
+        restricted.admin = AdminState::Restricted;
+        let pes = [restricted, pe(5), pe(10)];
+        assert_eq!(
+            choose(&pes, Strategy::LeastLoaded),
+            Some((2, Availability::Busy))
+        );
+    }
+
+    #[test]
+    fn fallback_to_busy_then_maxusers_then_restricted() {
+        let mut full = pe(100);
+        full.sessions = 10;
+        let mut restricted = pe(100);
+        restricted.admin = AdminState::Restricted;
+        // Busy and MaxUsers share a tier; lightest load wins inside it.
+        assert_eq!(
+            choose(&[pe(5), full, restricted], Strategy::LeastLoaded),
+            Some((1, Availability::MaxUsers))
+        );
+        assert_eq!(
+            choose(&[pe(5), restricted], Strategy::LeastLoaded),
+            Some((0, Availability::Busy))
+        );
+        assert_eq!(
+            choose(&[restricted], Strategy::LeastLoaded),
+            Some((0, Availability::Restricted))
+        );
+    }
+
+    #[test]
+    fn unreachable_and_draining_are_never_chosen() {
+        let mut down = pe(100);
+        down.reachable = false;
+        let mut out = pe(100);
+        out.admin = AdminState::OutOfService;
+        let mut deleting = pe(100);
+        deleting.admin = AdminState::PendingDelete;
+        assert_eq!(choose(&[down, out, deleting], Strategy::LeastLoaded), None);
+        assert_eq!(choose(&[], Strategy::RoundRobin), None);
+        assert_eq!(
+            choose(&[down, pe(0)], Strategy::LeastLoaded),
+            Some((1, Availability::Busy))
+        );
+    }
+
+    #[test]
+    fn skipped_candidates_are_not_chosen() {
+        let pes = [pe(90), pe(50)];
+        let choice = select(&pes, &T, Strategy::LeastLoaded, |i| i == 0, 0).unwrap();
+        assert_eq!(choice.index, 1);
+        assert_eq!(select(&pes, &T, Strategy::LeastLoaded, |_| true, 0), None);
+    }
+
+    #[test]
+    fn round_robin_turns_in_proportion_to_weight() {
+        let mut pes = [pe(100), pe(100), pe(100)];
+        pes[0].weight = 3;
+        pes[2].weight = 0; // counts as one
+        let mut counts = [0_u64; 3];
+        for _ in 0..500 {
+            let (i, _) = choose(&pes, Strategy::RoundRobin).unwrap();
+            pes[i].chosen += 1;
+            counts[i] += 1;
+        }
+        assert_eq!(counts, [300, 100, 100]);
+    }
+
+    #[test]
+    fn random_honours_weights() {
+        let mut pes = [pe(100), pe(100)];
+        pes[0].weight = 1;
+        pes[1].weight = 3;
+        let mut counts = [0_u32; 2];
+        for random in 0..100_000_u64 {
+            let c = select(
+                &pes,
+                &T,
+                Strategy::Random,
+                |_| false,
+                random.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            )
+            .unwrap();
+            counts[c.index] += 1;
+        }
+        let share = f64::from(counts[1]) / 100_000.0;
+        assert!((share - 0.75).abs() < 0.01, "share {share}");
+    }
+
+    #[test]
+    fn priority_prefers_the_highest_then_turns() {
+        let mut pes = [pe(100), pe(100), pe(100)];
+        pes[1].priority = 5;
+        pes[2].priority = 5;
+        let mut counts = [0_u64; 3];
+        for _ in 0..10 {
+            let (i, _) = choose(&pes, Strategy::Priority).unwrap();
+            pes[i].chosen += 1;
+            counts[i] += 1;
+        }
+        assert_eq!(counts, [0, 5, 5]);
+    }
+
+    #[test]
+    fn policies_map_to_strategies() {
+        assert_eq!(
+            Strategy::for_policy(PolicyType::LEAST_USED),
+            Strategy::LeastLoaded
+        );
+        assert_eq!(
+            Strategy::for_policy(PolicyType::PRIORITY_LEAST_USED),
+            Strategy::LeastLoaded
+        );
+        assert_eq!(
+            Strategy::for_policy(PolicyType::WEIGHTED_ROUND_ROBIN),
+            Strategy::RoundRobin
+        );
+        assert_eq!(Strategy::for_policy(PolicyType::RANDOM), Strategy::Random);
+        assert_eq!(
+            Strategy::for_policy(PolicyType::PRIORITY),
+            Strategy::Priority
+        );
+    }
+
+    #[test]
+    fn sessions_move_only_off_unreachable_or_overloaded_members() {
+        assert!(Availability::Available.keeps_session());
+        assert!(Availability::Draining.keeps_session());
+        assert!(Availability::Restricted.keeps_session());
+        assert!(!Availability::Busy.keeps_session());
+        assert!(!Availability::MaxUsers.keeps_session());
+        assert!(!Availability::Unreachable.keeps_session());
+    }
+
+    #[test]
+    fn admin_states_round_trip_their_names() {
+        for s in ["active", "restricted", "out_of_service", "pending_delete"] {
+            assert_eq!(AdminState::parse(s).unwrap().as_str(), s);
+        }
+        assert_eq!(AdminState::parse("drain"), None);
+    }
+}

@@ -1,0 +1,97 @@
+//! The TCP proxy: any protocol, one client connection to one member
+//! connection, sessions kept together by the client's address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+use tracing::{debug, warn};
+
+use crate::Shared;
+use crate::pool::{Lease, Pool};
+use crate::sessions::SessionKey;
+
+/// One TCP listener's proxy.
+pub(crate) struct TcpProxy {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) affinity: bool,
+}
+
+impl TcpProxy {
+    /// Connects `client` to a member and carries bytes both ways until
+    /// either side closes.
+    pub(crate) async fn serve<S>(&self, mut client: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some((lease, mut member)) = self.connect(peer).await else {
+            self.shared.metrics.failed.increment(1);
+            warn!(pool = %self.pool.handle(), client = %peer, "no pool element can take the connection");
+            return;
+        };
+        match copy_bidirectional(&mut client, &mut member).await {
+            Ok((up, down)) => lease.member().count_bytes(up + down),
+            Err(e) => {
+                debug!(pool = %self.pool.handle(), pe_id = %lease.member().id, error = %e, "connection ended with an error");
+            }
+        }
+    }
+
+    /// The member for `peer`'s session (its affine member while that can
+    /// take it), connected; members that refuse are reported and the next
+    /// is tried.
+    async fn connect(&self, peer: SocketAddr) -> Option<(Lease, TcpStream)> {
+        let key = SessionKey::Client(peer.ip());
+        let now = Instant::now();
+        let session = self
+            .affinity
+            .then(|| self.pool.sessions.touch(key, now))
+            .flatten();
+        let mut tried = Vec::with_capacity(2);
+        for attempt in 0..=self.shared.limits.retries {
+            let affine = session
+                .as_ref()
+                .filter(|_| attempt == 0)
+                .and_then(|s| self.pool.member(s.member))
+                .filter(|m| self.pool.availability(m).keeps_session());
+            let lease = match affine {
+                Some(member) => Pool::lease(member),
+                None => self.pool.choose(&tried)?.0,
+            };
+            let member = lease.member().clone();
+            tried.push(member.id);
+            self.shared.metrics.requests.increment(1);
+            match timeout(
+                self.shared.limits.connect_timeout,
+                TcpStream::connect(member.address),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    if self.affinity
+                        && !self.pool.sessions.bind(
+                            key,
+                            member.id,
+                            session.as_ref().map(|s| s.member),
+                            None,
+                            now,
+                        )
+                    {
+                        self.shared.limit_hit("session_table", self.pool.handle());
+                    }
+                    return Some((lease, stream));
+                }
+                Ok(Err(_)) | Err(_) => {
+                    lease.fail();
+                    self.shared.unreachable(&self.pool, &member);
+                    self.shared.metrics.retries.increment(1);
+                }
+            }
+        }
+        None
+    }
+}

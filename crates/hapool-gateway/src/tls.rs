@@ -1,0 +1,100 @@
+//! TLS termination: one listener, several certificates, chosen by the name
+//! the client asks for (SNI); the first certificate serves clients that ask
+//! for no name or for one no certificate carries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls::crypto::ring::sign::any_supported_type;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// One certificate and the names it serves.
+#[derive(Debug)]
+pub struct Certificate {
+    /// Host names (`www.example.com`, or `*.example.com` for any one
+    /// label in front of `example.com`).
+    pub names: Vec<String>,
+    /// The certificate chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Why a TLS listener cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsSetupError {
+    /// No certificate given.
+    #[error("a TLS listener needs at least one certificate")]
+    NoCertificate,
+    /// A private key of a kind rustls cannot sign with.
+    #[error("the private key for {names:?} is not usable: {source}")]
+    Key {
+        /// The names of its certificate.
+        names: Vec<String>,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// Two certificates claim one name.
+    #[error("the name {0:?} is given to two certificates")]
+    DuplicateName(String),
+}
+
+#[derive(Debug)]
+struct SniResolver {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return Some(self.default.clone());
+        };
+        let name = name.to_ascii_lowercase();
+        let wildcard = name.split_once('.').map(|(_, rest)| format!("*.{rest}"));
+        self.by_name
+            .get(&name)
+            .or_else(|| wildcard.and_then(|w| self.by_name.get(&w)))
+            .or(Some(&self.default))
+            .cloned()
+    }
+}
+
+/// A server configuration that picks among `certificates` by SNI and
+/// offers the application protocols `alpn` (e.g. `h2`, `http/1.1`).
+pub fn server_config(
+    certificates: Vec<Certificate>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    let mut by_name = HashMap::new();
+    let mut default = None;
+    for certificate in certificates {
+        let key = any_supported_type(&certificate.key).map_err(|source| TlsSetupError::Key {
+            names: certificate.names.clone(),
+            source,
+        })?;
+        let certified = Arc::new(CertifiedKey::new(certificate.chain, key));
+        for name in &certificate.names {
+            if by_name
+                .insert(name.to_ascii_lowercase(), certified.clone())
+                .is_some()
+            {
+                return Err(TlsSetupError::DuplicateName(name.clone()));
+            }
+        }
+        default.get_or_insert(certified);
+    }
+    let default = default.ok_or(TlsSetupError::NoCertificate)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("the ring provider supports the default versions")
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(SniResolver { by_name, default }));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,679 @@
+//! The gateway end to end on loopback: real backends (HTTP and TCP, in this
+//! process or, for kill -9, in child processes), real clients.
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hapool_gateway::http::STATE_HEADER;
+use hapool_gateway::tls::{Certificate, server_config};
+use hapool_gateway::{
+    AdminState, Gateway, GatewayConfig, ListenerConfig, MemberSource, PoolSettings, ProbeKind,
+    Protocol, StaticMember, Strategy,
+};
+use hapool_wire::{PoolElementId, PoolHandle};
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep};
+
+/// An HTTP backend named `name`:
+/// - `/login` sets an application cookie and the state `user=<name>`;
+/// - `/slow` answers after 300 ms;
+/// - anything else answers `<name> <state header or ->`.
+async fn http_backend(name: &'static str) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(serve_backend(listener, name));
+    (addr, task)
+}
+
+async fn serve_backend(listener: TcpListener, name: &'static str) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| async move {
+                let state = request
+                    .headers()
+                    .get(STATE_HEADER)
+                    .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
+                let mut response = Response::new(Full::new(Bytes::from(format!("{name} {state}"))));
+                match request.uri().path() {
+                    "/login" => {
+                        let headers = response.headers_mut();
+                        headers.insert(header::SET_COOKIE, "app=1".parse().unwrap());
+                        headers.insert(STATE_HEADER, format!("user={name}").parse().unwrap());
+                    }
+                    "/slow" => sleep(Duration::from_millis(300)).await,
+                    _ => {}
+                }
+                Ok::<_, Infallible>(response)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn pool_handle() -> PoolHandle {
+    PoolHandle::from("web")
+}
+
+fn static_pool(members: &[SocketAddr], probe: ProbeKind) -> PoolSettings {
+    PoolSettings {
+        handle: pool_handle(),
+        source: MemberSource::Static(
+            members
+                .iter()
+                .map(|&address| StaticMember {
+                    address,
+                    weight: 1,
+                    priority: 0,
+                })
+                .collect(),
+        ),
+        strategy: Some(Strategy::LeastLoaded),
+        availability_threshold: 10,
+        max_sessions: None,
+        probe,
+    }
+}
+
+fn listener(protocol: Protocol) -> ListenerConfig {
+    ListenerConfig {
+        address: (Ipv4Addr::LOCALHOST, 0).into(),
+        protocol,
+        pool: pool_handle(),
+        tls: None,
+        affinity: true,
+        max_connections: 10_000,
+    }
+}
+
+fn http_probe() -> ProbeKind {
+    ProbeKind::Http { path: "/".into() }
+}
+
+async fn http_gateway(pool: PoolSettings) -> Gateway {
+    let mut config = GatewayConfig::new(vec![listener(Protocol::Http)], vec![pool]);
+    config.probe_interval = Duration::from_millis(100);
+    Gateway::start(config).await.unwrap()
+}
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// GETs `path` with the cookie `cookie`; the status, the body, and the
+/// affinity cookie set in the response.
+async fn get(
+    client: &HttpClient,
+    gateway: SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+) -> (StatusCode, String, Option<String>) {
+    let mut request = Request::get(format!("http://{gateway}{path}"));
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    let response = client
+        .request(request.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let set = response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("hapool="))
+        .map(|c| c.split(';').next().unwrap().to_owned());
+    assert!(
+        response.headers().get(STATE_HEADER).is_none(),
+        "the state cookie is the gateway's, never the client's"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap(), set)
+}
+
+fn served_by(body: &str) -> &str {
+    body.split(' ').next().unwrap()
+}
+
+#[tokio::test]
+async fn a_session_stays_with_its_member_and_new_sessions_spread() {
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c"] {
+        backends.push(http_backend(name).await.0);
+    }
+    let gateway = http_gateway(static_pool(&backends, http_probe())).await;
+    let addr = gateway.local_addrs()[0];
+    let client = client();
+    // Requests without a session spread over every member.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let (status, body, set) = get(&client, addr, "/", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(set, None, "no session without the application starting one");
+        seen.insert(served_by(&body).to_owned());
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // A login starts a session; every later request goes to its member.
+    let (_, body, cookie) = get(&client, addr, "/login", None).await;
+    let cookie = cookie.expect("the gateway sets its cookie on a new session");
+    let home = served_by(&body).to_owned();
+    for _ in 0..20 {
+        let (_, body, set) = get(&client, addr, "/", Some(&cookie)).await;
+        assert_eq!(served_by(&body), home);
+        assert_eq!(set, None);
+    }
+    let pool = gateway.pool(&pool_handle()).unwrap();
+    assert_eq!(pool.sessions.len(), 1);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_busy_member_hands_the_session_on_with_its_state_cookie() {
+    let mut backends = Vec::new();
+    for name in ["a", "b"] {
+        backends.push(http_backend(name).await.0);
+    }
+    let mut pool = static_pool(&backends, http_probe());
+    // One open request makes a member MAXUSERS.
+    pool.max_sessions = Some(1);
+    let gateway = http_gateway(pool).await;
+    let addr = gateway.local_addrs()[0];
+    let client = client();
+    let (_, body, cookie) = get(&client, addr, "/login", None).await;
+    let cookie = cookie.unwrap();
+    let home = served_by(&body).to_owned();
+    // Hold the session's member busy with a slow request.
+    let slow = {
+        let client = client.clone();
+        let cookie = cookie.clone();
+        tokio::spawn(async move { get(&client, addr, "/slow", Some(&cookie)).await })
+    };
+    sleep(Duration::from_millis(100)).await;
+    let (status, body, _) = get(&client, addr, "/", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    let other = if home == "a" { "b" } else { "a" };
+    assert_eq!(
+        body,
+        format!("{other} user={home}"),
+        "forwarded with the state cookie"
+    );
+    let (_, slow_body, _) = slow.await.unwrap();
+    assert_eq!(served_by(&slow_body), home);
+    // The session now lives on the member that took it.
+    let (_, body, _) = get(&client, addr, "/", Some(&cookie)).await;
+    assert_eq!(served_by(&body), other);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_draining_member_keeps_its_sessions_and_gets_no_new_ones() {
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c"] {
+        backends.push(http_backend(name).await.0);
+    }
+    let gateway = http_gateway(static_pool(&backends, http_probe())).await;
+    let addr = gateway.local_addrs()[0];
+    let client = client();
+    let (_, body, cookie) = get(&client, addr, "/login", None).await;
+    let cookie = cookie.unwrap();
+    let home = served_by(&body).to_owned();
+    let pool = gateway.pool(&pool_handle()).unwrap();
+    let home_id = PoolElementId(match home.as_str() {
+        "a" => 1,
+        "b" => 2,
+        _ => 3,
+    });
+    assert_eq!(
+        pool.member(home_id).unwrap().address,
+        backends[home_id.0 as usize - 1]
+    );
+    assert!(pool.set_admin(home_id, AdminState::OutOfService));
+    for _ in 0..10 {
+        let (_, body, _) = get(&client, addr, "/", Some(&cookie)).await;
+        assert_eq!(
+            served_by(&body),
+            home,
+            "the open session finishes where it is"
+        );
+        let (_, body, _) = get(&client, addr, "/", None).await;
+        assert_ne!(
+            served_by(&body),
+            home,
+            "no new session for a draining member"
+        );
+    }
+    // Pending delete: once the session is gone, the member leaves the pool.
+    assert!(pool.set_admin(home_id, AdminState::PendingDelete));
+    assert!(pool.remove_drained().is_empty());
+    pool.sessions
+        .sweep(Instant::now() + Duration::from_secs(3600));
+    assert_eq!(pool.remove_drained(), vec![home_id]);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_member_that_refuses_is_skipped_and_probed_back() {
+    let (live, _task) = http_backend("live").await;
+    let spare = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let dead = spare.local_addr().unwrap();
+    drop(spare);
+    let mut config = GatewayConfig::new(
+        vec![listener(Protocol::Http)],
+        vec![static_pool(&[dead, live], http_probe())],
+    );
+    config.probe_interval = Duration::from_millis(100);
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    let pool = gateway.pool(&pool_handle()).unwrap();
+    let dead_member = pool.member(PoolElementId(1)).unwrap();
+    assert!(!dead_member.is_reachable(), "probed before use");
+    let client = client();
+    for _ in 0..5 {
+        let (status, body, _) = get(&client, addr, "/", None).await;
+        assert_eq!((status, served_by(&body)), (StatusCode::OK, "live"));
+    }
+    // The member comes up: the prober lets it in.
+    let revived = TcpListener::bind(dead).await.unwrap();
+    tokio::spawn(serve_backend(revived, "revived"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dead_member.is_reachable() {
+        assert!(Instant::now() < deadline, "never probed back");
+        sleep(Duration::from_millis(20)).await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        seen.insert(served_by(&get(&client, addr, "/", None).await.1).to_owned());
+    }
+    assert!(seen.contains("revived"), "{seen:?}");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_member_at_all_is_a_clear_503() {
+    let spare = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let dead = spare.local_addr().unwrap();
+    drop(spare);
+    let gateway = http_gateway(static_pool(&[dead], http_probe())).await;
+    let (status, body, _) = get(&client(), gateway.local_addrs()[0], "/", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("no pool element"), "{body}");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let (backend, _task) = http_backend("a").await;
+    let gateway = http_gateway(static_pool(&[backend], http_probe())).await;
+    let stream = TcpStream::connect(gateway.local_addrs()[0]).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("http://example.test/x")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"a -");
+    gateway.shutdown().await;
+}
+
+fn pki(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/pki")
+        .join(name)
+}
+
+fn certificate(name: &str) -> Certificate {
+    Certificate {
+        names: vec![format!("{name}.example")],
+        chain: hapool_net::tls::certificates(&pki(&format!("{name}.pem"))).unwrap(),
+        key: hapool_net::tls::private_key(&pki(&format!("{name}.key"))).unwrap(),
+    }
+}
+
+/// The subject name of the certificate the gateway shows for `sni`, and
+/// the answer to a request over that connection.
+async fn tls_get(gateway: SocketAddr, sni: &str) -> (String, String) {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in hapool_net::tls::certificates(&pki("ca.pem")).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let stream = TcpStream::connect(gateway).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let mut tls = connector.connect(name, stream).await.unwrap();
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let subject = parsed.subject().to_string();
+    tls.write_all(format!("GET / HTTP/1.1\r\nhost: {sni}\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    let body = answer.rsplit("\r\n\r\n").next().unwrap().to_owned();
+    (subject, body)
+}
+
+#[tokio::test]
+async fn tls_termination_chooses_the_certificate_by_sni() {
+    let (backend, _task) = http_backend("a").await;
+    let tls = server_config(
+        vec![certificate("alpha"), certificate("beta")],
+        &[b"h2", b"http/1.1"],
+    )
+    .unwrap();
+    let mut config = GatewayConfig::new(
+        vec![ListenerConfig {
+            tls: Some(tls),
+            ..listener(Protocol::Http)
+        }],
+        vec![static_pool(&[backend], http_probe())],
+    );
+    config.probe_interval = Duration::from_millis(100);
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    assert_eq!(
+        tls_get(addr, "alpha.example").await,
+        ("CN=alpha.example".into(), "a -".into())
+    );
+    assert_eq!(
+        tls_get(addr, "beta.example").await,
+        ("CN=beta.example".into(), "a -".into())
+    );
+    gateway.shutdown().await;
+}
+
+/// A TCP backend that answers each line with `<name> <line>`.
+async fn echo_backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    write
+                        .write_all(format!("{name} {line}\n").as_bytes())
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn tcp_exchange(gateway: SocketAddr, line: &str) -> String {
+    let stream = TcpStream::connect(gateway).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(format!("{line}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut lines = BufReader::new(read).lines();
+    lines.next_line().await.unwrap().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn tcp_sessions_stay_with_the_client_address_and_skip_refusing_members() {
+    let a = echo_backend("a").await;
+    let b = echo_backend("b").await;
+    let mut config = GatewayConfig::new(
+        vec![listener(Protocol::Tcp)],
+        vec![static_pool(&[a, b], ProbeKind::Tcp)],
+    );
+    config.probe_interval = Duration::from_secs(60);
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    let first = tcp_exchange(addr, "hello").await;
+    let home = first.split(' ').next().unwrap().to_owned();
+    assert_eq!(first, format!("{home} hello"));
+    for _ in 0..5 {
+        assert!(tcp_exchange(addr, "again").await.starts_with(&home));
+    }
+    // Without affinity, connections spread.
+    let mut config = GatewayConfig::new(
+        vec![ListenerConfig {
+            affinity: false,
+            ..listener(Protocol::Tcp)
+        }],
+        vec![static_pool(&[a, b], ProbeKind::Tcp)],
+    );
+    config.probe_interval = Duration::from_secs(60);
+    let spread = Gateway::start(config).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let answer = tcp_exchange(spread.local_addrs()[0], "x").await;
+        seen.insert(answer.split(' ').next().unwrap().to_owned());
+    }
+    assert_eq!(seen.len(), 2);
+    spread.shutdown().await;
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn limits_are_enforced_with_a_clear_answer() {
+    let (backend, _task) = http_backend("a").await;
+    let mut config = GatewayConfig::new(
+        vec![ListenerConfig {
+            max_connections: 1,
+            ..listener(Protocol::Http)
+        }],
+        vec![static_pool(&[backend], http_probe())],
+    );
+    config.limits.max_header_bytes = 8192;
+    config.limits.header_read_timeout = Duration::from_millis(200);
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    // A head larger than the limit: 431.
+    let mut big = TcpStream::connect(addr).await.unwrap();
+    let filler = "x".repeat(10_000);
+    big.write_all(format!("GET / HTTP/1.1\r\nhost: a\r\nx-filler: {filler}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let _ = big.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    drop(big);
+    // A client that sends nothing is dropped after the header timeout, and
+    // while it holds the only connection, a second one is refused.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    sleep(Duration::from_millis(50)).await;
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0_u8; 16];
+    let n = second.read(&mut buf).await.unwrap_or(0);
+    assert_eq!(n, 0, "closed at once");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the slow client was dropped"
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn configuration_errors_name_what_is_wrong() {
+    let config = GatewayConfig::new(
+        vec![ListenerConfig {
+            pool: PoolHandle::from("nope"),
+            ..listener(Protocol::Http)
+        }],
+        vec![static_pool(&[], http_probe())],
+    );
+    let error = Gateway::start(config).await.err().unwrap().to_string();
+    assert!(
+        error.contains("\"nope\"") && error.contains("not configured"),
+        "{error}"
+    );
+    let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let config = GatewayConfig::new(
+        vec![ListenerConfig {
+            address: taken.local_addr().unwrap(),
+            ..listener(Protocol::Http)
+        }],
+        vec![static_pool(&[], http_probe())],
+    );
+    let error = Gateway::start(config).await.err().unwrap().to_string();
+    assert!(
+        error.starts_with(&format!("cannot listen on {}", taken.local_addr().unwrap())),
+        "{error}"
+    );
+    let mut pool = static_pool(&[], http_probe());
+    pool.source = MemberSource::Registrars;
+    let error = Gateway::start(GatewayConfig::new(vec![], vec![pool]))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("no registrar is configured"), "{error}");
+}
+
+// ---------------------------------------------------------------- kill -9
+
+/// Run by `backend_process`'s parent: serves as an HTTP backend named by
+/// `HAPOOL_TEST_BACKEND` on an ephemeral port, prints the port, and serves
+/// until killed.
+#[tokio::test]
+#[ignore = "a child process of failover_under_load, not a test of its own"]
+async fn backend_process() {
+    let Ok(name) = std::env::var("HAPOOL_TEST_BACKEND") else {
+        return;
+    };
+    let name: &'static str = Box::leak(name.into_boxed_str());
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    println!("port {}", listener.local_addr().unwrap().port());
+    serve_backend(listener, name).await;
+}
+
+struct ChildBackend {
+    child: Child,
+    addr: SocketAddr,
+}
+
+fn spawn_backend(name: &str) -> ChildBackend {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "backend_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HAPOOL_TEST_BACKEND", name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let port = loop {
+        let line = lines.next().expect("the backend printed its port").unwrap();
+        // The harness prints "test backend_process ... " first, on the same line.
+        if let Some((_, port)) = line.split_once("port ") {
+            break port.parse::<u16>().unwrap();
+        }
+    };
+    ChildBackend {
+        child,
+        addr: (Ipv4Addr::LOCALHOST, port).into(),
+    }
+}
+
+impl Drop for ChildBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_under_load_loses_no_request() {
+    let mut backends: Vec<ChildBackend> =
+        ["a", "b", "c"].iter().map(|n| spawn_backend(n)).collect();
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let gateway = http_gateway(static_pool(&addrs, http_probe())).await;
+    let addr = gateway.local_addrs()[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            let client = client();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let request = Request::get(format!("http://{addr}/"))
+                    .body(Empty::new())
+                    .unwrap();
+                match client.request(request).await {
+                    Ok(response) if response.status() == StatusCode::OK => {
+                        let _ = response.into_body().collect().await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    sleep(Duration::from_millis(700)).await;
+    let before = ok.load(Ordering::Relaxed);
+    assert!(before > 100, "load is running: {before}");
+    // kill -9 of one backend, mid-load.
+    let victim = backends.remove(1);
+    drop(victim);
+    sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let pool = gateway.pool(&pool_handle()).unwrap();
+    let status = pool.status();
+    assert!(!pool.member(PoolElementId(2)).unwrap().is_reachable());
+    let served_after: u64 = ok.load(Ordering::Relaxed) - before;
+    assert!(served_after > 100, "load went on: {served_after}");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "client-visible failures; members: {status:?}"
+    );
+    gateway.shutdown().await;
+}
