@@ -46,7 +46,18 @@ pub(crate) async fn serve(
     status: StatusFn,
     metrics: PrometheusHandle,
 ) -> anyhow::Result<()> {
-    let app = Router::new()
+    serve_with(listener, status, metrics, Router::new()).await
+}
+
+/// Serves the admin port with the daemon's own routes `extra` besides
+/// `/status` and `/metrics`.
+pub(crate) async fn serve_with(
+    listener: TcpListener,
+    status: StatusFn,
+    metrics: PrometheusHandle,
+    extra: Router,
+) -> anyhow::Result<()> {
+    let app = extra
         .route(
             "/status",
             get(move || {
@@ -89,6 +100,21 @@ pub(crate) async fn http_get(uri: &str) -> anyhow::Result<(hyper::StatusCode, By
         .get(uri.clone())
         .await
         .with_context(|| format!("GET {uri} failed"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+/// POSTs an empty body to `uri` over plain HTTP; the status and the body.
+pub(crate) async fn http_post(uri: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let request = hyper::Request::post(uri)
+        .body(Empty::new())
+        .with_context(|| format!("{uri:?} is not a URL"))?;
+    let response = client
+        .request(request)
+        .await
+        .with_context(|| format!("POST {uri} failed"))?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, body))

@@ -1,5 +1,5 @@
 //! Configuration files. A file is TOML with one table per daemon
-//! (`[registrar]` today); unknown keys are errors; durations are written
+//! (`[registrar]`, `[gateway]`, `[vip]`); unknown keys are errors; durations are written
 //! as text ("500ms", "5s"). A file is turned into the runtime configuration
 //! with `TryFrom`, so a configuration that passed start-up is valid, and
 //! every error names the key and the value.
@@ -23,6 +23,8 @@ pub(crate) struct File {
     pub(crate) registrar: Option<RegistrarFile>,
     /// The virtual IP daemon's settings.
     pub(crate) vip: Option<VipFile>,
+    /// The gateway's settings.
+    pub(crate) gateway: Option<crate::gateway::GatewayFile>,
 }
 
 /// `[vip]`.

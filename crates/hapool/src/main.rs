@@ -10,6 +10,10 @@
 //!   second and latency.
 //! - `hapool status`: the pools and PEs of a registrar, from its admin
 //!   port (`/status`, JSON; `/metrics`, Prometheus).
+//! - `hapool gateway`: proxies clients to pools (TCP, HTTP/1.1, HTTP/2,
+//!   TLS) with availability-aware choice, session affinity and failover;
+//!   `hapool gateway ctl` lists members and sessions and marks members.
+//! - `hapool vip`: virtual IP addresses that move with VRRPv3.
 //! - `hapool check-config FILE`: validates a configuration file.
 //! - `hapool wire decode`: decodes ASAP or ENRP messages given in hex and
 //!   prints them readably, or says exactly what is malformed and which RFC
@@ -25,6 +29,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod admin;
 mod bench;
 mod config;
+mod gateway;
 mod probe;
 mod serve;
 mod vip;
@@ -58,6 +63,9 @@ enum Command {
     CheckConfig(serve::CheckConfigArgs),
     /// List the registrars that announce themselves (ASAP_SERVER_ANNOUNCE).
     Discover(serve::DiscoverArgs),
+    /// Proxy clients to pools: availability-aware choice, session
+    /// affinity, failover; `gateway ctl` operates a running one.
+    Gateway(gateway::GatewayArgs),
     /// Hold virtual IP addresses with VRRPv3: they move to a surviving
     /// machine when the one holding them dies.
     Vip(vip::VipArgs),
@@ -135,6 +143,7 @@ fn main() -> ExitCode {
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(admin::status(args))),
         Command::CheckConfig(args) => serve::check_config(&args),
         Command::Discover(args) => runtime().and_then(|rt| rt.block_on(serve::discover(args))),
+        Command::Gateway(args) => gateway::main(args),
         Command::Vip(args) => runtime().and_then(|rt| rt.block_on(vip::vip(args))),
         Command::Wire {
             command: WireCommand::Decode { protocol, hex },
@@ -153,7 +162,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)

@@ -691,12 +691,21 @@ pub(crate) struct CheckConfigArgs {
 /// Validates a configuration file and says what it configures.
 pub(crate) fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
     let file = config::read(&args.file)?;
-    if file.registrar.is_none() && file.vip.is_none() {
+    if file.registrar.is_none() && file.vip.is_none() && file.gateway.is_none() {
         return Err(BadConfig(format!(
-            "{}: neither a [registrar] nor a [vip] table",
+            "{}: no [registrar], [gateway] or [vip] table",
             args.file.display()
         ))
         .into());
+    }
+    if let Some(gateway) = file.gateway {
+        let lines = crate::gateway::describe(gateway)?;
+        if file.registrar.is_none() && file.vip.is_none() {
+            println!("{}: valid", args.file.display());
+        }
+        for line in lines {
+            println!("{line}");
+        }
     }
     if let Some(vip) = file.vip {
         let lines = crate::vip::describe(vip)?;

@@ -1,0 +1,675 @@
+//! `hapool gateway`: the proxy in front of pools, from `[gateway]` of a
+//! configuration file or from flags; and `hapool gateway ctl`, which lists
+//! members and sessions and sets operator marks through the admin port.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use hapool_gateway::tls::{Certificate, server_config};
+use hapool_gateway::{
+    AdminState, Gateway, GatewayConfig, GatewayView, Limits, ListenerConfig, MemberSource,
+    PoolSettings, ProbeKind, Protocol, StaticMember, Strategy,
+};
+use hapool_wire::{PoolElementId, PoolHandle};
+use serde::Deserialize;
+use serde_json::Value;
+use tracing::warn;
+
+use crate::BadConfig;
+use crate::admin::http_get;
+
+/// `[gateway]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GatewayFile {
+    /// Where to serve the admin port; off when absent.
+    admin: Option<SocketAddr>,
+    /// Registrars for pools without static members.
+    #[serde(default)]
+    registrars: Vec<SocketAddr>,
+    /// Worker threads. Default: one per core.
+    threads: Option<usize>,
+    /// How often registrar pools are resolved again. Default 1s.
+    #[serde(default, with = "humantime_serde")]
+    refresh: Option<Duration>,
+    /// How often members are probed. Default 1s.
+    #[serde(default, with = "humantime_serde")]
+    probe_interval: Option<Duration>,
+    /// How long a probe may take. Default 500ms.
+    #[serde(default, with = "humantime_serde")]
+    probe_timeout: Option<Duration>,
+    /// Sessions are forgotten after this idle time. Default 30m.
+    #[serde(default, with = "humantime_serde")]
+    session_idle: Option<Duration>,
+    /// The most sessions a pool keeps. Default 1000000.
+    session_capacity: Option<usize>,
+    /// Connecting to a member. Default 1s.
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    /// A member's response headers. Default 30s.
+    #[serde(default, with = "humantime_serde")]
+    request_timeout: Option<Duration>,
+    /// A client's TLS handshake and request head. Default 10s.
+    #[serde(default, with = "humantime_serde")]
+    header_read_timeout: Option<Duration>,
+    /// Largest request head. Default 16384 (at least 8192).
+    max_header_bytes: Option<usize>,
+    /// Further members tried after a failure that is safe to retry.
+    /// Default 3.
+    retries: Option<u32>,
+    /// Request bodies up to this many bytes are kept for a retry. Default
+    /// 65536.
+    retry_body_limit: Option<usize>,
+    /// `[[gateway.listener]]`.
+    #[serde(default)]
+    listener: Vec<ListenerFile>,
+    /// `[[gateway.pool]]`.
+    #[serde(default)]
+    pool: Vec<PoolFile>,
+}
+
+/// `[[gateway.listener]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerFile {
+    /// Where to listen.
+    listen: SocketAddr,
+    /// "http" (default) or "tcp".
+    protocol: Option<Protocol>,
+    /// The pool it serves.
+    pool: String,
+    /// Keep sessions together. Default true.
+    affinity: Option<bool>,
+    /// Connections at once. Default 10000.
+    max_connections: Option<usize>,
+    /// `[[gateway.listener.certificate]]`: terminate TLS with these.
+    #[serde(default)]
+    certificate: Vec<CertificateFile>,
+}
+
+/// `[[gateway.listener.certificate]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateFile {
+    /// Host names it serves (SNI); `*.example.com` for a wildcard.
+    names: Vec<String>,
+    /// PEM certificate chain, leaf first.
+    cert: PathBuf,
+    /// PEM private key.
+    key: PathBuf,
+}
+
+/// `[[gateway.pool]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolFile {
+    /// The pool handle.
+    handle: String,
+    /// Static members; without them the registrars are asked.
+    members: Option<Vec<MemberFile>>,
+    /// "least-loaded", "round-robin", "random", "priority". Default: the
+    /// pool's registered policy (registrar pools), least-loaded (static).
+    strategy: Option<Strategy>,
+    /// BUSY below this availability index. Default 10.
+    availability_threshold: Option<u8>,
+    /// MAXUSERS at this many open sessions per member. Default: no limit.
+    max_sessions: Option<u32>,
+    /// "http" or "tcp". Default: http when an HTTP listener serves the
+    /// pool, else tcp.
+    probe: Option<String>,
+    /// The path an HTTP probe asks for. Default "/".
+    probe_path: Option<String>,
+}
+
+/// A static member: "ADDR" or `{ address, weight, priority }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum MemberFile {
+    Address(SocketAddr),
+    Full {
+        address: SocketAddr,
+        #[serde(default)]
+        weight: Option<u32>,
+        #[serde(default)]
+        priority: Option<u32>,
+    },
+}
+
+/// A gateway to start: its configuration, admin port and threads.
+pub(crate) struct Planned {
+    config: GatewayConfig,
+    admin: Option<SocketAddr>,
+    threads: Option<usize>,
+}
+
+fn certificates(files: Vec<CertificateFile>, key: &str) -> Result<Vec<Certificate>, BadConfig> {
+    files
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let chain = hapool_net::tls::certificates(&c.cert)
+                .map_err(|e| BadConfig(format!("{key}.certificate[{i}].cert: {e}")))?;
+            let private = hapool_net::tls::private_key(&c.key)
+                .map_err(|e| BadConfig(format!("{key}.certificate[{i}].key: {e}")))?;
+            if c.names.is_empty() {
+                return Err(BadConfig(format!(
+                    "{key}.certificate[{i}].names: at least one name"
+                )));
+            }
+            Ok(Certificate {
+                names: c.names,
+                chain,
+                key: private,
+            })
+        })
+        .collect()
+}
+
+impl TryFrom<GatewayFile> for Planned {
+    type Error = BadConfig;
+
+    fn try_from(file: GatewayFile) -> Result<Self, BadConfig> {
+        let mut listeners = Vec::new();
+        for (i, l) in file.listener.into_iter().enumerate() {
+            let key = format!("gateway.listener[{i}]");
+            let protocol = l.protocol.unwrap_or(Protocol::Http);
+            let tls = if l.certificate.is_empty() {
+                None
+            } else {
+                let alpn: &[&[u8]] = match protocol {
+                    Protocol::Http => &[b"h2", b"http/1.1"],
+                    Protocol::Tcp => &[],
+                };
+                Some(
+                    server_config(certificates(l.certificate, &key)?, alpn)
+                        .map_err(|e| BadConfig(format!("{key}: {e}")))?,
+                )
+            };
+            let max_connections = l.max_connections.unwrap_or(10_000);
+            if max_connections == 0 {
+                return Err(BadConfig(format!("{key}.max_connections = 0: at least 1")));
+            }
+            listeners.push(ListenerConfig {
+                address: l.listen,
+                protocol,
+                pool: PoolHandle::from(l.pool.as_str()),
+                tls,
+                affinity: l.affinity.unwrap_or(true),
+                max_connections,
+            });
+        }
+        let mut pools = Vec::new();
+        for (i, p) in file.pool.into_iter().enumerate() {
+            let key = format!("gateway.pool[{i}]");
+            let handle = PoolHandle::from(p.handle.as_str());
+            let threshold = p.availability_threshold.unwrap_or(10);
+            if threshold > 100 {
+                return Err(BadConfig(format!(
+                    "{key}.availability_threshold = {threshold}: 0 to 100"
+                )));
+            }
+            if p.max_sessions == Some(0) {
+                return Err(BadConfig(format!("{key}.max_sessions = 0: at least 1")));
+            }
+            let http_listener = listeners
+                .iter()
+                .any(|l| l.pool == handle && l.protocol == Protocol::Http);
+            let probe = match p.probe.as_deref() {
+                None if http_listener => "http",
+                None => "tcp",
+                Some(kind) => kind,
+            };
+            let probe = match probe {
+                "tcp" => ProbeKind::Tcp,
+                "http" => ProbeKind::Http {
+                    path: p.probe_path.unwrap_or_else(|| "/".into()),
+                },
+                other => {
+                    return Err(BadConfig(format!("{key}.probe = {other:?}: http or tcp")));
+                }
+            };
+            let source = match p.members {
+                Some(members) if members.is_empty() => {
+                    return Err(BadConfig(format!(
+                        "{key}.members is empty: name members, or leave it out to ask the registrars"
+                    )));
+                }
+                Some(members) => MemberSource::Static(
+                    members
+                        .into_iter()
+                        .map(|m| match m {
+                            MemberFile::Address(address) => StaticMember {
+                                address,
+                                weight: 1,
+                                priority: 0,
+                            },
+                            MemberFile::Full {
+                                address,
+                                weight,
+                                priority,
+                            } => StaticMember {
+                                address,
+                                weight: weight.unwrap_or(1),
+                                priority: priority.unwrap_or(0),
+                            },
+                        })
+                        .collect(),
+                ),
+                None if file.registrars.is_empty() => {
+                    return Err(BadConfig(format!(
+                        "{key} ({:?}) has no members and gateway.registrars is empty",
+                        p.handle
+                    )));
+                }
+                None => MemberSource::Registrars,
+            };
+            pools.push(PoolSettings {
+                handle,
+                strategy: p.strategy.or(match source {
+                    MemberSource::Static(_) => Some(Strategy::LeastLoaded),
+                    MemberSource::Registrars => None,
+                }),
+                source,
+                availability_threshold: threshold,
+                max_sessions: p.max_sessions,
+                probe,
+            });
+        }
+        for (i, l) in listeners.iter().enumerate() {
+            if !pools.iter().any(|p| p.handle == l.pool) {
+                return Err(BadConfig(format!(
+                    "gateway.listener[{i}].pool = {:?}: no [[gateway.pool]] has this handle",
+                    l.pool.to_string()
+                )));
+            }
+        }
+        if listeners.is_empty() {
+            return Err(BadConfig("gateway: no [[gateway.listener]]".into()));
+        }
+        let defaults = Limits::default();
+        let max_header_bytes = file.max_header_bytes.unwrap_or(defaults.max_header_bytes);
+        if max_header_bytes < 8192 {
+            return Err(BadConfig(format!(
+                "gateway.max_header_bytes = {max_header_bytes}: at least 8192"
+            )));
+        }
+        if file.threads == Some(0) {
+            return Err(BadConfig("gateway.threads = 0: at least 1".into()));
+        }
+        let mut config = GatewayConfig::new(listeners, pools);
+        config.registrars = file.registrars;
+        config.refresh = file.refresh.unwrap_or(config.refresh);
+        config.probe_interval = file.probe_interval.unwrap_or(config.probe_interval);
+        config.probe_timeout = file.probe_timeout.unwrap_or(config.probe_timeout);
+        config.session_idle = file.session_idle.unwrap_or(config.session_idle);
+        config.session_capacity = file.session_capacity.unwrap_or(config.session_capacity);
+        config.limits = Limits {
+            connect_timeout: file.connect_timeout.unwrap_or(defaults.connect_timeout),
+            request_timeout: file.request_timeout.unwrap_or(defaults.request_timeout),
+            header_read_timeout: file
+                .header_read_timeout
+                .unwrap_or(defaults.header_read_timeout),
+            max_header_bytes,
+            retries: file.retries.unwrap_or(defaults.retries),
+            retry_body_limit: file.retry_body_limit.unwrap_or(defaults.retry_body_limit),
+            member_idle_timeout: defaults.member_idle_timeout,
+        };
+        Ok(Self {
+            config,
+            admin: file.admin,
+            threads: file.threads,
+        })
+    }
+}
+
+/// One line per listener and pool, for `check-config`.
+pub(crate) fn describe(file: GatewayFile) -> Result<Vec<String>, BadConfig> {
+    let planned = Planned::try_from(file)?;
+    let mut lines = Vec::new();
+    for l in &planned.config.listeners {
+        lines.push(format!(
+            "gateway listener {} ({:?}{}) -> pool {}",
+            l.address,
+            l.protocol,
+            if l.tls.is_some() { ", TLS" } else { "" },
+            l.pool
+        ));
+    }
+    for p in &planned.config.pools {
+        lines.push(format!(
+            "gateway pool {}: {}, busy below {}, {}",
+            p.handle,
+            match &p.source {
+                MemberSource::Static(m) => format!("{} static member(s)", m.len()),
+                MemberSource::Registrars => "members from the registrars".into(),
+            },
+            p.availability_threshold,
+            p.max_sessions
+                .map_or("no session limit".into(), |m| format!(
+                    "at most {m} sessions per member"
+                )),
+        ));
+    }
+    Ok(lines)
+}
+
+/// Options of `hapool gateway`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct GatewayArgs {
+    #[command(subcommand)]
+    ctl: Option<GatewayCommand>,
+    /// A configuration file with a `[gateway]` table.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// One listener from flags: where it listens.
+    #[arg(long, conflicts_with = "config")]
+    listen: Option<SocketAddr>,
+    /// http (default) or tcp.
+    #[arg(long, value_enum, requires = "listen")]
+    protocol: Option<ProtocolArg>,
+    /// The pool it serves.
+    #[arg(long, requires = "listen")]
+    pool: Option<String>,
+    /// A static member (repeat); without any, the registrars are asked.
+    #[arg(long = "member", requires = "listen")]
+    members: Vec<SocketAddr>,
+    /// A registrar (repeat).
+    #[arg(long = "registrar", requires = "listen")]
+    registrars: Vec<SocketAddr>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Where to serve the admin port (`/status`, `/metrics`, control).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProtocolArg {
+    Http,
+    Tcp,
+}
+
+#[derive(clap::Subcommand)]
+enum GatewayCommand {
+    /// Operate a running gateway through its admin port.
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The gateway's admin address.
+    #[arg(long, default_value = "127.0.0.1:3882")]
+    admin: SocketAddr,
+    #[command(subcommand)]
+    action: CtlAction,
+}
+
+#[derive(clap::Subcommand)]
+enum CtlAction {
+    /// Every pool's members: state, availability, load, sessions.
+    List,
+    /// A pool's sessions (most recently used first, at most 1000).
+    Sessions {
+        /// The pool handle.
+        pool: String,
+    },
+    /// Marks a member: active, restricted, out_of_service (drain) or
+    /// pending_delete (drain, then remove).
+    Set {
+        /// The pool handle.
+        pool: String,
+        /// The member's PE identifier (hex, as `list` shows it).
+        pe: String,
+        /// The new state.
+        state: String,
+    },
+}
+
+fn planned(args: &GatewayArgs) -> anyhow::Result<Planned> {
+    let mut planned = if let Some(path) = &args.config {
+        let file = crate::config::read(path)?;
+        let Some(gateway) = file.gateway else {
+            return Err(BadConfig(format!("{}: no [gateway] table", path.display())).into());
+        };
+        Planned::try_from(gateway)?
+    } else {
+        let Some(listen) = args.listen else {
+            return Err(BadConfig(
+                "hapool gateway needs --config FILE, or --listen ADDR --pool NAME with --member or --registrar".into(),
+            )
+            .into());
+        };
+        let Some(pool) = &args.pool else {
+            return Err(BadConfig("--listen needs --pool NAME".into()).into());
+        };
+        let protocol = match args.protocol {
+            Some(ProtocolArg::Tcp) => "tcp",
+            _ => "http",
+        };
+        let members: Vec<String> = args.members.iter().map(|m| format!("\"{m}\"")).collect();
+        let registrars: Vec<String> = args.registrars.iter().map(|r| format!("\"{r}\"")).collect();
+        let text = format!(
+            "registrars = [{}]\n[[listener]]\nlisten = \"{listen}\"\nprotocol = \"{protocol}\"\npool = {pool:?}\n[[pool]]\nhandle = {pool:?}\n{}",
+            registrars.join(", "),
+            if members.is_empty() {
+                String::new()
+            } else {
+                format!("members = [{}]\n", members.join(", "))
+            }
+        );
+        let file: GatewayFile = toml::from_str(&text).context("flags")?;
+        Planned::try_from(file)?
+    };
+    if args.admin.is_some() {
+        planned.admin = args.admin;
+    }
+    if args.threads.is_some() {
+        planned.threads = args.threads;
+    }
+    Ok(planned)
+}
+
+/// `hapool gateway`: builds the runtime with the configured threads.
+pub(crate) fn main(args: GatewayArgs) -> anyhow::Result<()> {
+    if let Some(GatewayCommand::Ctl(ctl)) = args.ctl {
+        return crate::runtime()?.block_on(control(ctl));
+    }
+    let planned = planned(&args)?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = planned.threads {
+        runtime.worker_threads(threads);
+    }
+    runtime.build()?.block_on(run(planned))
+}
+
+async fn run(planned: Planned) -> anyhow::Result<()> {
+    let admin = match planned.admin {
+        Some(addr) => Some(crate::admin::bind(addr).await?),
+        None => None,
+    };
+    let gateway = Gateway::start(planned.config)
+        .await
+        .map_err(|e| BadConfig(e.to_string()))?;
+    let view = gateway.view();
+    for l in view.status().listeners {
+        println!(
+            "gateway on {} ({:?}{}) for pool {}",
+            l.address,
+            l.protocol,
+            if l.tls { ", TLS" } else { "" },
+            l.pool
+        );
+    }
+    if let Some((listener, metrics)) = admin {
+        println!("admin HTTP on {}", listener.local_addr()?);
+        let status_view = view.clone();
+        let status: crate::admin::StatusFn = Arc::new(move || {
+            let doc = serde_json::to_value(status_view.status()).unwrap_or(Value::Null);
+            Box::pin(async move { doc })
+        });
+        let routes = control_routes(view.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve_with(listener, status, metrics, routes).await {
+                warn!(error = %format!("{e:#}"), "admin port stopped");
+            }
+        });
+    }
+    crate::serve::shutdown_signal().await;
+    gateway.shutdown().await;
+    Ok(())
+}
+
+/// `GET /sessions/{pool}` and `POST /pools/{pool}/members/{pe}/{state}`.
+fn control_routes(view: GatewayView) -> Router {
+    let sessions_view = view.clone();
+    Router::new()
+        .route(
+            "/sessions/{pool}",
+            get(move |Path(pool): Path<String>| {
+                let view = sessions_view.clone();
+                async move {
+                    let Some(pool) = view.pool(&PoolHandle::from(pool.as_str())) else {
+                        return Err((StatusCode::NOT_FOUND, format!("no pool {pool:?}\n")));
+                    };
+                    let sessions: Vec<Value> = pool
+                        .sessions
+                        .list(1000)
+                        .into_iter()
+                        .map(|(key, s)| {
+                            serde_json::json!({
+                                "session": key.to_string(),
+                                "pe_id": format!("{:08x}", s.member.0),
+                                "requests": s.requests,
+                                "idle_ms": s.last_seen.elapsed().as_millis() as u64,
+                                "state_cookie": s.state.is_some(),
+                            })
+                        })
+                        .collect();
+                    Ok(axum::Json(Value::Array(sessions)))
+                }
+            }),
+        )
+        .route(
+            "/pools/{pool}/members/{pe}/{state}",
+            post(
+                move |Path((pool, pe, state)): Path<(String, String, String)>| {
+                    let view = view.clone();
+                    async move { set_state(&view, &pool, &pe, &state) }
+                },
+            ),
+        )
+}
+
+fn set_state(view: &GatewayView, pool: &str, pe: &str, state: &str) -> (StatusCode, String) {
+    let Some(target) = view.pool(&PoolHandle::from(pool)) else {
+        return (StatusCode::NOT_FOUND, format!("no pool {pool:?}\n"));
+    };
+    let Ok(id) = u32::from_str_radix(pe.trim_start_matches("0x"), 16) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("{pe:?} is not a hexadecimal PE identifier\n"),
+        );
+    };
+    let Some(state) = AdminState::parse(state) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("{state:?}: active, restricted, out_of_service or pending_delete\n"),
+        );
+    };
+    if target.set_admin(PoolElementId(id), state) {
+        (
+            StatusCode::OK,
+            format!("{pool} {id:08x} {}\n", state.as_str()),
+        )
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            format!("pool {pool:?} has no member {id:08x}\n"),
+        )
+    }
+}
+
+async fn control(args: CtlArgs) -> anyhow::Result<()> {
+    let base = format!("http://{}", args.admin);
+    match args.action {
+        CtlAction::List => {
+            let (code, body) = http_get(&format!("{base}/status"))
+                .await
+                .with_context(|| format!("cannot reach the admin port at {}", args.admin))?;
+            if !code.is_success() {
+                bail!("{} answered {code}", args.admin);
+            }
+            let doc: Value = serde_json::from_slice(&body).context("/status is not JSON")?;
+            println!(
+                "{:<16} {:<9} {:<22} {:<15} {:<12} {:>5} {:>7} {:>10} {:>8}",
+                "POOL",
+                "PE",
+                "ADDRESS",
+                "STATE",
+                "AVAILABILITY",
+                "INDEX",
+                "ACTIVE",
+                "SERVED",
+                "SESSIONS"
+            );
+            for pool in doc["pools"].as_array().into_iter().flatten() {
+                for m in pool["members"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<16} {:08x}  {:<22} {:<15} {:<12} {:>5} {:>7} {:>10} {:>8}",
+                        pool["pool"].as_str().unwrap_or("?"),
+                        m["id"].as_u64().unwrap_or(0),
+                        m["address"].as_str().unwrap_or("?"),
+                        m["admin"].as_str().unwrap_or("?"),
+                        m["availability"].as_str().unwrap_or("?"),
+                        m["availability_index"],
+                        m["active"],
+                        m["served"],
+                        m["bound_sessions"],
+                    );
+                }
+            }
+        }
+        CtlAction::Sessions { pool } => {
+            let (code, body) = http_get(&format!("{base}/sessions/{pool}")).await?;
+            if !code.is_success() {
+                bail!("{}", String::from_utf8_lossy(&body).trim());
+            }
+            let doc: Value = serde_json::from_slice(&body)?;
+            println!(
+                "{:<40} {:<9} {:>9} {:>9} STATE-COOKIE",
+                "SESSION", "PE", "REQUESTS", "IDLE-MS"
+            );
+            for s in doc.as_array().into_iter().flatten() {
+                println!(
+                    "{:<40} {:<9} {:>9} {:>9} {}",
+                    s["session"].as_str().unwrap_or("?"),
+                    s["pe_id"].as_str().unwrap_or("?"),
+                    s["requests"],
+                    s["idle_ms"],
+                    s["state_cookie"]
+                );
+            }
+        }
+        CtlAction::Set { pool, pe, state } => {
+            let (code, body) =
+                crate::admin::http_post(&format!("{base}/pools/{pool}/members/{pe}/{state}"))
+                    .await?;
+            let text = String::from_utf8_lossy(&body);
+            if !code.is_success() {
+                bail!("{}", text.trim());
+            }
+            print!("{text}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! `hapool gateway` as an operator runs it: a registrar, two servers kept
+//! registered by `hapool pe`, the gateway in front of them, `gateway ctl`
+//! to drain one, and the registrar killed while traffic goes on.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn hapool(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args(args)
+        .output()
+        .expect("run hapool");
+    (
+        out.status.code().expect("exited"),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP/1.1 server that answers every request with its `name`, on
+/// keep-alive connections; one thread per connection.
+fn backend(name: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                loop {
+                    let mut line = String::new();
+                    // The request head: lines up to an empty one.
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
+                        name.len()
+                    );
+                    if writer.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// GET / through `addr` on a new connection; the body, or the status line
+/// when it is not 200.
+fn get(addr: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    if !response.starts_with("HTTP/1.1 200") {
+        return response.lines().next().unwrap_or_default().to_owned();
+    }
+    response.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Reads `child`'s standard output until a line starts with `prefix`.
+fn wait_line(child: &mut Child, prefix: &str) -> String {
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "no line {prefix:?}"
+        );
+        if line.starts_with(prefix) {
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+            return line.trim().to_owned();
+        }
+    }
+}
+
+fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(15), "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hapool-gateway-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+struct Killed(Vec<Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn gateway_in_front_of_registered_servers() {
+    let mut registrar = spawn(&["registrar", "--listen", "127.0.0.1:0"]);
+    let line = wait_line(&mut registrar, "registrar ");
+    let registrar_addr = line.rsplit(' ').next().unwrap().to_owned();
+    let a = backend("a");
+    let b = backend("b");
+    let mut children = Killed(vec![registrar]);
+    for server in [&a, &b] {
+        children.0.push(spawn(&[
+            "pe",
+            "--registrar",
+            &registrar_addr,
+            "--pool",
+            "web",
+            "--address",
+            server,
+        ]));
+    }
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = write_config(
+        "gateway.toml",
+        &format!(
+            r#"
+[gateway]
+admin = "{admin}"
+registrars = ["{registrar_addr}"]
+refresh = "200ms"
+probe_interval = "200ms"
+
+[[gateway.listener]]
+listen = "{listen}"
+pool = "web"
+
+[[gateway.pool]]
+handle = "web"
+"#
+        ),
+    );
+    let (code, out, err) = hapool(&["check-config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("gateway listener {listen} (Http) -> pool web")),
+        "{out}"
+    );
+    let mut gateway = spawn(&["gateway", "--config", config.to_str().unwrap()]);
+    wait_line(&mut gateway, "admin HTTP on");
+    children.0.push(gateway);
+    // Both servers get traffic once registered and probed.
+    let mut seen = std::collections::HashSet::new();
+    until("both servers answer through the gateway", || {
+        seen.insert(get(&listen));
+        seen.contains("a") && seen.contains("b")
+    });
+    // The operator's view, and a drain.
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["gateway", "ctl", "--admin", &admin];
+        all.extend_from_slice(args);
+        hapool(&all)
+    };
+    let (code, list, err) = ctl(&["list"]);
+    assert_eq!(code, 0, "{err}");
+    let a_line = list.lines().find(|l| l.contains(&a)).expect(&list);
+    assert!(
+        a_line.contains("active") && a_line.contains("available"),
+        "{list}"
+    );
+    let a_id = a_line.split_whitespace().nth(1).unwrap().to_owned();
+    let (code, out, err) = ctl(&["set", "web", &a_id, "out_of_service"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for _ in 0..10 {
+        assert_eq!(get(&listen), "b", "a drains: no new sessions");
+    }
+    let (_, list, _) = ctl(&["list"]);
+    assert!(
+        list.lines()
+            .find(|l| l.contains(&a))
+            .unwrap()
+            .contains("out_of_service"),
+        "{list}"
+    );
+    let (code, _, err) = ctl(&["set", "web", "zz", "restricted"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not a hexadecimal PE identifier"), "{err}");
+    let (code, _, err) = ctl(&["set", "web", &a_id, "asleep"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("out_of_service"), "{err}");
+    let (code, _, err) = ctl(&["sessions", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no pool \"nope\""), "{err}");
+    assert_eq!(ctl(&["set", "web", &a_id, "active"]).0, 0);
+    // The registrar dies: the gateway serves from what it knows.
+    let mut registrar = children.0.remove(0);
+    registrar.kill().unwrap();
+    registrar.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        seen.insert(get(&listen));
+    }
+    assert_eq!(
+        seen,
+        ["a", "b"].iter().map(|s| s.to_string()).collect(),
+        "served without a registrar"
+    );
+    let mut metrics = String::new();
+    let mut stream = TcpStream::connect(&admin).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    stream.read_to_string(&mut metrics).unwrap();
+    assert!(
+        metrics.contains("hapool_gateway_requests_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hapool_gateway_registrar_errors_total"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn gateway_configuration_errors_are_named() {
+    let cases = [
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n",
+            "gateway.listener[0].pool = \"web\": no [[gateway.pool]] has this handle",
+        ),
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\n",
+            "has no members and gateway.registrars is empty",
+        ),
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\navailability_threshold = 101\n",
+            "gateway.pool[0].availability_threshold = 101: 0 to 100",
+        ),
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.listener.certificate]]\nnames = [\"a\"]\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.key\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
+            "gateway.listener[0].certificate[0].cert",
+        ),
+        (
+            "[gateway]\nthreads = 0\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
+            "gateway.threads = 0",
+        ),
+        (
+            "[gateway]\nmax_header_bytes = 100\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
+            "gateway.max_header_bytes = 100: at least 8192",
+        ),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let path = write_config(&format!("bad-{i}.toml"), text);
+        let (code, out, err) = hapool(&["check-config", path.to_str().unwrap()]);
+        assert_eq!(code, 64, "case {i}: {out}{err}");
+        assert!(err.contains(expected), "case {i}: {err}");
+        let (code, _, err) = hapool(&["gateway", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 64, "case {i}: {err}");
+    }
+    let (code, _, err) = hapool(&["gateway"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("--config FILE"), "{err}");
+    // A listener address in use is named.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = hapool(&[
+        "gateway",
+        "--listen",
+        &addr,
+        "--pool",
+        "web",
+        "--member",
+        "127.0.0.1:2",
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
