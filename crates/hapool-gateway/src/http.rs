@@ -4,7 +4,6 @@
 //! another member when that is safe.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,7 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, warn};
 
-use crate::pool::{Lease, Pool};
+use crate::pool::{Lease, Member, Pool};
 use crate::sessions::SessionKey;
 use crate::{Limits, Shared};
 
@@ -34,6 +33,9 @@ pub(crate) type ClientBody = Either<LeasedBody, Full<Bytes>>;
 
 /// The HTTP client that reaches members (and probes them).
 pub(crate) type MemberClient = Client<HttpConnector, MemberBody>;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The name of the gateway's affinity cookie.
 pub const AFFINITY_COOKIE: &str = "hapool";
@@ -92,6 +94,8 @@ enum Held {
 pub(crate) struct HttpProxy {
     pub(crate) pool: Arc<Pool>,
     pub(crate) shared: Arc<Shared>,
+    /// This worker's connections to members.
+    pub(crate) client: MemberClient,
     /// Whether clients reach this listener over TLS.
     pub(crate) tls: bool,
     /// Whether sessions are kept together by the affinity cookie.
@@ -121,6 +125,22 @@ fn affinity_cookie(headers: &HeaderMap) -> Option<u128> {
 
 /// Headers that belong to one connection and are not passed on.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    const OTHERS: [&str; 2] = ["keep-alive", "proxy-connection"];
+    let any = headers.keys().any(|name| {
+        [
+            header::CONNECTION,
+            header::TE,
+            header::TRAILER,
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+            header::PROXY_AUTHORIZATION,
+        ]
+        .contains(name)
+            || OTHERS.contains(&name.as_str())
+    });
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -141,8 +161,9 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    for name in OTHERS {
+        headers.remove(name);
+    }
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<ClientBody> {
@@ -161,21 +182,21 @@ impl HttpProxy {
     pub(crate) async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
-        client: SocketAddr,
+        forwarded_for: HeaderValue,
     ) -> Result<Response<ClientBody>, Infallible> {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let mut held = match self.hold(body).await {
             Ok(held) => held,
             Err(response) => return Ok(response),
         };
         let limits = &self.shared.limits;
-        let now = Instant::now();
         let key = self
             .affinity
             .then(|| affinity_cookie(&parts.headers))
             .flatten()
             .map(SessionKey::Cookie);
-        let session = key.and_then(|k| self.pool.sessions.touch(k, now));
+        let session = key.and_then(|k| self.pool.sessions.touch(k, Instant::now()));
+        let headers = self.member_headers(&mut parts, forwarded_for);
         let idempotent = is_idempotent(&parts.method);
         let mut tried = Vec::with_capacity(2);
         let mut handoff = None;
@@ -209,16 +230,15 @@ impl HttpProxy {
                 },
             };
             let outgoing =
-                self.member_request(&parts, member.address, client, handoff.as_ref(), body);
+                self.member_request(&parts, headers.clone(), &member, handoff.as_ref(), body);
             self.shared.metrics.requests.increment(1);
-            match timeout(limits.request_timeout, self.shared.client.request(outgoing)).await {
+            match timeout(limits.request_timeout, self.client.request(outgoing)).await {
                 Ok(Ok(response)) => {
                     return Ok(self.respond(
                         response,
                         lease,
                         key,
                         session.as_ref().map(|s| s.member),
-                        now,
                     ));
                 }
                 Ok(Err(e)) => {
@@ -292,42 +312,61 @@ impl HttpProxy {
         }
     }
 
-    fn member_request(
+    /// The headers every attempt sends: the client's, less hop-by-hop
+    /// headers and any state cookie of its own, with `Host` (HTTP/2
+    /// clients send an authority instead) and the `X-Forwarded-` headers.
+    fn member_headers(
         &self,
-        parts: &http::request::Parts,
-        member: SocketAddr,
-        client: SocketAddr,
-        handoff: Option<&Bytes>,
-        body: MemberBody,
-    ) -> Request<MemberBody> {
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut request = Request::new(body);
-        *request.method_mut() = parts.method.clone();
-        *request.version_mut() = Version::HTTP_11;
-        *request.uri_mut() = format!("http://{member}{path}")
-            .parse()
-            .expect("an address and a path form a URI");
-        let headers = request.headers_mut();
-        headers.clone_from(&parts.headers);
-        remove_hop_by_hop(headers);
+        parts: &mut http::request::Parts,
+        forwarded_for: HeaderValue,
+    ) -> HeaderMap {
+        let mut headers = std::mem::take(&mut parts.headers);
+        remove_hop_by_hop(&mut headers);
         if !headers.contains_key(header::HOST)
             && let Some(authority) = parts.uri.authority()
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
         {
             headers.insert(header::HOST, host);
         }
-        if let Ok(ip) = HeaderValue::from_str(&client.ip().to_string()) {
-            headers.append("x-forwarded-for", ip);
-        }
+        headers.append(X_FORWARDED_FOR, forwarded_for);
         headers.insert(
-            "x-forwarded-proto",
+            X_FORWARDED_PROTO,
             HeaderValue::from_static(if self.tls { "https" } else { "http" }),
         );
         headers.remove(&self.state_header);
+        headers
+    }
+
+    fn member_request(
+        &self,
+        parts: &http::request::Parts,
+        headers: HeaderMap,
+        member: &Member,
+        handoff: Option<&Bytes>,
+        body: MemberBody,
+    ) -> Request<MemberBody> {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(member.authority.clone());
+        uri.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.version_mut() = Version::HTTP_11;
+        *request.uri_mut() =
+            http::Uri::from_parts(uri).expect("scheme, authority and path form a URI");
+        *request.headers_mut() = headers;
         if let Some(state) = handoff
             && let Ok(value) = HeaderValue::from_bytes(state)
         {
-            headers.insert(self.state_header.clone(), value);
+            request
+                .headers_mut()
+                .insert(self.state_header.clone(), value);
         }
         request
     }
@@ -340,7 +379,6 @@ impl HttpProxy {
         lease: Lease,
         key: Option<SessionKey>,
         was: Option<PoolElementId>,
-        now: Instant,
     ) -> Response<ClientBody> {
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
@@ -353,14 +391,19 @@ impl HttpProxy {
             let starts = state.is_some() || parts.headers.contains_key(header::SET_COOKIE);
             let kept = match key {
                 Some(key) if was.is_some() || starts => {
-                    self.pool.sessions.bind(key, member, was, state, now)
+                    self.pool
+                        .sessions
+                        .bind(key, member, was, state, Instant::now())
                 }
                 None if starts => {
                     let id: u128 = rand::random();
-                    let kept =
-                        self.pool
-                            .sessions
-                            .bind(SessionKey::Cookie(id), member, None, state, now);
+                    let kept = self.pool.sessions.bind(
+                        SessionKey::Cookie(id),
+                        member,
+                        None,
+                        state,
+                        Instant::now(),
+                    );
                     let secure = if self.tls { "; Secure" } else { "" };
                     let cookie = format!("{AFFINITY_COOKIE}={id:032x}; Path=/; HttpOnly{secure}");
                     if kept && let Ok(value) = HeaderValue::from_str(&cookie) {

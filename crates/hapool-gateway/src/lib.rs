@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use ::http::HeaderValue;
 use hapool_client::{PoolUser, PuConfig};
 use hapool_wire::{PoolElementId, PoolHandle};
 use http_body_util::{BodyExt, Either, Full};
@@ -38,7 +39,7 @@ use hyper_util::server::conn::auto;
 use metrics::{Counter, counter};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
 use tokio_rustls::TlsAcceptor;
@@ -140,6 +141,8 @@ pub struct GatewayConfig {
     pub session_capacity: usize,
     /// Limits and timers.
     pub limits: Limits,
+    /// Worker threads serving the listeners. Default: one per core.
+    pub workers: usize,
 }
 
 impl GatewayConfig {
@@ -155,6 +158,7 @@ impl GatewayConfig {
             session_idle: Duration::from_secs(30 * 60),
             session_capacity: 1_000_000,
             limits: Limits::default(),
+            workers: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }
@@ -177,6 +181,9 @@ pub enum GatewayError {
     /// A pool takes its members from registrars, but none are configured.
     #[error("pool {0:?} takes its members from registrars, but no registrar is configured")]
     NoRegistrars(String),
+    /// A worker thread cannot be started.
+    #[error("cannot start a gateway worker thread: {0}")]
+    Thread(std::io::Error),
     /// A listener's address cannot be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -277,6 +284,67 @@ pub struct Gateway {
     pools: Vec<Arc<Pool>>,
     listeners: Vec<ListenerStatus>,
     tasks: JoinSet<()>,
+    /// One thread per worker, each with its own single-threaded runtime,
+    /// its own listening sockets (SO_REUSEPORT: the kernel spreads the
+    /// connections) and its own connections to members: no task ever
+    /// moves between threads.
+    workers: Vec<(oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+/// A listener's socket for one worker.
+type WorkerListener = (std::net::TcpListener, ListenerConfig, Arc<Pool>);
+
+/// Binds `count` sockets to `address` with SO_REUSEPORT (an ephemeral port
+/// is chosen by the first and shared by the others).
+fn bind_reuseport(
+    address: SocketAddr,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut sockets = Vec::with_capacity(count);
+    let mut address = address;
+    for _ in 0..count {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(address),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        address = listener.local_addr()?;
+        sockets.push(listener);
+    }
+    Ok(sockets)
+}
+
+/// A worker thread: serves its listeners until `stopped`.
+fn worker(listeners: Vec<WorkerListener>, shared: Arc<Shared>, stopped: oneshot::Receiver<()>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a gateway worker");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let client = member_client(&shared.limits);
+        for (socket, listener, pool) in listeners {
+            match TcpListener::from_std(socket) {
+                Ok(socket) => {
+                    tokio::spawn(accept_loop(socket, listener, pool, shared.clone(), client.clone()));
+                }
+                Err(e) => tracing::error!(address = %listener.address, error = %e, "cannot serve a listener"),
+            }
+        }
+        // Ends on a stop, or when the gateway is dropped.
+        let _ = stopped.await;
+    });
 }
 
 impl Gateway {
@@ -304,13 +372,14 @@ impl Gateway {
                     pool: listener.pool.to_string(),
                 });
             };
-            let socket = TcpListener::bind(listener.address)
-                .await
-                .map_err(|source| GatewayError::Bind {
-                    address: listener.address,
-                    source,
+            let sockets =
+                bind_reuseport(listener.address, config.workers.max(1)).map_err(|source| {
+                    GatewayError::Bind {
+                        address: listener.address,
+                        source,
+                    }
                 })?;
-            bound.push((socket, listener.clone(), pool.clone()));
+            bound.push((sockets, listener.clone(), pool.clone()));
         }
         let (reports, report_rx) = mpsc::channel(1024);
         let shared = Shared {
@@ -359,21 +428,36 @@ impl Gateway {
         ));
         tasks.spawn(sweeper(pools.clone()));
         let mut listeners = Vec::new();
-        for (socket, listener, pool) in bound {
-            let address = socket.local_addr().unwrap_or(listener.address);
-            info!(%address, protocol = ?listener.protocol, pool = %pool.handle(), tls = listener.tls.is_some(), "gateway listening");
+        let mut per_worker: Vec<Vec<WorkerListener>> =
+            (0..config.workers.max(1)).map(|_| Vec::new()).collect();
+        for (sockets, listener, pool) in bound {
+            let address = sockets[0].local_addr().unwrap_or(listener.address);
+            info!(%address, protocol = ?listener.protocol, pool = %pool.handle(), tls = listener.tls.is_some(), workers = sockets.len(), "gateway listening");
             listeners.push(ListenerStatus {
                 address,
                 protocol: listener.protocol,
                 pool: pool.handle().to_string(),
                 tls: listener.tls.is_some(),
             });
-            tasks.spawn(accept_loop(socket, listener, pool, shared.clone()));
+            for (worker, socket) in per_worker.iter_mut().zip(sockets) {
+                worker.push((socket, listener.clone(), pool.clone()));
+            }
+        }
+        let mut workers = Vec::new();
+        for (n, worker_listeners) in per_worker.into_iter().enumerate() {
+            let (stop, stopped) = oneshot::channel::<()>();
+            let shared = shared.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("hapool-gw-{n}"))
+                .spawn(move || worker(worker_listeners, shared, stopped))
+                .map_err(GatewayError::Thread)?;
+            workers.push((stop, thread));
         }
         Ok(Self {
             pools,
             listeners,
             tasks,
+            workers,
         })
     }
 
@@ -400,9 +484,18 @@ impl Gateway {
         }
     }
 
-    /// Stops every listener and background task.
+    /// Stops every listener and background task, and waits for the
+    /// workers to end (open connections are closed).
     pub async fn shutdown(mut self) {
         self.tasks.shutdown().await;
+        let workers = std::mem::take(&mut self.workers);
+        let _ = tokio::task::spawn_blocking(move || {
+            for (stop, thread) in workers {
+                let _ = stop.send(());
+                let _ = thread.join();
+            }
+        })
+        .await;
     }
 }
 
@@ -452,6 +545,7 @@ async fn accept_loop(
     listener: ListenerConfig,
     pool: Arc<Pool>,
     shared: Arc<Shared>,
+    client: MemberClient,
 ) {
     let permits = Arc::new(Semaphore::new(listener.max_connections));
     let acceptor = listener.tls.clone().map(TlsAcceptor::from);
@@ -473,6 +567,7 @@ async fn accept_loop(
             Arc::new(HttpProxy {
                 pool: pool.clone(),
                 shared: shared.clone(),
+                client,
                 tls: listener.tls.is_some(),
                 affinity: listener.affinity,
                 state_header: http::STATE_HEADER.parse().expect("a valid header name"),
@@ -537,7 +632,9 @@ async fn serve_connection<S>(
         tcp.serve(stream, peer).await;
         return;
     };
-    let service = service_fn(move |request| proxy.clone().handle(request, peer));
+    let forwarded_for =
+        HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a header value");
+    let service = service_fn(move |request| proxy.clone().handle(request, forwarded_for.clone()));
     // hyper's header timeout starts once it knows the protocol; a client
     // that sends nothing at all is cut off here.
     let stream = FirstByteDeadline::new(stream, shared.limits.header_read_timeout);

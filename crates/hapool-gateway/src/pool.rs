@@ -74,6 +74,8 @@ pub struct Member {
     pub id: PoolElementId,
     /// Where the gateway reaches it.
     pub address: SocketAddr,
+    /// The address as the authority of a request URI.
+    pub authority: http::uri::Authority,
     registered_load: AtomicU64,
     weight: AtomicU32,
     priority: AtomicU32,
@@ -94,6 +96,10 @@ impl Member {
         Self {
             id,
             address,
+            authority: address
+                .to_string()
+                .parse()
+                .expect("a socket address is a URI authority"),
             registered_load: AtomicU64::new(NO_LOAD),
             weight: AtomicU32::new(weight),
             priority: AtomicU32::new(priority),

@@ -34,7 +34,7 @@ pub(crate) struct GatewayFile {
     /// Registrars for pools without static members.
     #[serde(default)]
     registrars: Vec<SocketAddr>,
-    /// Worker threads. Default: one per core.
+    /// Worker threads serving the listeners. Default: one per core.
     threads: Option<usize>,
     /// How often registrar pools are resolved again. Default 1s.
     #[serde(default, with = "humantime_serde")]
@@ -483,12 +483,14 @@ pub(crate) fn main(args: GatewayArgs) -> anyhow::Result<()> {
     if let Some(GatewayCommand::Ctl(ctl)) = args.ctl {
         return crate::runtime()?.block_on(control(ctl));
     }
-    let planned = planned(&args)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
+    let mut planned = planned(&args)?;
     if let Some(threads) = planned.threads {
-        runtime.worker_threads(threads);
+        planned.config.workers = threads;
     }
+    // The workers run their own runtimes; this one serves the admin port,
+    // probes and registrar lookups.
+    let mut runtime = tokio::runtime::Builder::new_current_thread();
+    runtime.enable_all();
     runtime.build()?.block_on(run(planned))
 }
 

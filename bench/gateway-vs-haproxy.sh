@@ -1,0 +1,223 @@
+#!/bin/bash
+# hapool gateway against HAProxy in one run, in front of the same three
+# nginx backends on loopback, driven by wrk.
+#
+#   bench/gateway-vs-haproxy.sh [matrix|failover|all]     (default all)
+#
+# matrix:   2-byte (/) and 4 KiB (/4k) bodies, wrk -t1 -c64 and -t2 -c256,
+#           one and two proxy threads (HAProxy nbthread, hapool --threads);
+#           requests/s, p50/p99 latency and the proxy's CPU microseconds per
+#           request (utime+stime of the proxy process from /proc).
+# failover: wrk -t1 -c64 -d20s; kill -9 of backend 2 at 5 s, restarted at
+#           12 s; client-visible failures (non-2xx and socket errors).
+#           HAProxy with its usual `retries 3` + `option redispatch`, and
+#           with `retry-on all-retryable-errors`; hapool with its defaults.
+#
+# Env: DUR (wrk seconds, default 10), REPS (default 1), WORK (scratch dir).
+# Needs: haproxy nginx wrk (apt-get install -y haproxy nginx wrk), and a
+# release build (cargo build --release -p hapool). Only loopback is used;
+# every process started here is stopped by its PID.
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+HAPOOL=$ROOT/target/release/hapool
+DUR=${DUR:-10}
+REPS=${REPS:-1}
+W=${WORK:-/tmp/hapool-gw-bench}
+LB_PORT=18180
+ADMIN_PORT=18189
+PORTS=(18181 18182 18183)
+mkdir -p $W/{conf,run,logs,www}
+for bin in haproxy nginx wrk; do
+  command -v $bin >/dev/null || { echo "needs $bin: apt-get install -y haproxy nginx wrk"; exit 1; }
+done
+[ -x $HAPOOL ] || { echo "needs $HAPOOL: cargo build --release -p hapool"; exit 1; }
+head -c 4096 /dev/zero | tr '\0' 'x' > $W/www/4k.txt
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for i in 1 2 3; do
+    p=$(cat $W/run/nginx-$i.pid 2>/dev/null) && kill -TERM "$p" 2>/dev/null
+  done
+}
+trap cleanup EXIT
+
+nginx_conf() {  # $1 = backend index
+  local i=$1 port=${PORTS[$(($1-1))]}
+  mkdir -p $W/nginx$i/tmp
+  cat > $W/conf/nginx-$i.conf <<EOF
+worker_processes 1;
+daemon on;
+pid $W/run/nginx-$i.pid;
+error_log $W/logs/nginx-$i.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  server_tokens off;
+  default_type text/plain;
+  keepalive_requests 1000000;
+  client_body_temp_path $W/nginx$i/tmp/cb;
+  proxy_temp_path $W/nginx$i/tmp/px;
+  fastcgi_temp_path $W/nginx$i/tmp/fc;
+  uwsgi_temp_path $W/nginx$i/tmp/uw;
+  scgi_temp_path $W/nginx$i/tmp/sc;
+  server {
+    listen 127.0.0.1:$port backlog=4096;
+    location = /   { return 200 'ok'; }
+    location = /4k { alias $W/www/4k.txt; }
+  }
+}
+EOF
+}
+start_backend() {
+  local i=$1
+  nginx_conf $i
+  nginx -c $W/conf/nginx-$i.conf -p $W/nginx$i/ 2>>$W/logs/nginx-start.log
+  for _ in $(seq 50); do
+    (exec 3<>/dev/tcp/127.0.0.1/${PORTS[$(($i-1))]}) 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nginx $i did not start"; return 1
+}
+kill9_backend() {  # master and worker of backend $1
+  local p; p=$(cat $W/run/nginx-$1.pid)
+  kill -9 $(ps -o pid= --ppid $p) $p 2>/dev/null
+  rm -f $W/run/nginx-$1.pid
+}
+
+haproxy_conf() {  # $1 = nbthread, $2 = extra defaults line
+  cat > $W/conf/haproxy.cfg <<EOF
+global
+    nbthread $1
+    maxconn 9000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout check 1s
+    retries 3
+    option redispatch
+    $2
+frontend fe
+    bind 127.0.0.1:$LB_PORT
+    default_backend be
+backend be
+    balance leastconn
+EOF
+  for i in 1 2 3; do
+    echo "    server s$i 127.0.0.1:${PORTS[$(($i-1))]} check inter 1s fall 2 rise 2" >> $W/conf/haproxy.cfg
+  done
+}
+
+hapool_conf() {  # $1 = threads
+  cat > $W/conf/gateway.toml <<EOF
+[gateway]
+threads = $1
+admin = "127.0.0.1:$ADMIN_PORT"
+
+[[gateway.listener]]
+listen = "127.0.0.1:$LB_PORT"
+pool = "web"
+
+[[gateway.pool]]
+handle = "web"
+members = ["127.0.0.1:${PORTS[0]}", "127.0.0.1:${PORTS[1]}", "127.0.0.1:${PORTS[2]}"]
+EOF
+}
+
+LB=""
+start_lb() {  # $1 = haproxy|hapool, $2 = threads, $3 = haproxy extra line
+  case $1 in
+    haproxy) haproxy_conf $2 "${3:-}"; haproxy -f $W/conf/haproxy.cfg -db >> $W/logs/haproxy.log 2>&1 & LB=$!;;
+    hapool) hapool_conf $2; RUST_LOG=warn $HAPOOL gateway --config $W/conf/gateway.toml >> $W/logs/hapool.log 2>&1 & LB=$!;;
+  esac
+  PIDS+=($LB)
+  for _ in $(seq 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$LB_PORT/ 2>/dev/null)" = 200 ] && break
+    sleep 0.1
+  done
+  sleep 1.5   # every backend checked/probed up
+}
+stop_lb() {
+  kill -TERM $LB 2>/dev/null; wait $LB 2>/dev/null; LB=""
+}
+ticks() { awk '{print $14+$15}' /proc/$1/stat; }
+hz=$(getconf CLK_TCK)
+
+# wrk output -> "req/s p50_ms p99_ms errors"
+parse_wrk() {
+  python3 - "$1" <<'EOF'
+import re, sys
+t = open(sys.argv[1]).read()
+def ms(v, u): return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[u]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+lat = dict((p, ms(v, u)) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", t, re.M))
+err = 0
+m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
+if m: err += sum(int(x) for x in m.groups())
+m = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+if m: err += int(m.group(1))
+print(f"{rps:.0f} {lat.get('50', 0):.3f} {lat.get('99', 0):.3f} {err}")
+EOF
+}
+
+matrix() {
+  echo "== matrix (DUR=${DUR}s, REPS=$REPS, leastconn / least-loaded, three nginx backends)"
+  printf '%-28s %10s %9s %9s %6s %12s\n' "run" "req/s" "p50 ms" "p99 ms" "err" "cpu us/req"
+  for rep in $(seq $REPS); do
+    for threads in 1 2; do
+      for lb in haproxy hapool; do
+        start_lb $lb $threads
+        wrk -t1 -c16 -d1s http://127.0.0.1:$LB_PORT/ > /dev/null 2>&1   # warm-up
+        for path in / /4k; do
+          for load in "1 64" "2 256"; do
+            read t c <<< "$load"
+            local name; name="$lb-t$threads$( [ $path = / ] && echo _ok || echo _4k )_c$c"
+            local t0; t0=$(ticks $LB)
+            wrk -t$t -c$c -d${DUR}s --latency http://127.0.0.1:$LB_PORT$path > $W/logs/$name.wrk 2>&1
+            local t1; t1=$(ticks $LB)
+            read rps p50 p99 err <<< "$(parse_wrk $W/logs/$name.wrk)"
+            local total; total=$(python3 -c "print(round($rps*$DUR))")
+            local cpu; cpu=$(python3 -c "print(f'{($t1-$t0)/$hz*1e6/max($total,1):.1f}')")
+            printf '%-28s %10s %9s %9s %6s %12s\n' "$name" "$rps" "$p50" "$p99" "$err" "$cpu"
+          done
+        done
+        stop_lb
+      done
+    done
+  done
+}
+
+failover_one() {  # $1 = label, $2 = haproxy|hapool, $3 = haproxy extra line
+  start_backend 2
+  start_lb $2 1 "${3:-}"
+  wrk -t1 -c64 -d20s --timeout 10s --latency http://127.0.0.1:$LB_PORT/ > $W/logs/fo-$1.wrk 2>&1 &
+  local wrk=$!
+  sleep 5; kill9_backend 2
+  sleep 7; start_backend 2
+  wait $wrk
+  read rps p50 p99 err <<< "$(parse_wrk $W/logs/fo-$1.wrk)"
+  local max; max=$(grep -E "^\s+Latency" $W/logs/fo-$1.wrk | awk '{print $4}')
+  printf '%-44s %8s %10s %10s\n' "$1" "$err" "$rps" "$max"
+  stop_lb
+}
+
+failover() {
+  echo "== failover (wrk -t1 -c64 -d20s; kill -9 backend 2 at 5 s, restart at 12 s; one proxy thread)"
+  printf '%-44s %8s %10s %10s\n' "proxy" "failures" "req/s" "max lat"
+  for rep in $(seq $REPS); do
+    failover_one "haproxy-retries3-redispatch" haproxy ""
+    failover_one "haproxy-retries3-redispatch-retryon-all" haproxy "retry-on all-retryable-errors"
+    failover_one "hapool-defaults" hapool
+  done
+}
+
+for i in 1 2 3; do start_backend $i; done
+case ${1:-all} in
+  matrix) matrix;;
+  failover) failover;;
+  all) matrix; failover;;
+  *) echo "usage: $0 [matrix|failover|all]"; exit 1;;
+esac
