@@ -70,8 +70,12 @@ http {
 }
 EOF
 }
+backend_alive() {
+  local p; p=$(cat $W/run/nginx-$1.pid 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null
+}
 start_backend() {
   local i=$1
+  backend_alive $i && return 0   # a second nginx would fail to bind and remove the pid file
   nginx_conf $i
   nginx -c $W/conf/nginx-$i.conf -p $W/nginx$i/ 2>>$W/logs/nginx-start.log
   for _ in $(seq 50); do
@@ -81,6 +85,7 @@ start_backend() {
   echo "nginx $i did not start"; return 1
 }
 kill9_backend() {  # master and worker of backend $1
+  backend_alive $1 || { echo "backend $1 is not running: nothing to kill"; exit 1; }
   local p; p=$(cat $W/run/nginx-$1.pid)
   kill -9 $(ps -o pid= --ppid $p) $p 2>/dev/null
   rm -f $W/run/nginx-$1.pid

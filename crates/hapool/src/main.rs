@@ -1,6 +1,7 @@
 //! `hapool`: the one binary of hapool.
 //!
-//! Subcommands so far:
+//! Subcommands:
+//! - `hapool demo`: a whole installation on loopback, with failures.
 //! - `hapool registrar`: serves ASAP (registration, resolution, keep-alive
 //!   supervision) on TCP.
 //! - `hapool pe`: keeps an existing server registered in a pool while a TCP
@@ -34,6 +35,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod admin;
 mod bench;
 mod config;
+mod demo;
 mod gateway;
 mod probe;
 mod serve;
@@ -53,6 +55,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole installation on loopback for a while: three registrars,
+    /// two pools, a gateway and client load, with a server and a
+    /// registrar dying on the way.
+    Demo(demo::DemoArgs),
     /// Serve ASAP as a registrar.
     Registrar(serve::RegistrarArgs),
     /// Keep an existing server registered in a pool while it is healthy.
@@ -149,6 +155,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => serve::check_config(&args),
         Command::Discover(args) => runtime().and_then(|rt| rt.block_on(serve::discover(args))),
         Command::Gateway(args) => gateway::main(args),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::demo(args))),
         Command::Vip(args) => runtime().and_then(|rt| rt.block_on(vip::vip(args))),
         Command::Wire {
             command: WireCommand::Decode { protocol, hex },

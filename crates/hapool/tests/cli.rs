@@ -418,6 +418,16 @@ fn check_config() {
         "{out}"
     );
 
+    let gateway = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/gateway.toml");
+    let (code, out, err) = hapool_code(&["check-config", gateway]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("gateway listener 127.0.0.1:2525 (Tcp) -> pool mail")
+            && out.contains("gateway pool web: members from the registrars, busy below 10, at most 500 sessions per member")
+            && out.contains("gateway pool mail: 2 static member(s)"),
+        "{out}"
+    );
+
     let cases = [
         (
             "unknown.toml",
@@ -450,7 +460,7 @@ fn check_config() {
             "below the 10ms minimum",
         ),
         ("id.toml", "[registrar]\nid = \"xyz\"\n", "registrar.id"),
-        ("empty.toml", "", "neither a [registrar] nor a [vip] table"),
+        ("empty.toml", "", "no [registrar], [gateway] or [vip] table"),
         (
             "vip-interval.toml",
             "[[vip.router]]\ninterface = \"eth0\"\naddress = \"10.0.0.1\"\nvrid = 5\naddresses = [\"10.0.0.100/24\"]\nadvert_interval = \"5ms\"\n",
