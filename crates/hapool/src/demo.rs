@@ -126,7 +126,11 @@ async fn echo_server(name: String) -> anyhow::Result<(SocketAddr, JoinHandle<()>
                 let (read, mut write) = stream.into_split();
                 let mut lines = BufReader::new(read).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if write.write_all(format!("{name} {line}\n").as_bytes()).await.is_err() {
+                    if write
+                        .write_all(format!("{name} {line}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -184,10 +188,9 @@ async fn homes(client: &RegistrarClient) -> Vec<(u32, usize)> {
 
 fn http_load(gateway: SocketAddr, counts: Arc<Counts>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .build_http::<Empty<Bytes>>();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Empty<Bytes>>();
         let uri: hyper::Uri = format!("http://{gateway}/").parse().expect("a URI");
         loop {
             match client.get(uri.clone()).await {
@@ -236,11 +239,23 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for id in 1..=3 {
         let r = registrar(id, enrp.clone()).await?;
         enrp.push(r.enrp_addr().expect("ENRP is on"));
-        println!("  registrar {id:08x}: ASAP {}, ENRP {}", r.local_addr(), enrp[enrp.len() - 1]);
+        println!(
+            "  registrar {id:08x}: ASAP {}, ENRP {}",
+            r.local_addr(),
+            enrp[enrp.len() - 1]
+        );
         registrars.push(Some(r));
     }
-    let asap: Vec<SocketAddr> = registrars.iter().flatten().map(RegistrarHandle::local_addr).collect();
-    let clients: Vec<RegistrarClient> = registrars.iter().flatten().map(RegistrarHandle::client).collect();
+    let asap: Vec<SocketAddr> = registrars
+        .iter()
+        .flatten()
+        .map(RegistrarHandle::local_addr)
+        .collect();
+    let clients: Vec<RegistrarClient> = registrars
+        .iter()
+        .flatten()
+        .map(RegistrarHandle::client)
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(5);
     for client in &clients {
         while client.peers().await.len() < 2 {
@@ -261,25 +276,43 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for i in 1..=3_u32 {
         let load = i * (u32::MAX / 10);
         servers.push(
-            serve_and_register(format!("web-{i}"), "web", 0x100 + i, Policy::LeastUsed { load }, rotated(i as usize - 1), true)
-                .await?,
+            serve_and_register(
+                format!("web-{i}"),
+                "web",
+                0x100 + i,
+                Policy::LeastUsed { load },
+                rotated(i as usize - 1),
+                true,
+            )
+            .await?,
         );
     }
     for i in 1..=2_u32 {
         servers.push(
-            serve_and_register(format!("echo-{i}"), "echo", 0x200 + i, Policy::WeightedRoundRobin { weight: i }, rotated(i as usize), false)
-                .await?,
+            serve_and_register(
+                format!("echo-{i}"),
+                "echo",
+                0x200 + i,
+                Policy::WeightedRoundRobin { weight: i },
+                rotated(i as usize),
+                false,
+            )
+            .await?,
         );
     }
-    println!("  pool web: web-1..3 (HTTP, Least Used); pool echo: echo-1 (weight 1), echo-2 (weight 2)");
+    println!(
+        "  pool web: web-1..3 (HTTP, Least Used); pool echo: echo-1 (weight 1), echo-2 (weight 2)"
+    );
 
     let (admin_listener, metrics) = crate::admin::bind((Ipv4Addr::LOCALHOST, 0).into()).await?;
-    let registrar_pool = |handle: &str, probe| PoolSettings {
+    // With a session limit, the gateway's own count of open requests
+    // weighs in the availability index beside the registered load.
+    let registrar_pool = |handle: &str, probe, max_sessions| PoolSettings {
         handle: PoolHandle::from(handle),
         source: MemberSource::Registrars,
         strategy: None,
         availability_threshold: 10,
-        max_sessions: None,
+        max_sessions,
         probe,
     };
     let listener = |protocol, pool: &str, affinity| ListenerConfig {
@@ -298,8 +331,8 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             listener(Protocol::Tcp, "echo", false),
         ],
         vec![
-            registrar_pool("web", ProbeKind::Http { path: "/".into() }),
-            registrar_pool("echo", ProbeKind::Tcp),
+            registrar_pool("web", ProbeKind::Http { path: "/".into() }, Some(4)),
+            registrar_pool("echo", ProbeKind::Tcp, None),
         ],
     );
     config.registrars = asap.clone();
@@ -320,9 +353,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     tokio::spawn(crate::admin::serve(admin_listener, status, metrics));
     println!("  gateway: HTTP {http_addr} -> web, TCP {tcp_addr} -> echo");
     println!("  gateway status: http://{admin_addr}/status   metrics: http://{admin_addr}/metrics");
-    println!(
-        "  try: curl http://{http_addr}/   |   hapool gateway ctl --admin {admin_addr} list"
-    );
+    println!("  try: curl http://{http_addr}/   |   hapool gateway ctl --admin {admin_addr} list");
 
     let counts = Arc::new(Counts::default());
     let mut load = Vec::new();
@@ -337,7 +368,8 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut server_killed: Option<Instant> = None;
     let mut server_gone: Option<Duration> = None;
     let mut registrar_killed: Option<Instant> = None;
-    let mut taken_over: Option<(Duration, Vec<(u32, usize)>)> = None;
+    let mut rehomed: Option<(Duration, Vec<(u32, usize)>)> = None;
+    let mut declared_dead: Option<Duration> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut next_line = Duration::from_secs(1);
     let ctrl_c = tokio::signal::ctrl_c();
@@ -359,14 +391,21 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             let victim = servers.remove(1);
             victim.task.abort();
             victim.pe.abort();
-            println!("  [{:>3}s] {} dies (its process and its registration connection are gone)", elapsed.as_secs(), victim.name);
+            println!(
+                "  [{:>3}s] {} dies (its process and its registration connection are gone)",
+                elapsed.as_secs(),
+                victim.name
+            );
             server_killed = Some(Instant::now());
         }
         if registrar_killed.is_none() && elapsed >= kill_registrar_at {
             if let Some(r) = registrars[1].take() {
                 r.shutdown().await;
             }
-            println!("  [{:>3}s] registrar 00000002 stops without a word to its peers", elapsed.as_secs());
+            println!(
+                "  [{:>3}s] registrar 00000002 stops without a word to its peers",
+                elapsed.as_secs()
+            );
             registrar_killed = Some(Instant::now());
         }
         let survivor = &clients[0];
@@ -384,16 +423,37 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 .is_some_and(|m| m.is_reachable());
             if !in_registrar && !in_gateway {
                 server_gone = Some(at.elapsed());
-                println!("  [{:>3}s] web-2 is out of the handlespace and out of the gateway's choice ({} ms after its death)", elapsed.as_secs(), at.elapsed().as_millis());
+                println!(
+                    "  [{:>3}s] web-2 is out of the handlespace and out of the gateway's choice ({} ms after its death)",
+                    elapsed.as_secs(),
+                    at.elapsed().as_millis()
+                );
             }
         }
         if let Some(at) = registrar_killed
-            && taken_over.is_none()
+            && rehomed.is_none()
         {
             let now_homes = homes(survivor).await;
             if !now_homes.is_empty() && now_homes.iter().all(|(id, _)| *id != 2) {
-                taken_over = Some((at.elapsed(), now_homes.clone()));
-                println!("  [{:>3}s] registrar 00000002's PEs are taken over ({} ms after it stopped)", elapsed.as_secs(), at.elapsed().as_millis());
+                rehomed = Some((at.elapsed(), now_homes.clone()));
+                println!(
+                    "  [{:>3}s] every PE of registrar 00000002 has a new home ({} ms after it stopped)",
+                    elapsed.as_secs(),
+                    at.elapsed().as_millis()
+                );
+            }
+        }
+        if let Some(at) = registrar_killed
+            && declared_dead.is_none()
+        {
+            let peers = survivor.peers().await;
+            if !peers.is_empty() && peers.iter().all(|p| p.id.0 != 2) {
+                declared_dead = Some(at.elapsed());
+                println!(
+                    "  [{:>3}s] the other registrars declare 00000002 dead ({} ms after it stopped)",
+                    elapsed.as_secs(),
+                    at.elapsed().as_millis()
+                );
             }
         }
         if elapsed >= next_line {
@@ -418,7 +478,8 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for task in load {
         task.abort();
     }
-    let failed = counts.http_failed.load(Ordering::Relaxed) + counts.echo_failed.load(Ordering::Relaxed);
+    let failed =
+        counts.http_failed.load(Ordering::Relaxed) + counts.echo_failed.load(Ordering::Relaxed);
     let served = counts.http_ok.load(Ordering::Relaxed) + counts.echo_ok.load(Ordering::Relaxed);
     println!();
     println!("summary after {} s:", started.elapsed().as_secs());
@@ -433,23 +494,37 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .iter()
             .map(|m| format!("{:08x}:{}", m.id, m.chosen))
             .collect();
-        println!("  gateway pool {}: sessions sent per member {}", pool.pool, spread.join(" "));
+        println!(
+            "  gateway pool {}: sessions sent per member {}",
+            pool.pool,
+            spread.join(" ")
+        );
     }
     match (server_killed, server_gone) {
-        (Some(_), Some(after)) => println!("  killed server detected: web-2 removed {} ms after its death", after.as_millis()),
+        (Some(_), Some(after)) => println!(
+            "  killed server detected: web-2 removed {} ms after its death",
+            after.as_millis()
+        ),
         (Some(_), None) => println!("  killed server NOT detected: web-2 is still chosen"),
         (None, _) => println!("  the server was not killed (the run ended first)"),
     }
-    match (registrar_killed, &taken_over) {
-        (Some(_), Some((after, homes))) => {
+    match (registrar_killed, &rehomed, declared_dead) {
+        (Some(_), Some((after, homes)), Some(dead)) => {
             let text: Vec<String> = homes.iter().map(|(id, n)| format!("r{id}:{n}")).collect();
-            println!("  killed registrar detected: its PEs taken over {} ms after it stopped (homes now {})", after.as_millis(), text.join(" "));
+            println!(
+                "  killed registrar detected: declared dead by its peers {} ms after it stopped; its PEs re-homed after {} ms (homes now {})",
+                dead.as_millis(),
+                after.as_millis(),
+                text.join(" ")
+            );
         }
-        (Some(_), None) => println!("  killed registrar NOT detected: its PEs were not taken over"),
-        (None, _) => println!("  the registrar was not killed (the run ended first)"),
+        (Some(_), _, _) => {
+            println!("  killed registrar NOT detected: still a peer, or PEs still homed there");
+        }
+        (None, _, _) => println!("  the registrar was not killed (the run ended first)"),
     }
     let complete = server_killed.is_some() && registrar_killed.is_some();
-    let detected = server_gone.is_some() && taken_over.is_some();
+    let detected = server_gone.is_some() && rehomed.is_some() && declared_dead.is_some();
     for server in servers {
         server.pe.stop().await;
         server.task.abort();
@@ -460,8 +535,22 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     if failed > 0 || (complete && !detected) || served == 0 {
         println!("result: FAILED");
-        bail!("the demo saw {failed} failed requests{}", if complete && !detected { " and an undetected failure" } else { "" });
+        bail!(
+            "the demo saw {failed} failed requests{}",
+            if complete && !detected {
+                " and an undetected failure"
+            } else {
+                ""
+            }
+        );
     }
-    println!("result: OK: no client request failed{}", if complete { " through a server's and a registrar's death" } else { "" });
+    println!(
+        "result: OK: no client request failed{}",
+        if complete {
+            " through a server's and a registrar's death"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }

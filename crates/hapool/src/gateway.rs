@@ -633,10 +633,10 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
                         m["address"].as_str().unwrap_or("?"),
                         m["admin"].as_str().unwrap_or("?"),
                         m["availability"].as_str().unwrap_or("?"),
-                        m["availability_index"],
-                        m["active"],
-                        m["served"],
-                        m["bound_sessions"],
+                        m["availability_index"].as_u64().unwrap_or(0),
+                        m["active"].as_u64().unwrap_or(0),
+                        m["served"].as_u64().unwrap_or(0),
+                        m["bound_sessions"].as_u64().unwrap_or(0),
                     );
                 }
             }
@@ -656,9 +656,9 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
                     "{:<40} {:<9} {:>9} {:>9} {}",
                     s["session"].as_str().unwrap_or("?"),
                     s["pe_id"].as_str().unwrap_or("?"),
-                    s["requests"],
-                    s["idle_ms"],
-                    s["state_cookie"]
+                    s["requests"].as_u64().unwrap_or(0),
+                    s["idle_ms"].as_u64().unwrap_or(0),
+                    s["state_cookie"].as_bool().unwrap_or(false)
                 );
             }
         }
