@@ -76,6 +76,8 @@ pub struct Member {
     pub address: SocketAddr,
     /// The address as the authority of a request URI.
     pub authority: http::uri::Authority,
+    /// The registrar that owns its registration (0: a static member).
+    home: AtomicU32,
     registered_load: AtomicU64,
     weight: AtomicU32,
     priority: AtomicU32,
@@ -100,6 +102,7 @@ impl Member {
                 .to_string()
                 .parse()
                 .expect("a socket address is a URI authority"),
+            home: AtomicU32::new(0),
             registered_load: AtomicU64::new(NO_LOAD),
             weight: AtomicU32::new(weight),
             priority: AtomicU32::new(priority),
@@ -194,6 +197,9 @@ pub struct MemberStatus {
     pub id: u32,
     /// Where it listens.
     pub address: SocketAddr,
+    /// The registrar that owns its registration, as ENRP writes it
+    /// (`None` for a static member).
+    pub home: Option<String>,
     /// The operator's mark.
     pub admin: AdminState,
     /// How it stands for a new session.
@@ -393,6 +399,9 @@ impl Pool {
                 }
             };
             member.set_policy(&element.policy);
+            member
+                .home
+                .store(element.home_registrar.0, Ordering::Relaxed);
             members.push(member);
         }
         let strategy = self.settings.strategy.unwrap_or_else(|| {
@@ -479,6 +488,10 @@ impl Pool {
                 MemberStatus {
                     id: m.id.0,
                     address: m.address,
+                    home: match m.home.load(Ordering::Relaxed) {
+                        0 => None,
+                        home => Some(hapool_wire::RegistrarId(home).to_string()),
+                    },
                     admin: candidate.admin,
                     availability: candidate.availability(&thresholds),
                     availability_index: candidate.availability_index,

@@ -1,5 +1,6 @@
-//! The admin HTTP port of every daemon: `GET /status` (JSON) and
-//! `GET /metrics` (Prometheus text format); and `hapool status`, which
+//! The admin HTTP port of every daemon: `GET /` (the live dashboard),
+//! `GET /status` (JSON), `GET /events` (the status once a second, as
+//! server-sent events) and `GET /metrics` (Prometheus text format); and `hapool status`, which
 //! reads `/status` and prints it as a table.
 
 use std::future::Future;
@@ -11,6 +12,7 @@ use anyhow::{Context, bail};
 use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -23,6 +25,21 @@ use tokio::net::TcpListener;
 /// Produces the daemon's `/status` document.
 pub(crate) type StatusFn =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Value> + Send>> + Send + Sync>;
+
+/// The live dashboard: one page, no external assets; it renders `/status`
+/// and follows `/events`.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The status document once a second, as server-sent events.
+fn status_events(
+    status: StatusFn,
+) -> impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>> {
+    futures_util::stream::unfold(status, |status| async move {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let doc = status().await;
+        Some((Ok(Event::default().data(doc.to_string())), status))
+    })
+}
 
 /// Installs the process-wide Prometheus recorder.
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -57,7 +74,24 @@ pub(crate) async fn serve_with(
     metrics: PrometheusHandle,
     extra: Router,
 ) -> anyhow::Result<()> {
+    let events_status = status.clone();
     let app = extra
+        .route(
+            "/",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                    DASHBOARD,
+                )
+            }),
+        )
+        .route(
+            "/events",
+            get(move || {
+                let status = events_status.clone();
+                async move { Sse::new(status_events(status)).keep_alive(KeepAlive::default()) }
+            }),
+        )
         .route(
             "/status",
             get(move || {

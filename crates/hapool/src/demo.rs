@@ -352,7 +352,9 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     });
     tokio::spawn(crate::admin::serve(admin_listener, status, metrics));
     println!("  gateway: HTTP {http_addr} -> web, TCP {tcp_addr} -> echo");
-    println!("  gateway status: http://{admin_addr}/status   metrics: http://{admin_addr}/metrics");
+    println!(
+        "  dashboard: http://{admin_addr}/   status: http://{admin_addr}/status   metrics: http://{admin_addr}/metrics"
+    );
     println!("  try: curl http://{http_addr}/   |   hapool gateway ctl --admin {admin_addr} list");
 
     let counts = Arc::new(Counts::default());
