@@ -11,12 +11,12 @@ use std::time::Duration;
 use hapool_handlespace::HandlespaceConfig;
 use hapool_proto::{RateLimit, RegistrarConfig, RegistrationRule};
 use hapool_wire::RegistrarId;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::BadConfig;
 
 /// A configuration file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct File {
     /// The registrar's settings.
@@ -28,18 +28,20 @@ pub(crate) struct File {
 }
 
 /// `[vip]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct VipFile {
     /// Where to serve the admin port; off when absent.
     pub(crate) admin: Option<SocketAddr>,
+    /// `[vip.admin_tls]`: the admin port over HTTPS, with an operator token.
+    pub(crate) admin_tls: Option<AdminTlsFile>,
     /// `[[vip.router]]`: the virtual routers.
     #[serde(default)]
     pub(crate) router: Vec<VipRouterFile>,
 }
 
 /// `[[vip.router]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct VipRouterFile {
     /// The interface.
@@ -77,7 +79,7 @@ pub(crate) struct VipRouterFile {
 }
 
 /// `[[vip.router.track]]`: exactly one of `tcp`, `http`, `command`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TrackFile {
     /// A TCP address that must accept.
@@ -95,7 +97,7 @@ pub(crate) struct TrackFile {
 }
 
 /// `[registrar]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegistrarFile {
     /// Registrar identifier in hex; random when absent.
@@ -104,6 +106,9 @@ pub(crate) struct RegistrarFile {
     pub(crate) listen: Option<SocketAddr>,
     /// Where to serve the admin port; off when absent.
     pub(crate) admin: Option<SocketAddr>,
+    /// `[registrar.admin_tls]`: the admin port over HTTPS, with an
+    /// operator token.
+    pub(crate) admin_tls: Option<AdminTlsFile>,
     /// `[registrar.keep_alive]`.
     #[serde(default)]
     pub(crate) keep_alive: KeepAliveFile,
@@ -121,8 +126,23 @@ pub(crate) struct RegistrarFile {
     pub(crate) enrp: Option<EnrpFile>,
 }
 
+/// `[registrar.admin_tls]`, `[gateway.admin_tls]`, `[vip.admin_tls]`:
+/// the admin port over HTTPS. With a token, requests that change
+/// something need it, and `/config` hands out keys, certificates and
+/// secrets (for `hapool clone`) only to a request that carries it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminTlsFile {
+    /// The admin port's certificate chain (PEM).
+    pub(crate) certificate: PathBuf,
+    /// Its private key (PEM).
+    pub(crate) key: PathBuf,
+    /// A file holding the operator's token (16 characters or more).
+    pub(crate) token_file: Option<PathBuf>,
+}
+
 /// `[registrar.enrp]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EnrpFile {
     /// Where to serve ENRP. Default 127.0.0.1:9901.
@@ -158,7 +178,7 @@ pub(crate) struct EnrpFile {
 }
 
 /// `[registrar.enrp.tls]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EnrpTlsFile {
     /// This registrar's certificate chain (PEM), presented to peers both
@@ -172,7 +192,7 @@ pub(crate) struct EnrpTlsFile {
 }
 
 /// `[registrar.announce]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AnnounceFile {
     /// Where to send: a multicast group and port (239.0.0.50:3863 by
@@ -184,7 +204,7 @@ pub(crate) struct AnnounceFile {
 }
 
 /// `[registrar.tls]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TlsFile {
     /// Where to serve ASAP over TLS. Default 127.0.0.1:3864.
@@ -199,7 +219,7 @@ pub(crate) struct TlsFile {
 }
 
 /// `[[registrar.rules]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RuleFile {
     /// Pool handles, or prefixes ending in `*`.
@@ -213,7 +233,7 @@ pub(crate) struct RuleFile {
 }
 
 /// `[registrar.keep_alive]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct KeepAliveFile {
     /// Between keep-alives to a PE. Default 5s.
@@ -225,7 +245,7 @@ pub(crate) struct KeepAliveFile {
 }
 
 /// `[registrar.limits]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LimitsFile {
     /// Registrations per second per connection; 0 for none. Default 100.
@@ -307,6 +327,8 @@ pub(crate) struct Registrar {
     pub(crate) config: RegistrarConfig,
     pub(crate) listen: SocketAddr,
     pub(crate) admin: Option<SocketAddr>,
+    /// Who may do what on the admin port.
+    pub(crate) admin_access: crate::admin::Access,
     /// Where to serve ASAP over TLS, and how.
     pub(crate) tls: Option<(SocketAddr, std::sync::Arc<rustls::ServerConfig>)>,
     /// Where to send announcements.
@@ -471,6 +493,10 @@ impl TryFrom<RegistrarFile> for Registrar {
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3863))),
             admin: file.admin,
+            admin_access: crate::admin::Access::load(
+                file.admin_tls.as_ref(),
+                "registrar.admin_tls",
+            )?,
             tls,
             announce_to,
         })

@@ -350,7 +350,12 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let doc = serde_json::to_value(status_view.status()).unwrap_or_default();
         Box::pin(async move { doc })
     });
-    tokio::spawn(crate::admin::serve(admin_listener, status, metrics));
+    tokio::spawn(crate::admin::serve(
+        admin_listener,
+        crate::admin::Access::default(),
+        status,
+        metrics,
+    ));
     println!("  gateway: HTTP {http_addr} -> web, TCP {tcp_addr} -> echo");
     println!(
         "  dashboard: http://{admin_addr}/   status: http://{admin_addr}/status   metrics: http://{admin_addr}/metrics"

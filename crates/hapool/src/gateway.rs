@@ -18,19 +18,21 @@ use hapool_gateway::{
     PoolSettings, ProbeKind, Protocol, StaticMember, Strategy,
 };
 use hapool_wire::{PoolElementId, PoolHandle};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::warn;
 
 use crate::BadConfig;
-use crate::admin::http_get;
 
 /// `[gateway]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GatewayFile {
     /// Where to serve the admin port; off when absent.
     admin: Option<SocketAddr>,
+    /// `[gateway.admin_tls]`: the admin port over HTTPS, with an operator
+    /// token.
+    admin_tls: Option<crate::config::AdminTlsFile>,
     /// Registrars for pools without static members.
     #[serde(default)]
     registrars: Vec<SocketAddr>,
@@ -76,7 +78,7 @@ pub(crate) struct GatewayFile {
 }
 
 /// `[[gateway.listener]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct ListenerFile {
     /// Where to listen.
@@ -95,7 +97,7 @@ struct ListenerFile {
 }
 
 /// `[[gateway.listener.certificate]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct CertificateFile {
     /// Host names it serves (SNI); `*.example.com` for a wildcard.
@@ -107,7 +109,7 @@ struct CertificateFile {
 }
 
 /// `[[gateway.pool]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct PoolFile {
     /// The pool handle.
@@ -129,7 +131,7 @@ struct PoolFile {
 }
 
 /// A static member: "ADDR" or `{ address, weight, priority }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 enum MemberFile {
     Address(SocketAddr),
@@ -146,6 +148,7 @@ enum MemberFile {
 pub(crate) struct Planned {
     config: GatewayConfig,
     admin: Option<SocketAddr>,
+    admin_access: crate::admin::Access,
     threads: Option<usize>,
 }
 
@@ -324,6 +327,7 @@ impl TryFrom<GatewayFile> for Planned {
         Ok(Self {
             config,
             admin: file.admin,
+            admin_access: crate::admin::Access::load(file.admin_tls.as_ref(), "gateway.admin_tls")?,
             threads: file.threads,
         })
     }
@@ -406,9 +410,8 @@ enum GatewayCommand {
 
 #[derive(clap::Args)]
 struct CtlArgs {
-    /// The gateway's admin address.
-    #[arg(long, default_value = "127.0.0.1:3882")]
-    admin: SocketAddr,
+    #[command(flatten)]
+    target: crate::admin::AdminTarget,
     #[command(subcommand)]
     action: CtlAction,
 }
@@ -434,13 +437,15 @@ enum CtlAction {
     },
 }
 
-fn planned(args: &GatewayArgs) -> anyhow::Result<Planned> {
-    let mut planned = if let Some(path) = &args.config {
+/// The gateway the configuration file or the flags describe, and its
+/// configuration as a file would say it (for `/config`).
+fn planned(args: &GatewayArgs) -> anyhow::Result<(Planned, toml::Table)> {
+    let mut file = if let Some(path) = &args.config {
         let file = crate::config::read(path)?;
         let Some(gateway) = file.gateway else {
             return Err(BadConfig(format!("{}: no [gateway] table", path.display())).into());
         };
-        Planned::try_from(gateway)?
+        gateway
     } else {
         let Some(listen) = args.listen else {
             return Err(BadConfig(
@@ -466,16 +471,16 @@ fn planned(args: &GatewayArgs) -> anyhow::Result<Planned> {
                 format!("members = [{}]\n", members.join(", "))
             }
         );
-        let file: GatewayFile = toml::from_str(&text).context("flags")?;
-        Planned::try_from(file)?
+        toml::from_str::<GatewayFile>(&text).context("flags")?
     };
-    if args.admin.is_some() {
-        planned.admin = args.admin;
-    }
-    if args.threads.is_some() {
-        planned.threads = args.threads;
-    }
-    Ok(planned)
+    file.admin = args.admin.or(file.admin);
+    file.threads = args.threads.or(file.threads);
+    let mut effective = toml::Table::new();
+    effective.insert(
+        "gateway".into(),
+        toml::Value::try_from(&file).context("the configuration cannot be written as TOML")?,
+    );
+    Ok((Planned::try_from(file)?, effective))
 }
 
 /// `hapool gateway`: builds the runtime with the configured threads.
@@ -483,7 +488,7 @@ pub(crate) fn main(args: GatewayArgs) -> anyhow::Result<()> {
     if let Some(GatewayCommand::Ctl(ctl)) = args.ctl {
         return crate::runtime()?.block_on(control(ctl));
     }
-    let mut planned = planned(&args)?;
+    let (mut planned, effective) = planned(&args)?;
     if let Some(threads) = planned.threads {
         planned.config.workers = threads;
     }
@@ -491,10 +496,10 @@ pub(crate) fn main(args: GatewayArgs) -> anyhow::Result<()> {
     // probes and registrar lookups.
     let mut runtime = tokio::runtime::Builder::new_current_thread();
     runtime.enable_all();
-    runtime.build()?.block_on(run(planned))
+    runtime.build()?.block_on(run(planned, effective))
 }
 
-async fn run(planned: Planned) -> anyhow::Result<()> {
+async fn run(planned: Planned, effective: toml::Table) -> anyhow::Result<()> {
     let admin = match planned.admin {
         Some(addr) => Some(crate::admin::bind(addr).await?),
         None => None,
@@ -513,15 +518,26 @@ async fn run(planned: Planned) -> anyhow::Result<()> {
         );
     }
     if let Some((listener, metrics)) = admin {
-        println!("admin HTTP on {}", listener.local_addr()?);
+        let access = planned.admin_access;
+        println!(
+            "admin {} on {}",
+            if access.is_tls() { "HTTPS" } else { "HTTP" },
+            listener.local_addr()?
+        );
         let status_view = view.clone();
         let status: crate::admin::StatusFn = Arc::new(move || {
             let doc = serde_json::to_value(status_view.status()).unwrap_or(Value::Null);
             Box::pin(async move { doc })
         });
-        let routes = control_routes(view.clone());
+        let routes = control_routes(view.clone()).merge(crate::clone::config_route(
+            "gateway",
+            effective,
+            access.clone(),
+        ));
         tokio::spawn(async move {
-            if let Err(e) = crate::admin::serve_with(listener, status, metrics, routes).await {
+            if let Err(e) =
+                crate::admin::serve_with(listener, access, status, metrics, routes).await
+            {
                 warn!(error = %format!("{e:#}"), "admin port stopped");
             }
         });
@@ -602,14 +618,12 @@ fn set_state(view: &GatewayView, pool: &str, pe: &str, state: &str) -> (StatusCo
 }
 
 async fn control(args: CtlArgs) -> anyhow::Result<()> {
-    let base = format!("http://{}", args.admin);
+    let client = crate::admin::AdminClient::from_target(&args.target, "127.0.0.1:3882")?;
     match args.action {
         CtlAction::List => {
-            let (code, body) = http_get(&format!("{base}/status"))
-                .await
-                .with_context(|| format!("cannot reach the admin port at {}", args.admin))?;
+            let (code, body) = client.get("/status").await?;
             if !code.is_success() {
-                bail!("{} answered {code}", args.admin);
+                bail!("{} answered {code}", client.base());
             }
             let doc: Value = serde_json::from_slice(&body).context("/status is not JSON")?;
             println!(
@@ -642,7 +656,7 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
             }
         }
         CtlAction::Sessions { pool } => {
-            let (code, body) = http_get(&format!("{base}/sessions/{pool}")).await?;
+            let (code, body) = client.get(&format!("/sessions/{pool}")).await?;
             if !code.is_success() {
                 bail!("{}", String::from_utf8_lossy(&body).trim());
             }
@@ -663,9 +677,9 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
             }
         }
         CtlAction::Set { pool, pe, state } => {
-            let (code, body) =
-                crate::admin::http_post(&format!("{base}/pools/{pool}/members/{pe}/{state}"))
-                    .await?;
+            let (code, body) = client
+                .post(&format!("/pools/{pool}/members/{pe}/{state}"))
+                .await?;
             let text = String::from_utf8_lossy(&body);
             if !code.is_success() {
                 bail!("{}", text.trim());

@@ -14,6 +14,8 @@
 //! - `hapool gateway`: proxies clients to pools (TCP, HTTP/1.1, HTTP/2,
 //!   TLS) with availability-aware choice, session affinity and failover;
 //!   `hapool gateway ctl` lists members and sessions and marks members.
+//! - `hapool clone --from ADMIN`: a new registrar or gateway configured
+//!   like a running one, in its cluster.
 //! - `hapool vip`: virtual IP addresses that move with VRRPv3.
 //! - `hapool check-config FILE`: validates a configuration file.
 //! - `hapool wire decode`: decodes ASAP or ENRP messages given in hex and
@@ -34,6 +36,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
 mod bench;
+mod clone;
 mod config;
 mod demo;
 mod gateway;
@@ -77,6 +80,9 @@ enum Command {
     /// Proxy clients to pools: availability-aware choice, session
     /// affinity, failover; `gateway ctl` operates a running one.
     Gateway(gateway::GatewayArgs),
+    /// Start a new registrar or gateway with the configuration of a
+    /// running one (from its admin port), in the same cluster.
+    Clone(clone::CloneArgs),
     /// Hold virtual IP addresses with VRRPv3: they move to a surviving
     /// machine when the one holding them dies.
     Vip(vip::VipArgs),
@@ -163,6 +169,7 @@ fn main() -> ExitCode {
         Command::Discover(args) => runtime().and_then(|rt| rt.block_on(serve::discover(args))),
         Command::Gateway(args) => gateway::main(args),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::demo(args))),
+        Command::Clone(args) => runtime().and_then(|rt| rt.block_on(clone::clone(args))),
         Command::Vip(args) => runtime().and_then(|rt| rt.block_on(vip::vip(args))),
         Command::Wire {
             command: WireCommand::Decode { protocol, hex },

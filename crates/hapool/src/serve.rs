@@ -1,7 +1,7 @@
 //! `hapool registrar`, `hapool pe` and `hapool resolve`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -74,8 +74,9 @@ pub(crate) struct RegistrarArgs {
     enrp_heartbeat: Option<Duration>,
 }
 
-/// The configuration file (or the defaults) with the flags applied.
-fn registrar_config(args: &RegistrarArgs) -> anyhow::Result<config::Registrar> {
+/// The configuration file (or the defaults) with the flags applied: as a
+/// configuration file would say it (for `/config`), and checked.
+fn registrar_config(args: &RegistrarArgs) -> anyhow::Result<(toml::Table, config::Registrar)> {
     let mut file = match &args.config {
         Some(path) => config::read(path)?
             .registrar
@@ -116,20 +117,36 @@ fn registrar_config(args: &RegistrarArgs) -> anyhow::Result<config::Registrar> {
             enrp.takeover_expiry = enrp.takeover_expiry.or(Some(fast.takeover_expiry));
         }
     }
-    Ok(config::Registrar::try_from(file)?)
+    let effective = toml::Table::try_from(config::File {
+        registrar: Some(file),
+        ..config::File::default()
+    })
+    .context("the configuration cannot be written as TOML")?;
+    let registrar = config::Registrar::try_from(
+        toml::Value::Table(effective.clone())
+            .try_into::<config::File>()
+            .context("the configuration does not read back")?
+            .registrar
+            .expect("written with a [registrar] table"),
+    )?;
+    Ok((effective, registrar))
 }
 
 pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
-    let config::Registrar {
-        config,
-        listen,
-        admin,
-        tls,
-        announce_to,
-        enrp_listen,
-        enrp_tls,
-        enrp_multicast,
-    } = registrar_config(&args)?;
+    let (
+        effective,
+        config::Registrar {
+            config,
+            listen,
+            admin,
+            admin_access,
+            tls,
+            announce_to,
+            enrp_listen,
+            enrp_tls,
+            enrp_multicast,
+        },
+    ) = registrar_config(&args)?;
     let id = config.id.0;
     let listener = TcpListener::bind(listen)
         .await
@@ -185,15 +202,26 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
         println!("ENRP on {addr}");
     }
     if let Some((listener, metrics)) = admin {
-        println!("admin HTTP on {}", listener.local_addr()?);
+        println!(
+            "admin {} on {}",
+            if admin_access.is_tls() {
+                "HTTPS"
+            } else {
+                "HTTP"
+            },
+            listener.local_addr()?
+        );
         let client = handle.client();
         let asap = handle.local_addr();
         let status: crate::admin::StatusFn = std::sync::Arc::new(move || {
             let client = client.clone();
             Box::pin(async move { registrar_status(RegistrarId(id), asap, &client).await })
         });
+        let routes = crate::clone::config_route("registrar", effective, admin_access.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::admin::serve(listener, status, metrics).await {
+            if let Err(e) =
+                crate::admin::serve_with(listener, admin_access, status, metrics, routes).await
+            {
                 warn!(error = %format!("{e:#}"), "admin port stopped");
             }
         });
@@ -688,20 +716,26 @@ pub(crate) struct CheckConfigArgs {
     file: PathBuf,
 }
 
-/// Validates a configuration file and says what it configures.
+/// `hapool check-config`.
 pub(crate) fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
-    let file = config::read(&args.file)?;
+    check_file(&args.file)
+}
+
+/// Validates the configuration file at `path` and says what it
+/// configures.
+pub(crate) fn check_file(path: &Path) -> anyhow::Result<()> {
+    let file = config::read(path)?;
     if file.registrar.is_none() && file.vip.is_none() && file.gateway.is_none() {
         return Err(BadConfig(format!(
             "{}: no [registrar], [gateway] or [vip] table",
-            args.file.display()
+            path.display()
         ))
         .into());
     }
     if let Some(gateway) = file.gateway {
         let lines = crate::gateway::describe(gateway)?;
         if file.registrar.is_none() && file.vip.is_none() {
-            println!("{}: valid", args.file.display());
+            println!("{}: valid", path.display());
         }
         for line in lines {
             println!("{line}");
@@ -710,7 +744,7 @@ pub(crate) fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
     if let Some(vip) = file.vip {
         let lines = crate::vip::describe(vip)?;
         if file.registrar.is_none() {
-            println!("{}: valid", args.file.display());
+            println!("{}: valid", path.display());
         }
         for line in lines {
             println!("{line}");
@@ -721,7 +755,7 @@ pub(crate) fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
     };
     let r = config::Registrar::try_from(registrar)?;
     let c = &r.config;
-    println!("{}: valid", args.file.display());
+    println!("{}: valid", path.display());
     println!(
         "registrar {:08x}: ASAP on {}, admin {}, keep-alive every {:?} (timeout {:?}), at most {} pools of {} PEs, {} registration rule(s)",
         c.id.0,

@@ -186,8 +186,11 @@ fn track_probe(track: TrackFile, key: &str) -> Result<(Probe, u8, Duration), Bad
     ))
 }
 
-/// The routers and the admin address from the file or the flags.
-fn routers(args: &VipArgs) -> anyhow::Result<(Vec<Router>, Option<SocketAddr>)> {
+/// The routers, the admin address and who may use it, from the file or
+/// the flags.
+fn routers(
+    args: &VipArgs,
+) -> anyhow::Result<(Vec<Router>, Option<SocketAddr>, crate::admin::Access)> {
     let file = match &args.config {
         Some(path) => config::read(path)?
             .vip
@@ -204,6 +207,7 @@ fn routers(args: &VipArgs) -> anyhow::Result<(Vec<Router>, Option<SocketAddr>)> 
                 .ok_or_else(|| BadConfig("--vrid is required".into()))?;
             VipFile {
                 admin: None,
+                admin_tls: None,
                 router: vec![VipRouterFile {
                     interface,
                     address,
@@ -223,6 +227,7 @@ fn routers(args: &VipArgs) -> anyhow::Result<(Vec<Router>, Option<SocketAddr>)> 
         }
     };
     let admin = args.admin.or(file.admin);
+    let access = crate::admin::Access::load(file.admin_tls.as_ref(), "vip.admin_tls")?;
     if file.router.is_empty() {
         return Err(BadConfig("[vip]: no [[vip.router]]".into()).into());
     }
@@ -232,7 +237,7 @@ fn routers(args: &VipArgs) -> anyhow::Result<(Vec<Router>, Option<SocketAddr>)> 
         .enumerate()
         .map(|(i, r)| router(r, i))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((routers, admin))
+    Ok((routers, admin, access))
 }
 
 /// Validates a `[vip]` table for `hapool check-config`; returns what it
@@ -311,7 +316,7 @@ fn track(handle: &VipHandle, configured: u8, tracks: Vec<(Probe, u8, Duration)>)
 }
 
 pub(crate) async fn vip(args: VipArgs) -> anyhow::Result<()> {
-    let (routers, admin) = routers(&args)?;
+    let (routers, admin, access) = routers(&args)?;
     let admin = match admin {
         Some(addr) => Some(crate::admin::bind(addr).await?),
         None => None,
@@ -341,7 +346,7 @@ pub(crate) async fn vip(args: VipArgs) -> anyhow::Result<()> {
             Box::pin(async move { serde_json::json!({ "routers": routers }) })
         });
         tokio::spawn(async move {
-            if let Err(e) = crate::admin::serve(listener, status, metrics).await {
+            if let Err(e) = crate::admin::serve(listener, access, status, metrics).await {
                 warn!(error = %format!("{e:#}"), "admin port stopped");
             }
         });
