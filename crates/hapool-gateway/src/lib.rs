@@ -26,7 +26,7 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ::http::HeaderValue;
@@ -39,7 +39,7 @@ use hyper_util::server::conn::auto;
 use metrics::{Counter, counter};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
 use tokio_rustls::TlsAcceptor;
@@ -103,6 +103,9 @@ pub struct Limits {
     pub retry_body_limit: usize,
     /// Idle connections to members are closed after this. Default 90 s.
     pub member_idle_timeout: Duration,
+    /// On shutdown, how long open connections may take to finish (HTTP
+    /// connections end after their current request). Default 10 s.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -115,6 +118,7 @@ impl Default for Limits {
             retries: 3,
             retry_body_limit: 64 * 1024,
             member_idle_timeout: Duration::from_secs(90),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -320,7 +324,26 @@ fn bind_reuseport(
     Ok(sockets)
 }
 
-/// A worker thread: serves its listeners until `stopped`.
+/// Connections a worker has open; one per connection task, for as long
+/// as it lives.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A worker thread: serves its listeners until `stopped`, then stops
+/// accepting and lets its open connections finish, for the shutdown grace
+/// at most.
 fn worker(listeners: Vec<WorkerListener>, shared: Arc<Shared>, stopped: oneshot::Receiver<()>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -334,16 +357,31 @@ fn worker(listeners: Vec<WorkerListener>, shared: Arc<Shared>, stopped: oneshot:
     };
     runtime.block_on(async move {
         let client = member_client(&shared.limits);
+        let (drain, draining) = watch::channel(false);
+        let open = Arc::new(AtomicUsize::new(0));
         for (socket, listener, pool) in listeners {
             match TcpListener::from_std(socket) {
                 Ok(socket) => {
-                    tokio::spawn(accept_loop(socket, listener, pool, shared.clone(), client.clone()));
+                    let connections = Connections {
+                        draining: draining.clone(),
+                        open: open.clone(),
+                    };
+                    tokio::spawn(accept_loop(socket, listener, pool, shared.clone(), client.clone(), connections));
                 }
                 Err(e) => tracing::error!(address = %listener.address, error = %e, "cannot serve a listener"),
             }
         }
         // Ends on a stop, or when the gateway is dropped.
         let _ = stopped.await;
+        let _ = drain.send(true);
+        let deadline = Instant::now() + shared.limits.shutdown_grace;
+        while open.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = open.load(Ordering::Relaxed);
+        if left > 0 {
+            warn!(connections = left, "shutdown grace over: closing open connections");
+        }
     });
 }
 
@@ -540,12 +578,26 @@ impl GatewayView {
     }
 }
 
+/// What a worker's connections share: the signal to finish, and their
+/// count.
+#[derive(Clone)]
+struct Connections {
+    draining: watch::Receiver<bool>,
+    open: Arc<AtomicUsize>,
+}
+
+/// Returns once the worker drains (or is gone).
+async fn drained(draining: &mut watch::Receiver<bool>) {
+    let _ = draining.wait_for(|d| *d).await;
+}
+
 async fn accept_loop(
     socket: TcpListener,
     listener: ListenerConfig,
     pool: Arc<Pool>,
     shared: Arc<Shared>,
     client: MemberClient,
+    connections: Connections,
 ) {
     let permits = Arc::new(Semaphore::new(listener.max_connections));
     let acceptor = listener.tls.clone().map(TlsAcceptor::from);
@@ -579,8 +631,15 @@ async fn accept_loop(
         shared: shared.clone(),
         affinity: listener.affinity,
     });
+    let mut draining = connections.draining.clone();
     loop {
-        let (stream, peer) = match socket.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            // Draining: the socket closes, new connections go elsewhere.
+            () = drained(&mut draining) => return,
+            accepted = socket.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 warn!(address = %listener.address, error = %e, "accept failed");
@@ -599,20 +658,23 @@ async fn accept_loop(
         let tcp = tcp.clone();
         let shared = shared.clone();
         let pool = pool.clone();
+        let draining = connections.draining.clone();
+        let open = OpenConnection::new(&connections.open);
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = open;
             match acceptor {
                 Some(acceptor) => {
                     match timeout(shared.limits.header_read_timeout, acceptor.accept(stream)).await
                     {
                         Ok(Ok(tls)) => {
-                            serve_connection(tls, peer, http, &tcp, &shared, &pool).await;
+                            serve_connection(tls, peer, http, &tcp, &shared, &pool, draining).await;
                         }
                         Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
                         Err(_) => shared.limit_hit("header_read_timeout", pool.handle()),
                     }
                 }
-                None => serve_connection(stream, peer, http, &tcp, &shared, &pool).await,
+                None => serve_connection(stream, peer, http, &tcp, &shared, &pool, draining).await,
             }
         });
     }
@@ -625,6 +687,7 @@ async fn serve_connection<S>(
     tcp: &TcpProxy,
     shared: &Shared,
     pool: &Pool,
+    mut draining: watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -638,10 +701,18 @@ async fn serve_connection<S>(
     // hyper's header timeout starts once it knows the protocol; a client
     // that sends nothing at all is cut off here.
     let stream = FirstByteDeadline::new(stream, shared.limits.header_read_timeout);
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        // Draining: the request under way finishes, then the connection
+        // closes (HTTP/2: GOAWAY).
+        () = drained(&mut draining) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
         let timed_out = e
             .downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);

@@ -677,3 +677,36 @@ async fn failover_under_load_loses_no_request() {
     );
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_lets_the_request_under_way_finish_and_takes_no_new_one() {
+    let (backend, _task) = http_backend("a").await;
+    let gateway = http_gateway(static_pool(&[backend], http_probe())).await;
+    let addr = gateway.local_addrs()[0];
+    // An idle keep-alive connection, and one with a slow request under way.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let stopping = tokio::spawn(gateway.shutdown());
+    // The request under way is answered in full, and its connection
+    // closes after it.
+    let mut answer = String::new();
+    busy.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.ends_with("a -"), "{answer:?}");
+    // The idle connection is closed without an answer.
+    let mut rest = Vec::new();
+    let _ = idle.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    stopping.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the shutdown waited for the grace period instead of the connections"
+    );
+    // Nothing listens any more.
+    assert!(TcpStream::connect(addr).await.is_err());
+}

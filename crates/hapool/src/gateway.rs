@@ -20,7 +20,7 @@ use hapool_gateway::{
 use hapool_wire::{PoolElementId, PoolHandle};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::BadConfig;
 
@@ -69,6 +69,10 @@ pub(crate) struct GatewayFile {
     /// Request bodies up to this many bytes are kept for a retry. Default
     /// 65536.
     retry_body_limit: Option<usize>,
+    /// On SIGTERM, how long open connections may take to finish. Default
+    /// 10s.
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
     /// `[[gateway.listener]]`.
     #[serde(default)]
     listener: Vec<ListenerFile>,
@@ -323,6 +327,7 @@ impl TryFrom<GatewayFile> for Planned {
             retries: file.retries.unwrap_or(defaults.retries),
             retry_body_limit: file.retry_body_limit.unwrap_or(defaults.retry_body_limit),
             member_idle_timeout: defaults.member_idle_timeout,
+            shutdown_grace: file.shutdown_grace.unwrap_or(defaults.shutdown_grace),
         };
         Ok(Self {
             config,
@@ -543,6 +548,7 @@ async fn run(planned: Planned, effective: toml::Table) -> anyhow::Result<()> {
         });
     }
     crate::serve::shutdown_signal().await;
+    info!("shutting down: no new connections; open ones finish their request");
     gateway.shutdown().await;
     Ok(())
 }
