@@ -463,6 +463,56 @@ async fn run(mut registrar: Registrar, sockets: Sockets, mut commands: mpsc::Rec
     let mut connections: HashMap<ConnectionId, Connection> = HashMap::new();
     let mut next_id = 0u64;
     loop {
+        // What the last input (or the start) produced goes out first.
+        while let Some(transmit) = registrar.poll_transmit() {
+            let (connection, message) = match transmit {
+                Transmit::Send {
+                    connection,
+                    message,
+                } => (connection, message),
+                Transmit::Announce { message } => {
+                    if let Some((socket, target)) = &announcer
+                        && let Ok(bytes) = hapool_wire::Message::to_bytes(&message)
+                        && let Err(e) = socket.try_send_to(&bytes, *target)
+                    {
+                        warn!(%target, error = %e, "cannot send the server announcement");
+                    }
+                    continue;
+                }
+                Transmit::PeerGroup { message } => {
+                    if let Some((socket, target)) = &group
+                        && let Ok(bytes) = hapool_wire::Message::to_bytes(&message)
+                        && let Err(e) = socket.try_send_to(&bytes, *target)
+                    {
+                        warn!(%target, error = %e, "cannot send to the ENRP multicast group");
+                    }
+                    continue;
+                }
+                Transmit::Peer { to, message } => {
+                    metrics::counter!("hapool_registrar_enrp_messages_total", "direction" => "out")
+                        .increment(1);
+                    links.send(to, message);
+                    continue;
+                }
+            };
+            let Some(c) = connections.get(&connection) else {
+                continue;
+            };
+            if c.writer.try_send(message).is_err() {
+                warn!(
+                    connection = connection.0,
+                    "connection too slow or gone; closing it"
+                );
+                if let Some(c) = connections.remove(&connection) {
+                    c.close();
+                }
+                registrar.handle_disconnect(connection, Instant::now().into_std());
+            }
+        }
+        while let Some(event) = registrar.poll_event() {
+            log_event(&event);
+        }
+        record_gauges(&registrar, connections.len());
         let deadline = registrar.poll_timeout().map(Instant::from_std);
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -577,55 +627,6 @@ async fn run(mut registrar: Registrar, sockets: Sockets, mut commands: mpsc::Rec
                 Some(Command::Shutdown) | None => break,
             },
         }
-        while let Some(transmit) = registrar.poll_transmit() {
-            let (connection, message) = match transmit {
-                Transmit::Send {
-                    connection,
-                    message,
-                } => (connection, message),
-                Transmit::Announce { message } => {
-                    if let Some((socket, target)) = &announcer
-                        && let Ok(bytes) = hapool_wire::Message::to_bytes(&message)
-                        && let Err(e) = socket.try_send_to(&bytes, *target)
-                    {
-                        warn!(%target, error = %e, "cannot send the server announcement");
-                    }
-                    continue;
-                }
-                Transmit::PeerGroup { message } => {
-                    if let Some((socket, target)) = &group
-                        && let Ok(bytes) = hapool_wire::Message::to_bytes(&message)
-                        && let Err(e) = socket.try_send_to(&bytes, *target)
-                    {
-                        warn!(%target, error = %e, "cannot send to the ENRP multicast group");
-                    }
-                    continue;
-                }
-                Transmit::Peer { to, message } => {
-                    metrics::counter!("hapool_registrar_enrp_messages_total", "direction" => "out")
-                        .increment(1);
-                    links.send(to, message);
-                    continue;
-                }
-            };
-            let Some(c) = connections.get(&connection) else {
-                continue;
-            };
-            if c.writer.try_send(message).is_err() {
-                warn!(
-                    connection = connection.0,
-                    "connection too slow or gone; closing it"
-                );
-                if let Some(c) = connections.remove(&connection) {
-                    c.close();
-                }
-                registrar.handle_disconnect(connection, Instant::now().into_std());
-            }
-        }
-        while let Some(event) = registrar.poll_event() {
-            log_event(&event);
-        }
-        record_gauges(&registrar, connections.len());
     }
     for (_, c) in connections {
         c.close();
