@@ -181,7 +181,7 @@ fn namespace_side() {
         .unwrap();
     runtime.block_on(async {
         let interface = Interface::find(&name).unwrap();
-        let socket = VrrpSocket::open(&interface, address).unwrap();
+        let socket = VrrpSocket::open(&interface, IpAddr::V4(address)).unwrap();
         match role.as_str() {
             "receive" => {
                 let got = tokio::time::timeout(Duration::from_secs(5), socket.recv())

@@ -8,7 +8,7 @@
 //! valid advertisements of its VRID to the state machine, and carries out
 //! what the state machine asks: advertisements to the group and to the
 //! unicast peers, virtual addresses added (and announced by gratuitous
-//! ARP) or removed, notify commands on state changes. Shutdown sends
+//! ARP, or unsolicited neighbour advertisements over IPv6) or removed, notify commands on state changes. Shutdown sends
 //! priority 0 so that a backup takes over at once.
 //!
 //! Metrics: `hapool_vip_state{vrid}` (0 initialize, 1 backup, 2 master),
@@ -19,11 +19,13 @@
 #![forbid(unsafe_code)]
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant as StdInstant;
 
-use hapool_net::vrrp::{Addresses, Interface, Received, VrrpSocket, gratuitous_arp};
+use hapool_net::vrrp::{
+    Addresses, Interface, Received, VrrpSocket, gratuitous_arp, unsolicited_neighbour_advertisement,
+};
 use hapool_vrrp::{
     Action, Advertisement, ChecksumMode, PacketError, RouterConfig, State, VirtualRouter,
 };
@@ -37,16 +39,18 @@ use tracing::{debug, info, warn};
 pub struct RouterSpec {
     /// The interface it runs on.
     pub interface: String,
-    /// This machine's IPv4 address on that interface (the advertisements'
-    /// source).
-    pub address: Ipv4Addr,
-    /// The state machine's configuration (its virtual addresses IPv4).
+    /// This machine's address on that interface, the advertisements'
+    /// source: for IPv4 routers its IPv4 address; for IPv6 routers its
+    /// link-local address, or `::` to use the one the interface has.
+    pub address: IpAddr,
+    /// The state machine's configuration (its virtual addresses all of the
+    /// family of `address`).
     pub router: RouterConfig,
     /// Prefix length of the virtual addresses.
     pub prefix_len: u8,
     /// Peers to send advertisements to directly, for links without
     /// multicast (sent to the group as well).
-    pub unicast_peers: Vec<Ipv4Addr>,
+    pub unicast_peers: Vec<IpAddr>,
     /// Which checksum is sent and accepted.
     pub checksum: ChecksumMode,
     /// A shell command run on every state change, with `STATE VRID` as
@@ -140,12 +144,15 @@ impl VipHandle {
 
 /// Starts `spec`: opens the interface's VRRP socket and netlink (errors
 /// name a missing interface or capability), then runs the router.
-pub fn start(spec: RouterSpec) -> io::Result<VipHandle> {
+pub fn start(mut spec: RouterSpec) -> io::Result<VipHandle> {
     let interface = Interface::find(&spec.interface)?;
+    if spec.address.is_unspecified() {
+        spec.address = IpAddr::V6(link_local(&interface)?);
+    }
     let socket = VrrpSocket::open(&interface, spec.address)?;
     let addresses = Addresses::connect()?;
     let router = VirtualRouter::new(RouterConfig {
-        primary_address: IpAddr::V4(spec.address),
+        primary_address: spec.address,
         ..spec.router.clone()
     });
     let status = Arc::new(Mutex::new(RouterStatus {
@@ -177,6 +184,25 @@ pub fn start(spec: RouterSpec) -> io::Result<VipHandle> {
         status,
         task,
     })
+}
+
+/// The interface's link-local address; an interface that has just come up
+/// gets one within a few seconds (duplicate address detection), so this
+/// waits up to 5 s for it.
+fn link_local(interface: &Interface) -> io::Result<std::net::Ipv6Addr> {
+    let deadline = StdInstant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(address) = interface.link_local()? {
+            return Ok(address);
+        }
+        if StdInstant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("{} has no usable IPv6 link-local address", interface.name),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// When a new master announces its addresses again, after the first
@@ -234,10 +260,8 @@ impl Driver {
     /// valid advertisement of this VRID.
     fn on_packet(&mut self, packet: Received) {
         let vrid = self.vrid();
-        let IpAddr::V4(source) = packet.source else {
-            return;
-        };
-        if source == self.spec.address {
+        let source = packet.source;
+        if source == self.spec.address || source.is_ipv4() != self.spec.address.is_ipv4() {
             return;
         }
         let adv = match Advertisement::decode(
@@ -290,17 +314,13 @@ impl Driver {
     }
 
     async fn send(&mut self, adv: &Advertisement) {
-        let source = IpAddr::V4(self.spec.address);
-        let group = adv.encode(
-            source,
-            IpAddr::V4(Ipv4Addr::new(224, 0, 0, 18)),
-            self.spec.checksum,
-        );
+        let source = self.spec.address;
+        let group = adv.encode(source, self.socket.group(), self.spec.checksum);
         if let Err(e) = self.socket.send_to_group(&group).await {
             warn!(vrid = self.spec.router.vrid, error = %e, "cannot send the advertisement");
         }
         for peer in &self.spec.unicast_peers {
-            let bytes = adv.encode(source, IpAddr::V4(*peer), self.spec.checksum);
+            let bytes = adv.encode(source, *peer, self.spec.checksum);
             if let Err(e) = self.socket.send(&bytes, *peer).await {
                 warn!(vrid = self.spec.router.vrid, %peer, error = %e, "cannot send the advertisement");
             }
@@ -325,14 +345,17 @@ impl Driver {
         self.announce_again = Some((Instant::now() + ANNOUNCE_AGAIN[0], 0));
     }
 
-    /// Gratuitous ARP for every virtual address (twice: one can be lost).
+    /// Gratuitous ARP (IPv4) or an unsolicited neighbour advertisement
+    /// (IPv6) for every virtual address (twice: one can be lost).
     fn announce(&self) {
         for address in self.spec.router.addresses.to_vec() {
-            if let IpAddr::V4(v4) = address {
-                for _ in 0..2 {
-                    if let Err(e) = gratuitous_arp(&self.interface, v4) {
-                        warn!(%address, error = %e, "gratuitous ARP failed");
-                    }
+            for _ in 0..2 {
+                let sent = match address {
+                    IpAddr::V4(v4) => gratuitous_arp(&self.interface, v4),
+                    IpAddr::V6(v6) => unsolicited_neighbour_advertisement(&self.interface, v6),
+                };
+                if let Err(e) = sent {
+                    warn!(%address, error = %e, "announcing the virtual address failed");
                 }
             }
         }

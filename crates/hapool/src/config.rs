@@ -46,8 +46,10 @@ pub(crate) struct VipFile {
 pub(crate) struct VipRouterFile {
     /// The interface.
     pub(crate) interface: String,
-    /// This machine's IPv4 address on it.
-    pub(crate) address: std::net::Ipv4Addr,
+    /// This machine's address on it: its IPv4 address (required for IPv4
+    /// routers), or for IPv6 routers its link-local address (default: the
+    /// one the interface has).
+    pub(crate) address: Option<std::net::IpAddr>,
     /// Virtual router id, 1-255.
     pub(crate) vrid: u8,
     /// 1-255 (255: owner of the addresses), or "primary" (200),
@@ -64,11 +66,12 @@ pub(crate) struct VipRouterFile {
     /// Accept packets to the virtual addresses when master without owning
     /// them. Default false.
     pub(crate) accept_mode: Option<bool>,
-    /// The virtual addresses, "A.B.C.D/PREFIX" (one prefix for all).
+    /// The virtual addresses, "A.B.C.D/PREFIX" or "X::Y/PREFIX", all of one
+    /// family (one prefix for all).
     pub(crate) addresses: Vec<String>,
     /// Peers to advertise to directly (links without multicast).
     #[serde(default)]
-    pub(crate) unicast_peers: Vec<std::net::Ipv4Addr>,
+    pub(crate) unicast_peers: Vec<std::net::IpAddr>,
     /// "pseudo-header" (RFC 5798, default), "message-only" or "either".
     pub(crate) checksum: Option<String>,
     /// A command run on each state change with STATE VRID appended.

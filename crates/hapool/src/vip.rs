@@ -4,7 +4,7 @@
 //! the priority while they fail; an admin port with `/status` and
 //! `/metrics`; SIGTERM makes a master hand over at once (priority 0).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,16 +27,19 @@ pub(crate) struct VipArgs {
     /// One router from flags: its interface.
     #[arg(long, conflicts_with = "config")]
     interface: Option<String>,
-    /// This machine's IPv4 address on the interface.
+    /// This machine's address on the interface: its IPv4 address, or for
+    /// IPv6 virtual addresses its link-local address (default: the one
+    /// the interface has).
     #[arg(long, requires = "interface")]
-    address: Option<Ipv4Addr>,
+    address: Option<IpAddr>,
     /// The virtual router id (1-255).
     #[arg(long, requires = "interface")]
     vrid: Option<u8>,
     /// 1-255, or primary (200), secondary (150), backup (100).
     #[arg(long, requires = "interface")]
     priority: Option<String>,
-    /// A virtual address, A.B.C.D/PREFIX (repeat for more).
+    /// A virtual address, A.B.C.D/PREFIX or X::Y/PREFIX (repeat for
+    /// more; all of one family).
     #[arg(long = "vip", requires = "interface")]
     vips: Vec<String>,
     /// Between advertisements (default 1s; 10ms steps).
@@ -108,19 +111,35 @@ fn router(file: VipRouterFile, i: usize) -> Result<Router, BadConfig> {
     let mut vips = Vec::new();
     let mut prefix = None;
     for text in &file.addresses {
-        let (ip, len) = text.split_once('/').unwrap_or((text, "32"));
-        let ip: Ipv4Addr = ip.parse().map_err(|e| {
+        let (ip, len) = match text.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (text.as_str(), None),
+        };
+        let ip: IpAddr = ip.parse().map_err(|e| {
             BadConfig(format!(
-                "{} = {text:?}: not an IPv4 address: {e}",
+                "{} = {text:?}: not an IP address: {e}",
                 key("addresses")
             ))
         })?;
-        let len: u8 = len.parse().ok().filter(|l| *l <= 32).ok_or_else(|| {
-            BadConfig(format!(
-                "{} = {text:?}: bad prefix length",
+        if vips
+            .first()
+            .is_some_and(|first: &IpAddr| first.is_ipv4() != ip.is_ipv4())
+        {
+            return Err(BadConfig(format!(
+                "{} = {text:?}: every virtual address of a router is of one family (IPv4 or IPv6)",
                 key("addresses")
-            ))
-        })?;
+            )));
+        }
+        let most = if ip.is_ipv4() { 32 } else { 128 };
+        let len: u8 = len
+            .map_or(Some(most), |l| l.parse().ok())
+            .filter(|l| *l <= most)
+            .ok_or_else(|| {
+                BadConfig(format!(
+                    "{} = {text:?}: bad prefix length",
+                    key("addresses")
+                ))
+            })?;
         if prefix.is_some_and(|p| p != len) {
             return Err(BadConfig(format!(
                 "{}: every virtual address needs the same prefix length",
@@ -129,6 +148,37 @@ fn router(file: VipRouterFile, i: usize) -> Result<Router, BadConfig> {
         }
         prefix = Some(len);
         vips.push(ip);
+    }
+    let v6 = vips.first().is_some_and(IpAddr::is_ipv6);
+    let address = match (file.address, v6) {
+        (Some(IpAddr::V4(a)), false) => IpAddr::V4(a),
+        (None, false) => {
+            return Err(BadConfig(format!(
+                "{}: required for IPv4 virtual addresses (this machine's address on {})",
+                key("address"),
+                file.interface
+            )));
+        }
+        (Some(IpAddr::V6(a)), true) if a.is_unicast_link_local() => IpAddr::V6(a),
+        (None, true) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        (Some(other), _) => {
+            return Err(BadConfig(format!(
+                "{} = {other}: for {} virtual addresses, {}",
+                key("address"),
+                if v6 { "IPv6" } else { "IPv4" },
+                if v6 {
+                    "this machine's link-local address (fe80::/10), or none"
+                } else {
+                    "this machine's IPv4 address"
+                }
+            )));
+        }
+    };
+    if let Some(peer) = file.unicast_peers.iter().find(|p| p.is_ipv6() != v6) {
+        return Err(BadConfig(format!(
+            "{} = {peer}: not of the virtual addresses' family",
+            key("unicast_peers")
+        )));
     }
     let checksum = match file.checksum.as_deref() {
         None | Some("pseudo-header") => ChecksumMode::PseudoHeader,
@@ -148,7 +198,7 @@ fn router(file: VipRouterFile, i: usize) -> Result<Router, BadConfig> {
     Ok(Router {
         spec: RouterSpec {
             interface: file.interface,
-            address: file.address,
+            address,
             router: RouterConfig {
                 vrid: file.vrid,
                 priority,
@@ -156,16 +206,43 @@ fn router(file: VipRouterFile, i: usize) -> Result<Router, BadConfig> {
                 preempt: file.preempt.unwrap_or(true),
                 preempt_delay: file.preempt_delay.unwrap_or_default(),
                 accept_mode: file.accept_mode.unwrap_or(false),
-                primary_address: IpAddr::V4(file.address),
-                addresses: Addresses::V4(vips),
+                primary_address: address,
+                addresses: if v6 {
+                    Addresses::V6(
+                        vips.iter()
+                            .filter_map(|a| match a {
+                                IpAddr::V6(a) => Some(*a),
+                                IpAddr::V4(_) => None,
+                            })
+                            .collect(),
+                    )
+                } else {
+                    Addresses::V4(
+                        vips.iter()
+                            .filter_map(|a| match a {
+                                IpAddr::V4(a) => Some(*a),
+                                IpAddr::V6(_) => None,
+                            })
+                            .collect(),
+                    )
+                },
             },
-            prefix_len: prefix.unwrap_or(32),
+            prefix_len: prefix.unwrap_or(if v6 { 128 } else { 32 }),
             unicast_peers: file.unicast_peers,
             checksum,
             notify: file.notify,
         },
         tracks,
     })
+}
+
+/// The advertisements' source as the operator reads it.
+fn source_text(address: IpAddr) -> String {
+    if address.is_unspecified() {
+        "its IPv6 link-local address".to_owned()
+    } else {
+        address.to_string()
+    }
 }
 
 fn track_probe(track: TrackFile, key: &str) -> Result<(Probe, u8, Duration), BadConfig> {
@@ -199,9 +276,7 @@ fn routers(
             let interface = args.interface.clone().ok_or_else(|| {
                 BadConfig("give --config FILE, or --interface and the router's flags".into())
             })?;
-            let address = args.address.ok_or_else(|| {
-                BadConfig("--address: this machine's IPv4 address on the interface".into())
-            })?;
+            let address = args.address;
             let vrid = args
                 .vrid
                 .ok_or_else(|| BadConfig("--vrid is required".into()))?;
@@ -251,7 +326,7 @@ pub(crate) fn describe(file: VipFile) -> anyhow::Result<Vec<String>> {
             "virtual router {} on {} ({}): priority {}, advertisements every {} ms, addresses {:?}, {} tracking check(s)",
             c.vrid,
             r.spec.interface,
-            r.spec.address,
+            source_text(r.spec.address),
             c.priority,
             u32::from(c.advert_interval) * 10,
             c.addresses.to_vec(),
@@ -330,7 +405,8 @@ pub(crate) async fn vip(args: VipArgs) -> anyhow::Result<()> {
             .with_context(|| format!("virtual router {vrid} on {}", r.spec.interface))?;
         println!(
             "virtual router {vrid} on {} ({}), priority {configured}",
-            r.spec.interface, r.spec.address
+            r.spec.interface,
+            source_text(r.spec.address)
         );
         track(&handle, configured, r.tracks);
         sources.push(handle.status_source());

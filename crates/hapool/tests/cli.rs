@@ -477,6 +477,21 @@ fn check_config() {
             "vip.router[0].track[0]: exactly one of tcp, http, command",
         ),
         (
+            "vip-families.toml",
+            "[[vip.router]]\ninterface = \"eth0\"\naddress = \"10.0.0.1\"\nvrid = 5\naddresses = [\"10.0.0.100/24\", \"2001:db8::5/64\"]\n",
+            "every virtual address of a router is of one family",
+        ),
+        (
+            "vip-v6-source.toml",
+            "[[vip.router]]\ninterface = \"eth0\"\naddress = \"2001:db8::2\"\nvrid = 5\naddresses = [\"2001:db8::5/64\"]\n",
+            "vip.router[0].address = 2001:db8::2: for IPv6 virtual addresses, this machine's link-local address",
+        ),
+        (
+            "vip-v4-source.toml",
+            "[[vip.router]]\ninterface = \"eth0\"\nvrid = 5\naddresses = [\"10.0.0.100/24\"]\n",
+            "vip.router[0].address: required for IPv4 virtual addresses",
+        ),
+        (
             "rule.toml",
             "[[registrar.rules]]\npools = []\nidentities = [\"a\"]\n",
             "registrar.rules[0]: needs at least one pool",

@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const VIP: &str = "10.232.0.50";
+/// The virtual address of the IPv6 cases.
+const VIP6: &str = "fd00:232::50";
 
 fn ip(args: &[&str]) -> bool {
     Command::new("ip")
@@ -26,6 +28,8 @@ fn ip(args: &[&str]) -> bool {
 struct Lab {
     prefix: String,
     members: usize,
+    /// IPv6 virtual address (the members have IPv4 and IPv6 addresses).
+    v6: bool,
     daemons: Vec<Option<Child>>,
     services: Vec<Child>,
     keepalived_dirs: Vec<std::path::PathBuf>,
@@ -51,14 +55,24 @@ impl Lab {
         format!("10.232.0.{}", i + 2)
     }
 
-    fn create(members: usize) -> Option<Self> {
-        let prefix = format!("hapool-vip-{}-{members}", std::process::id());
+    /// The virtual address and its prefix length.
+    fn vip(&self) -> (&'static str, u8) {
+        if self.v6 { (VIP6, 64) } else { (VIP, 24) }
+    }
+
+    fn create(members: usize, v6: bool) -> Option<Self> {
+        let prefix = format!(
+            "hapool-vip-{}-{members}{}",
+            std::process::id(),
+            if v6 { "-6" } else { "" }
+        );
         if !ip(&["netns", "add", &format!("{prefix}-sw")]) {
             return None;
         }
         let mut lab = Self {
             prefix,
             members,
+            v6,
             daemons: Vec::new(),
             services: Vec::new(),
             keepalived_dirs: Vec::new(),
@@ -72,15 +86,36 @@ impl Lab {
         nodes.push(("c".into(), "10.232.0.200/24".into()));
         for (k, (name, address)) in nodes.iter().enumerate() {
             let ns = lab.ns(name);
-            let tag = format!("{}{members}", std::process::id() % 100_000);
+            let tag = format!(
+                "{}{members}{}",
+                std::process::id() % 100_000,
+                if v6 { "6" } else { "" }
+            );
             let (inside, outside) = (format!("hv{tag}i{k}"), format!("hv{tag}o{k}"));
             assert!(ip(&["netns", "add", &ns]));
+            // Addresses usable at once (no duplicate address detection):
+            // the interfaces are the test's own.
+            for setting in [
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ] {
+                assert!(
+                    Command::new("ip")
+                        .args(["netns", "exec", &ns, "sysctl", "-qw", setting])
+                        .status()
+                        .unwrap()
+                        .success()
+                );
+            }
             assert!(ip(&[
                 "link", "add", &inside, "type", "veth", "peer", "name", &outside
             ]));
             assert!(ip(&["link", "set", &inside, "netns", &ns]));
             assert!(ip(&["-n", &ns, "link", "set", &inside, "name", "eth0"]));
             assert!(ip(&["-n", &ns, "addr", "add", address, "dev", "eth0"]));
+            let host = address.split(['.', '/']).nth(3).unwrap();
+            let address6 = format!("fd00:232::{host}/64");
+            assert!(ip(&["-n", &ns, "addr", "add", &address6, "dev", "eth0"]));
             assert!(ip(&["-n", &ns, "link", "set", "eth0", "up"]));
             assert!(ip(&["-n", &ns, "link", "set", "lo", "up"]));
             assert!(ip(&["link", "set", &outside, "netns", &sw]));
@@ -142,12 +177,13 @@ impl Lab {
     fn start_with(&mut self, i: usize, daemon: Daemon, priority: u8, interval_ms: u64) {
         let ns = self.ns(&Self::member(i));
         // A machine that comes back has not kept the virtual address.
+        let (vip, prefix) = self.vip();
         let _ = ip(&[
             "-n",
             &ns,
             "addr",
             "del",
-            &format!("{VIP}/24"),
+            &format!("{vip}/{prefix}"),
             "dev",
             "eth0",
         ]);
@@ -156,11 +192,15 @@ impl Lab {
         match daemon {
             Daemon::Hapool => {
                 command
-                    .args([env!("CARGO_BIN_EXE_hapool"), "vip"])
-                    .args(["--interface", "eth0", "--address", &Self::address(i)])
+                    .args([env!("CARGO_BIN_EXE_hapool"), "vip", "--interface", "eth0"])
                     .args(["--vrid", "7", "--priority", &priority.to_string()])
-                    .args(["--vip", &format!("{VIP}/24")])
+                    .args(["--vip", &format!("{vip}/{prefix}")])
                     .args(["--advert-interval", &format!("{interval_ms}ms")]);
+                // Over IPv6 the advertisements leave from the link-local
+                // address the interface has.
+                if !self.v6 {
+                    command.args(["--address", &Self::address(i)]);
+                }
             }
             Daemon::Keepalived => {
                 let dir = std::env::temp_dir().join(format!("{}-k{i}", self.prefix));
@@ -260,10 +300,15 @@ impl Lab {
 
     /// Who answers at the virtual address, seen from the client.
     fn who_answers(&self) -> Option<String> {
+        let target = match self.vip().0 {
+            v6 if self.v6 => format!("[{v6}]:8080"),
+            v4 => format!("{v4}:8080"),
+        };
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns("c")])
             .arg(std::env::current_exe().unwrap())
             .args(["--ignored", "--exact", "client", "--nocapture"])
+            .env("HAPOOL_VIP_TARGET", target)
             .stderr(Stdio::null())
             .output()
             .ok()?;
@@ -312,7 +357,7 @@ impl Lab {
     fn holders(&self) -> Vec<usize> {
         (0..self.members)
             .filter(|&i| self.daemons[i].is_some() && self.link_up(i))
-            .filter(|&i| self.show(i, "addr").contains(&format!("{VIP}/")))
+            .filter(|&i| self.show(i, "addr").contains(&format!("{}/", self.vip().0)))
             .collect()
     }
 
@@ -368,10 +413,19 @@ impl Drop for Lab {
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn lab(members: usize) -> Option<(std::sync::MutexGuard<'static, ()>, Lab)> {
+    lab_of(members, false)
+}
+
+/// A lab whose virtual address is IPv6.
+fn lab_v6(members: usize) -> Option<(std::sync::MutexGuard<'static, ()>, Lab)> {
+    lab_of(members, true)
+}
+
+fn lab_of(members: usize, v6: bool) -> Option<(std::sync::MutexGuard<'static, ()>, Lab)> {
     let guard = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let lab = Lab::create(members).map(|lab| (guard, lab));
+    let lab = Lab::create(members, v6).map(|lab| (guard, lab));
     if lab.is_none() {
         assert!(
             std::env::var("HAPOOL_REQUIRE_TOOLS").as_deref() != Ok("1"),
@@ -380,6 +434,30 @@ fn lab(members: usize) -> Option<(std::sync::MutexGuard<'static, ()>, Lab)> {
         eprintln!("SKIPPED: no network namespace (needs root and iproute2)");
     }
     lab
+}
+
+/// An IPv6 virtual address: advertisements from the link-local addresses
+/// to ff02::12, the address taken over with an unsolicited neighbour
+/// advertisement when the master dies, and taken back when it returns.
+#[test]
+fn ipv6_members_kill_and_restart() {
+    let Some((_one, mut lab)) = lab_v6(3) else {
+        return;
+    };
+    for i in 0..3 {
+        lab.start(i);
+    }
+    lab.wait_for(0, Duration::from_secs(10));
+    lab.settle_on(0);
+    lab.kill(0);
+    lab.link(0, false);
+    let took = lab.wait_for(1, TAKEOVER);
+    eprintln!("member 2 answers at {VIP6} {took:?} after the master died");
+    lab.settle_on(1);
+    lab.link(0, true);
+    lab.start(0);
+    lab.wait_for(0, TAKEOVER);
+    lab.settle_on(0);
 }
 
 /// Master down interval at 100 ms adverts is at most 3 × 100 ms + 100 ms
@@ -743,7 +821,8 @@ fn prober() {
 #[ignore = "an entry point of the namespace tests, not a test by itself"]
 fn service() {
     let name = std::env::var("HAPOOL_VIP_NAME").expect("run by a namespace test");
-    let listener = std::net::TcpListener::bind("0.0.0.0:8080").unwrap();
+    // IPv4 and IPv6 (a dual-stack socket).
+    let listener = std::net::TcpListener::bind("[::]:8080").unwrap();
     for mut s in listener.incoming().flatten() {
         let _ = s.write_all(name.as_bytes());
     }
@@ -753,7 +832,10 @@ fn service() {
 #[test]
 #[ignore = "an entry point of the namespace tests, not a test by itself"]
 fn client() {
-    let addr = format!("{VIP}:8080").parse().unwrap();
+    let addr = std::env::var("HAPOOL_VIP_TARGET")
+        .unwrap_or_else(|_| format!("{VIP}:8080"))
+        .parse()
+        .unwrap();
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
