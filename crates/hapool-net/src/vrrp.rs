@@ -442,11 +442,9 @@ impl Addresses {
         Ok(Self { handle })
     }
 
-    /// Adds `address/prefix` to `interface`; already there is fine.
+    /// Adds `address/prefix` to `interface`; already there is fine. (One
+    /// netlink round trip: a new master's takeover waits for it.)
     pub async fn add(&self, interface: &Interface, address: IpAddr, prefix: u8) -> io::Result<()> {
-        if self.has(interface, address).await? {
-            return Ok(());
-        }
         let mut request = self.handle.address().add(interface.index, address, prefix);
         if address.is_ipv6() {
             // Usable at once: duplicate address detection would hold a
@@ -455,7 +453,11 @@ impl Addresses {
             request.message_mut().header.flags |=
                 rtnetlink::packet_route::address::AddressHeaderFlags::Nodad;
         }
-        request.execute().await.map_err(|e| {
+        match request.execute().await {
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => Ok(()),
+            other => other,
+        }
+        .map_err(|e| {
             netlink_error(
                 e,
                 &format!("adding {address}/{prefix} to {}", interface.name),

@@ -199,6 +199,8 @@ fn namespace_side() {
                 let vip = IpAddr::V4(Ipv4Addr::new(10, 231, 0, 100));
                 let addresses = Addresses::connect().unwrap();
                 addresses.add(&interface, vip, 24).await.unwrap();
+                // Already there is fine (a master asked to take it again).
+                addresses.add(&interface, vip, 24).await.unwrap();
                 println!(
                     "address added: {}",
                     addresses.has(&interface, vip).await.unwrap()
