@@ -15,13 +15,8 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "change-this-shared-registration-token";
 
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
+mod common;
+use common::ip;
 
 /// One node's processes, by role.
 #[derive(Default)]
@@ -42,7 +37,7 @@ impl Lab {
 
     fn create() -> Option<Self> {
         let prefix = format!("hapool-3n-{}", std::process::id());
-        if !ip(&["netns", "add", &format!("{prefix}-sw")]) {
+        if !common::switch(&format!("{prefix}-sw")) {
             return None;
         }
         let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&prefix);
@@ -53,9 +48,6 @@ impl Lab {
             nodes: (0..3).map(|_| Node::default()).collect(),
             dir,
         };
-        let sw = lab.ns("sw");
-        assert!(ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]));
-        assert!(ip(&["-n", &sw, "link", "set", "br0", "up"]));
         let hosts = [
             ("n1", "192.0.2.11/24"),
             ("n2", "192.0.2.12/24"),
@@ -63,35 +55,10 @@ impl Lab {
             ("c", "192.0.2.100/24"),
         ];
         for (k, (name, address)) in hosts.iter().enumerate() {
-            let ns = lab.ns(name);
-            let tag = std::process::id() % 100_000;
-            let (inside, outside) = (format!("h3{tag}i{k}"), format!("h3{tag}o{k}"));
-            assert!(ip(&["netns", "add", &ns]));
-            assert!(ip(&[
-                "link", "add", &inside, "type", "veth", "peer", "name", &outside
-            ]));
-            assert!(ip(&["link", "set", &inside, "netns", &ns]));
-            assert!(ip(&["-n", &ns, "link", "set", &inside, "name", "eth0"]));
-            assert!(ip(&["-n", &ns, "addr", "add", address, "dev", "eth0"]));
-            assert!(ip(&["-n", &ns, "link", "set", "eth0", "up"]));
-            assert!(ip(&["-n", &ns, "link", "set", "lo", "up"]));
-            assert!(ip(&["link", "set", &outside, "netns", &sw]));
-            assert!(ip(&["-n", &sw, "link", "set", &outside, "master", "br0"]));
-            assert!(ip(&["-n", &sw, "link", "set", &outside, "up"]));
+            let tag = format!("h3{}{k}", std::process::id() % 100_000);
+            common::host(&lab.ns("sw"), &lab.ns(name), &tag, &[address]);
         }
-        // See tests/vip.rs: the client takes gratuitous ARP at once.
-        for setting in [
-            "net.ipv4.conf.eth0.arp_accept=1",
-            "net.ipv4.neigh.eth0.locktime=0",
-        ] {
-            assert!(
-                Command::new("ip")
-                    .args(["netns", "exec", &lab.ns("c"), "sysctl", "-qw", setting])
-                    .status()
-                    .unwrap()
-                    .success()
-            );
-        }
+        common::accept_gratuitous_arp(&lab.ns("c"));
         Some(lab)
     }
 
@@ -284,11 +251,7 @@ impl Drop for Lab {
 #[test]
 fn the_three_node_example_survives_a_node_and_a_gateway() {
     let Some(mut lab) = Lab::create() else {
-        assert!(
-            std::env::var("HAPOOL_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "HAPOOL_REQUIRE_TOOLS=1 but no network namespace could be made (root and iproute2)"
-        );
-        eprintln!("SKIPPED: no network namespace (needs root and iproute2)");
+        common::skipped_without_namespaces();
         return;
     };
     for n in 0..3 {

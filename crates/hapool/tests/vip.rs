@@ -16,13 +16,8 @@ const VIP: &str = "10.232.0.50";
 /// The virtual address of the IPv6 cases.
 const VIP6: &str = "fd00:232::50";
 
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
+mod common;
+use common::ip;
 
 /// The namespaces and links, removed on drop.
 struct Lab {
@@ -66,7 +61,7 @@ impl Lab {
             std::process::id(),
             if v6 { "-6" } else { "" }
         );
-        if !ip(&["netns", "add", &format!("{prefix}-sw")]) {
+        if !common::switch(&format!("{prefix}-sw")) {
             return None;
         }
         let mut lab = Self {
@@ -77,70 +72,25 @@ impl Lab {
             services: Vec::new(),
             keepalived_dirs: Vec::new(),
         };
-        let sw = lab.ns("sw");
-        assert!(ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]));
-        assert!(ip(&["-n", &sw, "link", "set", "br0", "up"]));
         let mut nodes: Vec<(String, String)> = (0..members)
             .map(|i| (Self::member(i), format!("{}/24", Self::address(i))))
             .collect();
         nodes.push(("c".into(), "10.232.0.200/24".into()));
         for (k, (name, address)) in nodes.iter().enumerate() {
-            let ns = lab.ns(name);
+            let host = address.split(['.', '/']).nth(3).unwrap();
             let tag = format!(
-                "{}{members}{}",
+                "hv{}{members}{}{k}",
                 std::process::id() % 100_000,
                 if v6 { "6" } else { "" }
             );
-            let (inside, outside) = (format!("hv{tag}i{k}"), format!("hv{tag}o{k}"));
-            assert!(ip(&["netns", "add", &ns]));
-            // Addresses usable at once (no duplicate address detection):
-            // the interfaces are the test's own.
-            for setting in [
-                "net.ipv6.conf.all.accept_dad=0",
-                "net.ipv6.conf.default.accept_dad=0",
-            ] {
-                assert!(
-                    Command::new("ip")
-                        .args(["netns", "exec", &ns, "sysctl", "-qw", setting])
-                        .status()
-                        .unwrap()
-                        .success()
-                );
-            }
-            assert!(ip(&[
-                "link", "add", &inside, "type", "veth", "peer", "name", &outside
-            ]));
-            assert!(ip(&["link", "set", &inside, "netns", &ns]));
-            assert!(ip(&["-n", &ns, "link", "set", &inside, "name", "eth0"]));
-            assert!(ip(&["-n", &ns, "addr", "add", address, "dev", "eth0"]));
-            let host = address.split(['.', '/']).nth(3).unwrap();
-            let address6 = format!("fd00:232::{host}/64");
-            assert!(ip(&["-n", &ns, "addr", "add", &address6, "dev", "eth0"]));
-            assert!(ip(&["-n", &ns, "link", "set", "eth0", "up"]));
-            assert!(ip(&["-n", &ns, "link", "set", "lo", "up"]));
-            assert!(ip(&["link", "set", &outside, "netns", &sw]));
-            assert!(ip(&["-n", &sw, "link", "set", &outside, "master", "br0"]));
-            assert!(ip(&["-n", &sw, "link", "set", &outside, "up"]));
-        }
-        // The client takes gratuitous ARP into its neighbour table at once.
-        // Linux ignores an ARP update for an address within `locktime` (1 s)
-        // of its entry's last change, and a host busy talking to the
-        // address changes its entry about every second while the old MAC
-        // does not answer; whichever VRRP daemon announces the move, such a
-        // host then waits for its entry to fail (several seconds). The
-        // client here turns that off, so that the test measures the daemon.
-        for setting in [
-            "net.ipv4.conf.eth0.arp_accept=1",
-            "net.ipv4.neigh.eth0.locktime=0",
-        ] {
-            assert!(
-                Command::new("ip")
-                    .args(["netns", "exec", &lab.ns("c"), "sysctl", "-qw", setting])
-                    .status()
-                    .unwrap()
-                    .success()
+            common::host(
+                &lab.ns("sw"),
+                &lab.ns(name),
+                &tag,
+                &[address, &format!("fd00:232::{host}/64")],
             );
         }
+        common::accept_gratuitous_arp(&lab.ns("c"));
         for i in 0..members {
             let service = Command::new("ip")
                 .args(["netns", "exec", &lab.ns(&Self::member(i))])
@@ -427,11 +377,7 @@ fn lab_of(members: usize, v6: bool) -> Option<(std::sync::MutexGuard<'static, ()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let lab = Lab::create(members, v6).map(|lab| (guard, lab));
     if lab.is_none() {
-        assert!(
-            std::env::var("HAPOOL_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "HAPOOL_REQUIRE_TOOLS=1 but no network namespace could be made (root and iproute2)"
-        );
-        eprintln!("SKIPPED: no network namespace (needs root and iproute2)");
+        common::skipped_without_namespaces();
     }
     lab
 }
@@ -444,6 +390,13 @@ fn ipv6_members_kill_and_restart() {
     let Some((_one, mut lab)) = lab_v6(3) else {
         return;
     };
+    master_dies_and_returns(&mut lab);
+}
+
+/// Three members start; the master's machine dies and member 2 takes
+/// over; it comes back with the highest priority and takes the address
+/// back.
+fn master_dies_and_returns(lab: &mut Lab) {
     for i in 0..3 {
         lab.start(i);
     }
@@ -452,7 +405,10 @@ fn ipv6_members_kill_and_restart() {
     lab.kill(0);
     lab.link(0, false);
     let took = lab.wait_for(1, TAKEOVER);
-    eprintln!("member 2 answers at {VIP6} {took:?} after the master died");
+    eprintln!(
+        "member 2 answers at {} {took:?} after the master died",
+        lab.vip().0
+    );
     lab.settle_on(1);
     lab.link(0, true);
     lab.start(0);
@@ -472,21 +428,7 @@ fn three_members_kill_restart_and_cut() {
     let Some((_one, mut lab)) = lab(3) else {
         return;
     };
-    for i in 0..3 {
-        lab.start(i);
-    }
-    lab.wait_for(0, Duration::from_secs(10));
-    lab.settle_on(0);
-    // The master's machine dies.
-    lab.kill(0);
-    lab.link(0, false);
-    let took = lab.wait_for(1, TAKEOVER);
-    eprintln!("member 2 answers {took:?} after the master died");
-    // It comes back, with the highest priority: it takes the address back.
-    lab.link(0, true);
-    lab.start(0);
-    lab.wait_for(0, TAKEOVER);
-    lab.settle_on(0);
+    master_dies_and_returns(&mut lab);
     // Its link is cut: member 2 takes over; healed: member 1 again, and
     // only member 1 holds the address.
     lab.link(0, false);

@@ -1,0 +1,101 @@
+//! What the `hapool` command's integration tests share: running the
+//! command, and network namespaces joined by a bridge. Each test file uses
+//! part of it.
+#![allow(dead_code)]
+
+use std::process::{Command, Stdio};
+
+/// Runs `hapool ARGS` to the end: success, standard output, standard
+/// error.
+pub(crate) fn hapool(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args(args)
+        .output()
+        .expect("run hapool");
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Runs `ip ARGS`; whether it succeeded.
+pub(crate) fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `sysctl -qw SETTING` in namespace `ns`.
+pub(crate) fn sysctl(ns: &str, setting: &str) {
+    assert!(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "sysctl", "-qw", setting])
+            .status()
+            .unwrap()
+            .success(),
+        "sysctl {setting} in {ns}"
+    );
+}
+
+/// Makes namespace `switch` with a bridge `br0`; `false` when namespaces
+/// cannot be made here (not root, no iproute2).
+pub(crate) fn switch(switch: &str) -> bool {
+    if !ip(&["netns", "add", switch]) {
+        return false;
+    }
+    assert!(ip(&["-n", switch, "link", "add", "br0", "type", "bridge"]));
+    assert!(ip(&["-n", switch, "link", "set", "br0", "up"]));
+    true
+}
+
+/// Makes namespace `ns` with an `eth0` on `switch`'s bridge holding
+/// `addresses` (with their prefix lengths); `link` names the veth pair
+/// while it is created (unique on this machine, at most 13 characters).
+/// IPv6 addresses are usable at once (no duplicate address detection:
+/// the link is the test's own).
+pub(crate) fn host(switch: &str, ns: &str, link: &str, addresses: &[&str]) {
+    let (inside, outside) = (format!("{link}i"), format!("{link}o"));
+    assert!(ip(&["netns", "add", ns]));
+    sysctl(ns, "net.ipv6.conf.all.accept_dad=0");
+    sysctl(ns, "net.ipv6.conf.default.accept_dad=0");
+    assert!(ip(&[
+        "link", "add", &inside, "type", "veth", "peer", "name", &outside
+    ]));
+    assert!(ip(&["link", "set", &inside, "netns", ns]));
+    assert!(ip(&["-n", ns, "link", "set", &inside, "name", "eth0"]));
+    for address in addresses {
+        assert!(ip(&["-n", ns, "addr", "add", address, "dev", "eth0"]));
+    }
+    assert!(ip(&["-n", ns, "link", "set", "eth0", "up"]));
+    assert!(ip(&["-n", ns, "link", "set", "lo", "up"]));
+    assert!(ip(&["link", "set", &outside, "netns", switch]));
+    assert!(ip(&[
+        "-n", switch, "link", "set", &outside, "master", "br0"
+    ]));
+    assert!(ip(&["-n", switch, "link", "set", &outside, "up"]));
+}
+
+/// Makes namespace `ns` take gratuitous ARP into its neighbour table at
+/// once. Linux ignores an ARP update for an address within `locktime`
+/// (1 s) of its entry's last change, and a host busy talking to the
+/// address changes its entry about every second while the old MAC does
+/// not answer; whichever VRRP daemon announces the move, such a host then
+/// waits for its entry to fail (several seconds). A client namespace
+/// turns that off, so that a test measures the daemon.
+pub(crate) fn accept_gratuitous_arp(ns: &str) {
+    sysctl(ns, "net.ipv4.conf.eth0.arp_accept=1");
+    sysctl(ns, "net.ipv4.neigh.eth0.locktime=0");
+}
+
+/// Says SKIPPED when namespaces cannot be made, or fails the test when
+/// HAPOOL_REQUIRE_TOOLS=1.
+pub(crate) fn skipped_without_namespaces() {
+    assert!(
+        std::env::var("HAPOOL_REQUIRE_TOOLS").as_deref() != Ok("1"),
+        "HAPOOL_REQUIRE_TOOLS=1 but no network namespace could be made (root and iproute2)"
+    );
+    eprintln!("SKIPPED: no network namespace (needs root and iproute2)");
+}
