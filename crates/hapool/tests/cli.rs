@@ -1,6 +1,8 @@
 //! The `hapool` command as a user runs it.
 
 use std::io::{BufRead, BufReader};
+
+mod common;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -306,30 +308,7 @@ fn http_get(addr: &str, path: &str) -> String {
 
 #[test]
 fn status_and_metrics_from_the_admin_port() {
-    let mut registrar = Command::new(env!("CARGO_BIN_EXE_hapool"))
-        .args([
-            "registrar",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--id",
-            "beef",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(registrar.stdout.take().unwrap());
-    let (mut first, mut second) = (String::new(), String::new());
-    out.read_line(&mut first).unwrap();
-    out.read_line(&mut second).unwrap();
-    let asap = first.trim().rsplit(' ').next().unwrap().to_owned();
-    let admin = second
-        .trim()
-        .strip_prefix("admin HTTP on ")
-        .expect(&second)
-        .to_owned();
+    let (registrar, asap, admin) = common::registrar_with_admin(&["--id", "beef"]);
     // A fresh registrar already exports its gauges.
     let metrics = http_get(&admin, "/metrics");
     assert!(

@@ -4,9 +4,8 @@
 //! daemons export, and the systemd units run commands that exist.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
@@ -135,27 +134,7 @@ fn the_grafana_dashboard_asks_only_for_exported_series() {
 
 #[test]
 fn a_running_registrar_exports_what_the_dashboard_reads() {
-    let mut registrar = Command::new(env!("CARGO_BIN_EXE_hapool"))
-        .args([
-            "registrar",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut admin = None;
-    for line in BufReader::new(registrar.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(addr) = line.strip_prefix("admin HTTP on ") {
-            admin = Some(addr.to_owned());
-            break;
-        }
-    }
-    let admin = admin.expect("the registrar printed its admin address");
+    let (mut registrar, _, admin) = common::registrar_with_admin(&[]);
     let start = Instant::now();
     let text = loop {
         let mut stream = std::net::TcpStream::connect(&admin).unwrap();

@@ -99,3 +99,33 @@ pub(crate) fn skipped_without_namespaces() {
     );
     eprintln!("SKIPPED: no network namespace (needs root and iproute2)");
 }
+
+/// Starts `hapool registrar` on free loopback ports with an admin port and
+/// `extra` flags; the process, its ASAP address and its admin address.
+pub(crate) fn registrar_with_admin(extra: &[&str]) -> (std::process::Child, String, String) {
+    use std::io::BufRead;
+    let mut registrar = Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args([
+            "registrar",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(registrar.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    out.read_line(&mut first).unwrap();
+    out.read_line(&mut second).unwrap();
+    let asap = first.trim().rsplit(' ').next().unwrap().to_owned();
+    let admin = second
+        .trim()
+        .strip_prefix("admin HTTP on ")
+        .expect(&second)
+        .to_owned();
+    (registrar, asap, admin)
+}
