@@ -9,6 +9,8 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+mod common;
+
 fn chromium() -> Option<&'static str> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
@@ -110,5 +112,80 @@ fn the_dashboard_follows_a_member_dying() {
             .unwrap_or(false),
         "no screenshot: {}",
         String::from_utf8_lossy(&shot.stderr)
+    );
+}
+
+/// A registrar's page: its PEs with their home, and its peer registrars.
+#[test]
+fn a_registrar_dashboard_lists_its_pes_and_peers() {
+    let Some(binary) = chromium() else {
+        assert!(
+            std::env::var("HAPOOL_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "HAPOOL_REQUIRE_TOOLS=1 but chromium is not installed"
+        );
+        eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
+        return;
+    };
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string()
+    };
+    let (enrp1, enrp2) = (free(), free());
+    let (mut first, asap, admin) =
+        common::registrar_with_admin(&["--id", "1", "--enrp-listen", &enrp1]);
+    let (mut second, _, _) =
+        common::registrar_with_admin(&["--id", "2", "--enrp-listen", &enrp2, "--peer", &enrp1]);
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = server.local_addr().unwrap().to_string();
+    let mut pe = Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args([
+            "pe",
+            "--registrar",
+            &asap,
+            "--pool",
+            "web",
+            "--address",
+            &server_addr,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The page is dumped when its event stream ends: the registrar stops
+    // after the page has had a few updates.
+    let first_pid = first.id();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        let _ = Command::new("kill").arg(first_pid.to_string()).status();
+    });
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let dom = browser(binary, &dir.join("chromium-registrar"))
+        .args([
+            "--virtual-time-budget=8000",
+            "--dump-dom",
+            &format!("http://{admin}/"),
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .expect("run chromium");
+    stopper.join().unwrap();
+    for child in [&mut pe, &mut first, &mut second] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    std::fs::write(dir.join("dashboard-registrar.html"), dom.as_bytes()).unwrap();
+    assert!(dom.contains("registrar 00000001"), "{dom}");
+    assert!(dom.contains("data-key=\"peer/00000002\""), "{dom}");
+    let row = dom
+        .split("<tr ")
+        .find(|row| row.contains("data-key=\"web/"))
+        .unwrap_or_else(|| panic!("no PE row: {dom}"));
+    assert!(
+        row.contains(&server_addr) && row.contains("00000001"),
+        "{row}"
     );
 }

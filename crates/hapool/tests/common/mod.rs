@@ -118,14 +118,16 @@ pub(crate) fn registrar_with_admin(extra: &[&str]) -> (std::process::Child, Stri
         .spawn()
         .unwrap();
     let mut out = std::io::BufReader::new(registrar.stdout.take().unwrap());
-    let (mut first, mut second) = (String::new(), String::new());
+    let mut first = String::new();
     out.read_line(&mut first).unwrap();
-    out.read_line(&mut second).unwrap();
     let asap = first.trim().rsplit(' ').next().unwrap().to_owned();
-    let admin = second
-        .trim()
-        .strip_prefix("admin HTTP on ")
-        .expect(&second)
-        .to_owned();
+    // Then the other ports it serves, the admin port last.
+    let admin = loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no admin port line");
+        if let Some(admin) = line.trim().strip_prefix("admin HTTP on ") {
+            break admin.to_owned();
+        }
+    };
     (registrar, asap, admin)
 }
