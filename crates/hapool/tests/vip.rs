@@ -159,7 +159,7 @@ impl Lab {
                 std::fs::write(
                     &conf,
                     format!(
-                        "global_defs {{\n  vrrp_version 3\n}}\nvrrp_instance VI_7 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 7\n  priority {priority}\n  advert_int {}\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n",
+                        "global_defs {{\n  vrrp_version 3\n}}\nvrrp_instance VI_7 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 7\n  priority {priority}\n  advert_int {}\n  virtual_ipaddress {{\n    {vip}/{prefix}\n  }}\n}}\n",
                         interval_ms as f64 / 1000.0
                     ),
                 )
@@ -572,7 +572,8 @@ interval = "100ms"
 
 /// hapool vip and keepalived (Debian's) in one group, each in both roles:
 /// the higher priority holds the address, and each takes over when the
-/// other's machine dies, and gives the address back when it returns.
+/// other's machine dies, and gives the address back when it returns;
+/// over IPv4 and over IPv6.
 #[test]
 fn shares_a_group_with_keepalived() {
     if Command::new("keepalived")
@@ -587,9 +588,20 @@ fn shares_a_group_with_keepalived() {
         eprintln!("SKIPPED: keepalived is not installed");
         return;
     }
-    let Some((_one, mut lab)) = lab(2) else {
+    let Some((one, lab4)) = lab(2) else {
         return;
     };
+    interoperate(lab4);
+    drop(one);
+    // And over IPv6.
+    let Some((_one, lab6)) = lab_v6(2) else {
+        return;
+    };
+    interoperate(lab6);
+}
+
+/// Each daemon as master and as backup of the other, in `lab`.
+fn interoperate(mut lab: Lab) {
     for (high, low) in [
         (Daemon::Keepalived, Daemon::Hapool),
         (Daemon::Hapool, Daemon::Keepalived),
