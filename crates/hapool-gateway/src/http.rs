@@ -1,7 +1,9 @@
 //! The HTTP proxy: HTTP/1.1 and HTTP/2 from clients (over TLS when the
 //! listener terminates it), HTTP/1.1 to members; session affinity by a
 //! cookie, state cookies handed on when a session moves, and retries on
-//! another member when that is safe.
+//! another member when that is safe. An HTTP/1.1 upgrade (WebSocket, for
+//! one) that the member accepts becomes a tunnel between client and
+//! member for as long as both keep it open.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -16,7 +18,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::time::{Instant, timeout};
 use tracing::{debug, warn};
 
@@ -123,6 +125,23 @@ fn affinity_cookie(headers: &HeaderMap) -> Option<u128> {
         })
 }
 
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Upgrade`, with
+/// `upgrade` among the `Connection` tokens), if it asks.
+fn upgrade_asked(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asked
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
 /// Headers that belong to one connection and are not passed on.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     const OTHERS: [&str; 2] = ["keep-alive", "proxy-connection"];
@@ -185,6 +204,11 @@ impl HttpProxy {
         forwarded_for: HeaderValue,
     ) -> Result<Response<ClientBody>, Infallible> {
         let (mut parts, body) = request.into_parts();
+        let upgrade = upgrade_asked(parts.version, &parts.headers);
+        let client_upgrade = upgrade
+            .is_some()
+            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+            .flatten();
         let mut held = match self.hold(body).await {
             Ok(held) => held,
             Err(response) => return Ok(response),
@@ -196,7 +220,12 @@ impl HttpProxy {
             .flatten()
             .map(SessionKey::Cookie);
         let session = key.and_then(|k| self.pool.sessions.touch(k, Instant::now()));
-        let headers = self.member_headers(&mut parts, forwarded_for);
+        let mut headers = self.member_headers(&mut parts, forwarded_for);
+        if let (Some(protocol), Some(_)) = (&upgrade, &client_upgrade) {
+            // The upgrade is between client and member: its headers go on.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
         let idempotent = is_idempotent(&parts.method);
         let mut tried = Vec::with_capacity(2);
         let mut handoff = None;
@@ -234,6 +263,11 @@ impl HttpProxy {
             self.shared.metrics.requests.increment(1);
             match timeout(limits.request_timeout, self.client.request(outgoing)).await {
                 Ok(Ok(response)) => {
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(client_upgrade) = client_upgrade
+                    {
+                        return Ok(self.tunnel(response, lease, client_upgrade));
+                    }
                     return Ok(self.respond(
                         response,
                         lease,
@@ -371,6 +405,38 @@ impl HttpProxy {
         request
     }
 
+    /// The member switched protocols: its 101 goes to the client, and once
+    /// both connections are handed over, the bytes are copied both ways
+    /// until either side closes. The member counts the tunnel as an open
+    /// session meanwhile.
+    fn tunnel(
+        &self,
+        mut response: Response<Incoming>,
+        lease: Lease,
+        client: hyper::upgrade::OnUpgrade,
+    ) -> Response<ClientBody> {
+        let member = hyper::upgrade::on(&mut response);
+        let (mut parts, _) = response.into_parts();
+        parts.headers.remove(&self.state_header);
+        let pool = self.pool.handle().clone();
+        tokio::spawn(async move {
+            let lease = lease;
+            match tokio::try_join!(client, member) {
+                Ok((client, member)) => {
+                    let (mut client, mut member) = (TokioIo::new(client), TokioIo::new(member));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut member).await {
+                        debug!(%pool, pe_id = %lease.member().id, error = %e, "upgraded connection ended");
+                    }
+                }
+                Err(e) => {
+                    lease.fail();
+                    debug!(%pool, error = %e, "upgrade not completed");
+                }
+            }
+        });
+        Response::from_parts(parts, Either::Right(Full::new(Bytes::new())))
+    }
+
     /// Passes the member's response on: takes its state cookie, binds the
     /// session, and sets the affinity cookie on a new session.
     fn respond(
@@ -440,6 +506,24 @@ mod tests {
         headers.append(header::COOKIE, HeaderValue::from_static("hapoolx=1"));
         headers.append(header::COOKIE, HeaderValue::from_static("hapool=zz"));
         assert_eq!(affinity_cookie(&headers), None);
+    }
+
+    #[test]
+    fn an_upgrade_is_asked_by_both_headers_over_http_1_1() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(upgrade_asked(Version::HTTP_11, &headers), None);
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert_eq!(
+            upgrade_asked(Version::HTTP_11, &headers),
+            Some(HeaderValue::from_static("websocket"))
+        );
+        assert_eq!(upgrade_asked(Version::HTTP_2, &headers), None);
+        headers.remove(header::UPGRADE);
+        assert_eq!(upgrade_asked(Version::HTTP_11, &headers), None);
     }
 
     #[test]

@@ -701,7 +701,7 @@ async fn serve_connection<S>(
     // hyper's header timeout starts once it knows the protocol; a client
     // that sends nothing at all is cut off here.
     let stream = FirstByteDeadline::new(stream, shared.limits.header_read_timeout);
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let served = tokio::select! {
         served = connection.as_mut() => served,

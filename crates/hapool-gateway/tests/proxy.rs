@@ -710,3 +710,94 @@ async fn shutdown_lets_the_request_under_way_finish_and_takes_no_new_one() {
     // Nothing listens any more.
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+/// An HTTP backend that accepts every upgrade to `echo` and then echoes
+/// what it receives.
+async fn upgrade_backend() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|mut request: Request<Incoming>| async move {
+                    let mut response = Response::new(Full::new(Bytes::new()));
+                    if request
+                        .headers()
+                        .get(header::UPGRADE)
+                        .is_some_and(|v| v == "echo")
+                    {
+                        let upgrade = hyper::upgrade::on(&mut request);
+                        tokio::spawn(async move {
+                            if let Ok(upgraded) = upgrade.await {
+                                let (mut read, mut write) =
+                                    tokio::io::split(TokioIo::new(upgraded));
+                                let _ = tokio::io::copy(&mut read, &mut write).await;
+                            }
+                        });
+                        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                        let headers = response.headers_mut();
+                        headers.insert(header::UPGRADE, "echo".parse().unwrap());
+                        headers.insert(header::CONNECTION, "upgrade".parse().unwrap());
+                    }
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_is_tunnelled_to_its_member() {
+    let backend = upgrade_backend().await;
+    let gateway = http_gateway(static_pool(&[backend], http_probe())).await;
+    let addr = gateway.local_addrs()[0];
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /chat HTTP/1.1\r\nhost: a\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reader = BufReader::new(client);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: echo"),
+        "{head}"
+    );
+    // The tunnel carries bytes both ways, and the member counts it as an
+    // open session while it lasts.
+    let mut client = reader.into_inner();
+    for word in ["hello", "tunnel"] {
+        client.write_all(word.as_bytes()).await.unwrap();
+        let mut echoed = vec![0u8; word.len()];
+        client.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, word.as_bytes());
+    }
+    let pool = &gateway.pools()[0];
+    assert_eq!(pool.status()[0].active, 1);
+    drop(client);
+    let started = Instant::now();
+    while pool.status()[0].active != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the tunnel stayed open"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    gateway.shutdown().await;
+}
