@@ -16,6 +16,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -33,8 +34,9 @@ pub(crate) type MemberBody = Either<Full<Bytes>, Incoming>;
 /// The body of a response to a client.
 pub(crate) type ClientBody = Either<LeasedBody, Full<Bytes>>;
 
-/// The HTTP client that reaches members (and probes them).
-pub(crate) type MemberClient = Client<HttpConnector, MemberBody>;
+/// The HTTP client that reaches members (and probes them): plain HTTP, or
+/// HTTPS for pools whose members are reached over TLS.
+pub(crate) type MemberClient = Client<HttpsConnector<HttpConnector>, MemberBody>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -47,11 +49,32 @@ pub const AFFINITY_COOKIE: &str = "hapool";
 /// session moves to another member.
 pub const STATE_HEADER: &str = "x-hapool-state";
 
-/// A member's client for this gateway's settings.
-pub(crate) fn member_client(limits: &Limits) -> MemberClient {
+/// A member's client for this gateway's settings; `tls` is the trust for
+/// members reached over TLS (without it, HTTPS requests fail to connect).
+pub(crate) fn member_client(
+    limits: &Limits,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> MemberClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(limits.connect_timeout));
+    // The scheme of each request decides (http or https).
+    connector.enforce_http(false);
+    let tls = tls.map_or_else(
+        || {
+            // Trusts nothing: no pool uses TLS (the gateway refuses to
+            // start a pool with TLS but without trust).
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        },
+        |config| (*config).clone(),
+    );
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(limits.member_idle_timeout)
         .pool_max_idle_per_host(usize::MAX)
@@ -380,7 +403,11 @@ impl HttpProxy {
         body: MemberBody,
     ) -> Request<MemberBody> {
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.scheme = Some(if self.pool.settings().tls {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        });
         uri.authority = Some(member.authority.clone());
         uri.path_and_query = Some(
             parts

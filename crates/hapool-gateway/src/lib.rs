@@ -147,6 +147,10 @@ pub struct GatewayConfig {
     pub limits: Limits,
     /// Worker threads serving the listeners. Default: one per core.
     pub workers: usize,
+    /// How members of pools with [`PoolSettings::tls`] are reached: the
+    /// authorities their certificates must come from (a member's
+    /// certificate names its IP address). `None`: no pool may use TLS.
+    pub member_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl GatewayConfig {
@@ -163,6 +167,7 @@ impl GatewayConfig {
             session_capacity: 1_000_000,
             limits: Limits::default(),
             workers: std::thread::available_parallelism().map_or(1, usize::from),
+            member_tls: None,
         }
     }
 }
@@ -182,6 +187,12 @@ pub enum GatewayError {
     /// A pool is configured twice.
     #[error("pool {0:?} is configured twice")]
     DuplicatePool(String),
+    /// A pool reaches its members over TLS, but no authority is configured
+    /// for their certificates.
+    #[error(
+        "pool {0:?} reaches its members over TLS, but no authority for their certificates is configured"
+    )]
+    NoMemberTrust(String),
     /// A pool takes its members from registrars, but none are configured.
     #[error("pool {0:?} takes its members from registrars, but no registrar is configured")]
     NoRegistrars(String),
@@ -209,6 +220,9 @@ pub(crate) struct GatewayMetrics {
 pub(crate) struct Shared {
     pub(crate) limits: Limits,
     pub(crate) client: MemberClient,
+    /// Trust for members reached over TLS (each worker builds its client
+    /// with it).
+    pub(crate) member_tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) metrics: GatewayMetrics,
     reports: Option<mpsc::Sender<(PoolHandle, PoolElementId)>>,
     last_limit_log: AtomicU64,
@@ -356,7 +370,7 @@ fn worker(listeners: Vec<WorkerListener>, shared: Arc<Shared>, stopped: oneshot:
         }
     };
     runtime.block_on(async move {
-        let client = member_client(&shared.limits);
+        let client = member_client(&shared.limits, shared.member_tls.clone());
         let (drain, draining) = watch::channel(false);
         let open = Arc::new(AtomicUsize::new(0));
         for (socket, listener, pool) in listeners {
@@ -394,6 +408,9 @@ impl Gateway {
             if pools.iter().any(|p| *p.handle() == settings.handle) {
                 return Err(GatewayError::DuplicatePool(settings.handle.to_string()));
             }
+            if settings.tls && config.member_tls.is_none() {
+                return Err(GatewayError::NoMemberTrust(settings.handle.to_string()));
+            }
             if settings.source == MemberSource::Registrars && config.registrars.is_empty() {
                 return Err(GatewayError::NoRegistrars(settings.handle.to_string()));
             }
@@ -422,7 +439,8 @@ impl Gateway {
         let (reports, report_rx) = mpsc::channel(1024);
         let shared = Shared {
             limits: config.limits.clone(),
-            client: member_client(&config.limits),
+            client: member_client(&config.limits, config.member_tls.clone()),
+            member_tls: config.member_tls.clone(),
             metrics: GatewayMetrics {
                 requests: counter!("hapool_gateway_requests_total"),
                 retries: counter!("hapool_gateway_retries_total"),
@@ -780,7 +798,8 @@ async fn probe_one(pool: &Pool, member: &Arc<Member>, shared: &Shared, probe_tim
             Ok(Ok(_))
         ),
         ProbeKind::Http { path } => {
-            let uri = format!("http://{}{path}", member.address);
+            let scheme = if pool.settings().tls { "https" } else { "http" };
+            let uri = format!("{scheme}://{}{path}", member.address);
             match uri.parse() {
                 Ok(uri) => {
                     let mut request =

@@ -64,6 +64,9 @@ pub struct PoolSettings {
     pub max_sessions: Option<u32>,
     /// How members are probed.
     pub probe: ProbeKind,
+    /// Whether members are reached over TLS (HTTP pools: requests and
+    /// probes go as HTTPS). Needs [`crate::GatewayConfig::member_tls`].
+    pub tls: bool,
 }
 
 /// One member of a pool.
@@ -531,6 +534,7 @@ mod tests {
             availability_threshold: 10,
             max_sessions: Some(2),
             probe: ProbeKind::Tcp,
+            tls: false,
         }
     }
 

@@ -90,6 +90,7 @@ fn static_pool(members: &[SocketAddr], probe: ProbeKind) -> PoolSettings {
         availability_threshold: 10,
         max_sessions: None,
         probe,
+        tls: false,
     }
 }
 
@@ -799,5 +800,74 @@ async fn an_upgraded_connection_is_tunnelled_to_its_member() {
         );
         sleep(Duration::from_millis(20)).await;
     }
+    gateway.shutdown().await;
+}
+
+/// The TLS test material of `hapool-net`: a server certificate for
+/// 127.0.0.1 and its authority.
+fn net_pki(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../hapool-net/tests/pki")
+        .join(name)
+}
+
+/// An HTTPS backend named `name` (certificate for 127.0.0.1) answering
+/// `<name> <scheme seen by the gateway>`.
+async fn https_backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config =
+        hapool_net::tls::server_config(&net_pki("server.pem"), &net_pki("server.key"), None)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = service_fn(move |request: Request<Incoming>| async move {
+                    let proto = request
+                        .headers()
+                        .get("x-forwarded-proto")
+                        .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                        "{name} {proto}"
+                    )))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn members_are_reached_over_tls_when_the_pool_says_so() {
+    let backend = https_backend("secure").await;
+    let pool = PoolSettings {
+        tls: true,
+        ..static_pool(&[backend], http_probe())
+    };
+    // Without an authority for the members' certificates: refused.
+    let config = GatewayConfig::new(vec![listener(Protocol::Http)], vec![pool.clone()]);
+    let error = Gateway::start(config).await.err().expect("refused");
+    assert!(error.to_string().contains("over TLS"), "{error}");
+    let mut config = GatewayConfig::new(vec![listener(Protocol::Http)], vec![pool]);
+    config.probe_interval = Duration::from_millis(100);
+    config.member_tls = Some(hapool_net::tls::client_config(&net_pki("ca.pem"), None).unwrap());
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    // The probe passed over HTTPS, and requests go over it.
+    let (status, body, _) = get(&client(), addr, "/", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "secure http");
+    assert_eq!(gateway.pools()[0].status()[0].served, 1);
     gateway.shutdown().await;
 }

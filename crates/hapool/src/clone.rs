@@ -23,12 +23,13 @@ use crate::admin::{Access, AdminClient};
 
 /// Keys whose string value names a file that is a key, a certificate or a
 /// token.
-const FILE_KEYS: [&str; 6] = [
+const FILE_KEYS: [&str; 7] = [
     "certificate",
     "cert",
     "key",
     "client_ca",
     "ca",
+    "member_ca",
     "token_file",
 ];
 

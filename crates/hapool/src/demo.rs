@@ -314,6 +314,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         availability_threshold: 10,
         max_sessions,
         probe,
+        tls: false,
     };
     let listener = |protocol, pool: &str, affinity| ListenerConfig {
         address: (Ipv4Addr::LOCALHOST, 0).into(),

@@ -33,6 +33,9 @@ pub(crate) struct GatewayFile {
     /// `[gateway.admin_tls]`: the admin port over HTTPS, with an operator
     /// token.
     admin_tls: Option<crate::config::AdminTlsFile>,
+    /// The authority (PEM) whose certificates members reached over TLS
+    /// (`tls = true` pools) must present; each names its member's IP.
+    member_ca: Option<PathBuf>,
     /// Registrars for pools without static members.
     #[serde(default)]
     registrars: Vec<SocketAddr>,
@@ -132,6 +135,9 @@ struct PoolFile {
     probe: Option<String>,
     /// The path an HTTP probe asks for. Default "/".
     probe_path: Option<String>,
+    /// Reach the members over TLS (HTTPS requests and probes). Default
+    /// false.
+    tls: Option<bool>,
 }
 
 /// A static member: "ADDR" or `{ address, weight, priority }`.
@@ -242,6 +248,17 @@ impl TryFrom<GatewayFile> for Planned {
                     return Err(BadConfig(format!("{key}.probe = {other:?}: http or tcp")));
                 }
             };
+            let member_tls = p.tls.unwrap_or(false);
+            if member_tls && !http_listener {
+                return Err(BadConfig(format!(
+                    "{key}.tls = true: members are reached over TLS only for HTTP listeners"
+                )));
+            }
+            if member_tls && file.member_ca.is_none() {
+                return Err(BadConfig(format!(
+                    "{key}.tls = true needs gateway.member_ca (the authority of the members' certificates)"
+                )));
+            }
             let source = match p.members {
                 Some(members) if members.is_empty() => {
                     return Err(BadConfig(format!(
@@ -287,6 +304,7 @@ impl TryFrom<GatewayFile> for Planned {
                 availability_threshold: threshold,
                 max_sessions: p.max_sessions,
                 probe,
+                tls: member_tls,
             });
         }
         for (i, l) in listeners.iter().enumerate() {
@@ -311,6 +329,13 @@ impl TryFrom<GatewayFile> for Planned {
             return Err(BadConfig("gateway.threads = 0: at least 1".into()));
         }
         let mut config = GatewayConfig::new(listeners, pools);
+        config.member_tls = match &file.member_ca {
+            Some(ca) => Some(
+                hapool_net::tls::client_config(ca, None)
+                    .map_err(|e| BadConfig(format!("gateway.member_ca: {e}")))?,
+            ),
+            None => None,
+        };
         config.registrars = file.registrars;
         config.refresh = file.refresh.unwrap_or(config.refresh);
         config.probe_interval = file.probe_interval.unwrap_or(config.probe_interval);
@@ -353,12 +378,13 @@ pub(crate) fn describe(file: GatewayFile) -> Result<Vec<String>, BadConfig> {
     }
     for p in &planned.config.pools {
         lines.push(format!(
-            "gateway pool {}: {}, busy below {}, {}",
+            "gateway pool {}: {}{}, busy below {}, {}",
             p.handle,
             match &p.source {
                 MemberSource::Static(m) => format!("{} static member(s)", m.len()),
                 MemberSource::Registrars => "members from the registrars".into(),
             },
+            if p.tls { " reached over TLS" } else { "" },
             p.availability_threshold,
             p.max_sessions
                 .map_or("no session limit".into(), |m| format!(

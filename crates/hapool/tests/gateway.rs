@@ -281,6 +281,18 @@ fn gateway_configuration_errors_are_named() {
             "[gateway]\nmax_header_bytes = 100\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
             "gateway.max_header_bytes = 100: at least 8192",
         ),
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\ntls = true\n",
+            "gateway.pool[0].tls = true needs gateway.member_ca",
+        ),
+        (
+            "[gateway]\nmember_ca = \"/nonexistent-ca.pem\"\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\ntls = true\n",
+            "gateway.member_ca: /nonexistent-ca.pem",
+        ),
+        (
+            "[gateway]\nmember_ca = \"/nonexistent-ca.pem\"\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\nprotocol = \"tcp\"\npool = \"mail\"\n[[gateway.pool]]\nhandle = \"mail\"\nmembers = [\"127.0.0.1:2\"]\ntls = true\n",
+            "gateway.pool[0].tls = true: members are reached over TLS only for HTTP listeners",
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = write_config(&format!("bad-{i}.toml"), text);
