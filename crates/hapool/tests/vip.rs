@@ -567,6 +567,25 @@ interval = "100ms"
     );
     assert!(!ok, "started without its interface");
     assert!(err.contains("nosuch0"), "{err}");
+    // Without the capabilities for raw sockets and addresses, the start
+    // stops and names the one that is missing.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(&Lab::member(0)), "setpriv"])
+        .args(["--bounding-set", "-net_raw,-net_admin", "--"])
+        .args([env!("CARGO_BIN_EXE_hapool"), "vip", "--interface", "eth0"])
+        .args([
+            "--address",
+            "10.232.0.2",
+            "--vrid",
+            "9",
+            "--vip",
+            "10.232.0.99/24",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without CAP_NET_RAW");
+    assert!(err.contains("CAP_NET_RAW"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
