@@ -3,7 +3,7 @@
 # in network namespaces this script's benchmark makes itself (10.232.0.0/24
 # inside them only): two members and a client that connects to the virtual
 # address every 2 ms. For each daemon, at 1 s and at 100 ms advertisements
-# (and hapool alone at 50 ms),
+# (and hapool alone at 50 ms), then both over IPv6 at 100 ms,
 # TRIALS times: the master's machine dies (every process of its daemon
 # stopped and killed, its link cut) and the time until the other member
 # answers is taken; then it returns, and the time until it answers again
