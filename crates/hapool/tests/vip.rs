@@ -711,7 +711,11 @@ fn failover_rows(lab: &mut Lab, trials: usize) {
                     .stderr(Stdio::null())
                     .spawn()
                     .unwrap();
-                std::thread::sleep(Duration::from_millis(300));
+                // The kill falls anywhere within an advertisement
+                // interval: at one fixed phase every trial would measure
+                // the same point of the Master_Down_Interval.
+                let phase = rand::random_range(0..interval);
+                std::thread::sleep(Duration::from_millis(300 + phase));
                 let killed = now_us();
                 lab.kill(0);
                 lab.link(0, false);
