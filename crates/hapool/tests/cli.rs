@@ -85,21 +85,7 @@ fn wire_decode_names_the_fault_and_the_cause() {
 /// Starts `hapool pe` for the server at `server` in pool `web`, with
 /// `extra` flags.
 fn spawn_pe(registrar: &str, server: &str, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_hapool"))
-        .args([
-            "pe",
-            "--registrar",
-            registrar,
-            "--pool",
-            "web",
-            "--address",
-            server,
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    common::spawn_pe(registrar, "web", server, extra)
 }
 
 /// Sends SIGTERM to `child` and waits for it.

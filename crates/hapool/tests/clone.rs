@@ -220,20 +220,7 @@ server_hunt_timeout = "200ms"
     // ... and a PE registered with the clone is resolved by the source.
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = server.local_addr().unwrap().to_string();
-    let pe = Command::new(env!("CARGO_BIN_EXE_hapool"))
-        .args([
-            "pe",
-            "--registrar",
-            &clone_asap,
-            "--pool",
-            "cloned",
-            "--address",
-            &server_addr,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let pe = common::spawn_pe(&clone_asap, "cloned", &server_addr, &[]);
     until(
         "the source never resolved the PE registered with the clone",
         || {

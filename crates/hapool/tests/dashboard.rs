@@ -11,10 +11,20 @@ use std::process::{Command, Stdio};
 
 mod common;
 
+/// Debian's Chromium; without it the test says SKIPPED, or fails when
+/// HAPOOL_REQUIRE_TOOLS=1.
 fn chromium() -> Option<&'static str> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
+        .find(|p| std::path::Path::new(p).exists());
+    if found.is_none() {
+        assert!(
+            std::env::var("HAPOOL_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "HAPOOL_REQUIRE_TOOLS=1 but chromium is not installed"
+        );
+        eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
+    }
+    found
 }
 
 /// Chromium, headless, as this machine allows it (no sandbox as root, no
@@ -38,11 +48,6 @@ fn browser(binary: &str, profile: &std::path::Path) -> Command {
 #[test]
 fn the_dashboard_follows_a_member_dying() {
     let Some(binary) = chromium() else {
-        assert!(
-            std::env::var("HAPOOL_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "HAPOOL_REQUIRE_TOOLS=1 but chromium is not installed"
-        );
-        eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
         return;
     };
     // web-2 dies a third of the way into the run (5 s); the page is dumped
@@ -119,11 +124,6 @@ fn the_dashboard_follows_a_member_dying() {
 #[test]
 fn a_registrar_dashboard_lists_its_pes_and_peers() {
     let Some(binary) = chromium() else {
-        assert!(
-            std::env::var("HAPOOL_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "HAPOOL_REQUIRE_TOOLS=1 but chromium is not installed"
-        );
-        eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
         return;
     };
     let free = || {
@@ -140,20 +140,7 @@ fn a_registrar_dashboard_lists_its_pes_and_peers() {
         common::registrar_with_admin(&["--id", "2", "--enrp-listen", &enrp2, "--peer", &enrp1]);
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = server.local_addr().unwrap().to_string();
-    let mut pe = Command::new(env!("CARGO_BIN_EXE_hapool"))
-        .args([
-            "pe",
-            "--registrar",
-            &asap,
-            "--pool",
-            "web",
-            "--address",
-            &server_addr,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut pe = common::spawn_pe(&asap, "web", &server_addr, &[]);
     // The page is dumped when its event stream ends: the registrar stops
     // after the page has had a few updates.
     let first_pid = first.id();

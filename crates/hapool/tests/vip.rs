@@ -555,19 +555,17 @@ interval = "100ms"
     lab.wait_for(0, TAKEOVER);
     lab.settle_on(0);
     // A missing interface stops the start with its name.
+    let start = [
+        "--address",
+        "10.232.0.2",
+        "--vrid",
+        "9",
+        "--vip",
+        "10.232.0.99/24",
+    ];
     let (ok, _, err) = lab.hapool_in(
         0,
-        &[
-            "vip",
-            "--interface",
-            "nosuch0",
-            "--address",
-            "10.232.0.2",
-            "--vrid",
-            "9",
-            "--vip",
-            "10.232.0.99/24",
-        ],
+        &[&["vip", "--interface", "nosuch0"][..], &start[..]].concat(),
     );
     assert!(!ok, "started without its interface");
     assert!(err.contains("nosuch0"), "{err}");
@@ -577,14 +575,7 @@ interval = "100ms"
         .args(["netns", "exec", &lab.ns(&Lab::member(0)), "setpriv"])
         .args(["--bounding-set", "-net_raw,-net_admin", "--"])
         .args([env!("CARGO_BIN_EXE_hapool"), "vip", "--interface", "eth0"])
-        .args([
-            "--address",
-            "10.232.0.2",
-            "--vrid",
-            "9",
-            "--vip",
-            "10.232.0.99/24",
-        ])
+        .args(start)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -131,3 +131,21 @@ pub(crate) fn registrar_with_admin(extra: &[&str]) -> (std::process::Child, Stri
     };
     (registrar, asap, admin)
 }
+
+/// Starts `hapool pe` keeping the server at `address` registered in
+/// `pool` at the registrar `registrar`, with `extra` flags.
+pub(crate) fn spawn_pe(
+    registrar: &str,
+    pool: &str,
+    address: &str,
+    extra: &[&str],
+) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args(["pe", "--registrar", registrar, "--pool", pool])
+        .args(["--address", address])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
