@@ -61,6 +61,28 @@ impl Addresses {
             Self::V6(a) => a.iter().copied().map(IpAddr::V6).collect(),
         }
     }
+
+    /// `ips` as one family's list (the family of the first); `None` when
+    /// they are of both families. An empty list is IPv4.
+    pub fn from_ips(ips: &[IpAddr]) -> Option<Self> {
+        if ips.first().is_some_and(IpAddr::is_ipv6) {
+            ips.iter()
+                .map(|ip| match ip {
+                    IpAddr::V6(a) => Some(*a),
+                    IpAddr::V4(_) => None,
+                })
+                .collect::<Option<_>>()
+                .map(Self::V6)
+        } else {
+            ips.iter()
+                .map(|ip| match ip {
+                    IpAddr::V4(a) => Some(*a),
+                    IpAddr::V6(_) => None,
+                })
+                .collect::<Option<_>>()
+                .map(Self::V4)
+        }
+    }
 }
 
 /// A VRRPv3 ADVERTISEMENT.

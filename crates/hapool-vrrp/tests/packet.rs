@@ -163,3 +163,15 @@ proptest! {
         let _ = Advertisement::decode(&bytes, v4(10, 0, 0, 1), IpAddr::V4(GROUP_V4), 255, ChecksumMode::Either);
     }
 }
+
+#[test]
+fn an_address_list_is_of_one_family() {
+    let v4: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
+    let list = Addresses::from_ips(&v4).unwrap();
+    assert!(matches!(list, Addresses::V4(_)));
+    assert_eq!(list.to_vec(), v4);
+    let v6: Vec<IpAddr> = vec!["fe80::1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+    assert_eq!(Addresses::from_ips(&v6).unwrap().to_vec(), v6);
+    let mixed: Vec<IpAddr> = vec!["fe80::1".parse().unwrap(), "10.0.0.1".parse().unwrap()];
+    assert_eq!(Addresses::from_ips(&mixed), None);
+}

@@ -277,6 +277,8 @@ pub(crate) struct AdminClient {
     port: u16,
     tls: Option<Arc<rustls::ClientConfig>>,
     token: Option<String>,
+    /// What it reaches, for errors ("the admin port").
+    peer: &'static str,
 }
 
 impl AdminClient {
@@ -325,6 +327,7 @@ impl AdminClient {
             port,
             tls,
             token,
+            peer: "the admin port",
         })
     }
 
@@ -367,7 +370,7 @@ impl AdminClient {
         let exchange = async {
             let stream = TcpStream::connect((self.host.as_str(), self.port))
                 .await
-                .with_context(|| format!("cannot reach the admin port at {}", self.base))?;
+                .with_context(|| format!("cannot reach {} at {}", self.peer, self.base))?;
             let mut request = hyper::Request::builder()
                 .method(method.clone())
                 .uri(path)
@@ -412,18 +415,19 @@ impl AdminClient {
 /// GETs `uri` over plain HTTP (health and load probes); the status and
 /// the body.
 pub(crate) async fn http_get(uri: &str) -> anyhow::Result<(StatusCode, Bytes)> {
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
-    let uri: hyper::Uri = uri
+    let parsed: hyper::Uri = uri
         .parse()
         .with_context(|| format!("{uri:?} is not a URL"))?;
-    let response = client
-        .get(uri.clone())
-        .await
-        .with_context(|| format!("GET {uri} failed"))?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body))
+    if parsed.scheme_str() != Some("http") {
+        bail!("{uri}: only http:// URLs are probed");
+    }
+    let authority = parsed
+        .authority()
+        .with_context(|| format!("{uri}: no host"))?;
+    let path = parsed.path_and_query().map_or("/", |p| p.as_str());
+    let mut client = AdminClient::new(authority.as_str(), None, None)?;
+    client.peer = "the server";
+    client.get(path).await
 }
 
 /// One HTTP/1.1 request on `stream`.

@@ -207,25 +207,7 @@ fn router(file: VipRouterFile, i: usize) -> Result<Router, BadConfig> {
                 preempt_delay: file.preempt_delay.unwrap_or_default(),
                 accept_mode: file.accept_mode.unwrap_or(false),
                 primary_address: address,
-                addresses: if v6 {
-                    Addresses::V6(
-                        vips.iter()
-                            .filter_map(|a| match a {
-                                IpAddr::V6(a) => Some(*a),
-                                IpAddr::V4(_) => None,
-                            })
-                            .collect(),
-                    )
-                } else {
-                    Addresses::V4(
-                        vips.iter()
-                            .filter_map(|a| match a {
-                                IpAddr::V4(a) => Some(*a),
-                                IpAddr::V6(_) => None,
-                            })
-                            .collect(),
-                    )
-                },
+                addresses: Addresses::from_ips(&vips).expect("one family: checked above"),
             },
             prefix_len: prefix.unwrap_or(if v6 { 128 } else { 32 }),
             unicast_peers: file.unicast_peers,
