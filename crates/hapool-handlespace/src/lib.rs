@@ -19,9 +19,10 @@
 
 mod checksum;
 mod expiry;
-mod fenwick;
+mod order;
 mod pool;
 mod selection;
+mod weights;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -273,10 +274,8 @@ impl Handlespace {
             .flat_map(|(i, p)| p.slots().map(move |slot| (i, slot)))
             .collect();
         for (pool_index, slot) in slots {
-            let (_, home, expires, _) = self.index_keys(pool_index, slot);
-            if self.expires_here(home) {
-                self.expiry.insert(expiry_entry(expires, pool_index, slot));
-            }
+            *self.pool_at_mut(pool_index).scheduled_mut(slot) = None;
+            self.schedule(pool_index, slot);
         }
     }
 
@@ -438,8 +437,7 @@ impl Handlespace {
             .expect("pool in use");
         let handle_sum = pool.handle_sum;
         let id = element.id;
-        let before = pool.entry(slot);
-        let (old_home, old_expiry) = (before.element().home_registrar, before.expires_at());
+        let old_home = pool.entry(slot).element().home_registrar;
         // Ownership moves with the home: a PE re-homed by a peer registrar
         // no longer belongs to the connection that registered it here.
         let registrant = match registrant {
@@ -448,24 +446,13 @@ impl Handlespace {
             Some(r) => Some(Some(r)),
         };
         pool.modify(slot, |entry| entry.update(element, registrant, now));
-        let after = pool.entry(slot);
-        let (new_home, new_expiry) = (after.element().home_registrar, after.expires_at());
+        let new_home = pool.entry(slot).element().home_registrar;
         if new_home != old_home {
             let part = element_sum(handle_sum, id);
             self.disown(old_home, pool_index, id, part);
             self.own(new_home, pool_index, id, part);
         }
-        let (was_here, is_here) = (self.expires_here(old_home), self.expires_here(new_home));
-        if (was_here, old_expiry) != (is_here, new_expiry) {
-            if was_here {
-                self.expiry
-                    .remove(expiry_entry(old_expiry, pool_index, slot));
-            }
-            if is_here {
-                self.expiry
-                    .insert(expiry_entry(new_expiry, pool_index, slot));
-            }
-        }
+        self.schedule(pool_index, slot);
     }
 
     /// Counts PE `id` of pool `pool_index` as `home`'s, with its checksum part.
@@ -486,38 +473,58 @@ impl Handlespace {
         }
     }
 
-    /// Moves the expiry entry of the PE at `slot` from `old` to `new`.
-    fn move_expiry(&mut self, pool_index: u32, slot: u32, old: Instant, new: Instant) {
-        self.expiry.remove(expiry_entry(old, pool_index, slot));
-        self.expiry.insert(expiry_entry(new, pool_index, slot));
+    /// Keeps the expiry index in step with the PE at `slot`: filed when
+    /// it runs out here, not filed otherwise. A filed PE whose expiry moved
+    /// later (a renewal) is left where it is: `expire_until` refiles it
+    /// when its old time comes, so a PE that renews often moves in the
+    /// index once per registration life rather than at every renewal.
+    fn schedule(&mut self, pool_index: u32, slot: u32) {
+        let entry = self.pool_at(pool_index).entry(slot);
+        let (expires, filed) = (entry.expires_at(), entry.scheduled);
+        let runs_out_here = self.expires_here(entry.element().home_registrar);
+        let file = match (filed, runs_out_here) {
+            (Some(at), true) if at <= expires => return,
+            (None, false) => return,
+            (_, true) => Some(expires),
+            (_, false) => None,
+        };
+        if let Some(at) = filed {
+            self.expiry.remove(expiry_entry(at, pool_index, slot));
+        }
+        if let Some(at) = file {
+            self.expiry.insert(expiry_entry(at, pool_index, slot));
+        }
+        *self.pool_at_mut(pool_index).scheduled_mut(slot) = file;
     }
 
-    /// What the owner and expiry indexes hold of the PE at `slot`: its id,
-    /// home, expiry and checksum part.
-    fn index_keys(&self, pool_index: u32, slot: u32) -> (PoolElementId, RegistrarId, Instant, u64) {
+    /// Takes the PE at `slot` out of the expiry index.
+    fn unschedule(&mut self, pool_index: u32, slot: u32) {
+        if let Some(at) = self.pool_at_mut(pool_index).scheduled_mut(slot).take() {
+            self.expiry.remove(expiry_entry(at, pool_index, slot));
+        }
+    }
+
+    /// The owner index's view of the PE at `slot`: id, home, checksum part.
+    fn owner_keys(&self, pool_index: u32, slot: u32) -> (PoolElementId, RegistrarId, u64) {
         let pool = self.pool_at(pool_index);
         let entry = pool.entry(slot);
         let id = entry.element().id;
         let part = element_sum(pool.handle_sum, id);
-        (id, entry.element().home_registrar, entry.expires_at(), part)
+        (id, entry.element().home_registrar, part)
     }
 
     /// Enters the PE at `slot` in the owner and expiry indexes.
     fn link(&mut self, pool_index: u32, slot: u32) {
-        let (id, home, expires, part) = self.index_keys(pool_index, slot);
+        let (id, home, part) = self.owner_keys(pool_index, slot);
         self.own(home, pool_index, id, part);
-        if self.expires_here(home) {
-            self.expiry.insert(expiry_entry(expires, pool_index, slot));
-        }
+        self.schedule(pool_index, slot);
     }
 
     /// Takes the PE at `slot` out of the owner and expiry indexes.
     fn unlink(&mut self, pool_index: u32, slot: u32) {
-        let (id, home, expires, part) = self.index_keys(pool_index, slot);
+        let (id, home, part) = self.owner_keys(pool_index, slot);
         self.disown(home, pool_index, id, part);
-        if self.expires_here(home) {
-            self.expiry.remove(expiry_entry(expires, pool_index, slot));
-        }
+        self.unschedule(pool_index, slot);
     }
 
     /// Removes the PE at `slot`, and its pool when it was the last.
@@ -605,14 +612,9 @@ impl Handlespace {
         now: Instant,
     ) -> Result<(), LookupError> {
         let (pool_index, slot) = self.locate(handle, id)?;
-        let pool = self.pool_at_mut(pool_index);
-        let before = pool.entry(slot).expires_at();
-        pool.modify(slot, |entry| entry.confirm(now));
-        let entry = pool.entry(slot);
-        let (after, home) = (entry.expires_at(), entry.element().home_registrar);
-        if self.expires_here(home) {
-            self.move_expiry(pool_index, slot, before, after);
-        }
+        self.pool_at_mut(pool_index)
+            .modify(slot, |entry| entry.confirm(now));
+        self.schedule(pool_index, slot);
         Ok(())
     }
 
@@ -644,7 +646,9 @@ impl Handlespace {
         }
     }
 
-    /// When the next registration runs out.
+    /// When `expire_until` should next be called: no later than the next
+    /// registration runs out, and earlier when a registration renewed
+    /// since it was filed (the call then refiles it and removes nothing).
     pub fn next_expiry(&self) -> Option<Instant> {
         self.expiry.first().map(|entry| entry.at)
     }
@@ -656,7 +660,14 @@ impl Handlespace {
             if entry.at > now {
                 break;
             }
-            let handle = self.pool_at(entry.pool).handle().clone();
+            let pool = self.pool_at(entry.pool);
+            if pool.entry(entry.slot).expires_at() > now {
+                // Renewed since it was filed: file it at its expiry now.
+                self.unschedule(entry.pool, entry.slot);
+                self.schedule(entry.pool, entry.slot);
+                continue;
+            }
+            let handle = pool.handle().clone();
             expired.push((handle, self.remove_at(entry.pool, entry.slot)));
         }
         expired
@@ -708,18 +719,12 @@ impl Handlespace {
             return Vec::new();
         };
         let mut taken = Vec::with_capacity(owned.elements.len());
-        let (was_here, is_here) = (self.expires_here(from), self.expires_here(to));
         for &(pool_index, id) in &owned.elements {
             let pool = self.pool_at_mut(pool_index);
             let slot = pool.slot_of(id).expect("owner index in step");
             pool.modify(slot, |entry| entry.rehome(to));
             taken.push((pool.handle().clone(), id));
-            let expires = pool.entry(slot).expires_at();
-            if was_here && !is_here {
-                self.expiry.remove(expiry_entry(expires, pool_index, slot));
-            } else if is_here && !was_here {
-                self.expiry.insert(expiry_entry(expires, pool_index, slot));
-            }
+            self.schedule(pool_index, slot);
         }
         let target = self.owners.entry(to).or_default();
         target.checksum.add(owned.checksum.raw());

@@ -1,15 +1,16 @@
 //! One pool: its PEs in a slab with stable slots, and the index its policy
 //! selects from.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hapool_wire::{ParamType, PolicyType, PoolElement, PoolElementId, PoolHandle, TransportUse};
 use rand::Rng;
 
-use crate::fenwick::Fenwick;
+use crate::order::OrderIndex;
 use crate::selection::{self, Kind, SelectionState};
+use crate::weights::WeightTree;
 
 /// A connection to the registrar, as the driver numbers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,6 +47,9 @@ pub struct PeEntry {
     pub(crate) selection: SelectionState,
     /// Distinct reporters of unreachability and when they last reported.
     pub(crate) bad_reports: Vec<(u64, Instant)>,
+    /// The time the PE is filed under in the handlespace's expiry index
+    /// (at or before `expires_at`), if it is filed.
+    pub(crate) scheduled: Option<Instant>,
 }
 
 impl PeEntry {
@@ -57,6 +61,7 @@ impl PeEntry {
             seq: 0,
             selection: SelectionState::default(),
             bad_reports: Vec::new(),
+            scheduled: None,
         }
     }
 
@@ -131,12 +136,15 @@ pub struct Pool {
     slots: Vec<Option<PeEntry>>,
     free: Vec<u32>,
     by_id: HashMap<PoolElementId, u32>,
-    /// Ordered policies: (key, seq, slot), smallest first.
-    ordered: BTreeSet<(u64, u64, u32)>,
+    /// Ordered policies: slots by (key, seq), smallest first.
+    ordered: OrderIndex,
     /// Weighted policies: weight by slot.
-    weighted: Fenwick,
+    weighted: WeightTree,
     /// WRR: virtual time of the latest selection; newcomers start there.
     virtual_time: u64,
+    /// Whether selecting a PE can change its key or weight (the policy
+    /// type degrades or advances virtual time).
+    changes_on_selection: bool,
 }
 
 impl Pool {
@@ -153,9 +161,10 @@ impl Pool {
             slots: Vec::new(),
             free: Vec::new(),
             by_id: HashMap::new(),
-            ordered: BTreeSet::new(),
-            weighted: Fenwick::default(),
+            ordered: OrderIndex::default(),
+            weighted: WeightTree::default(),
             virtual_time: 0,
+            changes_on_selection: selection::changes_on_selection(&first.policy),
         }
     }
 
@@ -211,13 +220,21 @@ impl Pool {
         self.slots[slot as usize].as_ref().expect("slot in use")
     }
 
+    /// Where the entry at `slot` is filed for expiry (the selection index
+    /// does not depend on it).
+    pub(crate) fn scheduled_mut(&mut self, slot: u32) -> &mut Option<Instant> {
+        &mut self.slots[slot as usize]
+            .as_mut()
+            .expect("slot in use")
+            .scheduled
+    }
+
     /// Changes the entry at `slot` with `f`, keeping the selection index
     /// in step with whatever `f` changes.
     pub(crate) fn modify<T>(&mut self, slot: u32, f: impl FnOnce(&mut PeEntry) -> T) -> T {
-        self.unindex(slot);
         let entry = self.slots[slot as usize].as_mut().expect("slot in use");
         let result = f(entry);
-        self.index(slot);
+        self.reindex(slot);
         result
     }
 
@@ -255,7 +272,23 @@ impl Pool {
         match self.kind {
             Kind::Ordered => {
                 let key = selection::key(&entry.element.policy, entry.selection);
-                self.ordered.insert((key, entry.seq, slot));
+                self.ordered.insert(slot, key, entry.seq);
+            }
+            Kind::Weighted => {
+                let weight = selection::weight(&entry.element.policy, entry.selection);
+                self.weighted.set(slot as usize, weight);
+            }
+        }
+    }
+
+    /// Brings the index in step with a changed entry; an entry whose key
+    /// or weight did not change stays where it is.
+    fn reindex(&mut self, slot: u32) {
+        let entry = self.entry(slot);
+        match self.kind {
+            Kind::Ordered => {
+                let key = selection::key(&entry.element.policy, entry.selection);
+                self.ordered.set(slot, key, entry.seq);
             }
             Kind::Weighted => {
                 let weight = selection::weight(&entry.element.policy, entry.selection);
@@ -265,13 +298,8 @@ impl Pool {
     }
 
     fn unindex(&mut self, slot: u32) {
-        let entry = self.entry(slot);
         match self.kind {
-            Kind::Ordered => {
-                let key = selection::key(&entry.element.policy, entry.selection);
-                let removed = self.ordered.remove(&(key, entry.seq, slot));
-                debug_assert!(removed, "index out of step with slot {slot}");
-            }
+            Kind::Ordered => self.ordered.remove(slot),
             Kind::Weighted => self.weighted.set(slot as usize, 0),
         }
     }
@@ -288,12 +316,11 @@ impl Pool {
         next_seq: &mut u64,
     ) -> Vec<u32> {
         let chosen: Vec<u32> = match self.kind {
-            Kind::Ordered => self
-                .ordered
-                .iter()
-                .take(n)
-                .map(|&(_, _, slot)| slot)
-                .collect(),
+            Kind::Ordered => {
+                let mut chosen = Vec::with_capacity(n.min(self.len()));
+                self.ordered.first(n, &mut chosen);
+                chosen
+            }
             Kind::Weighted => {
                 let n = n.min(self.len());
                 let mut chosen: Vec<u32> = Vec::with_capacity(n);
@@ -321,7 +348,7 @@ impl Pool {
                 }
                 if zeroed {
                     for &slot in &chosen {
-                        self.index(slot);
+                        self.reindex(slot);
                     }
                 }
                 chosen
@@ -335,13 +362,9 @@ impl Pool {
         for &slot in &chosen[..increment] {
             let seq = *next_seq;
             *next_seq += 1;
-            let entry = self.slots[slot as usize].as_mut().expect("slot in use");
-            if self.kind == Kind::Weighted
-                && !selection::changes_on_selection(&entry.element.policy)
-            {
-                // Only the sequence number changes, and the weighted index
-                // does not hold it.
-                entry.seq = seq;
+            if self.kind == Kind::Weighted && !self.changes_on_selection {
+                // Only the sequence number would change, and a weighted
+                // pool never orders by it: the PE is not touched.
                 continue;
             }
             let virtual_time = self.modify(slot, |entry| {

@@ -148,12 +148,19 @@ pub(crate) fn weight(policy: &Policy, state: SelectionState) -> u64 {
     }
 }
 
-/// Whether selecting a PE changes its key or weight (beyond the sequence
-/// number that orders equals).
+/// Whether selecting a PE of this policy type can change its key or weight
+/// (beyond the sequence number that orders equals), whatever its values.
 pub(crate) fn changes_on_selection(policy: &Policy) -> bool {
-    let mut state = SelectionState::default();
-    after_selection(policy, &mut state);
-    state != SelectionState::default()
+    matches!(
+        policy,
+        Policy::LeastUsedDegradation { .. }
+            | Policy::PriorityLeastUsedDegradation { .. }
+            | Policy::RandomizedLeastUsedDegradation { .. }
+            | Policy::RandomizedPriorityLeastUsedDegradation { .. }
+            | Policy::LeastUsedDegradationDpf { .. }
+            | Policy::PriorityLeastUsedDegradationDpf { .. }
+            | Policy::WeightedRoundRobin { .. }
+    )
 }
 
 /// What selecting a PE does to its selection state.
@@ -218,6 +225,25 @@ mod tests {
             distance: 50,
         };
         assert_eq!(key(&far, s), 50_000);
+    }
+
+    /// `changes_on_selection` names exactly the policies whose selection
+    /// state `after_selection` moves.
+    #[test]
+    fn changes_on_selection_matches_after_selection() {
+        use proptest::strategy::{Strategy, ValueTree};
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        for _ in 0..2_000 {
+            let policy = hapool_wire::strategy::policy()
+                .new_tree(&mut runner)
+                .unwrap()
+                .current();
+            let mut state = SelectionState::default();
+            after_selection(&policy, &mut state);
+            if state != SelectionState::default() {
+                assert!(changes_on_selection(&policy), "{policy:?}");
+            }
+        }
     }
 
     #[test]

@@ -255,7 +255,18 @@ fn registrations_expire_unless_confirmed() {
         now + Duration::from_millis(900),
     )
     .unwrap();
+    // The renewal leaves the PE filed at its old time: the handlespace
+    // asks to be woken then, removes nothing, and files it at its expiry.
+    assert_eq!(hs.next_expiry(), Some(now + Duration::from_millis(1_000)));
+    assert!(
+        hs.expire_until(now + Duration::from_millis(1_000))
+            .is_empty()
+    );
     assert_eq!(hs.next_expiry(), Some(now + Duration::from_millis(1_900)));
+    assert!(
+        hs.expire_until(now + Duration::from_millis(1_899))
+            .is_empty()
+    );
     let expired = hs.expire_until(now + Duration::from_millis(1_900));
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].1.id, PoolElementId(1));
