@@ -64,6 +64,52 @@ pub enum Protocol {
     Http,
 }
 
+/// What keeps a client's session with one member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Affinity {
+    /// Nothing: each connection (TCP) or request (HTTP) is placed afresh.
+    None,
+    /// HTTP: the gateway's `hapool` cookie.
+    Cookie,
+    /// TCP: the client's IP address.
+    ClientAddress,
+    /// TCP over TLS: the TLS session. Every session ticket the gateway
+    /// issues carries a session id; a client that resumes with it returns
+    /// to the member its earlier connection went to, whatever address it
+    /// comes from.
+    TlsSession,
+}
+
+impl Affinity {
+    /// The usual affinity for `protocol`: the cookie for HTTP, the client's
+    /// address for TCP.
+    pub fn usual(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::Http => Self::Cookie,
+            Protocol::Tcp => Self::ClientAddress,
+        }
+    }
+
+    /// Why this affinity cannot be used on a listener of `protocol`, with
+    /// or without TLS; `None` when it can.
+    pub fn unusable(self, protocol: Protocol, tls: bool) -> Option<&'static str> {
+        match (self, protocol) {
+            (Self::None, _)
+            | (Self::Cookie, Protocol::Http)
+            | (Self::ClientAddress, Protocol::Tcp) => None,
+            (Self::TlsSession, Protocol::Tcp) if tls => None,
+            (Self::TlsSession, Protocol::Tcp) => Some("tls-session affinity needs a TLS listener"),
+            (Self::Cookie, Protocol::Tcp) => {
+                Some("a TCP listener has no cookie: use client-address or tls-session")
+            }
+            (Self::ClientAddress | Self::TlsSession, Protocol::Http) => {
+                Some("HTTP listeners keep sessions by cookie (affinity = \"cookie\" or true)")
+            }
+        }
+    }
+}
+
 /// One listener.
 #[derive(Clone, Debug)]
 pub struct ListenerConfig {
@@ -75,9 +121,9 @@ pub struct ListenerConfig {
     pub pool: PoolHandle,
     /// TLS termination, when set.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Whether sessions stay with their member (by cookie for HTTP, by
-    /// client address for TCP). Default on.
-    pub affinity: bool,
+    /// What keeps a session with its member. Usually the cookie (HTTP) or
+    /// the client's address (TCP); see [`Affinity::usual`].
+    pub affinity: Affinity,
     /// Connections open at once; more are closed at once. Default 10,000.
     pub max_connections: usize,
 }
@@ -183,6 +229,14 @@ pub enum GatewayError {
         listener: SocketAddr,
         /// The pool it names.
         pool: String,
+    },
+    /// A listener's affinity does not fit its protocol.
+    #[error("listener {listener}: {reason}")]
+    Affinity {
+        /// The listener's address.
+        listener: SocketAddr,
+        /// What does not fit.
+        reason: &'static str,
     },
     /// A pool is configured twice.
     #[error("pool {0:?} is configured twice")]
@@ -421,6 +475,15 @@ impl Gateway {
         }
         let mut bound = Vec::new();
         for listener in &config.listeners {
+            if let Some(reason) = listener
+                .affinity
+                .unusable(listener.protocol, listener.tls.is_some())
+            {
+                return Err(GatewayError::Affinity {
+                    listener: listener.address,
+                    reason,
+                });
+            }
             let Some(pool) = pools.iter().find(|p| *p.handle() == listener.pool) else {
                 return Err(GatewayError::UnknownPool {
                     listener: listener.address,
@@ -639,7 +702,7 @@ async fn accept_loop(
                 shared: shared.clone(),
                 client,
                 tls: listener.tls.is_some(),
-                affinity: listener.affinity,
+                affinity: listener.affinity == Affinity::Cookie,
                 state_header: http::STATE_HEADER.parse().expect("a valid header name"),
             }),
         )
@@ -683,24 +746,61 @@ async fn accept_loop(
             let _open = open;
             match acceptor {
                 Some(acceptor) => {
-                    match timeout(shared.limits.header_read_timeout, acceptor.accept(stream)).await
-                    {
+                    // Every ticket this connection is given names a fresh
+                    // session; the ticket it resumed with, if any, names
+                    // the session it continues.
+                    let issued: u128 = rand::random();
+                    let accept = acceptor.accept_with(stream, |tls| {
+                        tls.set_resumption_data(&issued.to_be_bytes());
+                    });
+                    match timeout(shared.limits.header_read_timeout, accept).await {
                         Ok(Ok(tls)) => {
-                            serve_connection(tls, peer, http, &tcp, &shared, &pool, draining).await;
+                            let resumed = tls
+                                .get_ref()
+                                .1
+                                .received_resumption_data()
+                                .and_then(|data| <[u8; 16]>::try_from(data).ok())
+                                .map(u128::from_be_bytes);
+                            let origin = Origin {
+                                peer,
+                                tls: Some(TlsSession { issued, resumed }),
+                            };
+                            serve_connection(tls, origin, http, &tcp, &shared, &pool, draining)
+                                .await;
                         }
                         Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
                         Err(_) => shared.limit_hit("header_read_timeout", pool.handle()),
                     }
                 }
-                None => serve_connection(stream, peer, http, &tcp, &shared, &pool, draining).await,
+                None => {
+                    let origin = Origin { peer, tls: None };
+                    serve_connection(stream, origin, http, &tcp, &shared, &pool, draining).await;
+                }
             }
         });
     }
 }
 
+/// Where a client connection comes from.
+pub(crate) struct Origin {
+    /// The client's address.
+    pub(crate) peer: SocketAddr,
+    /// Its TLS session, when the listener terminates TLS.
+    pub(crate) tls: Option<TlsSession>,
+}
+
+/// The TLS session of a client connection, as session affinity sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TlsSession {
+    /// The session id carried by the tickets this connection was given.
+    pub(crate) issued: u128,
+    /// The session id of the ticket the client resumed with.
+    pub(crate) resumed: Option<u128>,
+}
+
 async fn serve_connection<S>(
     stream: S,
-    peer: SocketAddr,
+    origin: Origin,
     http: Option<(Arc<auto::Builder<TokioExecutor>>, Arc<HttpProxy>)>,
     tcp: &TcpProxy,
     shared: &Shared,
@@ -710,9 +810,10 @@ async fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Some((builder, proxy)) = http else {
-        tcp.serve(stream, peer).await;
+        tcp.serve(stream, &origin).await;
         return;
     };
+    let peer = origin.peer;
     let forwarded_for =
         HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a header value");
     let service = service_fn(move |request| proxy.clone().handle(request, forwarded_for.clone()));

@@ -18,6 +18,8 @@ pub enum SessionKey {
     Cookie(u128),
     /// The client's address (TCP).
     Client(IpAddr),
+    /// A TLS session id carried in the gateway's session tickets (TCP).
+    Tls(u128),
 }
 
 impl fmt::Display for SessionKey {
@@ -25,6 +27,7 @@ impl fmt::Display for SessionKey {
         match self {
             Self::Cookie(id) => write!(f, "cookie:{id:032x}"),
             Self::Client(ip) => write!(f, "client:{ip}"),
+            Self::Tls(id) => write!(f, "tls:{id:032x}"),
         }
     }
 }

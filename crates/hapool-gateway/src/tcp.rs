@@ -1,7 +1,7 @@
 //! The TCP proxy: any protocol, one client connection to one member
-//! connection, sessions kept together by the client's address.
+//! connection, sessions kept together by the client's address or by the
+//! TLS session.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
@@ -9,25 +9,58 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, warn};
 
-use crate::Shared;
 use crate::pool::{Lease, Pool};
 use crate::sessions::SessionKey;
+use crate::{Affinity, Origin, Shared};
 
 /// One TCP listener's proxy.
 pub(crate) struct TcpProxy {
     pub(crate) pool: Arc<Pool>,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) affinity: bool,
+    pub(crate) affinity: Affinity,
+}
+
+/// The session keys of one client connection.
+struct Keys {
+    /// The session it continues, looked up in the table.
+    continues: Option<SessionKey>,
+    /// The session recorded for it once it is placed.
+    records: Option<SessionKey>,
+}
+
+impl Keys {
+    fn of(affinity: Affinity, origin: &Origin) -> Self {
+        match (affinity, origin.tls) {
+            (Affinity::ClientAddress, _) => {
+                let key = Some(SessionKey::Client(origin.peer.ip()));
+                Self {
+                    continues: key,
+                    records: key,
+                }
+            }
+            // A resumed session continues under the id of the tickets
+            // this connection was given.
+            (Affinity::TlsSession, Some(tls)) => Self {
+                continues: tls.resumed.map(SessionKey::Tls),
+                records: Some(SessionKey::Tls(tls.issued)),
+            },
+            _ => Self {
+                continues: None,
+                records: None,
+            },
+        }
+    }
 }
 
 impl TcpProxy {
     /// Connects `client` to a member and carries bytes both ways until
     /// either side closes.
-    pub(crate) async fn serve<S>(&self, mut client: S, peer: SocketAddr)
+    pub(crate) async fn serve<S>(&self, mut client: S, origin: &Origin)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let Some((lease, mut member)) = self.connect(peer).await else {
+        let peer = origin.peer;
+        let Some((lease, mut member)) = self.connect(Keys::of(self.affinity, origin)).await else {
             self.shared.metrics.failed.increment(1);
             warn!(pool = %self.pool.handle(), client = %peer, "no pool element can take the connection");
             return;
@@ -40,16 +73,14 @@ impl TcpProxy {
         }
     }
 
-    /// The member for `peer`'s session (its affine member while that can
-    /// take it), connected; members that refuse are reported and the next
-    /// is tried.
-    async fn connect(&self, peer: SocketAddr) -> Option<(Lease, TcpStream)> {
-        let key = SessionKey::Client(peer.ip());
+    /// The member for the session the connection continues (its affine
+    /// member while that can take it), connected; members that refuse are
+    /// reported and the next is tried.
+    async fn connect(&self, keys: Keys) -> Option<(Lease, TcpStream)> {
         let now = Instant::now();
-        let session = self
-            .affinity
-            .then(|| self.pool.sessions.touch(key, now))
-            .flatten();
+        let session = keys
+            .continues
+            .and_then(|key| self.pool.sessions.touch(key, now));
         let mut tried = Vec::with_capacity(2);
         for attempt in 0..=self.shared.limits.retries {
             let affine = session
@@ -72,7 +103,7 @@ impl TcpProxy {
             {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    if self.affinity
+                    if let Some(key) = keys.records
                         && !self.pool.sessions.bind(
                             key,
                             member.id,

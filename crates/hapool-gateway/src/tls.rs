@@ -40,6 +40,9 @@ pub enum TlsSetupError {
     /// Two certificates claim one name.
     #[error("the name {0:?} is given to two certificates")]
     DuplicateName(String),
+    /// The session ticket keys cannot be made.
+    #[error("cannot make session ticket keys: {0}")]
+    Tickets(rustls::Error),
 }
 
 #[derive(Debug)]
@@ -96,5 +99,9 @@ pub fn server_config(
     .with_no_client_auth()
     .with_cert_resolver(Arc::new(SniResolver { by_name, default }));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // Stateless tickets (keys rotated every six hours): any number of
+    // clients can resume, and each ticket carries the session id that TLS
+    // session affinity keys on.
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsSetupError::Tickets)?;
     Ok(Arc::new(config))
 }

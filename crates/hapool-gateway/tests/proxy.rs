@@ -12,8 +12,8 @@ use bytes::Bytes;
 use hapool_gateway::http::STATE_HEADER;
 use hapool_gateway::tls::{Certificate, server_config};
 use hapool_gateway::{
-    AdminState, Gateway, GatewayConfig, ListenerConfig, MemberSource, PoolSettings, ProbeKind,
-    Protocol, StaticMember, Strategy,
+    AdminState, Affinity, Gateway, GatewayConfig, ListenerConfig, MemberSource, PoolSettings,
+    ProbeKind, Protocol, StaticMember, Strategy,
 };
 use hapool_wire::{PoolElementId, PoolHandle};
 use http::{Request, Response, StatusCode, header};
@@ -100,7 +100,7 @@ fn listener(protocol: Protocol) -> ListenerConfig {
         protocol,
         pool: pool_handle(),
         tls: None,
-        affinity: true,
+        affinity: Affinity::usual(protocol),
         max_connections: 10_000,
     }
 }
@@ -469,7 +469,7 @@ async fn tcp_sessions_stay_with_the_client_address_and_skip_refusing_members() {
     // Without affinity, connections spread.
     let mut config = GatewayConfig::new(
         vec![ListenerConfig {
-            affinity: false,
+            affinity: Affinity::None,
             ..listener(Protocol::Tcp)
         }],
         vec![static_pool(&[a, b], ProbeKind::Tcp)],
@@ -563,6 +563,113 @@ async fn configuration_errors_name_what_is_wrong() {
         .unwrap()
         .to_string();
     assert!(error.contains("no registrar is configured"), "{error}");
+    for (protocol, affinity, expected) in [
+        (Protocol::Tcp, Affinity::TlsSession, "needs a TLS listener"),
+        (
+            Protocol::Tcp,
+            Affinity::Cookie,
+            "a TCP listener has no cookie",
+        ),
+        (
+            Protocol::Http,
+            Affinity::ClientAddress,
+            "keep sessions by cookie",
+        ),
+    ] {
+        let config = GatewayConfig::new(
+            vec![ListenerConfig {
+                affinity,
+                ..listener(protocol)
+            }],
+            vec![static_pool(&[], ProbeKind::Tcp)],
+        );
+        let error = Gateway::start(config).await.err().unwrap().to_string();
+        assert!(error.contains(expected), "{error}");
+    }
+}
+
+/// A TLS client whose sessions are remembered for resumption.
+fn resuming_client() -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in hapool_net::tls::certificates(&pki("ca.pem")).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// One line over a new TLS connection through the gateway: the member
+/// that answered, whether the TLS session was resumed, and the connection
+/// (kept open by the caller so that the member counts it).
+async fn tls_line(
+    gateway: SocketAddr,
+    client: &tokio_rustls::TlsConnector,
+) -> (String, bool, tokio_rustls::client::TlsStream<TcpStream>) {
+    let stream = TcpStream::connect(gateway).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("alpha.example").unwrap();
+    let mut tls = client.connect(name, stream).await.unwrap();
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    tls.write_all(b"hi\n").await.unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tls.read(&mut byte).await.unwrap(), 1, "connection closed");
+        answer.push(byte[0]);
+    }
+    let answer = String::from_utf8(answer).unwrap();
+    let member = answer.split(' ').next().unwrap().to_owned();
+    (member, resumed, tls)
+}
+
+#[tokio::test]
+async fn a_resumed_tls_session_returns_to_its_member() {
+    let members = [
+        echo_backend("a").await,
+        echo_backend("b").await,
+        echo_backend("c").await,
+    ];
+    let tls = server_config(vec![certificate("alpha")], &[]).unwrap();
+    let mut config = GatewayConfig::new(
+        vec![ListenerConfig {
+            tls: Some(tls),
+            affinity: Affinity::TlsSession,
+            ..listener(Protocol::Tcp)
+        }],
+        vec![static_pool(&members, ProbeKind::Tcp)],
+    );
+    config.probe_interval = Duration::from_secs(60);
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    let returning = resuming_client();
+    let (home, resumed, first) = tls_line(addr, &returning).await;
+    assert!(!resumed, "a first connection has nothing to resume");
+    let mut open = vec![first];
+    let mut fresh_members = std::collections::HashSet::new();
+    for round in 0..4 {
+        // A client without a session is placed afresh; the returning
+        // client resumes (with the ticket of its latest connection) and
+        // goes home, though home has the most open connections.
+        let (member, resumed, fresh) = tls_line(addr, &resuming_client()).await;
+        assert!(!resumed);
+        fresh_members.insert(member);
+        open.push(fresh);
+        let (member, resumed, again) = tls_line(addr, &returning).await;
+        assert!(resumed, "round {round}: the session was not resumed");
+        assert_eq!(member, home, "round {round}");
+        open.push(again);
+    }
+    assert!(
+        fresh_members.len() >= 2,
+        "fresh sessions spread: {fresh_members:?}"
+    );
+    drop(open);
+    gateway.shutdown().await;
 }
 
 // ---------------------------------------------------------------- kill -9

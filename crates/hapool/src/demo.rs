@@ -19,7 +19,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use hapool_client::{PeConfig, PeHandle};
 use hapool_gateway::{
-    Gateway, GatewayConfig, ListenerConfig, MemberSource, PoolSettings, ProbeKind, Protocol,
+    Affinity, Gateway, GatewayConfig, ListenerConfig, MemberSource, PoolSettings, ProbeKind,
+    Protocol,
 };
 use hapool_proto::{EnrpConfig, RegistrarConfig};
 use hapool_registrar::{EnrpListener, Listeners, RegistrarClient, RegistrarHandle};
@@ -326,10 +327,10 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     let mut config = GatewayConfig::new(
         vec![
-            listener(Protocol::Http, "web", true),
+            listener(Protocol::Http, "web", Affinity::Cookie),
             // Without affinity, so that echo's weights show (every demo
             // client has the same address).
-            listener(Protocol::Tcp, "echo", false),
+            listener(Protocol::Tcp, "echo", Affinity::None),
         ],
         vec![
             registrar_pool("web", ProbeKind::Http { path: "/".into() }, Some(4)),

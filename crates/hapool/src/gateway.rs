@@ -14,8 +14,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use hapool_gateway::tls::{Certificate, server_config};
 use hapool_gateway::{
-    AdminState, Gateway, GatewayConfig, GatewayView, Limits, ListenerConfig, MemberSource,
-    PoolSettings, ProbeKind, Protocol, StaticMember, Strategy,
+    AdminState, Affinity, Gateway, GatewayConfig, GatewayView, Limits, ListenerConfig,
+    MemberSource, PoolSettings, ProbeKind, Protocol, StaticMember, Strategy,
 };
 use hapool_wire::{PoolElementId, PoolHandle};
 use serde::{Deserialize, Serialize};
@@ -94,13 +94,26 @@ struct ListenerFile {
     protocol: Option<Protocol>,
     /// The pool it serves.
     pool: String,
-    /// Keep sessions together. Default true.
-    affinity: Option<bool>,
+    /// What keeps sessions together: true (the protocol's usual key),
+    /// false, or "cookie", "client-address", "tls-session". Default true.
+    affinity: Option<AffinityFile>,
     /// Connections at once. Default 10000.
     max_connections: Option<usize>,
     /// `[[gateway.listener.certificate]]`: terminate TLS with these.
     #[serde(default)]
     certificate: Vec<CertificateFile>,
+}
+
+/// A listener's `affinity`: on or off, or the key to keep sessions by.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+enum AffinityFile {
+    /// On (the protocol's usual key) or off.
+    Switch(bool),
+    /// The key.
+    Key(Affinity),
+    /// Anything else: refused with the choices named.
+    Other(toml::Value),
 }
 
 /// `[[gateway.listener.certificate]]`.
@@ -205,6 +218,19 @@ impl TryFrom<GatewayFile> for Planned {
                         .map_err(|e| BadConfig(format!("{key}: {e}")))?,
                 )
             };
+            let affinity = match l.affinity.unwrap_or(AffinityFile::Switch(true)) {
+                AffinityFile::Switch(true) => Affinity::usual(protocol),
+                AffinityFile::Switch(false) => Affinity::None,
+                AffinityFile::Key(key) => key,
+                AffinityFile::Other(value) => {
+                    return Err(BadConfig(format!(
+                        "{key}.affinity = {value}: true, false, \"cookie\", \"client-address\" or \"tls-session\""
+                    )));
+                }
+            };
+            if let Some(reason) = affinity.unusable(protocol, tls.is_some()) {
+                return Err(BadConfig(format!("{key}.affinity: {reason}")));
+            }
             let max_connections = l.max_connections.unwrap_or(10_000);
             if max_connections == 0 {
                 return Err(BadConfig(format!("{key}.max_connections = 0: at least 1")));
@@ -214,7 +240,7 @@ impl TryFrom<GatewayFile> for Planned {
                 protocol,
                 pool: PoolHandle::from(l.pool.as_str()),
                 tls,
-                affinity: l.affinity.unwrap_or(true),
+                affinity,
                 max_connections,
             });
         }

@@ -293,6 +293,18 @@ fn gateway_configuration_errors_are_named() {
             "[gateway]\nmember_ca = \"/nonexistent-ca.pem\"\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\nprotocol = \"tcp\"\npool = \"mail\"\n[[gateway.pool]]\nhandle = \"mail\"\nmembers = [\"127.0.0.1:2\"]\ntls = true\n",
             "gateway.pool[0].tls = true: members are reached over TLS only for HTTP listeners",
         ),
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\naffinity = \"sticky\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
+            "gateway.listener[0].affinity = \"sticky\": true, false, \"cookie\", \"client-address\" or \"tls-session\"",
+        ),
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\naffinity = \"tls-session\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
+            "gateway.listener[0].affinity: HTTP listeners keep sessions by cookie",
+        ),
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\nprotocol = \"tcp\"\npool = \"web\"\naffinity = \"tls-session\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
+            "gateway.listener[0].affinity: tls-session affinity needs a TLS listener",
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = write_config(&format!("bad-{i}.toml"), text);
