@@ -38,11 +38,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Counter, counter};
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
 use crate::deadline::FirstByteDeadline;
@@ -284,6 +284,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// How connections to `pool`'s members are made over TLS, when the
+    /// pool says they are.
+    pub(crate) fn member_tls_for(&self, pool: &Pool) -> Option<TlsConnector> {
+        pool.settings()
+            .tls
+            .then(|| self.member_tls.clone().map(TlsConnector::from))
+            .flatten()
+    }
+
     /// Marks `member` unreachable (the prober lets it back in), and tells
     /// the registrars when the pool is theirs.
     pub(crate) fn unreachable(&self, pool: &Pool, member: &Member) {
@@ -711,6 +720,7 @@ async fn accept_loop(
         pool: pool.clone(),
         shared: shared.clone(),
         affinity: listener.affinity,
+        member_tls: shared.member_tls_for(&pool),
     });
     let mut draining = connections.draining.clone();
     loop {
@@ -894,10 +904,12 @@ async fn refresher(
 
 async fn probe_one(pool: &Pool, member: &Arc<Member>, shared: &Shared, probe_timeout: Duration) {
     let ok = match &pool.settings().probe {
-        ProbeKind::Tcp => matches!(
-            timeout(probe_timeout, TcpStream::connect(member.address)).await,
-            Ok(Ok(_))
-        ),
+        ProbeKind::Tcp => {
+            let tls = shared.member_tls_for(pool);
+            tcp::connect_member(member.address, tls.as_ref(), probe_timeout)
+                .await
+                .is_ok()
+        }
         ProbeKind::Http { path } => {
             let scheme = if pool.settings().tls { "https" } else { "http" };
             let uri = format!("{scheme}://{}{path}", member.address);

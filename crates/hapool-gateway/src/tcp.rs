@@ -1,12 +1,16 @@
 //! The TCP proxy: any protocol, one client connection to one member
-//! connection, sessions kept together by the client's address or by the
-//! TLS session.
+//! connection (over TLS when the pool says so), sessions kept together by
+//! the client's address or by the TLS session.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tracing::{debug, warn};
 
 use crate::pool::{Lease, Pool};
@@ -18,6 +22,38 @@ pub(crate) struct TcpProxy {
     pub(crate) pool: Arc<Pool>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) affinity: Affinity,
+    /// Set when the pool's members are reached over TLS.
+    pub(crate) member_tls: Option<TlsConnector>,
+}
+
+/// A connection to a member.
+pub(crate) enum MemberStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Connects to the member at `address`, over TLS when `tls` is set (the
+/// member's certificate must name its IP address), within `limit`.
+pub(crate) async fn connect_member(
+    address: SocketAddr,
+    tls: Option<&TlsConnector>,
+    limit: Duration,
+) -> std::io::Result<MemberStream> {
+    let connect = async {
+        let stream = TcpStream::connect(address).await?;
+        let _ = stream.set_nodelay(true);
+        match tls {
+            None => Ok(MemberStream::Plain(stream)),
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
+                let stream = tls.connect(name, stream).await?;
+                Ok(MemberStream::Tls(Box::new(stream)))
+            }
+        }
+    };
+    timeout(limit, connect)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 /// The session keys of one client connection.
@@ -65,7 +101,11 @@ impl TcpProxy {
             warn!(pool = %self.pool.handle(), client = %peer, "no pool element can take the connection");
             return;
         };
-        match copy_bidirectional(&mut client, &mut member).await {
+        let relayed = match &mut member {
+            MemberStream::Plain(stream) => copy_bidirectional(&mut client, stream).await,
+            MemberStream::Tls(stream) => copy_bidirectional(&mut client, stream.as_mut()).await,
+        };
+        match relayed {
             Ok((up, down)) => lease.member().count_bytes(up + down),
             Err(e) => {
                 debug!(pool = %self.pool.handle(), pe_id = %lease.member().id, error = %e, "connection ended with an error");
@@ -76,7 +116,7 @@ impl TcpProxy {
     /// The member for the session the connection continues (its affine
     /// member while that can take it), connected; members that refuse are
     /// reported and the next is tried.
-    async fn connect(&self, keys: Keys) -> Option<(Lease, TcpStream)> {
+    async fn connect(&self, keys: Keys) -> Option<(Lease, MemberStream)> {
         let now = Instant::now();
         let session = keys
             .continues
@@ -95,14 +135,14 @@ impl TcpProxy {
             let member = lease.member().clone();
             tried.push(member.id);
             self.shared.metrics.requests.increment(1);
-            match timeout(
+            match connect_member(
+                member.address,
+                self.member_tls.as_ref(),
                 self.shared.limits.connect_timeout,
-                TcpStream::connect(member.address),
             )
             .await
             {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
+                Ok(stream) => {
                     if let Some(key) = keys.records
                         && !self.pool.sessions.bind(
                             key,
@@ -116,7 +156,8 @@ impl TcpProxy {
                     }
                     return Some((lease, stream));
                 }
-                Ok(Err(_)) | Err(_) => {
+                Err(e) => {
+                    debug!(pool = %self.pool.handle(), pe_id = %member.id, error = %e, "cannot reach the pool element");
                     lease.fail();
                     self.shared.unreachable(&self.pool, &member);
                     self.shared.metrics.retries.increment(1);

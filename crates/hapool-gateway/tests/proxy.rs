@@ -12,8 +12,8 @@ use bytes::Bytes;
 use hapool_gateway::http::STATE_HEADER;
 use hapool_gateway::tls::{Certificate, server_config};
 use hapool_gateway::{
-    AdminState, Affinity, Gateway, GatewayConfig, ListenerConfig, MemberSource, PoolSettings,
-    ProbeKind, Protocol, StaticMember, Strategy,
+    AdminState, Affinity, Availability, Gateway, GatewayConfig, ListenerConfig, MemberSource,
+    PoolSettings, ProbeKind, Protocol, StaticMember, Strategy,
 };
 use hapool_wire::{PoolElementId, PoolHandle};
 use http::{Request, Response, StatusCode, header};
@@ -953,6 +953,83 @@ async fn https_backend(name: &'static str) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A TCP backend over TLS (certificate for 127.0.0.1) that answers each
+/// line with `<name> <line>`.
+async fn tls_echo_backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config =
+        hapool_net::tls::server_config(&net_pki("server.pem"), &net_pki("server.key"), None)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let (read, mut write) = tokio::io::split(stream);
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if write
+                        .write_all(format!("{name} {line}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn tcp_members_are_reached_over_tls_when_the_pool_says_so() {
+    let backend = tls_echo_backend("secure").await;
+    let pool = PoolSettings {
+        tls: true,
+        ..static_pool(&[backend], ProbeKind::Tcp)
+    };
+    let mut config = GatewayConfig::new(vec![listener(Protocol::Tcp)], vec![pool.clone()]);
+    config.probe_interval = Duration::from_millis(100);
+    config.member_tls = Some(hapool_net::tls::client_config(&net_pki("ca.pem"), None).unwrap());
+    let gateway = Gateway::start(config).await.unwrap();
+    assert_eq!(
+        tcp_exchange(gateway.local_addrs()[0], "over tls").await,
+        "secure over tls"
+    );
+    let status = &gateway.pools()[0].status()[0];
+    assert_eq!(status.availability, Availability::Available, "{status:?}");
+    assert_eq!(status.chosen, 1, "{status:?}");
+    gateway.shutdown().await;
+    // A member whose certificate the gateway does not trust is not used:
+    // the probe's handshake fails, and so does the connection.
+    let mut config = GatewayConfig::new(vec![listener(Protocol::Tcp)], vec![pool]);
+    config.probe_interval = Duration::from_millis(100);
+    config.member_tls = Some(hapool_net::tls::client_config(&pki("ca.pem"), None).unwrap());
+    let untrusted = Gateway::start(config).await.unwrap();
+    let mut refused = TcpStream::connect(untrusted.local_addrs()[0]).await.unwrap();
+    let _ = refused.write_all(b"x\n").await;
+    let mut answer = Vec::new();
+    let _ = refused.read_to_end(&mut answer).await;
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    let started = Instant::now();
+    while untrusted.pools()[0].status()[0].availability != Availability::Unreachable {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a member with an untrusted certificate stayed reachable"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    untrusted.shutdown().await;
 }
 
 #[tokio::test]

@@ -275,11 +275,6 @@ impl TryFrom<GatewayFile> for Planned {
                 }
             };
             let member_tls = p.tls.unwrap_or(false);
-            if member_tls && !http_listener {
-                return Err(BadConfig(format!(
-                    "{key}.tls = true: members are reached over TLS only for HTTP listeners"
-                )));
-            }
             if member_tls && file.member_ca.is_none() {
                 return Err(BadConfig(format!(
                     "{key}.tls = true needs gateway.member_ca (the authority of the members' certificates)"

@@ -290,10 +290,6 @@ fn gateway_configuration_errors_are_named() {
             "gateway.member_ca: /nonexistent-ca.pem",
         ),
         (
-            "[gateway]\nmember_ca = \"/nonexistent-ca.pem\"\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\nprotocol = \"tcp\"\npool = \"mail\"\n[[gateway.pool]]\nhandle = \"mail\"\nmembers = [\"127.0.0.1:2\"]\ntls = true\n",
-            "gateway.pool[0].tls = true: members are reached over TLS only for HTTP listeners",
-        ),
-        (
             "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\naffinity = \"sticky\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
             "gateway.listener[0].affinity = \"sticky\": true, false, \"cookie\", \"client-address\" or \"tls-session\"",
         ),
