@@ -360,18 +360,7 @@ fn certificate(name: &str) -> Certificate {
 /// The subject name of the certificate the gateway shows for `sni`, and
 /// the answer to a request over that connection.
 async fn tls_get(gateway: SocketAddr, sni: &str) -> (String, String) {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in hapool_net::tls::certificates(&pki("ca.pem")).unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tls_client();
     let stream = TcpStream::connect(gateway).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
     let mut tls = connector.connect(name, stream).await.unwrap();
@@ -423,19 +412,29 @@ async fn echo_backend(name: &'static str) -> SocketAddr {
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut lines = BufReader::new(read).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    write
-                        .write_all(format!("{name} {line}\n").as_bytes())
-                        .await
-                        .unwrap();
-                }
-            });
+            tokio::spawn(echo_lines(stream, name));
         }
     });
     addr
+}
+
+/// Answers each line read from `stream` with `<name> <line>` until either
+/// side closes.
+async fn echo_lines<S>(stream: S, name: &'static str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (read, mut write) = tokio::io::split(stream);
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if write
+            .write_all(format!("{name} {line}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 async fn tcp_exchange(gateway: SocketAddr, line: &str) -> String {
@@ -588,20 +587,10 @@ async fn configuration_errors_name_what_is_wrong() {
     }
 }
 
-/// A TLS client whose sessions are remembered for resumption.
-fn resuming_client() -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in hapool_net::tls::certificates(&pki("ca.pem")).unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+/// A TLS client trusting the test authority; it remembers its sessions
+/// for resumption, as clients do by default.
+fn tls_client() -> tokio_rustls::TlsConnector {
+    tokio_rustls::TlsConnector::from(hapool_net::tls::client_config(&pki("ca.pem"), None).unwrap())
 }
 
 /// One line over a new TLS connection through the gateway: the member
@@ -646,7 +635,7 @@ async fn a_resumed_tls_session_returns_to_its_member() {
     config.probe_interval = Duration::from_secs(60);
     let gateway = Gateway::start(config).await.unwrap();
     let addr = gateway.local_addrs()[0];
-    let returning = resuming_client();
+    let returning = tls_client();
     let (home, resumed, first) = tls_line(addr, &returning).await;
     assert!(!resumed, "a first connection has nothing to resume");
     let mut open = vec![first];
@@ -655,7 +644,7 @@ async fn a_resumed_tls_session_returns_to_its_member() {
         // A client without a session is placed afresh; the returning
         // client resumes (with the ticket of its latest connection) and
         // goes home, though home has the most open connections.
-        let (member, resumed, fresh) = tls_line(addr, &resuming_client()).await;
+        let (member, resumed, fresh) = tls_line(addr, &tls_client()).await;
         assert!(!resumed);
         fresh_members.insert(member);
         open.push(fresh);
@@ -918,77 +907,59 @@ fn net_pki(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-/// An HTTPS backend named `name` (certificate for 127.0.0.1) answering
-/// `<name> <scheme seen by the gateway>`.
-async fn https_backend(name: &'static str) -> SocketAddr {
+/// A backend on a fresh port that accepts TLS (certificate for 127.0.0.1)
+/// and hands each connection, once its handshake is done, to `serve`.
+async fn tls_backend<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config =
         hapool_net::tls::server_config(&net_pki("server.pem"), &net_pki("server.key"), None)
             .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let serve = Arc::new(serve);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let acceptor = acceptor.clone();
+            let (acceptor, serve) = (acceptor.clone(), serve.clone());
             tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let service = service_fn(move |request: Request<Incoming>| async move {
-                    let proto = request
-                        .headers()
-                        .get("x-forwarded-proto")
-                        .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
-                        "{name} {proto}"
-                    )))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                if let Ok(stream) = acceptor.accept(stream).await {
+                    serve(stream).await;
+                }
             });
         }
     });
     addr
 }
 
-/// A TCP backend over TLS (certificate for 127.0.0.1) that answers each
-/// line with `<name> <line>`.
+/// An HTTPS backend named `name` answering `<name> <scheme seen by the
+/// gateway>`.
+async fn https_backend(name: &'static str) -> SocketAddr {
+    tls_backend(move |stream| async move {
+        let service = service_fn(move |request: Request<Incoming>| async move {
+            let proto = request
+                .headers()
+                .get("x-forwarded-proto")
+                .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                "{name} {proto}"
+            )))))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+    .await
+}
+
+/// A TCP backend over TLS that answers each line with `<name> <line>`.
 async fn tls_echo_backend(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config =
-        hapool_net::tls::server_config(&net_pki("server.pem"), &net_pki("server.key"), None)
-            .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let (read, mut write) = tokio::io::split(stream);
-                let mut lines = BufReader::new(read).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if write
-                        .write_all(format!("{name} {line}\n").as_bytes())
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    tls_backend(move |stream| echo_lines(stream, name)).await
 }
 
 #[tokio::test]
@@ -1016,7 +987,9 @@ async fn tcp_members_are_reached_over_tls_when_the_pool_says_so() {
     config.probe_interval = Duration::from_millis(100);
     config.member_tls = Some(hapool_net::tls::client_config(&pki("ca.pem"), None).unwrap());
     let untrusted = Gateway::start(config).await.unwrap();
-    let mut refused = TcpStream::connect(untrusted.local_addrs()[0]).await.unwrap();
+    let mut refused = TcpStream::connect(untrusted.local_addrs()[0])
+        .await
+        .unwrap();
     let _ = refused.write_all(b"x\n").await;
     let mut answer = Vec::new();
     let _ = refused.read_to_end(&mut answer).await;
