@@ -912,7 +912,7 @@ fn net_pki(name: &str) -> std::path::PathBuf {
 async fn tls_backend<F, Fut>(serve: F) -> SocketAddr
 where
     F: Fn(tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
