@@ -1,6 +1,7 @@
 //! The HTTP proxy: HTTP/1.1 and HTTP/2 from clients (over TLS when the
 //! listener terminates it), HTTP/1.1 to members; session affinity by a
-//! cookie, state cookies handed on when a session moves, and retries on
+//! cookie or by TLS session, state cookies handed on when a session moves,
+//! and retries on
 //! another member when that is safe. An HTTP/1.1 upgrade (WebSocket, for
 //! one) that the member accepts becomes a tunnel between client and
 //! member for as long as both keep it open.
@@ -24,8 +25,8 @@ use tokio::time::{Instant, timeout};
 use tracing::{debug, warn};
 
 use crate::pool::{Lease, Member, Pool};
-use crate::sessions::SessionKey;
-use crate::{Limits, Shared};
+use crate::sessions::{Session, SessionKey};
+use crate::{Affinity, Limits, Shared, TlsSession};
 
 /// The body of a request to a member: kept in memory (so it can be sent
 /// again), or streamed from the client.
@@ -123,8 +124,9 @@ pub(crate) struct HttpProxy {
     pub(crate) client: MemberClient,
     /// Whether clients reach this listener over TLS.
     pub(crate) tls: bool,
-    /// Whether sessions are kept together by the affinity cookie.
-    pub(crate) affinity: bool,
+    /// What keeps sessions together: the cookie, the TLS session, or
+    /// nothing.
+    pub(crate) affinity: Affinity,
     pub(crate) state_header: HeaderName,
 }
 
@@ -225,6 +227,7 @@ impl HttpProxy {
         self: Arc<Self>,
         request: Request<Incoming>,
         forwarded_for: HeaderValue,
+        tls: Option<TlsSession>,
     ) -> Result<Response<ClientBody>, Infallible> {
         let (mut parts, body) = request.into_parts();
         let upgrade = upgrade_asked(parts.version, &parts.headers);
@@ -237,12 +240,7 @@ impl HttpProxy {
             Err(response) => return Ok(response),
         };
         let limits = &self.shared.limits;
-        let key = self
-            .affinity
-            .then(|| affinity_cookie(&parts.headers))
-            .flatten()
-            .map(SessionKey::Cookie);
-        let session = key.and_then(|k| self.pool.sessions.touch(k, Instant::now()));
+        let (key, session) = self.session_of(&parts.headers, tls);
         let mut headers = self.member_headers(&mut parts, forwarded_for);
         if let (Some(protocol), Some(_)) = (&upgrade, &client_upgrade) {
             // The upgrade is between client and member: its headers go on.
@@ -332,6 +330,35 @@ impl HttpProxy {
             StatusCode::SERVICE_UNAVAILABLE,
             "no pool element can serve the request\n",
         ))
+    }
+
+    /// The key a session of this request is (or would be) kept under, and
+    /// the session when there is one. By cookie: the client's cookie, if
+    /// it sent one. By TLS session: the session of this connection's
+    /// tickets, which an earlier request on the connection may have
+    /// started, else the session the client resumed.
+    fn session_of(
+        &self,
+        headers: &HeaderMap,
+        tls: Option<TlsSession>,
+    ) -> (Option<SessionKey>, Option<Session>) {
+        let now = Instant::now();
+        let sessions = &self.pool.sessions;
+        match (self.affinity, tls) {
+            (Affinity::Cookie, _) => {
+                let key = affinity_cookie(headers).map(SessionKey::Cookie);
+                (key, key.and_then(|key| sessions.touch(key, now)))
+            }
+            (Affinity::TlsSession, Some(tls)) => {
+                let own = SessionKey::Tls(tls.issued);
+                let session = sessions.touch(own, now).or_else(|| {
+                    tls.resumed
+                        .and_then(|id| sessions.touch(SessionKey::Tls(id), now))
+                });
+                (Some(own), session)
+            }
+            _ => (None, None),
+        }
     }
 
     /// Keeps a small body in memory (so the request can be retried);
@@ -465,7 +492,7 @@ impl HttpProxy {
     }
 
     /// Passes the member's response on: takes its state cookie, binds the
-    /// session, and sets the affinity cookie on a new session.
+    /// session, and sets the affinity cookie on a new cookie session.
     fn respond(
         &self,
         response: Response<Incoming>,
@@ -480,7 +507,7 @@ impl HttpProxy {
             .remove(&self.state_header)
             .map(|v| Bytes::copy_from_slice(v.as_bytes()));
         let member = lease.member().id;
-        if self.affinity {
+        if self.affinity != Affinity::None {
             let starts = state.is_some() || parts.headers.contains_key(header::SET_COOKIE);
             let kept = match key {
                 Some(key) if was.is_some() || starts => {

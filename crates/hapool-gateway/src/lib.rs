@@ -74,10 +74,10 @@ pub enum Affinity {
     Cookie,
     /// TCP: the client's IP address.
     ClientAddress,
-    /// TCP over TLS: the TLS session. Every session ticket the gateway
-    /// issues carries a session id; a client that resumes with it returns
-    /// to the member its earlier connection went to, whatever address it
-    /// comes from.
+    /// TLS listeners (TCP or HTTP): the TLS session. Every session ticket
+    /// the gateway issues carries a session id; a client that resumes with
+    /// it returns to the member its earlier connection went to, whatever
+    /// address it comes from and without cookies.
     TlsSession,
 }
 
@@ -98,14 +98,14 @@ impl Affinity {
             (Self::None, _)
             | (Self::Cookie, Protocol::Http)
             | (Self::ClientAddress, Protocol::Tcp) => None,
-            (Self::TlsSession, Protocol::Tcp) if tls => None,
-            (Self::TlsSession, Protocol::Tcp) => Some("tls-session affinity needs a TLS listener"),
+            (Self::TlsSession, _) if tls => None,
+            (Self::TlsSession, _) => Some("tls-session affinity needs a TLS listener"),
             (Self::Cookie, Protocol::Tcp) => {
                 Some("a TCP listener has no cookie: use client-address or tls-session")
             }
-            (Self::ClientAddress | Self::TlsSession, Protocol::Http) => {
-                Some("HTTP listeners keep sessions by cookie (affinity = \"cookie\" or true)")
-            }
+            (Self::ClientAddress, Protocol::Http) => Some(
+                "HTTP listeners keep sessions by cookie or by TLS session, not by client address",
+            ),
         }
     }
 }
@@ -711,7 +711,7 @@ async fn accept_loop(
                 shared: shared.clone(),
                 client,
                 tls: listener.tls.is_some(),
-                affinity: listener.affinity == Affinity::Cookie,
+                affinity: listener.affinity,
                 state_header: http::STATE_HEADER.parse().expect("a valid header name"),
             }),
         )
@@ -826,7 +826,9 @@ async fn serve_connection<S>(
     let peer = origin.peer;
     let forwarded_for =
         HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a header value");
-    let service = service_fn(move |request| proxy.clone().handle(request, forwarded_for.clone()));
+    let tls = origin.tls;
+    let service =
+        service_fn(move |request| proxy.clone().handle(request, forwarded_for.clone(), tls));
     // hyper's header timeout starts once it knows the protocol; a client
     // that sends nothing at all is cut off here.
     let stream = FirstByteDeadline::new(stream, shared.limits.header_read_timeout);

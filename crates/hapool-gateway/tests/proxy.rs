@@ -572,8 +572,9 @@ async fn configuration_errors_name_what_is_wrong() {
         (
             Protocol::Http,
             Affinity::ClientAddress,
-            "keep sessions by cookie",
+            "not by client address",
         ),
+        (Protocol::Http, Affinity::TlsSession, "needs a TLS listener"),
     ] {
         let config = GatewayConfig::new(
             vec![ListenerConfig {
@@ -614,6 +615,74 @@ async fn tls_line(
     let answer = String::from_utf8(answer).unwrap();
     let member = answer.split(' ').next().unwrap().to_owned();
     (member, resumed, tls)
+}
+
+/// GET `path` over a new TLS connection to the gateway (the connection
+/// closes after the answer): the member that answered, whether the TLS
+/// session was resumed, and the response head.
+async fn tls_request(
+    gateway: SocketAddr,
+    client: &tokio_rustls::TlsConnector,
+    path: &str,
+) -> (String, bool, String) {
+    let stream = TcpStream::connect(gateway).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("alpha.example").unwrap();
+    let mut tls = client.connect(name, stream).await.unwrap();
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: alpha.example\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    let _ = tls.read_to_string(&mut answer).await;
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    (
+        served_by(body).to_owned(),
+        resumed,
+        head.to_ascii_lowercase(),
+    )
+}
+
+#[tokio::test]
+async fn https_sessions_can_be_kept_by_tls_session_without_cookies() {
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c"] {
+        backends.push(http_backend(name).await.0);
+    }
+    let tls = server_config(vec![certificate("alpha")], &[b"http/1.1"]).unwrap();
+    let mut config = GatewayConfig::new(
+        vec![ListenerConfig {
+            tls: Some(tls),
+            affinity: Affinity::TlsSession,
+            ..listener(Protocol::Http)
+        }],
+        vec![static_pool(&backends, http_probe())],
+    );
+    config.probe_interval = Duration::from_millis(100);
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    // A login starts a session, kept by the TLS session: no cookie.
+    let returning = tls_client();
+    let (home, resumed, head) = tls_request(addr, &returning, "/login").await;
+    assert!(!resumed);
+    assert!(!head.contains("hapool="), "{head}");
+    let mut fresh_members = std::collections::HashSet::new();
+    for round in 0..4 {
+        let (member, resumed, _) = tls_request(addr, &tls_client(), "/").await;
+        assert!(!resumed);
+        fresh_members.insert(member);
+        let (member, resumed, _) = tls_request(addr, &returning, "/").await;
+        assert!(resumed, "round {round}: the session was not resumed");
+        assert_eq!(member, home, "round {round}");
+    }
+    assert!(
+        fresh_members.len() >= 2,
+        "fresh requests spread: {fresh_members:?}"
+    );
+    gateway.shutdown().await;
 }
 
 #[tokio::test]

@@ -295,7 +295,7 @@ fn gateway_configuration_errors_are_named() {
         ),
         (
             "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\naffinity = \"tls-session\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
-            "gateway.listener[0].affinity: HTTP listeners keep sessions by cookie",
+            "gateway.listener[0].affinity: tls-session affinity needs a TLS listener",
         ),
         (
             "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\nprotocol = \"tcp\"\npool = \"web\"\naffinity = \"tls-session\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
