@@ -3,8 +3,9 @@
 //! cookie or by TLS session, state cookies handed on when a session moves,
 //! and retries on
 //! another member when that is safe. An HTTP/1.1 upgrade (WebSocket, for
-//! one) that the member accepts becomes a tunnel between client and
-//! member for as long as both keep it open.
+//! one), or its HTTP/2 form, an extended CONNECT (RFC 8441), that the
+//! member accepts becomes a tunnel between client and member for as long
+//! as both keep it open.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -150,21 +151,54 @@ fn affinity_cookie(headers: &HeaderMap) -> Option<u128> {
         })
 }
 
-/// The protocol an HTTP/1.1 request asks to upgrade to (`Upgrade`, with
-/// `upgrade` among the `Connection` tokens), if it asks.
-fn upgrade_asked(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
-    if version != Version::HTTP_11 {
+/// A request to switch its connection (HTTP/1.1) or stream (HTTP/2) to
+/// another protocol.
+#[derive(Debug, PartialEq, Eq)]
+struct UpgradeAsked {
+    /// The protocol (`websocket`, for one).
+    protocol: HeaderValue,
+    /// Asked by an HTTP/2 extended CONNECT with a `:protocol` rather than
+    /// by HTTP/1.1 `Upgrade`: the member is asked with a GET and an
+    /// `Upgrade` header, and the client is answered 200 rather than 101.
+    extended_connect: bool,
+}
+
+/// What the request asks to upgrade to, if it asks: over HTTP/1.1 by
+/// `Upgrade` with `upgrade` among the `Connection` tokens, over HTTP/2 by
+/// CONNECT with a `:protocol`.
+fn upgrade_asked(parts: &http::request::Parts) -> Option<UpgradeAsked> {
+    if parts.version == Version::HTTP_2 && parts.method == Method::CONNECT {
+        let protocol = parts.extensions.get::<hyper::ext::Protocol>()?;
+        return Some(UpgradeAsked {
+            protocol: HeaderValue::from_str(protocol.as_str()).ok()?,
+            extended_connect: true,
+        });
+    }
+    if parts.version != Version::HTTP_11 {
         return None;
     }
+    let headers = &parts.headers;
     let asked = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asked
+    let protocol = asked
         .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
+        .flatten()?;
+    Some(UpgradeAsked {
+        protocol,
+        extended_connect: false,
+    })
+}
+
+/// A `Sec-WebSocket-Key` for a WebSocket upgrade asked over HTTP/2, where
+/// the client sends none (RFC 8441 section 5): 16 random bytes, base64.
+fn websocket_key() -> HeaderValue {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+    HeaderValue::from_str(&key).expect("base64 is a header value")
 }
 
 /// Headers that belong to one connection and are not passed on.
@@ -230,11 +264,15 @@ impl HttpProxy {
         tls: Option<TlsSession>,
     ) -> Result<Response<ClientBody>, Infallible> {
         let (mut parts, body) = request.into_parts();
-        let upgrade = upgrade_asked(parts.version, &parts.headers);
+        let upgrade = upgrade_asked(&parts);
         let client_upgrade = upgrade
             .is_some()
             .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
             .flatten();
+        let extended_connect = upgrade.as_ref().is_some_and(|u| u.extended_connect);
+        if extended_connect {
+            parts.method = Method::GET;
+        }
         let mut held = match self.hold(body).await {
             Ok(held) => held,
             Err(response) => return Ok(response),
@@ -242,10 +280,19 @@ impl HttpProxy {
         let limits = &self.shared.limits;
         let (key, session) = self.session_of(&parts.headers, tls);
         let mut headers = self.member_headers(&mut parts, forwarded_for);
-        if let (Some(protocol), Some(_)) = (&upgrade, &client_upgrade) {
+        if let (Some(upgrade), Some(_)) = (&upgrade, &client_upgrade) {
             // The upgrade is between client and member: its headers go on.
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol.clone());
+            headers.insert(header::UPGRADE, upgrade.protocol.clone());
+            if upgrade.extended_connect
+                && upgrade
+                    .protocol
+                    .as_bytes()
+                    .eq_ignore_ascii_case(b"websocket")
+                && !headers.contains_key(header::SEC_WEBSOCKET_KEY)
+            {
+                headers.insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+            }
         }
         let idempotent = is_idempotent(&parts.method);
         let mut tried = Vec::with_capacity(2);
@@ -287,7 +334,14 @@ impl HttpProxy {
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(client_upgrade) = client_upgrade
                     {
-                        return Ok(self.tunnel(response, lease, client_upgrade));
+                        return Ok(self.tunnel(response, lease, client_upgrade, extended_connect));
+                    }
+                    if extended_connect && response.status().is_success() {
+                        // A 2xx would open the client's tunnel to nothing.
+                        return Ok(plain(
+                            StatusCode::BAD_GATEWAY,
+                            "the pool element did not switch protocols\n",
+                        ));
                     }
                     return Ok(self.respond(
                         response,
@@ -459,8 +513,9 @@ impl HttpProxy {
         request
     }
 
-    /// The member switched protocols: its 101 goes to the client, and once
-    /// both connections are handed over, the bytes are copied both ways
+    /// The member switched protocols: its 101 goes to the client (as 200,
+    /// without the HTTP/1.1 upgrade headers, to an extended CONNECT), and
+    /// once both sides are handed over, the bytes are copied both ways
     /// until either side closes. The member counts the tunnel as an open
     /// session meanwhile.
     fn tunnel(
@@ -468,10 +523,22 @@ impl HttpProxy {
         mut response: Response<Incoming>,
         lease: Lease,
         client: hyper::upgrade::OnUpgrade,
+        extended_connect: bool,
     ) -> Response<ClientBody> {
         let member = hyper::upgrade::on(&mut response);
         let (mut parts, _) = response.into_parts();
         parts.headers.remove(&self.state_header);
+        if extended_connect {
+            parts.status = StatusCode::OK;
+            for name in [
+                header::CONNECTION,
+                header::UPGRADE,
+                header::SEC_WEBSOCKET_ACCEPT,
+                header::CONTENT_LENGTH,
+            ] {
+                parts.headers.remove(name);
+            }
+        }
         let pool = self.pool.handle().clone();
         tokio::spawn(async move {
             let lease = lease;
@@ -562,22 +629,72 @@ mod tests {
         assert_eq!(affinity_cookie(&headers), None);
     }
 
+    fn parts(
+        method: Method,
+        version: Version,
+        headers: &[(&str, &'static str)],
+    ) -> http::request::Parts {
+        let mut request = Request::builder()
+            .method(method)
+            .version(version)
+            .uri("/chat");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
     #[test]
     fn an_upgrade_is_asked_by_both_headers_over_http_1_1() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert_eq!(upgrade_asked(Version::HTTP_11, &headers), None);
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Upgrade"),
+        let websocket = Some(UpgradeAsked {
+            protocol: HeaderValue::from_static("websocket"),
+            extended_connect: false,
+        });
+        let upgrade = ("upgrade", "websocket");
+        let connection = ("connection", "keep-alive, Upgrade");
+        assert_eq!(
+            upgrade_asked(&parts(Method::GET, Version::HTTP_11, &[upgrade])),
+            None
         );
         assert_eq!(
-            upgrade_asked(Version::HTTP_11, &headers),
-            Some(HeaderValue::from_static("websocket"))
+            upgrade_asked(&parts(
+                Method::GET,
+                Version::HTTP_11,
+                &[upgrade, connection]
+            )),
+            websocket
         );
-        assert_eq!(upgrade_asked(Version::HTTP_2, &headers), None);
-        headers.remove(header::UPGRADE);
-        assert_eq!(upgrade_asked(Version::HTTP_11, &headers), None);
+        assert_eq!(
+            upgrade_asked(&parts(Method::GET, Version::HTTP_2, &[upgrade, connection])),
+            None
+        );
+        assert_eq!(
+            upgrade_asked(&parts(Method::GET, Version::HTTP_11, &[connection])),
+            None
+        );
+    }
+
+    #[test]
+    fn an_upgrade_is_asked_over_http_2_by_connect_with_a_protocol() {
+        let mut connect = parts(Method::CONNECT, Version::HTTP_2, &[]);
+        assert_eq!(
+            upgrade_asked(&connect),
+            None,
+            "a plain CONNECT asks no upgrade"
+        );
+        connect
+            .extensions
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        assert_eq!(
+            upgrade_asked(&connect),
+            Some(UpgradeAsked {
+                protocol: HeaderValue::from_static("websocket"),
+                extended_connect: true,
+            })
+        );
+        let key = websocket_key();
+        assert_eq!(key.len(), 24);
+        assert_ne!(key, websocket_key());
     }
 
     #[test]

@@ -701,6 +701,7 @@ async fn accept_loop(
         builder
             .http2()
             .timer(TokioTimer::new())
+            .enable_connect_protocol()
             .max_header_list_size(
                 u32::try_from(shared.limits.max_header_bytes).unwrap_or(u32::MAX),
             );

@@ -877,8 +877,9 @@ async fn shutdown_lets_the_request_under_way_finish_and_takes_no_new_one() {
     assert!(TcpStream::connect(addr).await.is_err());
 }
 
-/// An HTTP backend that accepts every upgrade to `echo` and then echoes
-/// what it receives.
+/// An HTTP backend that accepts every upgrade to `echo`, and to
+/// `websocket` when the request carries a `Sec-WebSocket-Key`, and then
+/// echoes what it receives.
 async fn upgrade_backend() -> SocketAddr {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -890,11 +891,13 @@ async fn upgrade_backend() -> SocketAddr {
             tokio::spawn(async move {
                 let service = service_fn(|mut request: Request<Incoming>| async move {
                     let mut response = Response::new(Full::new(Bytes::new()));
-                    if request
-                        .headers()
-                        .get(header::UPGRADE)
-                        .is_some_and(|v| v == "echo")
-                    {
+                    let headers = request.headers();
+                    let protocol = headers.get(header::UPGRADE).cloned();
+                    let accepted = protocol.as_ref().is_some_and(|p| {
+                        p == "echo"
+                            || (p == "websocket" && headers.contains_key(header::SEC_WEBSOCKET_KEY))
+                    });
+                    if let Some(protocol) = protocol.filter(|_| accepted) {
                         let upgrade = hyper::upgrade::on(&mut request);
                         tokio::spawn(async move {
                             if let Ok(upgraded) = upgrade.await {
@@ -905,8 +908,9 @@ async fn upgrade_backend() -> SocketAddr {
                         });
                         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
                         let headers = response.headers_mut();
-                        headers.insert(header::UPGRADE, "echo".parse().unwrap());
+                        headers.insert(header::UPGRADE, protocol);
                         headers.insert(header::CONNECTION, "upgrade".parse().unwrap());
+                        headers.insert(header::SEC_WEBSOCKET_ACCEPT, "x".parse().unwrap());
                     }
                     Ok::<_, Infallible>(response)
                 });
@@ -959,6 +963,70 @@ async fn an_upgraded_connection_is_tunnelled_to_its_member() {
     drop(client);
     let started = Instant::now();
     while pool.status()[0].active != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the tunnel stayed open"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_websocket_over_http2_is_tunnelled_to_an_http1_member() {
+    let backend = upgrade_backend().await;
+    let gateway = http_gateway(static_pool(&[backend], http_probe())).await;
+    let addr = gateway.local_addrs()[0];
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    // One plain request first, so the gateway's settings (extended
+    // CONNECT allowed) have arrived.
+    let response = sender
+        .send_request(
+            Request::get(format!("http://{addr}/"))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut request = Request::builder()
+        .method(http::Method::CONNECT)
+        .version(http::Version::HTTP_2)
+        .uri(format!("http://{addr}/chat"))
+        .header(header::SEC_WEBSOCKET_VERSION, "13")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut response = sender.send_request(request).await.unwrap();
+    // The member saw an HTTP/1.1 upgrade with a key (it refuses one
+    // without); the client sees the HTTP/2 answer, 200 without upgrade
+    // headers.
+    assert_eq!(response.status(), StatusCode::OK);
+    for name in [
+        header::UPGRADE,
+        header::CONNECTION,
+        header::SEC_WEBSOCKET_ACCEPT,
+    ] {
+        assert!(!response.headers().contains_key(&name), "{name}");
+    }
+    let mut tunnel = TokioIo::new(hyper::upgrade::on(&mut response).await.unwrap());
+    for word in ["hello", "over h2"] {
+        tunnel.write_all(word.as_bytes()).await.unwrap();
+        let mut echoed = vec![0u8; word.len()];
+        tunnel.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, word.as_bytes());
+    }
+    assert_eq!(gateway.pools()[0].status()[0].active, 1);
+    drop(tunnel);
+    let started = Instant::now();
+    while gateway.pools()[0].status()[0].active != 0 {
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "the tunnel stayed open"
