@@ -389,8 +389,14 @@ pub(crate) fn describe(file: GatewayFile) -> Result<Vec<String>, BadConfig> {
     let planned = Planned::try_from(file)?;
     let mut lines = Vec::new();
     for l in &planned.config.listeners {
+        let affinity = match l.affinity {
+            Affinity::None => "no affinity",
+            Affinity::Cookie => "affinity by cookie",
+            Affinity::ClientAddress => "affinity by client address",
+            Affinity::TlsSession => "affinity by TLS session",
+        };
         lines.push(format!(
-            "gateway listener {} ({:?}{}) -> pool {}",
+            "gateway listener {} ({:?}{}) -> pool {}, {affinity}",
             l.address,
             l.protocol,
             if l.tls.is_some() { ", TLS" } else { "" },

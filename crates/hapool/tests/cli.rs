@@ -387,7 +387,9 @@ fn check_config() {
     let (code, out, err) = hapool_code(&["check-config", gateway]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("gateway listener 127.0.0.1:2525 (Tcp) -> pool mail")
+        out.contains(
+            "gateway listener 127.0.0.1:2525 (Tcp) -> pool mail, affinity by client address"
+        )
             && out.contains("gateway pool web: members from the registrars, busy below 10, at most 500 sessions per member")
             && out.contains("gateway pool mail: 2 static member(s)"),
         "{out}"
