@@ -272,6 +272,13 @@ impl HttpProxy {
         let extended_connect = upgrade.as_ref().is_some_and(|u| u.extended_connect);
         if extended_connect {
             parts.method = Method::GET;
+        } else if parts.method == Method::CONNECT {
+            // A tunnel to an address of the client's choosing: a forward
+            // proxy's job, not this one's.
+            return Ok(plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not proxied (only an HTTP/2 CONNECT with a protocol)\n",
+            ));
         }
         let mut held = match self.hold(body).await {
             Ok(held) => held,

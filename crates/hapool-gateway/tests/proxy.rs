@@ -994,6 +994,15 @@ async fn a_websocket_over_http2_is_tunnelled_to_an_http1_member() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    // A CONNECT without a protocol asks for a forward proxy's tunnel.
+    let plain_connect = Request::builder()
+        .method(http::Method::CONNECT)
+        .version(http::Version::HTTP_2)
+        .uri(format!("{addr}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(plain_connect).await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     let mut request = Request::builder()
         .method(http::Method::CONNECT)
         .version(http::Version::HTTP_2)
