@@ -18,6 +18,7 @@
 
 mod deadline;
 pub mod http;
+mod member_cache;
 pub mod pool;
 pub mod select;
 pub mod sessions;
@@ -47,6 +48,7 @@ use tracing::{debug, info, warn};
 
 use crate::deadline::FirstByteDeadline;
 use crate::http::{HttpProxy, MemberClient, member_client};
+use crate::member_cache::MemberCache;
 pub use crate::pool::{
     Member, MemberSource, MemberStatus, Pool, PoolSettings, ProbeKind, StaticMember,
 };
@@ -197,6 +199,9 @@ pub struct GatewayConfig {
     /// authorities their certificates must come from (a member's
     /// certificate names its IP address). `None`: no pool may use TLS.
     pub member_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Where the members of registrar pools are kept across restarts
+    /// (see `member_cache`). None by default.
+    pub member_cache: Option<std::path::PathBuf>,
 }
 
 impl GatewayConfig {
@@ -214,6 +219,7 @@ impl GatewayConfig {
             limits: Limits::default(),
             workers: std::thread::available_parallelism().map_or(1, usize::from),
             member_tls: None,
+            member_cache: None,
         }
     }
 }
@@ -534,8 +540,24 @@ impl Gateway {
             pu.cache_ttl = Duration::ZERO;
             Arc::new(PoolUser::new(pu))
         });
+        // The members last known, until a registrar says otherwise.
+        let mut cache = config.member_cache.clone().map(MemberCache::open);
+        if let Some(cache) = &cache {
+            for pool in &registrar_pools {
+                if let Some(members) = cache.members(pool.handle()) {
+                    pool.update(members);
+                }
+            }
+        }
         if let Some(pu) = &pool_user {
-            refresh(pu, &registrar_pools, &shared, config.probe_timeout).await;
+            refresh(
+                pu,
+                &registrar_pools,
+                &shared,
+                config.probe_timeout,
+                &mut cache,
+            )
+            .await;
         }
         probe_all(&pools, &shared, config.probe_timeout).await;
         if let Some(pu) = pool_user {
@@ -546,6 +568,7 @@ impl Gateway {
                 report_rx,
                 config.refresh,
                 config.probe_timeout,
+                cache,
             ));
         }
         tasks.spawn(prober(
@@ -861,10 +884,19 @@ async fn serve_connection<S>(
 
 /// Resolves every registrar pool once; keeps the last answer of a pool
 /// when no registrar answers.
-async fn refresh(pu: &PoolUser, pools: &[Arc<Pool>], shared: &Shared, probe_timeout: Duration) {
+async fn refresh(
+    pu: &PoolUser,
+    pools: &[Arc<Pool>],
+    shared: &Shared,
+    probe_timeout: Duration,
+    cache: &mut Option<MemberCache>,
+) {
     for pool in pools {
         match pu.members(pool.handle()).await {
             Ok(elements) => {
+                if let Some(cache) = cache {
+                    cache.record(pool.handle(), &elements);
+                }
                 let fresh = pool.update(&elements);
                 for member in fresh {
                     probe_one(pool, &member, shared, probe_timeout).await;
@@ -873,6 +905,9 @@ async fn refresh(pu: &PoolUser, pools: &[Arc<Pool>], shared: &Shared, probe_time
             Err(hapool_client::ClientError::Refused(cause)) => {
                 // The registrars know no such pool (any more): it is empty.
                 debug!(pool = %pool.handle(), ?cause, "registrars name no member");
+                if let Some(cache) = cache {
+                    cache.record(pool.handle(), &[]);
+                }
                 pool.update(&[]);
             }
             Err(e) => {
@@ -890,12 +925,13 @@ async fn refresher(
     mut reports: mpsc::Receiver<(PoolHandle, PoolElementId)>,
     every: Duration,
     probe_timeout: Duration,
+    mut cache: Option<MemberCache>,
 ) {
     let mut tick = interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => refresh(&pu, &pools, &shared, probe_timeout).await,
+            _ = tick.tick() => refresh(&pu, &pools, &shared, probe_timeout, &mut cache).await,
             Some((pool, pe_id)) = reports.recv() => {
                 if let Err(e) = pu.report_unreachable(&pool, pe_id).await {
                     debug!(pool = %pool, pe_id = %pe_id, error = %e, "cannot report an unreachable pool element");

@@ -155,6 +155,9 @@ fn gateway_in_front_of_registered_servers() {
     }
     let listen = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
+    let cache = write_config("gateway-members", "");
+    std::fs::remove_file(&cache).unwrap();
+    let cache_path = cache.display();
     let config = write_config(
         "gateway.toml",
         &format!(
@@ -162,6 +165,7 @@ fn gateway_in_front_of_registered_servers() {
 [gateway]
 admin = "{admin}"
 registrars = ["{registrar_addr}"]
+member_cache = "{cache_path}"
 refresh = "200ms"
 probe_interval = "200ms"
 
@@ -252,6 +256,20 @@ handle = "web"
         metrics.contains("hapool_gateway_registrar_errors_total"),
         "{metrics}"
     );
+    // Restarted while no registrar answers, the gateway serves the
+    // members it kept on disk.
+    let mut gateway = children.0.pop().unwrap();
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+    assert!(cache.exists(), "the member cache was written");
+    let mut gateway = spawn(&["gateway", "--config", config.to_str().unwrap()]);
+    wait_line(&mut gateway, "admin HTTP on");
+    children.0.push(gateway);
+    let mut seen = std::collections::HashSet::new();
+    until("both cached members answer after a restart", || {
+        seen.insert(get(&listen));
+        seen.contains("a") && seen.contains("b")
+    });
 }
 
 #[test]
@@ -300,6 +318,10 @@ fn gateway_configuration_errors_are_named() {
         (
             "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\nprotocol = \"tcp\"\npool = \"web\"\naffinity = \"tls-session\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
             "gateway.listener[0].affinity: tls-session affinity needs a TLS listener",
+        ),
+        (
+            "[gateway]\nmember_cache = \"/nonexistent-dir/members\"\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
+            "gateway.member_cache = \"/nonexistent-dir/members\": no directory /nonexistent-dir",
         ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
