@@ -1,10 +1,11 @@
 //! When registrations run out: an ordered set of (expiry, pool, slot).
 //!
-//! A renewal removes the PE's old entry and inserts the new one. PEs renew
-//! in roughly the order they expire, so the old entry is usually near the
-//! front and the new one goes to the back: both ends of the tree stay in
-//! cache even for very large handlespaces. The next expiry is the first
-//! entry, found in O(log n).
+//! The handlespace files each PE at or before its expiry: a renewal leaves
+//! the entry alone, and the entry is moved when its time comes and the PE
+//! turns out renewed (see `Handlespace::schedule`). A moved entry leaves
+//! near the front and goes to the back, so both ends of the tree stay in
+//! cache even for very large handlespaces. The first entry, found in
+//! O(log n), is the earliest time anything can run out.
 //!
 //! Entries are held as one 128-bit integer each (nanoseconds since a base
 //! instant, pool, slot), so the tree's searches compare single integers
