@@ -133,7 +133,8 @@ pub(crate) fn load(
             .map(|pool| (pool.pool_handle, pool.elements))
             .collect()),
         other => Err(malformed(format!(
-            "an ENRP message of another kind ({other:?})"
+            "an ENRP message of another kind ({:?})",
+            other.message_type()
         ))),
     }
 }
@@ -213,6 +214,14 @@ mod tests {
         let error = load(&path).unwrap_err().to_string();
         assert!(error.contains("is not a member list"), "{error}");
         assert!(error.contains(&path.display().to_string()), "{error}");
+        let other = EnrpMessage {
+            sender: RegistrarId(1),
+            receiver: RegistrarId(2),
+            body: EnrpBody::ListRequest,
+        };
+        std::fs::write(&path, other.to_bytes().unwrap()).unwrap();
+        let error = load(&path).unwrap_err().to_string();
+        assert!(error.contains("another kind (ListRequest)"), "{error}");
         let error = save(&dir.join("no/such/dir/members"), &pools)
             .unwrap_err()
             .to_string();
