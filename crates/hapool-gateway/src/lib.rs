@@ -340,6 +340,8 @@ pub struct ListenerStatus {
     pub pool: String,
     /// Whether it terminates TLS.
     pub tls: bool,
+    /// What keeps its sessions with their members.
+    pub affinity: Affinity,
 }
 
 /// A pool as `/status` shows it.
@@ -589,6 +591,7 @@ impl Gateway {
                 protocol: listener.protocol,
                 pool: pool.handle().to_string(),
                 tls: listener.tls.is_some(),
+                affinity: listener.affinity,
             });
             for (worker, socket) in per_worker.iter_mut().zip(sockets) {
                 worker.push((socket, listener.clone(), pool.clone()));

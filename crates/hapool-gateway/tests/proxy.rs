@@ -726,6 +726,8 @@ async fn a_resumed_tls_session_returns_to_its_member() {
         fresh_members.len() >= 2,
         "fresh sessions spread: {fresh_members:?}"
     );
+    let status = gateway.view().status();
+    assert_eq!(status.listeners[0].affinity, Affinity::TlsSession);
     drop(open);
     gateway.shutdown().await;
 }
