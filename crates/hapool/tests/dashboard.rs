@@ -110,6 +110,15 @@ fn the_dashboard_follows_a_member_dying() {
         !dom.contains("data-key=\"web/00000102\" data-state=\"available\""),
         "{dom}"
     );
+    // Each listener with what keeps its sessions.
+    assert!(
+        dom.contains("<td>web</td><td>no</td><td>cookie</td>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<td>echo</td><td>no</td><td>none</td>"),
+        "{dom}"
+    );
     assert!(
         screenshot
             .metadata()
