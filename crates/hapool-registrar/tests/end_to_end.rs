@@ -128,13 +128,16 @@ async fn a_hung_pe_is_gone_within_interval_plus_timeout() {
         pool_element: element(7, 0),
         auth_token: None,
     };
+    // Timed from before the registration is sent: the registrar cannot
+    // start supervising earlier, so the lower bound below is sound (timed
+    // from the answer, it is off by the answer's trip).
+    let registered = Instant::now();
     write_message(&mut write, &registration).await.unwrap();
     let answer = reader.next().await.unwrap().unwrap().message;
     assert!(matches!(
         answer,
         AsapMessage::RegistrationResponse { reject: false, .. }
     ));
-    let registered = Instant::now();
     // The keep-alive comes after one interval; it is not answered.
     let keep_alive = reader.next().await.unwrap().unwrap().message;
     assert!(matches!(
