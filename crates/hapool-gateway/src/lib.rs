@@ -717,6 +717,7 @@ async fn accept_loop(
 ) {
     let permits = Arc::new(Semaphore::new(listener.max_connections));
     let acceptor = listener.tls.clone().map(TlsAcceptor::from);
+    let by_tls_session = listener.affinity == Affinity::TlsSession;
     let http = (listener.protocol == Protocol::Http).then(|| {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -783,12 +784,15 @@ async fn accept_loop(
             let _open = open;
             match acceptor {
                 Some(acceptor) => {
-                    // Every ticket this connection is given names a fresh
-                    // session; the ticket it resumed with, if any, names
-                    // the session it continues.
-                    let issued: u128 = rand::random();
+                    // With TLS-session affinity, every ticket this
+                    // connection is given names a fresh session; the
+                    // ticket it resumed with, if any, names the session it
+                    // continues.
+                    let issued: Option<u128> = by_tls_session.then(rand::random);
                     let accept = acceptor.accept_with(stream, |tls| {
-                        tls.set_resumption_data(&issued.to_be_bytes());
+                        if let Some(issued) = issued {
+                            tls.set_resumption_data(&issued.to_be_bytes());
+                        }
                     });
                     match timeout(shared.limits.header_read_timeout, accept).await {
                         Ok(Ok(tls)) => {
@@ -800,7 +804,7 @@ async fn accept_loop(
                                 .map(u128::from_be_bytes);
                             let origin = Origin {
                                 peer,
-                                tls: Some(TlsSession { issued, resumed }),
+                                tls: issued.map(|issued| TlsSession { issued, resumed }),
                             };
                             serve_connection(tls, origin, http, &tcp, &shared, &pool, draining)
                                 .await;
@@ -822,7 +826,7 @@ async fn accept_loop(
 pub(crate) struct Origin {
     /// The client's address.
     pub(crate) peer: SocketAddr,
-    /// Its TLS session, when the listener terminates TLS.
+    /// Its TLS session, when the listener keeps sessions by TLS session.
     pub(crate) tls: Option<TlsSession>,
 }
 

@@ -153,6 +153,15 @@ async fn get(
     (status, String::from_utf8(body.to_vec()).unwrap(), set)
 }
 
+/// Waits up to 5 s for `done`, checking every 20 ms; fails naming `what`.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(5), "never: {what}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn served_by(body: &str) -> &str {
     body.split(' ').next().unwrap()
 }
@@ -963,14 +972,7 @@ async fn an_upgraded_connection_is_tunnelled_to_its_member() {
     let pool = &gateway.pools()[0];
     assert_eq!(pool.status()[0].active, 1);
     drop(client);
-    let started = Instant::now();
-    while pool.status()[0].active != 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the tunnel stayed open"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the tunnel closes", || pool.status()[0].active == 0).await;
     gateway.shutdown().await;
 }
 
@@ -1036,14 +1038,10 @@ async fn a_websocket_over_http2_is_tunnelled_to_an_http1_member() {
     }
     assert_eq!(gateway.pools()[0].status()[0].active, 1);
     drop(tunnel);
-    let started = Instant::now();
-    while gateway.pools()[0].status()[0].active != 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the tunnel stayed open"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the tunnel closes", || {
+        gateway.pools()[0].status()[0].active == 0
+    })
+    .await;
     gateway.shutdown().await;
 }
 
@@ -1142,14 +1140,11 @@ async fn tcp_members_are_reached_over_tls_when_the_pool_says_so() {
     let mut answer = Vec::new();
     let _ = refused.read_to_end(&mut answer).await;
     assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
-    let started = Instant::now();
-    while untrusted.pools()[0].status()[0].availability != Availability::Unreachable {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "a member with an untrusted certificate stayed reachable"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "a member with an untrusted certificate is unreachable",
+        || untrusted.pools()[0].status()[0].availability == Availability::Unreachable,
+    )
+    .await;
     untrusted.shutdown().await;
 }
 
