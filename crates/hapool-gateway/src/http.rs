@@ -18,16 +18,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, warn};
 
+use crate::member_http::{InUse, MemberError, MemberHttp, Target};
 use crate::pool::{Lease, Member, Pool};
 use crate::sessions::{Session, SessionKey};
-use crate::{Affinity, Limits, Shared, TlsSession};
+use crate::{Affinity, Shared, TlsSession};
 
 /// The body of a request to a member: kept in memory (so it can be sent
 /// again), or streamed from the client.
@@ -35,10 +33,6 @@ pub(crate) type MemberBody = Either<Full<Bytes>, Incoming>;
 
 /// The body of a response to a client.
 pub(crate) type ClientBody = Either<LeasedBody, Full<Bytes>>;
-
-/// The HTTP client that reaches members (and probes them): plain HTTP, or
-/// HTTPS for pools whose members are reached over TLS.
-pub(crate) type MemberClient = Client<HttpsConnector<HttpConnector>, MemberBody>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -51,42 +45,29 @@ pub const AFFINITY_COOKIE: &str = "hapool";
 /// session moves to another member.
 pub const STATE_HEADER: &str = "x-hapool-state";
 
-/// A member's client for this gateway's settings; `tls` is the trust for
-/// members reached over TLS (without it, HTTPS requests fail to connect).
-pub(crate) fn member_client(
-    limits: &Limits,
-    tls: Option<Arc<rustls::ClientConfig>>,
-) -> MemberClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(limits.connect_timeout));
-    // The scheme of each request decides (http or https).
-    connector.enforce_http(false);
-    let tls = tls.map_or_else(
-        || {
-            // Trusts nothing: no pool uses TLS (the gateway refuses to
-            // start a pool with TLS but without trust).
-            rustls::ClientConfig::builder()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        },
-        |config| (*config).clone(),
-    );
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(limits.member_idle_timeout)
-        .pool_max_idle_per_host(usize::MAX)
-        .build(connector)
-}
-
-/// A response body that keeps the member's session open until it is done.
+/// A response body that keeps the member's session open until it is done,
+/// and then gives the member connection back for the next request.
 pub(crate) struct LeasedBody {
     inner: Incoming,
+    connection: Option<InUse>,
     _lease: Lease,
+}
+
+impl LeasedBody {
+    /// Gives the connection back once the body has been read to the end.
+    fn release_if_done(&mut self, done: bool) {
+        if done && let Some(connection) = self.connection.take() {
+            connection.release();
+        }
+    }
+}
+
+impl Drop for LeasedBody {
+    fn drop(&mut self) {
+        // A body with nothing in it (HEAD, 204, 304) may never be read.
+        let done = self.inner.is_end_stream();
+        self.release_if_done(done);
+    }
 }
 
 impl Body for LeasedBody {
@@ -97,7 +78,14 @@ impl Body for LeasedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let done = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => false,
+        };
+        self.release_if_done(done);
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -122,7 +110,7 @@ pub(crate) struct HttpProxy {
     pub(crate) pool: Arc<Pool>,
     pub(crate) shared: Arc<Shared>,
     /// This worker's connections to members.
-    pub(crate) client: MemberClient,
+    pub(crate) members: Arc<MemberHttp>,
     /// Whether clients reach this listener over TLS.
     pub(crate) tls: bool,
     /// What keeps sessions together: the cookie, the TLS session, or
@@ -336,11 +324,31 @@ impl HttpProxy {
             let outgoing =
                 self.member_request(&parts, headers.clone(), &member, handoff.as_ref(), body);
             self.shared.metrics.requests.increment(1);
-            match timeout(limits.request_timeout, self.client.request(outgoing)).await {
-                Ok(Ok(response)) => {
+            let target = Target {
+                address: member.address,
+                tls: self.pool.settings().tls,
+            };
+            let mut sent =
+                timeout(limits.request_timeout, self.members.send(target, outgoing)).await;
+            if let Ok(Err(MemberError::Stale(_))) = &sent
+                && idempotent
+                && let Held::Kept(bytes) = &held
+            {
+                // The member closed a kept connection as the request went
+                // out: once more, on a new connection.
+                self.shared.metrics.retries.increment(1);
+                let body = Either::Left(Full::new(bytes.clone()));
+                let again =
+                    self.member_request(&parts, headers.clone(), &member, handoff.as_ref(), body);
+                sent = timeout(limits.request_timeout, self.members.send(target, again)).await;
+            }
+            match sent {
+                Ok(Ok((response, connection))) => {
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(client_upgrade) = client_upgrade
                     {
+                        // The connection is the tunnel's now.
+                        drop(connection);
                         return Ok(self.tunnel(response, lease, client_upgrade, extended_connect));
                     }
                     if extended_connect && response.status().is_success() {
@@ -352,19 +360,20 @@ impl HttpProxy {
                     }
                     return Ok(self.respond(
                         response,
+                        connection,
                         lease,
                         key,
                         session.as_ref().map(|s| s.member),
                     ));
                 }
                 Ok(Err(e)) => {
-                    let connect = e.is_connect();
+                    let connect = matches!(e, MemberError::Connect(_));
                     debug!(pool = %self.pool.handle(), pe_id = %member.id, error = %e, connect, "request to member failed");
                     lease.fail();
                     if connect {
                         self.shared.unreachable(&self.pool, &member);
                     }
-                    let safe = connect || idempotent;
+                    let safe = e.unsent() || idempotent;
                     if !safe || matches!(held, Held::Streamed(_)) {
                         self.shared.metrics.failed.increment(1);
                         return Ok(plain(
@@ -482,33 +491,30 @@ impl HttpProxy {
         headers
     }
 
+    /// The request to `member`: origin-form, with the client's `Host` (the
+    /// member's address when the client sent none).
     fn member_request(
         &self,
         parts: &http::request::Parts,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         member: &Member,
         handoff: Option<&Bytes>,
         body: MemberBody,
     ) -> Request<MemberBody> {
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(if self.pool.settings().tls {
-            http::uri::Scheme::HTTPS
-        } else {
-            http::uri::Scheme::HTTP
-        });
-        uri.authority = Some(member.authority.clone());
-        uri.path_and_query = Some(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        if !headers.contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(member.authority.as_str())
+        {
+            headers.insert(header::HOST, host);
+        }
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.version_mut() = Version::HTTP_11;
-        *request.uri_mut() =
-            http::Uri::from_parts(uri).expect("scheme, authority and path form a URI");
+        *request.uri_mut() = http::Uri::from(path);
         *request.headers_mut() = headers;
         if let Some(state) = handoff
             && let Ok(value) = HeaderValue::from_bytes(state)
@@ -570,6 +576,7 @@ impl HttpProxy {
     fn respond(
         &self,
         response: Response<Incoming>,
+        connection: InUse,
         lease: Lease,
         key: Option<SessionKey>,
         was: Option<PoolElementId>,
@@ -615,6 +622,7 @@ impl HttpProxy {
             parts,
             Either::Left(LeasedBody {
                 inner: body,
+                connection: Some(connection),
                 _lease: lease,
             }),
         )

@@ -19,6 +19,7 @@
 mod deadline;
 pub mod http;
 mod member_cache;
+mod member_http;
 pub mod pool;
 pub mod select;
 pub mod sessions;
@@ -47,8 +48,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
 use crate::deadline::FirstByteDeadline;
-use crate::http::{HttpProxy, MemberClient, member_client};
+use crate::http::HttpProxy;
 use crate::member_cache::MemberCache;
+use crate::member_http::{MemberHttp, Target};
 pub use crate::pool::{
     Member, MemberSource, MemberStatus, Pool, PoolSettings, ProbeKind, StaticMember,
 };
@@ -149,7 +151,10 @@ pub struct Limits {
     /// Request bodies up to this size are kept so the request can be sent
     /// again. Default 64 KiB.
     pub retry_body_limit: usize,
-    /// Idle connections to members are closed after this. Default 90 s.
+    /// Idle connections to members are closed after this (within a
+    /// second). Default 4 s: under the keep-alive timeouts of common
+    /// servers (5 s for Apache httpd and Node.js), so the gateway closes an
+    /// idle connection before the member does.
     pub member_idle_timeout: Duration,
     /// On shutdown, how long open connections may take to finish (HTTP
     /// connections end after their current request). Default 10 s.
@@ -165,7 +170,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             retries: 3,
             retry_body_limit: 64 * 1024,
-            member_idle_timeout: Duration::from_secs(90),
+            member_idle_timeout: Duration::from_secs(4),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -279,9 +284,10 @@ pub(crate) struct GatewayMetrics {
 /// What every listener shares.
 pub(crate) struct Shared {
     pub(crate) limits: Limits,
-    pub(crate) client: MemberClient,
-    /// Trust for members reached over TLS (each worker builds its client
-    /// with it).
+    /// The probes' connections to members (each worker has its own for
+    /// requests).
+    probes: Arc<MemberHttp>,
+    /// Trust for members reached over TLS.
     pub(crate) member_tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) metrics: GatewayMetrics,
     reports: Option<mpsc::Sender<(PoolHandle, PoolElementId)>>,
@@ -290,6 +296,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Connections to members for one worker (or for the probes).
+    fn member_http(limits: &Limits, tls: Option<&Arc<rustls::ClientConfig>>) -> Arc<MemberHttp> {
+        MemberHttp::start(
+            tls.cloned().map(TlsConnector::from),
+            limits.connect_timeout,
+            limits.member_idle_timeout,
+        )
+    }
+
     /// How connections to `pool`'s members are made over TLS, when the
     /// pool says they are.
     pub(crate) fn member_tls_for(&self, pool: &Pool) -> Option<TlsConnector> {
@@ -441,7 +456,7 @@ fn worker(listeners: Vec<WorkerListener>, shared: Arc<Shared>, stopped: oneshot:
         }
     };
     runtime.block_on(async move {
-        let client = member_client(&shared.limits, shared.member_tls.clone());
+        let members = Shared::member_http(&shared.limits, shared.member_tls.as_ref());
         let (drain, draining) = watch::channel(false);
         let open = Arc::new(AtomicUsize::new(0));
         for (socket, listener, pool) in listeners {
@@ -451,7 +466,7 @@ fn worker(listeners: Vec<WorkerListener>, shared: Arc<Shared>, stopped: oneshot:
                         draining: draining.clone(),
                         open: open.clone(),
                     };
-                    tokio::spawn(accept_loop(socket, listener, pool, shared.clone(), client.clone(), connections));
+                    tokio::spawn(accept_loop(socket, listener, pool, shared.clone(), members.clone(), connections));
                 }
                 Err(e) => tracing::error!(address = %listener.address, error = %e, "cannot serve a listener"),
             }
@@ -519,7 +534,7 @@ impl Gateway {
         let (reports, report_rx) = mpsc::channel(1024);
         let shared = Shared {
             limits: config.limits.clone(),
-            client: member_client(&config.limits, config.member_tls.clone()),
+            probes: Shared::member_http(&config.limits, config.member_tls.as_ref()),
             member_tls: config.member_tls.clone(),
             metrics: GatewayMetrics {
                 requests: counter!("hapool_gateway_requests_total"),
@@ -712,7 +727,7 @@ async fn accept_loop(
     listener: ListenerConfig,
     pool: Arc<Pool>,
     shared: Arc<Shared>,
-    client: MemberClient,
+    members: Arc<MemberHttp>,
     connections: Connections,
 ) {
     let permits = Arc::new(Semaphore::new(listener.max_connections));
@@ -737,7 +752,7 @@ async fn accept_loop(
             Arc::new(HttpProxy {
                 pool: pool.clone(),
                 shared: shared.clone(),
-                client,
+                members,
                 tls: listener.tls.is_some(),
                 affinity: listener.affinity,
                 state_header: http::STATE_HEADER.parse().expect("a valid header name"),
@@ -957,24 +972,34 @@ async fn probe_one(pool: &Pool, member: &Arc<Member>, shared: &Shared, probe_tim
                 .is_ok()
         }
         ProbeKind::Http { path } => {
-            let scheme = if pool.settings().tls { "https" } else { "http" };
-            let uri = format!("{scheme}://{}{path}", member.address);
-            match uri.parse() {
-                Ok(uri) => {
+            let target = Target {
+                address: member.address,
+                tls: pool.settings().tls,
+            };
+            match (
+                path.parse::<hyper::Uri>(),
+                HeaderValue::from_str(member.authority.as_str()),
+            ) {
+                (Ok(uri), Ok(host)) => {
                     let mut request =
                         hyper::Request::new(Either::Left(Full::new(bytes::Bytes::new())));
                     *request.uri_mut() = uri;
-                    match timeout(probe_timeout, shared.client.request(request)).await {
-                        Ok(Ok(response)) => {
+                    request.headers_mut().insert(hyper::header::HOST, host);
+                    match timeout(probe_timeout, shared.probes.send(target, request)).await {
+                        Ok(Ok((response, connection))) => {
                             let ok = response.status().as_u16() < 500;
                             // Read the body so the connection can be reused.
-                            let _ = timeout(probe_timeout, response.into_body().collect()).await;
+                            if let Ok(Ok(_)) =
+                                timeout(probe_timeout, response.into_body().collect()).await
+                            {
+                                connection.release();
+                            }
                             ok
                         }
                         _ => false,
                     }
                 }
-                Err(_) => false,
+                _ => false,
             }
         }
     };

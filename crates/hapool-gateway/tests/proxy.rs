@@ -331,6 +331,65 @@ async fn no_member_at_all_is_a_clear_503() {
     gateway.shutdown().await;
 }
 
+/// A backend that answers one request per connection with `ok`, and
+/// closes a connection without a word when a second request comes on it
+/// (as a server whose keep-alive timeout runs out as the request arrives).
+async fn one_request_per_connection_backend() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut read = BufReader::new(read);
+                for answered in 0..2 {
+                    let mut line = String::new();
+                    while !line.ends_with("\r\n\r\n") {
+                        if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                    }
+                    let length = line
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |n| n.parse().unwrap());
+                    let mut body = vec![0; length];
+                    read.read_exact(&mut body).await.unwrap();
+                    if answered == 1 {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    write.write_all(answer).await.unwrap();
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn a_kept_member_connection_closed_under_a_get_costs_no_request() {
+    let member = one_request_per_connection_backend().await;
+    let gateway = http_gateway(static_pool(&[member], ProbeKind::Tcp)).await;
+    let address = gateway.local_addrs()[0];
+    let client = client();
+    // Each GET after the first goes on the member connection the one
+    // before left idle, which the member closes: sent again on a new one.
+    for _ in 0..5 {
+        let (status, body, _) = get(&client, address, "/", None).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    }
+    // A POST may have reached the member before it closed: not sent again.
+    // (The same client connection, so the same gateway worker and its
+    // kept member connection.)
+    let post = Request::post(format!("http://{address}/"))
+        .body(Empty::new())
+        .unwrap();
+    let response = client.request(post).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    gateway.shutdown().await;
+}
+
 #[tokio::test]
 async fn http2_clients_are_served() {
     let (backend, _task) = http_backend("a").await;

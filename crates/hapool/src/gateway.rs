@@ -74,6 +74,9 @@ pub(crate) struct GatewayFile {
     /// Request bodies up to this many bytes are kept for a retry. Default
     /// 65536.
     retry_body_limit: Option<usize>,
+    /// Idle connections to members are closed after this. Default 4s.
+    #[serde(default, with = "humantime_serde")]
+    member_idle_timeout: Option<Duration>,
     /// On SIGTERM, how long open connections may take to finish. Default
     /// 10s.
     #[serde(default, with = "humantime_serde")]
@@ -388,7 +391,9 @@ impl TryFrom<GatewayFile> for Planned {
             max_header_bytes,
             retries: file.retries.unwrap_or(defaults.retries),
             retry_body_limit: file.retry_body_limit.unwrap_or(defaults.retry_body_limit),
-            member_idle_timeout: defaults.member_idle_timeout,
+            member_idle_timeout: file
+                .member_idle_timeout
+                .unwrap_or(defaults.member_idle_timeout),
             shutdown_grace: file.shutdown_grace.unwrap_or(defaults.shutdown_grace),
         };
         Ok(Self {

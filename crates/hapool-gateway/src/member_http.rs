@@ -1,0 +1,406 @@
+//! One worker's HTTP/1.1 connections to members.
+//!
+//! A request goes on an idle connection to its member when there is one,
+//! the most recently used first (so that the others fall idle and close
+//! when traffic drops), else on a new connection. A connection returns to
+//! the idle stack once its response has been read to the end; one that the
+//! member closed, or that stayed idle longer than the idle timeout, is
+//! dropped. A request that an idle connection gives back unsent goes on the
+//! next one, or on a new one. A kept connection that fails under a request
+//! before any answer is stale, most likely closed by the member as the
+//! request went out: the idle connections older than it are dropped with
+//! it, and the caller may send the request again if it can
+//! ([`MemberError::Stale`]).
+//!
+//! Each worker thread has its own [`MemberHttp`], so the lock on the idle
+//! stacks is never contended; it exists only because hyper's server asks
+//! for `Send` futures.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio_rustls::TlsConnector;
+use tracing::debug;
+
+use crate::http::MemberBody;
+use crate::tcp::connect_member;
+
+/// Where a connection goes: a member's address, over TLS or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Target {
+    pub(crate) address: SocketAddr,
+    pub(crate) tls: bool,
+}
+
+/// Why a request to a member failed, and whether any of it was sent.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MemberError {
+    /// No connection could be made: the member is unreachable.
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    /// The connection failed before the request was written: the request
+    /// can go to another member whatever its method.
+    #[error("connection failed before the request was sent: {0}")]
+    NotSent(hyper::Error),
+    /// A connection kept from an earlier request failed under this one
+    /// before any answer: most likely the member closed it, idle, as the
+    /// request went out. The member may or may not have seen the request.
+    #[error("a kept connection failed before any answer: {0}")]
+    Stale(hyper::Error),
+    /// The connection failed once the request had been (partly) sent.
+    #[error("{0}")]
+    Failed(hyper::Error),
+}
+
+impl MemberError {
+    /// Whether the member saw none of the request.
+    pub(crate) fn unsent(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::NotSent(_))
+    }
+
+    /// The error of a request sent on a kept connection.
+    fn on_kept_connection(error: hyper::Error) -> Self {
+        let closed = error.is_incomplete_message()
+            || error.is_canceled()
+            || std::error::Error::source(&error).is_some_and(|s| s.is::<std::io::Error>());
+        if closed {
+            Self::Stale(error)
+        } else {
+            Self::Failed(error)
+        }
+    }
+}
+
+struct Idle {
+    sender: SendRequest<MemberBody>,
+    since: Instant,
+}
+
+/// A worker's connections to members (see the module's documentation).
+pub(crate) struct MemberHttp {
+    idle: Mutex<HashMap<Target, Vec<Idle>>>,
+    /// How connections to members over TLS are made; without it they fail.
+    tls: Option<TlsConnector>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// A connection whose response is being read; [`InUse::release`] puts it
+/// back among the idle ones, dropping it closes it.
+pub(crate) struct InUse {
+    home: Arc<MemberHttp>,
+    target: Target,
+    sender: SendRequest<MemberBody>,
+}
+
+impl InUse {
+    /// The response has been read to the end: the connection can carry
+    /// the next request.
+    pub(crate) fn release(self) {
+        self.home.give_back(self.target, self.sender);
+    }
+}
+
+impl MemberHttp {
+    /// Connections made within `connect_timeout` (over TLS with `tls`),
+    /// closed after `idle_timeout` unused. Spawns the task that closes
+    /// idle connections on the current runtime; it ends with the last
+    /// handle.
+    pub(crate) fn start(
+        tls: Option<TlsConnector>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Arc<Self> {
+        let this = Arc::new(Self {
+            idle: Mutex::new(HashMap::new()),
+            tls,
+            connect_timeout,
+            idle_timeout,
+        });
+        tokio::spawn(close_idle(Arc::downgrade(&this)));
+        this
+    }
+
+    /// Sends `request` (its URI in origin form, with a `Host` header) to
+    /// the member at `target`, and returns the response's head with the
+    /// connection it came on.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        target: Target,
+        mut request: Request<MemberBody>,
+    ) -> Result<(Response<Incoming>, InUse), MemberError> {
+        while let Some(mut sender) = self.take_idle(target) {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, self.in_use(target, sender))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => {
+                        // The ones idle longer than this one are no fresher.
+                        self.idle
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&target);
+                        return Err(MemberError::on_kept_connection(e.into_error()));
+                    }
+                },
+            }
+        }
+        let mut sender = self.connect(target).await?;
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok((response, self.in_use(target, sender))),
+            Err(e) if e.message().is_some() => Err(MemberError::NotSent(e.into_error())),
+            Err(e) => Err(MemberError::Failed(e.into_error())),
+        }
+    }
+
+    fn in_use(self: &Arc<Self>, target: Target, sender: SendRequest<MemberBody>) -> InUse {
+        InUse {
+            home: self.clone(),
+            target,
+            sender,
+        }
+    }
+
+    /// A new connection to `target`; its I/O runs in a task of its own
+    /// (which hands the connection over when the member switches
+    /// protocols).
+    async fn connect(&self, target: Target) -> Result<SendRequest<MemberBody>, MemberError> {
+        let tls = if target.tls {
+            Some(self.tls.as_ref().ok_or_else(|| {
+                MemberError::Connect(std::io::Error::other("no trust for members over TLS"))
+            })?)
+        } else {
+            None
+        };
+        let stream = connect_member(target.address, tls, self.connect_timeout)
+            .await
+            .map_err(MemberError::Connect)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(MemberError::NotSent)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                debug!(address = %target.address, error = %e, "member connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The most recently used idle connection to `target` that can take a
+    /// request; closed ones found on the way are dropped.
+    fn take_idle(&self, target: Target) -> Option<SendRequest<MemberBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let stack = idle.get_mut(&target)?;
+        while let Some(entry) = stack.pop() {
+            // Not ready right after its response: still finishing it, or
+            // closed. Either way not this request's.
+            if entry.sender.is_ready() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, target: Target, sender: SendRequest<MemberBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let entry = Idle {
+            sender,
+            since: Instant::now(),
+        };
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(target)
+            .or_default()
+            .push(entry);
+    }
+
+    /// Drops the connections idle since before `now - idle_timeout`, and
+    /// those the member closed.
+    fn close_idle_until(&self, now: Instant) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|_, stack| {
+            stack.retain(|entry| {
+                !entry.sender.is_closed() && now.duration_since(entry.since) < self.idle_timeout
+            });
+            !stack.is_empty()
+        });
+    }
+
+    /// Idle connections to `target`, most recently used last.
+    #[cfg(test)]
+    fn idle_count(&self, target: Target) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&target)
+            .map_or(0, Vec::len)
+    }
+}
+
+/// Closes idle connections about every second (more often for an idle
+/// timeout under two seconds), for as long as the connections' owner lives.
+async fn close_idle(home: Weak<MemberHttp>) {
+    let Some(every) = home
+        .upgrade()
+        .map(|h| (h.idle_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1)))
+    else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(home) = home.upgrade() else { return };
+        home.close_idle_until(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Either, Full};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A member answering each request with "ok"; counts the connections
+    /// it accepted, and closes a connection without a word when a request
+    /// comes after `per_connection` answered on it (as a member whose
+    /// keep-alive timeout runs out just as the request arrives).
+    async fn member(per_connection: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut read = BufReader::new(read);
+                    for answered in 0.. {
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        if answered == per_connection {
+                            return;
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if write.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    fn get(address: SocketAddr) -> Request<MemberBody> {
+        let mut request = Request::new(Either::Left(Full::new(Bytes::new())));
+        *request.uri_mut() = "/".parse().unwrap();
+        request
+            .headers_mut()
+            .insert(http::header::HOST, address.to_string().parse().unwrap());
+        request
+    }
+
+    async fn read_all(members: &Arc<MemberHttp>, target: Target) -> Result<Bytes, MemberError> {
+        let (response, in_use) = members.send(target, get(target.address)).await?;
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        in_use.release();
+        Ok(body)
+    }
+
+    fn target(address: SocketAddr) -> Target {
+        Target {
+            address,
+            tls: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_response_is_read() {
+        let (address, accepted) = member(usize::MAX).await;
+        let members = MemberHttp::start(None, Duration::from_secs(1), Duration::from_secs(60));
+        for _ in 0..5 {
+            assert_eq!(read_all(&members, target(address)).await.unwrap(), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(members.idle_count(target(address)), 1);
+        // A response still being read keeps its connection: a second
+        // request meanwhile opens another.
+        let (first, held) = members.send(target(address), get(address)).await.unwrap();
+        assert_eq!(read_all(&members, target(address)).await.unwrap(), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        drop((first, held));
+        assert_eq!(members.idle_count(target(address)), 1);
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_closed_under_a_request_is_stale_and_older_ones_go_too() {
+        // The member answers one request per connection.
+        let (address, accepted) = member(1).await;
+        let members = MemberHttp::start(None, Duration::from_secs(1), Duration::from_secs(60));
+        // Two connections, both idle after their first answer.
+        let (first, held) = members.send(target(address), get(address)).await.unwrap();
+        read_all(&members, target(address)).await.unwrap();
+        first.into_body().collect().await.unwrap();
+        held.release();
+        assert_eq!(members.idle_count(target(address)), 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        let e = read_all(&members, target(address)).await.unwrap_err();
+        assert!(matches!(e, MemberError::Stale(_)), "{e:?}");
+        assert!(!e.unsent());
+        assert_eq!(members.idle_count(target(address)), 0);
+        // The next request goes on a new connection.
+        assert_eq!(read_all(&members, target(address)).await.unwrap(), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_close_after_the_idle_timeout() {
+        let (address, accepted) = member(usize::MAX).await;
+        let members = MemberHttp::start(None, Duration::from_secs(1), Duration::from_millis(100));
+        read_all(&members, target(address)).await.unwrap();
+        assert_eq!(members.idle_count(target(address)), 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(members.idle_count(target(address)), 0);
+        read_all(&members, target(address)).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_member_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let members = MemberHttp::start(None, Duration::from_secs(1), Duration::from_secs(60));
+        let e = read_all(&members, target(address)).await.unwrap_err();
+        assert!(matches!(e, MemberError::Connect(_)), "{e:?}");
+        assert!(e.unsent());
+        let over_tls = Target { address, tls: true };
+        let e = read_all(&members, over_tls).await.unwrap_err();
+        assert!(e.to_string().contains("no trust"), "{e}");
+    }
+}
