@@ -151,7 +151,9 @@ impl MemberHttp {
                 },
             }
         }
-        let mut sender = self.connect(target).await?;
+        // Boxed: connecting (TLS above all) takes a large future, which
+        // would otherwise make every request's future as large.
+        let mut sender = Box::pin(self.connect(target)).await?;
         match sender.try_send_request(request).await {
             Ok(response) => Ok((response, self.in_use(target, sender))),
             Err(e) if e.message().is_some() => Err(MemberError::NotSent(e.into_error())),
