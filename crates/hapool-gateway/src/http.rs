@@ -290,7 +290,8 @@ impl HttpProxy {
             }
         }
         let idempotent = is_idempotent(&parts.method);
-        let mut tried = Vec::with_capacity(2);
+        // Members that failed this request (allocated on the first).
+        let mut tried = Vec::new();
         let mut handoff = None;
         for attempt in 0..=limits.retries {
             let affine = session
@@ -313,7 +314,6 @@ impl HttpProxy {
                 }
             };
             let member = lease.member().clone();
-            tried.push(member.id);
             let body = match &mut held {
                 Held::Kept(bytes) => Either::Left(Full::new(bytes.clone())),
                 Held::Streamed(body) => match body.take() {
@@ -367,6 +367,7 @@ impl HttpProxy {
                     ));
                 }
                 Ok(Err(e)) => {
+                    tried.push(member.id);
                     let connect = matches!(e, MemberError::Connect(_));
                     debug!(pool = %self.pool.handle(), pe_id = %member.id, error = %e, connect, "request to member failed");
                     lease.fail();
@@ -412,14 +413,14 @@ impl HttpProxy {
         headers: &HeaderMap,
         tls: Option<TlsSession>,
     ) -> (Option<SessionKey>, Option<Session>) {
-        let now = Instant::now();
         let sessions = &self.pool.sessions;
         match (self.affinity, tls) {
             (Affinity::Cookie, _) => {
                 let key = affinity_cookie(headers).map(SessionKey::Cookie);
-                (key, key.and_then(|key| sessions.touch(key, now)))
+                (key, key.and_then(|key| sessions.touch(key, Instant::now())))
             }
             (Affinity::TlsSession, Some(tls)) => {
+                let now = Instant::now();
                 let own = SessionKey::Tls(tls.issued);
                 let session = sessions.touch(own, now).or_else(|| {
                     tls.resumed
