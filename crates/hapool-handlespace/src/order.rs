@@ -70,6 +70,11 @@ impl OrderIndex {
         self.sift_up(self.heap.len() - 1);
     }
 
+    /// The key `slot` (held) is filed under.
+    pub(crate) fn key(&self, slot: u32) -> u64 {
+        self.heap[self.position[slot as usize] as usize].key
+    }
+
     /// Takes `slot` out.
     pub(crate) fn remove(&mut self, slot: u32) {
         let at = std::mem::replace(&mut self.position[slot as usize], ABSENT) as usize;

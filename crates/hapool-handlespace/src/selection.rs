@@ -55,6 +55,70 @@ pub(crate) struct SelectionState {
     pub(crate) degradation: u32,
     /// WRR virtual time.
     pub(crate) virtual_time: u64,
+    /// What a selection adds, from the policy (see [`step`]).
+    pub(crate) step: Step,
+}
+
+/// What selecting a PE adds to its selection state: its policy's load
+/// degradation to the accumulated degradation, or a WRR PE's share of
+/// virtual time. Taken from the policy whenever the policy is set, so a
+/// selection reads the selection state alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Selection changes nothing (beyond the sequence number).
+    #[default]
+    Nothing,
+    /// Adds to the accumulated degradation (saturating).
+    Degradation(u32),
+    /// Adds to the virtual time.
+    VirtualTime(u64),
+}
+
+/// What selecting a PE of `policy` adds (see [`Step`]).
+pub(crate) fn step(policy: &Policy) -> Step {
+    match *policy {
+        Policy::LeastUsedDegradation { degradation, .. }
+        | Policy::PriorityLeastUsedDegradation { degradation, .. }
+        | Policy::RandomizedLeastUsedDegradation { degradation, .. }
+        | Policy::RandomizedPriorityLeastUsedDegradation { degradation, .. }
+        | Policy::LeastUsedDegradationDpf { degradation, .. }
+        | Policy::PriorityLeastUsedDegradationDpf { degradation, .. } => {
+            Step::Degradation(degradation)
+        }
+        Policy::WeightedRoundRobin { weight } => {
+            Step::VirtualTime(VIRTUAL_TIME_UNIT / u64::from(weight.max(1)))
+        }
+        _ => Step::Nothing,
+    }
+}
+
+impl SelectionState {
+    /// The state of a PE whose policy is `policy`, never selected.
+    pub(crate) fn new(policy: &Policy) -> Self {
+        Self {
+            step: step(policy),
+            ..Self::default()
+        }
+    }
+
+    /// Counts one selection. Returns how much the PE's key (ordered
+    /// policies) or its used capacity (weighted ones) grew: the key and the
+    /// weight follow from the policy and this state (see [`key`] and
+    /// [`weight`]), and grow by exactly that.
+    pub(crate) fn select(&mut self) -> u64 {
+        match self.step {
+            Step::Nothing => 0,
+            Step::Degradation(degradation) => {
+                let before = self.degradation;
+                self.degradation = before.saturating_add(degradation);
+                u64::from(self.degradation - before)
+            }
+            Step::VirtualTime(share) => {
+                self.virtual_time += share;
+                share
+            }
+        }
+    }
 }
 
 pub(crate) fn kind(policy: &Policy) -> Kind {
@@ -151,34 +215,7 @@ pub(crate) fn weight(policy: &Policy, state: SelectionState) -> u64 {
 /// Whether selecting a PE of this policy type can change its key or weight
 /// (beyond the sequence number that orders equals), whatever its values.
 pub(crate) fn changes_on_selection(policy: &Policy) -> bool {
-    matches!(
-        policy,
-        Policy::LeastUsedDegradation { .. }
-            | Policy::PriorityLeastUsedDegradation { .. }
-            | Policy::RandomizedLeastUsedDegradation { .. }
-            | Policy::RandomizedPriorityLeastUsedDegradation { .. }
-            | Policy::LeastUsedDegradationDpf { .. }
-            | Policy::PriorityLeastUsedDegradationDpf { .. }
-            | Policy::WeightedRoundRobin { .. }
-    )
-}
-
-/// What selecting a PE does to its selection state.
-pub(crate) fn after_selection(policy: &Policy, state: &mut SelectionState) {
-    match *policy {
-        Policy::LeastUsedDegradation { degradation, .. }
-        | Policy::PriorityLeastUsedDegradation { degradation, .. }
-        | Policy::RandomizedLeastUsedDegradation { degradation, .. }
-        | Policy::RandomizedPriorityLeastUsedDegradation { degradation, .. }
-        | Policy::LeastUsedDegradationDpf { degradation, .. }
-        | Policy::PriorityLeastUsedDegradationDpf { degradation, .. } => {
-            state.degradation = state.degradation.saturating_add(degradation);
-        }
-        Policy::WeightedRoundRobin { weight } => {
-            state.virtual_time += VIRTUAL_TIME_UNIT / u64::from(weight.max(1));
-        }
-        _ => {}
-    }
+    step(policy) != Step::Nothing
 }
 
 #[cfg(test)]
@@ -227,10 +264,11 @@ mod tests {
         assert_eq!(key(&far, s), 50_000);
     }
 
-    /// `changes_on_selection` names exactly the policies whose selection
-    /// state `after_selection` moves.
+    /// A selection moves the state only of policies that
+    /// `changes_on_selection` names, and grows the key or the used
+    /// capacity by what it says.
     #[test]
-    fn changes_on_selection_matches_after_selection() {
+    fn a_selection_grows_the_key_or_weight_by_what_it_returns() {
         use proptest::strategy::{Strategy, ValueTree};
         let mut runner = proptest::test_runner::TestRunner::deterministic();
         for _ in 0..2_000 {
@@ -238,10 +276,19 @@ mod tests {
                 .new_tree(&mut runner)
                 .unwrap()
                 .current();
-            let mut state = SelectionState::default();
-            after_selection(&policy, &mut state);
-            if state != SelectionState::default() {
+            let mut state = SelectionState::new(&policy);
+            let before = state;
+            let grown = state.select();
+            if state != before {
                 assert!(changes_on_selection(&policy), "{policy:?}");
+            }
+            match kind(&policy) {
+                Kind::Ordered => assert_eq!(key(&policy, state), key(&policy, before) + grown),
+                Kind::Weighted => assert_eq!(
+                    weight(&policy, state),
+                    weight(&policy, before).saturating_sub(grown).max(1),
+                    "{policy:?}"
+                ),
             }
         }
     }
@@ -252,9 +299,9 @@ mod tests {
             load: 100,
             degradation: 10,
         };
-        let mut s = SelectionState::default();
-        after_selection(&p, &mut s);
-        after_selection(&p, &mut s);
+        let mut s = SelectionState::new(&p);
+        s.select();
+        s.select();
         assert_eq!(key(&p, s), 120);
     }
 }
