@@ -354,16 +354,9 @@ fn status_and_metrics_from_the_admin_port() {
     assert!(err.contains("cannot reach the admin port"), "{err}");
 }
 
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("hapool-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 #[test]
 fn check_config() {
+    let scratch = common::Scratch::new("check_config");
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/registrar.toml");
     let (code, out, err) = hapool_code(&["check-config", example]);
     assert_eq!(code, 0, "{err}");
@@ -490,7 +483,7 @@ fn check_config() {
         ),
     ];
     for (name, text, message) in cases {
-        let path = write_config(name, text);
+        let path = scratch.write(name, text);
         let (code, _, err) = hapool_code(&["check-config", path.to_str().unwrap()]);
         assert_eq!(code, 64, "{name}: {err}");
         assert!(err.contains(message), "{name}: {err}");
@@ -505,7 +498,8 @@ fn check_config() {
 
 #[test]
 fn registrar_flags_override_its_config_file() {
-    let path = write_config(
+    let scratch = common::Scratch::new("registrar_flags_override_its_config_file");
+    let path = scratch.write(
         "override.toml",
         "[registrar]\nid = \"1234\"\nlisten = \"127.0.0.1:1\"\n[registrar.keep_alive]\ninterval = \"200ms\"\n",
     );
@@ -565,8 +559,9 @@ fn sidecar_probes_and_load_from_commands() {
 
 #[test]
 fn registrar_over_tls_with_client_certificates() {
+    let scratch = common::Scratch::new("registrar_over_tls_with_client_certificates");
     let pki = |f: &str| format!("{}/../hapool-net/tests/pki/{f}", env!("CARGO_MANIFEST_DIR"));
-    let config = write_config(
+    let config = scratch.write(
         "tls.toml",
         &format!(
             "[registrar]\nlisten = \"127.0.0.1:0\"\n[registrar.tls]\nlisten = \"127.0.0.1:0\"\n\

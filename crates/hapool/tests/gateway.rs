@@ -2,6 +2,8 @@
 //! registered by `hapool pe`, the gateway in front of them, `gateway ctl`
 //! to drain one, and the registrar killed while traffic goes on.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -115,14 +117,6 @@ fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("hapool-gateway-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 struct Killed(Vec<Child>);
 
 impl Drop for Killed {
@@ -136,6 +130,7 @@ impl Drop for Killed {
 
 #[test]
 fn gateway_in_front_of_registered_servers() {
+    let scratch = common::Scratch::new("gateway_in_front_of_registered_servers");
     let mut registrar = spawn(&["registrar", "--listen", "127.0.0.1:0"]);
     let line = wait_line(&mut registrar, "registrar ");
     let registrar_addr = line.rsplit(' ').next().unwrap().to_owned();
@@ -155,10 +150,10 @@ fn gateway_in_front_of_registered_servers() {
     }
     let listen = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
-    let cache = write_config("gateway-members", "");
+    let cache = scratch.write("gateway-members", "");
     std::fs::remove_file(&cache).unwrap();
     let cache_path = cache.display();
-    let config = write_config(
+    let config = scratch.write(
         "gateway.toml",
         &format!(
             r#"
@@ -274,6 +269,7 @@ handle = "web"
 
 #[test]
 fn gateway_configuration_errors_are_named() {
+    let scratch = common::Scratch::new("gateway_configuration_errors_are_named");
     let cases = [
         (
             "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n",
@@ -325,7 +321,7 @@ fn gateway_configuration_errors_are_named() {
         ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
-        let path = write_config(&format!("bad-{i}.toml"), text);
+        let path = scratch.write(&format!("bad-{i}.toml"), text);
         let (code, out, err) = hapool(&["check-config", path.to_str().unwrap()]);
         assert_eq!(code, 64, "case {i}: {out}{err}");
         assert!(err.contains(expected), "case {i}: {err}");
