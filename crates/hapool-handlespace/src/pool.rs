@@ -154,6 +154,9 @@ pub struct Pool {
     /// Whether selecting a PE can change its key or weight (the policy
     /// type degrades or advances virtual time).
     changes_on_selection: bool,
+    /// Whether every PE weighs the same (Random): a few PEs of a large pool
+    /// are then drawn straight from the slots, without the weight tree.
+    uniform: bool,
 }
 
 impl Pool {
@@ -174,6 +177,7 @@ impl Pool {
             weighted: WeightTree::default(),
             virtual_time: 0,
             changes_on_selection: selection::changes_on_selection(&first.policy),
+            uniform: matches!(first.policy, hapool_wire::Policy::Random),
         }
     }
 
@@ -340,6 +344,23 @@ impl Pool {
         next_seq: &mut u64,
     ) -> Vec<u32> {
         let chosen: Vec<u32> = match self.kind {
+            // A few of many equal PEs, most slots in use: a random slot,
+            // drawn again when it is free or already chosen (fewer than
+            // three draws per PE on average). Reads only the chosen PEs.
+            Kind::Weighted
+                if self.uniform
+                    && n.saturating_mul(4) <= self.len()
+                    && self.free.len() * 2 <= self.slots.len() =>
+            {
+                let mut chosen: Vec<u32> = Vec::with_capacity(n);
+                while chosen.len() < n {
+                    let slot = rng.random_range(0..self.slots.len() as u32);
+                    if self.slots[slot as usize].is_some() && !chosen.contains(&slot) {
+                        chosen.push(slot);
+                    }
+                }
+                chosen
+            }
             Kind::Ordered => {
                 let mut chosen = Vec::with_capacity(n.min(self.len()));
                 self.ordered.first(n, &mut chosen);

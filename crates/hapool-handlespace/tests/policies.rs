@@ -413,6 +413,48 @@ fn weighted_draws_are_distinct() {
     assert_eq!(resolve(&mut hs, 10, &mut r).len(), 3);
 }
 
+/// Random draws a few PEs of a large pool straight from its slots: the
+/// PEs drawn are distinct and in the pool (never a freed slot), and each
+/// is drawn about as often as the others.
+#[test]
+fn random_draws_from_a_pool_with_freed_slots_are_distinct_and_even() {
+    let (mut hs, _) = pool_of(&vec![Policy::Random; 100], HandlespaceConfig::default());
+    // Free 44 slots: the last 30 filled and every fifth before them.
+    for id in (1..=100u32).filter(|id| id % 5 == 0 || *id > 70) {
+        let e = hs.deregister(
+            &handle(),
+            hapool_wire::PoolElementId(id),
+            &conn(u64::from(id)),
+        );
+        assert!(e.is_ok(), "{id}");
+    }
+    let live: Vec<u32> = (1..=100u32).filter(|id| id % 5 != 0 && *id <= 70).collect();
+    let mut r = rng();
+    let mut counts: HashMap<u32, u32> = HashMap::new();
+    const DRAWS: u32 = 20_000;
+    for _ in 0..DRAWS {
+        let got = resolve(&mut hs, 5, &mut r);
+        let mut distinct = got.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 5, "{got:?}");
+        for id in got {
+            assert!(live.contains(&id), "{id} is not in the pool");
+            *counts.entry(id).or_default() += 1;
+        }
+    }
+    // 100,000 picks over 56 PEs: about 1,786 each, standard deviation
+    // about 41; every count within 10 % of it.
+    let each = f64::from(DRAWS * 5) / live.len() as f64;
+    for id in &live {
+        let got = f64::from(counts[id]);
+        assert!(
+            (got - each).abs() < each * 0.1,
+            "PE {id}: {got} against {each}"
+        );
+    }
+}
+
 #[test]
 fn unknown_policy_type_behaves_as_round_robin() {
     let other = Policy::Other {
