@@ -237,7 +237,7 @@ impl MemberHttp {
         });
     }
 
-    /// Idle connections to `target`, most recently used last.
+    /// How many idle connections to `target` there are.
     #[cfg(test)]
     fn idle_count(&self, target: Target) -> usize {
         self.idle
