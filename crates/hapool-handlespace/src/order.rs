@@ -1,5 +1,5 @@
 //! The order of an ordered policy's PEs: an indexed 4-ary min-heap of
-//! (key, sequence, slot).
+//! (key, sequence) ranks, with the slot at each position beside it.
 //!
 //! Why a heap and not a sorted tree: the common change is a load update,
 //! which gives one PE a new key anywhere in the range. In a sorted tree
@@ -13,8 +13,8 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-/// Children per heap node: four 24-byte entries span about a cache line
-/// and a half, and the heap is half as deep as a binary one.
+/// Children per heap node: the four ranks of a node's children fill one
+/// cache line, and the heap is half as deep as a binary one.
 const ARITY: usize = 4;
 
 /// Up to this many entries, `first` scans its few candidates instead of
@@ -24,27 +24,34 @@ const SCAN_UP_TO: usize = 8;
 /// `position` of a slot that is not in the heap.
 const ABSENT: u32 = u32::MAX;
 
-/// One PE's place in the order.
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    key: u64,
-    seq: u64,
-    slot: u32,
+/// Key, then sequence number, as one integer: entries compare by it
+/// alone, since sequence numbers are unique.
+fn rank(key: u64, seq: u64) -> u128 {
+    (u128::from(key) << 64) | u128::from(seq)
 }
 
-impl Entry {
-    /// Key, then sequence number, as one integer: entries compare by it
-    /// alone, since sequence numbers are unique.
-    fn rank(&self) -> u128 {
-        (u128::from(self.key) << 64) | u128::from(self.seq)
-    }
+/// How many groups of ranks `len` heap positions take.
+fn groups_for(len: usize) -> usize {
+    (len + 2 * ARITY - 2) / ARITY
 }
+
+/// The ranks of one node's children: one cache line.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(align(64))]
+struct Siblings([u128; ARITY]);
 
 /// Slots ordered by (key, sequence), smallest first.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct OrderIndex {
-    heap: Vec<Entry>,
-    /// Where each slot's entry is in `heap`, or `ABSENT`.
+    /// The rank at each heap position, grouped so that the children of
+    /// position `i` (positions `4i + 1 ..= 4i + 4`) are exactly group
+    /// `i + 1`: position `p` is lane `(p + 3) % 4` of group `(p + 3) / 4`
+    /// (the root is alone in group 0). A sift-down reads one line per
+    /// level.
+    ranks: Vec<Siblings>,
+    /// The slot at each heap position.
+    slots: Vec<u32>,
+    /// Where each slot's entry is in the heap, or `ABSENT`.
     position: Vec<u32>,
     /// Scratch for `first`: (rank, heap position) still to be looked at,
     /// scanned for short requests and kept as a heap for long ones.
@@ -54,9 +61,13 @@ pub(crate) struct OrderIndex {
 
 impl OrderIndex {
     /// Entries held.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.heap.len()
+        self.slots.len()
+    }
+
+    fn rank_at(&self, at: usize) -> u128 {
+        let p = at + ARITY - 1;
+        self.ranks[p / ARITY].0[p % ARITY]
     }
 
     /// Adds `slot` (not yet held) with its key and sequence number.
@@ -66,39 +77,41 @@ impl OrderIndex {
             self.position.resize(index + 1, ABSENT);
         }
         debug_assert_eq!(self.position[index], ABSENT, "slot {slot} held twice");
-        self.heap.push(Entry { key, seq, slot });
-        self.sift_up(self.heap.len() - 1);
-    }
-
-    /// The key `slot` (held) is filed under.
-    pub(crate) fn key(&self, slot: u32) -> u64 {
-        self.heap[self.position[slot as usize] as usize].key
+        let at = self.slots.len();
+        self.slots.push(slot);
+        if self.ranks.len() < groups_for(at + 1) {
+            self.ranks.push(Siblings::default());
+        }
+        self.sift_up(at, rank(key, seq), slot);
     }
 
     /// Takes `slot` out.
     pub(crate) fn remove(&mut self, slot: u32) {
         let at = std::mem::replace(&mut self.position[slot as usize], ABSENT) as usize;
-        let last = self.heap.pop().expect("a held slot");
-        if at < self.heap.len() {
-            self.heap[at] = last;
-            self.restore(at);
+        let last = self.slots.len() - 1;
+        let (last_rank, last_slot) = (self.rank_at(last), self.slots[last]);
+        self.slots.pop();
+        self.ranks.truncate(groups_for(last));
+        if at < last {
+            self.restore(at, last_rank, last_slot);
         }
+    }
+
+    /// The key `slot` (held) is filed under.
+    pub(crate) fn key(&self, slot: u32) -> u64 {
+        (self.rank_at(self.position[slot as usize] as usize) >> 64) as u64
     }
 
     /// Gives `slot` (held) a new key and sequence number; nothing moves
     /// when both are unchanged.
     pub(crate) fn set(&mut self, slot: u32, key: u64, seq: u64) {
         let at = self.position[slot as usize] as usize;
-        let old = self.heap[at].rank();
-        let new = Entry { key, seq, slot };
-        if new.rank() == old {
-            return;
-        }
-        self.heap[at] = new;
-        if new.rank() < old {
-            self.sift_up(at);
-        } else {
-            self.sift_down(at);
+        let old = self.rank_at(at);
+        let new = rank(key, seq);
+        if new < old {
+            self.sift_up(at, new, slot);
+        } else if new > old {
+            self.sift_down(at, new, slot);
         }
     }
 
@@ -106,99 +119,99 @@ impl OrderIndex {
     /// reading only the top of the heap: the next in order is always the
     /// root or a child of one already taken.
     pub(crate) fn first(&mut self, n: usize, out: &mut Vec<u32>) {
-        let Some(root) = self.heap.first() else {
-            return;
-        };
-        if n == 0 {
+        let len = self.len();
+        if len == 0 || n == 0 {
             return;
         }
         if n <= SCAN_UP_TO {
             self.scanned.clear();
-            self.scanned.push((root.rank(), 0));
+            self.scanned.push((self.rank_at(0), 0));
             for _ in 0..n {
                 let Some((least, _)) = self.scanned.iter().enumerate().min_by_key(|(_, c)| c.0)
                 else {
                     break;
                 };
                 let (_, at) = self.scanned.swap_remove(least);
-                out.push(self.heap[at as usize].slot);
+                out.push(self.slots[at as usize]);
                 let children = at as usize * ARITY + 1;
-                for child in children..(children + ARITY).min(self.heap.len()) {
-                    self.scanned.push((self.heap[child].rank(), child as u32));
+                for child in children..(children + ARITY).min(len) {
+                    self.scanned.push((self.rank_at(child), child as u32));
                 }
             }
             return;
         }
         self.frontier.clear();
-        self.frontier.push(Reverse((root.rank(), 0)));
+        self.frontier.push(Reverse((self.rank_at(0), 0)));
         let mut taken = 0;
         while let Some(Reverse((_, at))) = self.frontier.pop() {
-            out.push(self.heap[at as usize].slot);
+            out.push(self.slots[at as usize]);
             taken += 1;
             if taken == n {
                 break;
             }
             let children = at as usize * ARITY + 1;
-            for child in children..(children + ARITY).min(self.heap.len()) {
+            for child in children..(children + ARITY).min(len) {
                 self.frontier
-                    .push(Reverse((self.heap[child].rank(), child as u32)));
+                    .push(Reverse((self.rank_at(child), child as u32)));
             }
         }
     }
 
-    /// Moves the entry at `at` up or down until the heap is in order again.
-    fn restore(&mut self, at: usize) {
-        if at > 0 && self.heap[at].rank() < self.heap[(at - 1) / ARITY].rank() {
-            self.sift_up(at);
+    /// Puts (`rank`, `slot`) at `at` and moves it up or down until the
+    /// heap is in order again.
+    fn restore(&mut self, at: usize, rank: u128, slot: u32) {
+        if at > 0 && rank < self.rank_at((at - 1) / ARITY) {
+            self.sift_up(at, rank, slot);
         } else {
-            self.sift_down(at);
+            self.sift_down(at, rank, slot);
         }
     }
 
-    fn sift_up(&mut self, mut at: usize) {
-        let entry = self.heap[at];
-        let rank = entry.rank();
+    fn sift_up(&mut self, mut at: usize, rank: u128, slot: u32) {
         while at > 0 {
             let parent = (at - 1) / ARITY;
-            if self.heap[parent].rank() <= rank {
+            let parent_rank = self.rank_at(parent);
+            if parent_rank <= rank {
                 break;
             }
-            self.place(at, self.heap[parent]);
+            self.place(at, parent_rank, self.slots[parent]);
             at = parent;
         }
-        self.place(at, entry);
+        self.place(at, rank, slot);
     }
 
-    fn sift_down(&mut self, mut at: usize) {
-        let entry = self.heap[at];
-        let rank = entry.rank();
-        let len = self.heap.len();
+    fn sift_down(&mut self, mut at: usize, rank: u128, slot: u32) {
+        let len = self.len();
         loop {
             let first = at * ARITY + 1;
             if first >= len {
                 break;
             }
-            let mut least = first;
-            let mut least_rank = self.heap[first].rank();
-            for child in first + 1..(first + ARITY).min(len) {
-                let child_rank = self.heap[child].rank();
-                if child_rank < least_rank {
-                    least = child;
-                    least_rank = child_rank;
+            // The children of `at` are exactly group `at + 1`.
+            let siblings = &self.ranks[at + 1].0;
+            let count = (len - first).min(ARITY);
+            let mut least = 0;
+            for lane in 1..count {
+                if siblings[lane] < siblings[least] {
+                    least = lane;
                 }
             }
+            let least_rank = siblings[least];
             if least_rank >= rank {
                 break;
             }
-            self.place(at, self.heap[least]);
-            at = least;
+            let child = first + least;
+            self.place(at, least_rank, self.slots[child]);
+            at = child;
         }
-        self.place(at, entry);
+        self.place(at, rank, slot);
     }
 
-    fn place(&mut self, at: usize, entry: Entry) {
-        self.heap[at] = entry;
-        self.position[entry.slot as usize] = at as u32;
+    fn place(&mut self, at: usize, rank: u128, slot: u32) {
+        let p = at + ARITY - 1;
+        self.ranks[p / ARITY].0[p % ARITY] = rank;
+        self.slots[at] = slot;
+        self.position[slot as usize] = at as u32;
     }
 }
 
