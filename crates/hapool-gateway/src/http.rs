@@ -126,8 +126,42 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// The value of the affinity cookie in `headers`, if the client sent one.
-fn affinity_cookie(headers: &HeaderMap) -> Option<u128> {
+/// The gateway's affinity cookie: the session's id and the member the
+/// session was bound to when the cookie was set. Any gateway in front of
+/// the pool can send the session home by the member it names, also one
+/// that has never seen the session (the virtual IP moved to it), much as
+/// HAProxy's inserted server cookie does; the session table then learns
+/// the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct AffinityCookie {
+    session: u128,
+    /// Absent in cookies of gateways before the member was named.
+    member: Option<PoolElementId>,
+}
+
+impl AffinityCookie {
+    /// `<session, 32 hex digits>-<member, 8 hex digits>`.
+    fn value(session: u128, member: PoolElementId) -> String {
+        format!("{session:032x}-{:08x}", member.0)
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        let (session, member) = match value.split_once('-') {
+            Some((session, member)) => (session, Some(member)),
+            None => (value, None),
+        };
+        Some(Self {
+            session: u128::from_str_radix(session, 16).ok()?,
+            member: match member {
+                Some(member) => Some(PoolElementId(u32::from_str_radix(member, 16).ok()?)),
+                None => None,
+            },
+        })
+    }
+}
+
+/// The affinity cookie in `headers`, if the client sent one.
+fn affinity_cookie(headers: &HeaderMap) -> Option<AffinityCookie> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -135,7 +169,7 @@ fn affinity_cookie(headers: &HeaderMap) -> Option<u128> {
         .flat_map(|v| v.split(';'))
         .find_map(|pair| {
             let (name, value) = pair.trim().split_once('=')?;
-            (name == AFFINITY_COOKIE).then(|| u128::from_str_radix(value, 16).ok())?
+            (name == AFFINITY_COOKIE).then(|| AffinityCookie::parse(value))?
         })
 }
 
@@ -273,7 +307,7 @@ impl HttpProxy {
             Err(response) => return Ok(response),
         };
         let limits = &self.shared.limits;
-        let (key, session) = self.session_of(&parts.headers, tls);
+        let (key, session, cookie_names) = self.session_of(&parts.headers, tls);
         let mut headers = self.member_headers(&mut parts, forwarded_for);
         if let (Some(upgrade), Some(_)) = (&upgrade, &client_upgrade) {
             // The upgrade is between client and member: its headers go on.
@@ -364,6 +398,7 @@ impl HttpProxy {
                         lease,
                         key,
                         session.as_ref().map(|s| s.member),
+                        cookie_names,
                     ));
                 }
                 Ok(Err(e)) => {
@@ -403,21 +438,35 @@ impl HttpProxy {
         ))
     }
 
-    /// The key a session of this request is (or would be) kept under, and
-    /// the session when there is one. By cookie: the client's cookie, if
-    /// it sent one. By TLS session: the session of this connection's
-    /// tickets, which an earlier request on the connection may have
-    /// started, else the session the client resumed.
+    /// The key a session of this request is (or would be) kept under, the
+    /// session when there is one, and the member the client's affinity
+    /// cookie names. By cookie: the client's cookie, if it sent one; a
+    /// session this gateway does not know goes to the member its cookie
+    /// names. By TLS session: the session of this connection's tickets,
+    /// which an earlier request on the connection may have started, else
+    /// the session the client resumed.
     fn session_of(
         &self,
         headers: &HeaderMap,
         tls: Option<TlsSession>,
-    ) -> (Option<SessionKey>, Option<Session>) {
+    ) -> (Option<SessionKey>, Option<Session>, Option<PoolElementId>) {
         let sessions = &self.pool.sessions;
         match (self.affinity, tls) {
             (Affinity::Cookie, _) => {
-                let key = affinity_cookie(headers).map(SessionKey::Cookie);
-                (key, key.and_then(|key| sessions.touch(key, Instant::now())))
+                let Some(cookie) = affinity_cookie(headers) else {
+                    return (None, None, None);
+                };
+                let key = SessionKey::Cookie(cookie.session);
+                let now = Instant::now();
+                let session = sessions.touch(key, now).or_else(|| {
+                    cookie.member.map(|member| Session {
+                        member,
+                        state: None,
+                        last_seen: now,
+                        requests: 0,
+                    })
+                });
+                (Some(key), session, cookie.member)
             }
             (Affinity::TlsSession, Some(tls)) => {
                 let now = Instant::now();
@@ -426,9 +475,9 @@ impl HttpProxy {
                     tls.resumed
                         .and_then(|id| sessions.touch(SessionKey::Tls(id), now))
                 });
-                (Some(own), session)
+                (Some(own), session, None)
             }
-            _ => (None, None),
+            _ => (None, None, None),
         }
     }
 
@@ -572,8 +621,18 @@ impl HttpProxy {
         Response::from_parts(parts, Either::Right(Full::new(Bytes::new())))
     }
 
+    fn set_affinity_cookie(&self, headers: &mut HeaderMap, session: u128, member: PoolElementId) {
+        let secure = if self.tls { "; Secure" } else { "" };
+        let value = AffinityCookie::value(session, member);
+        let cookie = format!("{AFFINITY_COOKIE}={value}; Path=/; HttpOnly{secure}");
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+
     /// Passes the member's response on: takes its state cookie, binds the
-    /// session, and sets the affinity cookie on a new cookie session.
+    /// session, and sets the affinity cookie on a new cookie session (and
+    /// again when the session moved to another member).
     fn respond(
         &self,
         response: Response<Incoming>,
@@ -581,6 +640,7 @@ impl HttpProxy {
         lease: Lease,
         key: Option<SessionKey>,
         was: Option<PoolElementId>,
+        cookie_names: Option<PoolElementId>,
     ) -> Response<ClientBody> {
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
@@ -593,9 +653,19 @@ impl HttpProxy {
             let starts = state.is_some() || parts.headers.contains_key(header::SET_COOKIE);
             let kept = match key {
                 Some(key) if was.is_some() || starts => {
-                    self.pool
+                    let kept = self
+                        .pool
                         .sessions
-                        .bind(key, member, was, state, Instant::now())
+                        .bind(key, member, was, state, Instant::now());
+                    // The cookie names the session's member again when the
+                    // session moved (or the cookie named none).
+                    if let SessionKey::Cookie(id) = key
+                        && kept
+                        && cookie_names != Some(member)
+                    {
+                        self.set_affinity_cookie(&mut parts.headers, id, member);
+                    }
+                    kept
                 }
                 None if starts => {
                     let id: u128 = rand::random();
@@ -606,10 +676,8 @@ impl HttpProxy {
                         state,
                         Instant::now(),
                     );
-                    let secure = if self.tls { "; Secure" } else { "" };
-                    let cookie = format!("{AFFINITY_COOKIE}={id:032x}; Path=/; HttpOnly{secure}");
-                    if kept && let Ok(value) = HeaderValue::from_str(&cookie) {
-                        parts.headers.append(header::SET_COOKIE, value);
+                    if kept {
+                        self.set_affinity_cookie(&mut parts.headers, id, member);
                     }
                     kept
                 }
@@ -638,10 +706,29 @@ mod tests {
     fn the_affinity_cookie_is_found_among_others() {
         let mut headers = HeaderMap::new();
         headers.append(header::COOKIE, HeaderValue::from_static("a=1; hapool=00ff"));
-        assert_eq!(affinity_cookie(&headers), Some(0xff));
+        assert_eq!(
+            affinity_cookie(&headers),
+            Some(AffinityCookie {
+                session: 0xff,
+                member: None
+            })
+        );
+        let value = AffinityCookie::value(0xabc, PoolElementId(0x101));
+        assert_eq!(value, format!("{:032x}-00000101", 0xabc));
+        let mut headers = HeaderMap::new();
+        let cookie = format!("x=2; hapool={value}");
+        headers.append(header::COOKIE, HeaderValue::from_str(&cookie).unwrap());
+        assert_eq!(
+            affinity_cookie(&headers),
+            Some(AffinityCookie {
+                session: 0xabc,
+                member: Some(PoolElementId(0x101))
+            })
+        );
         let mut headers = HeaderMap::new();
         headers.append(header::COOKIE, HeaderValue::from_static("hapoolx=1"));
         headers.append(header::COOKIE, HeaderValue::from_static("hapool=zz"));
+        headers.append(header::COOKIE, HeaderValue::from_static("hapool=ff-zz"));
         assert_eq!(affinity_cookie(&headers), None);
     }
 

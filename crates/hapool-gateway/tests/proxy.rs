@@ -198,6 +198,46 @@ async fn a_session_stays_with_its_member_and_new_sessions_spread() {
     gateway.shutdown().await;
 }
 
+/// A session started at one gateway continues at another that has never
+/// seen it (as when the virtual IP moves): the affinity cookie names the
+/// member.
+#[tokio::test]
+async fn a_session_continues_at_another_gateway_by_the_member_its_cookie_names() {
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c"] {
+        backends.push(http_backend(name).await.0);
+    }
+    let first = http_gateway(static_pool(&backends, http_probe())).await;
+    let second = http_gateway(static_pool(&backends, http_probe())).await;
+    let client = client();
+    let (_, body, cookie) = get(&client, first.local_addrs()[0], "/login", None).await;
+    let cookie = cookie.expect("a session starts");
+    let home = served_by(&body).to_owned();
+    // At the second gateway, requests without the cookie spread over the
+    // members; with it, every one goes home.
+    let at = second.local_addrs()[0];
+    let mut spread = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let (_, body, _) = get(&client, at, "/", None).await;
+        spread.insert(served_by(&body).to_owned());
+    }
+    assert_eq!(spread.len(), 3, "{spread:?}");
+    for _ in 0..6 {
+        let (status, body, set) = get(&client, at, "/", Some(&cookie)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(served_by(&body), home);
+        assert_eq!(set, None, "the cookie already names the member");
+    }
+    // The second gateway now keeps the session in its own table.
+    assert_eq!(second.pool(&pool_handle()).unwrap().sessions.len(), 1);
+    // A cookie naming a member that is not in the pool is placed afresh.
+    let stranger = format!("hapool={:032x}-{:08x}", 7, 0xdead_beef_u32);
+    let (status, _, _) = get(&client, at, "/", Some(&stranger)).await;
+    assert_eq!(status, StatusCode::OK);
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_busy_member_hands_the_session_on_with_its_state_cookie() {
     let mut backends = Vec::new();
@@ -220,7 +260,7 @@ async fn a_busy_member_hands_the_session_on_with_its_state_cookie() {
         tokio::spawn(async move { get(&client, addr, "/slow", Some(&cookie)).await })
     };
     sleep(Duration::from_millis(100)).await;
-    let (status, body, _) = get(&client, addr, "/", Some(&cookie)).await;
+    let (status, body, moved) = get(&client, addr, "/", Some(&cookie)).await;
     assert_eq!(status, StatusCode::OK);
     let other = if home == "a" { "b" } else { "a" };
     assert_eq!(
@@ -228,6 +268,11 @@ async fn a_busy_member_hands_the_session_on_with_its_state_cookie() {
         format!("{other} user={home}"),
         "forwarded with the state cookie"
     );
+    // The cookie is set again, naming the session's new member (same
+    // session id).
+    let moved = moved.expect("the cookie follows the session");
+    assert_ne!(moved, cookie);
+    assert_eq!(moved[..39], cookie[..39], "{moved} / {cookie}");
     let (_, slow_body, _) = slow.await.unwrap();
     assert_eq!(served_by(&slow_body), home);
     // The session now lives on the member that took it.
