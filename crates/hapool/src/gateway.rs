@@ -272,9 +272,17 @@ impl TryFrom<GatewayFile> for Planned {
             };
             let probe = match probe {
                 "tcp" => ProbeKind::Tcp,
-                "http" => ProbeKind::Http {
-                    path: p.probe_path.unwrap_or_else(|| "/".into()),
-                },
+                "http" => {
+                    let path = p.probe_path.unwrap_or_else(|| "/".into());
+                    if !path.starts_with('/')
+                        || path.parse::<hyper::http::uri::PathAndQuery>().is_err()
+                    {
+                        return Err(BadConfig(format!(
+                            "{key}.probe_path = {path:?}: a path starting with /"
+                        )));
+                    }
+                    ProbeKind::Http { path }
+                }
                 other => {
                     return Err(BadConfig(format!("{key}.probe = {other:?}: http or tcp")));
                 }

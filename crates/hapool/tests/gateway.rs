@@ -319,6 +319,10 @@ fn gateway_configuration_errors_are_named() {
             "[gateway]\nmember_cache = \"/nonexistent-dir/members\"\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
             "gateway.member_cache = \"/nonexistent-dir/members\": no directory /nonexistent-dir",
         ),
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nprobe_path = \"health\"\n",
+            "gateway.pool[0].probe_path = \"health\": a path starting with /",
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = scratch.write(&format!("bad-{i}.toml"), text);
