@@ -69,6 +69,15 @@ async fn serve_backend(listener: TcpListener, name: &'static str) {
     }
 }
 
+/// One [`http_backend`] per name.
+async fn http_backends(names: &[&'static str]) -> Vec<SocketAddr> {
+    let mut backends = Vec::new();
+    for name in names {
+        backends.push(http_backend(name).await.0);
+    }
+    backends
+}
+
 fn pool_handle() -> PoolHandle {
     PoolHandle::from("web")
 }
@@ -166,24 +175,27 @@ fn served_by(body: &str) -> &str {
     body.split(' ').next().unwrap()
 }
 
-#[tokio::test]
-async fn a_session_stays_with_its_member_and_new_sessions_spread() {
-    let mut backends = Vec::new();
-    for name in ["a", "b", "c"] {
-        backends.push(http_backend(name).await.0);
-    }
-    let gateway = http_gateway(static_pool(&backends, http_probe())).await;
-    let addr = gateway.local_addrs()[0];
-    let client = client();
-    // Requests without a session spread over every member.
+/// Six requests without a session reach `members` different members, and
+/// none starts a session.
+async fn assert_spread(client: &HttpClient, gateway: SocketAddr, members: usize) {
     let mut seen = std::collections::HashSet::new();
     for _ in 0..6 {
-        let (status, body, set) = get(&client, addr, "/", None).await;
+        let (status, body, set) = get(client, gateway, "/", None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(set, None, "no session without the application starting one");
         seen.insert(served_by(&body).to_owned());
     }
-    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen.len(), members, "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_session_stays_with_its_member_and_new_sessions_spread() {
+    let backends = http_backends(&["a", "b", "c"]).await;
+    let gateway = http_gateway(static_pool(&backends, http_probe())).await;
+    let addr = gateway.local_addrs()[0];
+    let client = client();
+    // Requests without a session spread over every member.
+    assert_spread(&client, addr, 3).await;
     // A login starts a session; every later request goes to its member.
     let (_, body, cookie) = get(&client, addr, "/login", None).await;
     let cookie = cookie.expect("the gateway sets its cookie on a new session");
@@ -203,10 +215,7 @@ async fn a_session_stays_with_its_member_and_new_sessions_spread() {
 /// member.
 #[tokio::test]
 async fn a_session_continues_at_another_gateway_by_the_member_its_cookie_names() {
-    let mut backends = Vec::new();
-    for name in ["a", "b", "c"] {
-        backends.push(http_backend(name).await.0);
-    }
+    let backends = http_backends(&["a", "b", "c"]).await;
     let first = http_gateway(static_pool(&backends, http_probe())).await;
     let second = http_gateway(static_pool(&backends, http_probe())).await;
     let client = client();
@@ -216,12 +225,7 @@ async fn a_session_continues_at_another_gateway_by_the_member_its_cookie_names()
     // At the second gateway, requests without the cookie spread over the
     // members; with it, every one goes home.
     let at = second.local_addrs()[0];
-    let mut spread = std::collections::HashSet::new();
-    for _ in 0..6 {
-        let (_, body, _) = get(&client, at, "/", None).await;
-        spread.insert(served_by(&body).to_owned());
-    }
-    assert_eq!(spread.len(), 3, "{spread:?}");
+    assert_spread(&client, at, 3).await;
     for _ in 0..6 {
         let (status, body, set) = get(&client, at, "/", Some(&cookie)).await;
         assert_eq!(status, StatusCode::OK);
@@ -240,10 +244,7 @@ async fn a_session_continues_at_another_gateway_by_the_member_its_cookie_names()
 
 #[tokio::test]
 async fn a_busy_member_hands_the_session_on_with_its_state_cookie() {
-    let mut backends = Vec::new();
-    for name in ["a", "b"] {
-        backends.push(http_backend(name).await.0);
-    }
+    let backends = http_backends(&["a", "b"]).await;
     let mut pool = static_pool(&backends, http_probe());
     // One open request makes a member MAXUSERS.
     pool.max_sessions = Some(1);
@@ -283,10 +284,7 @@ async fn a_busy_member_hands_the_session_on_with_its_state_cookie() {
 
 #[tokio::test]
 async fn a_draining_member_keeps_its_sessions_and_gets_no_new_ones() {
-    let mut backends = Vec::new();
-    for name in ["a", "b", "c"] {
-        backends.push(http_backend(name).await.0);
-    }
+    let backends = http_backends(&["a", "b", "c"]).await;
     let gateway = http_gateway(static_pool(&backends, http_probe())).await;
     let addr = gateway.local_addrs()[0];
     let client = client();
@@ -761,10 +759,7 @@ async fn tls_request(
 
 #[tokio::test]
 async fn https_sessions_can_be_kept_by_tls_session_without_cookies() {
-    let mut backends = Vec::new();
-    for name in ["a", "b", "c"] {
-        backends.push(http_backend(name).await.0);
-    }
+    let backends = http_backends(&["a", "b", "c"]).await;
     let tls = server_config(vec![certificate("alpha")], &[b"http/1.1"]).unwrap();
     let mut config = GatewayConfig::new(
         vec![ListenerConfig {
