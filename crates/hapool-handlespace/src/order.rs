@@ -106,8 +106,20 @@ impl OrderIndex {
     /// when both are unchanged.
     pub(crate) fn set(&mut self, slot: u32, key: u64, seq: u64) {
         let at = self.position[slot as usize] as usize;
+        self.rerank(at, slot, rank(key, seq));
+    }
+
+    /// Raises the key of `slot` (held) by `by` and gives it the sequence
+    /// number `seq` (a selection), finding it once.
+    pub(crate) fn raise(&mut self, slot: u32, by: u64, seq: u64) {
+        let at = self.position[slot as usize] as usize;
+        let key = (self.rank_at(at) >> 64) as u64 + by;
+        self.rerank(at, slot, rank(key, seq));
+    }
+
+    /// Gives the entry at `at` the rank `new`, moving it as far as needed.
+    fn rerank(&mut self, at: usize, slot: u32, new: u128) {
         let old = self.rank_at(at);
-        let new = rank(key, seq);
         if new < old {
             self.sift_up(at, new, slot);
         } else if new > old {

@@ -420,10 +420,7 @@ impl Pool {
             self.virtual_time = self.virtual_time.max(entry.selection.virtual_time);
             let grown = entry.selection.select();
             match self.kind {
-                Kind::Ordered => {
-                    let key = self.ordered.key(slot) + grown;
-                    self.ordered.set(slot, key, seq);
-                }
+                Kind::Ordered => self.ordered.raise(slot, grown, seq),
                 Kind::Weighted if grown > 0 => {
                     let weight = self.weighted.weight(slot as usize);
                     self.weighted
