@@ -24,6 +24,10 @@ const SCAN_UP_TO: usize = 8;
 /// `position` of a slot that is not in the heap.
 const ABSENT: u32 = u32::MAX;
 
+/// The rank of a heap position past the end: it never wins a comparison,
+/// so a sift-down compares all four lanes of a group without counting.
+const VACANT: u128 = u128::MAX;
+
 /// Key, then sequence number, as one integer: entries compare by it
 /// alone, since sequence numbers are unique.
 fn rank(key: u64, seq: u64) -> u128 {
@@ -36,9 +40,24 @@ fn groups_for(len: usize) -> usize {
 }
 
 /// The ranks of one node's children: one cache line.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 #[repr(align(64))]
 struct Siblings([u128; ARITY]);
+
+impl Siblings {
+    const VACANT: Self = Self([VACANT; ARITY]);
+
+    /// The lane with the smallest rank, the first of equals, without a
+    /// branch: which child is smallest is a coin toss to the branch
+    /// predictor, and a heap walk asks once per level.
+    fn least(&self) -> usize {
+        let [a, b, c, d] = self.0;
+        let left = usize::from(b < a);
+        let right = 2 + usize::from(d < c);
+        let right_wins = usize::from(self.0[right] < self.0[left]);
+        left + (right - left) * right_wins
+    }
+}
 
 /// Slots ordered by (key, sequence), smallest first.
 #[derive(Clone, Debug, Default)]
@@ -47,7 +66,7 @@ pub(crate) struct OrderIndex {
     /// position `i` (positions `4i + 1 ..= 4i + 4`) are exactly group
     /// `i + 1`: position `p` is lane `(p + 3) % 4` of group `(p + 3) / 4`
     /// (the root is alone in group 0). A sift-down reads one line per
-    /// level.
+    /// level. Lanes past the end hold `VACANT`.
     ranks: Vec<Siblings>,
     /// The slot at each heap position.
     slots: Vec<u32>,
@@ -80,7 +99,7 @@ impl OrderIndex {
         let at = self.slots.len();
         self.slots.push(slot);
         if self.ranks.len() < groups_for(at + 1) {
-            self.ranks.push(Siblings::default());
+            self.ranks.push(Siblings::VACANT);
         }
         self.sift_up(at, rank(key, seq), slot);
     }
@@ -90,6 +109,7 @@ impl OrderIndex {
         let at = std::mem::replace(&mut self.position[slot as usize], ABSENT) as usize;
         let last = self.slots.len() - 1;
         let (last_rank, last_slot) = (self.rank_at(last), self.slots[last]);
+        self.set_rank(last, VACANT);
         self.slots.pop();
         self.ranks.truncate(groups_for(last));
         if at < last {
@@ -200,15 +220,9 @@ impl OrderIndex {
                 break;
             }
             // The children of `at` are exactly group `at + 1`.
-            let siblings = &self.ranks[at + 1].0;
-            let count = (len - first).min(ARITY);
-            let mut least = 0;
-            for lane in 1..count {
-                if siblings[lane] < siblings[least] {
-                    least = lane;
-                }
-            }
-            let least_rank = siblings[least];
+            let siblings = &self.ranks[at + 1];
+            let least = siblings.least();
+            let least_rank = siblings.0[least];
             if least_rank >= rank {
                 break;
             }
@@ -219,9 +233,13 @@ impl OrderIndex {
         self.place(at, rank, slot);
     }
 
-    fn place(&mut self, at: usize, rank: u128, slot: u32) {
+    fn set_rank(&mut self, at: usize, rank: u128) {
         let p = at + ARITY - 1;
         self.ranks[p / ARITY].0[p % ARITY] = rank;
+    }
+
+    fn place(&mut self, at: usize, rank: u128, slot: u32) {
+        self.set_rank(at, rank);
         self.slots[at] = slot;
         self.position[slot as usize] = at as u32;
     }
