@@ -244,7 +244,6 @@ pub struct Handlespace {
     /// The registrar holding this handlespace, when it is part of a
     /// cluster: only the PEs it is home for run out here.
     local: Option<RegistrarId>,
-    next_seq: u64,
     elements: usize,
 }
 
@@ -413,10 +412,8 @@ impl Handlespace {
         registrant: Option<Registrant>,
         now: Instant,
     ) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
         let entry = PeEntry::new(element, registrant, now);
-        let slot = self.pool_at_mut(pool_index).insert(entry, seq);
+        let slot = self.pool_at_mut(pool_index).insert(entry);
         self.elements += 1;
         self.link(pool_index, slot);
     }
@@ -591,12 +588,7 @@ impl Handlespace {
         }
         .min(self.config.max_items);
         let increment = self.config.max_increment;
-        let mut next_seq = self.next_seq;
-        let pool = self.pools[pool_index as usize]
-            .as_mut()
-            .expect("pool in use");
-        let chosen = pool.select(n, increment, rng, &mut next_seq);
-        self.next_seq = next_seq;
+        let chosen = self.pool_at_mut(pool_index).select(n, increment, rng);
         let pool = self.pool_at(pool_index);
         Ok(chosen
             .iter()

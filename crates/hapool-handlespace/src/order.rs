@@ -1,5 +1,5 @@
 //! The order of an ordered policy's PEs: an indexed 4-ary min-heap of
-//! (key, sequence) ranks, with the slot at each position beside it.
+//! (key, sequence, slot) ranks.
 //!
 //! Why a heap and not a sorted tree: the common change is a load update,
 //! which gives one PE a new key anywhere in the range. In a sorted tree
@@ -28,10 +28,16 @@ const ABSENT: u32 = u32::MAX;
 /// so a sift-down compares all four lanes of a group without counting.
 const VACANT: u128 = u128::MAX;
 
-/// Key, then sequence number, as one integer: entries compare by it
-/// alone, since sequence numbers are unique.
-fn rank(key: u64, seq: u64) -> u128 {
-    (u128::from(key) << 64) | u128::from(seq)
+/// Key, then sequence number, then slot, as one integer: entries compare
+/// by it alone (sequence numbers are unique within a pool), and the slot
+/// travels with the rank, so a heap walk reads one array.
+fn rank(key: u64, seq: u32, slot: u32) -> u128 {
+    (u128::from(key) << 64) | (u128::from(seq) << 32) | u128::from(slot)
+}
+
+/// The slot a rank belongs to.
+fn slot_of(rank: u128) -> u32 {
+    rank as u32
 }
 
 /// How many groups of ranks `len` heap positions take.
@@ -68,8 +74,8 @@ pub(crate) struct OrderIndex {
     /// (the root is alone in group 0). A sift-down reads one line per
     /// level. Lanes past the end hold `VACANT`.
     ranks: Vec<Siblings>,
-    /// The slot at each heap position.
-    slots: Vec<u32>,
+    /// Heap positions in use.
+    len: usize,
     /// Where each slot's entry is in the heap, or `ABSENT`.
     position: Vec<u32>,
     /// Scratch for `first`: (rank, heap position) still to be looked at,
@@ -81,7 +87,7 @@ pub(crate) struct OrderIndex {
 impl OrderIndex {
     /// Entries held.
     pub(crate) fn len(&self) -> usize {
-        self.slots.len()
+        self.len
     }
 
     fn rank_at(&self, at: usize) -> u128 {
@@ -90,30 +96,30 @@ impl OrderIndex {
     }
 
     /// Adds `slot` (not yet held) with its key and sequence number.
-    pub(crate) fn insert(&mut self, slot: u32, key: u64, seq: u64) {
+    pub(crate) fn insert(&mut self, slot: u32, key: u64, seq: u32) {
         let index = slot as usize;
         if index >= self.position.len() {
             self.position.resize(index + 1, ABSENT);
         }
         debug_assert_eq!(self.position[index], ABSENT, "slot {slot} held twice");
-        let at = self.slots.len();
-        self.slots.push(slot);
-        if self.ranks.len() < groups_for(at + 1) {
+        let at = self.len;
+        self.len += 1;
+        if self.ranks.len() < groups_for(self.len) {
             self.ranks.push(Siblings::VACANT);
         }
-        self.sift_up(at, rank(key, seq), slot);
+        self.sift_up(at, rank(key, seq, slot));
     }
 
     /// Takes `slot` out.
     pub(crate) fn remove(&mut self, slot: u32) {
         let at = std::mem::replace(&mut self.position[slot as usize], ABSENT) as usize;
-        let last = self.slots.len() - 1;
-        let (last_rank, last_slot) = (self.rank_at(last), self.slots[last]);
+        let last = self.len - 1;
+        let last_rank = self.rank_at(last);
         self.set_rank(last, VACANT);
-        self.slots.pop();
+        self.len = last;
         self.ranks.truncate(groups_for(last));
         if at < last {
-            self.restore(at, last_rank, last_slot);
+            self.restore(at, last_rank);
         }
     }
 
@@ -124,26 +130,27 @@ impl OrderIndex {
 
     /// Gives `slot` (held) a new key and sequence number; nothing moves
     /// when both are unchanged.
-    pub(crate) fn set(&mut self, slot: u32, key: u64, seq: u64) {
+    pub(crate) fn set(&mut self, slot: u32, key: u64, seq: u32) {
         let at = self.position[slot as usize] as usize;
-        self.rerank(at, slot, rank(key, seq));
+        self.rerank(at, rank(key, seq, slot));
     }
 
     /// Raises the key of `slot` (held) by `by` and gives it the sequence
     /// number `seq` (a selection), finding it once.
-    pub(crate) fn raise(&mut self, slot: u32, by: u64, seq: u64) {
+    pub(crate) fn raise(&mut self, slot: u32, by: u64, seq: u32) {
         let at = self.position[slot as usize] as usize;
         let key = (self.rank_at(at) >> 64) as u64 + by;
-        self.rerank(at, slot, rank(key, seq));
+        self.rerank(at, rank(key, seq, slot));
     }
 
-    /// Gives the entry at `at` the rank `new`, moving it as far as needed.
-    fn rerank(&mut self, at: usize, slot: u32, new: u128) {
+    /// Gives the entry at `at` the rank `new` (of the same slot), moving it
+    /// as far as needed.
+    fn rerank(&mut self, at: usize, new: u128) {
         let old = self.rank_at(at);
         if new < old {
-            self.sift_up(at, new, slot);
+            self.sift_up(at, new);
         } else if new > old {
-            self.sift_down(at, new, slot);
+            self.sift_down(at, new);
         }
     }
 
@@ -164,7 +171,7 @@ impl OrderIndex {
                     break;
                 };
                 let (_, at) = self.scanned.swap_remove(least);
-                out.push(self.slots[at as usize]);
+                out.push(slot_of(self.rank_at(at as usize)));
                 let children = at as usize * ARITY + 1;
                 for child in children..(children + ARITY).min(len) {
                     self.scanned.push((self.rank_at(child), child as u32));
@@ -176,7 +183,7 @@ impl OrderIndex {
         self.frontier.push(Reverse((self.rank_at(0), 0)));
         let mut taken = 0;
         while let Some(Reverse((_, at))) = self.frontier.pop() {
-            out.push(self.slots[at as usize]);
+            out.push(slot_of(self.rank_at(at as usize)));
             taken += 1;
             if taken == n {
                 break;
@@ -189,30 +196,30 @@ impl OrderIndex {
         }
     }
 
-    /// Puts (`rank`, `slot`) at `at` and moves it up or down until the
-    /// heap is in order again.
-    fn restore(&mut self, at: usize, rank: u128, slot: u32) {
+    /// Puts `rank` at `at` and moves it up or down until the heap is in
+    /// order again.
+    fn restore(&mut self, at: usize, rank: u128) {
         if at > 0 && rank < self.rank_at((at - 1) / ARITY) {
-            self.sift_up(at, rank, slot);
+            self.sift_up(at, rank);
         } else {
-            self.sift_down(at, rank, slot);
+            self.sift_down(at, rank);
         }
     }
 
-    fn sift_up(&mut self, mut at: usize, rank: u128, slot: u32) {
+    fn sift_up(&mut self, mut at: usize, rank: u128) {
         while at > 0 {
             let parent = (at - 1) / ARITY;
             let parent_rank = self.rank_at(parent);
             if parent_rank <= rank {
                 break;
             }
-            self.place(at, parent_rank, self.slots[parent]);
+            self.place(at, parent_rank);
             at = parent;
         }
-        self.place(at, rank, slot);
+        self.place(at, rank);
     }
 
-    fn sift_down(&mut self, mut at: usize, rank: u128, slot: u32) {
+    fn sift_down(&mut self, mut at: usize, rank: u128) {
         let len = self.len();
         loop {
             let first = at * ARITY + 1;
@@ -226,11 +233,10 @@ impl OrderIndex {
             if least_rank >= rank {
                 break;
             }
-            let child = first + least;
-            self.place(at, least_rank, self.slots[child]);
-            at = child;
+            self.place(at, least_rank);
+            at = first + least;
         }
-        self.place(at, rank, slot);
+        self.place(at, rank);
     }
 
     fn set_rank(&mut self, at: usize, rank: u128) {
@@ -238,10 +244,9 @@ impl OrderIndex {
         self.ranks[p / ARITY].0[p % ARITY] = rank;
     }
 
-    fn place(&mut self, at: usize, rank: u128, slot: u32) {
+    fn place(&mut self, at: usize, rank: u128) {
         self.set_rank(at, rank);
-        self.slots[at] = slot;
-        self.position[slot as usize] = at as u32;
+        self.position[slot_of(rank) as usize] = at as u32;
     }
 }
 
@@ -258,8 +263,8 @@ mod tests {
     fn matches_a_sorted_set() {
         let mut rng = SmallRng::seed_from_u64(7);
         let mut index = OrderIndex::default();
-        let mut model: BTreeSet<(u64, u64, u32)> = BTreeSet::new();
-        let mut held: Vec<Option<(u64, u64)>> = vec![None; 300];
+        let mut model: BTreeSet<(u64, u32, u32)> = BTreeSet::new();
+        let mut held: Vec<Option<(u64, u32)>> = vec![None; 300];
         let mut seq = 0;
         for round in 0..20_000 {
             let slot = rng.random_range(0..300u32);

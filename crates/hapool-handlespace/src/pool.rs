@@ -47,8 +47,9 @@ impl Registrant {
 #[derive(Clone, Debug)]
 #[repr(C, align(64))]
 pub struct PeEntry {
-    /// Order among equals: a fresh number on addition and on each selection.
-    pub(crate) seq: u64,
+    /// Order among equals: a fresh number of the pool's on addition and on
+    /// each selection.
+    pub(crate) seq: u32,
     pub(crate) selection: SelectionState,
     registrant: Option<Registrant>,
     element: PoolElement,
@@ -151,6 +152,8 @@ pub struct Pool {
     weighted: WeightTree,
     /// WRR: virtual time of the latest selection; newcomers start there.
     virtual_time: u64,
+    /// The sequence number the next addition or selection gets.
+    next_seq: u32,
     /// Whether selecting a PE can change its key or weight (the policy
     /// type degrades or advances virtual time).
     changes_on_selection: bool,
@@ -176,6 +179,7 @@ impl Pool {
             ordered: OrderIndex::default(),
             weighted: WeightTree::default(),
             virtual_time: 0,
+            next_seq: 0,
             changes_on_selection: selection::changes_on_selection(&first.policy),
             uniform: matches!(first.policy, hapool_wire::Policy::Random),
         }
@@ -251,9 +255,36 @@ impl Pool {
         result
     }
 
+    /// A fresh sequence number. Before the numbers run out, the PEs are
+    /// numbered again from zero in the order they have (once in four
+    /// billion additions and selections), so the order among equals holds.
+    fn take_seq(&mut self) -> u32 {
+        if self.next_seq == u32::MAX {
+            self.renumber();
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    fn renumber(&mut self) {
+        let mut by_seq: Vec<(u32, u32)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, entry)| Some((entry.as_ref()?.seq, slot as u32)))
+            .collect();
+        by_seq.sort_unstable();
+        for (seq, &(_, slot)) in by_seq.iter().enumerate() {
+            // A smaller number in the same order: every PE stays where it is.
+            self.modify(slot, |entry| entry.seq = seq as u32);
+        }
+        self.next_seq = by_seq.len() as u32;
+    }
+
     /// Adds a PE (whose id is not in the pool yet) and returns its slot.
-    pub(crate) fn insert(&mut self, mut entry: PeEntry, seq: u64) -> u32 {
-        entry.seq = seq;
+    pub(crate) fn insert(&mut self, mut entry: PeEntry) -> u32 {
+        entry.seq = self.take_seq();
         entry.selection.virtual_time = self.virtual_time;
         let id = entry.element.id;
         let slot = match self.free.pop() {
@@ -334,14 +365,13 @@ impl Pool {
 
     /// Chooses up to `n` distinct PEs by the pool's policy. The first
     /// `increment` of them (all when zero) count as selected: they get a
-    /// fresh sequence number from `next_seq` and their degradation or
-    /// virtual time advances.
+    /// fresh sequence number and their degradation or virtual time
+    /// advances.
     pub(crate) fn select<R: Rng + ?Sized>(
         &mut self,
         n: usize,
         increment: usize,
         rng: &mut R,
-        next_seq: &mut u64,
     ) -> Vec<u32> {
         let chosen: Vec<u32> = match self.kind {
             // A few of many equal PEs, most slots in use: a random slot,
@@ -411,8 +441,7 @@ impl Pool {
             increment.min(chosen.len())
         };
         for &slot in &chosen[..increment] {
-            let seq = *next_seq;
-            *next_seq += 1;
+            let seq = self.take_seq();
             if self.kind == Kind::Weighted && !self.changes_on_selection {
                 // Only the sequence number would change, and a weighted
                 // pool never orders by it: the PE is not touched.
@@ -437,5 +466,52 @@ impl Pool {
             debug_assert!(self.indexed_as_policy_says(slot), "slot {slot}");
         }
         chosen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hapool_wire::{Policy, RegistrarId, Transport};
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+    use std::net::Ipv4Addr;
+
+    fn pool_of(n: u32, policy: Policy) -> Pool {
+        let element = |id: u32| PoolElement {
+            id: PoolElementId(id),
+            home_registrar: RegistrarId(1),
+            registration_life: 1_000,
+            user_transport: Transport::tcp((Ipv4Addr::LOCALHOST, 80).into()),
+            policy: policy.clone(),
+            asap_transport: None,
+        };
+        let mut pool = Pool::new(PoolHandle::from("p"), &element(0));
+        for id in 0..n {
+            pool.insert(PeEntry::new(element(id), None, Instant::now()));
+        }
+        pool
+    }
+
+    /// When the sequence numbers run out they start again, and the order
+    /// among equals goes on as if nothing happened: a round robin keeps
+    /// its turn, a degrading pool its order.
+    #[test]
+    fn selections_keep_their_order_when_the_sequence_numbers_start_again() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        for policy in [
+            Policy::RoundRobin,
+            Policy::LeastUsedDegradation {
+                load: 0,
+                degradation: 10,
+            },
+        ] {
+            let mut pool = pool_of(5, policy.clone());
+            pool.next_seq = u32::MAX - 7;
+            let turns: Vec<u32> = (0..30).flat_map(|_| pool.select(1, 0, &mut rng)).collect();
+            let expected: Vec<u32> = (0..30).map(|i| i % 5).collect();
+            assert_eq!(turns, expected, "{policy:?}");
+            assert!(pool.next_seq < 30, "{policy:?}: renumbered from zero");
+        }
     }
 }
