@@ -157,9 +157,6 @@ pub struct Pool {
     /// Whether selecting a PE can change its key or weight (the policy
     /// type degrades or advances virtual time).
     changes_on_selection: bool,
-    /// Whether every PE weighs the same (Random): a few PEs of a large pool
-    /// are then drawn straight from the slots, without the weight tree.
-    uniform: bool,
 }
 
 impl Pool {
@@ -181,7 +178,6 @@ impl Pool {
             virtual_time: 0,
             next_seq: 0,
             changes_on_selection: selection::changes_on_selection(&first.policy),
-            uniform: matches!(first.policy, hapool_wire::Policy::Random),
         }
     }
 
@@ -363,6 +359,39 @@ impl Pool {
         }
     }
 
+    /// Draws PEs of a weighted pool from the tree until `chosen` holds
+    /// `n` (or no weight is left), each with a probability proportional to
+    /// its weight.
+    fn draw_from_tree<R: Rng + ?Sized>(&mut self, n: usize, rng: &mut R, chosen: &mut Vec<u32>) {
+        // Draw with replacement and reject repeats: the same distribution
+        // as drawing without replacement, without changing the tree. Once
+        // a repeat happens, take the chosen PEs out of the draw instead
+        // (small or skewed pools).
+        let mut zeroed = false;
+        while chosen.len() < n && self.weighted.total() > 0 {
+            let target = rng.random_range(0..self.weighted.total());
+            let slot = self.weighted.find(target) as u32;
+            if chosen.contains(&slot) {
+                if !zeroed {
+                    for &s in chosen.iter() {
+                        self.weighted.set(s as usize, 0);
+                    }
+                    zeroed = true;
+                }
+                continue;
+            }
+            chosen.push(slot);
+            if zeroed {
+                self.weighted.set(slot as usize, 0);
+            }
+        }
+        if zeroed {
+            for &slot in chosen.iter() {
+                self.reindex(slot);
+            }
+        }
+    }
+
     /// Chooses up to `n` distinct PEs by the pool's policy. The first
     /// `increment` of them (all when zero) count as selected: they get a
     /// fresh sequence number and their degradation or virtual time
@@ -374,23 +403,6 @@ impl Pool {
         rng: &mut R,
     ) -> Vec<u32> {
         let chosen: Vec<u32> = match self.kind {
-            // A few of many equal PEs, most slots in use: a random slot,
-            // drawn again when it is free or already chosen (fewer than
-            // three draws per PE on average). Reads only the chosen PEs.
-            Kind::Weighted
-                if self.uniform
-                    && n.saturating_mul(4) <= self.len()
-                    && self.free.len() * 2 <= self.slots.len() =>
-            {
-                let mut chosen: Vec<u32> = Vec::with_capacity(n);
-                while chosen.len() < n {
-                    let slot = rng.random_range(0..self.slots.len() as u32);
-                    if self.slots[slot as usize].is_some() && !chosen.contains(&slot) {
-                        chosen.push(slot);
-                    }
-                }
-                chosen
-            }
             Kind::Ordered => {
                 let mut chosen = Vec::with_capacity(n.min(self.len()));
                 self.ordered.first(n, &mut chosen);
@@ -399,32 +411,13 @@ impl Pool {
             Kind::Weighted => {
                 let n = n.min(self.len());
                 let mut chosen: Vec<u32> = Vec::with_capacity(n);
-                // Draw with replacement and reject repeats: the same
-                // distribution as drawing without replacement, without
-                // touching the tree. Once a repeat happens, take the
-                // chosen PEs out of the draw instead (small or skewed pools).
-                let mut zeroed = false;
-                while chosen.len() < n && self.weighted.total() > 0 {
-                    let target = rng.random_range(0..self.weighted.total());
-                    let slot = self.weighted.find(target) as u32;
-                    if chosen.contains(&slot) {
-                        if !zeroed {
-                            for &s in &chosen {
-                                self.weighted.set(s as usize, 0);
-                            }
-                            zeroed = true;
-                        }
-                        continue;
-                    }
-                    chosen.push(slot);
-                    if zeroed {
-                        self.weighted.set(slot as usize, 0);
-                    }
-                }
-                if zeroed {
-                    for &slot in &chosen {
-                        self.reindex(slot);
-                    }
+                // A few of many: straight from the slots, one weight read
+                // per try, when that pays (WeightTree::sample); otherwise,
+                // or for the rest, from the tree.
+                let sampled = n.saturating_mul(4) <= self.len()
+                    && self.weighted.sample(n, self.slots.len(), rng, &mut chosen);
+                if !sampled {
+                    self.draw_from_tree(n, rng, &mut chosen);
                 }
                 chosen
             }

@@ -9,6 +9,12 @@
 //! levels, of which only the slot weights themselves are too large to stay
 //! in cache. (A binary indexed tree needs seventeen scattered reads for
 //! the same draw.)
+//!
+//! A few draws from many slots skip the tree altogether when the weights
+//! are not too uneven: a slot drawn at random is kept with probability
+//! weight / bound, where the bound is at least every weight; each slot is
+//! then kept in proportion to its weight, and one or two tries read one
+//! weight each (see [`WeightTree::sample`]).
 
 /// Children per node.
 const FANOUT: usize = 16;
@@ -21,7 +27,15 @@ pub(crate) struct WeightTree {
     /// 16-entry nodes, and entry `j` of a node is the sum of the node's
     /// children `0..=j`.
     levels: Vec<Vec<u64>>,
+    /// At least every weight: raised by `set`, made exact again by
+    /// `sample` when it has grown stale.
+    bound: u64,
+    /// Weights set since `bound` was last exact.
+    sets_since_exact: usize,
 }
+
+/// Tries `sample` makes for each slot it is asked for before it gives up.
+const TRIES_PER_SLOT: usize = 16;
 
 impl WeightTree {
     /// The sum of all weights.
@@ -57,6 +71,8 @@ impl WeightTree {
         if delta == 0 {
             return;
         }
+        self.bound = self.bound.max(weight);
+        self.sets_since_exact += 1;
         let mut index = slot;
         for level in &mut self.levels {
             let node_end = (index / FANOUT + 1) * FANOUT;
@@ -82,6 +98,60 @@ impl WeightTree {
             node = node * FANOUT + below;
         }
         node
+    }
+
+    /// Distinct slots below `slots` until `chosen` holds `n`, each drawn with a
+    /// probability proportional to its weight, without walking the tree:
+    /// a slot drawn uniformly is kept with probability weight / bound
+    /// (slots drawn twice are drawn again), which picks each slot in
+    /// proportion to its weight. Adds to `chosen` and returns true when
+    /// all `n` are found; returns false, having added only some, when the
+    /// weights are too uneven for it to pay (fewer than one try in four
+    /// would keep a slot) or it gave up after many tries: the caller
+    /// draws the rest from the tree. Either way the slots added are
+    /// distributed as draws from the tree would be.
+    pub(crate) fn sample<R: rand::Rng + ?Sized>(
+        &mut self,
+        n: usize,
+        slots: usize,
+        rng: &mut R,
+        chosen: &mut Vec<u32>,
+    ) -> bool {
+        if slots == 0 || !self.sampling_pays(slots) {
+            return false;
+        }
+        let bound = self.bound;
+        for _ in 0..n.saturating_mul(TRIES_PER_SLOT) {
+            let slot = rng.random_range(0..slots);
+            let weight = self.weight(slot);
+            let kept = weight == bound || (weight > 0 && rng.random_range(0..bound) < weight);
+            if kept && !chosen.contains(&(slot as u32)) {
+                chosen.push(slot as u32);
+                if chosen.len() == n {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Whether a try of `sample` over `slots` keeps a slot at least one
+    /// time in four. A bound grown stale (the largest weights lowered or
+    /// gone) is made exact first, at most once per `slots` weights set.
+    fn sampling_pays(&mut self, slots: usize) -> bool {
+        let pays = |bound: u64, total: u64| {
+            total > 0 && u128::from(total) * 4 >= u128::from(bound) * slots as u128
+        };
+        let total = self.total();
+        if pays(self.bound, total) {
+            return true;
+        }
+        if self.sets_since_exact < slots {
+            return false;
+        }
+        self.bound = (0..slots).map(|slot| self.weight(slot)).max().unwrap_or(0);
+        self.sets_since_exact = 0;
+        pays(self.bound, total)
     }
 
     /// Rebuilds for at least `len` slots (doubling, so growth is amortised).
@@ -147,6 +217,38 @@ mod tests {
         assert_eq!(tree.total(), weights.iter().sum::<u64>() - 9 + 6);
         assert_eq!(tree.find(tree.total() - 1), 20);
         assert_eq!(tree.weight(20), 6);
+    }
+
+    /// Sampling keeps slots in proportion to their weight, declines when
+    /// the weights are too uneven, and makes a bound grown stale exact
+    /// again.
+    #[test]
+    fn sampling_follows_the_weights_and_its_bound() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
+        let mut tree = WeightTree::default();
+        for slot in 0..64 {
+            tree.set(slot, if slot % 2 == 0 { 1 } else { 3 });
+        }
+        let mut heavy = 0;
+        for _ in 0..40_000 {
+            let mut chosen = Vec::new();
+            assert!(tree.sample(1, 64, &mut rng, &mut chosen));
+            heavy += chosen[0] % 2;
+        }
+        // Odd slots weigh three times as much: 3/4 of the draws.
+        assert!((heavy as f64 / 40_000.0 - 0.75).abs() < 0.01, "{heavy}");
+        // One slot far heavier than the rest: a try would rarely keep one.
+        tree.set(0, 1_000_000);
+        assert!(!tree.sample(1, 64, &mut rng, &mut Vec::new()));
+        // Lowered again: the bound (still a million) is made exact once
+        // enough weights have been set since it was.
+        tree.set(0, 1);
+        for slot in 0..64 {
+            tree.set(slot, 2);
+        }
+        assert!(tree.sample(4, 64, &mut rng, &mut Vec::new()));
+        assert_eq!(tree.bound, 2);
     }
 
     /// Several levels deep, with growth in between and zero weights.

@@ -469,3 +469,54 @@ fn unknown_policy_type_behaves_as_round_robin() {
     let picks: Vec<u32> = (0..6).map(|_| resolve(&mut hs, 1, &mut r)[0]).collect();
     assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
 }
+
+/// Weighted draws of a few PEs of a larger pool come straight from its
+/// slots, kept in proportion to their weight: each PE's share matches its
+/// weight, freed slots are never drawn, and the PEs of one answer are
+/// distinct.
+#[test]
+fn weighted_draws_from_a_pool_with_freed_slots_follow_the_weights() {
+    let weight = |id: u32| 1 + id % 8;
+    let policies: Vec<Policy> = (1..=40u32)
+        .map(|id| Policy::WeightedRandom { weight: weight(id) })
+        .collect();
+    let (mut hs, _) = pool_of(&policies, HandlespaceConfig::default());
+    for id in (1..=40u32).filter(|id| id % 5 == 0) {
+        let e = hs.deregister(
+            &handle(),
+            hapool_wire::PoolElementId(id),
+            &conn(u64::from(id)),
+        );
+        assert!(e.is_ok(), "{id}");
+    }
+    let live: Vec<u32> = (1..=40u32).filter(|id| id % 5 != 0).collect();
+    let total: u32 = live.iter().map(|&id| weight(id)).sum();
+    let mut r = rng();
+    let mut counts: HashMap<u32, u32> = HashMap::new();
+    const DRAWS: u32 = 100_000;
+    for _ in 0..DRAWS {
+        let got = resolve(&mut hs, 1, &mut r);
+        *counts.entry(got[0]).or_default() += 1;
+    }
+    for id in counts.keys() {
+        assert!(live.contains(id), "{id} is not in the pool");
+    }
+    // Every count within 4.5 standard deviations of its expectation.
+    for id in &live {
+        let p = f64::from(weight(*id)) / f64::from(total);
+        let expected = f64::from(DRAWS) * p;
+        let sd = (expected * (1.0 - p)).sqrt();
+        let got = f64::from(counts.get(id).copied().unwrap_or(0));
+        assert!(
+            (got - expected).abs() < 4.5 * sd,
+            "PE {id} (weight {}): {got} against {expected:.0}",
+            weight(*id)
+        );
+    }
+    for _ in 0..1_000 {
+        let mut got = resolve(&mut hs, 6, &mut r);
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got.len(), 6);
+    }
+}
