@@ -422,12 +422,6 @@ impl Pool {
                 chosen
             }
         };
-        // Every chosen PE is read by the caller: asking for each now lets
-        // the reads of entries out of cache overlap with the index's work
-        // below, instead of following it one by one.
-        for &slot in &chosen {
-            self.entry(slot);
-        }
         let increment = if increment == 0 {
             chosen.len()
         } else {
