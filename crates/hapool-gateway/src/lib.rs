@@ -444,7 +444,7 @@ impl Drop for OpenConnection {
 /// Tasks a worker runs between two looks at its sockets' readiness while
 /// tasks are waiting (tokio's default is 61). Under load every request
 /// wakes several tasks, and each look is a system call; looking a quarter
-/// as often took 7–10 % off the CPU per request at 256 connections
+/// as often took 6–10 % off the CPU per request at 256 connections
 /// (docs/performance.md).
 const EVENT_INTERVAL: u32 = 256;
 
