@@ -257,6 +257,24 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use std::collections::BTreeSet;
 
+    /// The least of four lanes, the first of equals, for every order of
+    /// four values with ties and vacant lanes among them.
+    #[test]
+    fn least_of_four_is_the_first_smallest() {
+        let values = [1u128, 2, 2, VACANT];
+        for a in values {
+            for b in values {
+                for c in values {
+                    for d in values {
+                        let lanes = [a, b, c, d];
+                        let want = (0..4).min_by_key(|&i| (lanes[i], i)).unwrap();
+                        assert_eq!(Siblings(lanes).least(), want, "{lanes:?}");
+                    }
+                }
+            }
+        }
+    }
+
     /// Random inserts, removals, key changes and reads of the first N,
     /// against a sorted set.
     #[test]
