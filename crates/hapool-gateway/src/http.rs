@@ -223,46 +223,47 @@ fn websocket_key() -> HeaderValue {
     HeaderValue::from_str(&key).expect("base64 is a header value")
 }
 
-/// Headers that belong to one connection and are not passed on.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    const OTHERS: [&str; 2] = ["keep-alive", "proxy-connection"];
-    let any = headers.keys().any(|name| {
-        [
-            header::CONNECTION,
-            header::TE,
-            header::TRAILER,
-            header::TRANSFER_ENCODING,
-            header::UPGRADE,
-            header::PROXY_AUTHORIZATION,
-        ]
-        .contains(name)
-            || OTHERS.contains(&name.as_str())
-    });
-    if !any {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
+/// Whether `name` is a header that belongs to one connection.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
         header::CONNECTION,
         header::TE,
         header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
         header::PROXY_AUTHORIZATION,
-    ] {
+    ]
+    .contains(name)
+        || ["keep-alive", "proxy-connection"].contains(&name.as_str())
+}
+
+/// Removes the headers that belong to one connection and those the
+/// `Connection` header names. Only headers that are there are removed:
+/// a member's response usually carries `Connection: keep-alive` alone, and
+/// each removal is a hash and a probe.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+    {
+        if headers.contains_key(token)
+            && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+        {
+            named.push(name);
+        }
+    }
+    for name in &named {
         headers.remove(name);
     }
-    for name in OTHERS {
-        headers.remove(name);
+    while let Some(name) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() {
+        headers.remove(&name);
     }
 }
 
@@ -807,11 +808,31 @@ mod tests {
             header::CONNECTION,
             HeaderValue::from_static("close, x-private"),
         );
+        headers.append(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, X-Other"),
+        );
         headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("x-other", HeaderValue::from_static("2"));
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         remove_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1);
+        assert_eq!(headers.len(), 1, "{headers:?}");
         assert!(headers.contains_key(header::ACCEPT));
+
+        // A member's usual answer: only `Connection` goes.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key(header::CONTENT_LENGTH));
     }
 }
