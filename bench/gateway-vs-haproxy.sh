@@ -2,7 +2,8 @@
 # hapool gateway against HAProxy in one run, in front of the same three
 # nginx backends on loopback, driven by wrk.
 #
-#   bench/gateway-vs-haproxy.sh [matrix|failover|all]     (default all)
+#   bench/gateway-vs-haproxy.sh [matrix|failover|floor|all]   (default all:
+#                                                             matrix, failover)
 #
 # matrix:   2-byte (/) and 4 KiB (/4k) bodies, wrk -t1 -c64 and -t2 -c256,
 #           one and two proxy threads (HAProxy nbthread, hapool --threads);
@@ -12,6 +13,12 @@
 #           12 s; client-visible failures (non-2xx and socket errors).
 #           HAProxy with its usual `retries 3` + `option redispatch`, and
 #           with `retry-on all-retryable-errors`; hapool with its defaults.
+# floor:    one proxy thread, wrk -t1 -c64 on /, REPS rounds (at least 3):
+#           HAProxy, the hapool gateway and proxy-floor (the least a hyper
+#           proxy does per request, crates/hapool/examples/proxy-floor.rs)
+#           in turn; requests/s and the proxy's user and system CPU
+#           microseconds per request. Needs
+#           cargo build --release --example proxy-floor.
 #
 # Env: DUR (wrk seconds, default 10), REPS (default 1), WORK (scratch dir).
 # Needs: haproxy nginx wrk (apt-get install -y haproxy nginx wrk), and a
@@ -219,10 +226,41 @@ failover() {
   done
 }
 
+floor() {
+  local floor_bin=$ROOT/target/release/examples/proxy-floor
+  [ -x $floor_bin ] || { echo "needs $floor_bin: cargo build --release --example proxy-floor"; exit 1; }
+  echo "== floor (wrk -t1 -c64 -d${DUR}s on /, one proxy thread; CPU us per request)"
+  printf '%-12s %10s %8s %8s %8s\n' "proxy" "req/s" "user" "system" "total"
+  for rep in $(seq $(( REPS < 3 ? 3 : REPS ))); do
+    for lb in haproxy hapool floor; do
+      if [ $lb = floor ]; then
+        $floor_bin 127.0.0.1:$LB_PORT 127.0.0.1:${PORTS[0]} 127.0.0.1:${PORTS[1]} 127.0.0.1:${PORTS[2]} \
+          >> $W/logs/floor.log 2>&1 & LB=$!
+        PIDS+=($LB)
+        for _ in $(seq 100); do
+          [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$LB_PORT/ 2>/dev/null)" = 200 ] && break
+          sleep 0.1
+        done
+      else
+        start_lb $lb 1
+      fi
+      wrk -t1 -c64 -d1s http://127.0.0.1:$LB_PORT/ > /dev/null 2>&1
+      read u0 s0 <<< "$(awk '{print $14, $15}' /proc/$LB/stat)"
+      wrk -t1 -c64 -d${DUR}s http://127.0.0.1:$LB_PORT/ > $W/logs/floor-$lb.wrk 2>&1
+      read u1 s1 <<< "$(awk '{print $14, $15}' /proc/$LB/stat)"
+      read rps p50 p99 err <<< "$(parse_wrk $W/logs/floor-$lb.wrk)"
+      python3 -c "r = $rps * $DUR; u, s = ($u1 - $u0) / $hz * 1e6 / r, ($s1 - $s0) / $hz * 1e6 / r
+print('%-12s %10.0f %8.2f %8.2f %8.2f' % ('$lb', $rps, u, s, u + s))"
+      stop_lb
+    done
+  done
+}
+
 for i in 1 2 3; do start_backend $i; done
 case ${1:-all} in
   matrix) matrix;;
   failover) failover;;
+  floor) floor;;
   all) matrix; failover;;
-  *) echo "usage: $0 [matrix|failover|all]"; exit 1;;
+  *) echo "usage: $0 [matrix|failover|floor|all]"; exit 1;;
 esac

@@ -1,0 +1,160 @@
+//! The least an HTTP/1.1 reverse proxy built on hyper and tokio does per
+//! request, as a yardstick for the gateway: one thread, requests sent
+//! round robin to the backends over kept connections, nothing else (no
+//! timeouts, no header rewriting, no sessions, no failover, no metrics).
+//! `bench/gateway-floor.sh` runs it beside the gateway and HAProxy.
+//!
+//! `proxy-floor LISTEN BACKEND...`, addresses as `127.0.0.1:8080`.
+
+#![allow(missing_docs)]
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The backends and the idle connections to each.
+struct Backends {
+    addresses: Vec<SocketAddr>,
+    next: usize,
+    idle: Vec<Vec<SendRequest<Incoming>>>,
+}
+
+type Shared = Rc<RefCell<Backends>>;
+
+/// A backend's response body; its connection goes back to the idle ones
+/// once the body has been read to the end.
+struct Returning {
+    inner: Incoming,
+    connection: Option<SendRequest<Incoming>>,
+    backends: Shared,
+    backend: usize,
+}
+
+impl Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if (self.inner.is_end_stream() || matches!(frame, Poll::Ready(None)))
+            && let Some(connection) = self.connection.take()
+        {
+            let backend = self.backend;
+            self.backends.borrow_mut().idle[backend].push(connection);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+async fn connect(address: SocketAddr) -> std::io::Result<SendRequest<Incoming>> {
+    let stream = TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::task::spawn_local(connection);
+    Ok(sender)
+}
+
+async fn proxy(
+    backends: Shared,
+    request: Request<Incoming>,
+) -> Result<Response<Returning>, std::io::Error> {
+    let (backend, idle) = {
+        let mut b = backends.borrow_mut();
+        b.next = (b.next + 1) % b.addresses.len();
+        let backend = b.next;
+        let mut idle = None;
+        while let Some(sender) = b.idle[backend].pop() {
+            if sender.is_ready() {
+                idle = Some(sender);
+                break;
+            }
+        }
+        (backend, idle)
+    };
+    let mut sender = match idle {
+        Some(sender) => sender,
+        None => {
+            let address = backends.borrow().addresses[backend];
+            connect(address).await?
+        }
+    };
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(response.map(|inner| Returning {
+        inner,
+        connection: Some(sender),
+        backends,
+        backend,
+    }))
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: proxy-floor LISTEN BACKEND...";
+    let listen: SocketAddr = args.next().expect(usage).parse().expect(usage);
+    let addresses: Vec<SocketAddr> = args.map(|a| a.parse().expect(usage)).collect();
+    assert!(!addresses.is_empty(), "{usage}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .event_interval(256)
+        .build()
+        .expect("a runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let backends = Rc::new(RefCell::new(Backends {
+            idle: addresses.iter().map(|_| Vec::new()).collect(),
+            addresses,
+            next: 0,
+        }));
+        let listener = TcpListener::bind(listen).await.expect("the listening address");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let backends = backends.clone();
+            tokio::task::spawn_local(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let backends = backends.clone();
+                    async move {
+                        Ok::<_, Infallible>(proxy(backends, request).await.unwrap_or_else(|e| {
+                            eprintln!("proxy-floor: {e}");
+                            std::process::exit(1)
+                        }))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
