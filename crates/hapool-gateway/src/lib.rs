@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod deadline;
+mod drain;
 pub mod http;
 mod member_cache;
 mod member_http;
@@ -32,6 +33,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ::http::HeaderValue;
+use drain::UntilDrained;
 use hapool_client::{PoolUser, PuConfig};
 use hapool_wire::{PoolElementId, PoolHandle};
 use http_body_util::{BodyExt, Either, Full};
@@ -888,15 +890,14 @@ async fn serve_connection<S>(
     let stream = FirstByteDeadline::new(stream, shared.limits.header_read_timeout);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let served = tokio::select! {
-        served = connection.as_mut() => served,
-        // Draining: the request under way finishes, then the connection
-        // closes (HTTP/2: GOAWAY).
-        () = drained(&mut draining) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
+    // Draining: the request under way finishes, then the connection
+    // closes (HTTP/2: GOAWAY).
+    let served = UntilDrained::new(
+        connection,
+        async move { drained(&mut draining).await },
+        |connection| connection.graceful_shutdown(),
+    )
+    .await;
     if let Err(e) = served {
         let timed_out = e
             .downcast_ref::<std::io::Error>()

@@ -134,7 +134,9 @@ fn main() {
             addresses,
             next: 0,
         }));
-        let listener = TcpListener::bind(listen).await.expect("the listening address");
+        let listener = TcpListener::bind(listen)
+            .await
+            .expect("the listening address");
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;

@@ -1,0 +1,167 @@
+//! A client connection served until its worker drains, then shut down
+//! gracefully.
+//!
+//! Waiting for the drain beside the connection (a `select!`) would look
+//! at the drain signal on every wake of the connection's task, several
+//! times per request, and each look takes the signal's lock. Here the
+//! drain is looked at only when its own waker fires: once at the start
+//! (to register), then only when the signal comes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+
+/// The drain future's waker: notes that the drain is worth a look and
+/// wakes the connection's task.
+struct DrainWaker {
+    woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for DrainWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(task) = &*self.task.lock().unwrap_or_else(PoisonError::into_inner) {
+            task.wake_by_ref();
+        }
+    }
+}
+
+/// `connection` until it ends; once `drain` completes, `shutdown` is
+/// called on it (and it is served on until it ends).
+pub(crate) struct UntilDrained<'c, C, D> {
+    connection: Pin<&'c mut C>,
+    drain: Option<Pin<Box<D>>>,
+    shutdown: fn(Pin<&mut C>),
+    waker: Arc<DrainWaker>,
+    /// The task waker `waker` wakes, as last handed to it.
+    task: Option<Waker>,
+}
+
+impl<'c, C: Future, D: Future<Output = ()>> UntilDrained<'c, C, D> {
+    pub(crate) fn new(connection: Pin<&'c mut C>, drain: D, shutdown: fn(Pin<&mut C>)) -> Self {
+        Self {
+            connection,
+            drain: Some(Box::pin(drain)),
+            shutdown,
+            waker: Arc::new(DrainWaker {
+                woken: AtomicBool::new(true),
+                task: Mutex::new(None),
+            }),
+            task: None,
+        }
+    }
+}
+
+impl<C: Future, D: Future<Output = ()>> Future for UntilDrained<'_, C, D> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = self.get_mut();
+        if let Some(drain) = &mut this.drain {
+            if !this.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *this
+                    .waker
+                    .task
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+                this.task = Some(cx.waker().clone());
+            }
+            if this.waker.woken.swap(false, Ordering::Acquire) {
+                let waker = Waker::from(this.waker.clone());
+                if drain
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_ready()
+                {
+                    this.drain = None;
+                    (this.shutdown)(this.connection.as_mut());
+                }
+            }
+        }
+        this.connection.as_mut().poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::sync::watch;
+
+    /// A connection that is pending until it is shut down, and counts how
+    /// often it is polled.
+    struct Connection {
+        shut_down: bool,
+        polls: usize,
+    }
+
+    impl Future for Connection {
+        type Output = usize;
+
+        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<usize> {
+            self.polls += 1;
+            if self.shut_down {
+                Poll::Ready(self.polls)
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    /// A future that counts how often it is polled.
+    struct Counted<F> {
+        inner: Pin<Box<F>>,
+        looks: Arc<AtomicUsize>,
+    }
+
+    impl<F: Future> Future for Counted<F> {
+        type Output = F::Output;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            self.looks.fetch_add(1, Ordering::Relaxed);
+            self.inner.as_mut().poll(cx)
+        }
+    }
+
+    /// Many wakes of the connection's task look at the drain once; the
+    /// drain signal wakes the task, shuts the connection down, and it
+    /// ends.
+    #[tokio::test]
+    async fn the_drain_is_looked_at_only_when_it_wakes() {
+        let mut connection = Connection {
+            shut_down: false,
+            polls: 0,
+        };
+        let (drain, mut draining) = watch::channel(false);
+        let looks = Arc::new(AtomicUsize::new(0));
+        let drained = Counted {
+            inner: Box::pin(async move {
+                let _ = draining.wait_for(|d| *d).await;
+            }),
+            looks: looks.clone(),
+        };
+        let served = UntilDrained::new(Pin::new(&mut connection), drained, |c| {
+            c.get_mut().shut_down = true;
+        });
+        let signal = async {
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(looks.load(Ordering::Relaxed), 1, "looks before the signal");
+            drain.send(true).unwrap();
+        };
+        let (polls, ()) = tokio::join!(served, signal);
+        assert!(
+            polls > 50,
+            "the connection is polled on every wake: {polls}"
+        );
+        assert_eq!(looks.load(Ordering::Relaxed), 2);
+    }
+}
