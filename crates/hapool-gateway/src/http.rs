@@ -8,20 +8,19 @@
 //! as both keep it open.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hapool_wire::PoolElementId;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, warn};
 
+use crate::body::{AtEnd, OnEnd};
 use crate::member_http::{InUse, MemberError, MemberHttp, Target};
 use crate::pool::{Lease, Member, Pool};
 use crate::sessions::{Session, SessionKey};
@@ -47,53 +46,18 @@ pub const STATE_HEADER: &str = "x-hapool-state";
 
 /// A response body that keeps the member's session open until it is done,
 /// and then gives the member connection back for the next request.
-pub(crate) struct LeasedBody {
-    inner: Incoming,
-    connection: Option<InUse>,
+pub(crate) type LeasedBody = OnEnd<Incoming, Released>;
+
+/// A member connection and the session it carries, until the response on
+/// it has been read.
+pub(crate) struct Released {
+    connection: InUse,
     _lease: Lease,
 }
 
-impl LeasedBody {
-    /// Gives the connection back once the body has been read to the end.
-    fn release_if_done(&mut self, done: bool) {
-        if done && let Some(connection) = self.connection.take() {
-            connection.release();
-        }
-    }
-}
-
-impl Drop for LeasedBody {
-    fn drop(&mut self) {
-        // A body with nothing in it (HEAD, 204, 304) may never be read.
-        let done = self.inner.is_end_stream();
-        self.release_if_done(done);
-    }
-}
-
-impl Body for LeasedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        let done = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
-            Poll::Ready(Some(Err(_))) | Poll::Pending => false,
-        };
-        self.release_if_done(done);
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+impl AtEnd for Released {
+    fn at_end(self) {
+        self.connection.release();
     }
 }
 
@@ -690,11 +654,13 @@ impl HttpProxy {
         }
         Response::from_parts(
             parts,
-            Either::Left(LeasedBody {
-                inner: body,
-                connection: Some(connection),
-                _lease: lease,
-            }),
+            Either::Left(OnEnd::new(
+                body,
+                Released {
+                    connection,
+                    _lease: lease,
+                },
+            )),
         )
     }
 }

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod body;
 mod deadline;
 mod drain;
 pub mod http;

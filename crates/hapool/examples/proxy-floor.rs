@@ -1,8 +1,10 @@
 //! The least an HTTP/1.1 reverse proxy built on hyper and tokio does per
 //! request, as a yardstick for the gateway: one thread, requests sent
-//! round robin to the backends over kept connections, nothing else (no
+//! round robin to the backends over kept connections (given back, as the
+//! gateway does, once a response has been read), nothing else (no
 //! timeouts, no header rewriting, no sessions, no failover, no metrics).
-//! `bench/gateway-floor.sh` runs it beside the gateway and HAProxy.
+//! `bench/gateway-vs-haproxy.sh floor` runs it beside the gateway and
+//! HAProxy.
 //!
 //! `proxy-floor LISTEN BACKEND...`, addresses as `127.0.0.1:8080`.
 
@@ -11,12 +13,10 @@
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hapool_gateway::body::{AtEnd, OnEnd};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -34,39 +34,17 @@ struct Backends {
 
 type Shared = Rc<RefCell<Backends>>;
 
-/// A backend's response body; its connection goes back to the idle ones
-/// once the body has been read to the end.
-struct Returning {
-    inner: Incoming,
-    connection: Option<SendRequest<Incoming>>,
+/// A backend connection whose response is being read; it goes back to
+/// the idle ones once the body has been read to the end.
+struct GiveBack {
+    connection: SendRequest<Incoming>,
     backends: Shared,
     backend: usize,
 }
 
-impl Body for Returning {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = Pin::new(&mut self.inner).poll_frame(cx);
-        if (self.inner.is_end_stream() || matches!(frame, Poll::Ready(None)))
-            && let Some(connection) = self.connection.take()
-        {
-            let backend = self.backend;
-            self.backends.borrow_mut().idle[backend].push(connection);
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+impl AtEnd for GiveBack {
+    fn at_end(self) {
+        self.backends.borrow_mut().idle[self.backend].push(self.connection);
     }
 }
 
@@ -83,7 +61,7 @@ async fn connect(address: SocketAddr) -> std::io::Result<SendRequest<Incoming>> 
 async fn proxy(
     backends: Shared,
     request: Request<Incoming>,
-) -> Result<Response<Returning>, std::io::Error> {
+) -> Result<Response<OnEnd<Incoming, GiveBack>>, std::io::Error> {
     let (backend, idle) = {
         let mut b = backends.borrow_mut();
         b.next = (b.next + 1) % b.addresses.len();
@@ -108,11 +86,15 @@ async fn proxy(
         .send_request(request)
         .await
         .map_err(std::io::Error::other)?;
-    Ok(response.map(|inner| Returning {
-        inner,
-        connection: Some(sender),
-        backends,
-        backend,
+    Ok(response.map(|body| {
+        OnEnd::new(
+            body,
+            GiveBack {
+                connection: sender,
+                backends,
+                backend,
+            },
+        )
     }))
 }
 
