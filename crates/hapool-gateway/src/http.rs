@@ -187,18 +187,21 @@ fn websocket_key() -> HeaderValue {
     HeaderValue::from_str(&key).expect("base64 is a header value")
 }
 
-/// Whether `name` is a header that belongs to one connection.
+/// Whether `name` is a header that belongs to one connection. Asked of
+/// every header of every message: one comparison of the (lower-case)
+/// name.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-    ]
-    .contains(name)
-        || ["keep-alive", "proxy-connection"].contains(&name.as_str())
+    matches!(
+        name.as_str(),
+        "connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "keep-alive"
+            | "proxy-connection"
+    )
 }
 
 /// Removes the headers that belong to one connection and those the
