@@ -146,11 +146,14 @@ start_lb() {  # $1 = haproxy|hapool, $2 = threads, $3 = haproxy extra line
     hapool) hapool_conf $2; RUST_LOG=warn $HAPOOL gateway --config $W/conf/gateway.toml >> $W/logs/hapool.log 2>&1 & LB=$!;;
   esac
   PIDS+=($LB)
+  wait_lb
+  sleep 1.5   # every backend checked/probed up
+}
+wait_lb() {  # until the proxy on LB_PORT answers 200, 10 s at most
   for _ in $(seq 100); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$LB_PORT/ 2>/dev/null)" = 200 ] && break
     sleep 0.1
   done
-  sleep 1.5   # every backend checked/probed up
 }
 stop_lb() {
   kill -TERM $LB 2>/dev/null; wait $LB 2>/dev/null; LB=""
@@ -237,10 +240,7 @@ floor() {
         $floor_bin 127.0.0.1:$LB_PORT 127.0.0.1:${PORTS[0]} 127.0.0.1:${PORTS[1]} 127.0.0.1:${PORTS[2]} \
           >> $W/logs/floor.log 2>&1 & LB=$!
         PIDS+=($LB)
-        for _ in $(seq 100); do
-          [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$LB_PORT/ 2>/dev/null)" = 200 ] && break
-          sleep 0.1
-        done
+        wait_lb
       else
         start_lb $lb 1
       fi
