@@ -201,7 +201,9 @@ pub struct GatewayConfig {
     pub session_capacity: usize,
     /// Limits and timers.
     pub limits: Limits,
-    /// Worker threads serving the listeners. Default: one per core.
+    /// Workers serving the listeners, each on a thread of its own (a
+    /// single worker started from a single-threaded runtime runs on it).
+    /// Default: one per core.
     pub workers: usize,
     /// How members of pools with [`PoolSettings::tls`] are reached: the
     /// authorities their certificates must come from (a member's
@@ -394,8 +396,9 @@ pub struct Gateway {
     /// One thread per worker, each with its own single-threaded runtime,
     /// its own listening sockets (SO_REUSEPORT: the kernel spreads the
     /// connections) and its own connections to members: no task ever
-    /// moves between threads.
-    workers: Vec<(oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
+    /// moves between threads. A single worker started from a
+    /// single-threaded runtime runs on it instead.
+    workers: Vec<Worker>,
 }
 
 /// A listener's socket for one worker.
@@ -451,49 +454,88 @@ impl Drop for OpenConnection {
 /// (docs/performance.md).
 const EVENT_INTERVAL: u32 = 256;
 
-/// A worker thread: serves its listeners until `stopped`, then stops
-/// accepting and lets its open connections finish, for the shutdown grace
-/// at most.
-fn worker(listeners: Vec<WorkerListener>, shared: Arc<Shared>, stopped: oneshot::Receiver<()>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// Builds the runtime a worker thread runs: single-threaded, looking at
+/// its sockets every [`EVENT_INTERVAL`] tasks. `hapool gateway` runs its
+/// own main thread on one too, as with one worker that thread serves.
+pub fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .event_interval(EVENT_INTERVAL)
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start a gateway worker");
-            return;
-        }
-    };
-    runtime.block_on(async move {
-        let members = Shared::member_http(&shared.limits, shared.member_tls.as_ref());
-        let (drain, draining) = watch::channel(false);
-        let open = Arc::new(AtomicUsize::new(0));
-        for (socket, listener, pool) in listeners {
-            match TcpListener::from_std(socket) {
-                Ok(socket) => {
-                    let connections = Connections {
-                        draining: draining.clone(),
-                        open: open.clone(),
-                    };
-                    tokio::spawn(accept_loop(socket, listener, pool, shared.clone(), members.clone(), connections));
-                }
-                Err(e) => tracing::error!(address = %listener.address, error = %e, "cannot serve a listener"),
+}
+
+/// A worker thread: serves its listeners on a runtime of its own.
+fn worker_thread(
+    listeners: Vec<WorkerListener>,
+    shared: Arc<Shared>,
+    stopped: oneshot::Receiver<()>,
+) {
+    match worker_runtime() {
+        Ok(runtime) => runtime.block_on(serve_worker(listeners, shared, stopped)),
+        Err(e) => tracing::error!(error = %e, "cannot start a gateway worker"),
+    }
+}
+
+/// A worker: serves its listeners until `stopped`, then stops accepting
+/// and lets its open connections finish, for the shutdown grace at most.
+async fn serve_worker(
+    listeners: Vec<WorkerListener>,
+    shared: Arc<Shared>,
+    stopped: oneshot::Receiver<()>,
+) {
+    let members = Shared::member_http(&shared.limits, shared.member_tls.as_ref());
+    let (drain, draining) = watch::channel(false);
+    let open = Arc::new(AtomicUsize::new(0));
+    for (socket, listener, pool) in listeners {
+        match TcpListener::from_std(socket) {
+            Ok(socket) => {
+                let connections = Connections {
+                    draining: draining.clone(),
+                    open: open.clone(),
+                };
+                tokio::spawn(accept_loop(
+                    socket,
+                    listener,
+                    pool,
+                    shared.clone(),
+                    members.clone(),
+                    connections,
+                ));
+            }
+            Err(e) => {
+                tracing::error!(address = %listener.address, error = %e, "cannot serve a listener");
             }
         }
-        // Ends on a stop, or when the gateway is dropped.
-        let _ = stopped.await;
-        let _ = drain.send(true);
-        let deadline = Instant::now() + shared.limits.shutdown_grace;
-        while open.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let left = open.load(Ordering::Relaxed);
-        if left > 0 {
-            warn!(connections = left, "shutdown grace over: closing open connections");
-        }
-    });
+    }
+    // Ends on a stop, or when the gateway is dropped.
+    let _ = stopped.await;
+    let _ = drain.send(true);
+    let deadline = Instant::now() + shared.limits.shutdown_grace;
+    while open.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = open.load(Ordering::Relaxed);
+    if left > 0 {
+        warn!(
+            connections = left,
+            "shutdown grace over: closing open connections"
+        );
+    }
+}
+
+/// Where a worker runs.
+enum WorkerRun {
+    /// A thread of its own.
+    Thread(std::thread::JoinHandle<()>),
+    /// A task on the single-threaded runtime that started the gateway.
+    Task(tokio::task::JoinHandle<()>),
+}
+
+/// A running worker and the signal that stops it (dropped, it stops it
+/// too).
+struct Worker {
+    stop: oneshot::Sender<()>,
+    run: WorkerRun,
 }
 
 impl Gateway {
@@ -623,15 +665,32 @@ impl Gateway {
                 worker.push((socket, listener.clone(), pool.clone()));
             }
         }
+        // One worker started from a single-threaded runtime is served by
+        // that runtime, so that the process keeps one thread: in a process
+        // of one thread a system call skips the atomic operations that
+        // thread cancellation (glibc) and a shared file table (the kernel)
+        // cost (docs/performance.md).
+        let on_this_thread = per_worker.len() == 1
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::CurrentThread;
         let mut workers = Vec::new();
         for (n, worker_listeners) in per_worker.into_iter().enumerate() {
             let (stop, stopped) = oneshot::channel::<()>();
             let shared = shared.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("hapool-gw-{n}"))
-                .spawn(move || worker(worker_listeners, shared, stopped))
-                .map_err(GatewayError::Thread)?;
-            workers.push((stop, thread));
+            let run = if on_this_thread {
+                WorkerRun::Task(tokio::spawn(serve_worker(
+                    worker_listeners,
+                    shared,
+                    stopped,
+                )))
+            } else {
+                let thread = std::thread::Builder::new()
+                    .name(format!("hapool-gw-{n}"))
+                    .spawn(move || worker_thread(worker_listeners, shared, stopped))
+                    .map_err(GatewayError::Thread)?;
+                WorkerRun::Thread(thread)
+            };
+            workers.push(Worker { stop, run });
         }
         Ok(Self {
             pools,
@@ -668,14 +727,26 @@ impl Gateway {
     /// workers to end (open connections are closed).
     pub async fn shutdown(mut self) {
         self.tasks.shutdown().await;
-        let workers = std::mem::take(&mut self.workers);
-        let _ = tokio::task::spawn_blocking(move || {
-            for (stop, thread) in workers {
-                let _ = stop.send(());
-                let _ = thread.join();
+        let mut threads = Vec::new();
+        let mut tasks = Vec::new();
+        for worker in std::mem::take(&mut self.workers) {
+            let _ = worker.stop.send(());
+            match worker.run {
+                WorkerRun::Thread(thread) => threads.push(thread),
+                WorkerRun::Task(task) => tasks.push(task),
             }
-        })
-        .await;
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        if !threads.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || {
+                for thread in threads {
+                    let _ = thread.join();
+                }
+            })
+            .await;
+        }
     }
 }
 
@@ -748,6 +819,8 @@ async fn accept_loop(
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
+            // One buffer, written with one `send`: see `member_http`.
+            .writev(false)
             .timer(TokioTimer::new())
             .header_read_timeout(shared.limits.header_read_timeout)
             .max_buf_size(shared.limits.max_header_bytes.max(8192));

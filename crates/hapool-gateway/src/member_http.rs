@@ -12,6 +12,12 @@
 //! it, and the caller may send the request again if it can
 //! ([`MemberError::Stale`]).
 //!
+//! A message's head and body go out in one buffer, with one `send`,
+//! rather than as a gather write (`writev`) of their separate buffers:
+//! for the small messages most requests and responses are, the kernel's
+//! extra work on a vector costs more than copying the body, and client
+//! connections are written the same way (docs/performance.md).
+//!
 //! Each worker thread has its own [`MemberHttp`], so the lock on the idle
 //! stacks is never contended; it exists only because hyper's server asks
 //! for `Send` futures.
@@ -183,7 +189,9 @@ impl MemberHttp {
         let stream = connect_member(target.address, tls, self.connect_timeout)
             .await
             .map_err(MemberError::Connect)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        let (sender, connection) = http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(MemberError::NotSent)?;
         tokio::spawn(async move {

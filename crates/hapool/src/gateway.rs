@@ -579,11 +579,10 @@ pub(crate) fn main(args: GatewayArgs) -> anyhow::Result<()> {
     if let Some(threads) = planned.threads {
         planned.config.workers = threads;
     }
-    // The workers run their own runtimes; this one serves the admin port,
-    // probes and registrar lookups.
-    let mut runtime = tokio::runtime::Builder::new_current_thread();
-    runtime.enable_all();
-    runtime.build()?.block_on(run(planned, effective))
+    // This runtime serves the admin port, probes and registrar lookups;
+    // the workers run their own, except a single worker, which runs on
+    // this one (built as a worker's is, for that).
+    hapool_gateway::worker_runtime()?.block_on(run(planned, effective))
 }
 
 async fn run(planned: Planned, effective: toml::Table) -> anyhow::Result<()> {
