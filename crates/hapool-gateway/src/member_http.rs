@@ -22,7 +22,6 @@
 //! stacks is never contended; it exists only because hyper's server asks
 //! for `Send` futures.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -90,7 +89,9 @@ struct Idle {
 
 /// A worker's connections to members (see the module's documentation).
 pub(crate) struct MemberHttp {
-    idle: Mutex<HashMap<Target, Vec<Idle>>>,
+    /// Looked up twice a request: a fast hash (randomly seeded), as the
+    /// keys are member addresses, which clients do not choose.
+    idle: Mutex<foldhash::HashMap<Target, Vec<Idle>>>,
     /// How connections to members over TLS are made; without it they fail.
     tls: Option<TlsConnector>,
     connect_timeout: Duration,
@@ -124,7 +125,7 @@ impl MemberHttp {
         idle_timeout: Duration,
     ) -> Arc<Self> {
         let this = Arc::new(Self {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(foldhash::HashMap::default()),
             tls,
             connect_timeout,
             idle_timeout,

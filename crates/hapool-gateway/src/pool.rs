@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use hapool_wire::{Policy, PoolElement, PoolElementId, PoolHandle};
 use serde::Serialize;
+use smallvec::SmallVec;
 use tracing::info;
 
 use crate::select::{
@@ -344,7 +345,9 @@ impl Pool {
         // counter fewer to touch on every request.
         let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
         let capacity = self.settings.max_sessions;
-        let candidates: Vec<Candidate> =
+        // On the stack for pools of up to 16 members: one allocation
+        // fewer per request.
+        let candidates: SmallVec<[Candidate; 16]> =
             view.members.iter().map(|m| m.candidate(capacity)).collect();
         let Choice {
             index,
