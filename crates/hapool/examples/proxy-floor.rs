@@ -1,7 +1,8 @@
 //! The least an HTTP/1.1 reverse proxy built on hyper and tokio does per
 //! request, as a yardstick for the gateway: one thread, requests sent
 //! round robin to the backends over kept connections (given back, as the
-//! gateway does, once a response has been read), nothing else (no
+//! gateway does, once a response has been read), each message written with
+//! one `send` (as the gateway writes them), nothing else (no
 //! timeouts, no header rewriting, no sessions, no failover, no metrics).
 //! `bench/gateway-vs-haproxy.sh floor` runs it beside the gateway and
 //! HAProxy.
@@ -51,7 +52,9 @@ impl AtEnd for GiveBack {
 async fn connect(address: SocketAddr) -> std::io::Result<SendRequest<Incoming>> {
     let stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;
     tokio::task::spawn_local(connection);
@@ -136,6 +139,7 @@ fn main() {
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .writev(false)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
