@@ -1,5 +1,6 @@
 //! The order of an ordered policy's PEs: an indexed 4-ary min-heap of
-//! (key, sequence, slot) ranks.
+//! (key, sequence, slot) ranks, and beside it a queue of the PEs that
+//! selections moved behind all the others.
 //!
 //! Why a heap and not a sorted tree: the common change is a load update,
 //! which gives one PE a new key anywhere in the range. In a sorted tree
@@ -7,11 +8,25 @@
 //! through nodes a large pool does not keep in cache. In a heap the PE
 //! moves from where it is by a level or two on average (most entries live
 //! near the bottom), and the first N in order are read from the top, which
-//! stays in cache. Each slot's place in the heap is kept, so a PE is found
-//! without a search.
+//! stays in cache. Each slot's place is kept, so a PE is found without a
+//! search.
+//!
+//! Why the queue: a selection makes the PE it takes the last of those
+//! taking turns (Round Robin, Priority), or nearly (a degrading policy,
+//! whose selected PE's key grows past the others' in its band). In a heap
+//! that PE would sink from the root to the bottom of the band, one cache
+//! line per level, lines a large pool does not keep in cache; in a queue
+//! sorted by rank it goes on the end. A selected PE goes on the queue's
+//! end when its new rank is at least the last one's, on its front when at
+//! most the first one's (Least Used: a PE that stays the least loaded),
+//! else into the heap; registrations and load updates go into the heap.
+//! The order is the two merged: the next PE is the queue's first or the
+//! heap's root. A PE leaving the middle of the queue leaves a dead entry
+//! behind, dropped when it reaches an end, or all at once when the dead
+//! outnumber the living.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 /// Children per heap node: the four ranks of a node's children fill one
 /// cache line, and the heap is half as deep as a binary one.
@@ -21,8 +36,22 @@ const ARITY: usize = 4;
 /// keeping them in a heap of their own.
 const SCAN_UP_TO: usize = 8;
 
-/// `position` of a slot that is not in the heap.
+/// `position` of a slot that is not held.
 const ABSENT: u32 = u32::MAX;
+
+/// The bit of `position` that says the slot is queued: the rest is its
+/// ticket (the queue's front ticket plus its index, modulo `TICKETS`).
+const QUEUED: u32 = 1 << 31;
+
+/// Tickets are counted modulo this.
+const TICKETS: u32 = QUEUED;
+
+/// The slot of a dead queue entry: its key and sequence number stay, so
+/// the queue stays sorted.
+const DEAD: u32 = u32::MAX;
+
+/// Below this many entries the queue is never compacted.
+const COMPACT_FROM: usize = 64;
 
 /// The rank of a heap position past the end: it never wins a comparison,
 /// so a sift-down compares all four lanes of a group without counting.
@@ -38,6 +67,11 @@ fn rank(key: u64, seq: u32, slot: u32) -> u128 {
 /// The slot a rank belongs to.
 fn slot_of(rank: u128) -> u32 {
     rank as u32
+}
+
+/// The same rank, dead.
+fn dead(rank: u128) -> u128 {
+    rank | u128::from(DEAD)
 }
 
 /// How many groups of ranks `len` heap positions take.
@@ -76,23 +110,28 @@ pub(crate) struct OrderIndex {
     ranks: Vec<Siblings>,
     /// Heap positions in use.
     len: usize,
-    /// Where each slot's entry is in the heap, or `ABSENT`.
+    /// Ranks sorted ascending; dead entries (slot `DEAD`) only in the
+    /// middle.
+    queue: VecDeque<u128>,
+    /// The ticket of the queue's first entry.
+    front_ticket: u32,
+    /// Live entries in the queue.
+    queued: usize,
+    /// Where each slot's entry is: its heap position, `QUEUED` and its
+    /// ticket, or `ABSENT`.
     position: Vec<u32>,
     /// Scratch for `first`: (rank, heap position) still to be looked at,
     /// scanned for short requests and kept as a heap for long ones.
     scanned: Vec<(u128, u32)>,
     frontier: BinaryHeap<Reverse<(u128, u32)>>,
+    /// Scratch for `first`: the heap's first ranks.
+    from_heap: Vec<u128>,
 }
 
 impl OrderIndex {
     /// Entries held.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    fn rank_at(&self, at: usize) -> u128 {
-        let p = at + ARITY - 1;
-        self.ranks[p / ARITY].0[p % ARITY]
+    fn len(&self) -> usize {
+        self.len + self.queued
     }
 
     /// Adds `slot` (not yet held) with its key and sequence number.
@@ -102,17 +141,244 @@ impl OrderIndex {
             self.position.resize(index + 1, ABSENT);
         }
         debug_assert_eq!(self.position[index], ABSENT, "slot {slot} held twice");
+        self.heap_insert(rank(key, seq, slot));
+    }
+
+    /// Takes `slot` out.
+    pub(crate) fn remove(&mut self, slot: u32) {
+        let at = std::mem::replace(&mut self.position[slot as usize], ABSENT);
+        if at & QUEUED != 0 {
+            self.kill(at);
+        } else {
+            self.heap_remove(at as usize);
+        }
+    }
+
+    /// The key `slot` (held) is filed under.
+    pub(crate) fn key(&self, slot: u32) -> u64 {
+        let at = self.position[slot as usize];
+        let rank = if at & QUEUED != 0 {
+            self.queue[self.queue_index(at)]
+        } else {
+            self.rank_at(at as usize)
+        };
+        (rank >> 64) as u64
+    }
+
+    /// Gives `slot` (held) a new key and sequence number; nothing moves
+    /// when both are unchanged.
+    pub(crate) fn set(&mut self, slot: u32, key: u64, seq: u32) {
+        let new = rank(key, seq, slot);
+        let at = self.position[slot as usize];
+        if at & QUEUED == 0 {
+            self.rerank(at as usize, new);
+        } else if self.queue[self.queue_index(at)] != new {
+            self.kill(at);
+            self.heap_insert(new);
+        }
+    }
+
+    /// Raises the key of `slot` (held) by `by` and gives it the sequence
+    /// number `seq`, the pool's newest (a selection): the PE goes on the
+    /// queue's end or front when its new rank belongs there, else into
+    /// the heap.
+    pub(crate) fn raise(&mut self, slot: u32, by: u64, seq: u32) {
+        let at = self.position[slot as usize];
+        let queued = at & QUEUED != 0;
+        let old = if queued {
+            self.queue[self.queue_index(at)]
+        } else {
+            self.rank_at(at as usize)
+        };
+        let new = rank((old >> 64) as u64 + by, seq, slot);
+        if queued {
+            self.kill(at);
+        } else if self.stays(at as usize, new) {
+            // Still before its children (Least Used: the least loaded PE
+            // stays the least loaded): nothing moves.
+            self.set_rank(at as usize, new);
+            return;
+        }
+        let end = match (self.queue.front(), self.queue.back()) {
+            (Some(&front), Some(&back)) => {
+                if new >= back {
+                    Some(true)
+                } else if new <= front {
+                    Some(false)
+                } else {
+                    None
+                }
+            }
+            _ => Some(true),
+        };
+        match (end, queued) {
+            (Some(back), _) => {
+                if !queued {
+                    self.heap_remove(at as usize);
+                }
+                self.enqueue(new, back);
+            }
+            (None, true) => self.heap_insert(new),
+            (None, false) => self.rerank(at as usize, new),
+        }
+    }
+
+    /// Whether the entry at heap position `at`, given the larger rank
+    /// `new`, stays where it is.
+    fn stays(&self, at: usize, new: u128) -> bool {
+        at * ARITY + 1 >= self.len || {
+            let siblings = &self.ranks[at + 1];
+            siblings.0[siblings.least()] >= new
+        }
+    }
+
+    /// Appends to `out` the slots of the first `n` entries, in order: the
+    /// queue's first live ones merged with the heap's first, read from the
+    /// top of the heap only (the next in order is always the root or a
+    /// child of one already taken).
+    pub(crate) fn first(&mut self, n: usize, out: &mut Vec<u32>) {
+        if n == 0 || self.len() == 0 {
+            return;
+        }
+        if n > SCAN_UP_TO {
+            self.first_of_many(n, out);
+            return;
+        }
+        // The heap's candidates are few: scanned rather than kept in order.
+        self.scanned.clear();
+        if self.len > 0 {
+            self.scanned.push((self.rank_at(0), 0));
+        }
+        let mut queue = self
+            .queue
+            .iter()
+            .copied()
+            .filter(|&r| slot_of(r) != DEAD)
+            .peekable();
+        for _ in 0..n {
+            let least = self.scanned.iter().enumerate().min_by_key(|(_, c)| c.0);
+            match (queue.peek(), least) {
+                (Some(&q), Some((_, &(h, _)))) if q < h => {
+                    out.push(slot_of(q));
+                    queue.next();
+                }
+                (_, Some((least, _))) => {
+                    let (rank, at) = self.scanned.swap_remove(least);
+                    out.push(slot_of(rank));
+                    let children = at as usize * ARITY + 1;
+                    for child in children..(children + ARITY).min(self.len) {
+                        self.scanned.push((self.rank_at(child), child as u32));
+                    }
+                }
+                (Some(&q), None) => {
+                    out.push(slot_of(q));
+                    queue.next();
+                }
+                (None, None) => break,
+            }
+        }
+    }
+
+    /// `first` for long requests: the heap's first `n` in order, merged
+    /// with the queue's.
+    fn first_of_many(&mut self, n: usize, out: &mut Vec<u32>) {
+        let mut from_heap = std::mem::take(&mut self.from_heap);
+        from_heap.clear();
+        if self.len > 0 {
+            self.frontier.clear();
+            self.frontier.push(Reverse((self.rank_at(0), 0)));
+            while let Some(Reverse((rank, at))) = self.frontier.pop() {
+                from_heap.push(rank);
+                if from_heap.len() == n {
+                    break;
+                }
+                let children = at as usize * ARITY + 1;
+                for child in children..(children + ARITY).min(self.len) {
+                    self.frontier
+                        .push(Reverse((self.rank_at(child), child as u32)));
+                }
+            }
+        }
+        let mut heap = from_heap.iter().copied().peekable();
+        let mut queue = self
+            .queue
+            .iter()
+            .copied()
+            .filter(|&r| slot_of(r) != DEAD)
+            .peekable();
+        for _ in 0..n {
+            let next = match (queue.peek(), heap.peek()) {
+                (Some(q), Some(h)) if q < h => queue.next(),
+                (_, Some(_)) => heap.next(),
+                (Some(_), None) => queue.next(),
+                (None, None) => None,
+            };
+            let Some(next) = next else { break };
+            out.push(slot_of(next));
+        }
+        self.from_heap = from_heap;
+    }
+
+    /// The index in the queue of the entry with this `position`.
+    fn queue_index(&self, position: u32) -> usize {
+        ((position & !QUEUED).wrapping_sub(self.front_ticket) % TICKETS) as usize
+    }
+
+    /// Puts `rank` (of a slot not held) on the queue's end (`back`) or
+    /// front; the caller has checked that the queue stays sorted.
+    fn enqueue(&mut self, rank: u128, back: bool) {
+        let ticket = if back {
+            let ticket = (self.front_ticket + self.queue.len() as u32) % TICKETS;
+            self.queue.push_back(rank);
+            ticket
+        } else {
+            self.front_ticket = (self.front_ticket + TICKETS - 1) % TICKETS;
+            self.queue.push_front(rank);
+            self.front_ticket
+        };
+        self.position[slot_of(rank) as usize] = QUEUED | ticket;
+        self.queued += 1;
+    }
+
+    /// Marks the queue entry at `position` dead, then drops the dead at
+    /// either end, or all of them once they outnumber the living.
+    fn kill(&mut self, position: u32) {
+        let index = self.queue_index(position);
+        self.queue[index] = dead(self.queue[index]);
+        self.queued -= 1;
+        while self.queue.front().is_some_and(|&r| slot_of(r) == DEAD) {
+            self.queue.pop_front();
+            self.front_ticket = (self.front_ticket + 1) % TICKETS;
+        }
+        while self.queue.back().is_some_and(|&r| slot_of(r) == DEAD) {
+            self.queue.pop_back();
+        }
+        if self.queue.len() >= COMPACT_FROM && self.queue.len() > 2 * self.queued {
+            self.queue.retain(|&r| slot_of(r) != DEAD);
+            self.front_ticket = 0;
+            for (ticket, &r) in self.queue.iter().enumerate() {
+                self.position[slot_of(r) as usize] = QUEUED | ticket as u32;
+            }
+        }
+    }
+
+    fn rank_at(&self, at: usize) -> u128 {
+        let p = at + ARITY - 1;
+        self.ranks[p / ARITY].0[p % ARITY]
+    }
+
+    fn heap_insert(&mut self, rank: u128) {
         let at = self.len;
         self.len += 1;
         if self.ranks.len() < groups_for(self.len) {
             self.ranks.push(Siblings::VACANT);
         }
-        self.sift_up(at, rank(key, seq, slot));
+        self.sift_up(at, rank);
     }
 
-    /// Takes `slot` out.
-    pub(crate) fn remove(&mut self, slot: u32) {
-        let at = std::mem::replace(&mut self.position[slot as usize], ABSENT) as usize;
+    /// Takes the entry at heap position `at` out (its slot's position is
+    /// the caller's to change).
+    fn heap_remove(&mut self, at: usize) {
         let last = self.len - 1;
         let last_rank = self.rank_at(last);
         self.set_rank(last, VACANT);
@@ -123,26 +389,6 @@ impl OrderIndex {
         }
     }
 
-    /// The key `slot` (held) is filed under.
-    pub(crate) fn key(&self, slot: u32) -> u64 {
-        (self.rank_at(self.position[slot as usize] as usize) >> 64) as u64
-    }
-
-    /// Gives `slot` (held) a new key and sequence number; nothing moves
-    /// when both are unchanged.
-    pub(crate) fn set(&mut self, slot: u32, key: u64, seq: u32) {
-        let at = self.position[slot as usize] as usize;
-        self.rerank(at, rank(key, seq, slot));
-    }
-
-    /// Raises the key of `slot` (held) by `by` and gives it the sequence
-    /// number `seq` (a selection), finding it once.
-    pub(crate) fn raise(&mut self, slot: u32, by: u64, seq: u32) {
-        let at = self.position[slot as usize] as usize;
-        let key = (self.rank_at(at) >> 64) as u64 + by;
-        self.rerank(at, rank(key, seq, slot));
-    }
-
     /// Gives the entry at `at` the rank `new` (of the same slot), moving it
     /// as far as needed.
     fn rerank(&mut self, at: usize, new: u128) {
@@ -151,48 +397,6 @@ impl OrderIndex {
             self.sift_up(at, new);
         } else if new > old {
             self.sift_down(at, new);
-        }
-    }
-
-    /// Appends to `out` the slots of the first `n` entries, in order,
-    /// reading only the top of the heap: the next in order is always the
-    /// root or a child of one already taken.
-    pub(crate) fn first(&mut self, n: usize, out: &mut Vec<u32>) {
-        let len = self.len();
-        if len == 0 || n == 0 {
-            return;
-        }
-        if n <= SCAN_UP_TO {
-            self.scanned.clear();
-            self.scanned.push((self.rank_at(0), 0));
-            for _ in 0..n {
-                let Some((least, _)) = self.scanned.iter().enumerate().min_by_key(|(_, c)| c.0)
-                else {
-                    break;
-                };
-                let (_, at) = self.scanned.swap_remove(least);
-                out.push(slot_of(self.rank_at(at as usize)));
-                let children = at as usize * ARITY + 1;
-                for child in children..(children + ARITY).min(len) {
-                    self.scanned.push((self.rank_at(child), child as u32));
-                }
-            }
-            return;
-        }
-        self.frontier.clear();
-        self.frontier.push(Reverse((self.rank_at(0), 0)));
-        let mut taken = 0;
-        while let Some(Reverse((_, at))) = self.frontier.pop() {
-            out.push(slot_of(self.rank_at(at as usize)));
-            taken += 1;
-            if taken == n {
-                break;
-            }
-            let children = at as usize * ARITY + 1;
-            for child in children..(children + ARITY).min(len) {
-                self.frontier
-                    .push(Reverse((self.rank_at(child), child as u32)));
-            }
         }
     }
 
@@ -220,7 +424,7 @@ impl OrderIndex {
     }
 
     fn sift_down(&mut self, mut at: usize, rank: u128) {
-        let len = self.len();
+        let len = self.len;
         loop {
             let first = at * ARITY + 1;
             if first >= len {
@@ -275,21 +479,25 @@ mod tests {
         }
     }
 
-    /// Random inserts, removals, key changes and reads of the first N,
-    /// against a sorted set.
+    /// Random inserts, removals, key changes, selections and reads of the
+    /// first N, against a sorted set; the queue's tickets start just
+    /// before they wrap.
     #[test]
     fn matches_a_sorted_set() {
         let mut rng = SmallRng::seed_from_u64(7);
-        let mut index = OrderIndex::default();
+        let mut index = OrderIndex {
+            front_ticket: TICKETS - 5,
+            ..OrderIndex::default()
+        };
         let mut model: BTreeSet<(u64, u32, u32)> = BTreeSet::new();
         let mut held: Vec<Option<(u64, u32)>> = vec![None; 300];
         let mut seq = 0;
-        for round in 0..20_000 {
+        for round in 0..40_000 {
             let slot = rng.random_range(0..300u32);
             // Few distinct keys, so ties are common.
             let key = rng.random_range(0..20u64);
             seq += 1;
-            match (held[slot as usize], rng.random_range(0..3)) {
+            match (held[slot as usize], rng.random_range(0..6)) {
                 (None, _) => {
                     index.insert(slot, key, seq);
                     model.insert((key, seq, slot));
@@ -308,14 +516,36 @@ mod tests {
                     model.insert((key, s, slot));
                     held[slot as usize] = Some((key, s));
                 }
-                (Some((k, s)), _) => {
+                (Some((k, s)), 2) => {
                     index.set(slot, k, seq);
                     model.remove(&(k, s, slot));
                     model.insert((k, seq, slot));
                     held[slot as usize] = Some((k, seq));
                 }
+                (Some((k, s)), 3) => {
+                    let by = rng.random_range(0..3);
+                    index.raise(slot, by, seq);
+                    model.remove(&(k, s, slot));
+                    model.insert((k + by, seq, slot));
+                    held[slot as usize] = Some((k + by, seq));
+                }
+                _ => {
+                    // A selection: the first PE, raised by a little or
+                    // not at all.
+                    let &(k, s, first) = model.first().expect("one held");
+                    let by = rng.random_range(0..2);
+                    index.raise(first, by, seq);
+                    model.remove(&(k, s, first));
+                    model.insert((k + by, seq, first));
+                    held[first as usize] = Some((k + by, seq));
+                }
             }
             assert_eq!(index.len(), model.len());
+            for (slot, entry) in held.iter().enumerate() {
+                if let Some((k, _)) = entry {
+                    assert_eq!(index.key(slot as u32), *k);
+                }
+            }
             if round % 7 == 0 {
                 let n = rng.random_range(0..40);
                 let mut got = Vec::new();
@@ -324,5 +554,25 @@ mod tests {
                 assert_eq!(got, want, "round {round}");
             }
         }
+        assert!(index.front_ticket < 1_000_000, "the tickets wrapped");
+    }
+
+    /// Selections of a degrading pool leave the heap alone once every PE
+    /// has been selected: each goes on the queue's end (but for the heap's
+    /// last, which has no children to sink below).
+    #[test]
+    fn selections_in_turn_go_on_the_queue() {
+        let mut index = OrderIndex::default();
+        for slot in 0..100 {
+            index.insert(slot, u64::from(slot), slot);
+        }
+        for seq in 100..1_100 {
+            let mut first = Vec::new();
+            index.first(1, &mut first);
+            index.raise(first[0], 1_000, seq);
+        }
+        assert!(index.len <= 1, "{} in the heap", index.len);
+        assert_eq!(index.len + index.queued, 100);
+        assert!(index.queue.len() <= 2 * 100 + COMPACT_FROM);
     }
 }
