@@ -33,7 +33,7 @@ use std::collections::{BinaryHeap, VecDeque};
 const ARITY: usize = 4;
 
 /// Up to this many entries, `first` scans its few candidates instead of
-/// keeping them in a heap of their own.
+/// keeping them in a heap of their own (`Candidates`).
 const SCAN_UP_TO: usize = 8;
 
 /// `position` of a slot that is not held.
@@ -120,12 +120,61 @@ pub(crate) struct OrderIndex {
     /// Where each slot's entry is: its heap position, `QUEUED` and its
     /// ticket, or `ABSENT`.
     position: Vec<u32>,
-    /// Scratch for `first`: (rank, heap position) still to be looked at,
-    /// scanned for short requests and kept as a heap for long ones.
-    scanned: Vec<(u128, u32)>,
-    frontier: BinaryHeap<Reverse<(u128, u32)>>,
-    /// Scratch for `first`: the heap's first ranks.
-    from_heap: Vec<u128>,
+    /// Scratch for `first`.
+    candidates: Candidates,
+}
+
+/// The heap positions `first` has still to look at, with their ranks: a
+/// few are scanned, many kept in a heap of their own.
+#[derive(Clone, Debug)]
+enum Candidates {
+    Few(Vec<(u128, u32)>),
+    Many(BinaryHeap<Reverse<(u128, u32)>>),
+}
+
+impl Default for Candidates {
+    fn default() -> Self {
+        Self::Few(Vec::new())
+    }
+}
+
+impl Candidates {
+    /// Empty, for a request for `n` entries.
+    fn start(&mut self, n: usize) {
+        match self {
+            Self::Few(few) if n <= SCAN_UP_TO => few.clear(),
+            Self::Many(many) if n > SCAN_UP_TO => many.clear(),
+            _ if n <= SCAN_UP_TO => *self = Self::Few(Vec::new()),
+            _ => *self = Self::Many(BinaryHeap::new()),
+        }
+    }
+
+    fn push(&mut self, rank: u128, at: u32) {
+        match self {
+            Self::Few(few) => few.push((rank, at)),
+            Self::Many(many) => many.push(Reverse((rank, at))),
+        }
+    }
+
+    /// The least rank, and where it is for `take`.
+    fn least(&self) -> Option<(u128, usize)> {
+        match self {
+            Self::Few(few) => few
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, c)| c.0)
+                .map(|(index, c)| (c.0, index)),
+            Self::Many(many) => many.peek().map(|Reverse(c)| (c.0, 0)),
+        }
+    }
+
+    /// Takes out the candidate `least` found at `index`.
+    fn take(&mut self, index: usize) -> (u128, u32) {
+        match self {
+            Self::Few(few) => few.swap_remove(index),
+            Self::Many(many) => many.pop().expect("a candidate").0,
+        }
+    }
 }
 
 impl OrderIndex {
@@ -240,14 +289,10 @@ impl OrderIndex {
         if n == 0 || self.len() == 0 {
             return;
         }
-        if n > SCAN_UP_TO {
-            self.first_of_many(n, out);
-            return;
-        }
-        // The heap's candidates are few: scanned rather than kept in order.
-        self.scanned.clear();
+        let mut candidates = std::mem::take(&mut self.candidates);
+        candidates.start(n);
         if self.len > 0 {
-            self.scanned.push((self.rank_at(0), 0));
+            candidates.push(self.rank_at(0), 0);
         }
         let mut queue = self
             .queue
@@ -256,67 +301,25 @@ impl OrderIndex {
             .filter(|&r| slot_of(r) != DEAD)
             .peekable();
         for _ in 0..n {
-            let least = self.scanned.iter().enumerate().min_by_key(|(_, c)| c.0);
-            match (queue.peek(), least) {
-                (Some(&q), Some((_, &(h, _)))) if q < h => {
-                    out.push(slot_of(q));
-                    queue.next();
-                }
-                (_, Some((least, _))) => {
-                    let (rank, at) = self.scanned.swap_remove(least);
-                    out.push(slot_of(rank));
-                    let children = at as usize * ARITY + 1;
-                    for child in children..(children + ARITY).min(self.len) {
-                        self.scanned.push((self.rank_at(child), child as u32));
-                    }
-                }
-                (Some(&q), None) => {
-                    out.push(slot_of(q));
-                    queue.next();
-                }
+            let least = candidates.least();
+            let from_queue = match (queue.peek(), least) {
+                (Some(&q), Some((h, _))) => q < h,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
                 (None, None) => break,
-            }
-        }
-    }
-
-    /// `first` for long requests: the heap's first `n` in order, merged
-    /// with the queue's.
-    fn first_of_many(&mut self, n: usize, out: &mut Vec<u32>) {
-        let mut from_heap = std::mem::take(&mut self.from_heap);
-        from_heap.clear();
-        if self.len > 0 {
-            self.frontier.clear();
-            self.frontier.push(Reverse((self.rank_at(0), 0)));
-            while let Some(Reverse((rank, at))) = self.frontier.pop() {
-                from_heap.push(rank);
-                if from_heap.len() == n {
-                    break;
-                }
+            };
+            if from_queue {
+                out.extend(queue.next().map(slot_of));
+            } else if let Some((_, index)) = least {
+                let (rank, at) = candidates.take(index);
+                out.push(slot_of(rank));
                 let children = at as usize * ARITY + 1;
                 for child in children..(children + ARITY).min(self.len) {
-                    self.frontier
-                        .push(Reverse((self.rank_at(child), child as u32)));
+                    candidates.push(self.rank_at(child), child as u32);
                 }
             }
         }
-        let mut heap = from_heap.iter().copied().peekable();
-        let mut queue = self
-            .queue
-            .iter()
-            .copied()
-            .filter(|&r| slot_of(r) != DEAD)
-            .peekable();
-        for _ in 0..n {
-            let next = match (queue.peek(), heap.peek()) {
-                (Some(q), Some(h)) if q < h => queue.next(),
-                (_, Some(_)) => heap.next(),
-                (Some(_), None) => queue.next(),
-                (None, None) => None,
-            };
-            let Some(next) = next else { break };
-            out.push(slot_of(next));
-        }
-        self.from_heap = from_heap;
+        self.candidates = candidates;
     }
 
     /// The index in the queue of the entry with this `position`.
