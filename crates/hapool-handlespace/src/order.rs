@@ -239,7 +239,8 @@ impl OrderIndex {
         } else {
             self.rank_at(at as usize)
         };
-        let new = rank((old >> 64) as u64 + by, seq, slot);
+        // Saturating, as the policy's key is: a key at the top stays there.
+        let new = rank(((old >> 64) as u64).saturating_add(by), seq, slot);
         if queued {
             self.kill(at);
         } else if self.stays(at as usize, new) {

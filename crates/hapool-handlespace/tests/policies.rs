@@ -281,6 +281,23 @@ fn delay_penalty_factor_policies_count_distance() {
     }
 }
 
+/// Keys at the top of their range (the largest load, degradation and
+/// distance penalty) stay there through selections: they neither overflow
+/// nor come round to the front, and PEs there take turns.
+#[test]
+fn keys_at_the_top_of_their_range_stay_there() {
+    let top = Policy::PriorityLeastUsedDegradationDpf {
+        load: u32::MAX,
+        degradation: u32::MAX,
+        load_dpf: u32::MAX,
+        distance: u32::MAX,
+    };
+    let (mut hs, _) = pool_of(&[top.clone(), top], HandlespaceConfig::default());
+    let mut r = rng();
+    let turns: Vec<u32> = (0..6).flat_map(|_| resolve(&mut hs, 1, &mut r)).collect();
+    assert_eq!(turns, [1, 2, 1, 2, 1, 2]);
+}
+
 /// Draws one PE 100,000 times and returns each PE's share.
 fn shares(policies: &[Policy]) -> Vec<f64> {
     let (mut hs, _) = pool_of(policies, HandlespaceConfig::default());
