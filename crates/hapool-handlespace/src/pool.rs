@@ -12,6 +12,10 @@ use crate::order::OrderIndex;
 use crate::selection::{self, Kind, SelectionState};
 use crate::weights::WeightTree;
 
+/// WRR virtual times are moved back once the pool's passes this: far
+/// below where they would run out (`u64::MAX`).
+const VIRTUAL_TIME_REBASE: u64 = 1 << 63;
+
 /// A connection to the registrar, as the driver numbers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(pub u64);
@@ -278,6 +282,28 @@ impl Pool {
         self.next_seq = by_seq.len() as u32;
     }
 
+    /// Moves every WRR PE's virtual time back by the least of them, once
+    /// the pool's passes `VIRTUAL_TIME_REBASE` (after some four billion
+    /// selections of weight 1 per PE): the order stays, and the times
+    /// never run out.
+    fn rebase_virtual_time(&mut self) {
+        let Some(least) = self
+            .slots
+            .iter()
+            .flatten()
+            .map(|entry| entry.selection.virtual_time)
+            .min()
+        else {
+            return;
+        };
+        for slot in 0..self.slots.len() as u32 {
+            if self.slots[slot as usize].is_some() {
+                self.modify(slot, |entry| entry.selection.virtual_time -= least);
+            }
+        }
+        self.virtual_time -= least;
+    }
+
     /// Adds a PE (whose id is not in the pool yet) and returns its slot.
     pub(crate) fn insert(&mut self, mut entry: PeEntry) -> u32 {
         entry.seq = self.take_seq();
@@ -452,6 +478,9 @@ impl Pool {
             }
             debug_assert!(self.indexed_as_policy_says(slot), "slot {slot}");
         }
+        if self.virtual_time >= VIRTUAL_TIME_REBASE {
+            self.rebase_virtual_time();
+        }
         chosen
     }
 }
@@ -478,6 +507,34 @@ mod tests {
             pool.insert(PeEntry::new(element(id), None, Instant::now()));
         }
         pool
+    }
+
+    /// Virtual times near the end of their range are moved back, and
+    /// the weighted turns go on as before.
+    #[test]
+    fn virtual_times_move_back_before_they_run_out() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let element = |id: u32, weight: u32| PoolElement {
+            id: PoolElementId(id),
+            home_registrar: RegistrarId(1),
+            registration_life: 1_000,
+            user_transport: Transport::tcp((Ipv4Addr::LOCALHOST, 80).into()),
+            policy: Policy::WeightedRoundRobin { weight },
+            asap_transport: None,
+        };
+        let mut pool = Pool::new(PoolHandle::from("p"), &element(0, 1));
+        pool.virtual_time = VIRTUAL_TIME_REBASE - 10 * selection::VIRTUAL_TIME_UNIT;
+        for (id, weight) in [(0, 1), (1, 2)] {
+            pool.insert(PeEntry::new(element(id, weight), None, Instant::now()));
+        }
+        let turns: Vec<u32> = (0..60).flat_map(|_| pool.select(1, 0, &mut rng)).collect();
+        // Weight 2 gets two turns to weight 1's one, all along.
+        for window in turns.chunks(3) {
+            let mut window = window.to_vec();
+            window.sort_unstable();
+            assert_eq!(window, [0, 1, 1], "{turns:?}");
+        }
+        assert!(pool.virtual_time < VIRTUAL_TIME_REBASE / 2, "moved back");
     }
 
     /// When the sequence numbers run out they start again, and the order
