@@ -8,7 +8,10 @@
 # matrix:   2-byte (/) and 4 KiB (/4k) bodies, wrk -t1 -c64 and -t2 -c256,
 #           one and two proxy threads (HAProxy nbthread, hapool --threads);
 #           requests/s, p50/p99 latency and the proxy's CPU microseconds per
-#           request (utime+stime of the proxy process from /proc).
+#           request (utime+stime of the proxy process from /proc). With
+#           REPS > 1 the matrix runs REPS times (the proxies taking turns
+#           at each thread count), then prints each line's medians with
+#           hapool's ratios to HAProxy.
 # failover: wrk -t1 -c64 -d20s; kill -9 of backend 2 at 5 s, restarted at
 #           12 s; client-visible failures (non-2xx and socket errors).
 #           HAProxy with its usual `retries 3` + `option redispatch`, and
@@ -181,6 +184,7 @@ EOF
 matrix() {
   echo "== matrix (DUR=${DUR}s, REPS=$REPS, leastconn / least-loaded, three nginx backends)"
   printf '%-28s %10s %9s %9s %6s %12s\n' "run" "req/s" "p50 ms" "p99 ms" "err" "cpu us/req"
+  : > $W/logs/matrix.txt
   for rep in $(seq $REPS); do
     for threads in 1 2; do
       for lb in haproxy hapool; do
@@ -196,13 +200,32 @@ matrix() {
             read rps p50 p99 err <<< "$(parse_wrk $W/logs/$name.wrk)"
             local total; total=$(python3 -c "print(round($rps*$DUR))")
             local cpu; cpu=$(python3 -c "print(f'{($t1-$t0)/$hz*1e6/max($total,1):.1f}')")
-            printf '%-28s %10s %9s %9s %6s %12s\n' "$name" "$rps" "$p50" "$p99" "$err" "$cpu"
+            printf '%-28s %10s %9s %9s %6s %12s\n' "$name" "$rps" "$p50" "$p99" "$err" "$cpu" \
+              | tee -a $W/logs/matrix.txt
           done
         done
         stop_lb
       done
     done
   done
+  [ "$REPS" -gt 1 ] && medians $W/logs/matrix.txt
+  return 0
+}
+
+medians() {  # $1 = the matrix's lines: the median of each line's rounds
+  echo "== medians over $REPS rounds (ratio: hapool / HAProxy)"
+  python3 - "$1" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    lb, run = f[0].split("-", 1)
+    rows.setdefault(run, {}).setdefault(lb, []).append([float(f[1]), float(f[3]), float(f[5])])
+print(f"{'run':<12} {'HAProxy req/s':>13} {'hapool req/s':>12} {'ratio':>6} {'HAProxy p99':>11} {'hapool p99':>10} {'HAProxy cpu':>11} {'hapool cpu':>10} {'ratio':>6}")
+for run, by in rows.items():
+    h, g = (list(map(statistics.median, zip(*by[lb]))) for lb in ("haproxy", "hapool"))
+    print(f"{run:<12} {h[0]:>13.0f} {g[0]:>12.0f} {g[0]/h[0]:>6.2f} {h[1]:>11.2f} {g[1]:>10.2f} {h[2]:>11.1f} {g[2]:>10.1f} {g[2]/h[2]:>6.2f}")
+PY
 }
 
 failover_one() {  # $1 = label, $2 = haproxy|hapool, $3 = haproxy extra line
