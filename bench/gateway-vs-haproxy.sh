@@ -8,10 +8,11 @@
 # matrix:   2-byte (/) and 4 KiB (/4k) bodies, wrk -t1 -c64 and -t2 -c256,
 #           one and two proxy threads (HAProxy nbthread, hapool --threads);
 #           requests/s, p50/p99 latency and the proxy's CPU microseconds per
-#           request (utime+stime of the proxy process from /proc). With
-#           REPS > 1 the matrix runs REPS times (the proxies taking turns
-#           at each thread count), then prints each line's medians with
-#           hapool's ratios to HAProxy.
+#           request (utime+stime of the proxy process from /proc). Both
+#           proxies stay up for a thread count and take turns line by line
+#           (the first place alternating between rounds); with REPS > 1
+#           each line runs REPS times, then each line's medians are
+#           printed with hapool's ratios to HAProxy.
 # failover: wrk -t1 -c64 -d20s; kill -9 of backend 2 at 5 s, restarted at
 #           12 s; client-visible failures (non-2xx and socket errors).
 #           HAProxy with its usual `retries 3` + `option redispatch`, and
@@ -34,7 +35,9 @@ HAPOOL=$ROOT/target/release/hapool
 DUR=${DUR:-10}
 REPS=${REPS:-1}
 W=${WORK:-/tmp/hapool-gw-bench}
-LB_PORT=18180
+HAPROXY_PORT=18180   # each proxy has its own port, so that matrix can keep both up
+HAPOOL_PORT=18190
+FLOOR_PORT=18170
 ADMIN_PORT=18189
 PORTS=(18181 18182 18183)
 mkdir -p $W/{conf,run,logs,www}
@@ -116,7 +119,7 @@ defaults
     option redispatch
     $2
 frontend fe
-    bind 127.0.0.1:$LB_PORT
+    bind 127.0.0.1:$HAPROXY_PORT
     default_backend be
 backend be
     balance leastconn
@@ -133,7 +136,7 @@ threads = $1
 admin = "127.0.0.1:$ADMIN_PORT"
 
 [[gateway.listener]]
-listen = "127.0.0.1:$LB_PORT"
+listen = "127.0.0.1:$HAPOOL_PORT"
 pool = "web"
 
 [[gateway.pool]]
@@ -142,24 +145,30 @@ members = ["127.0.0.1:${PORTS[0]}", "127.0.0.1:${PORTS[1]}", "127.0.0.1:${PORTS[
 EOF
 }
 
-LB=""
+LB=""        # the PID of the proxy start_lb started last
+LB_PORT=""   # and its port
+port_of() {  # $1 = haproxy|hapool|floor
+  case $1 in haproxy) echo $HAPROXY_PORT;; hapool) echo $HAPOOL_PORT;; floor) echo $FLOOR_PORT;; esac
+}
 start_lb() {  # $1 = haproxy|hapool, $2 = threads, $3 = haproxy extra line
   case $1 in
     haproxy) haproxy_conf $2 "${3:-}"; haproxy -f $W/conf/haproxy.cfg -db >> $W/logs/haproxy.log 2>&1 & LB=$!;;
     hapool) hapool_conf $2; RUST_LOG=warn $HAPOOL gateway --config $W/conf/gateway.toml >> $W/logs/hapool.log 2>&1 & LB=$!;;
   esac
   PIDS+=($LB)
-  wait_lb
+  LB_PORT=$(port_of $1)
+  wait_lb $LB_PORT
   sleep 1.5   # every backend checked/probed up
 }
-wait_lb() {  # until the proxy on LB_PORT answers 200, 10 s at most
+wait_lb() {  # until the proxy on port $1 answers 200, 10 s at most
   for _ in $(seq 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$LB_PORT/ 2>/dev/null)" = 200 ] && break
+    [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$1/ 2>/dev/null)" = 200 ] && break
     sleep 0.1
   done
 }
-stop_lb() {
-  kill -TERM $LB 2>/dev/null; wait $LB 2>/dev/null; LB=""
+stop_lb() {  # $1 = PID, default the last started
+  local p=${1:-$LB}
+  kill -TERM $p 2>/dev/null; wait $p 2>/dev/null
 }
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
 hz=$(getconf CLK_TCK)
@@ -185,18 +194,25 @@ matrix() {
   echo "== matrix (DUR=${DUR}s, REPS=$REPS, leastconn / least-loaded, three nginx backends)"
   printf '%-28s %10s %9s %9s %6s %12s\n' "run" "req/s" "p50 ms" "p99 ms" "err" "cpu us/req"
   : > $W/logs/matrix.txt
-  for rep in $(seq $REPS); do
-    for threads in 1 2; do
-      for lb in haproxy hapool; do
-        start_lb $lb $threads
-        wrk -t1 -c16 -d1s http://127.0.0.1:$LB_PORT/ > /dev/null 2>&1   # warm-up
-        for path in / /4k; do
-          for load in "1 64" "2 256"; do
-            read t c <<< "$load"
+  local -A pid
+  for threads in 1 2; do
+    # Both proxies stay up for the thread count and take turns line by line,
+    # the first place alternating between rounds: the machine's slow spells
+    # then fall on both rather than on whichever ran during them.
+    for lb in haproxy hapool; do
+      start_lb $lb $threads; pid[$lb]=$LB
+      wrk -t1 -c16 -d1s http://127.0.0.1:$LB_PORT/ > /dev/null 2>&1   # warm-up
+    done
+    for rep in $(seq $REPS); do
+      for path in / /4k; do
+        for load in "1 64" "2 256"; do
+          read t c <<< "$load"
+          local order="haproxy hapool"; [ $((rep % 2)) = 0 ] && order="hapool haproxy"
+          for lb in $order; do
             local name; name="$lb-t$threads$( [ $path = / ] && echo _ok || echo _4k )_c$c"
-            local t0; t0=$(ticks $LB)
-            wrk -t$t -c$c -d${DUR}s --latency http://127.0.0.1:$LB_PORT$path > $W/logs/$name.wrk 2>&1
-            local t1; t1=$(ticks $LB)
+            local t0; t0=$(ticks ${pid[$lb]})
+            wrk -t$t -c$c -d${DUR}s --latency http://127.0.0.1:$(port_of $lb)$path > $W/logs/$name.wrk 2>&1
+            local t1; t1=$(ticks ${pid[$lb]})
             read rps p50 p99 err <<< "$(parse_wrk $W/logs/$name.wrk)"
             local total; total=$(python3 -c "print(round($rps*$DUR))")
             local cpu; cpu=$(python3 -c "print(f'{($t1-$t0)/$hz*1e6/max($total,1):.1f}')")
@@ -204,9 +220,9 @@ matrix() {
               | tee -a $W/logs/matrix.txt
           done
         done
-        stop_lb
       done
     done
+    stop_lb ${pid[haproxy]}; stop_lb ${pid[hapool]}
   done
   [ "$REPS" -gt 1 ] && medians $W/logs/matrix.txt
   return 0
@@ -260,10 +276,11 @@ floor() {
   for rep in $(seq $(( REPS < 3 ? 3 : REPS ))); do
     for lb in haproxy hapool floor; do
       if [ $lb = floor ]; then
+        LB_PORT=$FLOOR_PORT
         $floor_bin 127.0.0.1:$LB_PORT 127.0.0.1:${PORTS[0]} 127.0.0.1:${PORTS[1]} 127.0.0.1:${PORTS[2]} \
           >> $W/logs/floor.log 2>&1 & LB=$!
         PIDS+=($LB)
-        wait_lb
+        wait_lb $LB_PORT
       else
         start_lb $lb 1
       fi
