@@ -12,7 +12,8 @@
 #           proxies stay up for a thread count and take turns line by line
 #           (the first place alternating between rounds); with REPS > 1
 #           each line runs REPS times, then each line's medians are
-#           printed with hapool's ratios to HAProxy.
+#           printed, with hapool's ratios to HAProxy as the median of the
+#           rounds' ratios (each round's pair ran back to back).
 # failover: wrk -t1 -c64 -d20s; kill -9 of backend 2 at 5 s, restarted at
 #           12 s; client-visible failures (non-2xx and socket errors).
 #           HAProxy with its usual `retries 3` + `option redispatch`, and
@@ -228,19 +229,21 @@ matrix() {
   return 0
 }
 
-medians() {  # $1 = the matrix's lines: the median of each line's rounds
-  echo "== medians over $REPS rounds (ratio: hapool / HAProxy)"
+medians() {  # $1 = the matrix's lines, each line's two proxies one after the other
+  echo "== medians over $REPS rounds; ratios hapool / HAProxy, the median of each round's pair"
   python3 - "$1" <<'PY'
 import statistics, sys
 rows = {}
-for line in open(sys.argv[1]):
-    f = line.split()
-    lb, run = f[0].split("-", 1)
-    rows.setdefault(run, {}).setdefault(lb, []).append([float(f[1]), float(f[3]), float(f[5])])
-print(f"{'run':<12} {'HAProxy req/s':>13} {'hapool req/s':>12} {'ratio':>6} {'HAProxy p99':>11} {'hapool p99':>10} {'HAProxy cpu':>11} {'hapool cpu':>10} {'ratio':>6}")
-for run, by in rows.items():
-    h, g = (list(map(statistics.median, zip(*by[lb]))) for lb in ("haproxy", "hapool"))
-    print(f"{run:<12} {h[0]:>13.0f} {g[0]:>12.0f} {g[0]/h[0]:>6.2f} {h[1]:>11.2f} {g[1]:>10.2f} {h[2]:>11.1f} {g[2]:>10.1f} {g[2]/h[2]:>6.2f}")
+lines = [line.split() for line in open(sys.argv[1])]
+for pair in zip(lines[0::2], lines[1::2]):
+    by = {f[0].split("-", 1)[0]: [float(f[1]), float(f[3]), float(f[5])] for f in pair}
+    run = pair[0][0].split("-", 1)[1]
+    rows.setdefault(run, []).append((by["haproxy"], by["hapool"]))
+print(f"{'run':<12} {'HAProxy req/s':>13} {'hapool req/s':>12} {'ratio':>6} {'HAProxy p99':>11} {'hapool p99':>10} {'ratio':>6} {'HAProxy cpu':>11} {'hapool cpu':>10} {'ratio':>6}")
+for run, pairs in rows.items():
+    med = lambda lb, i: statistics.median(p[lb][i] for p in pairs)
+    ratio = lambda i: statistics.median(g[i] / h[i] for h, g in pairs)
+    print(f"{run:<12} {med(0, 0):>13.0f} {med(1, 0):>12.0f} {ratio(0):>6.2f} {med(0, 1):>11.2f} {med(1, 1):>10.2f} {ratio(1):>6.2f} {med(0, 2):>11.1f} {med(1, 2):>10.1f} {ratio(2):>6.2f}")
 PY
 }
 
