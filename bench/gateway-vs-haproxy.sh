@@ -25,7 +25,10 @@
 #           microseconds per request. Needs
 #           cargo build --release --example proxy-floor.
 #
-# Env: DUR (wrk seconds, default 10), REPS (default 1), WORK (scratch dir).
+# Env: DUR (wrk seconds, default 10), REPS (default 1), WORK (scratch dir);
+# for matrix, to run some of its lines: THREADS (default "1 2"), PATHS
+# (default "/ /4k"), LOADS (wrk threads:connections, default "1:64 2:256"),
+# e.g. THREADS=2 PATHS=/ LOADS=2:256 REPS=5.
 # Needs: haproxy nginx wrk (apt-get install -y haproxy nginx wrk), and a
 # release build (cargo build --release -p hapool). Only loopback is used;
 # every process started here is stopped by its PID.
@@ -35,6 +38,9 @@ ROOT=$(pwd)
 HAPOOL=$ROOT/target/release/hapool
 DUR=${DUR:-10}
 REPS=${REPS:-1}
+THREADS=${THREADS:-1 2}
+PATHS=${PATHS:-/ /4k}
+LOADS=${LOADS:-1:64 2:256}
 W=${WORK:-/tmp/hapool-gw-bench}
 HAPROXY_PORT=18180   # each proxy has its own port, so that matrix can keep both up
 HAPOOL_PORT=18190
@@ -196,7 +202,7 @@ matrix() {
   printf '%-28s %10s %9s %9s %6s %12s\n' "run" "req/s" "p50 ms" "p99 ms" "err" "cpu us/req"
   : > $W/logs/matrix.txt
   local -A pid
-  for threads in 1 2; do
+  for threads in $THREADS; do
     # Both proxies stay up for the thread count and take turns line by line,
     # the first place alternating between rounds: the machine's slow spells
     # then fall on both rather than on whichever ran during them.
@@ -205,9 +211,9 @@ matrix() {
       wrk -t1 -c16 -d1s http://127.0.0.1:$LB_PORT/ > /dev/null 2>&1   # warm-up
     done
     for rep in $(seq $REPS); do
-      for path in / /4k; do
-        for load in "1 64" "2 256"; do
-          read t c <<< "$load"
+      for path in $PATHS; do
+        for load in $LOADS; do
+          read t c <<< "${load/:/ }"
           local order="haproxy hapool"; [ $((rep % 2)) = 0 ] && order="hapool haproxy"
           for lb in $order; do
             local name; name="$lb-t$threads$( [ $path = / ] && echo _ok || echo _4k )_c$c"
