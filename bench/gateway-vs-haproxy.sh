@@ -107,7 +107,11 @@ start_backend() {
 kill9_backend() {  # master and worker of backend $1
   backend_alive $1 || { echo "backend $1 is not running: nothing to kill"; exit 1; }
   local p; p=$(cat $W/run/nginx-$1.pid)
-  kill -9 $(ps -o pid= --ppid $p) $p 2>/dev/null
+  local workers; workers=$(ps -o pid= --ppid $p)
+  # The master first: killed after its worker, it can start another one
+  # (which would keep the port) before its own signal lands.
+  kill -9 $p 2>/dev/null
+  kill -9 $workers 2>/dev/null
   rm -f $W/run/nginx-$1.pid
 }
 
@@ -258,6 +262,7 @@ failover_one() {  # $1 = label, $2 = haproxy|hapool, $3 = haproxy extra line
   start_lb $2 1 "${3:-}"
   wrk -t1 -c64 -d20s --timeout 10s --latency http://127.0.0.1:$LB_PORT/ > $W/logs/fo-$1.wrk 2>&1 &
   local wrk=$!
+  PIDS+=($wrk)
   sleep 5; kill9_backend 2
   sleep 7; start_backend 2
   wait $wrk
