@@ -205,13 +205,7 @@ impl OrderIndex {
 
     /// The key `slot` (held) is filed under.
     pub(crate) fn key(&self, slot: u32) -> u64 {
-        let at = self.position[slot as usize];
-        let rank = if at & QUEUED != 0 {
-            self.queue[self.queue_index(at)]
-        } else {
-            self.rank_at(at as usize)
-        };
-        (rank >> 64) as u64
+        (self.rank_of(self.position[slot as usize]) >> 64) as u64
     }
 
     /// Gives `slot` (held) a new key and sequence number; nothing moves
@@ -234,11 +228,7 @@ impl OrderIndex {
     pub(crate) fn raise(&mut self, slot: u32, by: u64, seq: u32) {
         let at = self.position[slot as usize];
         let queued = at & QUEUED != 0;
-        let old = if queued {
-            self.queue[self.queue_index(at)]
-        } else {
-            self.rank_at(at as usize)
-        };
+        let old = self.rank_of(at);
         // Saturating, as the policy's key is: a key at the top stays there.
         let new = rank(((old >> 64) as u64).saturating_add(by), seq, slot);
         if queued {
@@ -249,16 +239,9 @@ impl OrderIndex {
             self.set_rank(at as usize, new);
             return;
         }
+        // Which end of the queue it goes on (`true`: the back), if either.
         let end = match (self.queue.front(), self.queue.back()) {
-            (Some(&front), Some(&back)) => {
-                if new >= back {
-                    Some(true)
-                } else if new <= front {
-                    Some(false)
-                } else {
-                    None
-                }
-            }
+            (Some(&front), Some(&back)) if new < back => (new <= front).then_some(false),
             _ => Some(true),
         };
         match (end, queued) {
@@ -321,6 +304,15 @@ impl OrderIndex {
             }
         }
         self.candidates = candidates;
+    }
+
+    /// The rank of the entry at `position`, in the queue or the heap.
+    fn rank_of(&self, position: u32) -> u128 {
+        if position & QUEUED != 0 {
+            self.queue[self.queue_index(position)]
+        } else {
+            self.rank_at(position as usize)
+        }
     }
 
     /// The index in the queue of the entry with this `position`.
