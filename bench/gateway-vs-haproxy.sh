@@ -290,7 +290,7 @@ floor() {
   for rep in $(seq $(( REPS < 3 ? 3 : REPS ))); do
     for lb in haproxy hapool floor; do
       if [ $lb = floor ]; then
-        LB_PORT=$FLOOR_PORT
+        LB_PORT=$(port_of floor)
         $floor_bin 127.0.0.1:$LB_PORT 127.0.0.1:${PORTS[0]} 127.0.0.1:${PORTS[1]} 127.0.0.1:${PORTS[2]} \
           >> $W/logs/floor.log 2>&1 & LB=$!
         PIDS+=($LB)
