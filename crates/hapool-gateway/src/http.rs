@@ -17,12 +17,16 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
-use tokio::time::{Instant, timeout};
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, warn};
 
 use crate::body::{AtEnd, OnEnd};
 use crate::member_http::{InUse, MemberError, MemberHttp, Target};
 use crate::pool::{Lease, Member, Pool};
+use crate::select::Availability;
 use crate::sessions::{Session, SessionKey};
 use crate::{Affinity, Shared, TlsSession};
 
@@ -32,6 +36,26 @@ pub(crate) type MemberBody = Either<Full<Bytes>, Incoming>;
 
 /// The body of a response to a client.
 pub(crate) type ClientBody = Either<LeasedBody, Full<Bytes>>;
+
+/// What sending a request to a member came to, within the request
+/// timeout.
+type Sent = Result<Result<(Response<Incoming>, InUse), MemberError>, tokio::time::error::Elapsed>;
+
+/// Lets the exchange that lost a hedge run to its end (within `limit`),
+/// holding its member's lease so that its open sessions stay counted; its
+/// answer is dropped, and with it the connection it came on.
+fn finish_in_background(
+    exchange: impl Future<Output = Result<(Response<Incoming>, InUse), MemberError>> + Send + 'static,
+    lease: Lease,
+    limit: Duration,
+) {
+    tokio::spawn(async move {
+        match timeout(limit, exchange).await {
+            Ok(Ok(_)) => drop(lease),
+            _ => lease.fail(),
+        }
+    });
+}
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -315,6 +339,14 @@ impl HttpProxy {
                     lease
                 }
             };
+            // Sent to a second member too if its own is slow to answer: a
+            // safe request, in memory, that no session ties to a member.
+            let hedge_after = (matches!(parts.method, Method::GET | Method::HEAD)
+                && session.is_none()
+                && client_upgrade.is_none()
+                && matches!(held, Held::Kept(_)))
+            .then(|| self.pool.hedge_delay())
+            .flatten();
             let member = lease.member().clone();
             let body = match &mut held {
                 Held::Kept(bytes) => Either::Left(Full::new(bytes.clone())),
@@ -330,8 +362,30 @@ impl HttpProxy {
                 address: member.address,
                 tls: self.pool.settings().tls,
             };
-            let mut sent =
-                timeout(limits.request_timeout, self.members.send(target, outgoing)).await;
+            let (mut sent, lease) = match (hedge_after, &held) {
+                (Some(after), Held::Kept(bytes)) => {
+                    let copy = |to: &Member| {
+                        let body = Either::Left(Full::new(bytes.clone()));
+                        self.member_request(&parts, headers.clone(), to, None, body)
+                    };
+                    self.send_hedged(lease, target, outgoing, after, &mut tried, copy)
+                        .await
+                }
+                _ => (
+                    timeout(
+                        limits.request_timeout,
+                        self.exchange(member.clone(), target, outgoing),
+                    )
+                    .await,
+                    lease,
+                ),
+            };
+            // The member whose answer (or failure) this is.
+            let member = lease.member().clone();
+            let target = Target {
+                address: member.address,
+                tls: self.pool.settings().tls,
+            };
             if let Ok(Err(MemberError::Stale(_))) = &sent
                 && idempotent
                 && let Held::Kept(bytes) = &held
@@ -342,7 +396,11 @@ impl HttpProxy {
                 let body = Either::Left(Full::new(bytes.clone()));
                 let again =
                     self.member_request(&parts, headers.clone(), &member, handoff.as_ref(), body);
-                sent = timeout(limits.request_timeout, self.members.send(target, again)).await;
+                sent = timeout(
+                    limits.request_timeout,
+                    self.exchange(member.clone(), target, again),
+                )
+                .await;
             }
             match sent {
                 Ok(Ok((response, connection))) => {
@@ -404,6 +462,113 @@ impl HttpProxy {
             StatusCode::SERVICE_UNAVAILABLE,
             "no pool element can serve the request\n",
         ))
+    }
+
+    /// Sends `request` to `member` at `target`; its answer's response time
+    /// is recorded for the member. A future of its own, so that it can run
+    /// to its end on its own once a hedge has answered first.
+    fn exchange(
+        &self,
+        member: Arc<Member>,
+        target: Target,
+        request: Request<MemberBody>,
+    ) -> impl Future<Output = Result<(Response<Incoming>, InUse), MemberError>> + Send + 'static
+    {
+        let members = self.members.clone();
+        async move {
+            let sending = Instant::now();
+            let sent = members.send(target, request).await;
+            if sent.is_ok() {
+                member.record_response_time(sending.elapsed());
+            }
+            sent
+        }
+    }
+
+    /// Sends `request` to the leased member; if it has not answered
+    /// `after`, and the pool's hedge allowance and another available
+    /// member allow, sends `copy` of it to that member too (`hedge.rs`).
+    /// The first answer wins; a failure waits for the other exchange. The
+    /// exchange that lost runs to its end in the background, holding its
+    /// member's lease, and its answer is dropped. Returns the outcome with
+    /// the lease of the member it came from; a member that failed while
+    /// the other exchange went on is counted failed here and added to
+    /// `tried`.
+    async fn send_hedged(
+        &self,
+        lease: Lease,
+        target: Target,
+        request: Request<MemberBody>,
+        after: Duration,
+        tried: &mut Vec<PoolElementId>,
+        copy: impl FnOnce(&Member) -> Request<MemberBody>,
+    ) -> (Sent, Lease) {
+        let limit = self.shared.limits.request_timeout;
+        let deadline = Instant::now() + limit;
+        let mut first = Box::pin(self.exchange(lease.member().clone(), target, request));
+        if let Ok(done) = timeout(after.min(limit), &mut first).await {
+            return (Ok(done), lease);
+        }
+        let mut skip = tried.clone();
+        skip.push(lease.member().id);
+        let second_lease = match self.pool.take_hedge().then(|| self.pool.choose(&skip)) {
+            Some(Some((second, Availability::Available))) => second,
+            Some(Some((other, _))) => {
+                // Only busy members left: not worth a second load.
+                other.cancel();
+                return (timeout_at(deadline, first).await, lease);
+            }
+            _ => return (timeout_at(deadline, first).await, lease),
+        };
+        self.shared.metrics.hedges.increment(1);
+        let second_member = second_lease.member().clone();
+        let second_target = Target {
+            address: second_member.address,
+            tls: target.tls,
+        };
+        let mut second =
+            Box::pin(self.exchange(second_member.clone(), second_target, copy(&second_member)));
+        let raced = timeout_at(deadline, async {
+            tokio::select! {
+                sent = &mut first => (true, sent),
+                sent = &mut second => (false, sent),
+            }
+        })
+        .await;
+        match raced {
+            Err(elapsed) => {
+                second_lease.fail();
+                (Err(elapsed), lease)
+            }
+            Ok((true, Ok(answer))) => {
+                finish_in_background(second, second_lease, limit);
+                (Ok(Ok(answer)), lease)
+            }
+            Ok((false, Ok(answer))) => {
+                self.shared.metrics.hedge_wins.increment(1);
+                finish_in_background(first, lease, limit);
+                (Ok(Ok(answer)), second_lease)
+            }
+            Ok((true, Err(e))) => {
+                self.count_failure(lease, &e, tried);
+                (timeout_at(deadline, second).await, second_lease)
+            }
+            Ok((false, Err(e))) => {
+                self.count_failure(second_lease, &e, tried);
+                (timeout_at(deadline, first).await, lease)
+            }
+        }
+    }
+
+    /// A member failed a request while another exchange for it went on.
+    fn count_failure(&self, lease: Lease, error: &MemberError, tried: &mut Vec<PoolElementId>) {
+        let member = lease.member().clone();
+        debug!(pool = %self.pool.handle(), pe_id = %member.id, %error, "request to member failed during a hedge");
+        tried.push(member.id);
+        lease.fail();
+        if matches!(error, MemberError::Connect(_)) {
+            self.shared.unreachable(&self.pool, &member);
+        }
     }
 
     /// The key a session of this request is (or would be) kept under, the

@@ -19,10 +19,12 @@
 pub mod body;
 mod deadline;
 mod drain;
+mod hedge;
 pub mod http;
 mod member_cache;
 mod member_http;
 pub mod pool;
+mod response_time;
 pub mod select;
 pub mod sessions;
 mod tcp;
@@ -284,6 +286,10 @@ pub(crate) struct GatewayMetrics {
     pub(crate) requests: Counter,
     pub(crate) retries: Counter,
     pub(crate) failed: Counter,
+    /// Requests sent to a second member as well (`hedge.rs`).
+    pub(crate) hedges: Counter,
+    /// Hedges whose second member answered first.
+    pub(crate) hedge_wins: Counter,
 }
 
 /// What every listener shares.
@@ -593,6 +599,8 @@ impl Gateway {
                 requests: counter!("hapool_gateway_requests_total"),
                 retries: counter!("hapool_gateway_retries_total"),
                 failed: counter!("hapool_gateway_failures_total"),
+                hedges: counter!("hapool_gateway_hedges_total"),
+                hedge_wins: counter!("hapool_gateway_hedge_wins_total"),
             },
             reports: (!config.registrars.is_empty()).then_some(reports),
             last_limit_log: AtomicU64::new(0),

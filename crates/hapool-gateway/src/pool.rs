@@ -5,12 +5,15 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use hapool_wire::{Policy, PoolElement, PoolElementId, PoolHandle};
 use serde::Serialize;
 use smallvec::SmallVec;
 use tracing::info;
 
+use crate::hedge::{self, Budget};
+use crate::response_time::ResponseTime;
 use crate::select::{
     AdminState, Availability, Candidate, Choice, Strategy, Thresholds, availability_index, select,
 };
@@ -68,6 +71,15 @@ pub struct PoolSettings {
     /// Whether members are reached over TLS (HTTP pools: requests and
     /// probes go as HTTPS). Needs [`crate::GatewayConfig::member_tls`].
     pub tls: bool,
+    /// The most HTTP requests, in percent of the pool's requests, that
+    /// may also go to a second member when the first is slow to answer
+    /// (see `hedge.rs`); 0: never. Default 5.
+    pub hedge_percent: u32,
+}
+
+impl PoolSettings {
+    /// The default share of hedged requests.
+    pub const HEDGE_PERCENT: u32 = 5;
 }
 
 /// One member of a pool.
@@ -92,6 +104,7 @@ pub struct Member {
     served: AtomicU64,
     failed: AtomicU64,
     bytes: AtomicU64,
+    response_time: ResponseTime,
 }
 
 /// `registered_load` when the PE's policy carries no load.
@@ -118,6 +131,7 @@ impl Member {
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            response_time: ResponseTime::new(),
         }
     }
 
@@ -169,6 +183,11 @@ impl Member {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Sessions sent to it so far.
+    pub fn chosen(&self) -> u64 {
+        self.chosen.load(Ordering::Relaxed)
+    }
+
     /// Counts a failed request or connection.
     pub fn count_failure(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
@@ -179,13 +198,20 @@ impl Member {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    fn candidate(&self, capacity: Option<u32>) -> Candidate {
+    /// Records that it answered a request (its response head came) `took`
+    /// after the request went out.
+    pub fn record_response_time(&self, took: Duration) {
+        self.response_time.record(took, Instant::now());
+    }
+
+    fn candidate(&self, capacity: Option<u32>, now: Instant) -> Candidate {
         let load = self.registered_load.load(Ordering::Relaxed);
         let sessions = self.active();
         Candidate {
             availability_index: availability_index(u32::try_from(load).ok(), sessions, capacity),
             sessions,
             chosen: self.chosen.load(Ordering::Relaxed),
+            response_us: self.response_time.current_us(now),
             weight: self.weight.load(Ordering::Relaxed),
             priority: self.priority.load(Ordering::Relaxed),
             admin: self.admin(),
@@ -220,6 +246,9 @@ pub struct MemberStatus {
     pub failed: u64,
     /// Bytes carried (TCP).
     pub bytes: u64,
+    /// How long it has recently taken to answer an HTTP request, in
+    /// microseconds (0: no answer in the last second).
+    pub response_time_us: u32,
     /// Sessions in the session table bound to it.
     pub bound_sessions: usize,
 }
@@ -241,6 +270,13 @@ impl Lease {
     pub fn fail(mut self) {
         self.ok = false;
         self.member.count_failure();
+    }
+
+    /// Gives back a lease that carried nothing: the member is counted as
+    /// neither chosen nor served.
+    pub fn cancel(mut self) {
+        self.ok = false;
+        self.member.chosen.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -266,6 +302,7 @@ pub struct Pool {
     deleted: Mutex<HashSet<PoolElementId>>,
     /// The pool's session table.
     pub sessions: SessionTable,
+    hedges: Budget,
 }
 
 impl Pool {
@@ -289,6 +326,7 @@ impl Pool {
         };
         let strategy = settings.strategy.unwrap_or(Strategy::LeastLoaded);
         Self {
+            hedges: Budget::new(settings.hedge_percent),
             settings,
             view: RwLock::new(Arc::new(View { members, strategy })),
             marks: Mutex::new(Vec::new()),
@@ -334,7 +372,7 @@ impl Pool {
     /// How `member` stands for a new session now.
     pub fn availability(&self, member: &Member) -> Availability {
         member
-            .candidate(self.settings.max_sessions)
+            .candidate(self.settings.max_sessions, Instant::now())
             .availability(&self.thresholds())
     }
 
@@ -347,8 +385,12 @@ impl Pool {
         let capacity = self.settings.max_sessions;
         // On the stack for pools of up to 16 members: one allocation
         // fewer per request.
-        let candidates: SmallVec<[Candidate; 16]> =
-            view.members.iter().map(|m| m.candidate(capacity)).collect();
+        let now = Instant::now();
+        let candidates: SmallVec<[Candidate; 16]> = view
+            .members
+            .iter()
+            .map(|m| m.candidate(capacity, now))
+            .collect();
         let Choice {
             index,
             availability,
@@ -366,6 +408,32 @@ impl Pool {
         let member = view.members[index].clone();
         member.chosen.fetch_add(1, Ordering::Relaxed);
         Some((Self::lease(member), availability))
+    }
+
+    /// How long a request may wait for its member's answer before it is
+    /// also sent to another (`hedge.rs`); `None` when no member has
+    /// answered lately.
+    pub fn hedge_delay(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let fastest = self
+            .snapshot()
+            .members
+            .iter()
+            .map(|m| m.response_time.current_us(now))
+            .filter(|&us| us > 0)
+            .min();
+        hedge::delay(fastest)
+    }
+
+    /// Takes a hedge from the pool's allowance; `false` when it is spent.
+    pub fn take_hedge(&self) -> bool {
+        let requests = self
+            .snapshot()
+            .members
+            .iter()
+            .map(|m| m.chosen.load(Ordering::Relaxed))
+            .sum();
+        self.hedges.take(requests, Instant::now())
     }
 
     /// Opens a session on `member` (one chosen before, for an affine
@@ -488,11 +556,12 @@ impl Pool {
     pub fn status(&self) -> Vec<MemberStatus> {
         let capacity = self.settings.max_sessions;
         let thresholds = self.thresholds();
+        let now = Instant::now();
         self.snapshot()
             .members
             .iter()
             .map(|m| {
-                let candidate = m.candidate(capacity);
+                let candidate = m.candidate(capacity, now);
                 MemberStatus {
                     id: m.id.0,
                     address: m.address,
@@ -508,6 +577,7 @@ impl Pool {
                     served: m.served.load(Ordering::Relaxed),
                     failed: m.failed.load(Ordering::Relaxed),
                     bytes: m.bytes.load(Ordering::Relaxed),
+                    response_time_us: candidate.response_us,
                     bound_sessions: self.sessions.bound_to(m.id),
                 }
             })
@@ -540,6 +610,7 @@ mod tests {
             max_sessions: Some(2),
             probe: ProbeKind::Tcp,
             tls: false,
+            hedge_percent: PoolSettings::HEDGE_PERCENT,
         }
     }
 

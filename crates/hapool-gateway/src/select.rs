@@ -106,11 +106,17 @@ pub struct Thresholds {
     pub max_sessions: Option<u32>,
 }
 
+/// How many times the fastest response time of a tier a PE's may be
+/// before it counts as slow ([`select`]).
+pub const SLOW_BEYOND: u32 = 4;
+
 /// How a pool picks among the PEs of one tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// The highest availability index (lightest load); ties go to the PE
+    /// with the shortest expected wait (its open sessions plus this one,
+    /// times its response time as [`select`] counts it), then to the one
     /// with the fewest open sessions, then to the one chosen least often.
     LeastLoaded,
     /// In turn, in proportion to the weights (the PE with the fewest
@@ -145,6 +151,9 @@ pub struct Candidate {
     pub sessions: u32,
     /// Sessions this gateway has sent to it so far.
     pub chosen: u64,
+    /// How long it has recently taken to answer, in microseconds; 0 when
+    /// it has not answered lately (see [`select`]).
+    pub response_us: u32,
     /// Its weight (round robin, random); zero counts as one.
     pub weight: u32,
     /// Its priority (higher first).
@@ -179,6 +188,20 @@ impl Candidate {
     fn weight(&self) -> u64 {
         u64::from(self.weight.max(1))
     }
+
+    /// How long a new session would wait behind the ones it has, with
+    /// its response time counted against `fastest`, the shortest of its
+    /// tier (see [`select`]).
+    fn expected_wait(&self, fastest: u32) -> u64 {
+        let counted = if self.response_us == 0 {
+            fastest
+        } else {
+            self.response_us
+                .saturating_sub(fastest.saturating_mul(SLOW_BEYOND - 1))
+                .max(fastest)
+        };
+        (u64::from(self.sessions) + 1) * u64::from(counted)
+    }
 }
 
 /// The availability index of a PE: 100 minus the larger of the load it
@@ -210,6 +233,18 @@ pub struct Choice {
 /// Chooses the PE for a new session among `candidates`, skipping those for
 /// which `skip` says so (PEs already tried for this request). `random` is
 /// used by [`Strategy::Random`] only. `None` when no PE can take it.
+///
+/// For [`Strategy::LeastLoaded`], response times up to [`SLOW_BEYOND`]
+/// times the fastest of the tier count as the fastest's, so that open
+/// sessions alone share the load among PEs that answer about as fast
+/// (light load does not pile onto whichever answered a little faster of
+/// late); beyond that, a PE's response time less `SLOW_BEYOND − 1` times
+/// the fastest's counts, so that a PE that has stalled (its answers
+/// taking ten times as long, say) is sent nothing more while the others'
+/// queues are shorter than its own. A PE that has not answered lately (a
+/// new one, or one that was sent nothing) counts as the fastest. When no
+/// PE of the tier has answered lately, the expected waits are all zero and
+/// open sessions decide.
 pub fn select(
     candidates: &[Candidate],
     thresholds: &Thresholds,
@@ -247,15 +282,23 @@ pub fn select(
                 }
             })?
         }
-        _ => (0..candidates.len())
-            .filter(|&i| in_tier(i))
-            .reduce(|best, i| {
-                if better(strategy, &candidates[i], &candidates[best]) {
-                    i
-                } else {
-                    best
-                }
-            })?,
+        _ => {
+            let fastest = (0..candidates.len())
+                .filter(|&i| in_tier(i))
+                .map(|i| candidates[i].response_us)
+                .filter(|&us| us > 0)
+                .min()
+                .unwrap_or(0);
+            (0..candidates.len())
+                .filter(|&i| in_tier(i))
+                .reduce(|best, i| {
+                    if better(strategy, &candidates[i], &candidates[best], fastest) {
+                        i
+                    } else {
+                        best
+                    }
+                })?
+        }
     };
     Some(Choice {
         index,
@@ -263,19 +306,27 @@ pub fn select(
     })
 }
 
-/// Whether `a` should be chosen over `b` (strictly; ties keep the earlier).
-fn better(strategy: Strategy, a: &Candidate, b: &Candidate) -> bool {
+/// Whether `a` should be chosen over `b` (strictly; ties keep the earlier);
+/// `fastest` is the shortest response time in their tier.
+fn better(strategy: Strategy, a: &Candidate, b: &Candidate, fastest: u32) -> bool {
     // `a.chosen / a.weight < b.chosen / b.weight`, without division.
     let fewer_choices = || {
         u128::from(a.chosen) * u128::from(b.weight())
             < u128::from(b.chosen) * u128::from(a.weight())
     };
     match strategy {
-        Strategy::LeastLoaded => (b.availability_index, a.sessions, a.chosen).lt(&(
-            a.availability_index,
-            b.sessions,
-            b.chosen,
-        )),
+        Strategy::LeastLoaded => (
+            b.availability_index,
+            a.expected_wait(fastest),
+            a.sessions,
+            a.chosen,
+        )
+            .lt(&(
+                a.availability_index,
+                b.expected_wait(fastest),
+                b.sessions,
+                b.chosen,
+            )),
         Strategy::RoundRobin | Strategy::Random => fewer_choices(),
         Strategy::Priority => {
             a.priority > b.priority || (a.priority == b.priority && fewer_choices())
@@ -297,6 +348,7 @@ mod tests {
             availability_index,
             sessions: 0,
             chosen: 0,
+            response_us: 0,
             weight: 1,
             priority: 0,
             admin: AdminState::Active,
@@ -374,6 +426,56 @@ mod tests {
         assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 1);
         pes[1].sessions = 2;
         assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 2);
+    }
+
+    #[test]
+    fn response_times_within_the_band_leave_the_choice_to_sessions() {
+        let mut pes = [pe(100), pe(100), pe(100)];
+        for (p, (sessions, response_us)) in pes.iter_mut().zip([(3, 1_000), (2, 3_900), (2, 0)]) {
+            p.sessions = sessions;
+            p.response_us = response_us;
+        }
+        // 3.9 ms is within four times 1 ms, and the unmeasured member
+        // counts as the fastest: fewest sessions, then fewest choices.
+        pes[1].chosen = 5;
+        assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 2);
+        pes[2].sessions = 3;
+        assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 1);
+    }
+
+    #[test]
+    fn a_member_that_answers_far_slower_is_avoided_while_others_queue_less() {
+        let mut pes = [pe(100), pe(100), pe(100)];
+        for (p, (sessions, response_us)) in
+            pes.iter_mut().zip([(85, 5_000), (85, 6_000), (60, 85_000)])
+        {
+            p.sessions = sessions;
+            p.response_us = response_us;
+        }
+        // The stalled member counts 85 - 3 x 5 = 70 ms: 61 x 70 ms against
+        // 86 x 5 ms.
+        assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 0);
+        // It is sent work again once its queue is short enough: 5 x 70 ms
+        // against 86 x 5 ms.
+        pes[2].sessions = 4;
+        assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 2);
+        // The availability index still comes first.
+        pes[2].sessions = 60;
+        pes[0].availability_index = 99;
+        pes[1].availability_index = 99;
+        assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 2);
+    }
+
+    #[test]
+    fn without_recent_answers_sessions_decide() {
+        let mut pes = [pe(100), pe(100)];
+        pes[0].sessions = 2;
+        pes[1].sessions = 1;
+        assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 1);
+        // A member's own figure without a second one to compare is the
+        // fastest.
+        pes[1].response_us = 50_000;
+        assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 1);
     }
 
     #[test]

@@ -100,6 +100,7 @@ fn static_pool(members: &[SocketAddr], probe: ProbeKind) -> PoolSettings {
         max_sessions: None,
         probe,
         tls: false,
+        hedge_percent: PoolSettings::HEDGE_PERCENT,
     }
 }
 
@@ -322,6 +323,111 @@ async fn a_draining_member_keeps_its_sessions_and_gets_no_new_ones() {
     pool.sessions
         .sweep(Instant::now() + Duration::from_secs(3600));
     assert_eq!(pool.remove_drained(), vec![home_id]);
+    gateway.shutdown().await;
+}
+
+/// An HTTP backend named `name` that, while `stalled` is set, answers
+/// anything but its probe path `/` only after [`STALL`]; it answers
+/// `<name>`.
+async fn stalling_backend(name: &'static str, stalled: Arc<AtomicBool>) -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let stalled = stalled.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let stalled = stalled.clone();
+                    async move {
+                        if request.uri().path() != "/" && stalled.load(Ordering::SeqCst) {
+                            sleep(STALL).await;
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+const STALL: Duration = Duration::from_millis(1500);
+
+/// Three members, the third of which stalls once every member has answered
+/// a few requests; then GETs of `/page` one after the other until one has
+/// gone to the stalled member. Returns how long each took and who answered
+/// it, and the gateway.
+async fn requests_past_a_stall(hedge_percent: u32) -> (Vec<(Duration, String)>, Gateway) {
+    let stalled = Arc::new(AtomicBool::new(false));
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c"] {
+        let stalls = if name == "c" {
+            stalled.clone()
+        } else {
+            Arc::new(AtomicBool::new(false))
+        };
+        backends.push(stalling_backend(name, stalls).await);
+    }
+    let gateway = http_gateway(PoolSettings {
+        hedge_percent,
+        ..static_pool(&backends, http_probe())
+    })
+    .await;
+    let addr = gateway.local_addrs()[0];
+    let client = client();
+    for _ in 0..30 {
+        let (status, _, _) = get(&client, addr, "/page", None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let pool = gateway.pool(&pool_handle()).unwrap().clone();
+    let chosen =
+        |pool: &hapool_gateway::pool::Pool| pool.member(PoolElementId(3)).unwrap().chosen();
+    let before = chosen(&pool);
+    stalled.store(true, Ordering::SeqCst);
+    let mut answers = Vec::new();
+    while chosen(&pool) == before {
+        assert!(answers.len() < 10, "the third member is never chosen");
+        let started = Instant::now();
+        let (status, body, _) = get(&client, addr, "/page", None).await;
+        assert_eq!(status, StatusCode::OK);
+        answers.push((started.elapsed(), body));
+    }
+    (answers, gateway)
+}
+
+#[tokio::test]
+async fn a_get_that_its_member_is_slow_to_answer_is_answered_by_another() {
+    let (answers, gateway) = requests_past_a_stall(PoolSettings::HEDGE_PERCENT).await;
+    for (took, by) in &answers {
+        assert_ne!(by, "c", "the stalled member's answer came first");
+        assert!(*took < STALL / 3, "{took:?}: not hedged");
+    }
+    // The stalled member's exchange runs to its end in the background,
+    // its session counted meanwhile, and its slowness is then on record.
+    let pool = gateway.pool(&pool_handle()).unwrap().clone();
+    let stalled = pool.member(PoolElementId(3)).unwrap();
+    assert_eq!(stalled.active(), 1);
+    eventually("the stalled exchange ends", || stalled.active() == 0).await;
+    let status = pool.status();
+    assert!(
+        status[2].response_time_us >= STALL.as_micros() as u32,
+        "{status:?}"
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_hedges_a_stalled_member_holds_its_request() {
+    let (answers, gateway) = requests_past_a_stall(0).await;
+    let (took, by) = answers.last().unwrap();
+    assert_eq!(by, "c");
+    assert!(*took >= STALL, "{took:?}");
     gateway.shutdown().await;
 }
 

@@ -76,6 +76,7 @@ fn config(member: SocketAddr, workers: usize) -> GatewayConfig {
         max_sessions: None,
         probe: ProbeKind::Tcp,
         tls: false,
+        hedge_percent: PoolSettings::HEDGE_PERCENT,
     };
     let mut config = GatewayConfig::new(vec![listener], vec![pool]);
     config.probe_interval = Duration::from_millis(100);

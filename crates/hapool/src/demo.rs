@@ -316,6 +316,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         max_sessions,
         probe,
         tls: false,
+        hedge_percent: PoolSettings::HEDGE_PERCENT,
     };
     let listener = |protocol, pool: &str, affinity| ListenerConfig {
         address: (Ipv4Addr::LOCALHOST, 0).into(),

@@ -156,6 +156,9 @@ struct PoolFile {
     /// Reach the members over TLS (HTTPS requests and probes). Default
     /// false.
     tls: Option<bool>,
+    /// The most requests, in percent, also sent to a second member when
+    /// the first is slow to answer (GET and HEAD only). Default 5; 0: never.
+    hedge_percent: Option<u32>,
 }
 
 /// A static member: "ADDR" or `{ address, weight, priority }`.
@@ -262,6 +265,12 @@ impl TryFrom<GatewayFile> for Planned {
             if p.max_sessions == Some(0) {
                 return Err(BadConfig(format!("{key}.max_sessions = 0: at least 1")));
             }
+            let hedge_percent = p.hedge_percent.unwrap_or(PoolSettings::HEDGE_PERCENT);
+            if hedge_percent > 100 {
+                return Err(BadConfig(format!(
+                    "{key}.hedge_percent = {hedge_percent}: 0 to 100"
+                )));
+            }
             let http_listener = listeners
                 .iter()
                 .any(|l| l.pool == handle && l.protocol == Protocol::Http);
@@ -339,6 +348,7 @@ impl TryFrom<GatewayFile> for Planned {
                 max_sessions: p.max_sessions,
                 probe,
                 tls: member_tls,
+                hedge_percent,
             });
         }
         for (i, l) in listeners.iter().enumerate() {
@@ -714,7 +724,7 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
             }
             let doc: Value = serde_json::from_slice(&body).context("/status is not JSON")?;
             println!(
-                "{:<16} {:<9} {:<22} {:<15} {:<12} {:>5} {:>7} {:>10} {:>8}",
+                "{:<16} {:<9} {:<22} {:<15} {:<12} {:>5} {:>7} {:>10} {:>8} {:>9}",
                 "POOL",
                 "PE",
                 "ADDRESS",
@@ -723,12 +733,13 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
                 "INDEX",
                 "ACTIVE",
                 "SERVED",
-                "SESSIONS"
+                "SESSIONS",
+                "ANSWER-MS"
             );
             for pool in doc["pools"].as_array().into_iter().flatten() {
                 for m in pool["members"].as_array().into_iter().flatten() {
                     println!(
-                        "{:<16} {:08x}  {:<22} {:<15} {:<12} {:>5} {:>7} {:>10} {:>8}",
+                        "{:<16} {:08x}  {:<22} {:<15} {:<12} {:>5} {:>7} {:>10} {:>8} {:>9}",
                         pool["pool"].as_str().unwrap_or("?"),
                         m["id"].as_u64().unwrap_or(0),
                         m["address"].as_str().unwrap_or("?"),
@@ -738,6 +749,10 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
                         m["active"].as_u64().unwrap_or(0),
                         m["served"].as_u64().unwrap_or(0),
                         m["bound_sessions"].as_u64().unwrap_or(0),
+                        match m["response_time_us"].as_u64().unwrap_or(0) {
+                            0 => "-".to_string(),
+                            us => format!("{:.1}", us as f64 / 1000.0),
+                        },
                     );
                 }
             }

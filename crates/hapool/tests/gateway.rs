@@ -284,6 +284,10 @@ fn gateway_configuration_errors_are_named() {
             "gateway.pool[0].availability_threshold = 101: 0 to 100",
         ),
         (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nhedge_percent = 150\n",
+            "gateway.pool[0].hedge_percent = 150: 0 to 100",
+        ),
+        (
             "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.listener.certificate]]\nnames = [\"a\"]\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.key\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
             "gateway.listener[0].certificate[0].cert",
         ),

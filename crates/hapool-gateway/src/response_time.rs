@@ -1,0 +1,161 @@
+//! How long a member has recently taken to answer: a moving average of
+//! its response times (request sent to response head), which the choice
+//! of member weighs with its open sessions (`select.rs`).
+//!
+//! The average forgets with time rather than with the number of answers:
+//! each answer weighs `1 − e^(−Δt/τ)`, Δt being the time since the
+//! previous one and τ [`DECAY`]. At thousands of answers a second it is an
+//! average over the last τ, steady against single slow answers; at a few
+//! a second it is close to the last one. A member that stalls (its process
+//! starved of CPU, say) shows it within a fraction of τ through the few
+//! answers it still gives. The figure is current for [`FRESH`] after the
+//! last answer; after that the member counts as not measured.
+//!
+//! Both workers record into the same member: the two fields are read and
+//! written without a lock, so two answers recorded at the same instant
+//! may count as one. The figure is a hint for choosing, not a statistic.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The time constant of the average.
+pub(crate) const DECAY: Duration = Duration::from_millis(100);
+
+/// How long after the last answer the figure is still used.
+pub(crate) const FRESH: Duration = Duration::from_secs(1);
+
+/// One member's response-time average.
+#[derive(Debug)]
+pub(crate) struct ResponseTime {
+    /// Where the time stamps count from.
+    epoch: Instant,
+    /// The average in microseconds, at least 1; 0 before the first answer.
+    average_us: AtomicU32,
+    /// When the last answer came, in microseconds since `epoch`.
+    last_us: AtomicU64,
+}
+
+impl ResponseTime {
+    /// No answer yet.
+    pub(crate) fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            average_us: AtomicU32::new(0),
+            last_us: AtomicU64::new(0),
+        }
+    }
+
+    fn stamp(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Records an answer that took `took`, received `at`.
+    pub(crate) fn record(&self, took: Duration, at: Instant) {
+        let sample = u32::try_from(took.as_micros()).unwrap_or(u32::MAX).max(1);
+        let now = self.stamp(at);
+        let last = self.last_us.swap(now, Ordering::Relaxed);
+        let average = self.average_us.load(Ordering::Relaxed);
+        let since = now.saturating_sub(last);
+        let next = if average == 0 || since > micros(FRESH) {
+            sample
+        } else {
+            let keep = (-(since as f64) / micros(DECAY) as f64).exp();
+            let mixed = f64::from(average) * keep + f64::from(sample) * (1.0 - keep);
+            // In range: between two u32 values.
+            (mixed.round() as u32).max(1)
+        };
+        self.average_us.store(next, Ordering::Relaxed);
+    }
+
+    /// The average in microseconds as of `at`; 0 when there has been no
+    /// answer in the [`FRESH`] period before.
+    pub(crate) fn current_us(&self, at: Instant) -> u32 {
+        let average = self.average_us.load(Ordering::Relaxed);
+        let last = self.last_us.load(Ordering::Relaxed);
+        if self.stamp(at).saturating_sub(last) > micros(FRESH) {
+            0
+        } else {
+            average
+        }
+    }
+}
+
+impl Default for ResponseTime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_first_answer_is_the_average() {
+        let r = ResponseTime::new();
+        let t = Instant::now();
+        assert_eq!(r.current_us(t), 0);
+        r.record(5 * MS, t);
+        assert_eq!(r.current_us(t), 5_000);
+    }
+
+    #[test]
+    fn answers_weigh_by_the_time_since_the_last_one() {
+        let r = ResponseTime::new();
+        let mut t = Instant::now();
+        r.record(5 * MS, t);
+        // A thousand answers a second at 85 ms: after 50 ms the average
+        // has gone 1 - e^-0.5 (39 %) of the way.
+        for _ in 0..50 {
+            t += MS;
+            r.record(85 * MS, t);
+        }
+        let after = r.current_us(t);
+        assert!((35_000..=37_000).contains(&after), "{after}");
+        // One slow answer among fast ones hardly moves it.
+        let r = ResponseTime::new();
+        let mut t = Instant::now();
+        for i in 0..1_000 {
+            t += Duration::from_micros(100);
+            r.record(if i == 500 { 200 * MS } else { 5 * MS }, t);
+        }
+        let steady = r.current_us(t);
+        assert!((5_000..=5_250).contains(&steady), "{steady}");
+        // An answer a whole time constant later weighs 1 - 1/e.
+        t += DECAY;
+        r.record(15 * MS, t);
+        let moved = r.current_us(t);
+        assert!((11_200..=11_400).contains(&moved), "{moved}");
+    }
+
+    #[test]
+    fn the_figure_lapses_without_answers() {
+        let r = ResponseTime::new();
+        let t = Instant::now();
+        r.record(90 * MS, t);
+        assert_eq!(r.current_us(t + FRESH), 90_000);
+        assert_eq!(r.current_us(t + FRESH + MS), 0);
+        // The next answer starts afresh.
+        r.record(4 * MS, t + 2 * FRESH);
+        assert_eq!(r.current_us(t + 2 * FRESH), 4_000);
+    }
+
+    #[test]
+    fn extremes_stay_in_range() {
+        let r = ResponseTime::new();
+        let t = Instant::now();
+        r.record(Duration::ZERO, t);
+        assert_eq!(r.current_us(t), 1, "an instant answer still counts");
+        r.record(Duration::from_secs(100_000), t + MS);
+        assert!(r.current_us(t + MS) > 1);
+        r.record(Duration::from_secs(100_000), t + 2 * MS);
+        r.record(Duration::from_secs(100_000), t + FRESH);
+        assert!(r.current_us(t + FRESH) > u32::MAX / 2);
+    }
+}
