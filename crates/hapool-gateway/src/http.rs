@@ -325,28 +325,28 @@ impl HttpProxy {
                 .filter(|_| attempt == 0)
                 .and_then(|s| self.pool.member(s.member))
                 .filter(|m| self.pool.availability(m).keeps_session());
-            let lease = match affine {
-                Some(member) => Pool::lease(member),
+            let (lease, hedge_after) = match affine {
+                Some(member) => (Pool::lease(member), None),
                 None => {
-                    let Some((lease, _)) = self.pool.choose(&tried) else {
+                    let Some(chosen) = self.pool.choose(&tried) else {
                         break;
                     };
                     if let Some(s) = &session
-                        && s.member != lease.member().id
+                        && s.member != chosen.lease.member().id
                     {
                         handoff.clone_from(&s.state);
                     }
-                    lease
+                    (chosen.lease, chosen.hedge_after)
                 }
             };
             // Sent to a second member too if its own is slow to answer: a
             // safe request, in memory, that no session ties to a member.
-            let hedge_after = (matches!(parts.method, Method::GET | Method::HEAD)
-                && session.is_none()
-                && client_upgrade.is_none()
-                && matches!(held, Held::Kept(_)))
-            .then(|| self.pool.hedge_delay())
-            .flatten();
+            let hedge_after = hedge_after.filter(|_| {
+                matches!(parts.method, Method::GET | Method::HEAD)
+                    && session.is_none()
+                    && client_upgrade.is_none()
+                    && matches!(held, Held::Kept(_))
+            });
             let member = lease.member().clone();
             let body = match &mut held {
                 Held::Kept(bytes) => Either::Left(Full::new(bytes.clone())),
@@ -512,10 +512,10 @@ impl HttpProxy {
         let mut skip = tried.clone();
         skip.push(lease.member().id);
         let second_lease = match self.pool.take_hedge().then(|| self.pool.choose(&skip)) {
-            Some(Some((second, Availability::Available))) => second,
-            Some(Some((other, _))) => {
+            Some(Some(second)) if second.availability == Availability::Available => second.lease,
+            Some(Some(other)) => {
                 // Only busy members left: not worth a second load.
-                other.cancel();
+                other.lease.cancel();
                 return (timeout_at(deadline, first).await, lease);
             }
             _ => return (timeout_at(deadline, first).await, lease),

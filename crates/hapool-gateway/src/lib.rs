@@ -57,7 +57,7 @@ use crate::http::HttpProxy;
 use crate::member_cache::MemberCache;
 use crate::member_http::{MemberHttp, Target};
 pub use crate::pool::{
-    Member, MemberSource, MemberStatus, Pool, PoolSettings, ProbeKind, StaticMember,
+    Chosen, Member, MemberSource, MemberStatus, Pool, PoolSettings, ProbeKind, StaticMember,
 };
 pub use crate::select::{AdminState, Availability, Strategy};
 use crate::sessions::SessionTable;

@@ -253,6 +253,20 @@ pub struct MemberStatus {
     pub bound_sessions: usize,
 }
 
+/// A member chosen for a new session.
+#[derive(Debug)]
+pub struct Chosen {
+    /// The session opened on it.
+    pub lease: Lease,
+    /// How it stood: anything but `Available` means a fallback.
+    pub availability: Availability,
+    /// How long a request to it may wait for its answer before it is also
+    /// sent to another member (`hedge.rs`): a multiple of the pool's
+    /// fastest recent response time; `None` when no member has answered
+    /// lately.
+    pub hedge_after: Option<Duration>,
+}
+
 /// Marks a member busy for as long as it lives: one open session.
 #[derive(Debug)]
 pub struct Lease {
@@ -378,7 +392,7 @@ impl Pool {
 
     /// Chooses a member for a new session, skipping those in `tried`, and
     /// opens a session on it.
-    pub fn choose(&self, tried: &[PoolElementId]) -> Option<(Lease, Availability)> {
+    pub fn choose(&self, tried: &[PoolElementId]) -> Option<Chosen> {
         // Read under the lock rather than from a snapshot: one shared
         // counter fewer to touch on every request.
         let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
@@ -407,22 +421,16 @@ impl Pool {
         )?;
         let member = view.members[index].clone();
         member.chosen.fetch_add(1, Ordering::Relaxed);
-        Some((Self::lease(member), availability))
-    }
-
-    /// How long a request may wait for its member's answer before it is
-    /// also sent to another (`hedge.rs`); `None` when no member has
-    /// answered lately.
-    pub fn hedge_delay(&self) -> Option<Duration> {
-        let now = Instant::now();
-        let fastest = self
-            .snapshot()
-            .members
+        let fastest = candidates
             .iter()
-            .map(|m| m.response_time.current_us(now))
+            .map(|c| c.response_us)
             .filter(|&us| us > 0)
             .min();
-        hedge::delay(fastest)
+        Some(Chosen {
+            lease: Self::lease(member),
+            availability,
+            hedge_after: hedge::delay(fastest),
+        })
     }
 
     /// Takes a hedge from the pool's allowance; `false` when it is spent.
@@ -638,7 +646,11 @@ mod tests {
         for m in &fresh {
             m.set_reachable(true);
         }
-        let (lease, availability) = pool.choose(&[]).unwrap();
+        let Chosen {
+            lease,
+            availability,
+            ..
+        } = pool.choose(&[]).unwrap();
         assert_eq!(
             (lease.member().id, availability),
             (PoolElementId(1), Availability::Available)
@@ -653,7 +665,11 @@ mod tests {
         );
         assert_eq!(pool.member(PoolElementId(1)).unwrap().active(), 1);
         // PE 1 is busy (index 0), PE 2 restricted: busy comes first.
-        let (second, availability) = pool.choose(&[]).unwrap();
+        let Chosen {
+            lease: second,
+            availability,
+            ..
+        } = pool.choose(&[]).unwrap();
         assert_eq!(
             (second.member().id, availability),
             (PoolElementId(1), Availability::Busy)
@@ -689,7 +705,7 @@ mod tests {
         for m in pool.members() {
             m.set_reachable(true);
         }
-        let (lease, _) = pool.choose(&[]).unwrap();
+        let lease = pool.choose(&[]).unwrap().lease;
         let id = lease.member().id;
         let now = Instant::now();
         assert!(pool.sessions.bind(
@@ -702,7 +718,7 @@ mod tests {
         assert!(pool.set_admin(id, AdminState::PendingDelete));
         // No new sessions for it.
         for _ in 0..3 {
-            let (other, _) = pool.choose(&[]).unwrap();
+            let other = pool.choose(&[]).unwrap().lease;
             assert_ne!(other.member().id, id);
         }
         assert!(pool.remove_drained().is_empty(), "a request is open");
