@@ -340,12 +340,12 @@ impl HttpProxy {
                 }
             };
             // Sent to a second member too if its own is slow to answer: a
-            // safe request, in memory, that no session ties to a member.
+            // safe request that no session ties to a member (and, below,
+            // whose body is in memory).
             let hedge_after = hedge_after.filter(|_| {
                 matches!(parts.method, Method::GET | Method::HEAD)
                     && session.is_none()
                     && client_upgrade.is_none()
-                    && matches!(held, Held::Kept(_))
             });
             let member = lease.member().clone();
             let body = match &mut held {
@@ -374,7 +374,7 @@ impl HttpProxy {
                 _ => (
                     timeout(
                         limits.request_timeout,
-                        self.exchange(member.clone(), target, outgoing),
+                        self.exchange(&*member, target, outgoing),
                     )
                     .await,
                     lease,
@@ -398,7 +398,7 @@ impl HttpProxy {
                     self.member_request(&parts, headers.clone(), &member, handoff.as_ref(), body);
                 sent = timeout(
                     limits.request_timeout,
-                    self.exchange(member.clone(), target, again),
+                    self.exchange(&*member, target, again),
                 )
                 .await;
             }
@@ -465,21 +465,22 @@ impl HttpProxy {
     }
 
     /// Sends `request` to `member` at `target`; its answer's response time
-    /// is recorded for the member. A future of its own, so that it can run
-    /// to its end on its own once a hedge has answered first.
-    fn exchange(
+    /// is recorded for the member. With the member owned (an `Arc`), a
+    /// future that can run to its end on its own once a hedge has answered
+    /// first; borrowed, it spares a shared reference count.
+    fn exchange<M: std::borrow::Borrow<Member> + Send>(
         &self,
-        member: Arc<Member>,
+        member: M,
         target: Target,
         request: Request<MemberBody>,
-    ) -> impl Future<Output = Result<(Response<Incoming>, InUse), MemberError>> + Send + 'static
+    ) -> impl Future<Output = Result<(Response<Incoming>, InUse), MemberError>> + Send + use<M>
     {
         let members = self.members.clone();
         async move {
             let sending = Instant::now();
             let sent = members.send(target, request).await;
             if sent.is_ok() {
-                member.record_response_time(sending.elapsed());
+                member.borrow().record_response_time(sending.elapsed());
             }
             sent
         }

@@ -40,27 +40,41 @@ async fn http_backend(name: &'static str) -> (SocketAddr, JoinHandle<()>) {
 }
 
 async fn serve_backend(listener: TcpListener, name: &'static str) {
+    serve_http(listener, move |request: Request<Incoming>| async move {
+        let state = request
+            .headers()
+            .get(STATE_HEADER)
+            .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
+        let mut response = Response::new(Full::new(Bytes::from(format!("{name} {state}"))));
+        match request.uri().path() {
+            "/login" => {
+                let headers = response.headers_mut();
+                headers.insert(header::SET_COOKIE, "app=1".parse().unwrap());
+                headers.insert(STATE_HEADER, format!("user={name}").parse().unwrap());
+            }
+            "/slow" => sleep(Duration::from_millis(300)).await,
+            _ => {}
+        }
+        response
+    })
+    .await;
+}
+
+/// Serves HTTP/1.1 on `listener`, answering every request with `answer`.
+async fn serve_http<A, F>(listener: TcpListener, answer: A)
+where
+    A: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        let answer = answer.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| async move {
-                let state = request
-                    .headers()
-                    .get(STATE_HEADER)
-                    .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
-                let mut response = Response::new(Full::new(Bytes::from(format!("{name} {state}"))));
-                match request.uri().path() {
-                    "/login" => {
-                        let headers = response.headers_mut();
-                        headers.insert(header::SET_COOKIE, "app=1".parse().unwrap());
-                        headers.insert(STATE_HEADER, format!("user={name}").parse().unwrap());
-                    }
-                    "/slow" => sleep(Duration::from_millis(300)).await,
-                    _ => {}
-                }
-                Ok::<_, Infallible>(response)
+            let service = service_fn(move |request| {
+                let answered = answer(request);
+                async move { Ok::<_, Infallible>(answered.await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -332,28 +346,15 @@ async fn a_draining_member_keeps_its_sessions_and_gets_no_new_ones() {
 async fn stalling_backend(name: &'static str, stalled: Arc<AtomicBool>) -> SocketAddr {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let stalled = stalled.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let stalled = stalled.clone();
-                    async move {
-                        if request.uri().path() != "/" && stalled.load(Ordering::SeqCst) {
-                            sleep(STALL).await;
-                        }
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    tokio::spawn(serve_http(listener, move |request: Request<Incoming>| {
+        let stalled = stalled.clone();
+        async move {
+            if request.uri().path() != "/" && stalled.load(Ordering::SeqCst) {
+                sleep(STALL).await;
+            }
+            Response::new(Full::new(Bytes::from(name)))
         }
-    });
+    }));
     addr
 }
 
