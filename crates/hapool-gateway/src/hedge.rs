@@ -9,9 +9,10 @@
 //! in memory) and that its member has not answered within
 //! [`SLOW_BEYOND`](crate::select::SLOW_BEYOND) times the pool's fastest
 //! recent response time is sent to a second member as well; the first
-//! answer goes to the client, and the other exchange runs to its end in
-//! the background (so that the slow member's open sessions and response
-//! time stay true) and is then dropped.
+//! answer goes to the client and the other exchange is dropped (its
+//! connection closed). A first member that lost has the time it had taken
+//! so far recorded as its response time: a floor of the real one, enough
+//! for the choice to send it nothing more while it stays that slow.
 //!
 //! Hedges are limited per pool to a share of its requests ([`Budget`]): a
 //! pool whose members are all slow is not sent twice the work.

@@ -17,7 +17,6 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
-use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::{Instant, timeout, timeout_at};
@@ -40,22 +39,6 @@ pub(crate) type ClientBody = Either<LeasedBody, Full<Bytes>>;
 /// What sending a request to a member came to, within the request
 /// timeout.
 type Sent = Result<Result<(Response<Incoming>, InUse), MemberError>, tokio::time::error::Elapsed>;
-
-/// Lets the exchange that lost a hedge run to its end (within `limit`),
-/// holding its member's lease so that its open sessions stay counted; its
-/// answer is dropped, and with it the connection it came on.
-fn finish_in_background(
-    exchange: impl Future<Output = Result<(Response<Incoming>, InUse), MemberError>> + Send + 'static,
-    lease: Lease,
-    limit: Duration,
-) {
-    tokio::spawn(async move {
-        match timeout(limit, exchange).await {
-            Ok(Ok(_)) => drop(lease),
-            _ => lease.fail(),
-        }
-    });
-}
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -368,13 +351,13 @@ impl HttpProxy {
                         let body = Either::Left(Full::new(bytes.clone()));
                         self.member_request(&parts, headers.clone(), to, None, body)
                     };
-                    self.send_hedged(lease, target, outgoing, after, &mut tried, copy)
+                    self.send_hedged(lease, &member, target, outgoing, after, &mut tried, copy)
                         .await
                 }
                 _ => (
                     timeout(
                         limits.request_timeout,
-                        self.exchange(&*member, target, outgoing),
+                        self.exchange(&member, target, outgoing),
                     )
                     .await,
                     lease,
@@ -398,7 +381,7 @@ impl HttpProxy {
                     self.member_request(&parts, headers.clone(), &member, handoff.as_ref(), body);
                 sent = timeout(
                     limits.request_timeout,
-                    self.exchange(&*member, target, again),
+                    self.exchange(&member, target, again),
                 )
                 .await;
             }
@@ -465,39 +448,36 @@ impl HttpProxy {
     }
 
     /// Sends `request` to `member` at `target`; its answer's response time
-    /// is recorded for the member. With the member owned (an `Arc`), a
-    /// future that can run to its end on its own once a hedge has answered
-    /// first; borrowed, it spares a shared reference count.
-    fn exchange<M: std::borrow::Borrow<Member> + Send>(
+    /// is recorded for the member.
+    async fn exchange(
         &self,
-        member: M,
+        member: &Member,
         target: Target,
         request: Request<MemberBody>,
-    ) -> impl Future<Output = Result<(Response<Incoming>, InUse), MemberError>> + Send + use<M>
-    {
-        let members = self.members.clone();
-        async move {
-            let sending = Instant::now();
-            let sent = members.send(target, request).await;
-            if sent.is_ok() {
-                member.borrow().record_response_time(sending.elapsed());
-            }
-            sent
+    ) -> Result<(Response<Incoming>, InUse), MemberError> {
+        let sending = Instant::now();
+        let sent = self.members.send(target, request).await;
+        if sent.is_ok() {
+            member.record_response_time(sending.elapsed());
         }
+        sent
     }
 
-    /// Sends `request` to the leased member; if it has not answered
-    /// `after`, and the pool's hedge allowance and another available
-    /// member allow, sends `copy` of it to that member too (`hedge.rs`).
-    /// The first answer wins; a failure waits for the other exchange. The
-    /// exchange that lost runs to its end in the background, holding its
-    /// member's lease, and its answer is dropped. Returns the outcome with
-    /// the lease of the member it came from; a member that failed while
-    /// the other exchange went on is counted failed here and added to
-    /// `tried`.
+    /// Sends `request` to `member` (leased by `lease`); if it has not
+    /// answered `after`, and the pool's hedge allowance and another
+    /// available member allow, sends `copy` of it to that member too
+    /// (`hedge.rs`). The first answer wins; a failure waits for the other
+    /// exchange. The exchange that lost is dropped, which closes its
+    /// connection; a first member that lost has the time it had taken so
+    /// far recorded as its response time, a floor of the real one. Returns
+    /// the outcome with the lease of the member it came from; a member that
+    /// failed while the other exchange went on is counted failed here and
+    /// added to `tried`.
+    #[allow(clippy::too_many_arguments)]
     async fn send_hedged(
         &self,
         lease: Lease,
+        member: &Member,
         target: Target,
         request: Request<MemberBody>,
         after: Duration,
@@ -505,13 +485,15 @@ impl HttpProxy {
         copy: impl FnOnce(&Member) -> Request<MemberBody>,
     ) -> (Sent, Lease) {
         let limit = self.shared.limits.request_timeout;
-        let deadline = Instant::now() + limit;
-        let mut first = Box::pin(self.exchange(lease.member().clone(), target, request));
+        let sending = Instant::now();
+        let deadline = sending + limit;
+        let first = self.exchange(member, target, request);
+        tokio::pin!(first);
         if let Ok(done) = timeout(after.min(limit), &mut first).await {
             return (Ok(done), lease);
         }
         let mut skip = tried.clone();
-        skip.push(lease.member().id);
+        skip.push(member.id);
         let second_lease = match self.pool.take_hedge().then(|| self.pool.choose(&skip)) {
             Some(Some(second)) if second.availability == Availability::Available => second.lease,
             Some(Some(other)) => {
@@ -527,8 +509,8 @@ impl HttpProxy {
             address: second_member.address,
             tls: target.tls,
         };
-        let mut second =
-            Box::pin(self.exchange(second_member.clone(), second_target, copy(&second_member)));
+        let second = self.exchange(&second_member, second_target, copy(&second_member));
+        tokio::pin!(second);
         let raced = timeout_at(deadline, async {
             tokio::select! {
                 sent = &mut first => (true, sent),
@@ -541,13 +523,10 @@ impl HttpProxy {
                 second_lease.fail();
                 (Err(elapsed), lease)
             }
-            Ok((true, Ok(answer))) => {
-                finish_in_background(second, second_lease, limit);
-                (Ok(Ok(answer)), lease)
-            }
+            Ok((true, Ok(answer))) => (Ok(Ok(answer)), lease),
             Ok((false, Ok(answer))) => {
                 self.shared.metrics.hedge_wins.increment(1);
-                finish_in_background(first, lease, limit);
+                member.record_response_time(sending.elapsed());
                 (Ok(Ok(answer)), second_lease)
             }
             Ok((true, Err(e))) => {

@@ -382,7 +382,14 @@ async fn requests_past_a_stall(hedge_percent: u32) -> (Vec<(Duration, String)>, 
     .await;
     let addr = gateway.local_addrs()[0];
     let client = client();
+    // Connections to every member, then, once the response times that
+    // included connecting have lapsed, one answer from each on record.
     for _ in 0..30 {
+        let (status, _, _) = get(&client, addr, "/page", None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    sleep(Duration::from_millis(1_100)).await;
+    for _ in 0..3 {
         let (status, _, _) = get(&client, addr, "/page", None).await;
         assert_eq!(status, StatusCode::OK);
     }
@@ -409,17 +416,12 @@ async fn a_get_that_its_member_is_slow_to_answer_is_answered_by_another() {
         assert_ne!(by, "c", "the stalled member's answer came first");
         assert!(*took < STALL / 3, "{took:?}: not hedged");
     }
-    // The stalled member's exchange runs to its end in the background,
-    // its session counted meanwhile, and its slowness is then on record.
+    // The stalled member's exchange was dropped with its session, and the
+    // time it had taken is on record.
     let pool = gateway.pool(&pool_handle()).unwrap().clone();
-    let stalled = pool.member(PoolElementId(3)).unwrap();
-    assert_eq!(stalled.active(), 1);
-    eventually("the stalled exchange ends", || stalled.active() == 0).await;
+    assert_eq!(pool.member(PoolElementId(3)).unwrap().active(), 0);
     let status = pool.status();
-    assert!(
-        status[2].response_time_us >= STALL.as_micros() as u32,
-        "{status:?}"
-    );
+    assert!(status[2].response_time_us > 0, "{status:?}");
     gateway.shutdown().await;
 }
 
