@@ -8,6 +8,8 @@
 //! as both keep it open.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -303,6 +305,9 @@ impl HttpProxy {
         let mut tried = Vec::new();
         let mut handoff = None;
         for attempt in 0..=limits.retries {
+            // When this attempt starts: for the choice, and as the time its
+            // request goes out.
+            let now = Instant::now();
             let affine = session
                 .as_ref()
                 .filter(|_| attempt == 0)
@@ -311,7 +316,7 @@ impl HttpProxy {
             let (lease, hedge_after) = match affine {
                 Some(member) => (Pool::lease(member), None),
                 None => {
-                    let Some(chosen) = self.pool.choose(&tried) else {
+                    let Some(chosen) = self.pool.choose(&tried, now.into_std()) else {
                         break;
                     };
                     if let Some(s) = &session
@@ -351,13 +356,15 @@ impl HttpProxy {
                         let body = Either::Left(Full::new(bytes.clone()));
                         self.member_request(&parts, headers.clone(), to, None, body)
                     };
-                    self.send_hedged(lease, &member, target, outgoing, after, &mut tried, copy)
-                        .await
+                    self.send_hedged(
+                        lease, &member, target, outgoing, now, after, &mut tried, copy,
+                    )
+                    .await
                 }
                 _ => (
                     timeout(
                         limits.request_timeout,
-                        self.exchange(&member, target, outgoing),
+                        self.exchange(&member, target, outgoing, now),
                     )
                     .await,
                     lease,
@@ -381,7 +388,7 @@ impl HttpProxy {
                     self.member_request(&parts, headers.clone(), &member, handoff.as_ref(), body);
                 sent = timeout(
                     limits.request_timeout,
-                    self.exchange(&member, target, again),
+                    self.exchange(&member, target, again, Instant::now()),
                 )
                 .await;
             }
@@ -447,32 +454,27 @@ impl HttpProxy {
         ))
     }
 
-    /// Sends `request` to `member` at `target`; its answer's response time
-    /// is recorded for the member.
+    /// Sends `request` to `member` at `target`, at `sending`; its answer's
+    /// response time is recorded for the member.
     async fn exchange(
         &self,
         member: &Member,
         target: Target,
         request: Request<MemberBody>,
+        sending: Instant,
     ) -> Result<(Response<Incoming>, InUse), MemberError> {
-        let sending = Instant::now();
         let sent = self.members.send(target, request).await;
         if sent.is_ok() {
-            member.record_response_time(sending.elapsed());
+            let at = Instant::now();
+            member.record_response_time(at - sending, at.into_std());
         }
         sent
     }
 
-    /// Sends `request` to `member` (leased by `lease`); if it has not
-    /// answered `after`, and the pool's hedge allowance and another
-    /// available member allow, sends `copy` of it to that member too
-    /// (`hedge.rs`). The first answer wins; a failure waits for the other
-    /// exchange. The exchange that lost is dropped, which closes its
-    /// connection; a first member that lost has the time it had taken so
-    /// far recorded as its response time, a floor of the real one. Returns
-    /// the outcome with the lease of the member it came from; a member that
-    /// failed while the other exchange went on is counted failed here and
-    /// added to `tried`.
+    /// Sends `request` to `member` (leased by `lease`) at `sending`; if it
+    /// has not answered `after`, goes on with [`Self::hedge`]. The hedge's
+    /// future is on the heap, so that the request's own future, which
+    /// every request moves into place, stays small.
     #[allow(clippy::too_many_arguments)]
     async fn send_hedged(
         &self,
@@ -480,21 +482,55 @@ impl HttpProxy {
         member: &Member,
         target: Target,
         request: Request<MemberBody>,
+        sending: Instant,
         after: Duration,
         tried: &mut Vec<PoolElementId>,
         copy: impl FnOnce(&Member) -> Request<MemberBody>,
     ) -> (Sent, Lease) {
         let limit = self.shared.limits.request_timeout;
-        let sending = Instant::now();
-        let deadline = sending + limit;
-        let first = self.exchange(member, target, request);
+        let first = self.exchange(member, target, request, sending);
         tokio::pin!(first);
-        if let Ok(done) = timeout(after.min(limit), &mut first).await {
-            return (Ok(done), lease);
+        match timeout(after.min(limit), &mut first).await {
+            Ok(done) => (Ok(done), lease),
+            Err(_) => {
+                Box::pin(self.hedge(lease, member, target.tls, first, sending, tried, copy)).await
+            }
         }
+    }
+
+    /// `first`, the exchange with `member` (leased by `lease`, sent at
+    /// `sending`), has not answered in time: if the pool's hedge allowance
+    /// and another available member allow, sends `copy` of the request to
+    /// that member too (`hedge.rs`). The first answer wins; a failure waits
+    /// for the other exchange. The exchange that lost is dropped, which
+    /// closes its connection; a first member that lost has the time it had
+    /// taken so far recorded as its response time, a floor of the real one.
+    /// Returns the outcome with the lease of the member it came from; a
+    /// member that failed while the other exchange went on is counted
+    /// failed here and added to `tried`.
+    #[allow(clippy::too_many_arguments)]
+    async fn hedge<F>(
+        &self,
+        lease: Lease,
+        member: &Member,
+        tls: bool,
+        mut first: Pin<&mut F>,
+        sending: Instant,
+        tried: &mut Vec<PoolElementId>,
+        copy: impl FnOnce(&Member) -> Request<MemberBody>,
+    ) -> (Sent, Lease)
+    where
+        F: Future<Output = Result<(Response<Incoming>, InUse), MemberError>>,
+    {
+        let deadline = sending + self.shared.limits.request_timeout;
         let mut skip = tried.clone();
         skip.push(member.id);
-        let second_lease = match self.pool.take_hedge().then(|| self.pool.choose(&skip)) {
+        let now = Instant::now();
+        let second_lease = match self
+            .pool
+            .take_hedge()
+            .then(|| self.pool.choose(&skip, now.into_std()))
+        {
             Some(Some(second)) if second.availability == Availability::Available => second.lease,
             Some(Some(other)) => {
                 // Only busy members left: not worth a second load.
@@ -507,9 +543,9 @@ impl HttpProxy {
         let second_member = second_lease.member().clone();
         let second_target = Target {
             address: second_member.address,
-            tls: target.tls,
+            tls,
         };
-        let second = self.exchange(&second_member, second_target, copy(&second_member));
+        let second = self.exchange(&second_member, second_target, copy(&second_member), now);
         tokio::pin!(second);
         let raced = timeout_at(deadline, async {
             tokio::select! {
@@ -526,7 +562,8 @@ impl HttpProxy {
             Ok((true, Ok(answer))) => (Ok(Ok(answer)), lease),
             Ok((false, Ok(answer))) => {
                 self.shared.metrics.hedge_wins.increment(1);
-                member.record_response_time(sending.elapsed());
+                let at = Instant::now();
+                member.record_response_time(at - sending, at.into_std());
                 (Ok(Ok(answer)), second_lease)
             }
             Ok((true, Err(e))) => {

@@ -198,10 +198,10 @@ impl Member {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Records that it answered a request (its response head came) `took`
-    /// after the request went out.
-    pub fn record_response_time(&self, took: Duration) {
-        self.response_time.record(took, Instant::now());
+    /// Records that it answered a request (its response head came, `at`)
+    /// `took` after the request went out.
+    pub fn record_response_time(&self, took: Duration, at: Instant) {
+        self.response_time.record(took, at);
     }
 
     fn candidate(&self, capacity: Option<u32>, now: Instant) -> Candidate {
@@ -391,15 +391,15 @@ impl Pool {
     }
 
     /// Chooses a member for a new session, skipping those in `tried`, and
-    /// opens a session on it.
-    pub fn choose(&self, tried: &[PoolElementId]) -> Option<Chosen> {
+    /// opens a session on it; `now` is when (response times older than a
+    /// second by then no longer count).
+    pub fn choose(&self, tried: &[PoolElementId], now: Instant) -> Option<Chosen> {
         // Read under the lock rather than from a snapshot: one shared
         // counter fewer to touch on every request.
         let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
         let capacity = self.settings.max_sessions;
         // On the stack for pools of up to 16 members: one allocation
         // fewer per request.
-        let now = Instant::now();
         let candidates: SmallVec<[Candidate; 16]> = view
             .members
             .iter()
@@ -642,7 +642,10 @@ mod tests {
         let fresh = pool.update(&[element(1, 8001, 0), element(2, 8002, u32::MAX / 2)]);
         assert_eq!(fresh.len(), 2);
         assert_eq!(pool.strategy(), Strategy::LeastLoaded);
-        assert!(pool.choose(&[]).is_none(), "not probed yet");
+        assert!(
+            pool.choose(&[], std::time::Instant::now()).is_none(),
+            "not probed yet"
+        );
         for m in &fresh {
             m.set_reachable(true);
         }
@@ -650,7 +653,7 @@ mod tests {
             lease,
             availability,
             ..
-        } = pool.choose(&[]).unwrap();
+        } = pool.choose(&[], std::time::Instant::now()).unwrap();
         assert_eq!(
             (lease.member().id, availability),
             (PoolElementId(1), Availability::Available)
@@ -669,7 +672,7 @@ mod tests {
             lease: second,
             availability,
             ..
-        } = pool.choose(&[]).unwrap();
+        } = pool.choose(&[], std::time::Instant::now()).unwrap();
         assert_eq!(
             (second.member().id, availability),
             (PoolElementId(1), Availability::Busy)
@@ -705,7 +708,7 @@ mod tests {
         for m in pool.members() {
             m.set_reachable(true);
         }
-        let lease = pool.choose(&[]).unwrap().lease;
+        let lease = pool.choose(&[], std::time::Instant::now()).unwrap().lease;
         let id = lease.member().id;
         let now = Instant::now();
         assert!(pool.sessions.bind(
@@ -718,7 +721,7 @@ mod tests {
         assert!(pool.set_admin(id, AdminState::PendingDelete));
         // No new sessions for it.
         for _ in 0..3 {
-            let other = pool.choose(&[]).unwrap().lease;
+            let other = pool.choose(&[], std::time::Instant::now()).unwrap().lease;
             assert_ne!(other.member().id, id);
         }
         assert!(pool.remove_drained().is_empty(), "a request is open");

@@ -187,7 +187,7 @@ impl TcpProxy {
                 .filter(|m| self.pool.availability(m).keeps_session());
             let lease = match affine {
                 Some(member) => Pool::lease(member),
-                None => self.pool.choose(&tried)?.lease,
+                None => self.pool.choose(&tried, std::time::Instant::now())?.lease,
             };
             let member = lease.member().clone();
             tried.push(member.id);
