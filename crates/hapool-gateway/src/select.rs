@@ -110,6 +110,10 @@ pub struct Thresholds {
 /// before it counts as slow ([`select`]).
 pub const SLOW_BEYOND: u32 = 4;
 
+/// Response times within this many microseconds of the fastest never
+/// count as slow: below a millisecond, differences are noise ([`select`]).
+pub const SLOW_MARGIN_US: u32 = 1_000;
+
 /// How a pool picks among the PEs of one tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -193,12 +197,15 @@ impl Candidate {
     /// its response time counted against `fastest`, the shortest of its
     /// tier (see [`select`]).
     fn expected_wait(&self, fastest: u32) -> u64 {
+        // Where slow begins, and how much of a slow time is counted
+        // beyond the fastest's.
+        let band = fastest
+            .saturating_mul(SLOW_BEYOND)
+            .max(fastest.saturating_add(SLOW_MARGIN_US));
         let counted = if self.response_us == 0 {
             fastest
         } else {
-            self.response_us
-                .saturating_sub(fastest.saturating_mul(SLOW_BEYOND - 1))
-                .max(fastest)
+            self.response_us.saturating_sub(band - fastest).max(fastest)
         };
         (u64::from(self.sessions) + 1) * u64::from(counted)
     }
@@ -235,11 +242,12 @@ pub struct Choice {
 /// used by [`Strategy::Random`] only. `None` when no PE can take it.
 ///
 /// For [`Strategy::LeastLoaded`], response times up to [`SLOW_BEYOND`]
-/// times the fastest of the tier count as the fastest's, so that open
+/// times the fastest of the tier (or up to [`SLOW_MARGIN_US`] more than
+/// it, whichever is more) count as the fastest's, so that open
 /// sessions alone share the load among PEs that answer about as fast
 /// (light load does not pile onto whichever answered a little faster of
-/// late); beyond that, a PE's response time less `SLOW_BEYOND − 1` times
-/// the fastest's counts, so that a PE that has stalled (its answers
+/// late); beyond that, a PE's response time less the band's width above
+/// the fastest counts, so that a PE that has stalled (its answers
 /// taking ten times as long, say) is sent nothing more while the others'
 /// queues are shorter than its own. A PE that has not answered lately (a
 /// new one, or one that was sent nothing) counts as the fastest. When no
@@ -464,6 +472,24 @@ mod tests {
         pes[0].availability_index = 99;
         pes[1].availability_index = 99;
         assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 2);
+    }
+
+    #[test]
+    fn below_a_millisecond_differences_do_not_count() {
+        let mut pes = [pe(100), pe(100)];
+        pes[0].sessions = 2;
+        pes[0].response_us = 200;
+        pes[1].sessions = 1;
+        pes[1].response_us = 1_150;
+        // 1.15 ms is more than four times 0.2 ms but within a millisecond
+        // of it: sessions decide.
+        assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 1);
+        // 1.3 ms counts 0.1 ms beyond the band's top: 2 x 0.3 ms against
+        // 3 x 0.2 ms, a tie that fewer sessions win.
+        pes[1].response_us = 1_300;
+        assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 1);
+        pes[1].response_us = 1_400;
+        assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 0);
     }
 
     #[test]
