@@ -86,12 +86,9 @@ impl Budget {
             w.start = now;
             w.requests_at_start = requests;
         }
-        if w.used < w.allowed {
-            w.used += 1;
-            true
-        } else {
-            false
-        }
+        let left = w.used < w.allowed;
+        w.used += u64::from(left);
+        left
     }
 }
 

@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use hapool_wire::PoolElementId;
@@ -19,8 +20,6 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
-use std::time::Duration;
-
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, warn};
 
@@ -370,11 +369,17 @@ impl HttpProxy {
                     lease,
                 ),
             };
-            // The member whose answer (or failure) this is.
-            let member = lease.member().clone();
-            let target = Target {
-                address: member.address,
-                tls: self.pool.settings().tls,
+            // The member whose answer (or failure) this is: another one when
+            // a hedge won.
+            let (member, target) = if Arc::ptr_eq(lease.member(), &member) {
+                (member, target)
+            } else {
+                let other = lease.member().clone();
+                let target = Target {
+                    address: other.address,
+                    tls: target.tls,
+                };
+                (other, target)
             };
             if let Ok(Err(MemberError::Stale(_))) = &sent
                 && idempotent
@@ -531,13 +536,18 @@ impl HttpProxy {
             .take_hedge()
             .then(|| self.pool.choose(&skip, now.into_std()))
         {
-            Some(Some(second)) if second.availability == Availability::Available => second.lease,
+            Some(Some(second)) if second.availability == Availability::Available => {
+                Some(second.lease)
+            }
             Some(Some(other)) => {
                 // Only busy members left: not worth a second load.
                 other.lease.cancel();
-                return (timeout_at(deadline, first).await, lease);
+                None
             }
-            _ => return (timeout_at(deadline, first).await, lease),
+            _ => None,
+        };
+        let Some(second_lease) = second_lease else {
+            return (timeout_at(deadline, first).await, lease);
         };
         self.shared.metrics.hedges.increment(1);
         let second_member = second_lease.member().clone();

@@ -364,6 +364,15 @@ mod tests {
         }
     }
 
+    /// Available PEs with these open sessions and response times.
+    fn measured<const N: usize>(pes: [(u32, u32); N]) -> [Candidate; N] {
+        pes.map(|(sessions, response_us)| Candidate {
+            sessions,
+            response_us,
+            ..pe(100)
+        })
+    }
+
     fn choose(candidates: &[Candidate], strategy: Strategy) -> Option<(usize, Availability)> {
         select(candidates, &T, strategy, |_| false, 0).map(|c| (c.index, c.availability))
     }
@@ -438,11 +447,7 @@ mod tests {
 
     #[test]
     fn response_times_within_the_band_leave_the_choice_to_sessions() {
-        let mut pes = [pe(100), pe(100), pe(100)];
-        for (p, (sessions, response_us)) in pes.iter_mut().zip([(3, 1_000), (2, 3_900), (2, 0)]) {
-            p.sessions = sessions;
-            p.response_us = response_us;
-        }
+        let mut pes = measured([(3, 1_000), (2, 3_900), (2, 0)]);
         // 3.9 ms is within four times 1 ms, and the unmeasured member
         // counts as the fastest: fewest sessions, then fewest choices.
         pes[1].chosen = 5;
@@ -453,13 +458,7 @@ mod tests {
 
     #[test]
     fn a_member_that_answers_far_slower_is_avoided_while_others_queue_less() {
-        let mut pes = [pe(100), pe(100), pe(100)];
-        for (p, (sessions, response_us)) in
-            pes.iter_mut().zip([(85, 5_000), (85, 6_000), (60, 85_000)])
-        {
-            p.sessions = sessions;
-            p.response_us = response_us;
-        }
+        let mut pes = measured([(85, 5_000), (85, 6_000), (60, 85_000)]);
         // The stalled member counts 85 - 3 x 5 = 70 ms: 61 x 70 ms against
         // 86 x 5 ms.
         assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 0);
@@ -476,11 +475,7 @@ mod tests {
 
     #[test]
     fn below_a_millisecond_differences_do_not_count() {
-        let mut pes = [pe(100), pe(100)];
-        pes[0].sessions = 2;
-        pes[0].response_us = 200;
-        pes[1].sessions = 1;
-        pes[1].response_us = 1_150;
+        let mut pes = measured([(2, 200), (1, 1_150)]);
         // 1.15 ms is more than four times 0.2 ms but within a millisecond
         // of it: sessions decide.
         assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 1);
@@ -494,9 +489,7 @@ mod tests {
 
     #[test]
     fn without_recent_answers_sessions_decide() {
-        let mut pes = [pe(100), pe(100)];
-        pes[0].sessions = 2;
-        pes[1].sessions = 1;
+        let mut pes = measured([(2, 0), (1, 0)]);
         assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 1);
         // A member's own figure without a second one to compare is the
         // fastest.
