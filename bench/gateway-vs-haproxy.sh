@@ -68,7 +68,7 @@ nginx_conf() {  # $1 = backend index
   mkdir -p $W/nginx$i/tmp
   cat > $W/conf/nginx-$i.conf <<EOF
 worker_processes 1;
-daemon on;
+daemon off;
 pid $W/run/nginx-$i.pid;
 error_log $W/logs/nginx-$i.log warn;
 events { worker_connections 8192; }
@@ -97,7 +97,12 @@ start_backend() {
   local i=$1
   backend_alive $i && return 0   # a second nginx would fail to bind and remove the pid file
   nginx_conf $i
-  nginx -c $W/conf/nginx-$i.conf -p $W/nginx$i/ 2>>$W/logs/nginx-start.log
+  # In the foreground of this script's session, not daemonized: a daemon
+  # calls setsid(), and with the kernel's autogroup scheduling each nginx
+  # then is a scheduling group of its own, which left one backend at a few
+  # per cent of a CPU for 100-700 ms at a time behind either proxy
+  # (docs/performance.md, "Backends in their own scheduling groups").
+  nginx -c $W/conf/nginx-$i.conf -p $W/nginx$i/ 2>>$W/logs/nginx-start.log &
   for _ in $(seq 50); do
     (exec 3<>/dev/tcp/127.0.0.1/${PORTS[$(($i-1))]}) 2>/dev/null && return 0
     sleep 0.1
