@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admission;
 pub mod body;
 mod deadline;
 mod drain;
@@ -45,13 +46,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Counter, counter};
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Admitted};
 use crate::deadline::FirstByteDeadline;
 use crate::http::HttpProxy;
 use crate::member_cache::MemberCache;
@@ -368,6 +370,8 @@ pub struct ListenerStatus {
     pub tls: bool,
     /// What keeps its sessions with their members.
     pub affinity: Affinity,
+    /// Open client connections, per worker.
+    pub connections: Vec<usize>,
 }
 
 /// A pool as `/status` shows it.
@@ -394,10 +398,26 @@ pub struct GatewayStatus {
     pub pools: Vec<PoolStatus>,
 }
 
+/// A listener of the running gateway.
+#[derive(Clone)]
+struct Listening {
+    status: ListenerStatus,
+    admission: Arc<Admission>,
+}
+
+impl Listening {
+    fn status(&self) -> ListenerStatus {
+        ListenerStatus {
+            connections: self.admission.open(),
+            ..self.status.clone()
+        }
+    }
+}
+
 /// A running gateway.
 pub struct Gateway {
     pools: Vec<Arc<Pool>>,
-    listeners: Vec<ListenerStatus>,
+    listeners: Vec<Listening>,
     tasks: JoinSet<()>,
     /// One thread per worker, each with its own single-threaded runtime,
     /// its own listening sockets (SO_REUSEPORT: the kernel spreads the
@@ -406,9 +426,6 @@ pub struct Gateway {
     /// single-threaded runtime runs on it instead.
     workers: Vec<Worker>,
 }
-
-/// A listener's socket for one worker.
-type WorkerListener = (std::net::TcpListener, ListenerConfig, Arc<Pool>);
 
 /// Binds `count` sockets to `address` with SO_REUSEPORT (an ephemeral port
 /// is chosen by the first and shared by the others).
@@ -492,26 +509,17 @@ async fn serve_worker(
     let members = Shared::member_http(&shared.limits, shared.member_tls.as_ref());
     let (drain, draining) = watch::channel(false);
     let open = Arc::new(AtomicUsize::new(0));
-    for (socket, listener, pool) in listeners {
-        match TcpListener::from_std(socket) {
-            Ok(socket) => {
-                let connections = Connections {
-                    draining: draining.clone(),
-                    open: open.clone(),
-                };
-                tokio::spawn(accept_loop(
-                    socket,
-                    listener,
-                    pool,
-                    shared.clone(),
-                    members.clone(),
-                    connections,
-                ));
-            }
-            Err(e) => {
-                tracing::error!(address = %listener.address, error = %e, "cannot serve a listener");
-            }
-        }
+    for listener in listeners {
+        let connections = Connections {
+            draining: draining.clone(),
+            open: open.clone(),
+        };
+        tokio::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            members.clone(),
+            connections,
+        ));
     }
     // Ends on a stop, or when the gateway is dropped.
     let _ = stopped.await;
@@ -662,15 +670,26 @@ impl Gateway {
         for (sockets, listener, pool) in bound {
             let address = sockets[0].local_addr().unwrap_or(listener.address);
             info!(%address, protocol = ?listener.protocol, pool = %pool.handle(), tls = listener.tls.is_some(), workers = sockets.len(), "gateway listening");
-            listeners.push(ListenerStatus {
-                address,
-                protocol: listener.protocol,
-                pool: pool.handle().to_string(),
-                tls: listener.tls.is_some(),
-                affinity: listener.affinity,
+            let admission = Admission::new(sockets.len(), listener.max_connections);
+            listeners.push(Listening {
+                status: ListenerStatus {
+                    address,
+                    protocol: listener.protocol,
+                    pool: pool.handle().to_string(),
+                    tls: listener.tls.is_some(),
+                    affinity: listener.affinity,
+                    connections: Vec::new(),
+                },
+                admission: admission.clone(),
             });
-            for (worker, socket) in per_worker.iter_mut().zip(sockets) {
-                worker.push((socket, listener.clone(), pool.clone()));
+            for (worker, (serves, socket)) in per_worker.iter_mut().zip(sockets).enumerate() {
+                serves.push(WorkerListener {
+                    socket,
+                    config: listener.clone(),
+                    pool: pool.clone(),
+                    worker,
+                    admission: admission.clone(),
+                });
             }
         }
         // One worker started from a single-threaded runtime is served by
@@ -710,7 +729,7 @@ impl Gateway {
 
     /// Where each listener listens (in configuration order).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|l| l.address).collect()
+        self.listeners.iter().map(|l| l.status.address).collect()
     }
 
     /// The pools.
@@ -763,14 +782,14 @@ impl Gateway {
 #[derive(Clone)]
 pub struct GatewayView {
     pools: Vec<Arc<Pool>>,
-    listeners: Vec<ListenerStatus>,
+    listeners: Vec<Listening>,
 }
 
 impl GatewayView {
     /// Listeners, pools, members, session counts.
     pub fn status(&self) -> GatewayStatus {
         GatewayStatus {
-            listeners: self.listeners.clone(),
+            listeners: self.listeners.iter().map(Listening::status).collect(),
             pools: self
                 .pools
                 .iter()
@@ -812,52 +831,40 @@ async fn drained(draining: &mut watch::Receiver<bool>) {
     let _ = draining.wait_for(|d| *d).await;
 }
 
-async fn accept_loop(
-    socket: TcpListener,
-    listener: ListenerConfig,
+/// A listener as one worker serves it.
+struct WorkerListener {
+    socket: std::net::TcpListener,
+    config: ListenerConfig,
     pool: Arc<Pool>,
+    /// Which of the listener's workers this is.
+    worker: usize,
+    admission: Arc<Admission>,
+}
+
+/// Accepts `listener`'s connections for its worker until the worker
+/// drains.
+async fn accept_loop(
+    listener: WorkerListener,
     shared: Arc<Shared>,
     members: Arc<MemberHttp>,
     connections: Connections,
 ) {
-    let permits = Arc::new(Semaphore::new(listener.max_connections));
-    let acceptor = listener.tls.clone().map(TlsAcceptor::from);
-    let by_tls_session = listener.affinity == Affinity::TlsSession;
-    let http = (listener.protocol == Protocol::Http).then(|| {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            // One buffer, written with one `send`: see `member_http`.
-            .writev(false)
-            .timer(TokioTimer::new())
-            .header_read_timeout(shared.limits.header_read_timeout)
-            .max_buf_size(shared.limits.max_header_bytes.max(8192));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .enable_connect_protocol()
-            .max_header_list_size(
-                u32::try_from(shared.limits.max_header_bytes).unwrap_or(u32::MAX),
-            );
-        (
-            Arc::new(builder),
-            Arc::new(HttpProxy {
-                pool: pool.clone(),
-                shared: shared.clone(),
-                members,
-                tls: listener.tls.is_some(),
-                affinity: listener.affinity,
-                state_header: http::STATE_HEADER.parse().expect("a valid header name"),
-            }),
-        )
-    });
-    let tcp = Arc::new(TcpProxy {
-        pool: pool.clone(),
-        shared: shared.clone(),
-        affinity: listener.affinity,
-        member_tls: shared.member_tls_for(&pool),
-    });
-    let mut draining = connections.draining.clone();
+    let WorkerListener {
+        socket,
+        config,
+        pool,
+        worker,
+        admission,
+    } = listener;
+    let socket = match TcpListener::from_std(socket) {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::error!(address = %config.address, error = %e, "cannot serve a listener");
+            return;
+        }
+    };
+    let serving = Serving::new(&config, pool, shared, members, connections);
+    let mut draining = serving.connections.draining.clone();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -868,26 +875,99 @@ async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                warn!(address = %listener.address, error = %e, "accept failed");
+                warn!(address = %config.address, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            shared.limit_hit("max_connections", pool.handle());
-            drop(stream);
+        let Some(admitted) = admission.admit(worker) else {
+            serving
+                .shared
+                .limit_hit("max_connections", serving.pool.handle());
             continue;
         };
+        serving.spawn(stream, peer, admitted);
+    }
+}
+
+/// What serving one listener's connections on one worker takes.
+struct Serving {
+    acceptor: Option<TlsAcceptor>,
+    by_tls_session: bool,
+    http: Option<(Arc<auto::Builder<TokioExecutor>>, Arc<HttpProxy>)>,
+    tcp: Arc<TcpProxy>,
+    shared: Arc<Shared>,
+    pool: Arc<Pool>,
+    connections: Connections,
+}
+
+impl Serving {
+    fn new(
+        listener: &ListenerConfig,
+        pool: Arc<Pool>,
+        shared: Arc<Shared>,
+        members: Arc<MemberHttp>,
+        connections: Connections,
+    ) -> Self {
+        let http = (listener.protocol == Protocol::Http).then(|| {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                // One buffer, written with one `send`: see `member_http`.
+                .writev(false)
+                .timer(TokioTimer::new())
+                .header_read_timeout(shared.limits.header_read_timeout)
+                .max_buf_size(shared.limits.max_header_bytes.max(8192));
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .enable_connect_protocol()
+                .max_header_list_size(
+                    u32::try_from(shared.limits.max_header_bytes).unwrap_or(u32::MAX),
+                );
+            (
+                Arc::new(builder),
+                Arc::new(HttpProxy {
+                    pool: pool.clone(),
+                    shared: shared.clone(),
+                    members,
+                    tls: listener.tls.is_some(),
+                    affinity: listener.affinity,
+                    state_header: http::STATE_HEADER.parse().expect("a valid header name"),
+                }),
+            )
+        });
+        let tcp = Arc::new(TcpProxy {
+            pool: pool.clone(),
+            shared: shared.clone(),
+            affinity: listener.affinity,
+            member_tls: shared.member_tls_for(&pool),
+        });
+        Self {
+            acceptor: listener.tls.clone().map(TlsAcceptor::from),
+            by_tls_session: listener.affinity == Affinity::TlsSession,
+            http,
+            tcp,
+            shared,
+            pool,
+            connections,
+        }
+    }
+
+    /// Serves the client connection `stream` from `peer` in a task of its
+    /// own, holding its admission until it closes.
+    fn spawn(&self, stream: TcpStream, peer: SocketAddr, admitted: Admitted) {
         let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let http = http.clone();
-        let tcp = tcp.clone();
-        let shared = shared.clone();
-        let pool = pool.clone();
-        let draining = connections.draining.clone();
-        let open = OpenConnection::new(&connections.open);
+        let acceptor = self.acceptor.clone();
+        let by_tls_session = self.by_tls_session;
+        let http = self.http.clone();
+        let tcp = self.tcp.clone();
+        let shared = self.shared.clone();
+        let pool = self.pool.clone();
+        let draining = self.connections.draining.clone();
+        let open = OpenConnection::new(&self.connections.open);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _admitted = admitted;
             let _open = open;
             match acceptor {
                 Some(acceptor) => {

@@ -1,0 +1,111 @@
+//! A listener's connections over several workers: `/status` counts each
+//! worker's open connections, and `max_connections` holds for the
+//! listener as a whole, whichever worker's socket a connection comes to.
+
+use std::io::{ErrorKind, Read};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use hapool_gateway::{
+    Affinity, Gateway, GatewayConfig, ListenerConfig, MemberSource, PoolSettings, ProbeKind,
+    Protocol, StaticMember, Strategy,
+};
+use hapool_wire::PoolHandle;
+
+fn config(workers: usize, max_connections: usize) -> GatewayConfig {
+    let handle = PoolHandle::from("web");
+    let listener = ListenerConfig {
+        address: (Ipv4Addr::LOCALHOST, 0).into(),
+        protocol: Protocol::Http,
+        pool: handle.clone(),
+        tls: None,
+        affinity: Affinity::None,
+        max_connections,
+    };
+    let pool = PoolSettings {
+        handle,
+        // No member is asked: the clients here only connect.
+        source: MemberSource::Static(vec![StaticMember {
+            address: (Ipv4Addr::LOCALHOST, 9).into(),
+            weight: 1,
+            priority: 0,
+        }]),
+        strategy: Some(Strategy::LeastLoaded),
+        availability_threshold: 10,
+        max_sessions: None,
+        probe: ProbeKind::Tcp,
+        tls: false,
+        hedge_percent: PoolSettings::HEDGE_PERCENT,
+    };
+    let mut config = GatewayConfig::new(vec![listener], vec![pool]);
+    config.workers = workers;
+    config
+}
+
+/// Opens `count` connections to `address`, each from a port of its own.
+fn connect(address: SocketAddr, count: usize) -> Vec<TcpStream> {
+    (0..count)
+        .map(|_| TcpStream::connect(address).unwrap())
+        .collect()
+}
+
+/// The listener's open connections per worker, once they add up to
+/// `total` (or after two seconds).
+async fn open_per_worker(gateway: &Gateway, total: usize) -> Vec<usize> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let open = gateway.view().status().listeners[0].connections.clone();
+        if open.iter().sum::<usize>() == total || Instant::now() > deadline {
+            return open;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether the gateway closed `client` (which sends nothing) rather than
+/// waiting for its request.
+fn closed_by_gateway(mut client: &TcpStream) -> bool {
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    match client.read(&mut [0; 16]) {
+        Ok(read) => read == 0,
+        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    }
+}
+
+#[tokio::test]
+async fn each_worker_counts_its_open_connections() {
+    let gateway = Gateway::start(config(4, 1000)).await.unwrap();
+    let address = gateway.local_addrs()[0];
+    for total in [1, 40] {
+        let clients = connect(address, total);
+        let open = open_per_worker(&gateway, total).await;
+        assert_eq!(open.len(), 4);
+        assert_eq!(open.iter().sum::<usize>(), total, "{open:?}");
+        drop(clients);
+        assert_eq!(open_per_worker(&gateway, 0).await, vec![0; 4]);
+    }
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn max_connections_counts_every_worker() {
+    let gateway = Gateway::start(config(2, 6)).await.unwrap();
+    let address = gateway.local_addrs()[0];
+    let mut clients = connect(address, 6);
+    assert_eq!(open_per_worker(&gateway, 6).await.iter().sum::<usize>(), 6);
+    // Beyond the limit a connection is closed at once, whichever worker's
+    // socket it came to.
+    clients.extend(connect(address, 6));
+    let (closed, clients) = tokio::task::spawn_blocking(move || {
+        let closed = clients.iter().filter(|c| closed_by_gateway(c)).count();
+        (closed, clients)
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, 6);
+    assert_eq!(open_per_worker(&gateway, 6).await.iter().sum::<usize>(), 6);
+    drop(clients);
+    gateway.shutdown().await;
+}
