@@ -390,6 +390,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_the_member_closed_after_its_answer_is_not_kept() {
+        // A member that answers once and closes.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (read, mut write) = stream.into_split();
+                let mut read = BufReader::new(read);
+                let mut line = String::new();
+                while read.read_line(&mut line).await.unwrap_or(0) > 0 && line != "\r\n" {
+                    line.clear();
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                let _ = write.write_all(answer).await;
+            }
+        });
+        let members = MemberHttp::start(None, Duration::from_secs(1), Duration::from_secs(60));
+        assert_eq!(read_all(&members, target(address)).await.unwrap(), "ok");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        members.close_idle_until(Instant::now());
+        assert_eq!(members.idle_count(target(address)), 0);
+        // The next request goes on a new connection, without an error.
+        assert_eq!(read_all(&members, target(address)).await.unwrap(), "ok");
+    }
+
+    #[tokio::test]
     async fn idle_connections_close_after_the_idle_timeout() {
         let (address, accepted) = member(usize::MAX).await;
         let members = MemberHttp::start(None, Duration::from_secs(1), Duration::from_millis(100));
