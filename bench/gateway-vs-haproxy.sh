@@ -117,6 +117,7 @@ kill9_backend() {  # master and worker of backend $1
   # (which would keep the port) before its own signal lands.
   kill -9 $p 2>/dev/null
   kill -9 $workers 2>/dev/null
+  wait $p 2>/dev/null   # reaped here, so that the shell does not report the kill
   rm -f $W/run/nginx-$1.pid
 }
 
