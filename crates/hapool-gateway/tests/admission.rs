@@ -6,40 +6,14 @@ use std::io::{ErrorKind, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use hapool_gateway::{
-    Affinity, Gateway, GatewayConfig, ListenerConfig, MemberSource, PoolSettings, ProbeKind,
-    Protocol, StaticMember, Strategy,
-};
-use hapool_wire::PoolHandle;
+use hapool_gateway::{Gateway, GatewayConfig};
 
+mod common;
+
+/// The gateway under test: no member is ever asked, the clients here only
+/// connect.
 fn config(workers: usize, max_connections: usize) -> GatewayConfig {
-    let handle = PoolHandle::from("web");
-    let listener = ListenerConfig {
-        address: (Ipv4Addr::LOCALHOST, 0).into(),
-        protocol: Protocol::Http,
-        pool: handle.clone(),
-        tls: None,
-        affinity: Affinity::None,
-        max_connections,
-    };
-    let pool = PoolSettings {
-        handle,
-        // No member is asked: the clients here only connect.
-        source: MemberSource::Static(vec![StaticMember {
-            address: (Ipv4Addr::LOCALHOST, 9).into(),
-            weight: 1,
-            priority: 0,
-        }]),
-        strategy: Some(Strategy::LeastLoaded),
-        availability_threshold: 10,
-        max_sessions: None,
-        probe: ProbeKind::Tcp,
-        tls: false,
-        hedge_percent: PoolSettings::HEDGE_PERCENT,
-    };
-    let mut config = GatewayConfig::new(vec![listener], vec![pool]);
-    config.workers = workers;
-    config
+    common::one_member_gateway((Ipv4Addr::LOCALHOST, 9).into(), workers, max_connections)
 }
 
 /// Opens `count` connections to `address`, each from a port of its own.

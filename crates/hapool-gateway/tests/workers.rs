@@ -9,11 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hapool_gateway::{
-    Affinity, Gateway, GatewayConfig, ListenerConfig, MemberSource, PoolSettings, ProbeKind,
-    Protocol, StaticMember, Strategy,
-};
-use hapool_wire::PoolHandle;
+use hapool_gateway::{Gateway, GatewayConfig};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -21,6 +17,8 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+
+mod common;
 
 /// The length of `/big`'s answer: larger than any buffer on the way.
 const BIG: usize = 300_000;
@@ -55,32 +53,8 @@ async fn member() -> SocketAddr {
 }
 
 fn config(member: SocketAddr, workers: usize) -> GatewayConfig {
-    let handle = PoolHandle::from("web");
-    let listener = ListenerConfig {
-        address: (Ipv4Addr::LOCALHOST, 0).into(),
-        protocol: Protocol::Http,
-        pool: handle.clone(),
-        tls: None,
-        affinity: Affinity::None,
-        max_connections: 100,
-    };
-    let pool = PoolSettings {
-        handle,
-        source: MemberSource::Static(vec![StaticMember {
-            address: member,
-            weight: 1,
-            priority: 0,
-        }]),
-        strategy: Some(Strategy::LeastLoaded),
-        availability_threshold: 10,
-        max_sessions: None,
-        probe: ProbeKind::Tcp,
-        tls: false,
-        hedge_percent: PoolSettings::HEDGE_PERCENT,
-    };
-    let mut config = GatewayConfig::new(vec![listener], vec![pool]);
+    let mut config = common::one_member_gateway(member, workers, 100);
     config.probe_interval = Duration::from_millis(100);
-    config.workers = workers;
     config
 }
 
