@@ -2,7 +2,8 @@
 //!
 //! Each worker accepts on a socket of its own (SO_REUSEPORT); the
 //! listener's `max_connections` holds for all of them together, and the
-//! connections each worker has open are counted for `/status` (the kernel
+//! connections each worker has open are counted, for `/status` and for a
+//! worker's shutdown to wait on (the kernel
 //! picks a worker by a hash of the client's address and port, so the
 //! counts differ by chance).
 
@@ -57,10 +58,12 @@ impl Admission {
 
     /// Open connections, per worker.
     pub(crate) fn open(&self) -> Vec<usize> {
-        self.open
-            .iter()
-            .map(|open| open.load(Ordering::Relaxed))
-            .collect()
+        (0..self.open.len()).map(|w| self.open_on(w)).collect()
+    }
+
+    /// The connections `worker` has open.
+    pub(crate) fn open_on(&self, worker: usize) -> usize {
+        self.open[worker].load(Ordering::Relaxed)
     }
 }
 

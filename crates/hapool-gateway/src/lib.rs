@@ -33,7 +33,7 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ::http::HeaderValue;
@@ -453,23 +453,6 @@ fn bind_reuseport(
     Ok(sockets)
 }
 
-/// Connections a worker has open; one per connection task, for as long
-/// as it lives.
-struct OpenConnection(Arc<AtomicUsize>);
-
-impl OpenConnection {
-    fn new(open: &Arc<AtomicUsize>) -> Self {
-        open.fetch_add(1, Ordering::Relaxed);
-        Self(open.clone())
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Tasks a worker runs between two looks at its sockets' readiness while
 /// tasks are waiting (tokio's default is 61). Under load every request
 /// wakes several tasks, and each look is a system call; looking a quarter
@@ -508,27 +491,28 @@ async fn serve_worker(
 ) {
     let members = Shared::member_http(&shared.limits, shared.member_tls.as_ref());
     let (drain, draining) = watch::channel(false);
-    let open = Arc::new(AtomicUsize::new(0));
+    // This worker's place in each of its listeners' counts.
+    let counted: Vec<(Arc<Admission>, usize)> = listeners
+        .iter()
+        .map(|l| (l.admission.clone(), l.worker))
+        .collect();
+    let open = || -> usize { counted.iter().map(|(a, worker)| a.open_on(*worker)).sum() };
     for listener in listeners {
-        let connections = Connections {
-            draining: draining.clone(),
-            open: open.clone(),
-        };
         tokio::spawn(accept_loop(
             listener,
             shared.clone(),
             members.clone(),
-            connections,
+            draining.clone(),
         ));
     }
     // Ends on a stop, or when the gateway is dropped.
     let _ = stopped.await;
     let _ = drain.send(true);
     let deadline = Instant::now() + shared.limits.shutdown_grace;
-    while open.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+    while open() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left = open.load(Ordering::Relaxed);
+    let left = open();
     if left > 0 {
         warn!(
             connections = left,
@@ -818,14 +802,6 @@ impl GatewayView {
     }
 }
 
-/// What a worker's connections share: the signal to finish, and their
-/// count.
-#[derive(Clone)]
-struct Connections {
-    draining: watch::Receiver<bool>,
-    open: Arc<AtomicUsize>,
-}
-
 /// Returns once the worker drains (or is gone).
 async fn drained(draining: &mut watch::Receiver<bool>) {
     let _ = draining.wait_for(|d| *d).await;
@@ -847,7 +823,7 @@ async fn accept_loop(
     listener: WorkerListener,
     shared: Arc<Shared>,
     members: Arc<MemberHttp>,
-    connections: Connections,
+    mut draining: watch::Receiver<bool>,
 ) {
     let WorkerListener {
         socket,
@@ -863,8 +839,7 @@ async fn accept_loop(
             return;
         }
     };
-    let serving = Serving::new(&config, pool, shared, members, connections);
-    let mut draining = serving.connections.draining.clone();
+    let serving = Serving::new(&config, pool, shared, members, draining.clone());
     loop {
         let accepted = tokio::select! {
             biased;
@@ -898,7 +873,8 @@ struct Serving {
     tcp: Arc<TcpProxy>,
     shared: Arc<Shared>,
     pool: Arc<Pool>,
-    connections: Connections,
+    /// Set when the worker drains.
+    draining: watch::Receiver<bool>,
 }
 
 impl Serving {
@@ -907,7 +883,7 @@ impl Serving {
         pool: Arc<Pool>,
         shared: Arc<Shared>,
         members: Arc<MemberHttp>,
-        connections: Connections,
+        draining: watch::Receiver<bool>,
     ) -> Self {
         let http = (listener.protocol == Protocol::Http).then(|| {
             let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -950,7 +926,7 @@ impl Serving {
             tcp,
             shared,
             pool,
-            connections,
+            draining,
         }
     }
 
@@ -964,11 +940,9 @@ impl Serving {
         let tcp = self.tcp.clone();
         let shared = self.shared.clone();
         let pool = self.pool.clone();
-        let draining = self.connections.draining.clone();
-        let open = OpenConnection::new(&self.connections.open);
+        let draining = self.draining.clone();
         tokio::spawn(async move {
             let _admitted = admitted;
-            let _open = open;
             match acceptor {
                 Some(acceptor) => {
                     // With TLS-session affinity, every ticket this
