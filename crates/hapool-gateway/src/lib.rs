@@ -19,6 +19,7 @@
 mod admission;
 pub mod body;
 mod deadline;
+mod defer;
 mod drain;
 mod hedge;
 pub mod http;
@@ -55,6 +56,7 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Admitted};
 use crate::deadline::FirstByteDeadline;
+use crate::defer::DeferredWrites;
 use crate::http::HttpProxy;
 use crate::member_cache::MemberCache;
 use crate::member_http::{MemberHttp, Target};
@@ -1024,6 +1026,8 @@ async fn serve_connection<S>(
     // hyper's header timeout starts once it knows the protocol; a client
     // that sends nothing at all is cut off here.
     let stream = FirstByteDeadline::new(stream, shared.limits.header_read_timeout);
+    // Answers go out after the worker's other ready reads (defer.rs).
+    let stream = DeferredWrites::new(stream);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     // Draining: the request under way finishes, then the connection

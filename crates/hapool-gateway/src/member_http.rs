@@ -18,6 +18,9 @@
 //! extra work on a vector costs more than copying the body, and client
 //! connections are written the same way (docs/performance.md).
 //!
+//! A request goes out after the worker's other ready reads, as answers to
+//! clients do ([`DeferredWrites`]).
+//!
 //! Each worker thread has its own [`MemberHttp`], so the lock on the idle
 //! stacks is never contended; it exists only because hyper's server asks
 //! for `Send` futures.
@@ -33,6 +36,7 @@ use hyper_util::rt::TokioIo;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
+use crate::defer::DeferredWrites;
 use crate::http::MemberBody;
 use crate::tcp::connect_member;
 
@@ -192,7 +196,7 @@ impl MemberHttp {
             .map_err(MemberError::Connect)?;
         let (sender, connection) = http1::Builder::new()
             .writev(false)
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(DeferredWrites::new(stream)))
             .await
             .map_err(MemberError::NotSent)?;
         tokio::spawn(async move {
