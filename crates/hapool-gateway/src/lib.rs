@@ -18,8 +18,7 @@
 
 mod admission;
 pub mod body;
-mod deadline;
-mod defer;
+mod connection_io;
 mod drain;
 mod hedge;
 pub mod http;
@@ -55,8 +54,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Admitted};
-use crate::deadline::FirstByteDeadline;
-use crate::defer::DeferredWrites;
+use crate::connection_io::ConnectionIo;
 use crate::http::HttpProxy;
 use crate::member_cache::MemberCache;
 use crate::member_http::{MemberHttp, Target};
@@ -1024,10 +1022,9 @@ async fn serve_connection<S>(
     let service =
         service_fn(move |request| proxy.clone().handle(request, forwarded_for.clone(), tls));
     // hyper's header timeout starts once it knows the protocol; a client
-    // that sends nothing at all is cut off here.
-    let stream = FirstByteDeadline::new(stream, shared.limits.header_read_timeout);
-    // Answers go out after the worker's other ready reads (defer.rs).
-    let stream = DeferredWrites::new(stream);
+    // that sends nothing at all is cut off here. Answers go out after the
+    // worker's other ready reads.
+    let stream = ConnectionIo::client(stream, shared.limits.header_read_timeout);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     // Draining: the request under way finishes, then the connection

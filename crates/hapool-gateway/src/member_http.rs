@@ -19,7 +19,7 @@
 //! connections are written the same way (docs/performance.md).
 //!
 //! A request goes out after the worker's other ready reads, as answers to
-//! clients do ([`DeferredWrites`]).
+//! clients do ([`ConnectionIo`]).
 //!
 //! Each worker thread has its own [`MemberHttp`], so the lock on the idle
 //! stacks is never contended; it exists only because hyper's server asks
@@ -36,7 +36,7 @@ use hyper_util::rt::TokioIo;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
-use crate::defer::DeferredWrites;
+use crate::connection_io::ConnectionIo;
 use crate::http::MemberBody;
 use crate::tcp::connect_member;
 
@@ -196,7 +196,7 @@ impl MemberHttp {
             .map_err(MemberError::Connect)?;
         let (sender, connection) = http1::Builder::new()
             .writev(false)
-            .handshake(TokioIo::new(DeferredWrites::new(stream)))
+            .handshake(TokioIo::new(ConnectionIo::member(stream)))
             .await
             .map_err(MemberError::NotSent)?;
         tokio::spawn(async move {

@@ -1,38 +1,57 @@
-//! Writes that wait for the worker's other ready tasks.
+//! How the gateway drives the socket of a client or member connection.
 //!
-//! Under load a worker wakes many connection tasks at once. Written as each
-//! task runs, its answers would go out one at a time between the reads and
-//! the work of the others, and each would find its peer (client or member)
-//! asleep: every write a wake-up, and on a busy machine a switch to that
-//! peer, which then has one message to handle. [`DeferredWrites`] makes the
-//! first write after a read wait one turn of the run queue (the task wakes
-//! itself and yields), so a worker's writes go out together after the
-//! reads that caused them, and a peer woken by the first of them finds the
-//! rest waiting (docs/performance.md, "Writes after the reads").
+//! **Writes after the reads.** Under load a worker wakes many connection
+//! tasks at once. Written as each task runs, its messages would go out one
+//! at a time between the reads and the work of the others, and each would
+//! find its peer (client or member) asleep: every write a wake-up, and on a
+//! busy machine a switch to that peer, which then has one message to
+//! handle. The first write after a read waits one turn of the run queue
+//! (the task wakes itself and yields), so a worker's writes go out
+//! together after the reads that caused them, and a peer woken by the
+//! first of them finds the rest waiting (docs/performance.md, "Writes
+//! after the reads"). Nothing is buffered here: the data stays in hyper's
+//! buffer until the write goes through, so a dropped connection loses
+//! nothing it had not already lost, and a shutdown is not delayed. An idle
+//! worker runs the yielded task again at once.
 //!
-//! Nothing is buffered here: the data stays in hyper's buffer until the
-//! write goes through, so a dropped connection loses nothing it had not
-//! already lost, and a shutdown is not delayed. An idle worker runs the
-//! yielded task again at once.
+//! **A deadline for the first byte** (client connections): a read fails
+//! with `TimedOut` when the first byte does not arrive in time, against
+//! clients that connect and send nothing. hyper's own header timer starts
+//! only once it knows the protocol.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Sleep, sleep};
 
-/// `S`, whose first write after each read waits one turn of the run queue.
-pub(crate) struct DeferredWrites<S> {
+/// `S`, whose first write after each read waits one turn of the run
+/// queue, and whose first byte may have a deadline.
+pub(crate) struct ConnectionIo<S> {
     inner: S,
+    /// Until the first byte has come, when it must come in time.
+    first_byte: Option<Pin<Box<Sleep>>>,
     /// The next write yields first: set by a read, and at the start.
     defer_next: bool,
 }
 
-impl<S> DeferredWrites<S> {
-    /// `inner`, whose first write already waits a turn.
-    pub(crate) fn new(inner: S) -> Self {
+impl<S> ConnectionIo<S> {
+    /// A client connection: its first byte must arrive within `limit`.
+    pub(crate) fn client(inner: S, limit: Duration) -> Self {
         Self {
             inner,
+            first_byte: Some(Box::pin(sleep(limit))),
+            defer_next: true,
+        }
+    }
+
+    /// A connection to a member.
+    pub(crate) fn member(inner: S) -> Self {
+        Self {
+            inner,
+            first_byte: None,
             defer_next: true,
         }
     }
@@ -49,21 +68,35 @@ impl<S> DeferredWrites<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for DeferredWrites<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for ConnectionIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
         if read.is_ready() {
-            self.defer_next = true;
+            this.defer_next = true;
+        }
+        if let Some(deadline) = &mut this.first_byte {
+            match read {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => this.first_byte = None,
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client sent nothing in time",
+                    )));
+                }
+                _ => {}
+            }
         }
         read
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for DeferredWrites<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ConnectionIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -119,7 +152,7 @@ mod tests {
     }
 
     fn poll_write<S: AsyncWrite + Unpin>(
-        stream: &mut DeferredWrites<S>,
+        stream: &mut ConnectionIo<S>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
@@ -129,7 +162,7 @@ mod tests {
     #[tokio::test]
     async fn the_first_write_after_a_read_waits_one_turn_and_the_next_goes_through() {
         let (ours, mut peer) = duplex(1024);
-        let mut stream = DeferredWrites::new(ours);
+        let mut stream = ConnectionIo::member(ours);
         let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
@@ -167,7 +200,7 @@ mod tests {
     #[tokio::test]
     async fn a_whole_exchange_passes_unchanged() {
         let (ours, mut peer) = duplex(64);
-        let mut stream = DeferredWrites::new(ours);
+        let mut stream = ConnectionIo::client(ours, Duration::from_secs(10));
         let message: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         let sent = message.clone();
         let echo = tokio::spawn(async move {
@@ -180,5 +213,32 @@ mod tests {
         stream.read_exact(&mut back).await.unwrap();
         echo.await.unwrap();
         assert_eq!(back, message);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_sends_nothing_in_time_gets_a_timed_out_read() {
+        let (ours, _peer) = duplex(64);
+        let mut stream = ConnectionIo::client(ours, Duration::from_secs(2));
+        let mut byte = [0; 1];
+        let error = stream.read(&mut byte).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_the_first_byte_came_the_deadline_is_gone() {
+        let (ours, mut peer) = duplex(64);
+        let mut stream = ConnectionIo::client(ours, Duration::from_secs(2));
+        peer.write_all(b"G").await.unwrap();
+        let mut byte = [0; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        // Long after the deadline, a later byte still arrives.
+        let late = tokio::spawn(async move {
+            sleep(Duration::from_secs(60)).await;
+            peer.write_all(b"E").await.unwrap();
+            peer
+        });
+        stream.read_exact(&mut byte).await.unwrap();
+        assert_eq!(&byte, b"E");
+        drop(late.await.unwrap());
     }
 }
