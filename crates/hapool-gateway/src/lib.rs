@@ -47,13 +47,14 @@ use hyper_util::server::conn::auto;
 use metrics::{Counter, counter};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
-use crate::admission::{Admission, Admitted};
+use crate::admission::{Admission, Admitted, Handed, Placed};
 use crate::connection_io::ConnectionIo;
 use crate::http::HttpProxy;
 use crate::member_cache::MemberCache;
@@ -292,6 +293,9 @@ pub(crate) struct GatewayMetrics {
     pub(crate) hedges: Counter,
     /// Hedges whose second member answered first.
     pub(crate) hedge_wins: Counter,
+    /// Client connections one worker accepted and handed to another
+    /// (`admission.rs`).
+    pub(crate) handed: Counter,
 }
 
 /// What every listener shares.
@@ -421,8 +425,9 @@ pub struct Gateway {
     tasks: JoinSet<()>,
     /// One thread per worker, each with its own single-threaded runtime,
     /// its own listening sockets (SO_REUSEPORT: the kernel spreads the
-    /// connections) and its own connections to members: no task ever
-    /// moves between threads. A single worker started from a
+    /// connections, a busier worker hands some on) and its own
+    /// connections to members: no task ever moves between threads once a
+    /// connection is served. A single worker started from a
     /// single-threaded runtime runs on it instead.
     workers: Vec<Worker>,
 }
@@ -593,6 +598,7 @@ impl Gateway {
                 failed: counter!("hapool_gateway_failures_total"),
                 hedges: counter!("hapool_gateway_hedges_total"),
                 hedge_wins: counter!("hapool_gateway_hedge_wins_total"),
+                handed: counter!("hapool_gateway_connections_handed_total"),
             },
             reports: (!config.registrars.is_empty()).then_some(reports),
             last_limit_log: AtomicU64::new(0),
@@ -654,7 +660,7 @@ impl Gateway {
         for (sockets, listener, pool) in bound {
             let address = sockets[0].local_addr().unwrap_or(listener.address);
             info!(%address, protocol = ?listener.protocol, pool = %pool.handle(), tls = listener.tls.is_some(), workers = sockets.len(), "gateway listening");
-            let admission = Admission::new(sockets.len(), listener.max_connections);
+            let (admission, inboxes) = Admission::new(sockets.len(), listener.max_connections);
             listeners.push(Listening {
                 status: ListenerStatus {
                     address,
@@ -666,9 +672,12 @@ impl Gateway {
                 },
                 admission: admission.clone(),
             });
-            for (worker, (serves, socket)) in per_worker.iter_mut().zip(sockets).enumerate() {
+            for (worker, ((serves, socket), inbox)) in
+                per_worker.iter_mut().zip(sockets).zip(inboxes).enumerate()
+            {
                 serves.push(WorkerListener {
                     socket,
+                    inbox,
                     config: listener.clone(),
                     pool: pool.clone(),
                     worker,
@@ -810,6 +819,8 @@ async fn drained(draining: &mut watch::Receiver<bool>) {
 /// A listener as one worker serves it.
 struct WorkerListener {
     socket: std::net::TcpListener,
+    /// Connections other workers accepted for this one.
+    inbox: UnboundedReceiver<Handed>,
     config: ListenerConfig,
     pool: Arc<Pool>,
     /// Which of the listener's workers this is.
@@ -827,6 +838,7 @@ async fn accept_loop(
 ) {
     let WorkerListener {
         socket,
+        mut inbox,
         config,
         pool,
         worker,
@@ -843,8 +855,19 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             biased;
-            // Draining: the socket closes, new connections go elsewhere.
-            () = drained(&mut draining) => return,
+            // Draining: the socket closes, new connections go elsewhere;
+            // those already handed to this worker are served.
+            () = drained(&mut draining) => {
+                inbox.close();
+                while let Ok(handed) = inbox.try_recv() {
+                    serving.spawn_handed(handed);
+                }
+                return;
+            }
+            Some(handed) = inbox.recv() => {
+                serving.spawn_handed(handed);
+                continue;
+            }
             accepted = socket.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -855,13 +878,16 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(admitted) = admission.admit(worker) else {
-            serving
+        match admission.admit_and_place(worker, stream, peer) {
+            Placed::Here(stream, admitted) => serving.spawn(stream, peer, admitted),
+            Placed::Handed => serving.shared.metrics.handed.increment(1),
+            Placed::Full => serving
                 .shared
-                .limit_hit("max_connections", serving.pool.handle());
-            continue;
-        };
-        serving.spawn(stream, peer, admitted);
+                .limit_hit("max_connections", serving.pool.handle()),
+            Placed::Lost(e) => {
+                warn!(client = %peer, error = %e, "cannot hand a connection to another worker");
+            }
+        }
     }
 }
 
@@ -927,6 +953,14 @@ impl Serving {
             shared,
             pool,
             draining,
+        }
+    }
+
+    /// Serves a connection another worker accepted for this one.
+    fn spawn_handed(&self, handed: Handed) {
+        match TcpStream::from_std(handed.stream) {
+            Ok(stream) => self.spawn(stream, handed.peer, handed.admitted),
+            Err(e) => warn!(client = %handed.peer, error = %e, "cannot serve a handed connection"),
         }
     }
 

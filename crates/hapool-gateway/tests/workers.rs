@@ -4,53 +4,17 @@
 //! so that its process runs no other test's gateway while threads are
 //! counted.
 
-use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use hapool_gateway::{Gateway, GatewayConfig};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
 
 mod common;
-
-/// The length of `/big`'s answer: larger than any buffer on the way.
-const BIG: usize = 300_000;
-
-/// A member answering `GET /big` with `BIG` bytes and any other request
-/// with the length of its body.
-async fn member() -> SocketAddr {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(|request: Request<Incoming>| async move {
-                    let body = if request.uri().path() == "/big" {
-                        Bytes::from(vec![b'x'; BIG])
-                    } else {
-                        let received = request.into_body().collect().await.unwrap().to_bytes();
-                        Bytes::from(received.len().to_string())
-                    };
-                    Ok::<_, Infallible>(Response::new(Full::new(body)))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    address
-}
 
 fn config(member: SocketAddr, workers: usize) -> GatewayConfig {
     let mut config = common::one_member_gateway(member, workers, 100);
@@ -97,7 +61,7 @@ async fn exchange(gateway: SocketAddr) {
         .unwrap();
     assert_eq!(big.status(), StatusCode::OK);
     let body = big.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body.len(), BIG);
+    assert_eq!(body.len(), common::BIG);
     assert!(body.iter().all(|&b| b == b'x'));
     for length in [0, 5, 200_000] {
         let posted = client
@@ -118,7 +82,7 @@ async fn exchange(gateway: SocketAddr) {
 
 #[tokio::test]
 async fn one_worker_runs_on_the_starting_runtime_and_more_on_threads_of_their_own() {
-    let member = member().await;
+    let member = common::member().await;
     let before = threads().len();
     let gateway = Gateway::start(config(member, 1)).await.unwrap();
     exchange(gateway.local_addrs()[0]).await;

@@ -1,12 +1,23 @@
-//! What the gateway's test files share.
+//! What the gateway's test files share (each uses a part of it).
 
+#![allow(dead_code)]
+
+use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
+
+use bytes::Bytes;
 
 use hapool_gateway::{
     Affinity, GatewayConfig, ListenerConfig, MemberSource, PoolSettings, ProbeKind, Protocol,
     StaticMember, Strategy,
 };
 use hapool_wire::PoolHandle;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
 
 /// One HTTP listener on a free loopback port, taking `max_connections`
 /// at once, in front of the pool "web" of the one static `member`
@@ -43,3 +54,36 @@ pub(crate) fn one_member_gateway(
     config.workers = workers;
     config
 }
+
+/// The length of `/big`'s answer: larger than any buffer on the way.
+pub(crate) const BIG: usize = 300_000;
+
+/// A member answering `GET /big` with `BIG` bytes and any other request
+/// with the length of its body.
+pub(crate) async fn member() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|request: Request<Incoming>| async move {
+                    let body = if request.uri().path() == "/big" {
+                        Bytes::from(vec![b'x'; BIG])
+                    } else {
+                        let received = request.into_body().collect().await.unwrap().to_bytes();
+                        Bytes::from(received.len().to_string())
+                    };
+                    Ok::<_, Infallible>(Response::new(Full::new(body)))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
