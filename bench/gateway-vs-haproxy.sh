@@ -28,7 +28,9 @@
 # Env: DUR (wrk seconds, default 10), REPS (default 1), WORK (scratch dir);
 # for matrix, to run some of its lines: THREADS (default "1 2"), PATHS
 # (default "/ /4k"), LOADS (wrk threads:connections, default "1:64 2:256"),
-# e.g. THREADS=2 PATHS=/ LOADS=2:256 REPS=5.
+# e.g. THREADS=2 PATHS=/ LOADS=2:256 REPS=5; CLOSE=1 to have wrk ask for
+# a new connection for every request (`Connection: close`), e.g.
+# CLOSE=1 PATHS=/ LOADS=1:64 bench/gateway-vs-haproxy.sh matrix.
 # Needs: haproxy nginx wrk (apt-get install -y haproxy nginx wrk), and a
 # release build (cargo build --release -p hapool). Only loopback is used;
 # every process started here is stopped by its PID.
@@ -208,7 +210,7 @@ EOF
 }
 
 matrix() {
-  echo "== matrix (DUR=${DUR}s, REPS=$REPS, leastconn / least-loaded, three nginx backends)"
+  echo "== matrix (DUR=${DUR}s, REPS=$REPS, leastconn / least-loaded, three nginx backends${CLOSE:+, a new connection per request})"
   printf '%-28s %10s %9s %9s %6s %12s\n' "run" "req/s" "p50 ms" "p99 ms" "err" "cpu us/req"
   : > $W/logs/matrix.txt
   local -A pid
@@ -228,7 +230,7 @@ matrix() {
           for lb in $order; do
             local name; name="$lb-t$threads$( [ $path = / ] && echo _ok || echo _4k )_c$c"
             local t0; t0=$(ticks ${pid[$lb]})
-            wrk -t$t -c$c -d${DUR}s --latency http://127.0.0.1:$(port_of $lb)$path > $W/logs/$name.wrk 2>&1
+            wrk ${CLOSE:+-H "Connection: close"} -t$t -c$c -d${DUR}s --latency http://127.0.0.1:$(port_of $lb)$path > $W/logs/$name.wrk 2>&1
             local t1; t1=$(ticks ${pid[$lb]})
             read rps p50 p99 err <<< "$(parse_wrk $W/logs/$name.wrk)"
             local total; total=$(python3 -c "print(round($rps*$DUR))")
