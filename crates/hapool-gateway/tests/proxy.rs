@@ -28,6 +28,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 
+mod common;
+
+use common::serve_http;
+
 /// An HTTP backend named `name`:
 /// - `/login` sets an application cookie and the state `user=<name>`;
 /// - `/slow` answers after 300 ms;
@@ -58,29 +62,6 @@ async fn serve_backend(listener: TcpListener, name: &'static str) {
         response
     })
     .await;
-}
-
-/// Serves HTTP/1.1 on `listener`, answering every request with `answer`.
-async fn serve_http<A, F>(listener: TcpListener, answer: A)
-where
-    A: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
-    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
-{
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let answer = answer.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let answered = answer(request);
-                async move { Ok::<_, Infallible>(answered.await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
 }
 
 /// One [`http_backend`] per name.
@@ -1107,44 +1088,29 @@ async fn shutdown_lets_the_request_under_way_finish_and_takes_no_new_one() {
 async fn upgrade_backend() -> SocketAddr {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
+    tokio::spawn(serve_http(listener, |mut request: Request<Incoming>| async move {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        let headers = request.headers();
+        let protocol = headers.get(header::UPGRADE).cloned();
+        let accepted = protocol.as_ref().is_some_and(|p| {
+            p == "echo" || (p == "websocket" && headers.contains_key(header::SEC_WEBSOCKET_KEY))
+        });
+        if let Some(protocol) = protocol.filter(|_| accepted) {
+            let upgrade = hyper::upgrade::on(&mut request);
             tokio::spawn(async move {
-                let service = service_fn(|mut request: Request<Incoming>| async move {
-                    let mut response = Response::new(Full::new(Bytes::new()));
-                    let headers = request.headers();
-                    let protocol = headers.get(header::UPGRADE).cloned();
-                    let accepted = protocol.as_ref().is_some_and(|p| {
-                        p == "echo"
-                            || (p == "websocket" && headers.contains_key(header::SEC_WEBSOCKET_KEY))
-                    });
-                    if let Some(protocol) = protocol.filter(|_| accepted) {
-                        let upgrade = hyper::upgrade::on(&mut request);
-                        tokio::spawn(async move {
-                            if let Ok(upgraded) = upgrade.await {
-                                let (mut read, mut write) =
-                                    tokio::io::split(TokioIo::new(upgraded));
-                                let _ = tokio::io::copy(&mut read, &mut write).await;
-                            }
-                        });
-                        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                        let headers = response.headers_mut();
-                        headers.insert(header::UPGRADE, protocol);
-                        headers.insert(header::CONNECTION, "upgrade".parse().unwrap());
-                        headers.insert(header::SEC_WEBSOCKET_ACCEPT, "x".parse().unwrap());
-                    }
-                    Ok::<_, Infallible>(response)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
+                if let Ok(upgraded) = upgrade.await {
+                    let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                }
             });
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let headers = response.headers_mut();
+            headers.insert(header::UPGRADE, protocol);
+            headers.insert(header::CONNECTION, "upgrade".parse().unwrap());
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, "x".parse().unwrap());
         }
-    });
+        response
+    }));
     addr
 }
 

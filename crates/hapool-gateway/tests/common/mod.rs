@@ -63,27 +63,39 @@ pub(crate) const BIG: usize = 300_000;
 pub(crate) async fn member() -> SocketAddr {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(|request: Request<Incoming>| async move {
-                    let body = if request.uri().path() == "/big" {
-                        Bytes::from(vec![b'x'; BIG])
-                    } else {
-                        let received = request.into_body().collect().await.unwrap().to_bytes();
-                        Bytes::from(received.len().to_string())
-                    };
-                    Ok::<_, Infallible>(Response::new(Full::new(body)))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(serve_http(listener, |request: Request<Incoming>| async move {
+        let body = if request.uri().path() == "/big" {
+            Bytes::from(vec![b'x'; BIG])
+        } else {
+            let received = request.into_body().collect().await.unwrap().to_bytes();
+            Bytes::from(received.len().to_string())
+        };
+        Response::new(Full::new(body))
+    }));
     address
 }
 
+/// Serves HTTP/1.1 on `listener` (upgrades included), answering every
+/// request with `answer`.
+pub(crate) async fn serve_http<A, F>(listener: TcpListener, answer: A)
+where
+    A: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let answered = answer(request);
+                async move { Ok::<_, Infallible>(answered.await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
