@@ -1088,29 +1088,32 @@ async fn shutdown_lets_the_request_under_way_finish_and_takes_no_new_one() {
 async fn upgrade_backend() -> SocketAddr {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_http(listener, |mut request: Request<Incoming>| async move {
-        let mut response = Response::new(Full::new(Bytes::new()));
-        let headers = request.headers();
-        let protocol = headers.get(header::UPGRADE).cloned();
-        let accepted = protocol.as_ref().is_some_and(|p| {
-            p == "echo" || (p == "websocket" && headers.contains_key(header::SEC_WEBSOCKET_KEY))
-        });
-        if let Some(protocol) = protocol.filter(|_| accepted) {
-            let upgrade = hyper::upgrade::on(&mut request);
-            tokio::spawn(async move {
-                if let Ok(upgraded) = upgrade.await {
-                    let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
-                    let _ = tokio::io::copy(&mut read, &mut write).await;
-                }
+    tokio::spawn(serve_http(
+        listener,
+        |mut request: Request<Incoming>| async move {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            let headers = request.headers();
+            let protocol = headers.get(header::UPGRADE).cloned();
+            let accepted = protocol.as_ref().is_some_and(|p| {
+                p == "echo" || (p == "websocket" && headers.contains_key(header::SEC_WEBSOCKET_KEY))
             });
-            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            let headers = response.headers_mut();
-            headers.insert(header::UPGRADE, protocol);
-            headers.insert(header::CONNECTION, "upgrade".parse().unwrap());
-            headers.insert(header::SEC_WEBSOCKET_ACCEPT, "x".parse().unwrap());
-        }
-        response
-    }));
+            if let Some(protocol) = protocol.filter(|_| accepted) {
+                let upgrade = hyper::upgrade::on(&mut request);
+                tokio::spawn(async move {
+                    if let Ok(upgraded) = upgrade.await {
+                        let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+                        let _ = tokio::io::copy(&mut read, &mut write).await;
+                    }
+                });
+                *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                let headers = response.headers_mut();
+                headers.insert(header::UPGRADE, protocol);
+                headers.insert(header::CONNECTION, "upgrade".parse().unwrap());
+                headers.insert(header::SEC_WEBSOCKET_ACCEPT, "x".parse().unwrap());
+            }
+            response
+        },
+    ));
     addr
 }
 

@@ -63,15 +63,18 @@ pub(crate) const BIG: usize = 300_000;
 pub(crate) async fn member() -> SocketAddr {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(serve_http(listener, |request: Request<Incoming>| async move {
-        let body = if request.uri().path() == "/big" {
-            Bytes::from(vec![b'x'; BIG])
-        } else {
-            let received = request.into_body().collect().await.unwrap().to_bytes();
-            Bytes::from(received.len().to_string())
-        };
-        Response::new(Full::new(body))
-    }));
+    tokio::spawn(serve_http(
+        listener,
+        |request: Request<Incoming>| async move {
+            let body = if request.uri().path() == "/big" {
+                Bytes::from(vec![b'x'; BIG])
+            } else {
+                let received = request.into_body().collect().await.unwrap().to_bytes();
+                Bytes::from(received.len().to_string())
+            };
+            Response::new(Full::new(body))
+        },
+    ));
     address
 }
 
