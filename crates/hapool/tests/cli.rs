@@ -255,7 +255,11 @@ fn bench_loads_a_registrar() {
         .and_then(|l| l.split_whitespace().rev().nth(3))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{out}"));
-    assert!((200..400).contains(&hung_ms), "{out}");
+    // Interval + timeout (200 ms), counted by the bench from the
+    // registration's answer, so from a little after the registrar's own
+    // count began (199 ms was seen): more than one interval alone, less
+    // than two rounds.
+    assert!((150..400).contains(&hung_ms), "{out}");
     assert!(
         out.contains("killed PE (connection closed): out of resolution"),
         "{out}"
