@@ -917,6 +917,12 @@ impl Serving {
                 .http1()
                 // One buffer, written with one `send`: see `member_http`.
                 .writev(false)
+                // A client that shuts its sending side after its request
+                // still gets the answer. (hyper otherwise watches for the
+                // client's end of stream while a request is served, and
+                // each look takes a fresh read buffer while the request
+                // still holds the last one.)
+                .half_close(true)
                 .timer(TokioTimer::new())
                 .header_read_timeout(shared.limits.header_read_timeout)
                 .max_buf_size(shared.limits.max_header_bytes.max(8192));

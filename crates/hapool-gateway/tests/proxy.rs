@@ -469,6 +469,27 @@ async fn no_member_at_all_is_a_clear_503() {
     gateway.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_client_that_shuts_its_sending_side_still_gets_its_answer() {
+    let (member, _task) = http_backend("a").await;
+    let gateway = http_gateway(static_pool(&[member], http_probe())).await;
+    let mut client = TcpStream::connect(gateway.local_addrs()[0]).await.unwrap();
+    // The member answers `/slow` 300 ms later, long after the client's FIN.
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    client.shutdown().await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_string(&mut answer))
+        .await
+        .expect("the gateway closes the connection after the answer")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("a -"), "{answer}");
+    gateway.shutdown().await;
+}
+
 /// A backend that answers one request per connection with `ok`, and
 /// closes a connection without a word when a second request comes on it
 /// (as a server whose keep-alive timeout runs out as the request arrives).
