@@ -84,12 +84,37 @@ fn wire_decode_names_the_fault_and_the_cause() {
 
 /// Starts `hapool pe` for the server at `server` in pool `web`, with
 /// `extra` flags.
-fn spawn_pe(registrar: &str, server: &str, extra: &[&str]) -> Child {
-    common::spawn_pe(registrar, "web", server, extra)
+fn spawn_pe(registrar: &str, server: &str, extra: &[&str]) -> Running {
+    Running(common::spawn_pe(registrar, "web", server, extra))
 }
 
 /// Sends SIGTERM to `child` and waits for it.
-fn terminate(mut child: Child) -> std::process::ExitStatus {
+/// A process a test started: killed when it goes out of scope, so that
+/// none outlives a test whose assertion failed before [`terminate`].
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // After `terminate` the process is gone and this does nothing.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn terminate(mut child: Running) -> std::process::ExitStatus {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -191,7 +216,7 @@ fn bad_arguments_are_named_and_exit_64() {
 
 /// Starts `hapool registrar` on a free port; returns it and its address.
 /// Checks the line it prints first.
-fn start_registrar(extra: &[&str]) -> (Child, String) {
+fn start_registrar(extra: &[&str]) -> (Running, String) {
     let mut registrar = Command::new(env!("CARGO_BIN_EXE_hapool"))
         .args(["registrar", "--listen", "127.0.0.1:0"])
         .args(extra)
@@ -214,7 +239,7 @@ fn start_registrar(extra: &[&str]) -> (Child, String) {
         );
     }
     let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
-    (registrar, addr)
+    (Running(registrar), addr)
 }
 
 #[test]
@@ -299,6 +324,7 @@ fn http_get(addr: &str, path: &str) -> String {
 #[test]
 fn status_and_metrics_from_the_admin_port() {
     let (registrar, asap, admin) = common::registrar_with_admin(&["--id", "beef"]);
+    let registrar = Running(registrar);
     // A fresh registrar already exports its gauges.
     let metrics = http_get(&admin, "/metrics");
     assert!(
@@ -527,23 +553,25 @@ fn sidecar_probes_and_load_from_commands() {
     let (health, load) = (dir.join("healthy"), dir.join("load"));
     std::fs::write(&health, "").unwrap();
     std::fs::write(&load, "10\n").unwrap();
-    let pe = Command::new(env!("CARGO_BIN_EXE_hapool"))
-        .args([
-            "pe",
-            "--registrar",
-            &addr,
-            "--pool",
-            "web",
-            "--address",
-            "127.0.0.1:9",
-        ])
-        .args(["--policy", "lu", "--probe-interval", "50ms"])
-        .args(["--probe-command", &format!("test -f {}", health.display())])
-        .args(["--load-command", &format!("cat {}", load.display())])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let pe = Running(
+        Command::new(env!("CARGO_BIN_EXE_hapool"))
+            .args([
+                "pe",
+                "--registrar",
+                &addr,
+                "--pool",
+                "web",
+                "--address",
+                "127.0.0.1:9",
+            ])
+            .args(["--policy", "lu", "--probe-interval", "50ms"])
+            .args(["--probe-command", &format!("test -f {}", health.display())])
+            .args(["--load-command", &format!("cat {}", load.display())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Healthy by the command although nothing listens on port 9.
     resolve_until(&addr, |ok, out| ok && out.contains("LU load=10.00%"));
     std::fs::write(&load, "60%\n").unwrap();
@@ -582,12 +610,14 @@ fn registrar_over_tls_with_client_certificates() {
         out.contains("1 registration rule(s)") && out.contains("ASAP over TLS on 127.0.0.1:0"),
         "{out}"
     );
-    let mut registrar = Command::new(env!("CARGO_BIN_EXE_hapool"))
-        .args(["registrar", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut registrar = Running(
+        Command::new(env!("CARGO_BIN_EXE_hapool"))
+            .args(["registrar", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut out = BufReader::new(registrar.stdout.take().unwrap());
     let (mut first, mut second) = (String::new(), String::new());
     out.read_line(&mut first).unwrap();
@@ -608,24 +638,26 @@ fn registrar_over_tls_with_client_certificates() {
         "--tls-key",
         &pki("pe-a.key"),
     ];
-    let pe = Command::new(env!("CARGO_BIN_EXE_hapool"))
-        .args([
-            "pe",
-            "--registrar",
-            &tls,
-            "--pool",
-            "web",
-            "--address",
-            &server_addr,
-            "--id",
-            "10",
-        ])
-        .args(["--probe-interval", "100ms"])
-        .args(tls_flags)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let pe = Running(
+        Command::new(env!("CARGO_BIN_EXE_hapool"))
+            .args([
+                "pe",
+                "--registrar",
+                &tls,
+                "--pool",
+                "web",
+                "--address",
+                &server_addr,
+                "--id",
+                "10",
+            ])
+            .args(["--probe-interval", "100ms"])
+            .args(tls_flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let start = Instant::now();
     loop {
         let (ok, out, err) = hapool(&[
