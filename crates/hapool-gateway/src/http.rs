@@ -342,8 +342,19 @@ impl HttpProxy {
                     None => break,
                 },
             };
-            let outgoing =
-                self.member_request(&parts, headers.clone(), &member, handoff.as_ref(), body);
+            // The map hyper parsed goes out, a copy stays for another
+            // attempt: the member's connection parses its answer into the
+            // map it sent, and this one has room for an answer's headers
+            // (hyper parsed the request into the previous answer's map),
+            // where a copy, only as large as its contents, would grow.
+            let copy = headers.clone();
+            let outgoing = self.member_request(
+                &parts,
+                std::mem::replace(&mut headers, copy),
+                &member,
+                handoff.as_ref(),
+                body,
+            );
             self.shared.metrics.requests.increment(1);
             let target = Target {
                 address: member.address,
