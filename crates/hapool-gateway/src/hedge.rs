@@ -6,13 +6,22 @@
 //! the requests already sent to it wait for as long as it stalls, however
 //! well the choice of member avoids it afterwards. A request that is safe
 //! to send twice (GET or HEAD, not bound to a session's member, its body
-//! in memory) and that its member has not answered within
+//! in memory) is sent to a second member as well once its own member has
+//! answered nothing at all for a while ([`Delays`]). While the member has
+//! other requests open, that is [`STALL_BEYOND`] times its own recent
+//! response time: a member working through a queue answers one of its
+//! requests every so often, and even a burst of requests that arrived
+//! together is answered about one response time later, so a silence
+//! longer than that is a stall. With this request its only one, it is
 //! [`SLOW_BEYOND`](crate::select::SLOW_BEYOND) times the pool's fastest
-//! recent response time is sent to a second member as well; the first
-//! answer goes to the client and the other exchange is dropped (its
-//! connection closed). A first member that lost has the time it had taken
-//! so far recorded as its response time: a floor of the real one, enough
-//! for the choice to send it nothing more while it stays that slow.
+//! recent response time: then only its own answer tells how it is doing.
+//! A member that keeps answering other requests is not sent copies of the
+//! ones still waiting in its queue: they would
+//! wait as long elsewhere, and only add load. The first answer goes to the
+//! client and the other exchange is dropped (its connection closed). A
+//! first member that lost has the time it had taken so far recorded as its
+//! response time: a floor of the real one, enough for the choice to send
+//! it nothing more while it stays that slow.
 //!
 //! Hedges are limited per pool to a share of its requests ([`Budget`]): a
 //! pool whose members are all slow is not sent twice the work.
@@ -22,17 +31,70 @@ use std::time::{Duration, Instant};
 
 use crate::select::SLOW_BEYOND;
 
-/// The shortest wait before a hedge, whatever the response times.
+/// The shortest silence before a hedge, whatever the response times.
 pub(crate) const MIN_DELAY: Duration = Duration::from_millis(1);
 
-/// How long a pool's requests wait for their member before a hedge, given
-/// the fastest recent response time among its members (in microseconds;
-/// `None` when none has answered lately, and then there is no hedge: with
-/// nothing to compare with, a slow answer cannot be told from a normal
-/// one).
-pub(crate) fn delay(fastest_us: Option<u32>) -> Option<Duration> {
-    let fastest = fastest_us.filter(|&us| us > 0)?;
-    Some(Duration::from_micros(u64::from(fastest) * u64::from(SLOW_BEYOND)).max(MIN_DELAY))
+/// How many times its own response time a member with requests open may
+/// answer nothing before they are hedged.
+pub(crate) const STALL_BEYOND: f64 = 1.5;
+
+/// How long a member may answer nothing before a request waiting for it
+/// is hedged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Delays {
+    /// The pool's fastest recent response time.
+    fastest: Duration,
+    /// While the waiting request is the member's only one:
+    /// [`SLOW_BEYOND`] times `fastest` (at least [`MIN_DELAY`]).
+    slow: Duration,
+}
+
+/// The delays, given the fastest recent response time among a pool's
+/// members (in microseconds; `None` when none has answered lately, and
+/// then there is no hedge: with nothing to compare with, a slow answer
+/// cannot be told from a normal one).
+pub(crate) fn delays(fastest_us: Option<u32>) -> Option<Delays> {
+    let fastest = Duration::from_micros(u64::from(fastest_us.filter(|&us| us > 0)?));
+    Some(Delays {
+        fastest,
+        slow: (fastest * SLOW_BEYOND).max(MIN_DELAY),
+    })
+}
+
+impl Delays {
+    /// The first time to look whether a request is to be hedged.
+    pub(crate) fn first_look(&self, sending: Instant) -> Instant {
+        sending
+            + self
+                .fastest
+                .mul_f64(STALL_BEYOND)
+                .max(MIN_DELAY)
+                .min(self.slow)
+    }
+
+    /// When a request sent at `sending` is to be hedged if its member,
+    /// which has answered nothing since `quiet_from`, still answers
+    /// nothing: `response_time` is the member's own recent one (`None`
+    /// when it has not answered lately), `busy` says whether it has other
+    /// requests open.
+    pub(crate) fn due(
+        &self,
+        sending: Instant,
+        quiet_from: Instant,
+        response_time: Option<Duration>,
+        busy: bool,
+    ) -> Instant {
+        let silence = if busy {
+            response_time
+                .unwrap_or(self.fastest)
+                .max(self.fastest)
+                .mul_f64(STALL_BEYOND)
+                .max(MIN_DELAY)
+        } else {
+            self.slow
+        };
+        sending.max(quiet_from) + silence
+    }
 }
 
 /// A pool's allowance of hedges: `percent` of the requests of the previous
@@ -96,15 +158,47 @@ impl Budget {
 mod tests {
     use super::*;
 
+    const MS: Duration = Duration::from_millis(1);
+    const US: Duration = Duration::from_micros(1);
+
     #[test]
-    fn the_delay_is_a_multiple_of_the_fastest_answer() {
-        assert_eq!(delay(None), None);
-        assert_eq!(delay(Some(0)), None);
-        assert_eq!(delay(Some(5_000)), Some(Duration::from_millis(20)));
-        assert_eq!(delay(Some(10)), Some(MIN_DELAY));
+    fn the_delays_follow_the_fastest_answer() {
+        assert_eq!(delays(None), None);
+        assert_eq!(delays(Some(0)), None);
+        let d = delays(Some(5_000)).unwrap();
+        assert_eq!(d.slow, 20 * MS);
+        let t = Instant::now();
+        assert_eq!(d.first_look(t), t + 7_500 * US);
+        let d = delays(Some(10)).unwrap();
+        assert_eq!(d.slow, MIN_DELAY);
+        assert_eq!(d.first_look(t), t + MIN_DELAY);
         assert_eq!(
-            delay(Some(u32::MAX)),
+            delays(Some(u32::MAX)).map(|d| d.slow),
             Some(Duration::from_micros(u64::from(u32::MAX) * 4))
+        );
+    }
+
+    #[test]
+    fn a_hedge_is_due_after_the_members_silence() {
+        let d = delays(Some(5_000)).unwrap();
+        let sent = Instant::now();
+        let own = Some(6 * MS);
+        // Silent since before the request: counted from the request;
+        // with other requests open, one and a half times its own response
+        // time, alone four times the pool's fastest.
+        assert_eq!(d.due(sent, sent - 50 * MS, own, true), sent + 9 * MS);
+        assert_eq!(d.due(sent, sent - 50 * MS, own, false), sent + 20 * MS);
+        // An answer to another request after it went out starts the
+        // silence again.
+        assert_eq!(d.due(sent, sent + 3 * MS, own, true), sent + 12 * MS);
+        assert_eq!(d.due(sent, sent + 3 * MS, own, false), sent + 23 * MS);
+        // Without a recent figure of its own, the pool's fastest counts.
+        assert_eq!(d.due(sent, sent, None, true), sent + 7_500 * US);
+        // Never less than the least delay.
+        let quick = delays(Some(100)).unwrap();
+        assert_eq!(
+            quick.due(sent, sent, Some(200 * US), true),
+            sent + MIN_DELAY
         );
     }
 

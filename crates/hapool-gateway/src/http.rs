@@ -11,7 +11,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use hapool_wire::PoolElementId;
@@ -24,6 +23,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, warn};
 
 use crate::body::{AtEnd, OnEnd};
+use crate::hedge;
 use crate::member_http::{InUse, MemberError, MemberHttp, Target};
 use crate::pool::{Lease, Member, Pool};
 use crate::select::Availability;
@@ -312,7 +312,7 @@ impl HttpProxy {
                 .filter(|_| attempt == 0)
                 .and_then(|s| self.pool.member(s.member))
                 .filter(|m| self.pool.availability(m).keeps_session());
-            let (lease, hedge_after) = match affine {
+            let (lease, hedge) = match affine {
                 Some(member) => (Pool::lease(member), None),
                 None => {
                     let Some(chosen) = self.pool.choose(&tried, now.into_std()) else {
@@ -323,13 +323,13 @@ impl HttpProxy {
                     {
                         handoff.clone_from(&s.state);
                     }
-                    (chosen.lease, chosen.hedge_after)
+                    (chosen.lease, chosen.hedge)
                 }
             };
-            // Sent to a second member too if its own is slow to answer: a
+            // Sent to a second member too if its own stops answering: a
             // safe request that no session ties to a member (and, below,
             // whose body is in memory).
-            let hedge_after = hedge_after.filter(|_| {
+            let hedge = hedge.filter(|_| {
                 matches!(parts.method, Method::GET | Method::HEAD)
                     && session.is_none()
                     && client_upgrade.is_none()
@@ -360,14 +360,14 @@ impl HttpProxy {
                 address: member.address,
                 tls: self.pool.settings().tls,
             };
-            let (mut sent, lease) = match (hedge_after, &held) {
-                (Some(after), Held::Kept(bytes)) => {
+            let (mut sent, lease) = match (hedge, &held) {
+                (Some(delays), Held::Kept(bytes)) => {
                     let copy = |to: &Member| {
                         let body = Either::Left(Full::new(bytes.clone()));
                         self.member_request(&parts, headers.clone(), to, None, body)
                     };
                     self.send_hedged(
-                        lease, &member, target, outgoing, now, after, &mut tried, copy,
+                        lease, &member, target, outgoing, now, delays, &mut tried, copy,
                     )
                     .await
                 }
@@ -487,10 +487,11 @@ impl HttpProxy {
         sent
     }
 
-    /// Sends `request` to `member` (leased by `lease`) at `sending`; if it
-    /// has not answered `after`, goes on with [`Self::hedge`]. The hedge's
-    /// future is on the heap, so that the request's own future, which
-    /// every request moves into place, stays small.
+    /// Sends `request` to `member` (leased by `lease`) at `sending`; once
+    /// the member has answered nothing for as long as `delays` say, goes
+    /// on with [`Self::hedge`]. The hedge's future is on the heap, so that
+    /// the request's own future, which every request moves into place,
+    /// stays small.
     #[allow(clippy::too_many_arguments)]
     async fn send_hedged(
         &self,
@@ -499,31 +500,48 @@ impl HttpProxy {
         target: Target,
         request: Request<MemberBody>,
         sending: Instant,
-        after: Duration,
+        delays: hedge::Delays,
         tried: &mut Vec<PoolElementId>,
         copy: impl FnOnce(&Member) -> Request<MemberBody>,
     ) -> (Sent, Lease) {
-        let limit = self.shared.limits.request_timeout;
+        let deadline = sending + self.shared.limits.request_timeout;
         let first = self.exchange(member, target, request, sending);
         tokio::pin!(first);
-        match timeout(after.min(limit), &mut first).await {
-            Ok(done) => (Ok(done), lease),
-            Err(_) => {
-                Box::pin(self.hedge(lease, member, target.tls, first, sending, tried, copy)).await
+        let mut check = Instant::from_std(delays.first_look(sending.into_std()));
+        loop {
+            if check >= deadline {
+                return (timeout_at(deadline, first).await, lease);
             }
+            if let Ok(done) = timeout_at(check, &mut first).await {
+                return (Ok(done), lease);
+            }
+            // This request is one of the member's open sessions.
+            let busy = member.active() > 1;
+            let due = delays.due(
+                sending.into_std(),
+                member.quiet_from(),
+                member.response_time(check.into_std()),
+                busy,
+            );
+            let due = Instant::from_std(due);
+            if due <= check {
+                break;
+            }
+            check = due;
         }
+        Box::pin(self.hedge(lease, member, target.tls, first, sending, tried, copy)).await
     }
 
     /// `first`, the exchange with `member` (leased by `lease`, sent at
-    /// `sending`), has not answered in time: if the pool's hedge allowance
-    /// and another available member allow, sends `copy` of the request to
-    /// that member too (`hedge.rs`). The first answer wins; a failure waits
-    /// for the other exchange. The exchange that lost is dropped, which
-    /// closes its connection; a first member that lost has the time it had
-    /// taken so far recorded as its response time, a floor of the real one.
-    /// Returns the outcome with the lease of the member it came from; a
-    /// member that failed while the other exchange went on is counted
-    /// failed here and added to `tried`.
+    /// `sending`), has waited while the member answered nothing: if the
+    /// pool's hedge allowance and another available member allow, sends
+    /// `copy` of the request to that member too (`hedge.rs`). The first
+    /// answer wins; a failure waits for the other exchange. The exchange
+    /// that lost is dropped, which closes its connection; a first member
+    /// that lost has the time it had taken so far recorded as its response
+    /// time, a floor of the real one. Returns the outcome with the lease of
+    /// the member it came from; a member that failed while the other
+    /// exchange went on is counted failed here and added to `tried`.
     #[allow(clippy::too_many_arguments)]
     async fn hedge<F>(
         &self,

@@ -204,6 +204,20 @@ impl Member {
         self.response_time.record(took, at);
     }
 
+    /// The time from which on it has answered no request (to within
+    /// [`ANSWER_GRAIN`](crate::response_time::ANSWER_GRAIN)).
+    pub fn quiet_from(&self) -> Instant {
+        self.response_time.quiet_from()
+    }
+
+    /// Its recent response time, when it has answered lately.
+    pub fn response_time(&self, now: Instant) -> Option<Duration> {
+        match self.response_time.current_us(now) {
+            0 => None,
+            us => Some(Duration::from_micros(u64::from(us))),
+        }
+    }
+
     fn candidate(&self, capacity: Option<u32>, now: Instant) -> Candidate {
         let load = self.registered_load.load(Ordering::Relaxed);
         let sessions = self.active();
@@ -260,11 +274,11 @@ pub struct Chosen {
     pub lease: Lease,
     /// How it stood: anything but `Available` means a fallback.
     pub availability: Availability,
-    /// How long a request to it may wait for its answer before it is also
-    /// sent to another member (`hedge.rs`): a multiple of the pool's
-    /// fastest recent response time; `None` when no member has answered
-    /// lately.
-    pub hedge_after: Option<Duration>,
+    /// How long it may answer nothing while a request waits before the
+    /// request is also sent to another member (`hedge.rs`), after the
+    /// pool's fastest recent response time; `None` when no member has
+    /// answered lately.
+    pub(crate) hedge: Option<hedge::Delays>,
 }
 
 /// Marks a member busy for as long as it lives: one open session.
@@ -429,7 +443,7 @@ impl Pool {
         Some(Chosen {
             lease: Self::lease(member),
             availability,
-            hedge_after: hedge::delay(fastest),
+            hedge: hedge::delays(fastest),
         })
     }
 

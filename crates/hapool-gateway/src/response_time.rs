@@ -19,6 +19,11 @@
 //! fields from being written by both workers thousands of times a
 //! second, and a hundred answers per time constant still make the
 //! average.
+//!
+//! When the member last answered at all is kept apart, to within
+//! [`ANSWER_GRAIN`], for hedges (`hedge.rs`): a member that answers
+//! nothing for longer than it takes to answer while requests wait for it
+//! has stalled.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +37,10 @@ pub(crate) const FRESH: Duration = Duration::from_secs(1);
 /// The least time between two answers recorded.
 pub(crate) const SPACING: Duration = Duration::from_millis(1);
 
+/// How close to the time of a member's last answer
+/// [`ResponseTime::quiet_from`] is.
+pub(crate) const ANSWER_GRAIN: Duration = Duration::from_micros(100);
+
 /// One member's response-time average.
 #[derive(Debug)]
 pub(crate) struct ResponseTime {
@@ -41,6 +50,10 @@ pub(crate) struct ResponseTime {
     average_us: AtomicU32,
     /// When the last answer came, in microseconds since `epoch`.
     last_us: AtomicU64,
+    /// When an answer came last, in microseconds since `epoch`, to within
+    /// [`ANSWER_GRAIN`] (an answer less than that after the one stored is
+    /// not stored).
+    answered_us: AtomicU64,
 }
 
 impl ResponseTime {
@@ -50,6 +63,7 @@ impl ResponseTime {
             epoch: Instant::now(),
             average_us: AtomicU32::new(0),
             last_us: AtomicU64::new(0),
+            answered_us: AtomicU64::new(0),
         }
     }
 
@@ -61,6 +75,10 @@ impl ResponseTime {
     /// one recorded came less than [`SPACING`] before).
     pub(crate) fn record(&self, took: Duration, at: Instant) {
         let now = self.stamp(at);
+        let answered = self.answered_us.load(Ordering::Relaxed);
+        if now >= answered.saturating_add(micros(ANSWER_GRAIN)) {
+            self.answered_us.store(now, Ordering::Relaxed);
+        }
         let last = self.last_us.load(Ordering::Relaxed);
         let average = self.average_us.load(Ordering::Relaxed);
         let since = now.saturating_sub(last);
@@ -90,6 +108,15 @@ impl ResponseTime {
         } else {
             average
         }
+    }
+}
+
+impl ResponseTime {
+    /// The time from which on no answer has come (at most
+    /// [`ANSWER_GRAIN`] after the last one; the creation when none has).
+    pub(crate) fn quiet_from(&self) -> Instant {
+        let answered = self.answered_us.load(Ordering::Relaxed);
+        self.epoch + Duration::from_micros(answered) + ANSWER_GRAIN
     }
 }
 
@@ -159,6 +186,21 @@ mod tests {
         assert_eq!(r.current_us(t + SPACING / 2), 5_000);
         r.record(500 * MS, t + SPACING);
         assert!(r.current_us(t + SPACING) > 5_000);
+    }
+
+    #[test]
+    fn quiet_from_follows_the_last_answer_to_within_the_grain() {
+        let r = ResponseTime::new();
+        let t = r.epoch;
+        assert_eq!(r.quiet_from(), t + ANSWER_GRAIN, "no answer yet");
+        r.record(5 * MS, t + 10 * MS);
+        assert_eq!(r.quiet_from(), t + 10 * MS + ANSWER_GRAIN);
+        // Within the grain: not stored, the time it gives still after it.
+        r.record(5 * MS, t + 10 * MS + ANSWER_GRAIN / 2);
+        assert_eq!(r.quiet_from(), t + 10 * MS + ANSWER_GRAIN);
+        // Answers closer than the average's spacing still count here.
+        r.record(5 * MS, t + 10 * MS + ANSWER_GRAIN);
+        assert_eq!(r.quiet_from(), t + 10 * MS + 2 * ANSWER_GRAIN);
     }
 
     #[test]

@@ -420,6 +420,85 @@ async fn without_hedges_a_stalled_member_holds_its_request() {
     gateway.shutdown().await;
 }
 
+/// An HTTP backend named `name` that answers its probe path `/` at once,
+/// `/long` after [`LONG`] and anything else after [`PACE`].
+async fn paced_backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_http(
+        listener,
+        move |request: Request<Incoming>| async move {
+            match request.uri().path() {
+                "/" => {}
+                "/long" => sleep(LONG).await,
+                _ => sleep(PACE).await,
+            }
+            Response::new(Full::new(Bytes::from(name)))
+        },
+    ));
+    addr
+}
+
+const PACE: Duration = Duration::from_millis(100);
+const LONG: Duration = Duration::from_millis(1000);
+
+#[tokio::test]
+async fn a_member_that_keeps_answering_gets_no_copies_of_what_waits_for_it() {
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c"] {
+        backends.push(paced_backend(name).await);
+    }
+    let gateway = http_gateway(static_pool(&backends, http_probe())).await;
+    let addr = gateway.local_addrs()[0];
+    let client = client();
+    // Connections to every member, then, once the response times that
+    // included connecting have lapsed, answers on record.
+    let mut requests = 0;
+    for _ in 0..9 {
+        assert_eq!(get(&client, addr, "/page", None).await.0, StatusCode::OK);
+        requests += 1;
+    }
+    sleep(Duration::from_millis(1_100)).await;
+    for _ in 0..3 {
+        assert_eq!(get(&client, addr, "/page", None).await.0, StatusCode::OK);
+        requests += 1;
+    }
+    // Fifteen clients, one request after another each: every member has
+    // several open and answers one about every PACE / 5.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..15 {
+        let (client, stop, sent) = (client.clone(), stop.clone(), sent.clone());
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                assert_eq!(get(&client, addr, "/page", None).await.0, StatusCode::OK);
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    sleep(2 * PACE).await;
+    // Ten times the members' response time: long past the delay of a
+    // hedge for a request alone on its member (four times), but its
+    // member is answering the others all along.
+    let started = Instant::now();
+    let (status, _, _) = get(&client, addr, "/long", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() >= LONG);
+    requests += 1;
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.unwrap();
+    }
+    requests += sent.load(Ordering::SeqCst);
+    let pool = gateway.pool(&pool_handle()).unwrap().clone();
+    let chosen: u64 = (1..=3)
+        .map(|id| pool.member(PoolElementId(id)).unwrap().chosen())
+        .sum();
+    assert_eq!(chosen, requests, "a request went to a second member");
+    gateway.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_member_that_refuses_is_skipped_and_probed_back() {
     let (live, _task) = http_backend("live").await;
