@@ -62,14 +62,11 @@ pub(crate) fn delays(fastest_us: Option<u32>) -> Option<Delays> {
 }
 
 impl Delays {
-    /// The first time to look whether a request is to be hedged.
+    /// The first time to look whether a request sent at `sending` is to
+    /// be hedged: the earliest a busy member's silence can be due (its own
+    /// response time is at least the pool's fastest).
     pub(crate) fn first_look(&self, sending: Instant) -> Instant {
-        sending
-            + self
-                .fastest
-                .mul_f64(STALL_BEYOND)
-                .max(MIN_DELAY)
-                .min(self.slow)
+        sending + self.fastest.mul_f64(STALL_BEYOND).max(MIN_DELAY)
     }
 
     /// When a request sent at `sending` is to be hedged if its member,
