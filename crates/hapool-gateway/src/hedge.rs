@@ -16,12 +16,12 @@
 //! [`SLOW_BEYOND`](crate::select::SLOW_BEYOND) times the pool's fastest
 //! recent response time: then only its own answer tells how it is doing.
 //! A member that keeps answering other requests is not sent copies of the
-//! ones still waiting in its queue: they would
-//! wait as long elsewhere, and only add load. The first answer goes to the
-//! client and the other exchange is dropped (its connection closed). A
-//! first member that lost has the time it had taken so far recorded as its
-//! response time: a floor of the real one, enough for the choice to send
-//! it nothing more while it stays that slow.
+//! ones still waiting in its queue: they would wait as long elsewhere, and
+//! only add load. The first answer goes to the client and the other
+//! exchange is dropped (its connection closed). A first member that lost
+//! has the time it had taken so far recorded as its response time: a floor
+//! of the real one, enough for the choice to send it nothing more while it
+//! stays that slow.
 //!
 //! Hedges are limited per pool to a share of its requests ([`Budget`]): a
 //! pool whose members are all slow is not sent twice the work.
@@ -66,7 +66,7 @@ impl Delays {
     /// be hedged: the earliest a busy member's silence can be due (its own
     /// response time is at least the pool's fastest).
     pub(crate) fn first_look(&self, sending: Instant) -> Instant {
-        sending + self.fastest.mul_f64(STALL_BEYOND).max(MIN_DELAY)
+        self.due(sending, sending, None, true)
     }
 
     /// When a request sent at `sending` is to be hedged if its member,

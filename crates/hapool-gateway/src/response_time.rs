@@ -109,9 +109,7 @@ impl ResponseTime {
             average
         }
     }
-}
 
-impl ResponseTime {
     /// The time from which on no answer has come (at most
     /// [`ANSWER_GRAIN`] after the last one; the creation when none has).
     pub(crate) fn quiet_from(&self) -> Instant {

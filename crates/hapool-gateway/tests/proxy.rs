@@ -346,6 +346,21 @@ async fn stalling_backend(name: &'static str, stalled: Arc<AtomicBool>) -> Socke
 const ANSWER: Duration = Duration::from_millis(20);
 const STALL: Duration = Duration::from_millis(1500);
 
+/// GETs of `/page` through the gateway at `addr` to three members:
+/// connections to every member, then, once the response times that
+/// included connecting have lapsed, one answer from each on record.
+/// Returns how many requests it sent.
+async fn answers_on_record(client: &HttpClient, addr: SocketAddr) -> u64 {
+    for _ in 0..9 {
+        assert_eq!(get(client, addr, "/page", None).await.0, StatusCode::OK);
+    }
+    sleep(Duration::from_millis(1_100)).await;
+    for _ in 0..3 {
+        assert_eq!(get(client, addr, "/page", None).await.0, StatusCode::OK);
+    }
+    12
+}
+
 /// Three members, the third of which stalls once every member has answered
 /// a few requests; then GETs of `/page` one after the other until one has
 /// gone to the stalled member. Returns how long each took and who answered
@@ -368,17 +383,7 @@ async fn requests_past_a_stall(hedge_percent: u32) -> (Vec<(Duration, String)>, 
     .await;
     let addr = gateway.local_addrs()[0];
     let client = client();
-    // Connections to every member, then, once the response times that
-    // included connecting have lapsed, one answer from each on record.
-    for _ in 0..9 {
-        let (status, _, _) = get(&client, addr, "/page", None).await;
-        assert_eq!(status, StatusCode::OK);
-    }
-    sleep(Duration::from_millis(1_100)).await;
-    for _ in 0..3 {
-        let (status, _, _) = get(&client, addr, "/page", None).await;
-        assert_eq!(status, StatusCode::OK);
-    }
+    answers_on_record(&client, addr).await;
     let pool = gateway.pool(&pool_handle()).unwrap().clone();
     let chosen =
         |pool: &hapool_gateway::pool::Pool| pool.member(PoolElementId(3)).unwrap().chosen();
@@ -451,18 +456,7 @@ async fn a_member_that_keeps_answering_gets_no_copies_of_what_waits_for_it() {
     let gateway = http_gateway(static_pool(&backends, http_probe())).await;
     let addr = gateway.local_addrs()[0];
     let client = client();
-    // Connections to every member, then, once the response times that
-    // included connecting have lapsed, answers on record.
-    let mut requests = 0;
-    for _ in 0..9 {
-        assert_eq!(get(&client, addr, "/page", None).await.0, StatusCode::OK);
-        requests += 1;
-    }
-    sleep(Duration::from_millis(1_100)).await;
-    for _ in 0..3 {
-        assert_eq!(get(&client, addr, "/page", None).await.0, StatusCode::OK);
-        requests += 1;
-    }
+    let mut requests = answers_on_record(&client, addr).await;
     // Fifteen clients, one request after another each: every member has
     // several open and answers one about every PACE / 5.
     let stop = Arc::new(AtomicBool::new(false));
