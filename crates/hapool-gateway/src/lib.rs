@@ -30,6 +30,7 @@ pub mod select;
 pub mod sessions;
 mod tcp;
 pub mod tls;
+mod worker_runtime;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +66,7 @@ pub use crate::pool::{
 pub use crate::select::{AdminState, Availability, Strategy};
 use crate::sessions::SessionTable;
 use crate::tcp::TcpProxy;
+pub use crate::worker_runtime::worker_runtime;
 
 /// What a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -456,23 +458,6 @@ fn bind_reuseport(
         sockets.push(listener);
     }
     Ok(sockets)
-}
-
-/// Tasks a worker runs between two looks at its sockets' readiness while
-/// tasks are waiting (tokio's default is 61). Under load every request
-/// wakes several tasks, and each look is a system call; looking a quarter
-/// as often took 6–10 % off the CPU per request at 256 connections
-/// (docs/performance.md).
-const EVENT_INTERVAL: u32 = 256;
-
-/// Builds the runtime a worker thread runs: single-threaded, looking at
-/// its sockets every [`EVENT_INTERVAL`] tasks. `hapool gateway` runs its
-/// own main thread on one too, as with one worker that thread serves.
-pub fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .event_interval(EVENT_INTERVAL)
-        .build()
 }
 
 /// A worker thread: serves its listeners on a runtime of its own.

@@ -1,0 +1,106 @@
+//! The runtime a gateway worker runs on: one thread, looking at its
+//! sockets every [`EVENT_INTERVAL`] tasks, and giving way before it sleeps
+//! after a long stretch awake.
+//!
+//! **Giving way.** A worker under load shares its CPU with the processes
+//! it talks to (on a small machine, the members and the clients too). When
+//! it has run a long stretch, those woken meanwhile wait behind it; if it
+//! then runs out of work and goes to sleep, it is woken again only when
+//! their answers come, and waits for the CPU in turn, with every connection
+//! it serves. A worker that has been awake for at least
+//! [`GIVE_WAY_AFTER`] and has nothing left to run first yields its CPU
+//! (`sched_yield`) to what waits there, and comes back to the readiness
+//! their work produced instead of sleeping. Short stretches, as under light
+//! load, go straight to sleep: yielding there costs a system call and
+//! takes the CPU from nothing. Measured in docs/performance.md ("Giving
+//! way before sleeping").
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+/// Tasks a worker runs between two looks at its sockets' readiness while
+/// tasks are waiting (tokio's default is 61). Under load every request
+/// wakes several tasks, and each look is a system call; looking a quarter
+/// as often took 6–10 % off the CPU per request at 256 connections
+/// (docs/performance.md).
+const EVENT_INTERVAL: u32 = 256;
+
+/// How long a worker must have been awake before it gives way rather than
+/// go straight to sleep. Shorter (300 µs) cost 3–18 % of the requests per
+/// second at 64 connections; this keeps them and the shorter tail at 256.
+const GIVE_WAY_AFTER: Duration = Duration::from_millis(1);
+
+thread_local! {
+    /// When this thread's worker last woke from sleep.
+    static AWAKE_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// How often this thread's worker gave way before sleeping.
+    static GAVE_WAY: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Whether a worker awake since `since` (unknown before its first sleep)
+/// gives way at `now` before it sleeps.
+fn gives_way(since: Option<Instant>, now: Instant) -> bool {
+    since.is_some_and(|since| now.saturating_duration_since(since) >= GIVE_WAY_AFTER)
+}
+
+/// Just before the worker sleeps.
+fn before_sleep() {
+    if gives_way(AWAKE_SINCE.get(), Instant::now()) {
+        GAVE_WAY.set(GAVE_WAY.get() + 1);
+        std::thread::yield_now();
+    }
+}
+
+/// Builds the runtime a worker thread runs (see the module's
+/// documentation). `hapool gateway` runs its own main thread on one too,
+/// as with one worker that thread serves.
+pub fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .event_interval(EVENT_INTERVAL)
+        .on_thread_park(before_sleep)
+        .on_thread_unpark(|| AWAKE_SINCE.set(Some(Instant::now())))
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_gives_way_only_after_a_long_stretch_awake() {
+        let woke = Instant::now();
+        assert!(
+            !gives_way(None, woke),
+            "before its first sleep it does not know"
+        );
+        assert!(!gives_way(Some(woke), woke));
+        assert!(!gives_way(
+            Some(woke),
+            woke + GIVE_WAY_AFTER - Duration::from_micros(1)
+        ));
+        assert!(gives_way(Some(woke), woke + GIVE_WAY_AFTER));
+        assert!(gives_way(Some(woke), woke + 10 * GIVE_WAY_AFTER));
+        // A clock read before the wake (another thread's) is no stretch.
+        assert!(!gives_way(Some(woke + GIVE_WAY_AFTER), woke));
+    }
+
+    #[test]
+    fn the_worker_runtime_gives_way_before_sleeping_after_a_long_stretch() {
+        let runtime = worker_runtime().unwrap();
+        let before = GAVE_WAY.get();
+        let answer = runtime.block_on(async {
+            // A first sleep, so that the worker knows when it woke.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            // A stretch awake far longer than GIVE_WAY_AFTER, then a sleep.
+            std::thread::sleep(5 * GIVE_WAY_AFTER);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            42
+        });
+        assert_eq!(answer, 42);
+        assert!(
+            GAVE_WAY.get() > before,
+            "the worker went to sleep after a long stretch without giving way"
+        );
+    }
+}
