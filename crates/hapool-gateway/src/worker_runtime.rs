@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 const EVENT_INTERVAL: u32 = 256;
 
 /// How long a worker must have been awake before it gives way rather than
-/// go straight to sleep. Shorter (300 µs) cost 3–18 % of the requests per
+/// go straight to sleep. Shorter (300 µs) cost 2–18 % of the requests per
 /// second at 64 connections; this keeps them and the shorter tail at 256.
 const GIVE_WAY_AFTER: Duration = Duration::from_millis(1);
 
