@@ -204,8 +204,8 @@ impl Member {
         self.response_time.record(took, at);
     }
 
-    /// The time from which on it has answered no request (to within
-    /// [`ANSWER_GRAIN`](crate::response_time::ANSWER_GRAIN)).
+    /// The time from which on it has answered no request (to within the
+    /// 100 µs grain its answers are stamped with).
     pub fn quiet_from(&self) -> Instant {
         self.response_time.quiet_from()
     }

@@ -10,7 +10,7 @@
 //!
 //! ENRP: peers connect to the ENRP listener and their messages go to the
 //! state machine whatever connection carried them; messages to a peer go
-//! out over one outgoing connection per peer address ([`PeerLinks`]),
+//! out over one outgoing connection per peer address (`PeerLinks`),
 //! opened on first use and opened again after a failure. ENRP repairs a
 //! lost message by itself (presence checksums start a resynchronisation),
 //! so a link that is down drops what is sent to it rather than queueing.

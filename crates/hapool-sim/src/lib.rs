@@ -1,7 +1,8 @@
 //! Deterministic simulation of a hapool registrar cluster.
 //!
 //! [`run`] drives the real state machines of `hapool-proto` (the
-//! [`Registrar`] with its ENRP side, and [`PeSession`] for every pool
+//! [`Registrar`](hapool_proto::Registrar) with its ENRP side, and
+//! [`PeSession`](hapool_proto::PeSession) for every pool
 //! element) against a simulated network and a virtual clock. One `u64` seed
 //! decides everything: the cluster's size, the faults (registrar and PE
 //! crashes and restarts, partitions between registrars, loss, delay and
