@@ -30,6 +30,7 @@ pub mod select;
 pub mod sessions;
 mod tcp;
 pub mod tls;
+mod upkeep;
 mod worker_runtime;
 
 use std::net::SocketAddr;
@@ -41,7 +42,6 @@ use ::http::HeaderValue;
 use drain::UntilDrained;
 use hapool_client::{PoolUser, PuConfig};
 use hapool_wire::{PoolElementId, PoolHandle};
-use http_body_util::{BodyExt, Either, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -51,7 +51,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
+use tokio::time::{Instant, timeout};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
@@ -59,13 +59,14 @@ use crate::admission::{Admission, Admitted, Handed, Placed};
 use crate::connection_io::ConnectionIo;
 use crate::http::HttpProxy;
 use crate::member_cache::MemberCache;
-use crate::member_http::{MemberHttp, Target};
+use crate::member_http::MemberHttp;
 pub use crate::pool::{
     Chosen, Member, MemberSource, MemberStatus, Pool, PoolSettings, ProbeKind, StaticMember,
 };
 pub use crate::select::{AdminState, Availability, Strategy};
 use crate::sessions::SessionTable;
 use crate::tcp::TcpProxy;
+use crate::upkeep::{probe_all, prober, refresh, refresher, sweeper};
 pub use crate::worker_runtime::worker_runtime;
 
 /// What a listener speaks.
@@ -1071,167 +1072,6 @@ async fn serve_connection<S>(
                 shared.limit_hit("max_header_bytes", pool.handle());
             }
             _ => debug!(client = %peer, error = %e, "client connection ended with an error"),
-        }
-    }
-}
-
-/// Resolves every registrar pool once; keeps the last answer of a pool
-/// when no registrar answers.
-async fn refresh(
-    pu: &PoolUser,
-    pools: &[Arc<Pool>],
-    shared: &Shared,
-    probe_timeout: Duration,
-    cache: &mut Option<MemberCache>,
-) {
-    for pool in pools {
-        match pu.members(pool.handle()).await {
-            Ok(elements) => {
-                if let Some(cache) = cache {
-                    cache.record(pool.handle(), &elements);
-                }
-                let fresh = pool.update(&elements);
-                for member in fresh {
-                    probe_one(pool, &member, shared, probe_timeout).await;
-                }
-            }
-            Err(hapool_client::ClientError::Refused(cause)) => {
-                // The registrars know no such pool (any more): it is empty.
-                debug!(pool = %pool.handle(), ?cause, "registrars name no member");
-                if let Some(cache) = cache {
-                    cache.record(pool.handle(), &[]);
-                }
-                pool.update(&[]);
-            }
-            Err(e) => {
-                counter!("hapool_gateway_registrar_errors_total").increment(1);
-                warn!(pool = %pool.handle(), error = %e, "no registrar answered; serving from the last known members");
-            }
-        }
-    }
-}
-
-async fn refresher(
-    pu: Arc<PoolUser>,
-    pools: Vec<Arc<Pool>>,
-    shared: Arc<Shared>,
-    mut reports: mpsc::Receiver<(PoolHandle, PoolElementId)>,
-    every: Duration,
-    probe_timeout: Duration,
-    mut cache: Option<MemberCache>,
-) {
-    let mut tick = interval(every);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => refresh(&pu, &pools, &shared, probe_timeout, &mut cache).await,
-            Some((pool, pe_id)) = reports.recv() => {
-                if let Err(e) = pu.report_unreachable(&pool, pe_id).await {
-                    debug!(pool = %pool, pe_id = %pe_id, error = %e, "cannot report an unreachable pool element");
-                }
-            }
-        }
-    }
-}
-
-async fn probe_one(pool: &Pool, member: &Arc<Member>, shared: &Shared, probe_timeout: Duration) {
-    let ok = match &pool.settings().probe {
-        ProbeKind::Tcp => {
-            let tls = shared.member_tls_for(pool);
-            tcp::connect_member(member.address, tls.as_ref(), probe_timeout)
-                .await
-                .is_ok()
-        }
-        ProbeKind::Http { path } => {
-            let target = Target {
-                address: member.address,
-                tls: pool.settings().tls,
-            };
-            match (
-                path.parse::<hyper::Uri>(),
-                HeaderValue::from_str(member.authority.as_str()),
-            ) {
-                (Ok(uri), Ok(host)) => {
-                    let mut request =
-                        hyper::Request::new(Either::Left(Full::new(bytes::Bytes::new())));
-                    *request.uri_mut() = uri;
-                    request.headers_mut().insert(hyper::header::HOST, host);
-                    match timeout(probe_timeout, shared.probes.send(target, request)).await {
-                        Ok(Ok((response, connection))) => {
-                            let ok = response.status().as_u16() < 500;
-                            // Read the body so the connection can be reused.
-                            if let Ok(Ok(_)) =
-                                timeout(probe_timeout, response.into_body().collect()).await
-                            {
-                                connection.release();
-                            }
-                            ok
-                        }
-                        _ => false,
-                    }
-                }
-                _ => false,
-            }
-        }
-    };
-    if member.set_reachable(ok) {
-        if ok {
-            info!(pool = %pool.handle(), pe_id = %member.id, address = %member.address, "pool element answers");
-        } else {
-            warn!(pool = %pool.handle(), pe_id = %member.id, address = %member.address, "pool element does not answer its probe");
-        }
-    }
-}
-
-async fn probe_all(pools: &[Arc<Pool>], shared: &Shared, probe_timeout: Duration) {
-    let members: Vec<(&Arc<Pool>, Arc<Member>)> = pools
-        .iter()
-        .flat_map(|pool| pool.members().into_iter().map(move |m| (pool, m)))
-        .collect();
-    join_all(
-        members
-            .iter()
-            .map(|(pool, member)| probe_one(pool, member, shared, probe_timeout)),
-    )
-    .await;
-}
-
-/// Runs every future to completion, concurrently.
-async fn join_all<F: Future<Output = ()>>(futures: impl Iterator<Item = F>) {
-    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
-    std::future::poll_fn(|cx| {
-        pinned.retain_mut(|f| f.as_mut().poll(cx).is_pending());
-        if pinned.is_empty() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-}
-
-async fn prober(
-    pools: Vec<Arc<Pool>>,
-    shared: Arc<Shared>,
-    every: Duration,
-    probe_timeout: Duration,
-) {
-    let mut tick = interval(every);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        probe_all(&pools, &shared, probe_timeout).await;
-    }
-}
-
-async fn sweeper(pools: Vec<Arc<Pool>>) {
-    let mut tick = interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let now = Instant::now();
-        for pool in &pools {
-            pool.sessions.sweep(now);
-            pool.remove_drained();
         }
     }
 }
