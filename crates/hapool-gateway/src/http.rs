@@ -9,6 +9,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, warn};
 
+use crate::access_log::HttpLine;
 use crate::body::{AtEnd, OnEnd};
 use crate::hedge;
 use crate::member_http::{InUse, MemberError, MemberHttp, Target};
@@ -89,6 +91,15 @@ pub(crate) struct HttpProxy {
     /// nothing.
     pub(crate) affinity: Affinity,
     pub(crate) state_header: HeaderName,
+}
+
+/// Who served a request, for the access log: the member that answered
+/// (with its address) and how many members the request was sent to,
+/// counting those that failed it.
+#[derive(Clone, Copy, Debug)]
+struct Served {
+    member: (PoolElementId, SocketAddr),
+    attempts: u32,
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -261,6 +272,61 @@ impl HttpProxy {
         forwarded_for: HeaderValue,
         tls: Option<TlsSession>,
     ) -> Result<Response<ClientBody>, Infallible> {
+        if self.shared.access_log.is_some() {
+            // On the heap: the request's own future stays as small when
+            // nothing is logged.
+            return Box::pin(self.answer_logged(request, forwarded_for, tls)).await;
+        }
+        self.answer(request, forwarded_for, tls).await
+    }
+
+    /// [`Self::answer`], with a line in the access log once the answer's
+    /// head is ready.
+    async fn answer_logged(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        forwarded_for: HeaderValue,
+        tls: Option<TlsSession>,
+    ) -> Result<Response<ClientBody>, Infallible> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let version = request.version();
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| request.uri().to_string(), ToString::to_string);
+        let client = forwarded_for.clone();
+        let this = self.clone();
+        let Ok(response) = this.answer(request, forwarded_for, tls).await;
+        if let Some(log) = &self.shared.access_log {
+            let served = response.extensions().get::<Served>();
+            log.http(&HttpLine {
+                client: client.to_str().unwrap_or("-"),
+                pool: &self.pool.handle().to_string(),
+                method: method.as_str(),
+                target: &target,
+                version,
+                status: response.status().as_u16(),
+                member: served.map(|s| s.member),
+                attempts: served.map_or(0, |s| s.attempts),
+                length: response
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok()),
+                head: started.elapsed(),
+            });
+        }
+        Ok(response)
+    }
+
+    /// Answers `request`: from a member when one can serve it, else with
+    /// the gateway's own error.
+    async fn answer(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        forwarded_for: HeaderValue,
+        tls: Option<TlsSession>,
+    ) -> Result<Response<ClientBody>, Infallible> {
         let (mut parts, body) = request.into_parts();
         let upgrade = upgrade_asked(&parts);
         let client_upgrade = upgrade
@@ -410,12 +476,19 @@ impl HttpProxy {
             }
             match sent {
                 Ok(Ok((response, connection))) => {
+                    let served = Served {
+                        member: (member.id, member.address),
+                        attempts: u32::try_from(tried.len()).map_or(u32::MAX, |n| n + 1),
+                    };
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(client_upgrade) = client_upgrade
                     {
                         // The connection is the tunnel's now.
                         drop(connection);
-                        return Ok(self.tunnel(response, lease, client_upgrade, extended_connect));
+                        let mut answer =
+                            self.tunnel(response, lease, client_upgrade, extended_connect);
+                        self.note_served(&mut answer, served);
+                        return Ok(answer);
                     }
                     if extended_connect && response.status().is_success() {
                         // A 2xx would open the client's tunnel to nothing.
@@ -424,14 +497,16 @@ impl HttpProxy {
                             "the pool element did not switch protocols\n",
                         ));
                     }
-                    return Ok(self.respond(
+                    let mut answer = self.respond(
                         response,
                         connection,
                         lease,
                         key,
                         session.as_ref().map(|s| s.member),
                         cookie_names,
-                    ));
+                    );
+                    self.note_served(&mut answer, served);
+                    return Ok(answer);
                 }
                 Ok(Err(e)) => {
                     tried.push(member.id);
@@ -702,6 +777,14 @@ impl HttpProxy {
                     "the request body did not arrive in time\n",
                 ))
             }
+        }
+    }
+
+    /// Notes on `answer` who served it, for the access log (only when
+    /// there is one).
+    fn note_served(&self, answer: &mut Response<ClientBody>, served: Served) {
+        if self.shared.access_log.is_some() {
+            answer.extensions_mut().insert(served);
         }
     }
 

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access_log;
 mod admission;
 pub mod body;
 mod connection_io;
@@ -55,6 +56,7 @@ use tokio::time::{Instant, timeout};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
+use crate::access_log::AccessLog;
 use crate::admission::{Admission, Admitted, Handed, Placed};
 use crate::connection_io::ConnectionIo;
 use crate::http::HttpProxy;
@@ -220,6 +222,10 @@ pub struct GatewayConfig {
     /// Where the members of registrar pools are kept across restarts
     /// (see `member_cache`). None by default.
     pub member_cache: Option<std::path::PathBuf>,
+    /// The file the access log is appended to: a line per HTTP request
+    /// answered and per TCP connection closed (see `access_log`). None
+    /// (no access log) by default.
+    pub access_log: Option<std::path::PathBuf>,
 }
 
 impl GatewayConfig {
@@ -238,6 +244,7 @@ impl GatewayConfig {
             workers: std::thread::available_parallelism().map_or(1, usize::from),
             member_tls: None,
             member_cache: None,
+            access_log: None,
         }
     }
 }
@@ -277,6 +284,14 @@ pub enum GatewayError {
     /// A worker thread cannot be started.
     #[error("cannot start a gateway worker thread: {0}")]
     Thread(std::io::Error),
+    /// The access log cannot be opened.
+    #[error("cannot open the access log {}: {source}", path.display())]
+    AccessLog {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
     /// A listener's address cannot be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -313,6 +328,8 @@ pub(crate) struct Shared {
     reports: Option<mpsc::Sender<(PoolHandle, PoolElementId)>>,
     last_limit_log: AtomicU64,
     started: Instant,
+    /// Where requests and connections are logged, when they are.
+    pub(crate) access_log: Option<AccessLog>,
 }
 
 impl Shared {
@@ -573,6 +590,17 @@ impl Gateway {
                 })?;
             bound.push((sockets, listener.clone(), pool.clone()));
         }
+        let access_log = match &config.access_log {
+            Some(path) => {
+                Some(
+                    AccessLog::open(path).map_err(|source| GatewayError::AccessLog {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
         let (reports, report_rx) = mpsc::channel(1024);
         let shared = Shared {
             limits: config.limits.clone(),
@@ -589,6 +617,7 @@ impl Gateway {
             reports: (!config.registrars.is_empty()).then_some(reports),
             last_limit_log: AtomicU64::new(0),
             started: Instant::now(),
+            access_log,
         };
         let shared = Arc::new(shared);
         let mut tasks = JoinSet::new();

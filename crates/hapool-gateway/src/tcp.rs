@@ -16,7 +16,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tracing::{debug, warn};
 
-use crate::pool::{Lease, Pool};
+use crate::access_log::TcpLine;
+use crate::pool::{Lease, Member, Pool};
 use crate::sessions::SessionKey;
 use crate::{Affinity, Origin, Shared};
 
@@ -157,16 +158,45 @@ impl TcpProxy {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let peer = origin.peer;
+        let started = Instant::now();
         let Some((lease, mut member)) = self.connect(Keys::of(self.affinity, origin)).await else {
             self.shared.metrics.failed.increment(1);
             warn!(pool = %self.pool.handle(), client = %peer, "no pool element can take the connection");
+            self.log(peer, None, None, started);
             return;
         };
-        match copy_bidirectional(&mut client, &mut member).await {
-            Ok((up, down)) => lease.member().count_bytes(up + down),
+        let carried = match copy_bidirectional(&mut client, &mut member).await {
+            Ok((up, down)) => {
+                lease.member().count_bytes(up + down);
+                Some((up, down))
+            }
             Err(e) => {
                 debug!(pool = %self.pool.handle(), pe_id = %lease.member().id, error = %e, "connection ended with an error");
+                None
             }
+        };
+        self.log(peer, Some(lease.member()), carried, started);
+    }
+
+    /// A line in the access log, when there is one, for a connection from
+    /// `client` served by `member` that carried `carried` bytes (to the
+    /// member, and back; unknown when it ended with an error).
+    fn log(
+        &self,
+        client: SocketAddr,
+        member: Option<&Member>,
+        carried: Option<(u64, u64)>,
+        started: Instant,
+    ) {
+        if let Some(log) = &self.shared.access_log {
+            log.tcp(&TcpLine {
+                client,
+                pool: &self.pool.handle().to_string(),
+                member: member.map(|m| (m.id, m.address)),
+                sent: carried.map(|(up, _)| up),
+                received: carried.map(|(_, down)| down),
+                duration: started.elapsed(),
+            });
         }
     }
 

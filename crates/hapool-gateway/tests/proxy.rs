@@ -1447,3 +1447,106 @@ async fn members_are_reached_over_tls_when_the_pool_says_so() {
     assert_eq!(gateway.pools()[0].status()[0].served, 1);
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_access_log_has_a_line_per_request_and_per_connection() {
+    let (web, _task) = http_backend("a").await;
+    let echo = echo_backend("e").await;
+    let spare = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let dead = spare.local_addr().unwrap();
+    drop(spare);
+    let pool = |name: &str, members: &[SocketAddr], probe| PoolSettings {
+        handle: PoolHandle::from(name),
+        ..static_pool(members, probe)
+    };
+    let on = |protocol, name: &str| ListenerConfig {
+        pool: PoolHandle::from(name),
+        ..listener(protocol)
+    };
+    let dir = std::env::temp_dir().join(format!("hapool-access-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access.log");
+    let _ = std::fs::remove_file(&path);
+    let mut config = GatewayConfig::new(
+        vec![
+            on(Protocol::Http, "web"),
+            on(Protocol::Http, "gone"),
+            on(Protocol::Tcp, "echo"),
+        ],
+        vec![
+            pool("web", &[web], http_probe()),
+            pool("gone", &[dead], http_probe()),
+            pool("echo", &[echo], ProbeKind::Tcp),
+        ],
+    );
+    config.access_log = Some(path.clone());
+    let gateway = Gateway::start(config).await.unwrap();
+    let addrs = gateway.local_addrs();
+    let (status, body, _) = get(&client(), addrs[0], "/page?q=1", None).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "a -"));
+    let (status, _, _) = get(&client(), addrs[1], "/", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(tcp_exchange(addrs[2], "hello").await, "e hello");
+    // The TCP line is written when the connection has closed both ways.
+    eventually("the TCP connection logged", || {
+        std::fs::read_to_string(&path).is_ok_and(|t| t.contains("kind=tcp"))
+    })
+    .await;
+    gateway.shutdown().await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in\n{text}"))
+            .to_owned()
+    };
+    let served = line("pool=web");
+    for field in [
+        "kind=http",
+        "client=127.0.0.1",
+        "request=\"GET /page?q=1 HTTP/1.1\"",
+        "status=200",
+        "member=00000001",
+        &format!("member_address={web}"),
+        "attempts=1",
+        "length=3",
+        "head_ms=",
+    ] {
+        assert!(served.contains(field), "{field:?} not in {served}");
+    }
+    let refused = line("pool=gone");
+    for field in ["status=503", "member=- member_address=-", "attempts=0"] {
+        assert!(refused.contains(field), "{field:?} not in {refused}");
+    }
+    let carried = line("kind=tcp");
+    for field in [
+        "pool=echo",
+        &format!("member_address={echo}"),
+        "sent=6",
+        "received=8",
+        "duration_ms=",
+    ] {
+        assert!(carried.contains(field), "{field:?} not in {carried}");
+    }
+    assert!(text.lines().all(|l| l.starts_with("time=")), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn an_access_log_that_cannot_be_opened_stops_the_start() {
+    let (web, _task) = http_backend("a").await;
+    let mut config = GatewayConfig::new(
+        vec![listener(Protocol::Http)],
+        vec![static_pool(&[web], http_probe())],
+    );
+    let path = std::env::temp_dir()
+        .join(format!("hapool-no-such-dir-{}", std::process::id()))
+        .join("access.log");
+    config.access_log = Some(path.clone());
+    let error = Gateway::start(config).await.err().expect("the start fails");
+    let message = error.to_string();
+    assert!(
+        message.contains("access log") && message.contains(&path.display().to_string()),
+        "{message}"
+    );
+}

@@ -41,6 +41,8 @@ pub(crate) struct GatewayFile {
     registrars: Vec<SocketAddr>,
     /// A file keeping the members of registrar pools across restarts.
     member_cache: Option<PathBuf>,
+    /// The file the access log is appended to; no access log when absent.
+    access_log: Option<PathBuf>,
     /// Worker threads serving the listeners. Default: one per core.
     threads: Option<usize>,
     /// How often registrar pools are resolved again. Default 1s.
@@ -381,20 +383,26 @@ impl TryFrom<GatewayFile> for Planned {
             None => None,
         };
         config.registrars = file.registrars;
-        if let Some(cache) = &file.member_cache {
-            let dir = cache
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            if !dir.is_dir() {
-                return Err(BadConfig(format!(
-                    "gateway.member_cache = {:?}: no directory {}",
-                    cache.display().to_string(),
-                    dir.display()
-                )));
+        for (key, file) in [
+            ("member_cache", &file.member_cache),
+            ("access_log", &file.access_log),
+        ] {
+            if let Some(file) = file {
+                let dir = file
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                if !dir.is_dir() {
+                    return Err(BadConfig(format!(
+                        "gateway.{key} = {:?}: no directory {}",
+                        file.display().to_string(),
+                        dir.display()
+                    )));
+                }
             }
         }
         config.member_cache = file.member_cache;
+        config.access_log = file.access_log;
         config.refresh = file.refresh.unwrap_or(config.refresh);
         config.probe_interval = file.probe_interval.unwrap_or(config.probe_interval);
         config.probe_timeout = file.probe_timeout.unwrap_or(config.probe_timeout);

@@ -153,6 +153,8 @@ fn gateway_in_front_of_registered_servers() {
     let cache = scratch.write("gateway-members", "");
     std::fs::remove_file(&cache).unwrap();
     let cache_path = cache.display();
+    let access = cache.with_file_name("access.log");
+    let access_path = access.display();
     let config = scratch.write(
         "gateway.toml",
         &format!(
@@ -161,6 +163,7 @@ fn gateway_in_front_of_registered_servers() {
 admin = "{admin}"
 registrars = ["{registrar_addr}"]
 member_cache = "{cache_path}"
+access_log = "{access_path}"
 refresh = "200ms"
 probe_interval = "200ms"
 
@@ -187,6 +190,15 @@ handle = "web"
     until("both servers answer through the gateway", || {
         seen.insert(get(&listen));
         seen.contains("a") && seen.contains("b")
+    });
+    // Each request has its line in the access log, naming its member.
+    until("requests in the access log", || {
+        let log = std::fs::read_to_string(&access).unwrap_or_default();
+        [&a, &b].iter().all(|server| {
+            let member = format!("member_address={server}");
+            log.lines()
+                .any(|l| l.contains("kind=http") && l.contains("status=200") && l.contains(&member))
+        })
     });
     // The operator's view, and a drain.
     let ctl = |args: &[&str]| {
@@ -322,6 +334,10 @@ fn gateway_configuration_errors_are_named() {
         (
             "[gateway]\nmember_cache = \"/nonexistent-dir/members\"\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
             "gateway.member_cache = \"/nonexistent-dir/members\": no directory /nonexistent-dir",
+        ),
+        (
+            "[gateway]\naccess_log = \"/nonexistent-dir/access.log\"\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
+            "gateway.access_log = \"/nonexistent-dir/access.log\": no directory /nonexistent-dir",
         ),
         (
             "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nprobe_path = \"health\"\n",

@@ -1,0 +1,370 @@
+//! The access log: one line per HTTP request answered and per TCP
+//! connection closed, appended to a file.
+//!
+//! Lines are in logfmt (`key=value`, a value with spaces or quotes in
+//! double quotes), so that log shippers parse them without a pattern:
+//!
+//! ```text
+//! time=2026-12-01T20:30:00.123Z kind=http client=127.0.0.1 pool=web request="GET /4k HTTP/1.1" status=200 member=00000002 member_address=127.0.0.1:8082 attempts=1 length=4096 head_ms=0.412
+//! time=2026-12-01T20:30:01.007Z kind=tcp client=127.0.0.1:50412 pool=echo member=00000001 member_address=127.0.0.1:7001 sent=12 received=12 duration_ms=1507.310
+//! ```
+//!
+//! An HTTP line is written when the answer's head goes to the client:
+//! `head_ms` is the time from the request's head to the answer's, and
+//! `length` the answer's `Content-Length` (`-` when it is streamed). An
+//! answer the gateway made itself (no member could serve, a limit) has
+//! `member=-`.
+//!
+//! Workers hand lines to a thread of the log's own, which writes them in
+//! batches and flushes whenever it has nothing more to write, so a worker
+//! never waits for the disk. When the disk cannot keep up (more than
+//! [`QUEUE_LINES`] waiting) or a write fails (a full disk), lines are
+//! dropped and counted in `hapool_gateway_access_log_dropped_total`; a
+//! failed write is logged once, naming the file, until writes succeed
+//! again. The file is opened for appending: a rotation that truncates it
+//! in place (logrotate's `copytruncate`) needs no signal.
+
+use std::fmt::{self, Write as _};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, SystemTime};
+
+use metrics::{Counter, counter};
+use tracing::{error, info};
+
+/// Lines waiting for the writer before new ones are dropped.
+pub(crate) const QUEUE_LINES: usize = 16 * 1024;
+
+/// Where workers send their lines.
+#[derive(Debug)]
+pub(crate) struct AccessLog {
+    lines: SyncSender<String>,
+    dropped: Counter,
+}
+
+impl AccessLog {
+    /// Opens `path` for appending (creating it) and starts the writer
+    /// thread, which ends once every `AccessLog` is dropped and the lines
+    /// sent before are written.
+    pub(crate) fn open(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let (lines, queue) = sync_channel(QUEUE_LINES);
+        let dropped = counter!("hapool_gateway_access_log_dropped_total");
+        let writer = Writer {
+            path: path.to_owned(),
+            file,
+            batch: Vec::with_capacity(Writer::BATCH_BYTES),
+            lines: 0,
+            dropped: dropped.clone(),
+            failing: false,
+        };
+        std::thread::Builder::new()
+            .name("hapool-access-log".into())
+            .spawn(move || writer.run(queue))?;
+        Ok(Self { lines, dropped })
+    }
+
+    /// Logs an HTTP request answered with `status`.
+    pub(crate) fn http(&self, line: &HttpLine<'_>) {
+        self.send(format_line("http", |out| line.fields(out)));
+    }
+
+    /// Logs a TCP connection that has closed.
+    pub(crate) fn tcp(&self, line: &TcpLine<'_>) {
+        self.send(format_line("tcp", |out| line.fields(out)));
+    }
+
+    fn send(&self, line: String) {
+        match self.lines.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.increment(1);
+            }
+        }
+    }
+}
+
+/// What an HTTP line says.
+#[derive(Debug)]
+pub(crate) struct HttpLine<'a> {
+    pub(crate) client: &'a str,
+    pub(crate) pool: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) target: &'a str,
+    pub(crate) version: http::Version,
+    pub(crate) status: u16,
+    /// The member that answered, with its address.
+    pub(crate) member: Option<(hapool_wire::PoolElementId, std::net::SocketAddr)>,
+    /// Members the request was sent to (a hedge's copy included).
+    pub(crate) attempts: u32,
+    pub(crate) length: Option<u64>,
+    pub(crate) head: Duration,
+}
+
+impl HttpLine<'_> {
+    fn fields(&self, out: &mut String) -> fmt::Result {
+        write!(out, " client=")?;
+        value(out, self.client)?;
+        write!(out, " pool=")?;
+        value(out, self.pool)?;
+        write!(out, " request=")?;
+        value(
+            out,
+            &format!("{} {} {:?}", self.method, self.target, self.version),
+        )?;
+        write!(out, " status={}", self.status)?;
+        member(out, self.member)?;
+        write!(out, " attempts={} length=", self.attempts)?;
+        count(out, self.length)?;
+        write!(out, " head_ms={:.3}", millis(self.head))
+    }
+}
+
+/// What a TCP line says.
+#[derive(Debug)]
+pub(crate) struct TcpLine<'a> {
+    pub(crate) client: std::net::SocketAddr,
+    pub(crate) pool: &'a str,
+    pub(crate) member: Option<(hapool_wire::PoolElementId, std::net::SocketAddr)>,
+    /// Bytes from the client to the member, and back (unknown when the
+    /// connection ended with an error).
+    pub(crate) sent: Option<u64>,
+    pub(crate) received: Option<u64>,
+    pub(crate) duration: Duration,
+}
+
+impl TcpLine<'_> {
+    fn fields(&self, out: &mut String) -> fmt::Result {
+        write!(out, " client={} pool=", self.client)?;
+        value(out, self.pool)?;
+        member(out, self.member)?;
+        write!(out, " sent=")?;
+        count(out, self.sent)?;
+        write!(out, " received=")?;
+        count(out, self.received)?;
+        write!(out, " duration_ms={:.3}", millis(self.duration))
+    }
+}
+
+/// A number, or `-` when it is not known.
+fn count(out: &mut String, n: Option<u64>) -> fmt::Result {
+    match n {
+        Some(n) => write!(out, "{n}"),
+        None => {
+            out.push('-');
+            Ok(())
+        }
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn member(
+    out: &mut String,
+    member: Option<(hapool_wire::PoolElementId, std::net::SocketAddr)>,
+) -> fmt::Result {
+    match member {
+        Some((id, address)) => write!(out, " member={id} member_address={address}"),
+        None => write!(out, " member=- member_address=-"),
+    }
+}
+
+/// A line: the time, the kind, then `fields`.
+fn format_line(kind: &str, fields: impl FnOnce(&mut String) -> fmt::Result) -> String {
+    let mut out = String::with_capacity(256);
+    let time = humantime::format_rfc3339_millis(SystemTime::now());
+    // Writing to a String cannot fail.
+    let _ = write!(out, "time={time} kind={kind}");
+    let _ = fields(&mut out);
+    out.push('\n');
+    out
+}
+
+/// `text` as a logfmt value: bare when it is plain, else quoted, with
+/// quotes and backslashes escaped and control characters written as
+/// `\xNN`, so that what a client sent cannot start a line or a field of
+/// its own.
+fn value(out: &mut String, text: &str) -> fmt::Result {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '=' && c != '\\');
+    if plain {
+        out.push_str(text);
+        return Ok(());
+    }
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => write!(out, "\\x{:02x}", u32::from(c))?,
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    Ok(())
+}
+
+/// The thread that writes the lines.
+struct Writer {
+    path: PathBuf,
+    file: File,
+    /// Lines taken from the queue, not yet written.
+    batch: Vec<u8>,
+    lines: u64,
+    dropped: Counter,
+    /// The last write failed (reported once until one succeeds).
+    failing: bool,
+}
+
+impl Writer {
+    /// A batch is written once it holds this much, or the queue is empty.
+    const BATCH_BYTES: usize = 64 * 1024;
+
+    fn run(mut self, queue: Receiver<String>) {
+        // Blocks for the next line; ends when every sender is gone.
+        while let Ok(line) = queue.recv() {
+            self.take(&line);
+            while let Ok(line) = queue.try_recv() {
+                self.take(&line);
+                if self.batch.len() >= Self::BATCH_BYTES {
+                    self.write_batch();
+                }
+            }
+            self.write_batch();
+        }
+    }
+
+    fn take(&mut self, line: &str) {
+        self.batch.extend_from_slice(line.as_bytes());
+        self.lines += 1;
+    }
+
+    /// Writes the batch; a failure is reported once, until a write
+    /// succeeds again, and the batch's lines are counted as dropped.
+    fn write_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        match self.file.write_all(&self.batch) {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                info!(path = %self.path.display(), "the access log is written again");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.dropped.increment(self.lines);
+                if !self.failing {
+                    self.failing = true;
+                    error!(path = %self.path.display(), error = %e, "cannot write the access log; lines are dropped until it can");
+                }
+            }
+        }
+        self.batch.clear();
+        self.lines = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_value(text: &str) -> String {
+        let mut out = String::new();
+        value(&mut out, text).unwrap();
+        out
+    }
+
+    #[test]
+    fn values_are_quoted_and_escaped_only_when_needed() {
+        assert_eq!(as_value("web"), "web");
+        assert_eq!(as_value("/a/b?c"), "/a/b?c");
+        assert_eq!(as_value(""), "\"\"");
+        assert_eq!(as_value("GET / HTTP/1.1"), "\"GET / HTTP/1.1\"");
+        assert_eq!(as_value("a=b"), "\"a=b\"");
+        assert_eq!(as_value("say \"hi\""), "\"say \\\"hi\\\"\"");
+        assert_eq!(as_value("back\\slash"), "\"back\\\\slash\"");
+        // A client's newline cannot start a line of its own.
+        assert_eq!(as_value("x\ntime=0"), "\"x\\x0atime=0\"");
+    }
+
+    #[test]
+    fn an_http_line_names_request_member_and_times() {
+        let line = format_line("http", |out| {
+            HttpLine {
+                client: "192.0.2.7",
+                pool: "web",
+                method: "GET",
+                target: "/4k",
+                version: http::Version::HTTP_11,
+                status: 200,
+                member: Some((
+                    hapool_wire::PoolElementId(2),
+                    "127.0.0.1:8082".parse().unwrap(),
+                )),
+                attempts: 1,
+                length: Some(4096),
+                head: Duration::from_micros(412),
+            }
+            .fields(out)
+        });
+        assert!(line.starts_with("time=") && line.ends_with('\n'), "{line}");
+        let rest = line.split_once(' ').unwrap().1.trim_end();
+        assert_eq!(
+            rest,
+            "kind=http client=192.0.2.7 pool=web request=\"GET /4k HTTP/1.1\" status=200 \
+             member=00000002 member_address=127.0.0.1:8082 attempts=1 length=4096 head_ms=0.412"
+        );
+    }
+
+    #[test]
+    fn lines_reach_the_file_in_order_and_the_writer_ends_with_the_log() {
+        let dir = std::env::temp_dir().join(format!("hapool-access-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, "kept\n").unwrap();
+        let log = AccessLog::open(&path).unwrap();
+        for n in 0..100u64 {
+            log.tcp(&TcpLine {
+                client: "192.0.2.7:4000".parse().unwrap(),
+                pool: "echo",
+                member: None,
+                sent: Some(n),
+                received: None,
+                duration: Duration::from_millis(1),
+            });
+        }
+        drop(log);
+        // The writer drains and exits once the log is dropped.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let text = loop {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if text.lines().count() == 101 || std::time::Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 101, "{text}");
+        assert_eq!(lines[0], "kept", "the file is appended to");
+        for (n, line) in lines[1..].iter().enumerate() {
+            assert!(line.contains(&format!(" sent={n} received=- ")), "{line}");
+            assert!(line.contains(" member=- member_address=- "), "{line}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_opened_is_an_error() {
+        let missing = std::env::temp_dir()
+            .join(format!("hapool-no-dir-{}", std::process::id()))
+            .join("access.log");
+        assert!(AccessLog::open(&missing).is_err());
+    }
+}
