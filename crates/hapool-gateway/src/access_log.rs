@@ -12,8 +12,11 @@
 //! An HTTP line is written when the answer's head goes to the client:
 //! `head_ms` is the time from the request's head to the answer's, and
 //! `length` the answer's `Content-Length` (`-` when it is streamed). An
-//! answer the gateway made itself (no member could serve, a limit) has
-//! `member=-`.
+//! answer the gateway made itself (no member could serve, a member that
+//! did not answer in time) has `member=-`. Requests refused before they
+//! are whole (a head over `max_header_bytes`, a malformed one) and
+//! connections refused at `max_connections` have no line: they are
+//! counted in `hapool_gateway_limit_hits_total`.
 //!
 //! Workers hand lines to a thread of the log's own, which writes what
 //! has come every [`WRITE_EVERY`], so a worker never waits for the disk
