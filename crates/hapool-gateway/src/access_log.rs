@@ -73,7 +73,7 @@ impl AccessLog {
         Ok(Self { lines, dropped })
     }
 
-    /// Logs an HTTP request answered with `status`.
+    /// Logs an HTTP request whose answer's head is ready.
     pub(crate) fn http(&self, line: &HttpLine<'_>) {
         self.send(format_line("http", |out| line.fields(out)));
     }
@@ -104,7 +104,8 @@ pub(crate) struct HttpLine<'a> {
     pub(crate) status: u16,
     /// The member that answered, with its address.
     pub(crate) member: Option<(hapool_wire::PoolElementId, std::net::SocketAddr)>,
-    /// Members the request was sent to (a hedge's copy included).
+    /// The members that failed the request, plus the one that answered
+    /// (a hedge that lost the race is not counted).
     pub(crate) attempts: u32,
     pub(crate) length: Option<u64>,
     pub(crate) head: Duration,

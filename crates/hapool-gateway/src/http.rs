@@ -94,8 +94,8 @@ pub(crate) struct HttpProxy {
 }
 
 /// Who served a request, for the access log: the member that answered
-/// (with its address) and how many members the request was sent to,
-/// counting those that failed it.
+/// (with its address), and how many members took part: those that
+/// failed the request, plus that one.
 #[derive(Clone, Copy, Debug)]
 struct Served {
     member: (PoolElementId, SocketAddr),
