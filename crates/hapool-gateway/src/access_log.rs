@@ -379,6 +379,40 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_drops_lines_until_writes_succeed_again() {
+        let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        let mut writer = Writer {
+            path: "/dev/full".into(),
+            file: full,
+            batch: Vec::new(),
+            lines: 0,
+            dropped: Counter::noop(),
+            failing: false,
+        };
+        writer.take("lost 1\n");
+        writer.take("lost 2\n");
+        writer.write_batch();
+        assert!(writer.failing, "the failure is noticed (and logged once)");
+        assert!(
+            writer.batch.is_empty() && writer.lines == 0,
+            "failed lines are not retried"
+        );
+        // Space again: the next lines are written, the lost ones are not.
+        let path = std::env::temp_dir().join(format!("hapool-access-full-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        writer.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writer.take("kept\n");
+        writer.write_batch();
+        assert!(!writer.failing);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "kept\n");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
     fn a_file_that_cannot_be_opened_is_an_error() {
         let missing = std::env::temp_dir()
             .join(format!("hapool-no-dir-{}", std::process::id()))
