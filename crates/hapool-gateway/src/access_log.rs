@@ -24,15 +24,18 @@
 //! [`QUEUE_LINES`] waiting) or a write fails (a full disk), lines are
 //! dropped and counted in `hapool_gateway_access_log_dropped_total`; a
 //! failed write is logged once, naming the file, until writes succeed
-//! again. The file is opened for appending: a rotation that truncates it
-//! in place (logrotate's `copytruncate`) needs no signal.
+//! again. The file is opened for appending, and opened again within
+//! [`LOOK_EVERY`] when a rotation has renamed or removed it: neither a
+//! rotation that moves the file (logrotate's default) nor one that
+//! truncates it in place (`copytruncate`) needs a signal.
 
 use std::fmt::{self, Write as _};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use metrics::{Counter, counter};
 use tracing::{error, info};
@@ -43,6 +46,9 @@ pub(crate) const QUEUE_LINES: usize = 32 * 1024;
 
 /// How often the writer takes the lines waiting and writes them.
 const WRITE_EVERY: Duration = Duration::from_millis(20);
+
+/// How often the writer looks whether the file was rotated away.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// Where workers send their lines.
 #[derive(Debug)]
@@ -66,6 +72,8 @@ impl AccessLog {
             lines: 0,
             dropped: dropped.clone(),
             failing: false,
+            looked: Instant::now(),
+            reopen_failing: false,
         };
         std::thread::Builder::new()
             .name("hapool-access-log".into())
@@ -228,6 +236,10 @@ struct Writer {
     dropped: Counter,
     /// The last write failed (reported once until one succeeds).
     failing: bool,
+    /// When the writer last looked whether the file was rotated away.
+    looked: Instant,
+    /// The last reopening failed (reported once until one succeeds).
+    reopen_failing: bool,
 }
 
 impl Writer {
@@ -239,6 +251,10 @@ impl Writer {
             // Never waiting on the queue, the writer is never woken by a
             // line: a wake-up per line cost more than the line itself.
             std::thread::sleep(WRITE_EVERY);
+            if self.looked.elapsed() >= LOOK_EVERY {
+                self.looked = Instant::now();
+                self.reopen_if_rotated();
+            }
             loop {
                 match queue.try_recv() {
                     Ok(line) => {
@@ -255,6 +271,38 @@ impl Writer {
                 }
             }
             self.write_batch();
+        }
+    }
+
+    /// Opens the file at the path again when the one open is no longer
+    /// there (renamed or removed by a rotation), so that new lines go to
+    /// the new file.
+    fn reopen_if_rotated(&mut self) {
+        let open = self.file.metadata().map(|m| (m.dev(), m.ino()));
+        let at_path = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino()));
+        if let (Ok(open), Ok(at_path)) = (&open, &at_path)
+            && open == at_path
+        {
+            return;
+        }
+        match OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+        {
+            Ok(file) => {
+                // What is waiting belongs to the file it was taken for.
+                self.write_batch();
+                self.file = file;
+                self.reopen_failing = false;
+                info!(path = %self.path.display(), "access log reopened after a rotation");
+            }
+            Err(e) => {
+                if !self.reopen_failing {
+                    self.reopen_failing = true;
+                    error!(path = %self.path.display(), error = %e, "cannot reopen the access log after a rotation; writing on to the file open");
+                }
+            }
         }
     }
 
@@ -388,6 +436,8 @@ mod tests {
             lines: 0,
             dropped: Counter::noop(),
             failing: false,
+            looked: Instant::now(),
+            reopen_failing: false,
         };
         writer.take("lost 1\n");
         writer.take("lost 2\n");
@@ -410,6 +460,43 @@ mod tests {
         assert!(!writer.failing);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "kept\n");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_rotated_file_is_followed_by_a_new_one() {
+        let dir = std::env::temp_dir().join(format!("hapool-access-rot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let rotated = dir.join("access.log.1");
+        let log = AccessLog::open(&path).unwrap();
+        let line = |n: u64| TcpLine {
+            client: "192.0.2.7:4000".parse().unwrap(),
+            pool: "echo",
+            member: None,
+            sent: Some(n),
+            received: None,
+            duration: Duration::ZERO,
+        };
+        let until = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !done() {
+                assert!(std::time::Instant::now() < deadline, "never: {what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let has = |file: &Path, n: u64| {
+            std::fs::read_to_string(file).is_ok_and(|t| t.contains(&format!(" sent={n} ")))
+        };
+        log.tcp(&line(1));
+        until("the first line written", &|| has(&path, 1));
+        std::fs::rename(&path, &rotated).unwrap();
+        // Within a look, the writer opens a new file at the path.
+        until("a new file at the path", &|| path.exists());
+        log.tcp(&line(2));
+        until("the second line in the new file", &|| has(&path, 2));
+        assert!(has(&rotated, 1) && !has(&rotated, 2));
+        drop(log);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
