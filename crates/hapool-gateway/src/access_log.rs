@@ -408,10 +408,10 @@ mod tests {
         }
         drop(log);
         // The writer drains and exits once the log is dropped.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(5);
         let text = loop {
             let text = std::fs::read_to_string(&path).unwrap();
-            if text.lines().count() == 101 || std::time::Instant::now() > deadline {
+            if text.lines().count() == 101 || Instant::now() > deadline {
                 break text;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -478,9 +478,9 @@ mod tests {
             duration: Duration::ZERO,
         };
         let until = |what: &str, done: &dyn Fn() -> bool| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let deadline = Instant::now() + Duration::from_secs(5);
             while !done() {
-                assert!(std::time::Instant::now() < deadline, "never: {what}");
+                assert!(Instant::now() < deadline, "never: {what}");
                 std::thread::sleep(Duration::from_millis(10));
             }
         };
