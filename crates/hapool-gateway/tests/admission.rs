@@ -129,7 +129,13 @@ async fn the_workers_are_kept_even_and_a_handed_connection_is_served() {
     })
     .await
     .unwrap();
-    assert!(answers.iter().all(|a| a == "HTTP/1.1 200"), "{answers:?}");
+    // On failure, what the gateway knows of its member says why (a
+    // failed exchange, or the member found unreachable).
+    assert!(
+        answers.iter().all(|a| a == "HTTP/1.1 200"),
+        "{answers:?}\n{:?}",
+        gateway.view().status().pools
+    );
     drop(clients);
     assert_eq!(open_per_worker(&gateway, 0).await, vec![0; 4]);
     gateway.shutdown().await;
