@@ -32,11 +32,13 @@
 use std::fmt::{self, Write as _};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::{Duration, Instant, SystemTime};
 
+use hapool_wire::PoolElementId;
 use metrics::{Counter, counter};
 use tracing::{error, info};
 
@@ -111,7 +113,7 @@ pub(crate) struct HttpLine<'a> {
     pub(crate) version: http::Version,
     pub(crate) status: u16,
     /// The member that answered, with its address.
-    pub(crate) member: Option<(hapool_wire::PoolElementId, std::net::SocketAddr)>,
+    pub(crate) member: Option<(PoolElementId, SocketAddr)>,
     /// The members that failed the request, plus the one that answered
     /// (a hedge that lost the race is not counted).
     pub(crate) attempts: u32,
@@ -141,9 +143,9 @@ impl HttpLine<'_> {
 /// What a TCP line says.
 #[derive(Debug)]
 pub(crate) struct TcpLine<'a> {
-    pub(crate) client: std::net::SocketAddr,
+    pub(crate) client: SocketAddr,
     pub(crate) pool: &'a str,
-    pub(crate) member: Option<(hapool_wire::PoolElementId, std::net::SocketAddr)>,
+    pub(crate) member: Option<(PoolElementId, SocketAddr)>,
     /// Bytes from the client to the member, and back (unknown when the
     /// connection ended with an error).
     pub(crate) sent: Option<u64>,
@@ -179,10 +181,7 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn member(
-    out: &mut String,
-    member: Option<(hapool_wire::PoolElementId, std::net::SocketAddr)>,
-) -> fmt::Result {
+fn member(out: &mut String, member: Option<(PoolElementId, SocketAddr)>) -> fmt::Result {
     match member {
         Some((id, address)) => write!(out, " member={id} member_address={address}"),
         None => write!(out, " member=- member_address=-"),
@@ -369,10 +368,7 @@ mod tests {
                 target: "/4k",
                 version: http::Version::HTTP_11,
                 status: 200,
-                member: Some((
-                    hapool_wire::PoolElementId(2),
-                    "127.0.0.1:8082".parse().unwrap(),
-                )),
+                member: Some((PoolElementId(2), "127.0.0.1:8082".parse().unwrap())),
                 attempts: 1,
                 length: Some(4096),
                 head: Duration::from_micros(412),
