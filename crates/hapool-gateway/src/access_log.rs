@@ -459,7 +459,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rotated_file_is_followed_by_a_new_one() {
+    fn a_file_rotated_away_or_removed_is_followed_by_a_new_one() {
         let dir = std::env::temp_dir().join(format!("hapool-access-rot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("access.log");
@@ -491,6 +491,11 @@ mod tests {
         log.tcp(&line(2));
         until("the second line in the new file", &|| has(&path, 2));
         assert!(has(&rotated, 1) && !has(&rotated, 2));
+        // A file removed is followed the same way.
+        std::fs::remove_file(&path).unwrap();
+        until("a file again at the path", &|| path.exists());
+        log.tcp(&line(3));
+        until("the third line in it", &|| has(&path, 3));
         drop(log);
         std::fs::remove_dir_all(&dir).unwrap();
     }
