@@ -27,6 +27,7 @@
 //! pool whose members are all slow is not sent twice the work.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::select::SLOW_BEYOND;
@@ -98,7 +99,7 @@ impl Delays {
 /// second, plus one, in each second.
 #[derive(Debug)]
 pub(crate) struct Budget {
-    percent: u32,
+    percent: AtomicU32,
     window: Mutex<Window>,
 }
 
@@ -118,7 +119,7 @@ impl Budget {
     /// Hedges for up to `percent` of the requests (0: none).
     pub(crate) fn new(percent: u32) -> Self {
         Self {
-            percent,
+            percent: AtomicU32::new(percent),
             window: Mutex::new(Window {
                 start: Instant::now(),
                 requests_at_start: 0,
@@ -128,10 +129,16 @@ impl Budget {
         }
     }
 
+    /// Hedges for up to `percent` of the requests from now on.
+    pub(crate) fn set_percent(&self, percent: u32) {
+        self.percent.store(percent, Ordering::Relaxed);
+    }
+
     /// Takes one hedge from the allowance, at `now`, when the pool has
     /// taken `requests` requests in all so far; `false` when it is spent.
     pub(crate) fn take(&self, requests: u64, now: Instant) -> bool {
-        if self.percent == 0 {
+        let percent = self.percent.load(Ordering::Relaxed);
+        if percent == 0 {
             return false;
         }
         let mut w = self
@@ -140,7 +147,7 @@ impl Budget {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if now.saturating_duration_since(w.start) >= WINDOW {
             let last = requests.saturating_sub(w.requests_at_start);
-            w.allowed = last * u64::from(self.percent) / 100 + 1;
+            w.allowed = last * u64::from(percent) / 100 + 1;
             w.used = 0;
             w.start = now;
             w.requests_at_start = requests;

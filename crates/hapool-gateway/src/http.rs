@@ -424,7 +424,7 @@ impl HttpProxy {
             self.shared.metrics.requests.increment(1);
             let target = Target {
                 address: member.address,
-                tls: self.pool.settings().tls,
+                tls: self.pool.tls(),
             };
             let (mut sent, lease) = match (hedge, &held) {
                 (Some(delays), Held::Kept(bytes)) => {

@@ -53,7 +53,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
 use crate::access_log::AccessLog;
@@ -68,7 +68,8 @@ pub use crate::pool::{
 pub use crate::select::{AdminState, Availability, Strategy};
 use crate::sessions::SessionTable;
 use crate::tcp::TcpProxy;
-use crate::upkeep::{probe_all, prober, refresh, refresher, sweeper};
+use crate::tls::LiveTls;
+use crate::upkeep::{probe_all, probe_one, prober, refresh, refresher, sweeper};
 pub use crate::worker_runtime::worker_runtime;
 
 /// What a listener speaks.
@@ -229,6 +230,112 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// What a gateway cannot start (or reload) with: a pool configured
+    /// twice, or listing a member twice, or reaching its members in a way
+    /// not configured; a listener serving no configured pool, or keeping
+    /// sessions by a key its protocol does not have.
+    pub fn check(&self) -> Result<(), GatewayError> {
+        for (i, settings) in self.pools.iter().enumerate() {
+            let handle = || settings.handle.to_string();
+            if self.pools[..i].iter().any(|p| p.handle == settings.handle) {
+                return Err(GatewayError::DuplicatePool(handle()));
+            }
+            if settings.tls && self.member_tls.is_none() {
+                return Err(GatewayError::NoMemberTrust(handle()));
+            }
+            match &settings.source {
+                MemberSource::Registrars if self.registrars.is_empty() => {
+                    return Err(GatewayError::NoRegistrars(handle()));
+                }
+                MemberSource::Registrars => {}
+                MemberSource::Static(members) => {
+                    for (j, member) in members.iter().enumerate() {
+                        if members[..j].iter().any(|m| m.address == member.address) {
+                            return Err(GatewayError::DuplicateMember {
+                                pool: handle(),
+                                address: member.address,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for listener in &self.listeners {
+            if let Some(reason) = listener
+                .affinity
+                .unusable(listener.protocol, listener.tls.is_some())
+            {
+                return Err(GatewayError::Affinity {
+                    listener: listener.address,
+                    reason,
+                });
+            }
+            if !self.pools.iter().any(|p| p.handle == listener.pool) {
+                return Err(GatewayError::UnknownPool {
+                    listener: listener.address,
+                    pool: listener.pool.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// What differs from `running` outside listeners and pools: each
+    /// setting by name. None of these changes while the gateway runs.
+    fn fixed_changes(&self, running: &Self) -> Vec<&'static str> {
+        let (new, old) = (&self.limits, &running.limits);
+        [
+            ("registrars", self.registrars != running.registrars),
+            ("refresh", self.refresh != running.refresh),
+            (
+                "probe_interval",
+                self.probe_interval != running.probe_interval,
+            ),
+            ("probe_timeout", self.probe_timeout != running.probe_timeout),
+            ("session_idle", self.session_idle != running.session_idle),
+            (
+                "session_capacity",
+                self.session_capacity != running.session_capacity,
+            ),
+            (
+                "connect_timeout",
+                new.connect_timeout != old.connect_timeout,
+            ),
+            (
+                "request_timeout",
+                new.request_timeout != old.request_timeout,
+            ),
+            (
+                "header_read_timeout",
+                new.header_read_timeout != old.header_read_timeout,
+            ),
+            (
+                "max_header_bytes",
+                new.max_header_bytes != old.max_header_bytes,
+            ),
+            ("retries", new.retries != old.retries),
+            (
+                "retry_body_limit",
+                new.retry_body_limit != old.retry_body_limit,
+            ),
+            (
+                "member_idle_timeout",
+                new.member_idle_timeout != old.member_idle_timeout,
+            ),
+            ("shutdown_grace", new.shutdown_grace != old.shutdown_grace),
+            ("threads", self.workers != running.workers),
+            (
+                "member_ca",
+                self.member_tls.is_some() != running.member_tls.is_some(),
+            ),
+            ("member_cache", self.member_cache != running.member_cache),
+            ("access_log", self.access_log != running.access_log),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+
     /// A configuration with these listeners and pools and every default.
     pub fn new(listeners: Vec<ListenerConfig>, pools: Vec<PoolSettings>) -> Self {
         Self {
@@ -272,6 +379,14 @@ pub enum GatewayError {
     /// A pool is configured twice.
     #[error("pool {0:?} is configured twice")]
     DuplicatePool(String),
+    /// A static pool lists one address twice.
+    #[error("pool {pool:?} lists the member {address} twice")]
+    DuplicateMember {
+        /// The pool.
+        pool: String,
+        /// The address.
+        address: SocketAddr,
+    },
     /// A pool reaches its members over TLS, but no authority is configured
     /// for their certificates.
     #[error(
@@ -345,8 +460,7 @@ impl Shared {
     /// How connections to `pool`'s members are made over TLS, when the
     /// pool says they are.
     pub(crate) fn member_tls_for(&self, pool: &Pool) -> Option<TlsConnector> {
-        pool.settings()
-            .tls
+        pool.tls()
             .then(|| self.member_tls.clone().map(TlsConnector::from))
             .flatten()
     }
@@ -357,7 +471,7 @@ impl Shared {
         if member.set_reachable(false) {
             warn!(pool = %pool.handle(), pe_id = %member.id, address = %member.address, "pool element unreachable");
             counter!("hapool_gateway_unreachable_total").increment(1);
-            if pool.settings().source == MemberSource::Registrars
+            if pool.from_registrars()
                 && let Some(reports) = &self.reports
             {
                 let _ = reports.try_send((pool.handle().clone(), member.id));
@@ -427,6 +541,10 @@ pub struct GatewayStatus {
 struct Listening {
     status: ListenerStatus,
     admission: Arc<Admission>,
+    /// As configured (its address may have port 0).
+    config: ListenerConfig,
+    /// Its TLS configuration, which a reload can replace.
+    tls: Option<LiveTls>,
 }
 
 impl Listening {
@@ -442,6 +560,11 @@ impl Listening {
 pub struct Gateway {
     pools: Vec<Arc<Pool>>,
     listeners: Vec<Listening>,
+    shared: Arc<Shared>,
+    /// The configuration it started with.
+    config: Arc<GatewayConfig>,
+    /// Held by a reload.
+    reloading: Arc<tokio::sync::Mutex<()>>,
     tasks: JoinSet<()>,
     /// One thread per worker, each with its own single-threaded runtime,
     /// its own listening sockets (SO_REUSEPORT: the kernel spreads the
@@ -548,39 +671,23 @@ impl Gateway {
     /// Binds every listener, learns and probes the members once, and
     /// starts serving.
     pub async fn start(config: GatewayConfig) -> Result<Self, GatewayError> {
-        let mut pools: Vec<Arc<Pool>> = Vec::new();
-        for settings in &config.pools {
-            if pools.iter().any(|p| *p.handle() == settings.handle) {
-                return Err(GatewayError::DuplicatePool(settings.handle.to_string()));
-            }
-            if settings.tls && config.member_tls.is_none() {
-                return Err(GatewayError::NoMemberTrust(settings.handle.to_string()));
-            }
-            if settings.source == MemberSource::Registrars && config.registrars.is_empty() {
-                return Err(GatewayError::NoRegistrars(settings.handle.to_string()));
-            }
-            pools.push(Arc::new(Pool::new(
-                settings.clone(),
-                SessionTable::new(config.session_idle, config.session_capacity),
-            )));
-        }
+        config.check()?;
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|settings| {
+                Arc::new(Pool::new(
+                    settings.clone(),
+                    SessionTable::new(config.session_idle, config.session_capacity),
+                ))
+            })
+            .collect();
         let mut bound = Vec::new();
         for listener in &config.listeners {
-            if let Some(reason) = listener
-                .affinity
-                .unusable(listener.protocol, listener.tls.is_some())
-            {
-                return Err(GatewayError::Affinity {
-                    listener: listener.address,
-                    reason,
-                });
-            }
-            let Some(pool) = pools.iter().find(|p| *p.handle() == listener.pool) else {
-                return Err(GatewayError::UnknownPool {
-                    listener: listener.address,
-                    pool: listener.pool.to_string(),
-                });
-            };
+            let pool = pools
+                .iter()
+                .find(|p| *p.handle() == listener.pool)
+                .expect("checked: every listener's pool is configured");
             let sockets =
                 bind_reuseport(listener.address, config.workers.max(1)).map_err(|source| {
                     GatewayError::Bind {
@@ -623,7 +730,7 @@ impl Gateway {
         let mut tasks = JoinSet::new();
         let registrar_pools: Vec<Arc<Pool>> = pools
             .iter()
-            .filter(|p| p.settings().source == MemberSource::Registrars)
+            .filter(|p| p.from_registrars())
             .cloned()
             .collect();
         let pool_user = (!config.registrars.is_empty()).then(|| {
@@ -676,7 +783,10 @@ impl Gateway {
             let address = sockets[0].local_addr().unwrap_or(listener.address);
             info!(%address, protocol = ?listener.protocol, pool = %pool.handle(), tls = listener.tls.is_some(), workers = sockets.len(), "gateway listening");
             let (admission, inboxes) = Admission::new(sockets.len(), listener.max_connections);
+            let tls = listener.tls.clone().map(LiveTls::new);
             listeners.push(Listening {
+                config: listener.clone(),
+                tls: tls.clone(),
                 status: ListenerStatus {
                     address,
                     protocol: listener.protocol,
@@ -692,6 +802,7 @@ impl Gateway {
             {
                 serves.push(WorkerListener {
                     socket,
+                    tls: tls.clone(),
                     inbox,
                     config: listener.clone(),
                     pool: pool.clone(),
@@ -730,6 +841,9 @@ impl Gateway {
         Ok(Self {
             pools,
             listeners,
+            shared,
+            config: Arc::new(config),
+            reloading: Arc::new(tokio::sync::Mutex::new(())),
             tasks,
             workers,
         })
@@ -755,6 +869,9 @@ impl Gateway {
         GatewayView {
             pools: self.pools.clone(),
             listeners: self.listeners.clone(),
+            shared: self.shared.clone(),
+            config: self.config.clone(),
+            reloading: self.reloading.clone(),
         }
     }
 
@@ -791,9 +908,138 @@ impl Gateway {
 pub struct GatewayView {
     pools: Vec<Arc<Pool>>,
     listeners: Vec<Listening>,
+    shared: Arc<Shared>,
+    config: Arc<GatewayConfig>,
+    reloading: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// What a reload did, and what it left for a restart.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct Reloaded {
+    /// Changes in effect from now on, one line each.
+    pub applied: Vec<String>,
+    /// Differences between the new configuration and the running gateway
+    /// that only a restart brings into effect, one line each. The gateway
+    /// goes on as before in these.
+    pub needs_restart: Vec<String>,
+}
+
+impl ListenerConfig {
+    /// Why a running listener cannot become `new` (it takes a restart);
+    /// `None` when it can (new certificates, or nothing new).
+    fn fixed_change(&self, new: &Self) -> Option<&'static str> {
+        if new.protocol != self.protocol {
+            Some("protocol")
+        } else if new.pool != self.pool {
+            Some("pool")
+        } else if new.tls.is_some() != self.tls.is_some() {
+            Some("TLS on or off")
+        } else if new.affinity != self.affinity {
+            Some("affinity")
+        } else if new.max_connections != self.max_connections {
+            Some("max_connections")
+        } else {
+            None
+        }
+    }
 }
 
 impl GatewayView {
+    /// Takes `config` while the gateway serves, as far as that can be
+    /// done without a restart, and says what it did and what it could not
+    /// ([`Reloaded`]):
+    ///
+    /// - a TLS listener takes its new certificates (connections accepted
+    ///   from now on; session tickets issued before still resume);
+    /// - a pool takes its new settings ([`Pool::reconfigure`]): thresholds,
+    ///   strategy, probe, hedges and, for a static pool, its members (new
+    ///   ones are probed before this returns; those left out drain);
+    /// - listeners and pools added, removed or changed in what they fixed
+    ///   at the start, and every other setting, take a restart.
+    ///
+    /// A configuration the gateway could not start with changes nothing.
+    /// Reloads run one at a time.
+    pub async fn reload(&self, config: GatewayConfig) -> Result<Reloaded, GatewayError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        config.check()?;
+        let mut done = Reloaded::default();
+        let mut kept = vec![false; self.listeners.len()];
+        for new in &config.listeners {
+            let running = self
+                .listeners
+                .iter()
+                .zip(kept.iter_mut())
+                .find(|(l, kept)| !**kept && l.config.address == new.address);
+            let Some((running, kept)) = running else {
+                done.needs_restart
+                    .push(format!("listener {}: new", new.address));
+                continue;
+            };
+            *kept = true;
+            if let Some(what) = running.config.fixed_change(new) {
+                done.needs_restart
+                    .push(format!("listener {}: {what} changed", new.address));
+            } else if let (Some(live), Some(tls)) = (&running.tls, &new.tls) {
+                live.replace(tls);
+                done.applied.push(format!(
+                    "listener {}: certificates loaded",
+                    running.status.address
+                ));
+            }
+        }
+        for (running, _) in self.listeners.iter().zip(&kept).filter(|(_, k)| !**k) {
+            done.needs_restart.push(format!(
+                "listener {}: no longer configured (it serves until a restart)",
+                running.config.address
+            ));
+        }
+        for new in &config.pools {
+            let Some(pool) = self.pool(&new.handle) else {
+                done.needs_restart.push(format!("pool {}: new", new.handle));
+                continue;
+            };
+            let running = pool.settings();
+            if let Some(what) = running.fixed_change(new) {
+                done.needs_restart
+                    .push(format!("pool {}: {what}", new.handle));
+            } else if *running != *new {
+                let changed = running.changes(new).join(", ");
+                let fresh = pool.reconfigure(new.clone());
+                for member in &fresh {
+                    probe_one(pool, member, &self.shared, self.config.probe_timeout).await;
+                }
+                let answering = fresh.iter().filter(|m| m.is_reachable()).count();
+                done.applied.push(if fresh.is_empty() {
+                    format!("pool {}: {changed}", new.handle)
+                } else {
+                    format!(
+                        "pool {}: {changed} ({} new member(s), {answering} answering)",
+                        new.handle,
+                        fresh.len()
+                    )
+                });
+            }
+        }
+        for pool in &self.pools {
+            if !config.pools.iter().any(|p| p.handle == *pool.handle()) {
+                done.needs_restart.push(format!(
+                    "pool {}: no longer configured (it serves until a restart)",
+                    pool.handle()
+                ));
+            }
+        }
+        for name in config.fixed_changes(&self.config) {
+            done.needs_restart.push(format!("{name} changed"));
+        }
+        for line in &done.applied {
+            info!(change = %line, "reload: in effect");
+        }
+        for line in &done.needs_restart {
+            warn!(change = %line, "reload: takes a restart, not in effect");
+        }
+        Ok(done)
+    }
+
     /// Listeners, pools, members, session counts.
     pub fn status(&self) -> GatewayStatus {
         GatewayStatus {
@@ -803,9 +1049,10 @@ impl GatewayView {
                 .iter()
                 .map(|p| PoolStatus {
                     pool: p.handle().to_string(),
-                    source: match p.settings().source {
-                        MemberSource::Registrars => "registrars",
-                        MemberSource::Static(_) => "static",
+                    source: if p.from_registrars() {
+                        "registrars"
+                    } else {
+                        "static"
                     },
                     strategy: p.strategy(),
                     sessions: p.sessions.len(),
@@ -834,6 +1081,8 @@ async fn drained(draining: &mut watch::Receiver<bool>) {
 /// A listener as one worker serves it.
 struct WorkerListener {
     socket: std::net::TcpListener,
+    /// The listener's TLS configuration, shared with its other workers.
+    tls: Option<LiveTls>,
     /// Connections other workers accepted for this one.
     inbox: UnboundedReceiver<Handed>,
     config: ListenerConfig,
@@ -853,6 +1102,7 @@ async fn accept_loop(
 ) {
     let WorkerListener {
         socket,
+        tls,
         mut inbox,
         config,
         pool,
@@ -866,7 +1116,7 @@ async fn accept_loop(
             return;
         }
     };
-    let serving = Serving::new(&config, pool, shared, members, draining.clone());
+    let serving = Serving::new(&config, tls, pool, shared, members, draining.clone());
     loop {
         let accepted = tokio::select! {
             biased;
@@ -908,7 +1158,7 @@ async fn accept_loop(
 
 /// What serving one listener's connections on one worker takes.
 struct Serving {
-    acceptor: Option<TlsAcceptor>,
+    acceptor: Option<LiveTls>,
     by_tls_session: bool,
     http: Option<(Arc<auto::Builder<TokioExecutor>>, Arc<HttpProxy>)>,
     tcp: Arc<TcpProxy>,
@@ -921,6 +1171,7 @@ struct Serving {
 impl Serving {
     fn new(
         listener: &ListenerConfig,
+        tls: Option<LiveTls>,
         pool: Arc<Pool>,
         shared: Arc<Shared>,
         members: Arc<MemberHttp>,
@@ -967,7 +1218,7 @@ impl Serving {
             member_tls: shared.member_tls_for(&pool),
         });
         Self {
-            acceptor: listener.tls.clone().map(TlsAcceptor::from),
+            acceptor: tls,
             by_tls_session: listener.affinity == Affinity::TlsSession,
             http,
             tcp,
@@ -989,7 +1240,7 @@ impl Serving {
     /// own, holding its admission until it closes.
     fn spawn(&self, stream: TcpStream, peer: SocketAddr, admitted: Admitted) {
         let _ = stream.set_nodelay(true);
-        let acceptor = self.acceptor.clone();
+        let acceptor = self.acceptor.as_ref().map(LiveTls::acceptor);
         let by_tls_session = self.by_tls_session;
         let http = self.http.clone();
         let tcp = self.tcp.clone();

@@ -51,8 +51,10 @@ pub enum ProbeKind {
     },
 }
 
-/// A pool's settings.
-#[derive(Clone, Debug)]
+/// A pool's settings. A running gateway can take new ones for a pool
+/// ([`Pool::reconfigure`]) except for its handle, where its members come
+/// from (static or registrars) and whether they are reached over TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolSettings {
     /// The pool handle.
     pub handle: PoolHandle,
@@ -80,6 +82,48 @@ pub struct PoolSettings {
 impl PoolSettings {
     /// The default share of hedged requests.
     pub const HEDGE_PERCENT: u32 = 5;
+
+    fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            availability_threshold: self.availability_threshold,
+            max_sessions: self.max_sessions,
+        }
+    }
+
+    /// The names of the settings `new` changes.
+    pub fn changes(&self, new: &Self) -> Vec<&'static str> {
+        [
+            ("members", self.source != new.source),
+            ("strategy", self.strategy != new.strategy),
+            (
+                "availability_threshold",
+                self.availability_threshold != new.availability_threshold,
+            ),
+            ("max_sessions", self.max_sessions != new.max_sessions),
+            ("probe", self.probe != new.probe),
+            ("tls", self.tls != new.tls),
+            ("hedge_percent", self.hedge_percent != new.hedge_percent),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+
+    /// Why `new` cannot replace these settings in a running pool (it takes
+    /// a restart); `None` when it can.
+    pub fn fixed_change(&self, new: &Self) -> Option<&'static str> {
+        if new.handle != self.handle {
+            Some("another pool")
+        } else if matches!(new.source, MemberSource::Registrars)
+            != matches!(self.source, MemberSource::Registrars)
+        {
+            Some("its members come from elsewhere (static or registrars)")
+        } else if new.tls != self.tls {
+            Some("its members are reached with TLS or without it")
+        } else {
+            None
+        }
+    }
 }
 
 /// One member of a pool.
@@ -320,14 +364,22 @@ impl Drop for Lease {
 struct View {
     members: Vec<Arc<Member>>,
     strategy: Strategy,
+    /// From the settings, read with the members on every choice.
+    thresholds: Thresholds,
 }
 
 /// A pool: members, marks, sessions.
 pub struct Pool {
-    settings: PoolSettings,
+    handle: PoolHandle,
+    /// Fixed with the handle (see [`PoolSettings::fixed_change`]).
+    tls: bool,
+    from_registrars: bool,
+    settings: RwLock<Arc<PoolSettings>>,
     view: RwLock<Arc<View>>,
     marks: Mutex<Vec<(PoolElementId, AdminState)>>,
     deleted: Mutex<HashSet<PoolElementId>>,
+    /// Static members draining because a reload left them out.
+    unlisted: Mutex<HashSet<PoolElementId>>,
     /// The pool's session table.
     pub sessions: SessionTable,
     hedges: Budget,
@@ -355,22 +407,44 @@ impl Pool {
         let strategy = settings.strategy.unwrap_or(Strategy::LeastLoaded);
         Self {
             hedges: Budget::new(settings.hedge_percent),
-            settings,
-            view: RwLock::new(Arc::new(View { members, strategy })),
+            handle: settings.handle.clone(),
+            tls: settings.tls,
+            from_registrars: settings.source == MemberSource::Registrars,
+            view: RwLock::new(Arc::new(View {
+                members,
+                strategy,
+                thresholds: settings.thresholds(),
+            })),
+            settings: RwLock::new(Arc::new(settings)),
             marks: Mutex::new(Vec::new()),
             deleted: Mutex::new(HashSet::new()),
+            unlisted: Mutex::new(HashSet::new()),
             sessions,
         }
     }
 
     /// The pool handle.
     pub fn handle(&self) -> &PoolHandle {
-        &self.settings.handle
+        &self.handle
     }
 
-    /// The pool's settings.
-    pub fn settings(&self) -> &PoolSettings {
-        &self.settings
+    /// Whether its members are reached over TLS.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Whether its members come from the registrars (else from the
+    /// configuration).
+    pub fn from_registrars(&self) -> bool {
+        self.from_registrars
+    }
+
+    /// The pool's settings now.
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn snapshot(&self) -> Arc<View> {
@@ -378,13 +452,6 @@ impl Pool {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-    }
-
-    fn thresholds(&self) -> Thresholds {
-        Thresholds {
-            availability_threshold: self.settings.availability_threshold,
-            max_sessions: self.settings.max_sessions,
-        }
     }
 
     /// Every member.
@@ -399,9 +466,10 @@ impl Pool {
 
     /// How `member` stands for a new session now.
     pub fn availability(&self, member: &Member) -> Availability {
+        let thresholds = self.snapshot().thresholds;
         member
-            .candidate(self.settings.max_sessions, Instant::now())
-            .availability(&self.thresholds())
+            .candidate(thresholds.max_sessions, Instant::now())
+            .availability(&thresholds)
     }
 
     /// Chooses a member for a new session, skipping those in `tried`, and
@@ -411,7 +479,7 @@ impl Pool {
         // Read under the lock rather than from a snapshot: one shared
         // counter fewer to touch on every request.
         let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
-        let capacity = self.settings.max_sessions;
+        let capacity = view.thresholds.max_sessions;
         // On the stack for pools of up to 16 members: one allocation
         // fewer per request.
         let candidates: SmallVec<[Candidate; 16]> = view
@@ -424,7 +492,7 @@ impl Pool {
             availability,
         } = select(
             &candidates,
-            &self.thresholds(),
+            &view.thresholds,
             view.strategy,
             |i| tried.contains(&view.members[i].id),
             if view.strategy == Strategy::Random {
@@ -502,13 +570,102 @@ impl Pool {
                 .store(element.home_registrar.0, Ordering::Relaxed);
             members.push(member);
         }
-        let strategy = self.settings.strategy.unwrap_or_else(|| {
+        let strategy = self.settings().strategy.unwrap_or_else(|| {
             elements.first().map_or(old.strategy, |e| {
                 Strategy::for_policy(e.policy.policy_type())
             })
         });
-        *self.view.write().unwrap_or_else(PoisonError::into_inner) =
-            Arc::new(View { members, strategy });
+        *self.view.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(View {
+            members,
+            strategy,
+            thresholds: old.thresholds,
+        });
+        fresh
+    }
+
+    /// Takes `settings` while the pool serves (they must not be a
+    /// [`PoolSettings::fixed_change`]): thresholds, strategy, probe and
+    /// hedges apply from the next choice. In a static pool a member new to
+    /// the list joins (returned, to be probed before it is chosen); one
+    /// left out of it is marked pending delete, so that it drains and then
+    /// leaves, and is set active again if it returns before that; those
+    /// that stay keep their counters and marks and take their new weight
+    /// and priority.
+    pub fn reconfigure(&self, settings: PoolSettings) -> Vec<Arc<Member>> {
+        let deleted = self.deleted.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut unlisted = self.unlisted.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = self.snapshot();
+        let mut fresh = Vec::new();
+        let members = match &settings.source {
+            MemberSource::Registrars => old.members.clone(),
+            MemberSource::Static(list) => {
+                let mut next_id = old
+                    .members
+                    .iter()
+                    .map(|m| m.id.0)
+                    .chain(deleted.iter().map(|id| id.0))
+                    .max()
+                    .unwrap_or(0)
+                    + 1;
+                let mut members: Vec<Arc<Member>> = Vec::with_capacity(list.len());
+                for listed in list {
+                    if members.iter().any(|m| m.address == listed.address) {
+                        continue;
+                    }
+                    let member = match old.members.iter().find(|m| m.address == listed.address) {
+                        Some(member) => {
+                            member.weight.store(listed.weight, Ordering::Relaxed);
+                            member.priority.store(listed.priority, Ordering::Relaxed);
+                            if unlisted.remove(&member.id) {
+                                marks.retain(|(id, _)| *id != member.id);
+                                member.set_admin(AdminState::Active);
+                                info!(pool = %self.handle, pe_id = %member.id, address = %member.address, "member listed again: active");
+                            }
+                            member.clone()
+                        }
+                        None => {
+                            let member = Arc::new(Member::new(
+                                PoolElementId(next_id),
+                                listed.address,
+                                listed.weight,
+                                listed.priority,
+                            ));
+                            next_id += 1;
+                            info!(pool = %self.handle, pe_id = %member.id, address = %member.address, "member added");
+                            fresh.push(member.clone());
+                            member
+                        }
+                    };
+                    members.push(member);
+                }
+                for member in &old.members {
+                    if members.iter().any(|m| Arc::ptr_eq(m, member)) {
+                        continue;
+                    }
+                    if unlisted.insert(member.id) {
+                        marks.retain(|(id, _)| *id != member.id);
+                        marks.push((member.id, AdminState::PendingDelete));
+                        member.set_admin(AdminState::PendingDelete);
+                        info!(pool = %self.handle, pe_id = %member.id, address = %member.address, "member no longer listed: draining, then deleted");
+                    }
+                    members.push(member.clone());
+                }
+                members
+            }
+        };
+        self.hedges.set_percent(settings.hedge_percent);
+        let strategy = settings.strategy.unwrap_or(old.strategy);
+        let thresholds = settings.thresholds();
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(settings);
+        *self.view.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(View {
+            members,
+            strategy,
+            thresholds,
+        });
         fresh
     }
 
@@ -567,6 +724,7 @@ impl Pool {
         *self.view.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(View {
             members,
             strategy: view.strategy,
+            thresholds: view.thresholds,
         });
         for id in &drained {
             info!(pool = %self.handle(), pe_id = %id, "member drained and deleted");
@@ -576,11 +734,11 @@ impl Pool {
 
     /// Every member's state.
     pub fn status(&self) -> Vec<MemberStatus> {
-        let capacity = self.settings.max_sessions;
-        let thresholds = self.thresholds();
+        let view = self.snapshot();
+        let thresholds = view.thresholds;
+        let capacity = thresholds.max_sessions;
         let now = Instant::now();
-        self.snapshot()
-            .members
+        view.members
             .iter()
             .map(|m| {
                 let candidate = m.candidate(capacity, now);
@@ -745,5 +903,62 @@ mod tests {
         assert_eq!(pool.remove_drained(), vec![id]);
         assert!(pool.member(id).is_none());
         assert!(!pool.set_admin(PoolElementId(99), AdminState::Restricted));
+    }
+
+    fn statics(list: &[(u16, u32)]) -> MemberSource {
+        MemberSource::Static(
+            list.iter()
+                .map(|&(port, weight)| StaticMember {
+                    address: SocketAddr::from(([127, 0, 0, 1], port)),
+                    weight,
+                    priority: 0,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_reconfigured_static_pool_keeps_its_members_and_never_reuses_an_identifier() {
+        let pool = Pool::new(
+            settings(statics(&[(1, 1), (2, 1)])),
+            SessionTable::new(Duration::from_secs(60), 10),
+        );
+        let first = pool.member(PoolElementId(1)).unwrap();
+        first.set_reachable(true);
+        assert!(pool.set_admin(PoolElementId(1), AdminState::Restricted));
+        // 1 stays (with its counters, mark and new weight), 2 drains, 3 is
+        // new; the same address listed twice counts once.
+        let mut next = settings(statics(&[(1, 5), (3, 1), (3, 1)]));
+        next.max_sessions = Some(9);
+        next.hedge_percent = 0;
+        let fresh = pool.reconfigure(next.clone());
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(fresh[0].id, PoolElementId(3));
+        let kept = pool.member(PoolElementId(1)).unwrap();
+        assert!(Arc::ptr_eq(&kept, &first));
+        assert_eq!(kept.admin(), AdminState::Restricted);
+        assert_eq!(kept.weight.load(Ordering::Relaxed), 5);
+        assert_eq!(
+            pool.member(PoolElementId(2)).unwrap().admin(),
+            AdminState::PendingDelete
+        );
+        assert_eq!(*pool.settings(), next);
+        assert_eq!(pool.snapshot().thresholds.max_sessions, Some(9));
+        assert!(!pool.take_hedge(), "no hedges at 0 %");
+        // 2 drains and is deleted; when its address returns it is a new
+        // member with an identifier never used before.
+        assert_eq!(pool.remove_drained(), vec![PoolElementId(2)]);
+        let fresh = pool.reconfigure(settings(statics(&[(1, 1), (3, 1), (2, 1)])));
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(fresh[0].id, PoolElementId(4));
+        assert_eq!(fresh[0].admin(), AdminState::Active);
+        // An operator's pending delete is the operator's: a reload that
+        // lists the member does not lift it.
+        assert!(pool.set_admin(PoolElementId(3), AdminState::PendingDelete));
+        pool.reconfigure(settings(statics(&[(1, 1), (3, 1), (2, 1)])));
+        assert_eq!(
+            pool.member(PoolElementId(3)).unwrap().admin(),
+            AdminState::PendingDelete
+        );
     }
 }

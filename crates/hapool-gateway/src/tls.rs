@@ -3,7 +3,7 @@
 //! for no name or for one no certificate carries.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -104,4 +104,40 @@ pub fn server_config(
     // session affinity keys on.
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsSetupError::Tickets)?;
     Ok(Arc::new(config))
+}
+
+/// A TLS listener's server configuration, shared by the workers that
+/// accept its connections. A reload replaces it (new certificates): a
+/// connection accepted after takes the new one, those open keep theirs.
+#[derive(Clone, Debug)]
+pub(crate) struct LiveTls(Arc<RwLock<Arc<rustls::ServerConfig>>>);
+
+impl LiveTls {
+    pub(crate) fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        Self(Arc::new(RwLock::new(config)))
+    }
+
+    /// What accepts the next connection.
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.current().into()
+    }
+
+    fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes `new`'s certificates and settings, but keeps the session
+    /// ticket keys and session cache in use: clients resume their sessions
+    /// across the change (and, with TLS session affinity, stay with their
+    /// members).
+    pub(crate) fn replace(&self, new: &rustls::ServerConfig) {
+        let current = self.current();
+        let mut next = new.clone();
+        next.ticketer = current.ticketer.clone();
+        next.session_storage = current.session_storage.clone();
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+    }
 }

@@ -84,7 +84,12 @@ pub(crate) async fn refresher(
 
 /// Probes `member` as its pool says (a TCP connect, or an HTTP request
 /// answered below 500), and marks it reachable or not.
-async fn probe_one(pool: &Pool, member: &Arc<Member>, shared: &Shared, probe_timeout: Duration) {
+pub(crate) async fn probe_one(
+    pool: &Pool,
+    member: &Arc<Member>,
+    shared: &Shared,
+    probe_timeout: Duration,
+) {
     let ok = match &pool.settings().probe {
         ProbeKind::Tcp => {
             let tls = shared.member_tls_for(pool);
@@ -95,7 +100,7 @@ async fn probe_one(pool: &Pool, member: &Arc<Member>, shared: &Shared, probe_tim
         ProbeKind::Http { path } => {
             let target = Target {
                 address: member.address,
-                tls: pool.settings().tls,
+                tls: pool.tls(),
             };
             match (
                 path.parse::<hyper::Uri>(),

@@ -1550,3 +1550,204 @@ async fn an_access_log_that_cannot_be_opened_stops_the_start() {
         "{message}"
     );
 }
+
+// ----------------------------------------------------------------- reload
+
+/// A gateway's configuration: one HTTP listener in front of a static
+/// pool of `members`.
+fn http_config(members: &[SocketAddr]) -> GatewayConfig {
+    let mut config = GatewayConfig::new(
+        vec![listener(Protocol::Http)],
+        vec![static_pool(members, http_probe())],
+    );
+    config.probe_interval = Duration::from_millis(100);
+    config
+}
+
+#[tokio::test]
+async fn a_reload_adds_members_drains_those_left_out_and_takes_new_settings() {
+    let backends = http_backends(&["a", "b"]).await;
+    let gateway = Gateway::start(http_config(&backends[..1])).await.unwrap();
+    let view = gateway.view();
+    let addr = gateway.local_addrs()[0];
+    let client = client();
+    assert_spread(&client, addr, 1).await;
+    // b joins: probed before the reload returns, and chosen at once.
+    let done = view.reload(http_config(&backends)).await.unwrap();
+    assert_eq!(
+        done.applied,
+        ["pool web: members (1 new member(s), 1 answering)"]
+    );
+    assert!(done.needs_restart.is_empty(), "{done:?}");
+    // The least used, b has the next new sessions.
+    let (_, body, _) = get(&client, addr, "/", None).await;
+    assert_eq!(served_by(&body), "b");
+    let pool = gateway.pool(&pool_handle()).unwrap();
+    assert_eq!(pool.member(PoolElementId(2)).unwrap().address, backends[1]);
+    // A session on a; then a is left out: its session finishes there, new
+    // ones go to b, and a is marked to leave once drained.
+    let (_, body, cookie) = get(&client, addr, "/login", None).await;
+    let cookie = cookie.unwrap();
+    let home = served_by(&body).to_owned();
+    let (stays, leaves) = if home == "a" { (1, 0) } else { (0, 1) };
+    let leaving = PoolElementId(leaves as u32 + 1);
+    view.reload(http_config(&backends[stays..=stays]))
+        .await
+        .unwrap();
+    assert_eq!(
+        pool.member(leaving).unwrap().admin(),
+        AdminState::PendingDelete
+    );
+    for _ in 0..5 {
+        let (_, body, _) = get(&client, addr, "/", Some(&cookie)).await;
+        assert_eq!(served_by(&body), home, "the open session finishes");
+        let (_, body, _) = get(&client, addr, "/", None).await;
+        assert_ne!(served_by(&body), home, "no new session for a left member");
+    }
+    // Listed again before it drained: it is back, with its identifier.
+    view.reload(http_config(&backends)).await.unwrap();
+    assert_eq!(pool.member(leaving).unwrap().admin(), AdminState::Active);
+    let mut back = false;
+    for _ in 0..10 {
+        let (_, body, _) = get(&client, addr, "/", None).await;
+        back |= served_by(&body) == home;
+    }
+    assert!(back, "new sessions reach the member listed again");
+    // Left out again, and drained: it leaves the pool.
+    view.reload(http_config(&backends[stays..=stays]))
+        .await
+        .unwrap();
+    pool.sessions
+        .sweep(Instant::now() + Duration::from_secs(3600));
+    assert_eq!(pool.remove_drained(), vec![leaving]);
+    assert_eq!(pool.members().len(), 1);
+    // Thresholds and the rest take effect from the next choice.
+    let mut config = http_config(&backends[stays..=stays]);
+    config.pools[0].max_sessions = Some(7);
+    config.pools[0].availability_threshold = 30;
+    let done = view.reload(config).await.unwrap();
+    assert_eq!(
+        done.applied,
+        ["pool web: availability_threshold, max_sessions"]
+    );
+    assert_eq!(pool.settings().max_sessions, Some(7));
+    assert_eq!(
+        view.reload(http_config(&backends[stays..=stays]))
+            .await
+            .unwrap()
+            .applied
+            .len(),
+        1
+    );
+    let unchanged = view
+        .reload(http_config(&backends[stays..=stays]))
+        .await
+        .unwrap();
+    assert!(
+        unchanged.applied.is_empty() && unchanged.needs_restart.is_empty(),
+        "{unchanged:?}"
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_names_what_takes_a_restart_and_a_bad_one_changes_nothing() {
+    let backends = http_backends(&["a", "b"]).await;
+    let gateway = Gateway::start(http_config(&backends[..1])).await.unwrap();
+    let view = gateway.view();
+    let addr = gateway.local_addrs()[0];
+    let mut config = http_config(&backends);
+    config.listeners.push(ListenerConfig {
+        address: "127.0.0.1:1".parse().unwrap(),
+        ..listener(Protocol::Http)
+    });
+    config.listeners[0].max_connections = 5;
+    let mut other = static_pool(&backends, ProbeKind::Tcp);
+    other.handle = PoolHandle::from("other");
+    config.pools.push(other);
+    config.limits.retries = 1;
+    config.workers += 1;
+    let done = view.reload(config).await.unwrap();
+    assert_eq!(
+        done.needs_restart,
+        [
+            "listener 127.0.0.1:0: max_connections changed",
+            "listener 127.0.0.1:1: new",
+            "pool other: new",
+            "retries changed",
+            "threads changed",
+        ]
+    );
+    // What can change without a restart did: b is in the pool.
+    assert_eq!(
+        done.applied,
+        ["pool web: members (1 new member(s), 1 answering)"]
+    );
+    assert_spread(&client(), addr, 2).await;
+    let mut config = http_config(&backends);
+    config.listeners.clear();
+    let done = view.reload(config).await.unwrap();
+    assert_eq!(
+        done.needs_restart,
+        ["listener 127.0.0.1:0: no longer configured (it serves until a restart)"]
+    );
+    // Configurations the gateway could not start with change nothing.
+    let mut config = http_config(&backends[..1]);
+    config.listeners[0].pool = PoolHandle::from("nope");
+    let error = view.reload(config).await.unwrap_err().to_string();
+    assert!(error.contains("\"nope\""), "{error}");
+    let twice = http_config(&[backends[0], backends[0]]);
+    let error = view.reload(twice).await.unwrap_err().to_string();
+    assert_eq!(
+        error,
+        format!("pool \"web\" lists the member {} twice", backends[0])
+    );
+    assert_eq!(
+        gateway.pool(&pool_handle()).unwrap().members().len(),
+        2,
+        "the refused reloads changed nothing"
+    );
+    assert_spread(&client(), addr, 2).await;
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_gives_a_tls_listener_new_certificates_and_sessions_still_resume() {
+    let backends = http_backends(&["a", "b", "c"]).await;
+    let tls_config = |certificates| {
+        let mut config = http_config(&backends);
+        config.listeners[0].tls = Some(server_config(certificates, &[b"http/1.1"]).unwrap());
+        config.listeners[0].affinity = Affinity::TlsSession;
+        config
+    };
+    let gateway = Gateway::start(tls_config(vec![certificate("alpha")]))
+        .await
+        .unwrap();
+    let addr = gateway.local_addrs()[0];
+    let refused = tls_client()
+        .connect(
+            rustls::pki_types::ServerName::try_from("beta.example").unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        )
+        .await;
+    assert!(refused.is_err(), "no certificate for beta.example yet");
+    let returning = tls_client();
+    let (home, _, _) = tls_request(addr, &returning, "/login").await;
+    let done = gateway
+        .view()
+        .reload(tls_config(vec![certificate("beta"), certificate("alpha")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.applied,
+        [format!("listener {addr}: certificates loaded")]
+    );
+    assert_eq!(tls_get(addr, "beta.example").await.0, "CN=beta.example");
+    assert_eq!(tls_get(addr, "alpha.example").await.0, "CN=alpha.example");
+    for round in 0..3 {
+        let (member, resumed, _) = tls_request(addr, &returning, "/").await;
+        assert!(resumed, "round {round}: the session did not resume");
+        assert_eq!(member, home, "round {round}: the session moved");
+    }
+    gateway.shutdown().await;
+}

@@ -11,6 +11,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::{Context, bail};
 use axum::Router;
@@ -115,9 +116,20 @@ fn visit_secrets(
 /// `GET /config` for a daemon running with `config` (a table holding the
 /// daemon's own table, as a configuration file does).
 pub(crate) fn config_route(daemon: &'static str, config: toml::Table, access: Access) -> Router {
+    live_config_route(daemon, Arc::new(RwLock::new(config)), access)
+}
+
+/// `GET /config` for a daemon whose configuration a reload can replace:
+/// the route answers with what `config` holds at the time.
+pub(crate) fn live_config_route(
+    daemon: &'static str,
+    config: Arc<RwLock<toml::Table>>,
+    access: Access,
+) -> Router {
     Router::new().route(
         "/config",
         get(move |headers: HeaderMap| {
+            let config = config.read().unwrap_or_else(PoisonError::into_inner);
             let answer = bundle(daemon, &config, &access, &headers);
             async move { answer }
         }),

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use hapool_gateway::tls::{Certificate, server_config};
 use hapool_gateway::{
     AdminState, Affinity, Gateway, GatewayConfig, GatewayView, Limits, ListenerConfig,
-    MemberSource, PoolSettings, ProbeKind, Protocol, StaticMember, Strategy,
+    MemberSource, PoolSettings, ProbeKind, Protocol, Reloaded, StaticMember, Strategy,
 };
 use hapool_wire::{PoolElementId, PoolHandle};
 use serde::{Deserialize, Serialize};
@@ -422,6 +422,7 @@ impl TryFrom<GatewayFile> for Planned {
                 .unwrap_or(defaults.member_idle_timeout),
             shutdown_grace: file.shutdown_grace.unwrap_or(defaults.shutdown_grace),
         };
+        config.check().map_err(|e| BadConfig(e.to_string()))?;
         Ok(Self {
             config,
             admin: file.admin,
@@ -530,6 +531,9 @@ enum CtlAction {
         /// The pool handle.
         pool: String,
     },
+    /// Reads the gateway's configuration file again and takes what can
+    /// change while it runs (as SIGHUP does); says what takes a restart.
+    Reload,
     /// Marks a member: active, restricted, out_of_service (drain) or
     /// pending_delete (drain, then remove).
     Set {
@@ -585,7 +589,11 @@ fn planned(args: &GatewayArgs) -> anyhow::Result<(Planned, toml::Table)> {
         "gateway".into(),
         toml::Value::try_from(&file).context("the configuration cannot be written as TOML")?,
     );
-    Ok((Planned::try_from(file)?, effective))
+    let mut planned = Planned::try_from(file)?;
+    if let Some(threads) = planned.threads {
+        planned.config.workers = threads;
+    }
+    Ok((planned, effective))
 }
 
 /// `hapool gateway`: builds the runtime with the configured threads.
@@ -593,17 +601,67 @@ pub(crate) fn main(args: GatewayArgs) -> anyhow::Result<()> {
     if let Some(GatewayCommand::Ctl(ctl)) = args.ctl {
         return crate::runtime()?.block_on(control(ctl));
     }
-    let (mut planned, effective) = planned(&args)?;
-    if let Some(threads) = planned.threads {
-        planned.config.workers = threads;
-    }
+    let (planned, effective) = planned(&args)?;
     // This runtime serves the admin port, probes and registrar lookups;
     // the workers run their own, except a single worker, which runs on
     // this one (built as a worker's is, for that).
-    hapool_gateway::worker_runtime()?.block_on(run(planned, effective))
+    hapool_gateway::worker_runtime()?.block_on(run(args, planned, effective))
 }
 
-async fn run(planned: Planned, effective: toml::Table) -> anyhow::Result<()> {
+/// Settings of `[gateway]` that only `hapool` reads; a change to one takes
+/// a restart.
+const FIXED_KEYS: [&str; 3] = ["admin", "admin_tls", "member_ca"];
+
+/// A running gateway and where its configuration comes from, for reloads.
+struct Reloader {
+    args: GatewayArgs,
+    view: GatewayView,
+    /// The configuration as a file would say it: the one the gateway
+    /// started with, or the last one a reload brought wholly into effect
+    /// (`/config`).
+    effective: Arc<RwLock<toml::Table>>,
+    /// `[gateway]` as the gateway started with it.
+    started: toml::Table,
+}
+
+impl Reloader {
+    /// Reads the configuration again and hands it to the running gateway:
+    /// a file that cannot be read, or a configuration the gateway could
+    /// not start with, changes nothing.
+    async fn reload(&self) -> anyhow::Result<Reloaded> {
+        let Some(path) = &self.args.config else {
+            bail!(
+                "the gateway was started from flags: there is no configuration file to read again"
+            );
+        };
+        let (planned, effective) =
+            planned(&self.args).with_context(|| format!("{}", path.display()))?;
+        let mut done = self.view.reload(planned.config).await?;
+        let gateway =
+            |table: &toml::Table| table.get("gateway").and_then(|g| g.as_table()).cloned();
+        let (new, old) = (gateway(&effective).unwrap_or_default(), &self.started);
+        for key in FIXED_KEYS {
+            let line = format!("{key} changed");
+            if new.get(key) != old.get(key) && !done.needs_restart.contains(&line) {
+                warn!(change = %line, "reload: takes a restart, not in effect");
+                done.needs_restart.push(line);
+            }
+        }
+        if done.needs_restart.is_empty() {
+            *self
+                .effective
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = effective;
+        }
+        Ok(done)
+    }
+}
+
+async fn run(args: GatewayArgs, planned: Planned, effective: toml::Table) -> anyhow::Result<()> {
+    // Watched from the start: a SIGHUP once the gateway is up reloads it,
+    // never ends it.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot watch for SIGHUP")?;
     let admin = match planned.admin {
         Some(addr) => Some(crate::admin::bind(addr).await?),
         None => None,
@@ -612,6 +670,16 @@ async fn run(planned: Planned, effective: toml::Table) -> anyhow::Result<()> {
         .await
         .map_err(|e| BadConfig(e.to_string()))?;
     let view = gateway.view();
+    let reloader = Arc::new(Reloader {
+        args,
+        view: view.clone(),
+        started: effective
+            .get("gateway")
+            .and_then(|g| g.as_table())
+            .cloned()
+            .unwrap_or_default(),
+        effective: Arc::new(RwLock::new(effective)),
+    });
     for l in view.status().listeners {
         println!(
             "gateway on {} ({:?}{}) for pool {}",
@@ -633,11 +701,9 @@ async fn run(planned: Planned, effective: toml::Table) -> anyhow::Result<()> {
             let doc = serde_json::to_value(status_view.status()).unwrap_or(Value::Null);
             Box::pin(async move { doc })
         });
-        let routes = control_routes(view.clone()).merge(crate::clone::config_route(
-            "gateway",
-            effective,
-            access.clone(),
-        ));
+        let routes = control_routes(view.clone(), reloader.clone()).merge(
+            crate::clone::live_config_route("gateway", reloader.effective.clone(), access.clone()),
+        );
         tokio::spawn(async move {
             if let Err(e) =
                 crate::admin::serve_with(listener, access, status, metrics, routes).await
@@ -646,16 +712,44 @@ async fn run(planned: Planned, effective: toml::Table) -> anyhow::Result<()> {
             }
         });
     }
-    crate::serve::shutdown_signal().await;
+    let shutdown = crate::serve::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = hangup.recv() => {
+                info!("SIGHUP: reading the configuration again");
+                if let Err(e) = reloader.reload().await {
+                    warn!(error = %format!("{e:#}"), "reload refused: the gateway goes on as it was");
+                }
+            }
+        }
+    }
     info!("shutting down: no new connections; open ones finish their request");
     gateway.shutdown().await;
     Ok(())
 }
 
-/// `GET /sessions/{pool}` and `POST /pools/{pool}/members/{pe}/{state}`.
-fn control_routes(view: GatewayView) -> Router {
+/// `GET /sessions/{pool}`, `POST /pools/{pool}/members/{pe}/{state}` and
+/// `POST /reload`.
+fn control_routes(view: GatewayView, reloader: Arc<Reloader>) -> Router {
     let sessions_view = view.clone();
     Router::new()
+        .route(
+            "/reload",
+            post(move || {
+                let reloader = reloader.clone();
+                async move {
+                    match reloader.reload().await {
+                        Ok(done) => Ok(axum::Json(done)),
+                        Err(e) => Err((
+                            StatusCode::BAD_REQUEST,
+                            format!("reload refused, the gateway goes on as it was: {e:#}\n"),
+                        )),
+                    }
+                }
+            }),
+        )
         .route(
             "/sessions/{pool}",
             get(move |Path(pool): Path<String>| {
@@ -784,6 +878,23 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
                     s["idle_ms"].as_u64().unwrap_or(0),
                     s["state_cookie"].as_bool().unwrap_or(false)
                 );
+            }
+        }
+        CtlAction::Reload => {
+            let (code, body) = client.post("/reload").await?;
+            if !code.is_success() {
+                bail!("{}", String::from_utf8_lossy(&body).trim());
+            }
+            let done: Reloaded =
+                serde_json::from_slice(&body).context("/reload answered no report")?;
+            for line in &done.applied {
+                println!("in effect: {line}");
+            }
+            for line in &done.needs_restart {
+                println!("takes a restart: {line}");
+            }
+            if done.applied.is_empty() && done.needs_restart.is_empty() {
+                println!("nothing changed");
             }
         }
         CtlAction::Set { pool, pe, state } => {

@@ -343,6 +343,10 @@ fn gateway_configuration_errors_are_named() {
             "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nprobe_path = \"health\"\n",
             "gateway.pool[0].probe_path = \"health\": a path starting with /",
         ),
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\", \"127.0.0.1:2\"]\n",
+            "pool \"web\" lists the member 127.0.0.1:2 twice",
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = scratch.write(&format!("bad-{i}.toml"), text);
@@ -369,4 +373,78 @@ fn gateway_configuration_errors_are_named() {
     ]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
+
+/// A gateway configuration: one HTTP listener on `listen` in front of the
+/// static `members`, with the admin port on `admin`.
+fn static_gateway(listen: &str, admin: &str, members: &[&str], extra: &str) -> String {
+    let members: Vec<String> = members.iter().map(|m| format!("{m:?}")).collect();
+    format!(
+        "[gateway]\nadmin = {admin:?}\nprobe_interval = \"100ms\"\n[[gateway.listener]]\nlisten = {listen:?}\npool = \"web\"\naffinity = false\n{extra}[[gateway.pool]]\nhandle = \"web\"\nmembers = [{}]\n",
+        members.join(", ")
+    )
+}
+
+#[test]
+fn a_running_gateway_reads_its_configuration_again_on_sighup_and_on_ctl_reload() {
+    let scratch = common::Scratch::new("gateway_reload");
+    let (a, b) = (backend("a"), backend("b"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let path = scratch.write("gw.toml", &static_gateway(&listen, &admin, &[&a], ""));
+    let path = path.to_str().unwrap();
+    let mut gateway = spawn(&["gateway", "--config", path, "--threads", "1"]);
+    let pid = gateway.id().to_string();
+    wait_line(&mut gateway, "gateway on");
+    let _killed = Killed(vec![gateway]);
+    until("a answers", || get(&listen) == "a");
+    // SIGHUP: b joins.
+    scratch.write("gw.toml", &static_gateway(&listen, &admin, &[&a, &b], ""));
+    let sent = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(sent.success());
+    until("b answers after SIGHUP", || {
+        (0..4).any(|_| get(&listen) == "b")
+    });
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["gateway", "ctl", "--admin", &admin];
+        all.extend_from_slice(args);
+        hapool(&all)
+    };
+    // A file that cannot be used changes nothing, and says why.
+    let bad = static_gateway(&listen, &admin, &[&b], "") + "availability_threshold = 101\n";
+    scratch.write("gw.toml", &bad);
+    let (code, out, err) = ctl(&["reload"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("reload refused")
+            && err.contains("gateway.pool[0].availability_threshold = 101"),
+        "{err}"
+    );
+    let (_, list, _) = ctl(&["list"]);
+    assert_eq!(list.lines().count(), 3, "both members still: {list}");
+    // a leaves (it drains: nothing is open, so it goes at once); a
+    // listener setting takes a restart and is named.
+    scratch.write(
+        "gw.toml",
+        &static_gateway(&listen, &admin, &[&b], "max_connections = 5\n"),
+    );
+    let (code, out, err) = ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("in effect: pool web: members"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "takes a restart: listener {listen}: max_connections changed"
+        )),
+        "{out}"
+    );
+    for _ in 0..6 {
+        assert_eq!(get(&listen), "b");
+    }
+    until("a deleted once drained", || {
+        let (_, list, _) = ctl(&["list"]);
+        !list.contains(&a)
+    });
+    let (code, out, _) = ctl(&["reload"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("in effect"), "nothing new: {out}");
 }
