@@ -447,4 +447,22 @@ fn a_running_gateway_reads_its_configuration_again_on_sighup_and_on_ctl_reload()
     let (code, out, _) = ctl(&["reload"]);
     assert_eq!(code, 0);
     assert!(!out.contains("in effect"), "nothing new: {out}");
+    // `/config` shows the file once all of it is in effect.
+    let config = || {
+        let mut stream = TcpStream::connect(&admin).unwrap();
+        write!(
+            stream,
+            "GET /config HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    assert!(config().contains(&a), "a restart is pending: the old file");
+    scratch.write("gw.toml", &static_gateway(&listen, &admin, &[&b], ""));
+    let (code, out, _) = ctl(&["reload"]);
+    assert_eq!((code, out.trim()), (0, "nothing changed"));
+    let shown = config();
+    assert!(shown.contains(&b) && !shown.contains(&a), "{shown}");
 }
