@@ -26,6 +26,7 @@ pub mod http;
 mod member_cache;
 mod member_http;
 pub mod pool;
+mod reload;
 mod response_time;
 pub mod select;
 pub mod sessions;
@@ -35,8 +36,9 @@ mod upkeep;
 mod worker_runtime;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use ::http::HeaderValue;
@@ -62,14 +64,16 @@ use crate::connection_io::ConnectionIo;
 use crate::http::HttpProxy;
 use crate::member_cache::MemberCache;
 use crate::member_http::MemberHttp;
+use crate::pool::PoolSet;
 pub use crate::pool::{
     Chosen, Member, MemberSource, MemberStatus, Pool, PoolSettings, ProbeKind, StaticMember,
 };
+pub use crate::reload::Reloaded;
 pub use crate::select::{AdminState, Availability, Strategy};
 use crate::sessions::SessionTable;
 use crate::tcp::TcpProxy;
 use crate::tls::LiveTls;
-use crate::upkeep::{probe_all, probe_one, prober, refresh, refresher, sweeper};
+use crate::upkeep::{probe_all, prober, refresh, refresher, sweeper};
 pub use crate::worker_runtime::worker_runtime;
 
 /// What a listener speaks.
@@ -280,60 +284,13 @@ impl GatewayConfig {
         Ok(())
     }
 
-    /// What differs from `running` outside listeners and pools: each
-    /// setting by name. None of these changes while the gateway runs.
-    fn fixed_changes(&self, running: &Self) -> Vec<&'static str> {
-        let (new, old) = (&self.limits, &running.limits);
-        [
-            ("registrars", self.registrars != running.registrars),
-            ("refresh", self.refresh != running.refresh),
-            (
-                "probe_interval",
-                self.probe_interval != running.probe_interval,
-            ),
-            ("probe_timeout", self.probe_timeout != running.probe_timeout),
-            ("session_idle", self.session_idle != running.session_idle),
-            (
-                "session_capacity",
-                self.session_capacity != running.session_capacity,
-            ),
-            (
-                "connect_timeout",
-                new.connect_timeout != old.connect_timeout,
-            ),
-            (
-                "request_timeout",
-                new.request_timeout != old.request_timeout,
-            ),
-            (
-                "header_read_timeout",
-                new.header_read_timeout != old.header_read_timeout,
-            ),
-            (
-                "max_header_bytes",
-                new.max_header_bytes != old.max_header_bytes,
-            ),
-            ("retries", new.retries != old.retries),
-            (
-                "retry_body_limit",
-                new.retry_body_limit != old.retry_body_limit,
-            ),
-            (
-                "member_idle_timeout",
-                new.member_idle_timeout != old.member_idle_timeout,
-            ),
-            ("shutdown_grace", new.shutdown_grace != old.shutdown_grace),
-            ("threads", self.workers != running.workers),
-            (
-                "member_ca",
-                self.member_tls.is_some() != running.member_tls.is_some(),
-            ),
-            ("member_cache", self.member_cache != running.member_cache),
-            ("access_log", self.access_log != running.access_log),
-        ]
-        .into_iter()
-        .filter_map(|(name, changed)| changed.then_some(name))
-        .collect()
+    /// A new pool with `settings`, its session table as this
+    /// configuration says.
+    fn new_pool(&self, settings: &PoolSettings) -> Pool {
+        Pool::new(
+            settings.clone(),
+            SessionTable::new(self.session_idle, self.session_capacity),
+        )
     }
 
     /// A configuration with these listeners and pools and every default.
@@ -545,26 +502,84 @@ struct Listening {
     config: ListenerConfig,
     /// Its TLS configuration, which a reload can replace.
     tls: Option<LiveTls>,
+    /// Set when a reload closes it.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl Listening {
+    /// Binds `config`'s address (or `at`, the address of a listener it
+    /// replaces) once per worker, and prepares what each of `workers`
+    /// serves it with.
+    fn open(
+        config: &ListenerConfig,
+        at: SocketAddr,
+        pool: &Arc<Pool>,
+        workers: usize,
+    ) -> Result<(Self, Vec<WorkerListener>), GatewayError> {
+        let sockets = bind_reuseport(at, workers.max(1)).map_err(|source| GatewayError::Bind {
+            address: at,
+            source,
+        })?;
+        let address = sockets[0].local_addr().unwrap_or(at);
+        let (admission, inboxes) = Admission::new(sockets.len(), config.max_connections);
+        let tls = config.tls.clone().map(LiveTls::new);
+        let (closing, closed) = watch::channel(false);
+        let per_worker = sockets
+            .into_iter()
+            .zip(inboxes)
+            .enumerate()
+            .map(|(worker, (socket, inbox))| WorkerListener {
+                socket,
+                tls: tls.clone(),
+                inbox,
+                config: config.clone(),
+                pool: pool.clone(),
+                worker,
+                admission: admission.clone(),
+                closed: closed.clone(),
+            })
+            .collect();
+        info!(%address, protocol = ?config.protocol, pool = %pool.handle(), tls = config.tls.is_some(), workers = workers.max(1), "gateway listening");
+        let listening = Self {
+            status: ListenerStatus {
+                address,
+                protocol: config.protocol,
+                pool: pool.handle().to_string(),
+                tls: config.tls.is_some(),
+                affinity: config.affinity,
+                connections: Vec::new(),
+            },
+            admission,
+            config: config.clone(),
+            tls,
+            closing: Arc::new(closing),
+        };
+        Ok((listening, per_worker))
+    }
+
     fn status(&self) -> ListenerStatus {
         ListenerStatus {
             connections: self.admission.open(),
             ..self.status.clone()
         }
     }
+
+    /// Where it listens.
+    fn address(&self) -> SocketAddr {
+        self.status.address
+    }
+
+    /// Stops accepting on every worker (connections already queued are
+    /// still taken); its open connections finish as on a shutdown.
+    fn close(&self) {
+        let _ = self.closing.send(true);
+        info!(address = %self.address(), "listener closed: its open connections finish");
+    }
 }
 
 /// A running gateway.
 pub struct Gateway {
-    pools: Vec<Arc<Pool>>,
-    listeners: Vec<Listening>,
-    shared: Arc<Shared>,
-    /// The configuration it started with.
-    config: Arc<GatewayConfig>,
-    /// Held by a reload.
-    reloading: Arc<tokio::sync::Mutex<()>>,
+    view: GatewayView,
     tasks: JoinSet<()>,
     /// One thread per worker, each with its own single-threaded runtime,
     /// its own listening sockets (SO_REUSEPORT: the kernel spreads the
@@ -604,41 +619,51 @@ fn bind_reuseport(
 /// A worker thread: serves its listeners on a runtime of its own.
 fn worker_thread(
     listeners: Vec<WorkerListener>,
+    added: UnboundedReceiver<WorkerListener>,
     shared: Arc<Shared>,
     stopped: oneshot::Receiver<()>,
 ) {
     match worker_runtime() {
-        Ok(runtime) => runtime.block_on(serve_worker(listeners, shared, stopped)),
+        Ok(runtime) => runtime.block_on(serve_worker(listeners, added, shared, stopped)),
         Err(e) => tracing::error!(error = %e, "cannot start a gateway worker"),
     }
 }
 
-/// A worker: serves its listeners until `stopped`, then stops accepting
-/// and lets its open connections finish, for the shutdown grace at most.
+/// A worker: serves its listeners, and those a reload `added`, until
+/// `stopped`; then stops accepting and lets its open connections finish,
+/// for the shutdown grace at most.
 async fn serve_worker(
     listeners: Vec<WorkerListener>,
+    mut added: UnboundedReceiver<WorkerListener>,
     shared: Arc<Shared>,
     stopped: oneshot::Receiver<()>,
 ) {
     let members = Shared::member_http(&shared.limits, shared.member_tls.as_ref());
     let (drain, draining) = watch::channel(false);
     // This worker's place in each of its listeners' counts.
-    let counted: Vec<(Arc<Admission>, usize)> = listeners
-        .iter()
-        .map(|l| (l.admission.clone(), l.worker))
-        .collect();
-    let open = || -> usize { counted.iter().map(|(a, worker)| a.open_on(*worker)).sum() };
-    for listener in listeners {
+    let mut counted: Vec<(Arc<Admission>, usize)> = Vec::new();
+    let mut serve = |listener: WorkerListener| {
+        counted.push((listener.admission.clone(), listener.worker));
         tokio::spawn(accept_loop(
             listener,
             shared.clone(),
             members.clone(),
             draining.clone(),
         ));
+    };
+    for listener in listeners {
+        serve(listener);
     }
     // Ends on a stop, or when the gateway is dropped.
-    let _ = stopped.await;
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            Some(listener) = added.recv() => serve(listener),
+        }
+    }
     let _ = drain.send(true);
+    let open = || -> usize { counted.iter().map(|(a, worker)| a.open_on(*worker)).sum() };
     let deadline = Instant::now() + shared.limits.shutdown_grace;
     while open() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -675,27 +700,20 @@ impl Gateway {
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
-            .map(|settings| {
-                Arc::new(Pool::new(
-                    settings.clone(),
-                    SessionTable::new(config.session_idle, config.session_capacity),
-                ))
-            })
+            .map(|settings| Arc::new(config.new_pool(settings)))
             .collect();
-        let mut bound = Vec::new();
+        let mut opened = Vec::new();
         for listener in &config.listeners {
             let pool = pools
                 .iter()
                 .find(|p| *p.handle() == listener.pool)
                 .expect("checked: every listener's pool is configured");
-            let sockets =
-                bind_reuseport(listener.address, config.workers.max(1)).map_err(|source| {
-                    GatewayError::Bind {
-                        address: listener.address,
-                        source,
-                    }
-                })?;
-            bound.push((sockets, listener.clone(), pool.clone()));
+            opened.push(Listening::open(
+                listener,
+                listener.address,
+                pool,
+                config.workers,
+            )?);
         }
         let access_log = match &config.access_log {
             Some(path) => {
@@ -728,10 +746,11 @@ impl Gateway {
         };
         let shared = Arc::new(shared);
         let mut tasks = JoinSet::new();
+        let pools = PoolSet::new(pools);
         let registrar_pools: Vec<Arc<Pool>> = pools
-            .iter()
+            .all()
+            .into_iter()
             .filter(|p| p.from_registrars())
-            .cloned()
             .collect();
         let pool_user = (!config.registrars.is_empty()).then(|| {
             let mut pu = PuConfig::new(config.registrars.clone());
@@ -757,11 +776,11 @@ impl Gateway {
             )
             .await;
         }
-        probe_all(&pools, &shared, config.probe_timeout).await;
-        if let Some(pu) = pool_user {
+        probe_all(&pools.all(), &shared, config.probe_timeout).await;
+        if let Some(pu) = &pool_user {
             tasks.spawn(refresher(
-                pu,
-                registrar_pools,
+                pu.clone(),
+                pools.clone(),
                 shared.clone(),
                 report_rx,
                 config.refresh,
@@ -776,39 +795,14 @@ impl Gateway {
             config.probe_timeout,
         ));
         tasks.spawn(sweeper(pools.clone()));
+        let worker_count = config.workers.max(1);
         let mut listeners = Vec::new();
         let mut per_worker: Vec<Vec<WorkerListener>> =
-            (0..config.workers.max(1)).map(|_| Vec::new()).collect();
-        for (sockets, listener, pool) in bound {
-            let address = sockets[0].local_addr().unwrap_or(listener.address);
-            info!(%address, protocol = ?listener.protocol, pool = %pool.handle(), tls = listener.tls.is_some(), workers = sockets.len(), "gateway listening");
-            let (admission, inboxes) = Admission::new(sockets.len(), listener.max_connections);
-            let tls = listener.tls.clone().map(LiveTls::new);
-            listeners.push(Listening {
-                config: listener.clone(),
-                tls: tls.clone(),
-                status: ListenerStatus {
-                    address,
-                    protocol: listener.protocol,
-                    pool: pool.handle().to_string(),
-                    tls: listener.tls.is_some(),
-                    affinity: listener.affinity,
-                    connections: Vec::new(),
-                },
-                admission: admission.clone(),
-            });
-            for (worker, ((serves, socket), inbox)) in
-                per_worker.iter_mut().zip(sockets).zip(inboxes).enumerate()
-            {
-                serves.push(WorkerListener {
-                    socket,
-                    tls: tls.clone(),
-                    inbox,
-                    config: listener.clone(),
-                    pool: pool.clone(),
-                    worker,
-                    admission: admission.clone(),
-                });
+            (0..worker_count).map(|_| Vec::new()).collect();
+        for (listening, serves) in opened {
+            listeners.push(listening);
+            for (worker, serve) in per_worker.iter_mut().zip(serves) {
+                worker.push(serve);
             }
         }
         // One worker started from a single-threaded runtime is served by
@@ -816,34 +810,42 @@ impl Gateway {
         // of one thread a system call skips the atomic operations that
         // thread cancellation (glibc) and a shared file table (the kernel)
         // cost (docs/performance.md).
-        let on_this_thread = per_worker.len() == 1
+        let on_this_thread = worker_count == 1
             && tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::CurrentThread;
         let mut workers = Vec::new();
+        let mut inboxes = Vec::new();
         for (n, worker_listeners) in per_worker.into_iter().enumerate() {
             let (stop, stopped) = oneshot::channel::<()>();
+            let (add, added) = mpsc::unbounded_channel();
+            inboxes.push(add);
             let shared = shared.clone();
             let run = if on_this_thread {
                 WorkerRun::Task(tokio::spawn(serve_worker(
                     worker_listeners,
+                    added,
                     shared,
                     stopped,
                 )))
             } else {
                 let thread = std::thread::Builder::new()
                     .name(format!("hapool-gw-{n}"))
-                    .spawn(move || worker_thread(worker_listeners, shared, stopped))
+                    .spawn(move || worker_thread(worker_listeners, added, shared, stopped))
                     .map_err(GatewayError::Thread)?;
                 WorkerRun::Thread(thread)
             };
             workers.push(Worker { stop, run });
         }
         Ok(Self {
-            pools,
-            listeners,
-            shared,
-            config: Arc::new(config),
-            reloading: Arc::new(tokio::sync::Mutex::new(())),
+            view: GatewayView {
+                pools,
+                listeners: Arc::new(RwLock::new(listeners)),
+                shared,
+                config: Arc::new(config),
+                reloading: Arc::new(tokio::sync::Mutex::new(())),
+                workers: inboxes.into(),
+                pool_user,
+            },
             tasks,
             workers,
         })
@@ -851,28 +853,22 @@ impl Gateway {
 
     /// Where each listener listens (in configuration order).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|l| l.status.address).collect()
+        self.view.local_addrs()
     }
 
     /// The pools.
-    pub fn pools(&self) -> &[Arc<Pool>] {
-        &self.pools
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.view.pools()
     }
 
     /// The pool `handle`.
-    pub fn pool(&self, handle: &PoolHandle) -> Option<&Arc<Pool>> {
-        self.pools.iter().find(|p| p.handle() == handle)
+    pub fn pool(&self, handle: &PoolHandle) -> Option<Arc<Pool>> {
+        self.view.pool(handle)
     }
 
     /// A view that can be shared with the admin port.
     pub fn view(&self) -> GatewayView {
-        GatewayView {
-            pools: self.pools.clone(),
-            listeners: self.listeners.clone(),
-            shared: self.shared.clone(),
-            config: self.config.clone(),
-            reloading: self.reloading.clone(),
-        }
+        self.view.clone()
     }
 
     /// Stops every listener and background task, and waits for the
@@ -902,150 +898,31 @@ impl Gateway {
     }
 }
 
-/// The gateway's pools and listeners, for status and operator control
-/// while it runs.
+/// The running gateway's pools and listeners, for status, operator
+/// control and reloads.
 #[derive(Clone)]
 pub struct GatewayView {
-    pools: Vec<Arc<Pool>>,
-    listeners: Vec<Listening>,
+    pools: PoolSet,
+    /// In configuration order; a reload adds, replaces and closes them.
+    listeners: Arc<RwLock<Vec<Listening>>>,
     shared: Arc<Shared>,
+    /// The configuration it started with.
     config: Arc<GatewayConfig>,
+    /// Held by a reload.
     reloading: Arc<tokio::sync::Mutex<()>>,
-}
-
-/// What a reload did, and what it left for a restart.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
-pub struct Reloaded {
-    /// Changes in effect from now on, one line each.
-    pub applied: Vec<String>,
-    /// Differences between the new configuration and the running gateway
-    /// that only a restart brings into effect, one line each. The gateway
-    /// goes on as before in these.
-    pub needs_restart: Vec<String>,
-}
-
-impl ListenerConfig {
-    /// Why a running listener cannot become `new` (it takes a restart);
-    /// `None` when it can (new certificates, or nothing new).
-    fn fixed_change(&self, new: &Self) -> Option<&'static str> {
-        if new.protocol != self.protocol {
-            Some("protocol")
-        } else if new.pool != self.pool {
-            Some("pool")
-        } else if new.tls.is_some() != self.tls.is_some() {
-            Some("TLS on or off")
-        } else if new.affinity != self.affinity {
-            Some("affinity")
-        } else if new.max_connections != self.max_connections {
-            Some("max_connections")
-        } else {
-            None
-        }
-    }
+    /// Where each worker takes the listeners a reload opens.
+    workers: Arc<[mpsc::UnboundedSender<WorkerListener>]>,
+    /// Resolves registrar pools (when registrars are configured).
+    pool_user: Option<Arc<PoolUser>>,
 }
 
 impl GatewayView {
-    /// Takes `config` while the gateway serves, as far as that can be
-    /// done without a restart, and says what it did and what it could not
-    /// ([`Reloaded`]):
-    ///
-    /// - a TLS listener takes its new certificates (connections accepted
-    ///   from now on; session tickets issued before still resume);
-    /// - a pool takes its new settings ([`Pool::reconfigure`]): thresholds,
-    ///   strategy, probe, hedges and, for a static pool, its members (new
-    ///   ones are probed before this returns; those left out drain);
-    /// - listeners and pools added, removed or changed in what they fixed
-    ///   at the start, and every other setting, take a restart.
-    ///
-    /// A configuration the gateway could not start with changes nothing.
-    /// Reloads run one at a time.
-    pub async fn reload(&self, config: GatewayConfig) -> Result<Reloaded, GatewayError> {
-        let _one_at_a_time = self.reloading.lock().await;
-        config.check()?;
-        let mut done = Reloaded::default();
-        let mut kept = vec![false; self.listeners.len()];
-        for new in &config.listeners {
-            let running = self
-                .listeners
-                .iter()
-                .zip(kept.iter_mut())
-                .find(|(l, kept)| !**kept && l.config.address == new.address);
-            let Some((running, kept)) = running else {
-                done.needs_restart
-                    .push(format!("listener {}: new", new.address));
-                continue;
-            };
-            *kept = true;
-            if let Some(what) = running.config.fixed_change(new) {
-                done.needs_restart
-                    .push(format!("listener {}: {what} changed", new.address));
-            } else if let (Some(live), Some(tls)) = (&running.tls, &new.tls) {
-                live.replace(tls);
-                done.applied.push(format!(
-                    "listener {}: certificates loaded",
-                    running.status.address
-                ));
-            }
-        }
-        for (running, _) in self.listeners.iter().zip(&kept).filter(|(_, k)| !**k) {
-            done.needs_restart.push(format!(
-                "listener {}: no longer configured (it serves until a restart)",
-                running.config.address
-            ));
-        }
-        for new in &config.pools {
-            let Some(pool) = self.pool(&new.handle) else {
-                done.needs_restart.push(format!("pool {}: new", new.handle));
-                continue;
-            };
-            let running = pool.settings();
-            if let Some(what) = running.fixed_change(new) {
-                done.needs_restart
-                    .push(format!("pool {}: {what}", new.handle));
-            } else if *running != *new {
-                let changed = running.changes(new).join(", ");
-                let fresh = pool.reconfigure(new.clone());
-                for member in &fresh {
-                    probe_one(pool, member, &self.shared, self.config.probe_timeout).await;
-                }
-                let answering = fresh.iter().filter(|m| m.is_reachable()).count();
-                done.applied.push(if fresh.is_empty() {
-                    format!("pool {}: {changed}", new.handle)
-                } else {
-                    format!(
-                        "pool {}: {changed} ({} new member(s), {answering} answering)",
-                        new.handle,
-                        fresh.len()
-                    )
-                });
-            }
-        }
-        for pool in &self.pools {
-            if !config.pools.iter().any(|p| p.handle == *pool.handle()) {
-                done.needs_restart.push(format!(
-                    "pool {}: no longer configured (it serves until a restart)",
-                    pool.handle()
-                ));
-            }
-        }
-        for name in config.fixed_changes(&self.config) {
-            done.needs_restart.push(format!("{name} changed"));
-        }
-        for line in &done.applied {
-            info!(change = %line, "reload: in effect");
-        }
-        for line in &done.needs_restart {
-            warn!(change = %line, "reload: takes a restart, not in effect");
-        }
-        Ok(done)
-    }
-
     /// Listeners, pools, members, session counts.
     pub fn status(&self) -> GatewayStatus {
         GatewayStatus {
-            listeners: self.listeners.iter().map(Listening::status).collect(),
+            listeners: self.listening().iter().map(Listening::status).collect(),
             pools: self
-                .pools
+                .pools()
                 .iter()
                 .map(|p| PoolStatus {
                     pool: p.handle().to_string(),
@@ -1062,14 +939,26 @@ impl GatewayView {
         }
     }
 
+    fn listening(&self) -> Vec<Listening> {
+        self.listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Where each listener listens (in configuration order).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listening().iter().map(Listening::address).collect()
+    }
+
     /// The pool `handle`.
-    pub fn pool(&self, handle: &PoolHandle) -> Option<&Arc<Pool>> {
-        self.pools.iter().find(|p| p.handle() == handle)
+    pub fn pool(&self, handle: &PoolHandle) -> Option<Arc<Pool>> {
+        self.pools.get(handle)
     }
 
     /// Every pool.
-    pub fn pools(&self) -> &[Arc<Pool>] {
-        &self.pools
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools.all()
     }
 }
 
@@ -1090,10 +979,13 @@ struct WorkerListener {
     /// Which of the listener's workers this is.
     worker: usize,
     admission: Arc<Admission>,
+    /// Set when a reload closes the listener.
+    closed: watch::Receiver<bool>,
 }
 
 /// Accepts `listener`'s connections for its worker until the worker
-/// drains.
+/// drains or a reload closes the listener; then asks the connections it
+/// serves to finish.
 async fn accept_loop(
     listener: WorkerListener,
     shared: Arc<Shared>,
@@ -1108,6 +1000,7 @@ async fn accept_loop(
         pool,
         worker,
         admission,
+        mut closed,
     } = listener;
     let socket = match TcpListener::from_std(socket) {
         Ok(socket) => socket,
@@ -1116,18 +1009,36 @@ async fn accept_loop(
             return;
         }
     };
-    let serving = Serving::new(&config, tls, pool, shared, members, draining.clone());
+    // Set for this listener's connections when it stops.
+    let (finish, finishing) = watch::channel(false);
+    let serving = Serving::new(&config, tls, pool, shared, members, finishing);
+    let place = |stream: TcpStream, peer: SocketAddr| match admission
+        .admit_and_place(worker, stream, peer)
+    {
+        Placed::Here(stream, admitted) => serving.spawn(stream, peer, admitted),
+        Placed::Handed => serving.shared.metrics.handed.increment(1),
+        Placed::Full => serving
+            .shared
+            .limit_hit("max_connections", serving.pool.handle()),
+        Placed::Lost(e) => {
+            warn!(client = %peer, error = %e, "cannot hand a connection to another worker");
+        }
+    };
     loop {
         let accepted = tokio::select! {
             biased;
             // Draining: the socket closes, new connections go elsewhere;
             // those already handed to this worker are served.
-            () = drained(&mut draining) => {
-                inbox.close();
-                while let Ok(handed) = inbox.try_recv() {
-                    serving.spawn_handed(handed);
+            () = drained(&mut draining) => break,
+            // Closed by a reload: the connections the kernel has queued
+            // for this socket are taken first (a listener that replaces
+            // this one shares its address, and takes the next ones).
+            () = drained(&mut closed) => {
+                let queued = || std::future::poll_fn(|cx| Poll::Ready(socket.poll_accept(cx)));
+                while let Poll::Ready(Ok((stream, peer))) = queued().await {
+                    place(stream, peer);
                 }
-                return;
+                break;
             }
             Some(handed) = inbox.recv() => {
                 serving.spawn_handed(handed);
@@ -1135,25 +1046,20 @@ async fn accept_loop(
             }
             accepted = socket.accept() => accepted,
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
+        match accepted {
+            Ok((stream, peer)) => place(stream, peer),
             Err(e) => {
                 warn!(address = %config.address, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        match admission.admit_and_place(worker, stream, peer) {
-            Placed::Here(stream, admitted) => serving.spawn(stream, peer, admitted),
-            Placed::Handed => serving.shared.metrics.handed.increment(1),
-            Placed::Full => serving
-                .shared
-                .limit_hit("max_connections", serving.pool.handle()),
-            Placed::Lost(e) => {
-                warn!(client = %peer, error = %e, "cannot hand a connection to another worker");
             }
         }
     }
+    drop(socket);
+    inbox.close();
+    while let Ok(handed) = inbox.try_recv() {
+        serving.spawn_handed(handed);
+    }
+    let _ = finish.send(true);
 }
 
 /// What serving one listener's connections on one worker takes.

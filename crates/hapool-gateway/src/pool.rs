@@ -770,6 +770,48 @@ impl Pool {
     }
 }
 
+/// The gateway's pools, which a reload can add to and take from.
+#[derive(Clone)]
+pub(crate) struct PoolSet(Arc<RwLock<Vec<Arc<Pool>>>>);
+
+impl PoolSet {
+    pub(crate) fn new(pools: Vec<Arc<Pool>>) -> Self {
+        Self(Arc::new(RwLock::new(pools)))
+    }
+
+    /// Every pool, in configuration order (pools added since at the end).
+    pub(crate) fn all(&self) -> Vec<Arc<Pool>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The pool `handle`.
+    pub(crate) fn get(&self, handle: &PoolHandle) -> Option<Arc<Pool>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|p| p.handle() == handle)
+            .cloned()
+    }
+
+    pub(crate) fn add(&self, pool: Arc<Pool>) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(pool);
+    }
+
+    pub(crate) fn remove(&self, handle: &PoolHandle) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|p| p.handle() != handle);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

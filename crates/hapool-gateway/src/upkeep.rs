@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::member_cache::MemberCache;
 use crate::member_http::Target;
-use crate::pool::{Member, Pool, ProbeKind};
+use crate::pool::{Member, Pool, PoolSet, ProbeKind};
 use crate::{Shared, tcp};
 
 /// Resolves every registrar pool once; keeps the last answer of a pool
@@ -61,7 +61,7 @@ pub(crate) async fn refresh(
 /// unreachable to the registrars.
 pub(crate) async fn refresher(
     pu: Arc<PoolUser>,
-    pools: Vec<Arc<Pool>>,
+    pools: PoolSet,
     shared: Arc<Shared>,
     mut reports: mpsc::Receiver<(PoolHandle, PoolElementId)>,
     every: Duration,
@@ -72,7 +72,11 @@ pub(crate) async fn refresher(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => refresh(&pu, &pools, &shared, probe_timeout, &mut cache).await,
+            _ = tick.tick() => {
+                let registrar_pools: Vec<Arc<Pool>> =
+                    pools.all().into_iter().filter(|p| p.from_registrars()).collect();
+                refresh(&pu, &registrar_pools, &shared, probe_timeout, &mut cache).await;
+            }
             Some((pool, pe_id)) = reports.recv() => {
                 if let Err(e) = pu.report_unreachable(&pool, pe_id).await {
                     debug!(pool = %pool, pe_id = %pe_id, error = %e, "cannot report an unreachable pool element");
@@ -168,7 +172,7 @@ async fn join_all<F: Future<Output = ()>>(futures: impl Iterator<Item = F>) {
 
 /// Probes every member every `every`.
 pub(crate) async fn prober(
-    pools: Vec<Arc<Pool>>,
+    pools: PoolSet,
     shared: Arc<Shared>,
     every: Duration,
     probe_timeout: Duration,
@@ -177,18 +181,18 @@ pub(crate) async fn prober(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        probe_all(&pools, &shared, probe_timeout).await;
+        probe_all(&pools.all(), &shared, probe_timeout).await;
     }
 }
 
 /// Once a second: drops expired sessions, and members drained of their
 /// sessions after a pending delete.
-pub(crate) async fn sweeper(pools: Vec<Arc<Pool>>) {
+pub(crate) async fn sweeper(pools: PoolSet) {
     let mut tick = interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let now = Instant::now();
-        for pool in &pools {
+        for pool in &pools.all() {
             pool.sessions.sweep(now);
             pool.remove_drained();
         }

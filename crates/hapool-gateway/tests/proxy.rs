@@ -1650,64 +1650,119 @@ async fn a_reload_adds_members_drains_those_left_out_and_takes_new_settings() {
     gateway.shutdown().await;
 }
 
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 #[tokio::test]
-async fn a_reload_names_what_takes_a_restart_and_a_bad_one_changes_nothing() {
+async fn a_reload_opens_replaces_and_closes_listeners_and_pools() {
     let backends = http_backends(&["a", "b"]).await;
     let gateway = Gateway::start(http_config(&backends[..1])).await.unwrap();
     let view = gateway.view();
-    let addr = gateway.local_addrs()[0];
-    let mut config = http_config(&backends);
+    let first = gateway.local_addrs()[0];
+    let client = client();
+    // A request under way on the first listener when it is replaced.
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { get(&client, first, "/slow", None).await })
+    };
+    sleep(Duration::from_millis(100)).await;
+    // The first listener changes (replaced at its address), a second one
+    // serves a new pool, and two settings take a restart.
+    let second: SocketAddr = (Ipv4Addr::LOCALHOST, free_port()).into();
+    let mut config = http_config(&backends[..1]);
+    config.listeners[0].max_connections = 5;
     config.listeners.push(ListenerConfig {
-        address: "127.0.0.1:1".parse().unwrap(),
+        address: second,
+        pool: PoolHandle::from("other"),
         ..listener(Protocol::Http)
     });
-    config.listeners[0].max_connections = 5;
-    let mut other = static_pool(&backends, ProbeKind::Tcp);
+    let mut other = static_pool(&backends[1..], http_probe());
     other.handle = PoolHandle::from("other");
-    config.pools.push(other);
+    config.pools.push(other.clone());
     config.limits.retries = 1;
     config.workers += 1;
-    let done = view.reload(config).await.unwrap();
-    assert_eq!(
-        done.needs_restart,
-        [
-            "listener 127.0.0.1:0: max_connections changed",
-            "listener 127.0.0.1:1: new",
-            "pool other: new",
-            "retries changed",
-            "threads changed",
-        ]
-    );
-    // What can change without a restart did: b is in the pool.
+    let done = view.reload(config.clone()).await.unwrap();
     assert_eq!(
         done.applied,
-        ["pool web: members (1 new member(s), 1 answering)"]
+        [
+            "pool other: added (1 member(s), 1 answering)".to_owned(),
+            format!(
+                "listener {first}: replaced (max_connections changed); open connections finish on the old one"
+            ),
+            format!("listener {second}: opened"),
+        ]
     );
-    assert_spread(&client(), addr, 2).await;
-    let mut config = http_config(&backends);
-    config.listeners.clear();
-    let done = view.reload(config).await.unwrap();
+    assert_eq!(done.needs_restart, ["retries changed", "threads changed"]);
+    assert_eq!(gateway.local_addrs(), [first, second]);
+    let (status, body, _) = slow.await.unwrap();
     assert_eq!(
-        done.needs_restart,
-        ["listener 127.0.0.1:0: no longer configured (it serves until a restart)"]
+        (status, served_by(&body)),
+        (StatusCode::OK, "a"),
+        "the request under way on the old listener finished"
     );
-    // Configurations the gateway could not start with change nothing.
-    let mut config = http_config(&backends[..1]);
-    config.listeners[0].pool = PoolHandle::from("nope");
-    let error = view.reload(config).await.unwrap_err().to_string();
+    for _ in 0..3 {
+        assert_eq!(served_by(&get(&client, first, "/", None).await.1), "a");
+        assert_eq!(served_by(&get(&client, second, "/", None).await.1), "b");
+    }
+    let status = view.status();
+    assert_eq!(status.listeners.len(), 2);
+    assert_eq!(status.pools.len(), 2);
+    // Configurations the gateway could not start with, and a listener
+    // that cannot be bound, change nothing.
+    let mut bad = config.clone();
+    bad.listeners[0].pool = PoolHandle::from("nope");
+    let error = view.reload(bad).await.unwrap_err().to_string();
     assert!(error.contains("\"nope\""), "{error}");
-    let twice = http_config(&[backends[0], backends[0]]);
-    let error = view.reload(twice).await.unwrap_err().to_string();
+    let mut bad = config.clone();
+    bad.pools[0] = static_pool(&[backends[0], backends[0]], http_probe());
+    let error = view.reload(bad).await.unwrap_err().to_string();
     assert_eq!(
         error,
         format!("pool \"web\" lists the member {} twice", backends[0])
     );
+    let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let mut bad = config.clone();
+    let mut third = other.clone();
+    third.handle = PoolHandle::from("third");
+    bad.pools.push(third);
+    bad.listeners.push(ListenerConfig {
+        address: taken.local_addr().unwrap(),
+        pool: PoolHandle::from("third"),
+        ..listener(Protocol::Http)
+    });
+    let error = view.reload(bad).await.unwrap_err().to_string();
+    assert!(error.starts_with("cannot listen on"), "{error}");
+    assert!(gateway.pool(&PoolHandle::from("third")).is_none());
+    assert_eq!(gateway.local_addrs(), [first, second]);
+    // The first listener and its pool go: the second serves on.
+    let mut config = config.clone();
+    config.listeners.remove(0);
+    config.pools.remove(0);
+    let done = view.reload(config).await.unwrap();
     assert_eq!(
-        gateway.pool(&pool_handle()).unwrap().members().len(),
-        2,
-        "the refused reloads changed nothing"
+        done.applied,
+        [
+            format!("listener {first}: closed; its open connections finish"),
+            "pool web: removed".to_owned(),
+        ]
     );
-    assert_spread(&client(), addr, 2).await;
+    assert_eq!(gateway.local_addrs(), [second]);
+    assert!(gateway.pool(&pool_handle()).is_none());
+    let started = Instant::now();
+    while TcpStream::connect(first).await.is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{first} still accepts"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(served_by(&get(&client, second, "/", None).await.1), "b");
     gateway.shutdown().await;
 }
 

@@ -1,0 +1,329 @@
+//! Taking a new configuration while the gateway serves
+//! ([`GatewayView::reload`]).
+//!
+//! What a reload can change is what the gateway reads per connection or
+//! per choice: a TLS listener's certificates (`tls::LiveTls`), a pool's
+//! settings and static members ([`Pool::reconfigure`]), and the set of
+//! listeners and pools itself. A listener whose fixed settings change
+//! (protocol, pool, TLS on or off, affinity, `max_connections`) is
+//! replaced: a new one is bound at the same address beside it
+//! (SO_REUSEPORT), the old one takes what the kernel has queued for it and
+//! closes, and its open connections finish. What the workers were built
+//! with (threads, limits, timers, member trust, the access log) and what
+//! a pool is at heart (where its members come from, TLS to them) take a
+//! restart; the reload names each such difference rather than half-apply
+//! it. The new configuration is checked whole, and every new listener
+//! bound, before anything changes: a reload that cannot be done changes
+//! nothing.
+
+use std::sync::{Arc, PoisonError};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::pool::Pool;
+use crate::upkeep::{probe_all, probe_one, refresh};
+use crate::{
+    GatewayConfig, GatewayError, GatewayView, ListenerConfig, Listening, MemberSource, PoolSettings,
+};
+
+/// What a reload did, and what it left for a restart.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// Changes in effect from now on, one line each.
+    pub applied: Vec<String>,
+    /// Differences between the new configuration and the running gateway
+    /// that only a restart brings into effect, one line each. The gateway
+    /// goes on as before in these.
+    pub needs_restart: Vec<String>,
+}
+
+impl ListenerConfig {
+    /// What a running listener cannot take from `new` in place (a new
+    /// listener replaces it); `None` when it can (new certificates, or
+    /// nothing new).
+    fn fixed_change(&self, new: &Self) -> Option<&'static str> {
+        if new.protocol != self.protocol {
+            Some("protocol")
+        } else if new.pool != self.pool {
+            Some("pool")
+        } else if new.tls.is_some() != self.tls.is_some() {
+            Some("TLS on or off")
+        } else if new.affinity != self.affinity {
+            Some("affinity")
+        } else if new.max_connections != self.max_connections {
+            Some("max_connections")
+        } else {
+            None
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// What differs from `running` outside listeners and pools: each
+    /// setting by name. None of these changes while the gateway runs.
+    fn fixed_changes(&self, running: &Self) -> Vec<&'static str> {
+        let (new, old) = (&self.limits, &running.limits);
+        [
+            ("registrars", self.registrars != running.registrars),
+            ("refresh", self.refresh != running.refresh),
+            (
+                "probe_interval",
+                self.probe_interval != running.probe_interval,
+            ),
+            ("probe_timeout", self.probe_timeout != running.probe_timeout),
+            ("session_idle", self.session_idle != running.session_idle),
+            (
+                "session_capacity",
+                self.session_capacity != running.session_capacity,
+            ),
+            (
+                "connect_timeout",
+                new.connect_timeout != old.connect_timeout,
+            ),
+            (
+                "request_timeout",
+                new.request_timeout != old.request_timeout,
+            ),
+            (
+                "header_read_timeout",
+                new.header_read_timeout != old.header_read_timeout,
+            ),
+            (
+                "max_header_bytes",
+                new.max_header_bytes != old.max_header_bytes,
+            ),
+            ("retries", new.retries != old.retries),
+            (
+                "retry_body_limit",
+                new.retry_body_limit != old.retry_body_limit,
+            ),
+            (
+                "member_idle_timeout",
+                new.member_idle_timeout != old.member_idle_timeout,
+            ),
+            ("shutdown_grace", new.shutdown_grace != old.shutdown_grace),
+            ("threads", self.workers != running.workers),
+            (
+                "member_ca",
+                self.member_tls.is_some() != running.member_tls.is_some(),
+            ),
+            ("member_cache", self.member_cache != running.member_cache),
+            ("access_log", self.access_log != running.access_log),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+}
+
+/// What a reload does with one configured listener.
+enum Plan {
+    /// The running listener at this index stays (with new certificates,
+    /// if it has TLS).
+    Keep(usize),
+    /// A new listener, bound at `opened[n]`; it replaces the running
+    /// listener at the index, if any.
+    Open(usize, Option<usize>),
+    /// Its pool takes a restart: the running listener at the index, if
+    /// any, goes on as it is.
+    Hold(Option<usize>),
+}
+
+impl GatewayView {
+    /// Takes `config` while the gateway serves, as far as that can be
+    /// done without a restart, and says what it did and what it could not
+    /// ([`Reloaded`]; the module's documentation says which is which). A
+    /// configuration the gateway could not start with, or a new listener
+    /// that cannot be bound, changes nothing. Reloads run one at a time.
+    pub async fn reload(&self, config: GatewayConfig) -> Result<Reloaded, GatewayError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        config.check()?;
+        let mut done = Reloaded::default();
+
+        // Pools: new ones, changed ones, and those that take a restart.
+        let mut held = Vec::new();
+        let mut changed: Vec<(Arc<Pool>, &PoolSettings)> = Vec::new();
+        let mut added: Vec<Arc<Pool>> = Vec::new();
+        for settings in &config.pools {
+            let handle = &settings.handle;
+            let why_not = match self.pools.get(handle) {
+                Some(pool) => {
+                    let running = pool.settings();
+                    let fixed = running.fixed_change(settings);
+                    if fixed.is_none() && *running != *settings {
+                        changed.push((pool, settings));
+                    }
+                    fixed
+                }
+                None if settings.source == MemberSource::Registrars && self.pool_user.is_none() => {
+                    Some("new, and the running gateway has no registrars to ask")
+                }
+                None if settings.tls && self.shared.member_tls.is_none() => {
+                    Some("new, and the running gateway has no member_ca")
+                }
+                None => {
+                    added.push(Arc::new(self.config.new_pool(settings)));
+                    None
+                }
+            };
+            if let Some(why) = why_not {
+                done.needs_restart.push(format!("pool {handle}: {why}"));
+                held.push(handle);
+            }
+        }
+
+        // Listeners: matched to the running ones by configured address.
+        let running = self.listening();
+        let mut matched = vec![false; running.len()];
+        let mut plans = Vec::with_capacity(config.listeners.len());
+        let mut opened = Vec::new();
+        for new in &config.listeners {
+            let found = (0..running.len())
+                .find(|&i| !matched[i] && running[i].config.address == new.address);
+            if let Some(i) = found {
+                matched[i] = true;
+            }
+            if held.contains(&&new.pool) {
+                done.needs_restart.push(format!(
+                    "listener {}: its pool {} takes a restart",
+                    new.address, new.pool
+                ));
+                plans.push(Plan::Hold(found));
+                continue;
+            }
+            if let Some(i) = found
+                && running[i].config.fixed_change(new).is_none()
+            {
+                plans.push(Plan::Keep(i));
+                continue;
+            }
+            let pool = added
+                .iter()
+                .find(|p| *p.handle() == new.pool)
+                .cloned()
+                .or_else(|| self.pools.get(&new.pool))
+                .expect("checked: every listener's pool is configured");
+            // A replacement takes the address its predecessor has, even
+            // when the configuration says port 0.
+            let at = found.map_or(new.address, |i| running[i].address());
+            opened.push(Listening::open(new, at, &pool, self.workers.len())?);
+            plans.push(Plan::Open(opened.len() - 1, found));
+        }
+
+        // Everything that can fail has been done; from here on, changes.
+        for pool in &added {
+            if pool.from_registrars() {
+                if let Some(pu) = &self.pool_user {
+                    let pools = std::slice::from_ref(pool);
+                    refresh(
+                        pu,
+                        pools,
+                        &self.shared,
+                        self.config.probe_timeout,
+                        &mut None,
+                    )
+                    .await;
+                }
+            } else {
+                probe_all(
+                    std::slice::from_ref(pool),
+                    &self.shared,
+                    self.config.probe_timeout,
+                )
+                .await;
+            }
+            self.pools.add(pool.clone());
+            let members = pool.members();
+            let answering = members.iter().filter(|m| m.is_reachable()).count();
+            done.applied.push(format!(
+                "pool {}: added ({} member(s), {answering} answering)",
+                pool.handle(),
+                members.len()
+            ));
+        }
+        for (pool, settings) in changed {
+            let what = pool.settings().changes(settings).join(", ");
+            let fresh = pool.reconfigure(settings.clone());
+            for member in &fresh {
+                probe_one(&pool, member, &self.shared, self.config.probe_timeout).await;
+            }
+            let answering = fresh.iter().filter(|m| m.is_reachable()).count();
+            done.applied.push(if fresh.is_empty() {
+                format!("pool {}: {what}", pool.handle())
+            } else {
+                format!(
+                    "pool {}: {what} ({} new member(s), {answering} answering)",
+                    pool.handle(),
+                    fresh.len()
+                )
+            });
+        }
+        let mut opened: Vec<Option<_>> = opened.into_iter().map(Some).collect();
+        let mut listeners = Vec::with_capacity(plans.len());
+        for (plan, new) in plans.into_iter().zip(&config.listeners) {
+            match plan {
+                Plan::Keep(i) => {
+                    let kept = &running[i];
+                    if let (Some(live), Some(tls)) = (&kept.tls, &new.tls) {
+                        live.replace(tls);
+                        done.applied
+                            .push(format!("listener {}: certificates loaded", kept.address()));
+                    }
+                    listeners.push(kept.clone());
+                }
+                Plan::Hold(found) => listeners.extend(found.map(|i| running[i].clone())),
+                Plan::Open(n, replaces) => {
+                    let (listening, per_worker) = opened[n].take().expect("opened once");
+                    for (worker, serve) in self.workers.iter().zip(per_worker) {
+                        // A worker that has stopped serves nothing more.
+                        let _ = worker.send(serve);
+                    }
+                    done.applied.push(match replaces {
+                        Some(i) => {
+                            running[i].close();
+                            format!(
+                                "listener {}: replaced ({} changed); open connections finish on the old one",
+                                listening.address(),
+                                running[i]
+                                    .config
+                                    .fixed_change(new)
+                                    .expect("replaced for a change")
+                            )
+                        }
+                        None => format!("listener {}: opened", listening.address()),
+                    });
+                    listeners.push(listening);
+                }
+            }
+        }
+        for (old, _) in running.iter().zip(&matched).filter(|(_, m)| !**m) {
+            old.close();
+            done.applied.push(format!(
+                "listener {}: closed; its open connections finish",
+                old.address()
+            ));
+        }
+        *self
+            .listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = listeners;
+        for pool in self.pools.all() {
+            if !config.pools.iter().any(|p| p.handle == *pool.handle()) {
+                self.pools.remove(pool.handle());
+                done.applied
+                    .push(format!("pool {}: removed", pool.handle()));
+            }
+        }
+        for name in config.fixed_changes(&self.config) {
+            done.needs_restart.push(format!("{name} changed"));
+        }
+        for line in &done.applied {
+            info!(change = %line, "reload: in effect");
+        }
+        for line in &done.needs_restart {
+            warn!(change = %line, "reload: takes a restart, not in effect");
+        }
+        Ok(done)
+    }
+}
