@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -77,11 +77,23 @@ pub struct PoolSettings {
     /// may also go to a second member when the first is slow to answer
     /// (see `hedge.rs`); 0: never. Default 5.
     pub hedge_percent: u32,
+    /// Probes answered in a row that bring back a member found
+    /// unreachable (by probes or by a failed request). A member the
+    /// gateway has never reached comes in at its first answer. Default 2.
+    pub probe_rise: u32,
+    /// Probes failed in a row that take a member out of the choice (a
+    /// failed request takes it out at once). Default 2: one lost probe, as
+    /// under a load that delays it past its timeout, does not.
+    pub probe_fall: u32,
 }
 
 impl PoolSettings {
     /// The default share of hedged requests.
     pub const HEDGE_PERCENT: u32 = 5;
+    /// The default probes in a row that bring a member back.
+    pub const PROBE_RISE: u32 = 2;
+    /// The default probes in a row that take a member out.
+    pub const PROBE_FALL: u32 = 2;
 
     fn thresholds(&self) -> Thresholds {
         Thresholds {
@@ -103,6 +115,8 @@ impl PoolSettings {
             ("probe", self.probe != new.probe),
             ("tls", self.tls != new.tls),
             ("hedge_percent", self.hedge_percent != new.hedge_percent),
+            ("probe_rise", self.probe_rise != new.probe_rise),
+            ("probe_fall", self.probe_fall != new.probe_fall),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -143,6 +157,11 @@ pub struct Member {
     priority: AtomicU32,
     admin: AtomicU8,
     reachable: AtomicBool,
+    /// Probes in a row that agreed: answered when positive, failed when
+    /// negative.
+    probe_streak: AtomicI32,
+    /// Whether the gateway has ever reached it.
+    ever_reached: AtomicBool,
     active: AtomicU32,
     chosen: AtomicU64,
     served: AtomicU64,
@@ -170,6 +189,8 @@ impl Member {
             admin: AtomicU8::new(0),
             // Probed before use.
             reachable: AtomicBool::new(false),
+            probe_streak: AtomicI32::new(0),
+            ever_reached: AtomicBool::new(false),
             active: AtomicU32::new(0),
             chosen: AtomicU64::new(0),
             served: AtomicU64::new(0),
@@ -216,10 +237,39 @@ impl Member {
         self.reachable.load(Ordering::Relaxed)
     }
 
-    /// Records the outcome of a probe or connection attempt; `true` when
-    /// that changed its reachability.
+    /// Marks it reachable or not, whatever its probes said; `true` when
+    /// that changed its reachability. Marked unreachable, it needs
+    /// [`PoolSettings::probe_rise`] answers in a row to come back.
     pub fn set_reachable(&self, reachable: bool) -> bool {
+        if reachable {
+            self.ever_reached.store(true, Ordering::Relaxed);
+        } else {
+            self.probe_streak.store(0, Ordering::Relaxed);
+        }
         self.reachable.swap(reachable, Ordering::Relaxed) != reachable
+    }
+
+    /// Records a probe's outcome: a member comes back after `rise`
+    /// answers in a row (at the first, when the gateway has never reached
+    /// it), and goes out after `fall` failures in a row. `true` when that
+    /// changed its reachability.
+    pub fn record_probe(&self, answered: bool, rise: u32, fall: u32) -> bool {
+        let last = self.probe_streak.load(Ordering::Relaxed);
+        let streak = match (answered, last) {
+            (true, 1..) => last.saturating_add(1),
+            (true, _) => 1,
+            (false, ..=-1) => last.saturating_sub(1),
+            (false, _) => -1,
+        };
+        self.probe_streak.store(streak, Ordering::Relaxed);
+        let runs = streak.unsigned_abs();
+        if self.is_reachable() {
+            !answered && runs >= fall && self.set_reachable(false)
+        } else {
+            answered
+                && (runs >= rise || !self.ever_reached.load(Ordering::Relaxed))
+                && self.set_reachable(true)
+        }
     }
 
     /// Sessions (HTTP requests, TCP connections) open to it now.
@@ -833,6 +883,8 @@ mod tests {
             probe: ProbeKind::Tcp,
             tls: false,
             hedge_percent: PoolSettings::HEDGE_PERCENT,
+            probe_rise: PoolSettings::PROBE_RISE,
+            probe_fall: PoolSettings::PROBE_FALL,
         }
     }
 
@@ -1002,5 +1054,36 @@ mod tests {
             pool.member(PoolElementId(3)).unwrap().admin(),
             AdminState::PendingDelete
         );
+    }
+
+    #[test]
+    fn probes_take_a_member_out_and_back_only_in_a_row() {
+        let member = Member::new(PoolElementId(1), "127.0.0.1:1".parse().unwrap(), 1, 0);
+        // Never reached: in at its first answer.
+        assert!(!member.record_probe(false, 2, 2));
+        assert!(member.record_probe(true, 2, 2));
+        assert!(member.is_reachable());
+        // One lost probe between answers does not take it out.
+        for answered in [false, true, false, true] {
+            assert!(!member.record_probe(answered, 2, 2));
+            assert!(member.is_reachable());
+        }
+        // Two in a row do; then two answers in a row bring it back.
+        assert!(!member.record_probe(false, 2, 2));
+        assert!(member.record_probe(false, 2, 2));
+        assert!(!member.is_reachable());
+        assert!(!member.record_probe(true, 2, 2));
+        assert!(!member.record_probe(false, 2, 2));
+        assert!(!member.record_probe(true, 2, 2));
+        assert!(member.record_probe(true, 2, 2));
+        // A failed request takes it out at once, and the answers count
+        // afresh from there.
+        assert!(!member.record_probe(true, 2, 2) && member.is_reachable());
+        assert!(member.set_reachable(false));
+        assert!(!member.record_probe(true, 2, 2));
+        assert!(member.record_probe(true, 2, 2));
+        // With 1 and 1, every probe decides.
+        assert!(member.record_probe(false, 1, 1));
+        assert!(member.record_probe(true, 1, 1));
     }
 }

@@ -133,7 +133,8 @@ pub(crate) async fn probe_one(
             }
         }
     };
-    if member.set_reachable(ok) {
+    let settings = pool.settings();
+    if member.record_probe(ok, settings.probe_rise, settings.probe_fall) {
         if ok {
             info!(pool = %pool.handle(), pe_id = %member.id, address = %member.address, "pool element answers");
         } else {

@@ -96,6 +96,8 @@ fn static_pool(members: &[SocketAddr], probe: ProbeKind) -> PoolSettings {
         probe,
         tls: false,
         hedge_percent: PoolSettings::HEDGE_PERCENT,
+        probe_rise: PoolSettings::PROBE_RISE,
+        probe_fall: PoolSettings::PROBE_FALL,
     }
 }
 
@@ -528,6 +530,65 @@ async fn a_member_that_refuses_is_skipped_and_probed_back() {
     }
     assert!(seen.contains("revived"), "{seen:?}");
     gateway.shutdown().await;
+}
+
+/// An HTTP backend whose `/health` fails every other time it is asked
+/// (answering first); anything else is answered `<name>`.
+async fn flapping_backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let probes = Arc::new(AtomicU64::new(0));
+    tokio::spawn(serve_http(listener, move |request: Request<Incoming>| {
+        let probes = probes.clone();
+        async move {
+            let mut response = Response::new(Full::new(Bytes::from(name)));
+            if request.uri().path() == "/health" && probes.fetch_add(1, Ordering::Relaxed) % 2 == 1
+            {
+                *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            response
+        }
+    }));
+    addr
+}
+
+/// Whether the member of a gateway in front of one [`flapping_backend`],
+/// probed every 20 ms with `probe_fall`, was ever out of the choice in
+/// 600 ms.
+async fn flapping_member_ever_out(probe_fall: u32) -> bool {
+    let backend = flapping_backend("a").await;
+    let mut pool = static_pool(
+        &[backend],
+        ProbeKind::Http {
+            path: "/health".into(),
+        },
+    );
+    pool.probe_fall = probe_fall;
+    let mut config = GatewayConfig::new(vec![listener(Protocol::Http)], vec![pool]);
+    config.probe_interval = Duration::from_millis(20);
+    let gateway = Gateway::start(config).await.unwrap();
+    let member = gateway.pools()[0].members()[0].clone();
+    assert!(member.is_reachable(), "in at its first answer");
+    let started = Instant::now();
+    let mut out = false;
+    while started.elapsed() < Duration::from_millis(600) {
+        out |= !member.is_reachable();
+        sleep(Duration::from_millis(2)).await;
+    }
+    gateway.shutdown().await;
+    out
+}
+
+#[tokio::test]
+async fn a_member_that_fails_one_probe_in_two_stays_in_the_choice() {
+    assert!(
+        !flapping_member_ever_out(PoolSettings::PROBE_FALL).await,
+        "one failed probe between answers took the member out"
+    );
+    assert!(
+        flapping_member_ever_out(1).await,
+        "with probe_fall = 1 a single failed probe takes it out"
+    );
 }
 
 #[tokio::test]

@@ -317,6 +317,8 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         probe,
         tls: false,
         hedge_percent: PoolSettings::HEDGE_PERCENT,
+        probe_rise: PoolSettings::PROBE_RISE,
+        probe_fall: PoolSettings::PROBE_FALL,
     };
     let listener = |protocol, pool: &str, affinity| ListenerConfig {
         address: (Ipv4Addr::LOCALHOST, 0).into(),

@@ -161,6 +161,11 @@ struct PoolFile {
     /// The most requests, in percent, also sent to a second member when
     /// the first is slow to answer (GET and HEAD only). Default 5; 0: never.
     hedge_percent: Option<u32>,
+    /// Probes answered in a row that bring back a member found
+    /// unreachable. Default 2.
+    probe_rise: Option<u32>,
+    /// Probes failed in a row that take a member out. Default 2.
+    probe_fall: Option<u32>,
 }
 
 /// A static member: "ADDR" or `{ address, weight, priority }`.
@@ -273,6 +278,15 @@ impl TryFrom<GatewayFile> for Planned {
                     "{key}.hedge_percent = {hedge_percent}: 0 to 100"
                 )));
             }
+            let [probe_rise, probe_fall] = [
+                ("probe_rise", p.probe_rise, PoolSettings::PROBE_RISE),
+                ("probe_fall", p.probe_fall, PoolSettings::PROBE_FALL),
+            ]
+            .map(|(name, value, default)| match value {
+                Some(0) => Err(BadConfig(format!("{key}.{name} = 0: at least 1"))),
+                value => Ok(value.unwrap_or(default)),
+            });
+            let (probe_rise, probe_fall) = (probe_rise?, probe_fall?);
             let http_listener = listeners
                 .iter()
                 .any(|l| l.pool == handle && l.protocol == Protocol::Http);
@@ -351,6 +365,8 @@ impl TryFrom<GatewayFile> for Planned {
                 probe,
                 tls: member_tls,
                 hedge_percent,
+                probe_rise,
+                probe_fall,
             });
         }
         for (i, l) in listeners.iter().enumerate() {

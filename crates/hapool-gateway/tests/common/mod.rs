@@ -49,6 +49,8 @@ pub(crate) fn one_member_gateway(
         probe: ProbeKind::Tcp,
         tls: false,
         hedge_percent: PoolSettings::HEDGE_PERCENT,
+        probe_rise: PoolSettings::PROBE_RISE,
+        probe_fall: PoolSettings::PROBE_FALL,
     };
     let mut config = GatewayConfig::new(vec![listener], vec![pool]);
     config.workers = workers;
