@@ -26,6 +26,7 @@ pub mod http;
 mod member_cache;
 mod member_http;
 pub mod pool;
+mod proxy_protocol;
 mod reload;
 mod response_time;
 pub mod select;
@@ -68,6 +69,7 @@ use crate::pool::PoolSet;
 pub use crate::pool::{
     Chosen, Member, MemberSource, MemberStatus, Pool, PoolSettings, ProbeKind, StaticMember,
 };
+pub use crate::proxy_protocol::ProxyProtocol;
 pub use crate::reload::Reloaded;
 pub use crate::select::{AdminState, Availability, Strategy};
 use crate::sessions::SessionTable;
@@ -274,10 +276,16 @@ impl GatewayConfig {
                     reason,
                 });
             }
-            if !self.pools.iter().any(|p| p.handle == listener.pool) {
+            let Some(pool) = self.pools.iter().find(|p| p.handle == listener.pool) else {
                 return Err(GatewayError::UnknownPool {
                     listener: listener.address,
                     pool: listener.pool.to_string(),
+                });
+            };
+            if listener.protocol == Protocol::Http && pool.proxy_protocol.is_some() {
+                return Err(GatewayError::ProxyProtocolOverHttp {
+                    listener: listener.address,
+                    pool: pool.handle.to_string(),
                 });
             }
         }
@@ -332,6 +340,17 @@ pub enum GatewayError {
         listener: SocketAddr,
         /// What does not fit.
         reason: &'static str,
+    },
+    /// A pool that sends the PROXY protocol header is served by an HTTP
+    /// listener.
+    #[error(
+        "listener {listener} is HTTP, and pool {pool:?} sends the PROXY protocol header, which only TCP listeners can (HTTP requests share member connections among clients; members learn the client's address from X-Forwarded-For)"
+    )]
+    ProxyProtocolOverHttp {
+        /// The listener.
+        listener: SocketAddr,
+        /// The pool.
+        pool: String,
     },
     /// A pool is configured twice.
     #[error("pool {0:?} is configured twice")]
@@ -1147,6 +1166,11 @@ impl Serving {
     fn spawn(&self, stream: TcpStream, peer: SocketAddr, admitted: Admitted) {
         let _ = stream.set_nodelay(true);
         let acceptor = self.acceptor.as_ref().map(LiveTls::acceptor);
+        // Only TCP connections may need it, for a PROXY protocol header.
+        let local = match self.http {
+            None => stream.local_addr().ok(),
+            Some(_) => None,
+        };
         let by_tls_session = self.by_tls_session;
         let http = self.http.clone();
         let tcp = self.tcp.clone();
@@ -1177,6 +1201,7 @@ impl Serving {
                                 .map(u128::from_be_bytes);
                             let origin = Origin {
                                 peer,
+                                local,
                                 tls: issued.map(|issued| TlsSession { issued, resumed }),
                             };
                             serve_connection(tls, origin, http, &tcp, &shared, &pool, draining)
@@ -1187,7 +1212,11 @@ impl Serving {
                     }
                 }
                 None => {
-                    let origin = Origin { peer, tls: None };
+                    let origin = Origin {
+                        peer,
+                        local,
+                        tls: None,
+                    };
                     serve_connection(stream, origin, http, &tcp, &shared, &pool, draining).await;
                 }
             }
@@ -1199,6 +1228,9 @@ impl Serving {
 pub(crate) struct Origin {
     /// The client's address.
     pub(crate) peer: SocketAddr,
+    /// The gateway's address it connected to (TCP listeners, for the
+    /// PROXY protocol header).
+    pub(crate) local: Option<SocketAddr>,
     /// Its TLS session, when the listener keeps sessions by TLS session.
     pub(crate) tls: Option<TlsSession>,
 }

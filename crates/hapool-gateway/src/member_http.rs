@@ -191,7 +191,7 @@ impl MemberHttp {
         } else {
             None
         };
-        let stream = connect_member(target.address, tls, self.connect_timeout)
+        let stream = connect_member(target.address, &[], tls, self.connect_timeout)
             .await
             .map_err(MemberError::Connect)?;
         let (sender, connection) = http1::Builder::new()

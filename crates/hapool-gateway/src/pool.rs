@@ -13,6 +13,7 @@ use smallvec::SmallVec;
 use tracing::info;
 
 use crate::hedge::{self, Budget};
+use crate::proxy_protocol::ProxyProtocol;
 use crate::response_time::ResponseTime;
 use crate::select::{
     AdminState, Availability, Candidate, Choice, Strategy, Thresholds, availability_index, select,
@@ -85,6 +86,10 @@ pub struct PoolSettings {
     /// failed request takes it out at once). Default 2: one lost probe, as
     /// under a load that delays it past its timeout, does not.
     pub probe_fall: u32,
+    /// The PROXY protocol header each connection to a member starts with
+    /// (TCP listeners only), so that the member learns the client's
+    /// address. None by default.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 impl PoolSettings {
@@ -117,6 +122,7 @@ impl PoolSettings {
             ("hedge_percent", self.hedge_percent != new.hedge_percent),
             ("probe_rise", self.probe_rise != new.probe_rise),
             ("probe_fall", self.probe_fall != new.probe_fall),
+            ("proxy_protocol", self.proxy_protocol != new.proxy_protocol),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -885,6 +891,7 @@ mod tests {
             hedge_percent: PoolSettings::HEDGE_PERCENT,
             probe_rise: PoolSettings::PROBE_RISE,
             probe_fall: PoolSettings::PROBE_FALL,
+            proxy_protocol: None,
         }
     }
 

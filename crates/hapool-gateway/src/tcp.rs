@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, copy_bidirectional};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, copy_bidirectional};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsConnector;
@@ -94,16 +94,21 @@ impl AsyncWrite for MemberStream {
     }
 }
 
-/// Connects to the member at `address`, over TLS when `tls` is set (the
-/// member's certificate must name its IP address), within `limit`.
+/// Connects to the member at `address`, within `limit`: sends `preface`
+/// first (a PROXY protocol header, or nothing), then goes over TLS when
+/// `tls` is set (the member's certificate must name its IP address).
 pub(crate) async fn connect_member(
     address: SocketAddr,
+    preface: &[u8],
     tls: Option<&TlsConnector>,
     limit: Duration,
 ) -> std::io::Result<MemberStream> {
     let connect = async {
-        let stream = TcpStream::connect(address).await?;
+        let mut stream = TcpStream::connect(address).await?;
         let _ = stream.set_nodelay(true);
+        if !preface.is_empty() {
+            stream.write_all(preface).await?;
+        }
         match tls {
             None => Ok(MemberStream::Plain(stream)),
             Some(tls) => {
@@ -159,7 +164,17 @@ impl TcpProxy {
     {
         let peer = origin.peer;
         let started = Instant::now();
-        let Some((lease, mut member)) = self.connect(Keys::of(self.affinity, origin)).await else {
+        let preface = match (self.pool.settings().proxy_protocol, origin.local) {
+            (None, _) => Vec::new(),
+            (Some(version), Some(local)) => version.header(peer, local),
+            (Some(_), None) => {
+                warn!(pool = %self.pool.handle(), client = %peer, "the address the client connected to is unknown, and the pool's members expect a PROXY protocol header: connection closed");
+                self.log(peer, None, None, started);
+                return;
+            }
+        };
+        let keys = Keys::of(self.affinity, origin);
+        let Some((lease, mut member)) = self.connect(keys, &preface).await else {
             self.shared.metrics.failed.increment(1);
             warn!(pool = %self.pool.handle(), client = %peer, "no pool element can take the connection");
             self.log(peer, None, None, started);
@@ -203,7 +218,7 @@ impl TcpProxy {
     /// The member for the session the connection continues (its affine
     /// member while that can take it), connected; members that refuse are
     /// reported and the next is tried.
-    async fn connect(&self, keys: Keys) -> Option<(Lease, MemberStream)> {
+    async fn connect(&self, keys: Keys, preface: &[u8]) -> Option<(Lease, MemberStream)> {
         let now = Instant::now();
         let session = keys
             .continues
@@ -224,6 +239,7 @@ impl TcpProxy {
             self.shared.metrics.requests.increment(1);
             match connect_member(
                 member.address,
+                preface,
                 self.member_tls.as_ref(),
                 self.shared.limits.connect_timeout,
             )

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use crate::member_cache::MemberCache;
 use crate::member_http::Target;
 use crate::pool::{Member, Pool, PoolSet, ProbeKind};
+use crate::proxy_protocol::ProxyProtocol;
 use crate::{Shared, tcp};
 
 /// Resolves every registrar pool once; keeps the last answer of a pool
@@ -97,7 +98,12 @@ pub(crate) async fn probe_one(
     let ok = match &pool.settings().probe {
         ProbeKind::Tcp => {
             let tls = shared.member_tls_for(pool);
-            tcp::connect_member(member.address, tls.as_ref(), probe_timeout)
+            // A connection of the gateway's own, with no client to name.
+            let preface = pool
+                .settings()
+                .proxy_protocol
+                .map_or(Vec::new(), ProxyProtocol::local_header);
+            tcp::connect_member(member.address, &preface, tls.as_ref(), probe_timeout)
                 .await
                 .is_ok()
         }

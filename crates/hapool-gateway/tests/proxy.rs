@@ -13,7 +13,7 @@ use hapool_gateway::http::STATE_HEADER;
 use hapool_gateway::tls::{Certificate, server_config};
 use hapool_gateway::{
     AdminState, Affinity, Availability, Gateway, GatewayConfig, ListenerConfig, MemberSource,
-    PoolSettings, ProbeKind, Protocol, StaticMember, Strategy,
+    PoolSettings, ProbeKind, Protocol, ProxyProtocol, StaticMember, Strategy,
 };
 use hapool_wire::{PoolElementId, PoolHandle};
 use http::{Request, Response, StatusCode, header};
@@ -98,6 +98,7 @@ fn static_pool(members: &[SocketAddr], probe: ProbeKind) -> PoolSettings {
         hedge_percent: PoolSettings::HEDGE_PERCENT,
         probe_rise: PoolSettings::PROBE_RISE,
         probe_fall: PoolSettings::PROBE_FALL,
+        proxy_protocol: None,
     }
 }
 
@@ -1866,4 +1867,151 @@ async fn a_reload_gives_a_tls_listener_new_certificates_and_sessions_still_resum
         assert_eq!(member, home, "round {round}: the session moved");
     }
     gateway.shutdown().await;
+}
+
+// --------------------------------------------------------- PROXY protocol
+
+/// nginx, when installed, serving on `address` with the PROXY protocol
+/// and answering each request with what the header told it:
+/// `<client> <client port> <gateway address> <gateway port>`. `None` (the
+/// test is skipped) without nginx, unless `HAPOOL_REQUIRE_TOOLS=1`.
+fn nginx_reading_proxy_headers(dir: &std::path::Path, address: SocketAddr) -> Option<Child> {
+    let installed = Command::new("nginx")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        assert!(
+            std::env::var_os("HAPOOL_REQUIRE_TOOLS").is_none(),
+            "HAPOOL_REQUIRE_TOOLS is set but nginx is not installed (apt-get install nginx)"
+        );
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx)");
+        return None;
+    }
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/cb;\n  proxy_temp_path {d}/tmp/px;\n  \
+         fastcgi_temp_path {d}/tmp/fc;\n  uwsgi_temp_path {d}/tmp/uw;\n  scgi_temp_path {d}/tmp/sc;\n  \
+         server {{\n    listen {address} proxy_protocol;\n    location / {{ return 200 \
+         \"$proxy_protocol_addr $proxy_protocol_port $proxy_protocol_server_addr $proxy_protocol_server_port\"; }}\n  }}\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(address).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "nginx did not start: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(child)
+}
+
+/// A GET over the TCP listener `gateway`, from the client address
+/// `from`: the client's address as it was, and the answer's body.
+async fn get_from(from: std::net::IpAddr, gateway: SocketAddr) -> (SocketAddr, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    let mut stream = socket.connect(gateway).await.unwrap();
+    let client = stream.local_addr().unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    (client, body.to_owned())
+}
+
+#[tokio::test]
+async fn tcp_members_learn_the_client_address_from_a_proxy_protocol_header() {
+    let dir =
+        std::env::temp_dir().join(format!("hapool-test-{}-proxy-protocol", std::process::id()));
+    let member: SocketAddr = (Ipv4Addr::LOCALHOST, free_port()).into();
+    let Some(mut nginx) = nginx_reading_proxy_headers(&dir, member) else {
+        return;
+    };
+    let config = |version| {
+        let mut pool = static_pool(&[member], ProbeKind::Tcp);
+        pool.proxy_protocol = Some(version);
+        let mut config = GatewayConfig::new(
+            vec![ListenerConfig {
+                affinity: Affinity::None,
+                ..listener(Protocol::Tcp)
+            }],
+            vec![pool],
+        );
+        config.probe_interval = Duration::from_millis(100);
+        config
+    };
+    let gateway = Gateway::start(config(ProxyProtocol::V1)).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    // The probes' headers (naming no client) are taken too: the member
+    // stays in.
+    sleep(Duration::from_millis(300)).await;
+    assert!(gateway.pools()[0].members()[0].is_reachable());
+    let client_ip = std::net::IpAddr::from([127, 0, 0, 2]);
+    let (client, body) = get_from(client_ip, addr).await;
+    assert_eq!(
+        body,
+        format!("127.0.0.2 {} 127.0.0.1 {}", client.port(), addr.port()),
+        "version 1"
+    );
+    // Version 2, by a reload.
+    let done = gateway
+        .view()
+        .reload(config(ProxyProtocol::V2))
+        .await
+        .unwrap();
+    assert_eq!(done.applied, ["pool web: proxy_protocol"]);
+    let (client, body) = get_from(client_ip, addr).await;
+    assert_eq!(
+        body,
+        format!("127.0.0.2 {} 127.0.0.1 {}", client.port(), addr.port()),
+        "version 2"
+    );
+    sleep(Duration::from_millis(300)).await;
+    assert!(gateway.pools()[0].members()[0].is_reachable());
+    gateway.shutdown().await;
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !log.contains("header"),
+        "nginx found a PROXY protocol header it could not read: {log}"
+    );
+}
+
+#[tokio::test]
+async fn an_http_listener_cannot_send_proxy_protocol_headers() {
+    let mut pool = static_pool(&[], http_probe());
+    pool.proxy_protocol = Some(ProxyProtocol::V2);
+    let error = Gateway::start(GatewayConfig::new(
+        vec![listener(Protocol::Http)],
+        vec![pool],
+    ))
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        error.contains("sends the PROXY protocol header, which only TCP listeners can"),
+        "{error}"
+    );
 }

@@ -319,6 +319,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         hedge_percent: PoolSettings::HEDGE_PERCENT,
         probe_rise: PoolSettings::PROBE_RISE,
         probe_fall: PoolSettings::PROBE_FALL,
+        proxy_protocol: None,
     };
     let listener = |protocol, pool: &str, affinity| ListenerConfig {
         address: (Ipv4Addr::LOCALHOST, 0).into(),

@@ -15,7 +15,8 @@ use axum::routing::{get, post};
 use hapool_gateway::tls::{Certificate, server_config};
 use hapool_gateway::{
     AdminState, Affinity, Gateway, GatewayConfig, GatewayView, Limits, ListenerConfig,
-    MemberSource, PoolSettings, ProbeKind, Protocol, Reloaded, StaticMember, Strategy,
+    MemberSource, PoolSettings, ProbeKind, Protocol, ProxyProtocol, Reloaded, StaticMember,
+    Strategy,
 };
 use hapool_wire::{PoolElementId, PoolHandle};
 use serde::{Deserialize, Serialize};
@@ -166,6 +167,10 @@ struct PoolFile {
     probe_rise: Option<u32>,
     /// Probes failed in a row that take a member out. Default 2.
     probe_fall: Option<u32>,
+    /// "v1" or "v2": each connection to a member starts with a PROXY
+    /// protocol header naming the client (TCP listeners only). Default:
+    /// none.
+    proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// A static member: "ADDR" or `{ address, weight, priority }`.
@@ -367,6 +372,7 @@ impl TryFrom<GatewayFile> for Planned {
                 hedge_percent,
                 probe_rise,
                 probe_fall,
+                proxy_protocol: p.proxy_protocol,
             });
         }
         for (i, l) in listeners.iter().enumerate() {

@@ -51,6 +51,7 @@ pub(crate) fn one_member_gateway(
         hedge_percent: PoolSettings::HEDGE_PERCENT,
         probe_rise: PoolSettings::PROBE_RISE,
         probe_fall: PoolSettings::PROBE_FALL,
+        proxy_protocol: None,
     };
     let mut config = GatewayConfig::new(vec![listener], vec![pool]);
     config.workers = workers;
