@@ -17,6 +17,7 @@ use crate::proxy_protocol::ProxyProtocol;
 use crate::response_time::ResponseTime;
 use crate::select::{
     AdminState, Availability, Candidate, Choice, Strategy, Thresholds, availability_index, select,
+    turns_after,
 };
 use crate::sessions::SessionTable;
 
@@ -170,6 +171,8 @@ pub struct Member {
     ever_reached: AtomicBool,
     active: AtomicU32,
     chosen: AtomicU64,
+    /// The choice's count of its new sessions (`select::turns_after`).
+    turns: AtomicU64,
     served: AtomicU64,
     failed: AtomicU64,
     bytes: AtomicU64,
@@ -199,6 +202,7 @@ impl Member {
             ever_reached: AtomicBool::new(false),
             active: AtomicU32::new(0),
             chosen: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -324,7 +328,7 @@ impl Member {
         Candidate {
             availability_index: availability_index(u32::try_from(load).ok(), sessions, capacity),
             sessions,
-            chosen: self.chosen.load(Ordering::Relaxed),
+            turns: self.turns.load(Ordering::Relaxed),
             response_us: self.response_time.current_us(now),
             weight: self.weight.load(Ordering::Relaxed),
             priority: self.priority.load(Ordering::Relaxed),
@@ -405,6 +409,12 @@ impl Lease {
     pub fn cancel(mut self) {
         self.ok = false;
         self.member.chosen.fetch_sub(1, Ordering::Relaxed);
+        let _ = self
+            .member
+            .turns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_sub(1))
+            });
     }
 }
 
@@ -559,6 +569,12 @@ impl Pool {
         )?;
         let member = view.members[index].clone();
         member.chosen.fetch_add(1, Ordering::Relaxed);
+        let level = turns_after(&candidates, &view.thresholds, index);
+        let _ = member
+            .turns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_add(1).max(level))
+            });
         let fastest = candidates
             .iter()
             .map(|c| c.response_us)
@@ -809,7 +825,7 @@ impl Pool {
                     availability: candidate.availability(&thresholds),
                     availability_index: candidate.availability_index,
                     active: candidate.sessions,
-                    chosen: candidate.chosen,
+                    chosen: m.chosen(),
                     served: m.served.load(Ordering::Relaxed),
                     failed: m.failed.load(Ordering::Relaxed),
                     bytes: m.bytes.load(Ordering::Relaxed),

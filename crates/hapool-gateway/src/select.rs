@@ -121,10 +121,10 @@ pub enum Strategy {
     /// The highest availability index (lightest load); ties go to the PE
     /// with the shortest expected wait (its open sessions plus this one,
     /// times its response time as [`select`] counts it), then to the one
-    /// with the fewest open sessions, then to the one chosen least often.
+    /// with the fewest open sessions, then to the one with the fewest turns.
     LeastLoaded,
     /// In turn, in proportion to the weights (the PE with the fewest
-    /// choices per unit of weight next).
+    /// turns per unit of weight next).
     RoundRobin,
     /// At random, in proportion to the weights.
     Random,
@@ -153,8 +153,10 @@ pub struct Candidate {
     pub availability_index: u8,
     /// Sessions open through this gateway now.
     pub sessions: u32,
-    /// Sessions this gateway has sent to it so far.
-    pub chosen: u64,
+    /// Its turns: the new sessions it has been given, counted so that a
+    /// PE that rejoins the choice starts level with the others
+    /// ([`turns_after`]). Ties go to fewer turns (per unit of weight).
+    pub turns: u64,
     /// How long it has recently taken to answer, in microseconds; 0 when
     /// it has not answered lately (see [`select`]).
     pub response_us: u32,
@@ -314,26 +316,44 @@ pub fn select(
     })
 }
 
+/// The turns of `candidates[chosen]` once it has been given a new session:
+/// one more, but at least as many (per unit of weight) as the fewest
+/// among the others it was chosen with (its availability tier). A PE that
+/// was out of the choice (unreachable, drained, busy, new to the pool)
+/// thus takes its turn with the others from its first session on, rather
+/// than every new session until its count caught up with theirs.
+pub fn turns_after(candidates: &[Candidate], thresholds: &Thresholds, chosen: usize) -> u64 {
+    let this = &candidates[chosen];
+    let tier = this.availability(thresholds).tier();
+    let floor = candidates
+        .iter()
+        .enumerate()
+        .filter(|&(i, c)| i != chosen && c.availability(thresholds).tier() == tier)
+        .map(|(_, c)| u128::from(c.turns) * u128::from(this.weight()) / u128::from(c.weight()))
+        .min()
+        .map_or(0, |floor| u64::try_from(floor).unwrap_or(u64::MAX));
+    this.turns.saturating_add(1).max(floor)
+}
+
 /// Whether `a` should be chosen over `b` (strictly; ties keep the earlier);
 /// `fastest` is the shortest response time in their tier.
 fn better(strategy: Strategy, a: &Candidate, b: &Candidate, fastest: u32) -> bool {
-    // `a.chosen / a.weight < b.chosen / b.weight`, without division.
+    // `a.turns / a.weight < b.turns / b.weight`, without division.
     let fewer_choices = || {
-        u128::from(a.chosen) * u128::from(b.weight())
-            < u128::from(b.chosen) * u128::from(a.weight())
+        u128::from(a.turns) * u128::from(b.weight()) < u128::from(b.turns) * u128::from(a.weight())
     };
     match strategy {
         Strategy::LeastLoaded => (
             b.availability_index,
             a.expected_wait(fastest),
             a.sessions,
-            a.chosen,
+            a.turns,
         )
             .lt(&(
                 a.availability_index,
                 b.expected_wait(fastest),
                 b.sessions,
-                b.chosen,
+                b.turns,
             )),
         Strategy::RoundRobin | Strategy::Random => fewer_choices(),
         Strategy::Priority => {
@@ -355,7 +375,7 @@ mod tests {
         Candidate {
             availability_index,
             sessions: 0,
-            chosen: 0,
+            turns: 0,
             response_us: 0,
             weight: 1,
             priority: 0,
@@ -437,9 +457,9 @@ mod tests {
     fn ties_go_to_fewer_sessions_then_fewer_choices_then_the_first() {
         let mut pes = [pe(80), pe(80), pe(80)];
         assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 0);
-        pes[0].chosen = 3;
-        pes[1].chosen = 1;
-        pes[2].chosen = 1;
+        pes[0].turns = 3;
+        pes[1].turns = 1;
+        pes[2].turns = 1;
         assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 1);
         pes[1].sessions = 2;
         assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 2);
@@ -449,8 +469,8 @@ mod tests {
     fn response_times_within_the_band_leave_the_choice_to_sessions() {
         let mut pes = measured([(3, 1_000), (2, 3_900), (2, 0)]);
         // 3.9 ms is within four times 1 ms, and the unmeasured member
-        // counts as the fastest: fewest sessions, then fewest choices.
-        pes[1].chosen = 5;
+        // counts as the fastest: fewest sessions, then fewest turns.
+        pes[1].turns = 5;
         assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 2);
         pes[2].sessions = 3;
         assert_eq!(choose(&pes, Strategy::LeastLoaded).unwrap().0, 1);
@@ -572,7 +592,7 @@ mod tests {
         let mut counts = [0_u64; 3];
         for _ in 0..500 {
             let (i, _) = choose(&pes, Strategy::RoundRobin).unwrap();
-            pes[i].chosen += 1;
+            pes[i].turns += 1;
             counts[i] += 1;
         }
         assert_eq!(counts, [300, 100, 100]);
@@ -607,7 +627,7 @@ mod tests {
         let mut counts = [0_u64; 3];
         for _ in 0..10 {
             let (i, _) = choose(&pes, Strategy::Priority).unwrap();
-            pes[i].chosen += 1;
+            pes[i].turns += 1;
             counts[i] += 1;
         }
         assert_eq!(counts, [0, 5, 5]);
@@ -650,5 +670,49 @@ mod tests {
             assert_eq!(AdminState::parse(s).unwrap().as_str(), s);
         }
         assert_eq!(AdminState::parse("drain"), None);
+    }
+
+    #[test]
+    fn a_pe_back_in_the_choice_takes_turns_with_the_others_at_once() {
+        for strategy in [Strategy::RoundRobin, Strategy::LeastLoaded] {
+            let mut pes = [pe(100), pe(100), pe(100)];
+            let give = |pes: &mut [Candidate; 3], n: usize| {
+                let mut counts = [0_u32; 3];
+                for _ in 0..n {
+                    let (i, _) = choose(&pes[..], strategy).unwrap();
+                    pes[i].turns = turns_after(&pes[..], &T, i);
+                    counts[i] += 1;
+                }
+                counts
+            };
+            assert_eq!(give(&mut pes, 30), [10, 10, 10], "{strategy:?}");
+            // PE 2 is out for a while, then back: it gets its share, not
+            // every session until its count catches up.
+            pes[2].reachable = false;
+            assert_eq!(give(&mut pes, 600), [300, 300, 0], "{strategy:?}");
+            pes[2].reachable = true;
+            assert_eq!(give(&mut pes, 30), [10, 10, 10], "{strategy:?}");
+        }
+    }
+
+    #[test]
+    fn turns_are_levelled_per_weight_within_the_tier() {
+        let mut pes = [pe(100), pe(100), pe(100), pe(5)];
+        pes[0].weight = 2;
+        pes[0].turns = 2_000;
+        pes[1].turns = 1_000;
+        pes[2].turns = 0;
+        // Busy (below the threshold): another tier, not counted.
+        pes[3].turns = 10;
+        assert_eq!(turns_after(&pes, &T, 2), 1_000);
+        // Ahead already: one more.
+        assert_eq!(turns_after(&pes, &T, 1), 1_001);
+        // Weight 2: level with 2 × the fewest per unit of weight.
+        pes[0].turns = 0;
+        assert_eq!(turns_after(&pes, &T, 0), 1, "PE 2 has none");
+        pes[2].turns = 700;
+        assert_eq!(turns_after(&pes, &T, 0), 1_400);
+        // Alone in its tier: one more.
+        assert_eq!(turns_after(&pes, &T, 3), 11);
     }
 }
