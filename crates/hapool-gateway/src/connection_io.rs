@@ -18,6 +18,13 @@
 //! with `TimedOut` when the first byte does not arrive in time, against
 //! clients that connect and send nothing. hyper's own header timer starts
 //! only once it knows the protocol.
+//!
+//! **A deadline for sending** (client connections): a write that cannot
+//! go out because the client takes nothing (its receive window stays
+//! shut) fails with [`SendStalled`] once that has lasted the send
+//! timeout, against clients that ask and never read: each would hold its
+//! answer, and its member connection, for as long as it liked. The timer
+//! runs only while a write waits.
 
 use std::io;
 use std::pin::Pin;
@@ -27,23 +34,36 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Sleep, sleep};
 
+/// The error of a write to a client that took nothing for the send
+/// timeout (inside an `io::Error` of kind `TimedOut`).
+#[derive(Debug, thiserror::Error)]
+#[error("the client took nothing of the answer for {0:?}")]
+pub(crate) struct SendStalled(Duration);
+
 /// `S`, whose first write after each read waits one turn of the run
-/// queue, and whose first byte may have a deadline.
+/// queue, and whose first byte and writes may have deadlines.
 pub(crate) struct ConnectionIo<S> {
     inner: S,
     /// Until the first byte has come, when it must come in time.
     first_byte: Option<Pin<Box<Sleep>>>,
     /// The next write yields first: set by a read, and at the start.
     defer_next: bool,
+    /// How long a write may wait for the peer to take something.
+    send_limit: Option<Duration>,
+    /// Running while a write waits.
+    send_stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> ConnectionIo<S> {
-    /// A client connection: its first byte must arrive within `limit`.
-    pub(crate) fn client(inner: S, limit: Duration) -> Self {
+    /// A client connection: its first byte must arrive within
+    /// `first_byte`, and each write go out within `send` of waiting.
+    pub(crate) fn client(inner: S, first_byte: Duration, send: Duration) -> Self {
         Self {
             inner,
-            first_byte: Some(Box::pin(sleep(limit))),
+            first_byte: Some(Box::pin(sleep(first_byte))),
             defer_next: true,
+            send_limit: Some(send),
+            send_stalled: None,
         }
     }
 
@@ -53,6 +73,39 @@ impl<S> ConnectionIo<S> {
             inner,
             first_byte: None,
             defer_next: true,
+            send_limit: None,
+            send_stalled: None,
+        }
+    }
+
+    /// Follows a write's outcome: a write that waits starts (or goes on
+    /// with) the send timer, and fails once it has run out; one that
+    /// went through stops it.
+    fn watch_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        let Some(limit) = self.send_limit else {
+            return written;
+        };
+        match written {
+            Poll::Pending => {
+                let stalled = self
+                    .send_stalled
+                    .get_or_insert_with(|| Box::pin(sleep(limit)));
+                if stalled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        SendStalled(limit),
+                    )));
+                }
+                Poll::Pending
+            }
+            done => {
+                self.send_stalled = None;
+                done
+            }
         }
     }
 
@@ -105,7 +158,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnectionIo<S> {
         if self.yield_first(cx) {
             return Poll::Pending;
         }
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        let written = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.watch_send(cx, written)
     }
 
     fn poll_write_vectored(
@@ -116,7 +170,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnectionIo<S> {
         if self.yield_first(cx) {
             return Poll::Pending;
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch_send(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -200,7 +255,8 @@ mod tests {
     #[tokio::test]
     async fn a_whole_exchange_passes_unchanged() {
         let (ours, mut peer) = duplex(64);
-        let mut stream = ConnectionIo::client(ours, Duration::from_secs(10));
+        let mut stream =
+            ConnectionIo::client(ours, Duration::from_secs(10), Duration::from_secs(1));
         let message: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         let sent = message.clone();
         let echo = tokio::spawn(async move {
@@ -216,9 +272,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_nothing_for_the_send_timeout_fails_the_write() {
+        let (ours, mut peer) = duplex(64);
+        let mut stream = ConnectionIo::client(ours, Duration::from_secs(2), Duration::from_secs(5));
+        // 64 bytes fit; the rest waits for the client, which reads a
+        // little after 3 s (the timer starts again), then nothing.
+        let reader = tokio::spawn(async move {
+            sleep(Duration::from_secs(3)).await;
+            let mut some = [0; 16];
+            peer.read_exact(&mut some).await.unwrap();
+            peer
+        });
+        let started = tokio::time::Instant::now();
+        let error = stream.write_all(&[7; 200]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(error.get_ref().is_some_and(|e| e.is::<SendStalled>()));
+        assert_eq!(started.elapsed(), Duration::from_secs(8));
+        drop(reader.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_client_that_sends_nothing_in_time_gets_a_timed_out_read() {
         let (ours, _peer) = duplex(64);
-        let mut stream = ConnectionIo::client(ours, Duration::from_secs(2));
+        let mut stream = ConnectionIo::client(ours, Duration::from_secs(2), Duration::from_secs(5));
         let mut byte = [0; 1];
         let error = stream.read(&mut byte).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
@@ -227,7 +303,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn once_the_first_byte_came_the_deadline_is_gone() {
         let (ours, mut peer) = duplex(64);
-        let mut stream = ConnectionIo::client(ours, Duration::from_secs(2));
+        let mut stream = ConnectionIo::client(ours, Duration::from_secs(2), Duration::from_secs(5));
         peer.write_all(b"G").await.unwrap();
         let mut byte = [0; 1];
         stream.read_exact(&mut byte).await.unwrap();

@@ -61,7 +61,7 @@ use tracing::{debug, info, warn};
 
 use crate::access_log::AccessLog;
 use crate::admission::{Admission, Admitted, Handed, Placed};
-use crate::connection_io::ConnectionIo;
+use crate::connection_io::{ConnectionIo, SendStalled};
 use crate::http::HttpProxy;
 use crate::member_cache::MemberCache;
 use crate::member_http::MemberHttp;
@@ -179,6 +179,12 @@ pub struct Limits {
     /// On shutdown, how long open connections may take to finish (HTTP
     /// connections end after their current request). Default 10 s.
     pub shutdown_grace: Duration,
+    /// A client that takes nothing of what the gateway sends it for this
+    /// long is disconnected (HTTP). Default 60 s.
+    pub send_timeout: Duration,
+    /// A TCP connection that carries no byte either way for this long is
+    /// closed (to within an eighth of it). Default 1 h.
+    pub tcp_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -192,6 +198,8 @@ impl Default for Limits {
             retry_body_limit: 64 * 1024,
             member_idle_timeout: Duration::from_secs(4),
             shutdown_grace: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
+            tcp_idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -1268,7 +1276,11 @@ async fn serve_connection<S>(
     // hyper's header timeout starts once it knows the protocol; a client
     // that sends nothing at all is cut off here. Answers go out after the
     // worker's other ready reads.
-    let stream = ConnectionIo::client(stream, shared.limits.header_read_timeout);
+    let stream = ConnectionIo::client(
+        stream,
+        shared.limits.header_read_timeout,
+        shared.limits.send_timeout,
+    );
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     // Draining: the request under way finishes, then the connection
@@ -1280,10 +1292,15 @@ async fn serve_connection<S>(
     )
     .await;
     if let Err(e) = served {
-        let timed_out = e
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+        let io = e.downcast_ref::<std::io::Error>().or_else(|| {
+            std::error::Error::source(&*e).and_then(|s| s.downcast_ref::<std::io::Error>())
+        });
+        let timed_out = io.is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+        let stalled = io
+            .and_then(|e| e.get_ref())
+            .is_some_and(|e| e.is::<SendStalled>());
         match e.downcast_ref::<hyper::Error>() {
+            _ if stalled => shared.limit_hit("send_timeout", pool.handle()),
             _ if timed_out => shared.limit_hit("header_read_timeout", pool.handle()),
             Some(e) if e.is_timeout() => shared.limit_hit("header_read_timeout", pool.handle()),
             Some(e) if e.is_parse_too_large() => {

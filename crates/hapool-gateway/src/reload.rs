@@ -103,6 +103,11 @@ impl GatewayConfig {
                 new.member_idle_timeout != old.member_idle_timeout,
             ),
             ("shutdown_grace", new.shutdown_grace != old.shutdown_grace),
+            ("send_timeout", new.send_timeout != old.send_timeout),
+            (
+                "tcp_idle_timeout",
+                new.tcp_idle_timeout != old.tcp_idle_timeout,
+            ),
             ("threads", self.workers != running.workers),
             (
                 "member_ca",

@@ -6,6 +6,7 @@ use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -91,6 +92,45 @@ impl AsyncWrite for MemberStream {
             Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
             Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+/// A stream that notes when bytes come in from it.
+struct Watched<'a, S> {
+    inner: S,
+    moved: &'a AtomicBool,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.moved.store(true, Ordering::Relaxed);
+        }
+        read
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -180,10 +220,16 @@ impl TcpProxy {
             self.log(peer, None, None, started);
             return;
         };
-        let carried = match copy_bidirectional(&mut client, &mut member).await {
+        let carried = match self.carry(&mut client, &mut member).await {
             Ok((up, down)) => {
                 lease.member().count_bytes(up + down);
                 Some((up, down))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                self.shared
+                    .limit_hit("tcp_idle_timeout", self.pool.handle());
+                debug!(pool = %self.pool.handle(), pe_id = %lease.member().id, client = %peer, "idle connection closed");
+                None
             }
             Err(e) => {
                 debug!(pool = %self.pool.handle(), pe_id = %lease.member().id, error = %e, "connection ended with an error");
@@ -191,6 +237,48 @@ impl TcpProxy {
             }
         };
         self.log(peer, Some(lease.member()), carried, started);
+    }
+
+    /// Carries bytes both ways until either side closes (the bytes sent
+    /// to the member and back), or until nothing has moved either way for
+    /// the idle timeout (`TimedOut`).
+    async fn carry<S>(
+        &self,
+        client: &mut S,
+        member: &mut MemberStream,
+    ) -> std::io::Result<(u64, u64)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let idle = self.shared.limits.tcp_idle_timeout;
+        let moved = AtomicBool::new(false);
+        let mut client = Watched {
+            inner: client,
+            moved: &moved,
+        };
+        let mut member = Watched {
+            inner: member,
+            moved: &moved,
+        };
+        let copy = copy_bidirectional(&mut client, &mut member);
+        tokio::pin!(copy);
+        // Looked at eight times per idle timeout: closed at most an
+        // eighth of it late.
+        let mut look = tokio::time::interval((idle / 8).max(Duration::from_millis(1)));
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_moved = Instant::now();
+        loop {
+            tokio::select! {
+                carried = &mut copy => return carried,
+                now = look.tick() => {
+                    if moved.swap(false, Ordering::Relaxed) {
+                        last_moved = now;
+                    } else if now.duration_since(last_moved) >= idle {
+                        return Err(std::io::ErrorKind::TimedOut.into());
+                    }
+                }
+            }
+        }
     }
 
     /// A line in the access log, when there is one, for a connection from

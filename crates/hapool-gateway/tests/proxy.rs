@@ -2015,3 +2015,76 @@ async fn an_http_listener_cannot_send_proxy_protocol_headers() {
         "{error}"
     );
 }
+
+// ------------------------------------------------ idle and stalled clients
+
+#[tokio::test]
+async fn an_idle_tcp_connection_is_closed_and_a_busy_one_is_not() {
+    let member = echo_backend("a").await;
+    let mut config = GatewayConfig::new(
+        vec![ListenerConfig {
+            affinity: Affinity::None,
+            ..listener(Protocol::Tcp)
+        }],
+        vec![static_pool(&[member], ProbeKind::Tcp)],
+    );
+    config.limits.tcp_idle_timeout = Duration::from_millis(400);
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    let connect = || async {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        BufReader::new(stream)
+    };
+    let (mut busy, mut idle) = (connect().await, connect().await);
+    let mut line = String::new();
+    for stream in [&mut busy, &mut idle] {
+        stream.get_mut().write_all(b"hi\n").await.unwrap();
+        line.clear();
+        stream.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "a hi\n");
+    }
+    // A line every 100 ms keeps one open past the timeout; the other,
+    // silent, is closed.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1_200) {
+        sleep(Duration::from_millis(100)).await;
+        busy.get_mut().write_all(b"again\n").await.unwrap();
+        line.clear();
+        busy.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "a again\n", "the busy connection was closed");
+    }
+    let closed = tokio::time::timeout(Duration::from_millis(100), idle.read_line(&mut line))
+        .await
+        .expect("the idle connection is closed by now");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_of_a_large_answer_is_dropped_after_the_send_timeout() {
+    let big = Bytes::from(vec![b'x'; 64 << 20]);
+    let listener_socket = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let member = listener_socket.local_addr().unwrap();
+    tokio::spawn(serve_http(listener_socket, move |_: Request<Incoming>| {
+        let big = big.clone();
+        async move { Response::new(Full::new(big)) }
+    }));
+    let mut config = http_config(&[member]);
+    config.limits.send_timeout = Duration::from_millis(300);
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"GET /big HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let pool = gateway.pool(&pool_handle()).unwrap();
+    let member = pool.members()[0].clone();
+    eventually("the request reaches its member", || member.active() == 1).await;
+    // The client reads nothing: the answer stalls, and within the send
+    // timeout (plus what the buffers took) the gateway lets go of it and
+    // of its member.
+    eventually("the stalled client is let go", || member.active() == 0).await;
+    gateway.shutdown().await;
+    drop(stalled);
+}

@@ -84,6 +84,13 @@ pub(crate) struct GatewayFile {
     /// 10s.
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
+    /// A client that takes nothing of an answer this long is dropped.
+    /// Default 60s.
+    #[serde(default, with = "humantime_serde")]
+    send_timeout: Option<Duration>,
+    /// A TCP connection idle both ways this long is closed. Default 1h.
+    #[serde(default, with = "humantime_serde")]
+    tcp_idle_timeout: Option<Duration>,
     /// `[[gateway.listener]]`.
     #[serde(default)]
     listener: Vec<ListenerFile>,
@@ -443,7 +450,17 @@ impl TryFrom<GatewayFile> for Planned {
                 .member_idle_timeout
                 .unwrap_or(defaults.member_idle_timeout),
             shutdown_grace: file.shutdown_grace.unwrap_or(defaults.shutdown_grace),
+            send_timeout: file.send_timeout.unwrap_or(defaults.send_timeout),
+            tcp_idle_timeout: file.tcp_idle_timeout.unwrap_or(defaults.tcp_idle_timeout),
         };
+        for (key, value) in [
+            ("send_timeout", config.limits.send_timeout),
+            ("tcp_idle_timeout", config.limits.tcp_idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(BadConfig(format!("gateway.{key} = 0s: more than 0")));
+            }
+        }
         config.check().map_err(|e| BadConfig(e.to_string()))?;
         Ok(Self {
             config,

@@ -351,6 +351,10 @@ fn gateway_configuration_errors_are_named() {
             "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nprobe_fall = 0\n",
             "gateway.pool[0].probe_fall = 0: at least 1",
         ),
+        (
+            "[gateway]\ntcp_idle_timeout = \"0s\"\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
+            "gateway.tcp_idle_timeout = 0s: more than 0",
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = scratch.write(&format!("bad-{i}.toml"), text);
