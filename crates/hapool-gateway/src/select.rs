@@ -77,6 +77,18 @@ pub enum Availability {
 }
 
 impl Availability {
+    /// The state's name as `/status` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Available => "available",
+            Self::Busy => "busy",
+            Self::MaxUsers => "max_users",
+            Self::Restricted => "restricted",
+            Self::Draining => "draining",
+            Self::Unreachable => "unreachable",
+        }
+    }
+
     /// Whether a session already bound to a PE in this state stays with
     /// it: it does unless the PE is unreachable or too loaded (then the
     /// session moves, with its state cookie). Draining and restricted PEs

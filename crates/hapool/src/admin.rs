@@ -162,16 +162,22 @@ pub(crate) async fn serve(
     status: StatusFn,
     metrics: PrometheusHandle,
 ) -> anyhow::Result<()> {
-    serve_with(listener, access, status, metrics, Router::new()).await
+    serve_with(listener, access, status, metrics, None, Router::new()).await
 }
 
+/// Series a daemon renders itself at each scrape, appended to its
+/// counters on `/metrics`.
+pub(crate) type MoreMetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Serves the admin port with the daemon's own routes `extra` besides
-/// the dashboard, `/status`, `/events` and `/metrics`.
+/// the dashboard, `/status`, `/events` and `/metrics` (with `more`
+/// series, when given).
 pub(crate) async fn serve_with(
     listener: TcpListener,
     access: Access,
     status: StatusFn,
     metrics: PrometheusHandle,
+    more: Option<MoreMetricsFn>,
     extra: Router,
 ) -> anyhow::Result<()> {
     let events_status = status.clone();
@@ -202,7 +208,10 @@ pub(crate) async fn serve_with(
         .route(
             "/metrics",
             get(move || {
-                let text = metrics.render();
+                let mut text = metrics.render();
+                if let Some(more) = &more {
+                    text.push_str(&more());
+                }
                 async move {
                     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
                 }

@@ -740,12 +740,16 @@ async fn run(args: GatewayArgs, planned: Planned, effective: toml::Table) -> any
             let doc = serde_json::to_value(status_view.status()).unwrap_or(Value::Null);
             Box::pin(async move { doc })
         });
+        let metrics_view = view.clone();
+        let more: crate::admin::MoreMetricsFn =
+            Arc::new(move || crate::gateway_metrics::render(&metrics_view.status()));
         let routes = control_routes(view.clone(), reloader.clone()).merge(
             crate::clone::live_config_route("gateway", reloader.effective.clone(), access.clone()),
         );
         tokio::spawn(async move {
             if let Err(e) =
-                crate::admin::serve_with(listener, access, status, metrics, routes).await
+                crate::admin::serve_with(listener, access, status, metrics, Some(more), routes)
+                    .await
             {
                 warn!(error = %format!("{e:#}"), "admin port stopped");
             }

@@ -40,6 +40,7 @@ mod clone;
 mod config;
 mod demo;
 mod gateway;
+mod gateway_metrics;
 mod probe;
 mod serve;
 mod vip;

@@ -220,7 +220,8 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
         let routes = crate::clone::config_route("registrar", effective, admin_access.clone());
         tokio::spawn(async move {
             if let Err(e) =
-                crate::admin::serve_with(listener, admin_access, status, metrics, routes).await
+                crate::admin::serve_with(listener, admin_access, status, metrics, None, routes)
+                    .await
             {
                 warn!(error = %format!("{e:#}"), "admin port stopped");
             }

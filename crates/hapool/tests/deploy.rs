@@ -43,7 +43,9 @@ fn the_three_node_configurations_are_valid_and_scraped() {
 }
 
 /// Metric names and label names the sources export (`"hapool_…"` in the
-/// metric macros, `"label" =>` in their arguments).
+/// metric macros, `"label" =>` in their arguments; and the series the
+/// gateway renders at each scrape, in `gateway_metrics.rs`: its
+/// `"hapool_…"` literals, and the `label=\"` in its lines).
 fn exported() -> (BTreeSet<String>, BTreeSet<String>) {
     let mut names = BTreeSet::new();
     let mut labels = BTreeSet::from(["instance".to_owned(), "job".to_owned()]);
@@ -89,6 +91,23 @@ fn exported() -> (BTreeSet<String>, BTreeSet<String>) {
                     }
                 }
             }
+        }
+    }
+    let rendered = read("crates/hapool/src/gateway_metrics.rs");
+    for piece in rendered.split("\"hapool_").skip(1) {
+        let name = &piece[..piece
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap()];
+        names.insert(format!("hapool_{name}"));
+    }
+    for piece in rendered.split("=\\\"").collect::<Vec<_>>().windows(2) {
+        let before = piece[0];
+        let label = before
+            .rsplit(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .next()
+            .unwrap();
+        if !label.is_empty() {
+            labels.insert(label.to_owned());
         }
     }
     (names, labels)

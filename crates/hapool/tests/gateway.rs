@@ -418,6 +418,39 @@ fn a_running_gateway_reads_its_configuration_again_on_sighup_and_on_ctl_reload()
         all.extend_from_slice(args);
         hapool(&all)
     };
+    let admin_get = |path: &str| {
+        let mut stream = TcpStream::connect(&admin).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    // Each member's series, rendered from what the gateway knows now.
+    let metrics = admin_get("/metrics");
+    for line in [
+        format!("hapool_gateway_member_up{{pool=\"web\",member=\"00000001\",address=\"{a}\"}} 1"),
+        format!("hapool_gateway_member_up{{pool=\"web\",member=\"00000002\",address=\"{b}\"}} 1"),
+        format!(
+            "hapool_gateway_member_state{{pool=\"web\",member=\"00000002\",address=\"{b}\",admin=\"active\",availability=\"available\"}} 1"
+        ),
+        "# TYPE hapool_gateway_member_sessions_total counter".to_owned(),
+        format!("hapool_gateway_listener_connections{{listener=\"{listen}\",pool=\"web\"}}"),
+    ] {
+        assert!(metrics.contains(&line), "no {line:?} in:\n{metrics}");
+    }
+    let served = |metrics: &str, who: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("hapool_gateway_member_served_total") && l.contains(who))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(served(&metrics, &b) >= 1.0, "{metrics}");
     // A file that cannot be used changes nothing, and says why.
     let bad = static_gateway(&listen, &admin, &[&b], "") + "availability_threshold = 101\n";
     scratch.write("gw.toml", &bad);
@@ -447,21 +480,14 @@ fn a_running_gateway_reads_its_configuration_again_on_sighup_and_on_ctl_reload()
         let (_, list, _) = ctl(&["list"]);
         !list.contains(&a)
     });
+    let metrics = admin_get("/metrics");
+    assert!(!metrics.contains(&a), "a member that left leaves no series");
+    assert!(served(&metrics, &b) >= 7.0, "{metrics}");
     let (code, out, _) = ctl(&["reload"]);
     assert_eq!(code, 0);
     assert!(!out.contains("in effect"), "nothing new: {out}");
     // `/config` shows the file once all of it is in effect.
-    let config = || {
-        let mut stream = TcpStream::connect(&admin).unwrap();
-        write!(
-            stream,
-            "GET /config HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    };
+    let config = || admin_get("/config");
     assert!(config().contains(&a), "a restart is pending: the old file");
     scratch.write("gw.toml", &static_gateway(&listen, &admin, &[&b], ""));
     let (code, out, _) = ctl(&["reload"]);
