@@ -212,4 +212,25 @@ fn the_systemd_units_run_hapool_commands_that_exist() {
         );
         assert!(unit.contains("NoNewPrivileges=yes"), "hapool-{daemon}");
     }
+    // `systemctl reload hapool-gateway` checks the file, then sends SIGHUP.
+    let gateway = read("deploy/systemd/hapool-gateway.service");
+    let reload: Vec<&str> = gateway
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecReload="))
+        .collect();
+    assert_eq!(
+        reload,
+        [
+            "/usr/local/bin/hapool check-config /etc/hapool/hapool.toml",
+            "/bin/kill -HUP $MAINPID"
+        ]
+    );
+    // The example's access log and member cache directories are writable.
+    let example = read("deploy/gateway.toml");
+    for (dir, directive) in [
+        ("/var/lib/hapool/", "StateDirectory=hapool"),
+        ("/var/log/hapool/", "LogsDirectory=hapool"),
+    ] {
+        assert!(example.contains(dir) && gateway.contains(directive), "{dir}");
+    }
 }
