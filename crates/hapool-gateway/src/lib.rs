@@ -150,6 +150,11 @@ pub struct ListenerConfig {
     pub affinity: Affinity,
     /// Connections open at once; more are closed at once. Default 10,000.
     pub max_connections: usize,
+    /// Every connection starts with a PROXY protocol header (either
+    /// version) from the proxy or load balancer in front of the gateway,
+    /// naming the client; a connection without one is closed. Off by
+    /// default.
+    pub accept_proxy_protocol: bool,
 }
 
 /// Limits and timers shared by every listener.
@@ -1092,6 +1097,8 @@ async fn accept_loop(
 /// What serving one listener's connections on one worker takes.
 struct Serving {
     acceptor: Option<LiveTls>,
+    /// Connections start with a PROXY protocol header to read first.
+    relayed: bool,
     by_tls_session: bool,
     http: Option<(Arc<auto::Builder<TokioExecutor>>, Arc<HttpProxy>)>,
     tcp: Arc<TcpProxy>,
@@ -1152,6 +1159,7 @@ impl Serving {
         });
         Self {
             acceptor: tls,
+            relayed: listener.accept_proxy_protocol,
             by_tls_session: listener.affinity == Affinity::TlsSession,
             http,
             tcp,
@@ -1171,13 +1179,15 @@ impl Serving {
 
     /// Serves the client connection `stream` from `peer` in a task of its
     /// own, holding its admission until it closes.
-    fn spawn(&self, stream: TcpStream, peer: SocketAddr, admitted: Admitted) {
+    fn spawn(&self, mut stream: TcpStream, peer: SocketAddr, admitted: Admitted) {
         let _ = stream.set_nodelay(true);
+        let relayed = self.relayed;
         let acceptor = self.acceptor.as_ref().map(LiveTls::acceptor);
-        // Only TCP connections may need it, for a PROXY protocol header.
+        // Only TCP connections may need it, for a PROXY protocol header
+        // (one read from the proxy in front names it instead).
         let local = match self.http {
-            None => stream.local_addr().ok(),
-            Some(_) => None,
+            None if !self.relayed => stream.local_addr().ok(),
+            _ => None,
         };
         let by_tls_session = self.by_tls_session;
         let http = self.http.clone();
@@ -1187,6 +1197,25 @@ impl Serving {
         let draining = self.draining.clone();
         tokio::spawn(async move {
             let _admitted = admitted;
+            // Behind another proxy: the client is the one its header names.
+            let (peer, local) = if relayed {
+                let limit = shared.limits.header_read_timeout;
+                match timeout(limit, proxy_protocol::read_header(&mut stream)).await {
+                    Ok(Ok(Some(said))) => (said.client, Some(said.local)),
+                    Ok(Ok(None)) => (peer, local),
+                    Ok(Err(e)) => {
+                        shared.limit_hit("proxy_protocol", pool.handle());
+                        debug!(from = %peer, error = %e, "connection closed");
+                        return;
+                    }
+                    Err(_) => {
+                        shared.limit_hit("header_read_timeout", pool.handle());
+                        return;
+                    }
+                }
+            } else {
+                (peer, local)
+            };
             match acceptor {
                 Some(acceptor) => {
                     // With TLS-session affinity, every ticket this

@@ -3,11 +3,13 @@
 //! to learn the client's address and the address it connected to, as it
 //! would without a proxy in between. HAProxy (`accept-proxy`), nginx
 //! (`proxy_protocol`), Postfix, Dovecot and most mail and directory
-//! servers read it.
+//! servers read it. The gateway reads it too, on a listener behind another
+//! proxy or load balancer that sends it ([`read_header`]).
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Which version of the header a pool's members get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +92,162 @@ impl ProxyProtocol {
     }
 }
 
+/// What a PROXY protocol header said about a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Relayed {
+    /// The client's address.
+    pub(crate) client: SocketAddr,
+    /// The address the client connected to (at the proxy that sent the
+    /// header).
+    pub(crate) local: SocketAddr,
+}
+
+/// Why a connection's PROXY protocol header was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HeaderError {
+    /// The connection does not start with a header.
+    #[error("the connection does not start with a PROXY protocol header (it starts {0:?})")]
+    Missing(String),
+    /// It starts with one that breaks the specification.
+    #[error("malformed PROXY protocol header: {0}")]
+    Malformed(String),
+    /// The connection failed or closed first.
+    #[error("reading the PROXY protocol header: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The longest version 1 header, CRLF included.
+const V1_MAX: usize = 107;
+
+/// Reads the PROXY protocol header (either version) that `stream` starts
+/// with, and nothing after it. `None` for a connection the sender made
+/// for itself (version 2 LOCAL, version 1 UNKNOWN, or a family other than
+/// TCP over IPv4 or IPv6): it names no client.
+pub(crate) async fn read_header<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<Option<Relayed>, HeaderError> {
+    let mut start = [0u8; 8];
+    stream.read_exact(&mut start).await?;
+    if start == V2_SIGNATURE[..8] {
+        let mut fixed = [0u8; 8];
+        stream.read_exact(&mut fixed).await?;
+        if fixed[..4] != V2_SIGNATURE[8..] {
+            return Err(HeaderError::Malformed(
+                "a broken version 2 signature".into(),
+            ));
+        }
+        let [_, _, _, _, version_command, family, high, low] = fixed;
+        if version_command >> 4 != 2 {
+            return Err(HeaderError::Malformed(format!(
+                "version {} (2 expected)",
+                version_command >> 4
+            )));
+        }
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes([high, low]))];
+        stream.read_exact(&mut body).await?;
+        return match version_command & 0x0f {
+            0x0 => Ok(None),
+            0x1 => v2_addresses(family, &body),
+            other => Err(HeaderError::Malformed(format!("command {other}"))),
+        };
+    }
+    if &start[..6] != b"PROXY " {
+        return Err(HeaderError::Missing(
+            String::from_utf8_lossy(&start).into_owned(),
+        ));
+    }
+    // Byte by byte, so that nothing after the line is taken.
+    let mut line = start.to_vec();
+    while !line.ends_with(b"\r\n") {
+        if line.len() >= V1_MAX {
+            return Err(HeaderError::Malformed(format!(
+                "a version 1 line longer than {V1_MAX} bytes"
+            )));
+        }
+        line.push(stream.read_u8().await?);
+    }
+    v1_addresses(&line[..line.len() - 2])
+}
+
+/// The addresses of a version 2 PROXY command of `family`.
+fn v2_addresses(family: u8, body: &[u8]) -> Result<Option<Relayed>, HeaderError> {
+    let short = || {
+        HeaderError::Malformed(format!(
+            "{} address bytes for family {family:#04x}",
+            body.len()
+        ))
+    };
+    let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
+    match family {
+        V2_TCP4 => {
+            let b: &[u8; 12] = body
+                .get(..12)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(short)?;
+            let ip = |at: usize| IpAddr::V4(Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3]));
+            Ok(Some(Relayed {
+                client: SocketAddr::new(ip(0), port(8)),
+                local: SocketAddr::new(ip(4), port(10)),
+            }))
+        }
+        V2_TCP6 => {
+            let b: &[u8; 36] = body
+                .get(..36)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(short)?;
+            let ip = |at: usize| {
+                let octets: [u8; 16] = b[at..at + 16].try_into().expect("16 bytes");
+                IpAddr::V6(Ipv6Addr::from(octets))
+            };
+            Ok(Some(Relayed {
+                client: SocketAddr::new(ip(0), port(32)),
+                local: SocketAddr::new(ip(16), port(34)),
+            }))
+        }
+        // UNSPEC, UDP, UNIX sockets: nothing the gateway can use.
+        _ => Ok(None),
+    }
+}
+
+/// The addresses of a version 1 line (without its CRLF).
+fn v1_addresses(line: &[u8]) -> Result<Option<Relayed>, HeaderError> {
+    let malformed = |what: &str| {
+        HeaderError::Malformed(format!("{what} in {:?}", String::from_utf8_lossy(line)))
+    };
+    let text = std::str::from_utf8(line).map_err(|_| malformed("bytes that are not text"))?;
+    let words: Vec<&str> = text.split(' ').collect();
+    match words.as_slice() {
+        ["PROXY", "UNKNOWN", ..] => Ok(None),
+        [
+            "PROXY",
+            family @ ("TCP4" | "TCP6"),
+            client,
+            local,
+            client_port,
+            local_port,
+        ] => {
+            let ip = |s: &str| -> Result<IpAddr, HeaderError> {
+                let ip: IpAddr = s
+                    .parse()
+                    .map_err(|_| malformed("an address that does not parse"))?;
+                if ip.is_ipv4() != (*family == "TCP4") {
+                    return Err(malformed("an address not of the family named"));
+                }
+                Ok(ip)
+            };
+            let port = |s: &str| -> Result<u16, HeaderError> {
+                s.parse()
+                    .map_err(|_| malformed("a port that does not parse"))
+            };
+            Ok(Some(Relayed {
+                client: SocketAddr::new(ip(client)?, port(client_port)?),
+                local: SocketAddr::new(ip(local)?, port(local_port)?),
+            }))
+        }
+        _ => Err(malformed("not PROXY TCP4|TCP6|UNKNOWN and four fields")),
+    }
+}
+
 /// `ip` as IPv6: an IPv4 address IPv4-mapped.
 fn as_v6(ip: IpAddr) -> Ipv6Addr {
     match ip {
@@ -152,5 +310,82 @@ mod tests {
             [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1]
         );
         assert_eq!(header[48..], [0x04, 0x01, 0x00, 0x19]);
+    }
+
+    /// Reads a header from `bytes`; what it said, and what is left.
+    async fn read(bytes: &[u8]) -> (Result<Option<Relayed>, HeaderError>, Vec<u8>) {
+        let mut stream = bytes;
+        let said = read_header(&mut stream).await;
+        (said, stream.to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_header_reads_back_as_written_and_nothing_after_it_is_taken() {
+        for (client, local) in [
+            ("192.0.2.7:56324", "198.51.100.1:443"),
+            ("[2001:db8::7]:1025", "[2001:db8::1]:25"),
+        ] {
+            for version in [ProxyProtocol::V1, ProxyProtocol::V2] {
+                let mut bytes = version.header(at(client), at(local));
+                bytes.extend_from_slice(b"GET / HTTP/1.1\r\n");
+                let (said, rest) = read(&bytes).await;
+                assert_eq!(
+                    said.unwrap(),
+                    Some(Relayed {
+                        client: at(client),
+                        local: at(local)
+                    }),
+                    "{version:?}"
+                );
+                assert_eq!(rest, b"GET / HTTP/1.1\r\n");
+            }
+        }
+        for version in [ProxyProtocol::V1, ProxyProtocol::V2] {
+            let mut bytes = version.local_header();
+            bytes.push(b'x');
+            let (said, rest) = read(&bytes).await;
+            assert_eq!(said.unwrap(), None, "{version:?}");
+            assert_eq!(rest, b"x");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_header_is_refused_naming_what_is_wrong() {
+        let v2 = |tail: &[u8]| [&V2_SIGNATURE[..], tail].concat();
+        for (bytes, expected) in [
+            (
+                &b"GET / HTTP/1.1\r\n"[..],
+                "does not start with a PROXY protocol header",
+            ),
+            (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n", "four fields"),
+            (b"PROXY TCP4 1.2.3.4 ::1 1 2\r\n", "not of the family named"),
+            (
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 70000 2\r\n",
+                "a port that does not parse",
+            ),
+            (
+                b"PROXY TCP4 1.2.3 5.6.7.8 1 2\r\n",
+                "an address that does not parse",
+            ),
+            (
+                &[b"PROXY TCP4 ".as_slice(), &[b'1'; 120]].concat(),
+                "longer than 107 bytes",
+            ),
+            (&v2(&[0x11, 0x11, 0, 12])[..], "version 1 (2 expected)"),
+            (&v2(&[0x22, 0x11, 0, 0])[..], "command 2"),
+            (&v2(&[0x21, 0x11, 0, 4, 1, 2, 3, 4])[..], "4 address bytes"),
+            (b"PROXY TCP4 1.2.3.4", "reading the PROXY protocol header"),
+            (
+                &v2(&[0x21, 0x11, 0, 12, 1, 2])[..],
+                "reading the PROXY protocol header",
+            ),
+        ] {
+            let (said, _) = read(bytes).await;
+            let error = said.unwrap_err().to_string();
+            assert!(error.contains(expected), "{error} (expected {expected:?})");
+        }
+        // Families the gateway cannot use name no client.
+        let (said, _) = read(&v2(&[0x21, 0x31, 0, 0])).await;
+        assert_eq!(said.unwrap(), None);
     }
 }

@@ -53,6 +53,8 @@ impl ListenerConfig {
             Some("affinity")
         } else if new.max_connections != self.max_connections {
             Some("max_connections")
+        } else if new.accept_proxy_protocol != self.accept_proxy_protocol {
+            Some("accept_proxy_protocol")
         } else {
             None
         }

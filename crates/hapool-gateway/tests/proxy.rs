@@ -110,6 +110,7 @@ fn listener(protocol: Protocol) -> ListenerConfig {
         tls: None,
         affinity: Affinity::usual(protocol),
         max_connections: 10_000,
+        accept_proxy_protocol: false,
     }
 }
 
@@ -2087,4 +2088,158 @@ async fn a_client_that_reads_nothing_of_a_large_answer_is_dropped_after_the_send
     eventually("the stalled client is let go", || member.active() == 0).await;
     gateway.shutdown().await;
     drop(stalled);
+}
+
+/// An HTTP backend that answers with the `X-Forwarded-For` it was sent.
+async fn forwarded_for_backend() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_http(
+        listener,
+        |request: Request<Incoming>| async move {
+            let seen = request
+                .headers()
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+                .join(",");
+            Response::new(Full::new(Bytes::from(seen)))
+        },
+    ));
+    addr
+}
+
+/// A GET over a new connection to `to` from `from`, with `preface` sent
+/// first: the answer's body, or `None` when the connection was closed
+/// without an answer.
+async fn get_with_preface(
+    from: std::net::IpAddr,
+    to: SocketAddr,
+    preface: &[u8],
+) -> Option<String> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    let mut stream = socket.connect(to).await.unwrap();
+    stream.write_all(preface).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer).await;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    Some(body.to_owned())
+}
+
+#[tokio::test]
+async fn behind_another_proxy_the_client_is_the_one_its_header_names() {
+    let member = forwarded_for_backend().await;
+    let mut config = http_config(&[member]);
+    config.listeners[0].accept_proxy_protocol = true;
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    let front = std::net::IpAddr::from([127, 0, 0, 3]);
+    let client: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    let vip: SocketAddr = "198.51.100.1:80".parse().unwrap();
+    for version in [ProxyProtocol::V1, ProxyProtocol::V2] {
+        let body = get_with_preface(front, addr, &version.header(client, vip)).await;
+        assert_eq!(body.as_deref(), Some("192.0.2.7"), "{version:?}");
+        // A connection of the front proxy's own: its address is the client.
+        let body = get_with_preface(front, addr, &version.local_header()).await;
+        assert_eq!(body.as_deref(), Some("127.0.0.3"), "{version:?}");
+    }
+    // Without a header, or with a broken one, nothing is served.
+    assert_eq!(get_with_preface(front, addr, b"").await, None);
+    assert_eq!(
+        get_with_preface(front, addr, b"PROXY TCP4 1.2.3.4 ::1 1 2\r\n").await,
+        None
+    );
+    gateway.shutdown().await;
+}
+
+/// HAProxy, when installed, listening on `fronts` (one per entry) and
+/// passing each connection to `gateway` with the PROXY protocol header of
+/// the entry's version (`send-proxy`, `send-proxy-v2`). `None` (the test
+/// is skipped) without HAProxy, unless `HAPOOL_REQUIRE_TOOLS=1`.
+fn haproxy_sending_proxy_headers(
+    dir: &std::path::Path,
+    fronts: &[(SocketAddr, ProxyProtocol)],
+    gateway: SocketAddr,
+) -> Option<Child> {
+    let installed = Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        assert!(
+            std::env::var_os("HAPOOL_REQUIRE_TOOLS").is_none(),
+            "HAPOOL_REQUIRE_TOOLS is set but haproxy is not installed (apt-get install haproxy)"
+        );
+        eprintln!("SKIPPED: haproxy is not installed (apt-get install haproxy)");
+        return None;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let mut conf = String::from(
+        "defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n",
+    );
+    for (i, (front, version)) in fronts.iter().enumerate() {
+        let send = match version {
+            ProxyProtocol::V1 => "send-proxy",
+            ProxyProtocol::V2 => "send-proxy-v2",
+        };
+        conf.push_str(&format!(
+            "listen front{i}\n  bind {front}\n  server gateway {gateway} {send}\n"
+        ));
+    }
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for (front, _) in fronts {
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(front).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "haproxy did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Some(child)
+}
+
+#[tokio::test]
+async fn haproxy_in_front_passes_the_client_address_by_either_version() {
+    let member = forwarded_for_backend().await;
+    let mut config = http_config(&[member]);
+    config.listeners[0].accept_proxy_protocol = true;
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    let dir =
+        std::env::temp_dir().join(format!("hapool-test-{}-haproxy-front", std::process::id()));
+    let fronts = [
+        ((Ipv4Addr::LOCALHOST, free_port()).into(), ProxyProtocol::V1),
+        ((Ipv4Addr::LOCALHOST, free_port()).into(), ProxyProtocol::V2),
+    ];
+    let Some(mut haproxy) = haproxy_sending_proxy_headers(&dir, &fronts, addr) else {
+        gateway.shutdown().await;
+        return;
+    };
+    let client = std::net::IpAddr::from([127, 0, 0, 2]);
+    for (front, version) in fronts {
+        let body = get_with_preface(client, front, b"").await;
+        assert_eq!(body.as_deref(), Some("127.0.0.2"), "{version:?}");
+    }
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    gateway.shutdown().await;
 }

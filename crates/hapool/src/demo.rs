@@ -328,6 +328,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         tls: None,
         affinity,
         max_connections: 10_000,
+        accept_proxy_protocol: false,
     };
     let mut config = GatewayConfig::new(
         vec![

@@ -114,6 +114,9 @@ struct ListenerFile {
     affinity: Option<AffinityFile>,
     /// Connections at once. Default 10000.
     max_connections: Option<usize>,
+    /// Connections start with a PROXY protocol header from a proxy in
+    /// front of the gateway. Default false.
+    accept_proxy_protocol: Option<bool>,
     /// `[[gateway.listener.certificate]]`: terminate TLS with these.
     #[serde(default)]
     certificate: Vec<CertificateFile>,
@@ -269,6 +272,7 @@ impl TryFrom<GatewayFile> for Planned {
                 tls,
                 affinity,
                 max_connections,
+                accept_proxy_protocol: l.accept_proxy_protocol.unwrap_or(false),
             });
         }
         let mut pools = Vec::new();

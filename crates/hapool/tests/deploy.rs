@@ -231,6 +231,9 @@ fn the_systemd_units_run_hapool_commands_that_exist() {
         ("/var/lib/hapool/", "StateDirectory=hapool"),
         ("/var/log/hapool/", "LogsDirectory=hapool"),
     ] {
-        assert!(example.contains(dir) && gateway.contains(directive), "{dir}");
+        assert!(
+            example.contains(dir) && gateway.contains(directive),
+            "{dir}"
+        );
     }
 }

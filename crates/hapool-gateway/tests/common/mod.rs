@@ -35,6 +35,7 @@ pub(crate) fn one_member_gateway(
         tls: None,
         affinity: Affinity::None,
         max_connections,
+        accept_proxy_protocol: false,
     };
     let pool = PoolSettings {
         handle,
