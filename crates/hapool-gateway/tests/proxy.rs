@@ -1872,21 +1872,44 @@ async fn a_reload_gives_a_tls_listener_new_certificates_and_sessions_still_resum
 
 // --------------------------------------------------------- PROXY protocol
 
+/// Whether the Debian package `tool` is installed (`tool -v` runs); when
+/// it is not, the calling test is skipped, or fails under
+/// `HAPOOL_REQUIRE_TOOLS=1` (as in CI).
+fn installed(tool: &str) -> bool {
+    let found = Command::new(tool)
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("HAPOOL_REQUIRE_TOOLS").is_none(),
+            "HAPOOL_REQUIRE_TOOLS is set but {tool} is not installed (apt-get install {tool})"
+        );
+        eprintln!("SKIPPED: {tool} is not installed (apt-get install {tool})");
+    }
+    found
+}
+
+/// Waits up to 5 s for `address` to accept connections; fails naming
+/// `what`, with `why` (a log, say).
+fn wait_listening(address: SocketAddr, what: &str, why: impl Fn() -> String) {
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(address).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what} did not start: {}",
+            why()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// nginx, when installed, serving on `address` with the PROXY protocol
 /// and answering each request with what the header told it:
 /// `<client> <client port> <gateway address> <gateway port>`. `None` (the
 /// test is skipped) without nginx, unless `HAPOOL_REQUIRE_TOOLS=1`.
 fn nginx_reading_proxy_headers(dir: &std::path::Path, address: SocketAddr) -> Option<Child> {
-    let installed = Command::new("nginx")
-        .arg("-v")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        assert!(
-            std::env::var_os("HAPOOL_REQUIRE_TOOLS").is_none(),
-            "HAPOOL_REQUIRE_TOOLS is set but nginx is not installed (apt-get install nginx)"
-        );
-        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx)");
+    if !installed("nginx") {
         return None;
     }
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
@@ -1909,15 +1932,9 @@ fn nginx_reading_proxy_headers(dir: &std::path::Path, address: SocketAddr) -> Op
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(address).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(address, "nginx", || {
+        std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+    });
     Some(child)
 }
 
@@ -2168,16 +2185,7 @@ fn haproxy_sending_proxy_headers(
     fronts: &[(SocketAddr, ProxyProtocol)],
     gateway: SocketAddr,
 ) -> Option<Child> {
-    let installed = Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        assert!(
-            std::env::var_os("HAPOOL_REQUIRE_TOOLS").is_none(),
-            "HAPOOL_REQUIRE_TOOLS is set but haproxy is not installed (apt-get install haproxy)"
-        );
-        eprintln!("SKIPPED: haproxy is not installed (apt-get install haproxy)");
+    if !installed("haproxy") {
         return None;
     }
     std::fs::create_dir_all(dir).unwrap();
@@ -2204,14 +2212,7 @@ fn haproxy_sending_proxy_headers(
         .spawn()
         .unwrap();
     for (front, _) in fronts {
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(front).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "haproxy did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(*front, "haproxy", String::new);
     }
     Some(child)
 }

@@ -65,17 +65,23 @@ fn backend(name: &'static str) -> String {
     addr
 }
 
-/// GET / through `addr` on a new connection; the body, or the status line
-/// when it is not 200.
-fn get(addr: &str) -> String {
+/// GET `path` from `addr` on a new connection: the whole response.
+fn get_path(addr: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     write!(
         stream,
-        "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// GET / through `addr` on a new connection; the body, or the status line
+/// when it is not 200.
+fn get(addr: &str) -> String {
+    let response = get_path(addr, "/");
     if !response.starts_with("HTTP/1.1 200") {
         return response.lines().next().unwrap_or_default().to_owned();
     }
@@ -418,17 +424,7 @@ fn a_running_gateway_reads_its_configuration_again_on_sighup_and_on_ctl_reload()
         all.extend_from_slice(args);
         hapool(&all)
     };
-    let admin_get = |path: &str| {
-        let mut stream = TcpStream::connect(&admin).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    };
+    let admin_get = |path: &str| get_path(&admin, path);
     // Each member's series, rendered from what the gateway knows now.
     let metrics = admin_get("/metrics");
     for line in [
