@@ -487,16 +487,21 @@ pub(crate) fn describe(file: GatewayFile) -> Result<Vec<String>, BadConfig> {
             Affinity::TlsSession => "affinity by TLS session",
         };
         lines.push(format!(
-            "gateway listener {} ({:?}{}) -> pool {}, {affinity}",
+            "gateway listener {} ({:?}{}) -> pool {}, {affinity}{}",
             l.address,
             l.protocol,
             if l.tls.is_some() { ", TLS" } else { "" },
-            l.pool
+            l.pool,
+            if l.accept_proxy_protocol {
+                ", client address from a PROXY protocol header"
+            } else {
+                ""
+            }
         ));
     }
     for p in &planned.config.pools {
         lines.push(format!(
-            "gateway pool {}: {}{}, busy below {}, {}",
+            "gateway pool {}: {}{}, busy below {}, {}{}",
             p.handle,
             match &p.source {
                 MemberSource::Static(m) => format!("{} static member(s)", m.len()),
@@ -508,6 +513,11 @@ pub(crate) fn describe(file: GatewayFile) -> Result<Vec<String>, BadConfig> {
                 .map_or("no session limit".into(), |m| format!(
                     "at most {m} sessions per member"
                 )),
+            match p.proxy_protocol {
+                Some(ProxyProtocol::V1) => ", PROXY protocol v1 header to members",
+                Some(ProxyProtocol::V2) => ", PROXY protocol v2 header to members",
+                None => "",
+            },
         ));
     }
     Ok(lines)

@@ -417,6 +417,18 @@ fn check_config() {
             && out.contains("gateway pool mail: 2 static member(s)"),
         "{out}"
     );
+    let proxied = scratch.write(
+        "proxied.toml",
+        "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:25\"\nprotocol = \"tcp\"\npool = \"mail\"\naccept_proxy_protocol = true\n[[gateway.pool]]\nhandle = \"mail\"\nmembers = [\"127.0.0.1:2525\"]\nproxy_protocol = \"v2\"\n",
+    );
+    let (code, out, err) = hapool_code(&["check-config", proxied.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "-> pool mail, affinity by client address, client address from a PROXY protocol header"
+        ) && out.contains(", PROXY protocol v2 header to members"),
+        "{out}"
+    );
 
     let cases = [
         (

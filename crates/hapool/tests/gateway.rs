@@ -361,6 +361,14 @@ fn gateway_configuration_errors_are_named() {
             "[gateway]\ntcp_idle_timeout = \"0s\"\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
             "gateway.tcp_idle_timeout = 0s: more than 0",
         ),
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\nprotocol = \"tcp\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nproxy_protocol = \"v3\"\n",
+            "unknown variant `v3`, expected `v1` or `v2`",
+        ),
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nproxy_protocol = \"v1\"\n",
+            "listener 127.0.0.1:1 is HTTP, and pool \"web\" sends the PROXY protocol header",
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = scratch.write(&format!("bad-{i}.toml"), text);
