@@ -579,6 +579,9 @@ struct CtlArgs {
 enum CtlAction {
     /// Every pool's members: state, availability, load, sessions.
     List,
+    /// The listeners: address, protocol, pool, TLS, affinity, open
+    /// connections.
+    Listeners,
     /// A pool's sessions (most recently used first, at most 1000).
     Sessions {
         /// The pool handle.
@@ -934,6 +937,38 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
                     s["requests"].as_u64().unwrap_or(0),
                     s["idle_ms"].as_u64().unwrap_or(0),
                     s["state_cookie"].as_bool().unwrap_or(false)
+                );
+            }
+        }
+        CtlAction::Listeners => {
+            let (code, body) = client.get("/status").await?;
+            if !code.is_success() {
+                bail!("{} answered {code}", client.base());
+            }
+            let doc: Value = serde_json::from_slice(&body).context("/status is not JSON")?;
+            println!(
+                "{:<24} {:<9} {:<16} {:<4} {:<15} {:>11}",
+                "ADDRESS", "PROTOCOL", "POOL", "TLS", "AFFINITY", "CONNECTIONS"
+            );
+            for l in doc["listeners"].as_array().into_iter().flatten() {
+                let open: u64 = l["connections"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_u64)
+                    .sum();
+                println!(
+                    "{:<24} {:<9} {:<16} {:<4} {:<15} {:>11}",
+                    l["address"].as_str().unwrap_or("?"),
+                    l["protocol"].as_str().unwrap_or("?"),
+                    l["pool"].as_str().unwrap_or("?"),
+                    if l["tls"].as_bool().unwrap_or(false) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    l["affinity"].as_str().unwrap_or("?"),
+                    open
                 );
             }
         }

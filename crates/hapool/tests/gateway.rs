@@ -433,6 +433,18 @@ fn a_running_gateway_reads_its_configuration_again_on_sighup_and_on_ctl_reload()
         hapool(&all)
     };
     let admin_get = |path: &str| get_path(&admin, path);
+    let (code, listeners, err) = ctl(&["listeners"]);
+    assert_eq!(code, 0, "{err}");
+    let line = listeners
+        .lines()
+        .find(|l| l.starts_with(&listen))
+        .unwrap_or_else(|| panic!("no {listen} in:\n{listeners}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        words[..5],
+        [listen.as_str(), "http", "web", "no", "none"],
+        "{line}"
+    );
     // Each member's series, rendered from what the gateway knows now.
     let metrics = admin_get("/metrics");
     for line in [
