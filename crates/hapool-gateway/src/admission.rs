@@ -17,14 +17,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What the workers of one listener share.
 pub(crate) struct Admission {
     /// Open connections per worker.
     open: Box<[AtomicUsize]>,
-    /// The listener's `max_connections`.
-    permits: Arc<Semaphore>,
+    /// The listener's `max_connections` (a reload may change it).
+    max: AtomicUsize,
+    /// Connections admitted and open, all workers together.
+    admitted: AtomicUsize,
     /// Each worker's inbox of connections other workers accepted for it.
     inboxes: Box<[UnboundedSender<Handed>]>,
 }
@@ -34,7 +35,6 @@ pub(crate) struct Admission {
 pub(crate) struct Admitted {
     admission: Arc<Admission>,
     worker: usize,
-    _permit: OwnedSemaphorePermit,
 }
 
 impl Admitted {
@@ -50,6 +50,7 @@ impl Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.admission.open[self.worker].fetch_sub(1, Ordering::Relaxed);
+        self.admission.admitted.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -104,7 +105,8 @@ impl Admission {
             .unzip();
         let admission = Arc::new(Self {
             open: (0..workers.max(1)).map(|_| AtomicUsize::new(0)).collect(),
-            permits: Arc::new(Semaphore::new(max_connections)),
+            max: AtomicUsize::new(max_connections),
+            admitted: AtomicUsize::new(0),
             inboxes: inboxes.into(),
         });
         (admission, receivers)
@@ -113,13 +115,23 @@ impl Admission {
     /// Admits a connection `worker` accepted; `None` when the listener
     /// is at `max_connections`.
     pub(crate) fn admit(self: &Arc<Self>, worker: usize) -> Option<Admitted> {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let max = self.max.load(Ordering::Relaxed);
+        self.admitted
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
         self.open[worker].fetch_add(1, Ordering::Relaxed);
         Some(Admitted {
             admission: self.clone(),
             worker,
-            _permit: permit,
         })
+    }
+
+    /// Takes a new `max_connections`: connections beyond it are not closed,
+    /// new ones wait for their number to fall below it.
+    pub(crate) fn set_max(&self, max_connections: usize) {
+        self.max.store(max_connections, Ordering::Relaxed);
     }
 
     /// Admits a connection `worker` accepted from `peer`, and hands it to
@@ -188,6 +200,22 @@ mod tests {
         assert!(admission.admit(0).is_some());
         drop(others);
         assert_eq!(admission.open(), vec![0, 0]);
+    }
+
+    #[test]
+    fn a_new_limit_holds_for_the_next_connections() {
+        let (admission, _inboxes) = Admission::new(1, 2);
+        let open = [admission.admit(0).unwrap(), admission.admit(0).unwrap()];
+        admission.set_max(1);
+        let [first, second] = open;
+        drop(first);
+        assert!(admission.admit(0).is_none(), "one is open: at the limit");
+        drop(second);
+        let again = admission.admit(0).unwrap();
+        admission.set_max(3);
+        let more = [admission.admit(0).unwrap(), admission.admit(0).unwrap()];
+        assert!(admission.admit(0).is_none());
+        drop((again, more));
     }
 
     #[test]

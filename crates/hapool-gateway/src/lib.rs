@@ -536,18 +536,27 @@ struct Listening {
     tls: Option<LiveTls>,
     /// Set when a reload closes it.
     closing: Arc<watch::Sender<bool>>,
+    /// What its workers serve new connections with; a reload may change
+    /// it, on the same sockets.
+    spec: Arc<watch::Sender<Arc<Spec>>>,
+}
+
+/// What a listener's new connections are served with.
+struct Spec {
+    config: ListenerConfig,
+    pool: Arc<Pool>,
+    tls: Option<LiveTls>,
 }
 
 impl Listening {
-    /// Binds `config`'s address (or `at`, the address of a listener it
-    /// replaces) once per worker, and prepares what each of `workers`
-    /// serves it with.
+    /// Binds `config`'s address once per worker, and prepares what each
+    /// of `workers` serves it with.
     fn open(
         config: &ListenerConfig,
-        at: SocketAddr,
         pool: &Arc<Pool>,
         workers: usize,
     ) -> Result<(Self, Vec<WorkerListener>), GatewayError> {
+        let at = config.address;
         let sockets = bind_reuseport(at, workers.max(1)).map_err(|source| GatewayError::Bind {
             address: at,
             source,
@@ -556,16 +565,19 @@ impl Listening {
         let (admission, inboxes) = Admission::new(sockets.len(), config.max_connections);
         let tls = config.tls.clone().map(LiveTls::new);
         let (closing, closed) = watch::channel(false);
+        let (spec, specs) = watch::channel(Arc::new(Spec {
+            config: config.clone(),
+            pool: pool.clone(),
+            tls: tls.clone(),
+        }));
         let per_worker = sockets
             .into_iter()
             .zip(inboxes)
             .enumerate()
             .map(|(worker, (socket, inbox))| WorkerListener {
                 socket,
-                tls: tls.clone(),
+                spec: specs.clone(),
                 inbox,
-                config: config.clone(),
-                pool: pool.clone(),
                 worker,
                 admission: admission.clone(),
                 closed: closed.clone(),
@@ -585,6 +597,7 @@ impl Listening {
             config: config.clone(),
             tls,
             closing: Arc::new(closing),
+            spec: Arc::new(spec),
         };
         Ok((listening, per_worker))
     }
@@ -599,6 +612,35 @@ impl Listening {
     /// Where it listens.
     fn address(&self) -> SocketAddr {
         self.status.address
+    }
+
+    /// Serves new connections as `config` says, with `pool`, on the same
+    /// sockets: open connections finish as they were. `config` keeps the
+    /// address; its certificates, when it has TLS, are taken as a reload
+    /// takes them ([`LiveTls::replace`]).
+    fn respec(&mut self, config: &ListenerConfig, pool: &Arc<Pool>) {
+        self.tls = match (&self.tls, &config.tls) {
+            (Some(live), Some(tls)) => {
+                live.replace(tls);
+                Some(live.clone())
+            }
+            (None, Some(tls)) => Some(LiveTls::new(tls.clone())),
+            (_, None) => None,
+        };
+        self.admission.set_max(config.max_connections);
+        self.status.protocol = config.protocol;
+        self.status.pool = pool.handle().to_string();
+        self.status.tls = config.tls.is_some();
+        self.status.affinity = config.affinity;
+        self.config = ListenerConfig {
+            address: self.config.address,
+            ..config.clone()
+        };
+        let _ = self.spec.send(Arc::new(Spec {
+            config: self.config.clone(),
+            pool: pool.clone(),
+            tls: self.tls.clone(),
+        }));
     }
 
     /// Stops accepting on every worker (connections already queued are
@@ -740,12 +782,7 @@ impl Gateway {
                 .iter()
                 .find(|p| *p.handle() == listener.pool)
                 .expect("checked: every listener's pool is configured");
-            opened.push(Listening::open(
-                listener,
-                listener.address,
-                pool,
-                config.workers,
-            )?);
+            opened.push(Listening::open(listener, pool, config.workers)?);
         }
         let access_log = match &config.access_log {
             Some(path) => {
@@ -1002,12 +1039,11 @@ async fn drained(draining: &mut watch::Receiver<bool>) {
 /// A listener as one worker serves it.
 struct WorkerListener {
     socket: std::net::TcpListener,
-    /// The listener's TLS configuration, shared with its other workers.
-    tls: Option<LiveTls>,
+    /// What new connections are served with (shared with its other
+    /// workers; a reload may change it).
+    spec: watch::Receiver<Arc<Spec>>,
     /// Connections other workers accepted for this one.
     inbox: UnboundedReceiver<Handed>,
-    config: ListenerConfig,
-    pool: Arc<Pool>,
     /// Which of the listener's workers this is.
     worker: usize,
     admission: Arc<Admission>,
@@ -1026,25 +1062,34 @@ async fn accept_loop(
 ) {
     let WorkerListener {
         socket,
-        tls,
+        mut spec,
         mut inbox,
-        config,
-        pool,
         worker,
         admission,
         mut closed,
     } = listener;
+    let address = spec.borrow().config.address;
     let socket = match TcpListener::from_std(socket) {
         Ok(socket) => socket,
         Err(e) => {
-            tracing::error!(address = %config.address, error = %e, "cannot serve a listener");
+            tracing::error!(%address, error = %e, "cannot serve a listener");
             return;
         }
     };
     // Set for this listener's connections when it stops.
     let (finish, finishing) = watch::channel(false);
-    let serving = Serving::new(&config, tls, pool, shared, members, finishing);
-    let place = |stream: TcpStream, peer: SocketAddr| match admission
+    let serve_as = |spec: &Spec| {
+        Serving::new(
+            &spec.config,
+            spec.tls.clone(),
+            spec.pool.clone(),
+            shared.clone(),
+            members.clone(),
+            finishing.clone(),
+        )
+    };
+    let mut serving = serve_as(&spec.borrow_and_update());
+    let place = |serving: &Serving, stream: TcpStream, peer: SocketAddr| match admission
         .admit_and_place(worker, stream, peer)
     {
         Placed::Here(stream, admitted) => serving.spawn(stream, peer, admitted),
@@ -1068,9 +1113,15 @@ async fn accept_loop(
             () = drained(&mut closed) => {
                 let queued = || std::future::poll_fn(|cx| Poll::Ready(socket.poll_accept(cx)));
                 while let Poll::Ready(Ok((stream, peer))) = queued().await {
-                    place(stream, peer);
+                    place(&serving, stream, peer);
                 }
                 break;
+            }
+            // A reload respecified the listener: new connections are
+            // served so; open ones keep what they were served with.
+            Ok(()) = spec.changed() => {
+                serving = serve_as(&spec.borrow_and_update());
+                continue;
             }
             Some(handed) = inbox.recv() => {
                 serving.spawn_handed(handed);
@@ -1079,9 +1130,9 @@ async fn accept_loop(
             accepted = socket.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => place(stream, peer),
+            Ok((stream, peer)) => place(&serving, stream, peer),
             Err(e) => {
-                warn!(address = %config.address, error = %e, "accept failed");
+                warn!(%address, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }

@@ -4,11 +4,14 @@
 //! What a reload can change is what the gateway reads per connection or
 //! per choice: a TLS listener's certificates (`tls::LiveTls`), a pool's
 //! settings and static members ([`Pool::reconfigure`]), and the set of
-//! listeners and pools itself. A listener whose fixed settings change
-//! (protocol, pool, TLS on or off, affinity, `max_connections`) is
-//! replaced: a new one is bound at the same address beside it
-//! (SO_REUSEPORT), the old one takes what the kernel has queued for it and
-//! closes, and its open connections finish. What the workers were built
+//! listeners and pools itself. A listener whose other settings change
+//! (protocol, pool, TLS on or off, affinity, `max_connections`, the PROXY
+//! protocol) keeps its sockets: its workers serve new connections with the
+//! new settings, and open ones go on as they were. (Binding a new socket
+//! beside the old and closing the old lost connections: those the kernel
+//! queued on the old socket between its last accept and its close were
+//! reset.) A listener no longer configured closes: it takes what the
+//! kernel has queued for it first, and its open connections finish. What the workers were built
 //! with (threads, limits, timers, member trust, the access log) and what
 //! a pool is at heart (where its members come from, TLS to them) take a
 //! restart; the reload names each such difference rather than half-apply
@@ -129,9 +132,11 @@ enum Plan {
     /// The running listener at this index stays (with new certificates,
     /// if it has TLS).
     Keep(usize),
-    /// A new listener, bound at `opened[n]`; it replaces the running
-    /// listener at the index, if any.
-    Open(usize, Option<usize>),
+    /// The running listener at this index serves new connections with
+    /// new settings, on its sockets.
+    Respec(usize, Arc<Pool>),
+    /// A new listener, bound at `opened[n]`.
+    Open(usize),
     /// Its pool takes a restart: the running listener at the index, if
     /// any, goes on as it is.
     Hold(Option<usize>),
@@ -199,23 +204,22 @@ impl GatewayView {
                 plans.push(Plan::Hold(found));
                 continue;
             }
-            if let Some(i) = found
-                && running[i].config.fixed_change(new).is_none()
-            {
-                plans.push(Plan::Keep(i));
-                continue;
-            }
             let pool = added
                 .iter()
                 .find(|p| *p.handle() == new.pool)
                 .cloned()
                 .or_else(|| self.pools.get(&new.pool))
                 .expect("checked: every listener's pool is configured");
-            // A replacement takes the address its predecessor has, even
-            // when the configuration says port 0.
-            let at = found.map_or(new.address, |i| running[i].address());
-            opened.push(Listening::open(new, at, &pool, self.workers.len())?);
-            plans.push(Plan::Open(opened.len() - 1, found));
+            match found {
+                Some(i) if running[i].config.fixed_change(new).is_none() => {
+                    plans.push(Plan::Keep(i));
+                }
+                Some(i) => plans.push(Plan::Respec(i, pool)),
+                None => {
+                    opened.push(Listening::open(new, &pool, self.workers.len())?);
+                    plans.push(Plan::Open(opened.len() - 1));
+                }
+            }
         }
 
         // Everything that can fail has been done; from here on, changes.
@@ -280,26 +284,24 @@ impl GatewayView {
                     listeners.push(kept.clone());
                 }
                 Plan::Hold(found) => listeners.extend(found.map(|i| running[i].clone())),
-                Plan::Open(n, replaces) => {
+                Plan::Respec(i, pool) => {
+                    let mut listening = running[i].clone();
+                    let what = listening.config.fixed_change(new).unwrap_or("nothing");
+                    listening.respec(new, &pool);
+                    done.applied.push(format!(
+                        "listener {}: {what} changed (new connections; open ones go on as they were)",
+                        listening.address()
+                    ));
+                    listeners.push(listening);
+                }
+                Plan::Open(n) => {
                     let (listening, per_worker) = opened[n].take().expect("opened once");
                     for (worker, serve) in self.workers.iter().zip(per_worker) {
                         // A worker that has stopped serves nothing more.
                         let _ = worker.send(serve);
                     }
-                    done.applied.push(match replaces {
-                        Some(i) => {
-                            running[i].close();
-                            format!(
-                                "listener {}: replaced ({} changed); open connections finish on the old one",
-                                listening.address(),
-                                running[i]
-                                    .config
-                                    .fixed_change(new)
-                                    .expect("replaced for a change")
-                            )
-                        }
-                        None => format!("listener {}: opened", listening.address()),
-                    });
+                    done.applied
+                        .push(format!("listener {}: opened", listening.address()));
                     listeners.push(listening);
                 }
             }

@@ -1756,7 +1756,7 @@ async fn a_reload_opens_replaces_and_closes_listeners_and_pools() {
         [
             "pool other: added (1 member(s), 1 answering)".to_owned(),
             format!(
-                "listener {first}: replaced (max_connections changed); open connections finish on the old one"
+                "listener {first}: max_connections changed (new connections; open ones go on as they were)"
             ),
             format!("listener {second}: opened"),
         ]
@@ -2242,5 +2242,98 @@ async fn haproxy_in_front_passes_the_client_address_by_either_version() {
     let _ = haproxy.kill();
     let _ = haproxy.wait();
     let _ = std::fs::remove_dir_all(&dir);
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_reconfigured_under_load_loses_no_connection() {
+    let backends = http_backends(&["a", "b"]).await;
+    let gateway = Gateway::start(http_config(&backends)).await.unwrap();
+    let view = gateway.view();
+    let addr = gateway.local_addrs()[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    // Four clients, each a new connection per request, for as long as the
+    // replacements go on (bounded: 20 s at most).
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0_u32, Vec::new());
+                let started = Instant::now();
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(20) {
+                    match get_with_preface(Ipv4Addr::LOCALHOST.into(), addr, b"").await {
+                        Some(_) => ok += 1,
+                        None => failed.push(started.elapsed()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    // Ten replacements of the listener (its max_connections changes each
+    // time), 100 ms apart.
+    for round in 0..10 {
+        sleep(Duration::from_millis(100)).await;
+        let mut config = http_config(&backends);
+        config.listeners[0].max_connections = 1_000 + round;
+        let done = view.reload(config).await.unwrap();
+        assert_eq!(done.applied.len(), 1, "{done:?}");
+        assert_eq!(gateway.local_addrs(), [addr]);
+    }
+    sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut served, mut failed) = (0, Vec::new());
+    for client in clients {
+        let (ok, lost) = client.await.unwrap();
+        served += ok;
+        failed.extend(lost);
+    }
+    assert!(served > 100, "only {served} requests went through");
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed: {failed:?}",
+        failed.len(),
+        served as usize + failed.len()
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_can_turn_an_http_listener_into_a_tcp_one_on_its_port() {
+    let (web, _task) = http_backend("a").await;
+    let echo = echo_backend("e").await;
+    let gateway = Gateway::start(http_config(&[web])).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    let client = client();
+    let (_, body, _) = get(&client, addr, "/", None).await;
+    assert_eq!(served_by(&body), "a");
+    let mut config = http_config(&[web]);
+    let mut lines = static_pool(&[echo], ProbeKind::Tcp);
+    lines.handle = PoolHandle::from("lines");
+    config.pools.push(lines);
+    config.listeners[0] = ListenerConfig {
+        pool: PoolHandle::from("lines"),
+        affinity: Affinity::None,
+        ..listener(Protocol::Tcp)
+    };
+    let done = gateway.view().reload(config).await.unwrap();
+    assert_eq!(
+        done.applied,
+        [
+            "pool lines: added (1 member(s), 1 answering)".to_owned(),
+            format!(
+                "listener {addr}: protocol changed (new connections; open ones go on as they were)"
+            ),
+        ]
+    );
+    assert_eq!(tcp_exchange(addr, "hi").await, "e hi");
+    let status = gateway.view().status();
+    assert_eq!(
+        (
+            status.listeners[0].protocol,
+            status.listeners[0].pool.as_str()
+        ),
+        (Protocol::Tcp, "lines")
+    );
     gateway.shutdown().await;
 }
