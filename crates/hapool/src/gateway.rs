@@ -876,15 +876,20 @@ fn set_state(view: &GatewayView, pool: &str, pe: &str, state: &str) -> (StatusCo
     }
 }
 
+/// The gateway's `/status` document.
+async fn status(client: &crate::admin::AdminClient) -> anyhow::Result<Value> {
+    let (code, body) = client.get("/status").await?;
+    if !code.is_success() {
+        bail!("{} answered {code}", client.base());
+    }
+    serde_json::from_slice(&body).context("/status is not JSON")
+}
+
 async fn control(args: CtlArgs) -> anyhow::Result<()> {
     let client = crate::admin::AdminClient::from_target(&args.target, "127.0.0.1:3882")?;
     match args.action {
         CtlAction::List => {
-            let (code, body) = client.get("/status").await?;
-            if !code.is_success() {
-                bail!("{} answered {code}", client.base());
-            }
-            let doc: Value = serde_json::from_slice(&body).context("/status is not JSON")?;
+            let doc = status(&client).await?;
             println!(
                 "{:<16} {:<9} {:<22} {:<15} {:<12} {:>5} {:>7} {:>10} {:>8} {:>9}",
                 "POOL",
@@ -941,11 +946,7 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
             }
         }
         CtlAction::Listeners => {
-            let (code, body) = client.get("/status").await?;
-            if !code.is_success() {
-                bail!("{} answered {code}", client.base());
-            }
-            let doc: Value = serde_json::from_slice(&body).context("/status is not JSON")?;
+            let doc = status(&client).await?;
             println!(
                 "{:<24} {:<9} {:<16} {:<4} {:<15} {:>11}",
                 "ADDRESS", "PROTOCOL", "POOL", "TLS", "AFFINITY", "CONNECTIONS"
