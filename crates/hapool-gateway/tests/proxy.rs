@@ -2337,3 +2337,28 @@ async fn a_reload_can_turn_an_http_listener_into_a_tcp_one_on_its_port() {
     );
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_can_put_tls_on_a_listener_and_take_it_off() {
+    let (web, _task) = http_backend("a").await;
+    let gateway = Gateway::start(http_config(&[web])).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    let mut config = http_config(&[web]);
+    config.listeners[0].tls =
+        Some(server_config(vec![certificate("alpha")], &[b"http/1.1"]).unwrap());
+    let done = gateway.view().reload(config).await.unwrap();
+    assert_eq!(
+        done.applied,
+        [format!(
+            "listener {addr}: TLS on or off changed (new connections; open ones go on as they were)"
+        )]
+    );
+    assert_eq!(
+        tls_get(addr, "alpha.example").await,
+        ("CN=alpha.example".into(), "a -".into())
+    );
+    gateway.view().reload(http_config(&[web])).await.unwrap();
+    let (_, body, _) = get(&client(), addr, "/", None).await;
+    assert_eq!(served_by(&body), "a");
+    gateway.shutdown().await;
+}
