@@ -528,12 +528,9 @@ pub struct GatewayStatus {
 /// A listener of the running gateway.
 #[derive(Clone)]
 struct Listening {
-    status: ListenerStatus,
+    /// Where it is bound (its configured address may have port 0).
+    address: SocketAddr,
     admission: Arc<Admission>,
-    /// As configured (its address may have port 0).
-    config: ListenerConfig,
-    /// Its TLS configuration, which a reload can replace.
-    tls: Option<LiveTls>,
     /// Set when a reload closes it.
     closing: Arc<watch::Sender<bool>>,
     /// What its workers serve new connections with; a reload may change
@@ -585,41 +582,43 @@ impl Listening {
             .collect();
         info!(%address, protocol = ?config.protocol, pool = %pool.handle(), tls = config.tls.is_some(), workers = workers.max(1), "gateway listening");
         let listening = Self {
-            status: ListenerStatus {
-                address,
-                protocol: config.protocol,
-                pool: pool.handle().to_string(),
-                tls: config.tls.is_some(),
-                affinity: config.affinity,
-                connections: Vec::new(),
-            },
+            address,
             admission,
-            config: config.clone(),
-            tls,
             closing: Arc::new(closing),
             spec: Arc::new(spec),
         };
         Ok((listening, per_worker))
     }
 
+    /// What it serves new connections with now.
+    fn current(&self) -> Arc<Spec> {
+        self.spec.borrow().clone()
+    }
+
     fn status(&self) -> ListenerStatus {
+        let spec = self.current();
         ListenerStatus {
+            address: self.address,
+            protocol: spec.config.protocol,
+            pool: spec.pool.handle().to_string(),
+            tls: spec.tls.is_some(),
+            affinity: spec.config.affinity,
             connections: self.admission.open(),
-            ..self.status.clone()
         }
     }
 
     /// Where it listens.
     fn address(&self) -> SocketAddr {
-        self.status.address
+        self.address
     }
 
     /// Serves new connections as `config` says, with `pool`, on the same
     /// sockets: open connections finish as they were. `config` keeps the
     /// address; its certificates, when it has TLS, are taken as a reload
     /// takes them ([`LiveTls::replace`]).
-    fn respec(&mut self, config: &ListenerConfig, pool: &Arc<Pool>) {
-        self.tls = match (&self.tls, &config.tls) {
+    fn respec(&self, config: &ListenerConfig, pool: &Arc<Pool>) {
+        let running = self.current();
+        let tls = match (&running.tls, &config.tls) {
             (Some(live), Some(tls)) => {
                 live.replace(tls);
                 Some(live.clone())
@@ -628,18 +627,13 @@ impl Listening {
             (_, None) => None,
         };
         self.admission.set_max(config.max_connections);
-        self.status.protocol = config.protocol;
-        self.status.pool = pool.handle().to_string();
-        self.status.tls = config.tls.is_some();
-        self.status.affinity = config.affinity;
-        self.config = ListenerConfig {
-            address: self.config.address,
-            ..config.clone()
-        };
         let _ = self.spec.send(Arc::new(Spec {
-            config: self.config.clone(),
+            config: ListenerConfig {
+                address: running.config.address,
+                ..config.clone()
+            },
             pool: pool.clone(),
-            tls: self.tls.clone(),
+            tls,
         }));
     }
 

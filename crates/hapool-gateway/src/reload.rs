@@ -133,10 +133,10 @@ enum Plan {
     /// if it has TLS).
     Keep(usize),
     /// The running listener at this index serves new connections with
-    /// new settings, on its sockets.
-    Respec(usize, Arc<Pool>),
-    /// A new listener, bound at `opened[n]`.
-    Open(usize),
+    /// new settings (naming what changed), on its sockets.
+    Respec(usize, Arc<Pool>, &'static str),
+    /// A new listener, the next of those bound.
+    Open,
     /// Its pool takes a restart: the running listener at the index, if
     /// any, goes on as it is.
     Hold(Option<usize>),
@@ -192,7 +192,7 @@ impl GatewayView {
         let mut opened = Vec::new();
         for new in &config.listeners {
             let found = (0..running.len())
-                .find(|&i| !matched[i] && running[i].config.address == new.address);
+                .find(|&i| !matched[i] && running[i].current().config.address == new.address);
             if let Some(i) = found {
                 matched[i] = true;
             }
@@ -210,14 +210,12 @@ impl GatewayView {
                 .cloned()
                 .or_else(|| self.pools.get(&new.pool))
                 .expect("checked: every listener's pool is configured");
-            match found {
-                Some(i) if running[i].config.fixed_change(new).is_none() => {
-                    plans.push(Plan::Keep(i));
-                }
-                Some(i) => plans.push(Plan::Respec(i, pool)),
+            match found.map(|i| (i, running[i].current().config.fixed_change(new))) {
+                Some((i, None)) => plans.push(Plan::Keep(i)),
+                Some((i, Some(what))) => plans.push(Plan::Respec(i, pool, what)),
                 None => {
                     opened.push(Listening::open(new, &pool, self.workers.len())?);
-                    plans.push(Plan::Open(opened.len() - 1));
+                    plans.push(Plan::Open);
                 }
             }
         }
@@ -270,13 +268,13 @@ impl GatewayView {
                 )
             });
         }
-        let mut opened: Vec<Option<_>> = opened.into_iter().map(Some).collect();
+        let mut opened = opened.into_iter();
         let mut listeners = Vec::with_capacity(plans.len());
         for (plan, new) in plans.into_iter().zip(&config.listeners) {
             match plan {
                 Plan::Keep(i) => {
                     let kept = &running[i];
-                    if let (Some(live), Some(tls)) = (&kept.tls, &new.tls) {
+                    if let (Some(live), Some(tls)) = (&kept.current().tls, &new.tls) {
                         live.replace(tls);
                         done.applied
                             .push(format!("listener {}: certificates loaded", kept.address()));
@@ -284,18 +282,17 @@ impl GatewayView {
                     listeners.push(kept.clone());
                 }
                 Plan::Hold(found) => listeners.extend(found.map(|i| running[i].clone())),
-                Plan::Respec(i, pool) => {
-                    let mut listening = running[i].clone();
-                    let what = listening.config.fixed_change(new).unwrap_or("nothing");
+                Plan::Respec(i, pool, what) => {
+                    let listening = &running[i];
                     listening.respec(new, &pool);
                     done.applied.push(format!(
                         "listener {}: {what} changed (new connections; open ones go on as they were)",
                         listening.address()
                     ));
-                    listeners.push(listening);
+                    listeners.push(listening.clone());
                 }
-                Plan::Open(n) => {
-                    let (listening, per_worker) = opened[n].take().expect("opened once");
+                Plan::Open => {
+                    let (listening, per_worker) = opened.next().expect("one bound per plan");
                     for (worker, serve) in self.workers.iter().zip(per_worker) {
                         // A worker that has stopped serves nothing more.
                         let _ = worker.send(serve);
