@@ -30,7 +30,7 @@ use crate::member_http::{InUse, MemberError, MemberHttp, Target};
 use crate::pool::{Lease, Member, Pool};
 use crate::select::Availability;
 use crate::sessions::{Session, SessionKey};
-use crate::{Affinity, Shared, TlsSession};
+use crate::{Affinity, Limits, Shared, TlsSession};
 
 /// The body of a request to a member: kept in memory (so it can be sent
 /// again), or streamed from the client.
@@ -82,6 +82,8 @@ enum Held {
 /// One HTTP listener's proxy.
 pub(crate) struct HttpProxy {
     pub(crate) pool: Arc<Pool>,
+    /// The limits this listener's connections are served with.
+    pub(crate) limits: Arc<Limits>,
     pub(crate) shared: Arc<Shared>,
     /// This worker's connections to members.
     pub(crate) members: Arc<MemberHttp>,
@@ -348,7 +350,7 @@ impl HttpProxy {
             Ok(held) => held,
             Err(response) => return Ok(response),
         };
-        let limits = &self.shared.limits;
+        let limits = &self.limits;
         let (key, session, cookie_names) = self.session_of(&parts.headers, tls);
         let mut headers = self.member_headers(&mut parts, forwarded_for);
         if let (Some(upgrade), Some(_)) = (&upgrade, &client_upgrade) {
@@ -579,7 +581,7 @@ impl HttpProxy {
         tried: &mut Vec<PoolElementId>,
         copy: impl FnOnce(&Member) -> Request<MemberBody>,
     ) -> (Sent, Lease) {
-        let deadline = sending + self.shared.limits.request_timeout;
+        let deadline = sending + self.limits.request_timeout;
         let first = self.exchange(member, target, request, sending);
         tokio::pin!(first);
         let mut check = Instant::from_std(delays.first_look(sending.into_std()));
@@ -631,7 +633,7 @@ impl HttpProxy {
     where
         F: Future<Output = Result<(Response<Incoming>, InUse), MemberError>>,
     {
-        let deadline = sending + self.shared.limits.request_timeout;
+        let deadline = sending + self.limits.request_timeout;
         let mut skip = tried.clone();
         skip.push(member.id);
         let now = Instant::now();
@@ -748,7 +750,7 @@ impl HttpProxy {
     /// Keeps a small body in memory (so the request can be retried);
     /// streams a large one.
     async fn hold(&self, body: Incoming) -> Result<Held, Response<ClientBody>> {
-        let limit = self.shared.limits.retry_body_limit;
+        let limit = self.limits.retry_body_limit;
         if body.is_end_stream() {
             return Ok(Held::Kept(Bytes::new()));
         }
@@ -760,7 +762,7 @@ impl HttpProxy {
             return Ok(Held::Streamed(Some(body)));
         }
         match timeout(
-            self.shared.limits.request_timeout,
+            self.limits.request_timeout,
             Limited::new(body, limit).collect(),
         )
         .await

@@ -75,7 +75,7 @@ pub use crate::select::{AdminState, Availability, Strategy};
 use crate::sessions::SessionTable;
 use crate::tcp::TcpProxy;
 use crate::tls::LiveTls;
-use crate::upkeep::{probe_all, prober, refresh, refresher, sweeper};
+use crate::upkeep::{Upkeep, probe_all, prober, refresh, refresher, sweeper};
 pub use crate::worker_runtime::worker_runtime;
 
 /// What a listener speaks.
@@ -157,8 +157,10 @@ pub struct ListenerConfig {
     pub accept_proxy_protocol: bool,
 }
 
-/// Limits and timers shared by every listener.
-#[derive(Clone, Debug)]
+/// Limits and timers shared by every listener. A reload may change them:
+/// connections accepted after it are served with the new ones, open ones
+/// keep theirs; the member connect and idle timeouts apply at once.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
     /// Connecting to a member. Default 1 s.
     pub connect_timeout: Duration,
@@ -422,7 +424,11 @@ pub(crate) struct GatewayMetrics {
 
 /// What every listener shares.
 pub(crate) struct Shared {
-    pub(crate) limits: Limits,
+    /// The limits now, which a reload may change.
+    pub(crate) limits: watch::Sender<Arc<Limits>>,
+    /// The upkeep's timers and the session tables' bounds now, which a
+    /// reload may change.
+    pub(crate) upkeep: watch::Sender<Upkeep>,
     /// The probes' connections to members (each worker has its own for
     /// requests).
     probes: Arc<MemberHttp>,
@@ -437,13 +443,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The limits new connections are served with.
+    pub(crate) fn limits(&self) -> Arc<Limits> {
+        self.limits.borrow().clone()
+    }
+
     /// Connections to members for one worker (or for the probes).
-    fn member_http(limits: &Limits, tls: Option<&Arc<rustls::ClientConfig>>) -> Arc<MemberHttp> {
-        MemberHttp::start(
-            tls.cloned().map(TlsConnector::from),
-            limits.connect_timeout,
-            limits.member_idle_timeout,
-        )
+    fn member_http(
+        limits: &watch::Sender<Arc<Limits>>,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Arc<MemberHttp> {
+        MemberHttp::start(tls.cloned().map(TlsConnector::from), limits.subscribe())
     }
 
     /// How connections to `pool`'s members are made over TLS, when the
@@ -732,7 +742,7 @@ async fn serve_worker(
     }
     let _ = drain.send(true);
     let open = || -> usize { counted.iter().map(|(a, worker)| a.open_on(*worker)).sum() };
-    let deadline = Instant::now() + shared.limits.shutdown_grace;
+    let deadline = Instant::now() + shared.limits().shutdown_grace;
     while open() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -790,9 +800,11 @@ impl Gateway {
             None => None,
         };
         let (reports, report_rx) = mpsc::channel(1024);
+        let limits = watch::Sender::new(Arc::new(config.limits.clone()));
         let shared = Shared {
-            limits: config.limits.clone(),
-            probes: Shared::member_http(&config.limits, config.member_tls.as_ref()),
+            probes: Shared::member_http(&limits, config.member_tls.as_ref()),
+            limits,
+            upkeep: watch::Sender::new(Upkeep::of(&config)),
             member_tls: config.member_tls.clone(),
             metrics: GatewayMetrics {
                 requests: counter!("hapool_gateway_requests_total"),
@@ -830,33 +842,19 @@ impl Gateway {
             }
         }
         if let Some(pu) = &pool_user {
-            refresh(
-                pu,
-                &registrar_pools,
-                &shared,
-                config.probe_timeout,
-                &mut cache,
-            )
-            .await;
+            refresh(pu, &registrar_pools, &shared, &mut cache).await;
         }
-        probe_all(&pools.all(), &shared, config.probe_timeout).await;
+        probe_all(&pools.all(), &shared).await;
         if let Some(pu) = &pool_user {
             tasks.spawn(refresher(
                 pu.clone(),
                 pools.clone(),
                 shared.clone(),
                 report_rx,
-                config.refresh,
-                config.probe_timeout,
                 cache,
             ));
         }
-        tasks.spawn(prober(
-            pools.clone(),
-            shared.clone(),
-            config.probe_interval,
-            config.probe_timeout,
-        ));
+        tasks.spawn(prober(pools.clone(), shared.clone()));
         tasks.spawn(sweeper(pools.clone()));
         let worker_count = config.workers.max(1);
         let mut listeners = Vec::new();
@@ -1072,17 +1070,22 @@ async fn accept_loop(
     };
     // Set for this listener's connections when it stops.
     let (finish, finishing) = watch::channel(false);
-    let serve_as = |spec: &Spec| {
+    let mut limits = shared.limits.subscribe();
+    let serve_as = |spec: &Spec, limits: Arc<Limits>| {
         Serving::new(
             &spec.config,
             spec.tls.clone(),
             spec.pool.clone(),
+            limits,
             shared.clone(),
             members.clone(),
             finishing.clone(),
         )
     };
-    let mut serving = serve_as(&spec.borrow_and_update());
+    let mut serving = serve_as(
+        &spec.borrow_and_update(),
+        limits.borrow_and_update().clone(),
+    );
     let place = |serving: &Serving, stream: TcpStream, peer: SocketAddr| match admission
         .admit_and_place(worker, stream, peer)
     {
@@ -1111,10 +1114,15 @@ async fn accept_loop(
                 }
                 break;
             }
-            // A reload respecified the listener: new connections are
-            // served so; open ones keep what they were served with.
+            // A reload respecified the listener, or changed the limits:
+            // new connections are served so; open ones keep what they
+            // were served with.
             Ok(()) = spec.changed() => {
-                serving = serve_as(&spec.borrow_and_update());
+                serving = serve_as(&spec.borrow_and_update(), serving.limits.clone());
+                continue;
+            }
+            Ok(()) = limits.changed() => {
+                serving = serve_as(&spec.borrow(), limits.borrow_and_update().clone());
                 continue;
             }
             Some(handed) = inbox.recv() => {
@@ -1147,6 +1155,8 @@ struct Serving {
     by_tls_session: bool,
     http: Option<(Arc<auto::Builder<TokioExecutor>>, Arc<HttpProxy>)>,
     tcp: Arc<TcpProxy>,
+    /// The limits its connections are served with.
+    limits: Arc<Limits>,
     shared: Arc<Shared>,
     pool: Arc<Pool>,
     /// Set when the worker drains.
@@ -1158,6 +1168,7 @@ impl Serving {
         listener: &ListenerConfig,
         tls: Option<LiveTls>,
         pool: Arc<Pool>,
+        limits: Arc<Limits>,
         shared: Arc<Shared>,
         members: Arc<MemberHttp>,
         draining: watch::Receiver<bool>,
@@ -1175,19 +1186,18 @@ impl Serving {
                 // still holds the last one.)
                 .half_close(true)
                 .timer(TokioTimer::new())
-                .header_read_timeout(shared.limits.header_read_timeout)
-                .max_buf_size(shared.limits.max_header_bytes.max(8192));
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192));
             builder
                 .http2()
                 .timer(TokioTimer::new())
                 .enable_connect_protocol()
-                .max_header_list_size(
-                    u32::try_from(shared.limits.max_header_bytes).unwrap_or(u32::MAX),
-                );
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
             (
                 Arc::new(builder),
                 Arc::new(HttpProxy {
                     pool: pool.clone(),
+                    limits: limits.clone(),
                     shared: shared.clone(),
                     members,
                     tls: listener.tls.is_some(),
@@ -1198,6 +1208,7 @@ impl Serving {
         });
         let tcp = Arc::new(TcpProxy {
             pool: pool.clone(),
+            limits: limits.clone(),
             shared: shared.clone(),
             affinity: listener.affinity,
             member_tls: shared.member_tls_for(&pool),
@@ -1208,6 +1219,7 @@ impl Serving {
             by_tls_session: listener.affinity == Affinity::TlsSession,
             http,
             tcp,
+            limits,
             shared,
             pool,
             draining,
@@ -1237,6 +1249,7 @@ impl Serving {
         let by_tls_session = self.by_tls_session;
         let http = self.http.clone();
         let tcp = self.tcp.clone();
+        let limits = self.limits.clone();
         let shared = self.shared.clone();
         let pool = self.pool.clone();
         let draining = self.draining.clone();
@@ -1244,7 +1257,7 @@ impl Serving {
             let _admitted = admitted;
             // Behind another proxy: the client is the one its header names.
             let (peer, local) = if relayed {
-                let limit = shared.limits.header_read_timeout;
+                let limit = limits.header_read_timeout;
                 match timeout(limit, proxy_protocol::read_header(&mut stream)).await {
                     Ok(Ok(Some(said))) => (said.client, Some(said.local)),
                     Ok(Ok(None)) => (peer, local),
@@ -1273,7 +1286,7 @@ impl Serving {
                             tls.set_resumption_data(&issued.to_be_bytes());
                         }
                     });
-                    match timeout(shared.limits.header_read_timeout, accept).await {
+                    match timeout(limits.header_read_timeout, accept).await {
                         Ok(Ok(tls)) => {
                             let resumed = tls
                                 .get_ref()
@@ -1286,8 +1299,13 @@ impl Serving {
                                 local,
                                 tls: issued.map(|issued| TlsSession { issued, resumed }),
                             };
-                            serve_connection(tls, origin, http, &tcp, &shared, &pool, draining)
-                                .await;
+                            let with = Served {
+                                tcp: &tcp,
+                                limits: &limits,
+                                shared: &shared,
+                                pool: &pool,
+                            };
+                            serve_connection(tls, origin, http, with, draining).await;
                         }
                         Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
                         Err(_) => shared.limit_hit("header_read_timeout", pool.handle()),
@@ -1299,7 +1317,13 @@ impl Serving {
                         local,
                         tls: None,
                     };
-                    serve_connection(stream, origin, http, &tcp, &shared, &pool, draining).await;
+                    let with = Served {
+                        tcp: &tcp,
+                        limits: &limits,
+                        shared: &shared,
+                        pool: &pool,
+                    };
+                    serve_connection(stream, origin, http, with, draining).await;
                 }
             }
         });
@@ -1326,17 +1350,29 @@ pub(crate) struct TlsSession {
     pub(crate) resumed: Option<u128>,
 }
 
+/// What a client connection is served with, besides its HTTP service.
+struct Served<'a> {
+    tcp: &'a TcpProxy,
+    limits: &'a Limits,
+    shared: &'a Shared,
+    pool: &'a Pool,
+}
+
 async fn serve_connection<S>(
     stream: S,
     origin: Origin,
     http: Option<(Arc<auto::Builder<TokioExecutor>>, Arc<HttpProxy>)>,
-    tcp: &TcpProxy,
-    shared: &Shared,
-    pool: &Pool,
+    with: Served<'_>,
     mut draining: watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Served {
+        tcp,
+        limits,
+        shared,
+        pool,
+    } = with;
     let Some((builder, proxy)) = http else {
         tcp.serve(stream, &origin).await;
         return;
@@ -1350,11 +1386,7 @@ async fn serve_connection<S>(
     // hyper's header timeout starts once it knows the protocol; a client
     // that sends nothing at all is cut off here. Answers go out after the
     // worker's other ready reads.
-    let stream = ConnectionIo::client(
-        stream,
-        shared.limits.header_read_timeout,
-        shared.limits.send_timeout,
-    );
+    let stream = ConnectionIo::client(stream, limits.header_read_timeout, limits.send_timeout);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     // Draining: the request under way finishes, then the connection

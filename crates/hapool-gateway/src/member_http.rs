@@ -33,9 +33,11 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
+use crate::Limits;
 use crate::connection_io::ConnectionIo;
 use crate::http::MemberBody;
 use crate::tcp::connect_member;
@@ -98,8 +100,9 @@ pub(crate) struct MemberHttp {
     idle: Mutex<foldhash::HashMap<Target, Vec<Idle>>>,
     /// How connections to members over TLS are made; without it they fail.
     tls: Option<TlsConnector>,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
+    /// The gateway's limits, of which the connect and idle timeouts count
+    /// here; a reload may change them (read at each connect and sweep).
+    limits: watch::Receiver<Arc<Limits>>,
 }
 
 /// A connection whose response is being read; [`InUse::release`] puts it
@@ -119,20 +122,18 @@ impl InUse {
 }
 
 impl MemberHttp {
-    /// Connections made within `connect_timeout` (over TLS with `tls`),
-    /// closed after `idle_timeout` unused. Spawns the task that closes
-    /// idle connections on the current runtime; it ends with the last
-    /// handle.
+    /// Connections made within the limits' `connect_timeout` (over TLS
+    /// with `tls`), closed after `member_idle_timeout` unused, as the
+    /// limits are at the time. Spawns the task that closes idle
+    /// connections on the current runtime; it ends with the last handle.
     pub(crate) fn start(
         tls: Option<TlsConnector>,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
+        limits: watch::Receiver<Arc<Limits>>,
     ) -> Arc<Self> {
         let this = Arc::new(Self {
             idle: Mutex::new(foldhash::HashMap::default()),
             tls,
-            connect_timeout,
-            idle_timeout,
+            limits,
         });
         tokio::spawn(close_idle(Arc::downgrade(&this)));
         this
@@ -191,7 +192,8 @@ impl MemberHttp {
         } else {
             None
         };
-        let stream = connect_member(target.address, &[], tls, self.connect_timeout)
+        let connect_timeout = self.limits.borrow().connect_timeout;
+        let stream = connect_member(target.address, &[], tls, connect_timeout)
             .await
             .map_err(MemberError::Connect)?;
         let (sender, connection) = http1::Builder::new()
@@ -238,13 +240,19 @@ impl MemberHttp {
             .push(entry);
     }
 
-    /// Drops the connections idle since before `now - idle_timeout`, and
-    /// those the member closed.
+    /// How long a connection may stay idle.
+    fn idle_timeout(&self) -> Duration {
+        self.limits.borrow().member_idle_timeout
+    }
+
+    /// Drops the connections idle since before `now` less the idle
+    /// timeout, and those the member closed.
     fn close_idle_until(&self, now: Instant) {
+        let idle_timeout = self.idle_timeout();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         idle.retain(|_, stack| {
             stack.retain(|entry| {
-                !entry.sender.is_closed() && now.duration_since(entry.since) < self.idle_timeout
+                !entry.sender.is_closed() && now.duration_since(entry.since) < idle_timeout
             });
             !stack.is_empty()
         });
@@ -264,16 +272,13 @@ impl MemberHttp {
 /// Closes idle connections about every second (more often for an idle
 /// timeout under two seconds), for as long as the connections' owner lives.
 async fn close_idle(home: Weak<MemberHttp>) {
-    let Some(every) = home
-        .upgrade()
-        .map(|h| (h.idle_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1)))
-    else {
-        return;
-    };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let Some(every) = home.upgrade().map(|h| {
+            (h.idle_timeout() / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+        }) else {
+            return;
+        };
+        tokio::time::sleep(every).await;
         let Some(home) = home.upgrade() else { return };
         home.close_idle_until(Instant::now());
     }
@@ -289,6 +294,16 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    /// Limits with a connect timeout of one second and `idle`.
+    fn timeouts(idle: Duration) -> watch::Receiver<Arc<Limits>> {
+        watch::channel(Arc::new(Limits {
+            connect_timeout: Duration::from_secs(1),
+            member_idle_timeout: idle,
+            ..Limits::default()
+        }))
+        .1
+    }
 
     /// A member answering each request with "ok"; counts the connections
     /// it accepted, and closes a connection without a word when a request
@@ -357,7 +372,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_reused_once_its_response_is_read() {
         let (address, accepted) = member(usize::MAX).await;
-        let members = MemberHttp::start(None, Duration::from_secs(1), Duration::from_secs(60));
+        let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
         for _ in 0..5 {
             assert_eq!(read_all(&members, target(address)).await.unwrap(), "ok");
         }
@@ -376,7 +391,7 @@ mod tests {
     async fn a_kept_connection_closed_under_a_request_is_stale_and_older_ones_go_too() {
         // The member answers one request per connection.
         let (address, accepted) = member(1).await;
-        let members = MemberHttp::start(None, Duration::from_secs(1), Duration::from_secs(60));
+        let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
         // Two connections, both idle after their first answer.
         let (first, held) = members.send(target(address), get(address)).await.unwrap();
         read_all(&members, target(address)).await.unwrap();
@@ -411,7 +426,7 @@ mod tests {
                 let _ = write.write_all(answer).await;
             }
         });
-        let members = MemberHttp::start(None, Duration::from_secs(1), Duration::from_secs(60));
+        let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
         assert_eq!(read_all(&members, target(address)).await.unwrap(), "ok");
         tokio::time::sleep(Duration::from_millis(100)).await;
         members.close_idle_until(Instant::now());
@@ -423,7 +438,7 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_close_after_the_idle_timeout() {
         let (address, accepted) = member(usize::MAX).await;
-        let members = MemberHttp::start(None, Duration::from_secs(1), Duration::from_millis(100));
+        let members = MemberHttp::start(None, timeouts(Duration::from_millis(100)));
         read_all(&members, target(address)).await.unwrap();
         assert_eq!(members.idle_count(target(address)), 1);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -433,11 +448,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_shorter_idle_timeout_takes_effect_on_connections_already_idle() {
+        let (address, _) = member(usize::MAX).await;
+        let (limits, watched) = watch::channel(Arc::new(Limits::default()));
+        let members = MemberHttp::start(None, watched);
+        read_all(&members, target(address)).await.unwrap();
+        assert_eq!(members.idle_count(target(address)), 1);
+        limits.send_modify(|l| {
+            *l = Arc::new(Limits {
+                member_idle_timeout: Duration::from_millis(100),
+                ..Limits::clone(l)
+            });
+        });
+        // The sweep that was waiting its second under the old timeout
+        // closes the connection under the new one.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(members.idle_count(target(address)), 0);
+    }
+
+    #[tokio::test]
     async fn an_unreachable_member_is_a_connect_error() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         drop(listener);
-        let members = MemberHttp::start(None, Duration::from_secs(1), Duration::from_secs(60));
+        let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
         let e = read_all(&members, target(address)).await.unwrap_err();
         assert!(matches!(e, MemberError::Connect(_)), "{e:?}");
         assert!(e.unsent());

@@ -7,12 +7,17 @@
 //! listeners and pools itself. A listener whose other settings change
 //! (protocol, pool, TLS on or off, affinity, `max_connections`, the PROXY
 //! protocol) keeps its sockets: its workers serve new connections with the
-//! new settings, and open ones go on as they were. (Binding a new socket
+//! new settings, and open ones go on as they were; so too with new limits
+//! and timeouts (`Limits`), for every listener, except that the member
+//! connect and idle timeouts apply at once. (Binding a new socket
 //! beside the old and closing the old lost connections: those the kernel
 //! queued on the old socket between its last accept and its close were
 //! reset.) A listener no longer configured closes: it takes what the
-//! kernel has queued for it first, and its open connections finish. What the workers were built
-//! with (threads, limits, timers, member trust, the access log) and what
+//! kernel has queued for it first, and its open connections finish. The
+//! upkeep's timers (refresh, probes) apply from their next round, and new
+//! session bounds to every pool's table at once. What the workers were
+//! built with (threads, member trust, the access log), the registrars and
+//! what
 //! a pool is at heart (where its members come from, TLS to them) take a
 //! restart; the reload names each such difference rather than half-apply
 //! it. The new configuration is checked whole, and every new listener
@@ -25,9 +30,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::pool::Pool;
-use crate::upkeep::{probe_all, probe_one, refresh};
+use crate::upkeep::{Upkeep, probe_all, probe_one, refresh};
 use crate::{
-    GatewayConfig, GatewayError, GatewayView, ListenerConfig, Listening, MemberSource, PoolSettings,
+    GatewayConfig, GatewayError, GatewayView, Limits, ListenerConfig, Listening, MemberSource,
+    PoolSettings,
 };
 
 /// What a reload did, and what it left for a restart.
@@ -64,24 +70,11 @@ impl ListenerConfig {
     }
 }
 
-impl GatewayConfig {
-    /// What differs from `running` outside listeners and pools: each
-    /// setting by name. None of these changes while the gateway runs.
-    fn fixed_changes(&self, running: &Self) -> Vec<&'static str> {
-        let (new, old) = (&self.limits, &running.limits);
+impl Limits {
+    /// Which limits differ in `new`, by name.
+    fn changes(&self, new: &Self) -> Vec<&'static str> {
+        let old = self;
         [
-            ("registrars", self.registrars != running.registrars),
-            ("refresh", self.refresh != running.refresh),
-            (
-                "probe_interval",
-                self.probe_interval != running.probe_interval,
-            ),
-            ("probe_timeout", self.probe_timeout != running.probe_timeout),
-            ("session_idle", self.session_idle != running.session_idle),
-            (
-                "session_capacity",
-                self.session_capacity != running.session_capacity,
-            ),
             (
                 "connect_timeout",
                 new.connect_timeout != old.connect_timeout,
@@ -113,6 +106,20 @@ impl GatewayConfig {
                 "tcp_idle_timeout",
                 new.tcp_idle_timeout != old.tcp_idle_timeout,
             ),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+}
+
+impl GatewayConfig {
+    /// What differs from `running` outside listeners, pools, limits and
+    /// upkeep: each setting by name. None of these changes while the
+    /// gateway runs.
+    fn fixed_changes(&self, running: &Self) -> Vec<&'static str> {
+        [
+            ("registrars", self.registrars != running.registrars),
             ("threads", self.workers != running.workers),
             (
                 "member_ca",
@@ -175,7 +182,7 @@ impl GatewayView {
                     Some("new, and the running gateway has no member_ca")
                 }
                 None => {
-                    added.push(Arc::new(self.config.new_pool(settings)));
+                    added.push(Arc::new(config.new_pool(settings)));
                     None
                 }
             };
@@ -221,26 +228,40 @@ impl GatewayView {
         }
 
         // Everything that can fail has been done; from here on, changes.
+        // The limits first, so that listeners opened or respecified below
+        // start with them.
+        let limits = self.shared.limits();
+        let what = limits.changes(&config.limits);
+        if !what.is_empty() {
+            self.shared
+                .limits
+                .send_replace(Arc::new(config.limits.clone()));
+            done.applied.push(format!(
+                "limits: {} (connections accepted from now on; member connect and idle timeouts at once)",
+                what.join(", ")
+            ));
+        }
+        let upkeep = Upkeep::of(&config);
+        let what = self.shared.upkeep.borrow().changes(&upkeep);
+        if !what.is_empty() {
+            self.shared.upkeep.send_replace(upkeep);
+            for pool in self.pools.all() {
+                pool.sessions
+                    .set_bounds(upkeep.session_idle, upkeep.session_capacity);
+            }
+            done.applied.push(format!(
+                "upkeep: {} (from the next round; session bounds at once)",
+                what.join(", ")
+            ));
+        }
         for pool in &added {
             if pool.from_registrars() {
                 if let Some(pu) = &self.pool_user {
                     let pools = std::slice::from_ref(pool);
-                    refresh(
-                        pu,
-                        pools,
-                        &self.shared,
-                        self.config.probe_timeout,
-                        &mut None,
-                    )
-                    .await;
+                    refresh(pu, pools, &self.shared, &mut None).await;
                 }
             } else {
-                probe_all(
-                    std::slice::from_ref(pool),
-                    &self.shared,
-                    self.config.probe_timeout,
-                )
-                .await;
+                probe_all(std::slice::from_ref(pool), &self.shared).await;
             }
             self.pools.add(pool.clone());
             let members = pool.members();
@@ -255,7 +276,7 @@ impl GatewayView {
             let what = pool.settings().changes(settings).join(", ");
             let fresh = pool.reconfigure(settings.clone());
             for member in &fresh {
-                probe_one(&pool, member, &self.shared, self.config.probe_timeout).await;
+                probe_one(&pool, member, &self.shared).await;
             }
             let answering = fresh.iter().filter(|m| m.is_reachable()).count();
             done.applied.push(if fresh.is_empty() {

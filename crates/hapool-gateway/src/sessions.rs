@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,19 +51,37 @@ pub struct Session {
 /// time.
 pub struct SessionTable {
     map: Mutex<HashMap<SessionKey, Session>>,
-    idle: Duration,
-    capacity: usize,
+    /// The idle time in nanoseconds, and the capacity: a reload may change
+    /// them ([`SessionTable::set_bounds`]).
+    idle: AtomicU64,
+    capacity: AtomicUsize,
 }
 
 impl SessionTable {
     /// A table keeping at most `capacity` sessions, each until it has been
     /// idle for `idle`.
     pub fn new(idle: Duration, capacity: usize) -> Self {
-        Self {
+        let this = Self {
             map: Mutex::new(HashMap::new()),
-            idle,
-            capacity,
-        }
+            idle: AtomicU64::new(0),
+            capacity: AtomicUsize::new(0),
+        };
+        this.set_bounds(idle, capacity);
+        this
+    }
+
+    /// From now on, sessions are kept until idle for `idle`, and at most
+    /// `capacity` of them (those already kept beyond it stay until they
+    /// expire).
+    pub fn set_bounds(&self, idle: Duration, capacity: usize) {
+        let idle = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+        self.idle.store(idle, Ordering::Relaxed);
+        self.capacity.store(capacity, Ordering::Relaxed);
+    }
+
+    /// How long a session is kept unused.
+    fn idle(&self) -> Duration {
+        Duration::from_nanos(self.idle.load(Ordering::Relaxed))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionKey, Session>> {
@@ -76,7 +95,7 @@ impl SessionTable {
     pub fn touch(&self, key: SessionKey, now: Instant) -> Option<Session> {
         let mut map = self.lock();
         let session = map.get_mut(&key)?;
-        if now.saturating_duration_since(session.last_seen) > self.idle {
+        if now.saturating_duration_since(session.last_seen) > self.idle() {
             map.remove(&key);
             return None;
         }
@@ -109,7 +128,7 @@ impl SessionTable {
             session.last_seen = now;
             return true;
         }
-        if map.len() >= self.capacity {
+        if map.len() >= self.capacity.load(Ordering::Relaxed) {
             return false;
         }
         map.insert(
@@ -127,9 +146,10 @@ impl SessionTable {
     /// Forgets sessions idle for longer than the idle time; returns how
     /// many.
     pub fn sweep(&self, now: Instant) -> usize {
+        let idle = self.idle();
         let mut map = self.lock();
         let before = map.len();
-        map.retain(|_, s| now.saturating_duration_since(s.last_seen) <= self.idle);
+        map.retain(|_, s| now.saturating_duration_since(s.last_seen) <= idle);
         before - map.len()
     }
 
@@ -190,6 +210,21 @@ mod tests {
         // `a` has been idle for 11 s: gone when touched, and swept otherwise.
         assert!(table.touch(a, t0 + Duration::from_secs(11)).is_none());
         assert_eq!(table.sweep(t0 + Duration::from_secs(17)), 1);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn new_bounds_apply_to_the_sessions_already_kept() {
+        let t0 = Instant::now();
+        let table = SessionTable::new(Duration::from_secs(10), 1);
+        let (a, b) = (SessionKey::Cookie(1), SessionKey::Cookie(2));
+        assert!(table.bind(a, PoolElementId(1), None, None, t0));
+        assert!(!table.bind(b, PoolElementId(1), None, None, t0), "full");
+        table.set_bounds(Duration::from_secs(2), 2);
+        assert!(table.bind(b, PoolElementId(1), None, None, t0));
+        // Idle for 3 s: kept under the old idle time, not under the new.
+        assert!(table.touch(a, t0 + Duration::from_secs(3)).is_none());
+        assert_eq!(table.sweep(t0 + Duration::from_secs(3)), 1);
         assert!(table.is_empty());
     }
 }

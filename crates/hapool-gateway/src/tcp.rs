@@ -20,11 +20,13 @@ use tracing::{debug, warn};
 use crate::access_log::TcpLine;
 use crate::pool::{Lease, Member, Pool};
 use crate::sessions::SessionKey;
-use crate::{Affinity, Origin, Shared};
+use crate::{Affinity, Limits, Origin, Shared};
 
 /// One TCP listener's proxy.
 pub(crate) struct TcpProxy {
     pub(crate) pool: Arc<Pool>,
+    /// The limits this listener's connections are served with.
+    pub(crate) limits: Arc<Limits>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) affinity: Affinity,
     /// Set when the pool's members are reached over TLS.
@@ -250,7 +252,7 @@ impl TcpProxy {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let idle = self.shared.limits.tcp_idle_timeout;
+        let idle = self.limits.tcp_idle_timeout;
         let moved = AtomicBool::new(false);
         let mut client = Watched {
             inner: client,
@@ -312,7 +314,7 @@ impl TcpProxy {
             .continues
             .and_then(|key| self.pool.sessions.touch(key, now));
         let mut tried = Vec::with_capacity(2);
-        for attempt in 0..=self.shared.limits.retries {
+        for attempt in 0..=self.limits.retries {
             let affine = session
                 .as_ref()
                 .filter(|_| attempt == 0)
@@ -329,7 +331,7 @@ impl TcpProxy {
                 member.address,
                 preface,
                 self.member_tls.as_ref(),
-                self.shared.limits.connect_timeout,
+                self.limits.connect_timeout,
             )
             .await
             {

@@ -2,7 +2,9 @@
 //! registrars for a registrar pool's members (keeping the last answer, and
 //! the on-disk cache, while none answers) and passing on reports of
 //! unreachable members; probing every member, a new one before it is
-//! chosen; and sweeping expired sessions and drained members.
+//! chosen; and sweeping expired sessions and drained members. How often,
+//! and for how long, is the [`Upkeep`] a reload may change: each round
+//! reads it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,15 +14,82 @@ use hapool_client::PoolUser;
 use hapool_wire::{PoolElementId, PoolHandle};
 use http_body_util::{BodyExt, Either, Full};
 use metrics::counter;
-use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, interval, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
 use crate::member_cache::MemberCache;
 use crate::member_http::Target;
 use crate::pool::{Member, Pool, PoolSet, ProbeKind};
 use crate::proxy_protocol::ProxyProtocol;
-use crate::{Shared, tcp};
+use crate::{GatewayConfig, Shared, tcp};
+
+/// The timers of the upkeep, and the bounds of every pool's session table.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Upkeep {
+    /// How often registrar pools are resolved.
+    pub(crate) refresh: Duration,
+    /// How often every member is probed.
+    pub(crate) probe_interval: Duration,
+    /// How long a probe may take.
+    pub(crate) probe_timeout: Duration,
+    /// How long a session is kept unused.
+    pub(crate) session_idle: Duration,
+    /// How many sessions a pool keeps.
+    pub(crate) session_capacity: usize,
+}
+
+impl Upkeep {
+    /// The upkeep `config` asks for.
+    pub(crate) fn of(config: &GatewayConfig) -> Self {
+        Self {
+            refresh: config.refresh,
+            probe_interval: config.probe_interval,
+            probe_timeout: config.probe_timeout,
+            session_idle: config.session_idle,
+            session_capacity: config.session_capacity,
+        }
+    }
+
+    /// Which settings differ in `new`, by name.
+    pub(crate) fn changes(&self, new: &Self) -> Vec<&'static str> {
+        [
+            ("refresh", new.refresh != self.refresh),
+            ("probe_interval", new.probe_interval != self.probe_interval),
+            ("probe_timeout", new.probe_timeout != self.probe_timeout),
+            ("session_idle", new.session_idle != self.session_idle),
+            (
+                "session_capacity",
+                new.session_capacity != self.session_capacity,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+}
+
+/// Waits until `every` (read from `upkeep`) has passed since `started`;
+/// a reload that changes it while this waits moves the end.
+async fn next_round(
+    upkeep: &mut watch::Receiver<Upkeep>,
+    started: Instant,
+    every: fn(&Upkeep) -> Duration,
+) {
+    loop {
+        let due = started + every(&upkeep.borrow_and_update());
+        tokio::select! {
+            () = sleep_until(due) => return,
+            changed = upkeep.changed() => {
+                if changed.is_err() {
+                    // Nothing will change it any more.
+                    sleep_until(due).await;
+                    return;
+                }
+            }
+        }
+    }
+}
 
 /// Resolves every registrar pool once; keeps the last answer of a pool
 /// when no registrar answers.
@@ -28,7 +97,6 @@ pub(crate) async fn refresh(
     pu: &PoolUser,
     pools: &[Arc<Pool>],
     shared: &Shared,
-    probe_timeout: Duration,
     cache: &mut Option<MemberCache>,
 ) {
     for pool in pools {
@@ -39,7 +107,7 @@ pub(crate) async fn refresh(
                 }
                 let fresh = pool.update(&elements);
                 for member in fresh {
-                    probe_one(pool, &member, shared, probe_timeout).await;
+                    probe_one(pool, &member, shared).await;
                 }
             }
             Err(hapool_client::ClientError::Refused(cause)) => {
@@ -58,43 +126,46 @@ pub(crate) async fn refresh(
     }
 }
 
-/// Resolves the registrar pools every `every`, and reports members found
-/// unreachable to the registrars.
+/// Resolves the registrar pools every `refresh` (the first time one
+/// `refresh` after it starts: the gateway resolved them as it started),
+/// and between rounds reports members found unreachable to the
+/// registrars.
 pub(crate) async fn refresher(
     pu: Arc<PoolUser>,
     pools: PoolSet,
     shared: Arc<Shared>,
     mut reports: mpsc::Receiver<(PoolHandle, PoolElementId)>,
-    every: Duration,
-    probe_timeout: Duration,
     mut cache: Option<MemberCache>,
 ) {
-    let mut tick = interval(every);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut upkeep = shared.upkeep.subscribe();
+    let mut started = Instant::now();
     loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let registrar_pools: Vec<Arc<Pool>> =
-                    pools.all().into_iter().filter(|p| p.from_registrars()).collect();
-                refresh(&pu, &registrar_pools, &shared, probe_timeout, &mut cache).await;
-            }
-            Some((pool, pe_id)) = reports.recv() => {
-                if let Err(e) = pu.report_unreachable(&pool, pe_id).await {
-                    debug!(pool = %pool, pe_id = %pe_id, error = %e, "cannot report an unreachable pool element");
+        let round = next_round(&mut upkeep, started, |u| u.refresh);
+        tokio::pin!(round);
+        loop {
+            tokio::select! {
+                () = &mut round => break,
+                Some((pool, pe_id)) = reports.recv() => {
+                    if let Err(e) = pu.report_unreachable(&pool, pe_id).await {
+                        debug!(pool = %pool, pe_id = %pe_id, error = %e, "cannot report an unreachable pool element");
+                    }
                 }
             }
         }
+        started = Instant::now();
+        let registrar_pools: Vec<Arc<Pool>> = pools
+            .all()
+            .into_iter()
+            .filter(|p| p.from_registrars())
+            .collect();
+        refresh(&pu, &registrar_pools, &shared, &mut cache).await;
     }
 }
 
 /// Probes `member` as its pool says (a TCP connect, or an HTTP request
 /// answered below 500), and marks it reachable or not.
-pub(crate) async fn probe_one(
-    pool: &Pool,
-    member: &Arc<Member>,
-    shared: &Shared,
-    probe_timeout: Duration,
-) {
+pub(crate) async fn probe_one(pool: &Pool, member: &Arc<Member>, shared: &Shared) {
+    let probe_timeout = shared.upkeep.borrow().probe_timeout;
     let ok = match &pool.settings().probe {
         ProbeKind::Tcp => {
             let tls = shared.member_tls_for(pool);
@@ -150,7 +221,7 @@ pub(crate) async fn probe_one(
 }
 
 /// Probes every member of `pools` at once.
-pub(crate) async fn probe_all(pools: &[Arc<Pool>], shared: &Shared, probe_timeout: Duration) {
+pub(crate) async fn probe_all(pools: &[Arc<Pool>], shared: &Shared) {
     let members: Vec<(&Arc<Pool>, Arc<Member>)> = pools
         .iter()
         .flat_map(|pool| pool.members().into_iter().map(move |m| (pool, m)))
@@ -158,7 +229,7 @@ pub(crate) async fn probe_all(pools: &[Arc<Pool>], shared: &Shared, probe_timeou
     join_all(
         members
             .iter()
-            .map(|(pool, member)| probe_one(pool, member, shared, probe_timeout)),
+            .map(|(pool, member)| probe_one(pool, member, shared)),
     )
     .await;
 }
@@ -177,18 +248,15 @@ async fn join_all<F: Future<Output = ()>>(futures: impl Iterator<Item = F>) {
     .await;
 }
 
-/// Probes every member every `every`.
-pub(crate) async fn prober(
-    pools: PoolSet,
-    shared: Arc<Shared>,
-    every: Duration,
-    probe_timeout: Duration,
-) {
-    let mut tick = interval(every);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+/// Probes every member every `probe_interval` (the first time one
+/// interval after it starts: the gateway probed them all as it started).
+pub(crate) async fn prober(pools: PoolSet, shared: Arc<Shared>) {
+    let mut upkeep = shared.upkeep.subscribe();
+    let mut started = Instant::now();
     loop {
-        tick.tick().await;
-        probe_all(&pools.all(), &shared, probe_timeout).await;
+        next_round(&mut upkeep, started, |u| u.probe_interval).await;
+        started = Instant::now();
+        probe_all(&pools.all(), &shared).await;
     }
 }
 

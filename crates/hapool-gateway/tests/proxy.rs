@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -1736,7 +1736,7 @@ async fn a_reload_opens_replaces_and_closes_listeners_and_pools() {
     };
     sleep(Duration::from_millis(100)).await;
     // The first listener changes (replaced at its address), a second one
-    // serves a new pool, and two settings take a restart.
+    // serves a new pool, a limit changes, and two settings take a restart.
     let second: SocketAddr = (Ipv4Addr::LOCALHOST, free_port()).into();
     let mut config = http_config(&backends[..1]);
     config.listeners[0].max_connections = 5;
@@ -1749,11 +1749,13 @@ async fn a_reload_opens_replaces_and_closes_listeners_and_pools() {
     other.handle = PoolHandle::from("other");
     config.pools.push(other.clone());
     config.limits.retries = 1;
+    config.member_cache = Some(std::env::temp_dir().join("hapool-reload-test-cache"));
     config.workers += 1;
     let done = view.reload(config.clone()).await.unwrap();
     assert_eq!(
         done.applied,
         [
+            "limits: retries (connections accepted from now on; member connect and idle timeouts at once)".to_owned(),
             "pool other: added (1 member(s), 1 answering)".to_owned(),
             format!(
                 "listener {first}: max_connections changed (new connections; open ones go on as they were)"
@@ -1761,7 +1763,10 @@ async fn a_reload_opens_replaces_and_closes_listeners_and_pools() {
             format!("listener {second}: opened"),
         ]
     );
-    assert_eq!(done.needs_restart, ["retries changed", "threads changed"]);
+    assert_eq!(
+        done.needs_restart,
+        ["threads changed", "member_cache changed"]
+    );
     assert_eq!(gateway.local_addrs(), [first, second]);
     let (status, body, _) = slow.await.unwrap();
     assert_eq!(
@@ -1826,6 +1831,139 @@ async fn a_reload_opens_replaces_and_closes_listeners_and_pools() {
         sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(served_by(&get(&client, second, "/", None).await.1), "b");
+    gateway.shutdown().await;
+}
+
+/// Sends a GET of `/` with a `filler` header of `filler` bytes on
+/// `stream`, and reads the answer's status line (and the rest of a short
+/// answer).
+async fn get_with_filler(stream: &mut TcpStream, filler: usize) -> String {
+    let filler = "x".repeat(filler);
+    stream
+        .write_all(format!("GET / HTTP/1.1\r\nhost: a\r\nx-filler: {filler}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = vec![0_u8; 4096];
+    let n = stream.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn a_reload_serves_connections_accepted_after_it_with_new_limits() {
+    let (member, _task) = http_backend("a").await;
+    let config = GatewayConfig::new(
+        vec![listener(Protocol::Http)],
+        vec![static_pool(&[member], http_probe())],
+    );
+    let gateway = Gateway::start(config.clone()).await.unwrap();
+    let view = gateway.view();
+    let addr = gateway.local_addrs()[0];
+    // Connections opened before the reload, each used once.
+    let before = client();
+    assert_eq!(get(&before, addr, "/", None).await.0, StatusCode::OK);
+    let mut raw_before = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        get_with_filler(&mut raw_before, 10).await,
+        "HTTP/1.1 200 OK"
+    );
+    // Tighter limits: the member's 300 ms for `/slow` is too long, and a
+    // 10 KB head too large.
+    let mut tight = config.clone();
+    tight.limits.request_timeout = Duration::from_millis(100);
+    tight.limits.max_header_bytes = 8192;
+    let done = view.reload(tight.clone()).await.unwrap();
+    assert_eq!(
+        done.applied,
+        [
+            "limits: request_timeout, max_header_bytes (connections accepted from now on; member connect and idle timeouts at once)"
+        ]
+    );
+    assert!(done.needs_restart.is_empty(), "{done:?}");
+    // New connections are served with them.
+    let after = client();
+    assert_eq!(
+        get(&after, addr, "/slow", None).await.0,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    let mut raw_after = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        get_with_filler(&mut raw_after, 10_000)
+            .await
+            .starts_with("HTTP/1.1 431"),
+        "a head over the new limit"
+    );
+    // Open ones keep what they were served with.
+    let (status, body, _) = get(&before, addr, "/slow", None).await;
+    assert_eq!((status, served_by(&body)), (StatusCode::OK, "a"));
+    assert_eq!(
+        get_with_filler(&mut raw_before, 10_000).await,
+        "HTTP/1.1 200 OK"
+    );
+    // The same file again changes nothing; the old limits come back for
+    // the next connections.
+    let same = view.reload(tight).await.unwrap();
+    assert!(
+        same.applied.is_empty() && same.needs_restart.is_empty(),
+        "{same:?}"
+    );
+    view.reload(config).await.unwrap();
+    let (status, body, _) = get(&client(), addr, "/slow", None).await;
+    assert_eq!((status, served_by(&body)), (StatusCode::OK, "a"));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_changes_how_often_members_are_probed_and_how_long_sessions_last() {
+    // The member answers HTTP and counts the connections made to it (the
+    // probes' among them).
+    let (member, _task) = http_backend("a").await;
+    let counted = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let counted_at = counted.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    tokio::spawn({
+        let connections = connections.clone();
+        async move {
+            while let Ok((stream, _)) = counted.accept().await {
+                connections.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        }
+    });
+    let mut other = static_pool(&[counted_at], ProbeKind::Tcp);
+    other.handle = PoolHandle::from("counted");
+    let mut config = GatewayConfig::new(
+        vec![listener(Protocol::Http)],
+        vec![static_pool(&[member], http_probe()), other],
+    );
+    config.probe_interval = Duration::from_secs(3600);
+    let gateway = Gateway::start(config.clone()).await.unwrap();
+    let view = gateway.view();
+    let addr = gateway.local_addrs()[0];
+    // A session, kept for the 30 minutes by default.
+    let (status, _, cookie) = get(&client(), addr, "/login", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(cookie.is_some());
+    let sessions = || view.status().pools[0].sessions;
+    assert_eq!(sessions(), 1);
+    // Probed once at the start, then not for an hour.
+    sleep(Duration::from_millis(300)).await;
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    config.probe_interval = Duration::from_millis(50);
+    config.session_idle = Duration::from_millis(100);
+    let done = view.reload(config.clone()).await.unwrap();
+    assert_eq!(
+        done.applied,
+        ["upkeep: probe_interval, session_idle (from the next round; session bounds at once)"]
+    );
+    assert!(done.needs_restart.is_empty(), "{done:?}");
+    // The prober waiting out its hour takes the new interval at once, and
+    // the session, idle for longer than the new time, is swept.
+    eventually("probed every 50 ms", || {
+        connections.load(Ordering::SeqCst) >= 5
+    })
+    .await;
+    eventually("the idle session forgotten", || sessions() == 0).await;
     gateway.shutdown().await;
 }
 
