@@ -6,12 +6,51 @@
 //! times per request, and each look takes the signal's lock. Here the
 //! drain is looked at only when its own waker fires: once at the start
 //! (to register), then only when the signal comes.
+//!
+//! A connection asked to finish before its first request would be closed
+//! at once, unanswered (an HTTP/1.1 connection shut down while idle
+//! closes): one accepted just before its listener stopped, whose request
+//! is on its way. [`FirstRequest`] gives such a connection a short time
+//! for its first request ([`FIRST_REQUEST_WINDOW`]) before the shutdown.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// How long a connection asked to finish before its first request still
+/// waits for one (at most the header read timeout): long enough for a
+/// request already on its way, short enough that a client which opened a
+/// connection ahead of need does not hold a shutdown up.
+pub(crate) const FIRST_REQUEST_WINDOW: Duration = Duration::from_secs(1);
+
+/// Whether a client connection has asked anything yet.
+#[derive(Debug, Default)]
+pub(crate) struct FirstRequest {
+    came: AtomicBool,
+    notify: Notify,
+}
+
+impl FirstRequest {
+    /// A request came (a look at a flag, after the first).
+    pub(crate) fn came(&self) {
+        if !self.came.load(Ordering::Relaxed) {
+            self.came.store(true, Ordering::Relaxed);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Returns once a request has come, or at the latest after `window`.
+    pub(crate) async fn within(&self, window: Duration) {
+        if !self.came.load(Ordering::Relaxed) {
+            let _ = tokio::time::timeout(window, self.notify.notified()).await;
+        }
+    }
+}
 
 /// The drain future's waker: notes that the drain is worth a look and
 /// wakes the connection's task.
@@ -92,6 +131,31 @@ impl<C: Future, D: Future<Output = ()>> Future for UntilDrained<'_, C, D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_request_waits_for_its_first_within_the_window() {
+        let window = Duration::from_secs(10);
+        // A request already came: no wait.
+        let first = FirstRequest::default();
+        first.came();
+        let started = tokio::time::Instant::now();
+        first.within(window).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // None comes: the whole window.
+        let first = FirstRequest::default();
+        first.within(window).await;
+        assert_eq!(started.elapsed(), window);
+        // One comes while it waits: no longer than that.
+        let first = Arc::new(FirstRequest::default());
+        let waiting = tokio::spawn({
+            let first = first.clone();
+            async move { first.within(window).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        first.came();
+        waiting.await.unwrap();
+        assert_eq!(started.elapsed(), window + Duration::from_secs(1));
+    }
     use std::sync::atomic::AtomicUsize;
     use tokio::sync::watch;
 

@@ -39,11 +39,10 @@ mod worker_runtime;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::task::Poll;
 use std::time::Duration;
 
 use ::http::HeaderValue;
-use drain::UntilDrained;
+use drain::{FIRST_REQUEST_WINDOW, FirstRequest, UntilDrained};
 use hapool_client::{PoolUser, PuConfig};
 use hapool_wire::{PoolElementId, PoolHandle};
 use hyper::service::service_fn;
@@ -720,9 +719,10 @@ async fn serve_worker(
     let (drain, draining) = watch::channel(false);
     // This worker's place in each of its listeners' counts.
     let mut counted: Vec<(Arc<Admission>, usize)> = Vec::new();
+    let mut accepting = JoinSet::new();
     let mut serve = |listener: WorkerListener| {
         counted.push((listener.admission.clone(), listener.worker));
-        tokio::spawn(accept_loop(
+        accepting.spawn(accept_loop(
             listener,
             shared.clone(),
             members.clone(),
@@ -741,6 +741,9 @@ async fn serve_worker(
         }
     }
     let _ = drain.send(true);
+    // The accept loops take what the kernel queued for their sockets
+    // before they end; then the connections are counted.
+    while accepting.join_next().await.is_some() {}
     let open = || -> usize { counted.iter().map(|(a, worker)| a.open_on(*worker)).sum() };
     let deadline = Instant::now() + shared.limits().shutdown_grace;
     while open() > 0 && Instant::now() < deadline {
@@ -1101,19 +1104,9 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             biased;
-            // Draining: the socket closes, new connections go elsewhere;
-            // those already handed to this worker are served.
+            // Draining, or closed by a reload: see below.
             () = drained(&mut draining) => break,
-            // Closed by a reload: the connections the kernel has queued
-            // for this socket are taken first (a listener that replaces
-            // this one shares its address, and takes the next ones).
-            () = drained(&mut closed) => {
-                let queued = || std::future::poll_fn(|cx| Poll::Ready(socket.poll_accept(cx)));
-                while let Poll::Ready(Ok((stream, peer))) = queued().await {
-                    place(&serving, stream, peer);
-                }
-                break;
-            }
+            () = drained(&mut closed) => break,
             // A reload respecified the listener, or changed the limits:
             // new connections are served so; open ones keep what they
             // were served with.
@@ -1139,7 +1132,29 @@ async fn accept_loop(
             }
         }
     }
-    drop(socket);
+    // The socket closes: new connections go to the other sockets on its
+    // address (a successor's, or those of the listener that replaces this
+    // one), or are refused when there are none. The connections the kernel
+    // has already queued for it, and those handed to this worker, were
+    // accepted: they are served here (the other workers' loops may be
+    // ending too). Like every connection asked to finish before its first
+    // request, each still waits a little for one (`FirstRequest`).
+    // Asked of the socket itself: the runtime's idea of its readiness may
+    // be older than the last connections.
+    if let Ok(socket) = socket.into_std() {
+        while let Ok((stream, peer)) = socket.accept() {
+            let stream = stream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(stream));
+            match (stream, admission.admit(worker)) {
+                (Ok(stream), Some(admitted)) => serving.spawn(stream, peer, admitted),
+                (Ok(_), None) => serving
+                    .shared
+                    .limit_hit("max_connections", serving.pool.handle()),
+                (Err(e), _) => warn!(client = %peer, error = %e, "cannot serve a connection"),
+            }
+        }
+    }
     inbox.close();
     while let Ok(handed) = inbox.try_recv() {
         serving.spawn_handed(handed);
@@ -1381,8 +1396,20 @@ async fn serve_connection<S>(
     let forwarded_for =
         HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a header value");
     let tls = origin.tls;
-    let service =
-        service_fn(move |request| proxy.clone().handle(request, forwarded_for.clone(), tls));
+    let first = Arc::new(FirstRequest::default());
+    let asked = first.clone();
+    let service = service_fn(move |request| {
+        asked.came();
+        proxy.clone().handle(request, forwarded_for.clone(), tls)
+    });
+    // Asked to finish before its first request (as a connection accepted
+    // just before its listener stopped may be), a connection still waits a
+    // little for one.
+    let window = FIRST_REQUEST_WINDOW.min(limits.header_read_timeout);
+    let drain = async move {
+        drained(&mut draining).await;
+        first.within(window).await;
+    };
     // hyper's header timeout starts once it knows the protocol; a client
     // that sends nothing at all is cut off here. Answers go out after the
     // worker's other ready reads.
@@ -1391,11 +1418,9 @@ async fn serve_connection<S>(
     tokio::pin!(connection);
     // Draining: the request under way finishes, then the connection
     // closes (HTTP/2: GOAWAY).
-    let served = UntilDrained::new(
-        connection,
-        async move { drained(&mut draining).await },
-        |connection| connection.graceful_shutdown(),
-    )
+    let served = UntilDrained::new(connection, drain, |connection| {
+        connection.graceful_shutdown();
+    })
     .await;
     if let Err(e) = served {
         let io = e.downcast_ref::<std::io::Error>().or_else(|| {

@@ -1226,7 +1226,9 @@ async fn shutdown_lets_the_request_under_way_finish_and_takes_no_new_one() {
     busy.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     assert!(answer.ends_with("a -"), "{answer:?}");
-    // The idle connection is closed without an answer.
+    // The idle connection, which has asked nothing, is closed without an
+    // answer once the second a connection has for its first request is
+    // over.
     let mut rest = Vec::new();
     let _ = idle.read_to_end(&mut rest).await;
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
@@ -2266,8 +2268,8 @@ async fn forwarded_for_backend() -> SocketAddr {
 }
 
 /// A GET over a new connection to `to` from `from`, with `preface` sent
-/// first: the answer's body, or `None` when the connection was closed
-/// without an answer.
+/// first: the answer's body, or `None` when the connection was refused,
+/// reset or closed without an answer.
 async fn get_with_preface(
     from: std::net::IpAddr,
     to: SocketAddr,
@@ -2275,12 +2277,12 @@ async fn get_with_preface(
 ) -> Option<String> {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind((from, 0).into()).unwrap();
-    let mut stream = socket.connect(to).await.unwrap();
-    stream.write_all(preface).await.unwrap();
+    let mut stream = socket.connect(to).await.ok()?;
+    stream.write_all(preface).await.ok()?;
     stream
         .write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
         .await
-        .unwrap();
+        .ok()?;
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer).await;
     let (head, body) = answer.split_once("\r\n\r\n")?;
@@ -2434,6 +2436,167 @@ async fn a_listener_reconfigured_under_load_loses_no_connection() {
         served as usize + failed.len()
     );
     gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_accepted_before_a_shutdown_are_answered() {
+    let backends = http_backends(&["a"]).await;
+    let mut config = http_config(&backends);
+    // One worker, on this test's thread: while the test does not yield,
+    // it accepts nothing, and the kernel queues the connections.
+    config.workers = 1;
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    let request = b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n";
+    let mut queued: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    // The first sends its request at once, the others only once the
+    // shutdown has begun.
+    std::io::Write::write_all(&mut queued[0], request).unwrap();
+    let stopping = tokio::spawn(gateway.shutdown());
+    sleep(Duration::from_millis(200)).await;
+    for stream in &mut queued[1..] {
+        std::io::Write::write_all(stream, request).unwrap();
+    }
+    stopping.await.unwrap();
+    for (i, mut stream) in queued.into_iter().enumerate() {
+        let mut answer = String::new();
+        // Blocking this thread, which the gateway ran on: all is written.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let read = std::io::Read::read_to_string(&mut stream, &mut answer);
+        assert!(
+            read.is_ok() && answer.starts_with("HTTP/1.1 200") && answer.ends_with("a -"),
+            "client {i}: {read:?} {answer:?}"
+        );
+    }
+}
+
+/// Runs `ip` with `args`; whether it succeeded.
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A network namespace of the test's own, removed when dropped.
+struct Namespace(String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.0]);
+    }
+}
+
+/// A successor gateway started on the same address (its own sockets
+/// beside the running one's, `SO_REUSEPORT`), then the running one
+/// stopped, three times under a load of new connections: none is lost.
+/// Run in a network namespace of its own whose kernel moves the
+/// connections still in a closing listener's handshake to the others on
+/// its address (`net.ipv4.tcp_migrate_req = 1`, as docs/operations.md
+/// says to set; without it about one handover in thirty reset one
+/// connection): the test binary runs itself there.
+#[test]
+fn a_gateway_handing_its_port_to_a_successor_loses_no_connection() {
+    const INSIDE: &str = "HAPOOL_TEST_HANDOVER_INSIDE";
+    const NAME: &str = "a_gateway_handing_its_port_to_a_successor_loses_no_connection";
+    if std::env::var_os(INSIDE).is_some() {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(handovers_under_load());
+        return;
+    }
+    let ns = Namespace(format!("hapool-handover-{}", std::process::id()));
+    if !ip(&["netns", "add", &ns.0]) {
+        assert!(
+            std::env::var_os("HAPOOL_REQUIRE_TOOLS").is_none(),
+            "HAPOOL_REQUIRE_TOOLS is set but no network namespace could be made (root and iproute2)"
+        );
+        eprintln!("SKIPPED: no network namespace (needs root and iproute2)");
+        return;
+    }
+    assert!(ip(&["-n", &ns.0, "link", "set", "lo", "up"]));
+    assert!(ip(&[
+        "netns",
+        "exec",
+        &ns.0,
+        "sysctl",
+        "-qw",
+        "net.ipv4.tcp_migrate_req=1"
+    ]));
+    let me = std::env::current_exe().unwrap();
+    let run = Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(me)
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env(INSIDE, "1")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success() && out.contains("1 passed"),
+        "{out}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+async fn handovers_under_load() {
+    let backends = http_backends(&["a", "b"]).await;
+    let first = Gateway::start(http_config(&backends)).await.unwrap();
+    let addr = first.local_addrs()[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    // Four clients, each a new connection per request, until the handover
+    // is over (bounded: 20 s at most).
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0_u32, Vec::new());
+                let started = Instant::now();
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(20) {
+                    match get_with_preface(Ipv4Addr::LOCALHOST.into(), addr, b"").await {
+                        Some(_) => ok += 1,
+                        None => failed.push(started.elapsed()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    // Three handovers: a successor starts on the same address (its own
+    // sockets beside the running one's), then the running one stops.
+    let mut running = first;
+    for _ in 0..3 {
+        sleep(Duration::from_millis(200)).await;
+        let mut config = http_config(&backends);
+        config.listeners[0].address = addr;
+        let successor = Gateway::start(config).await.unwrap();
+        sleep(Duration::from_millis(100)).await;
+        running.shutdown().await;
+        running = successor;
+    }
+    sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut served, mut failed) = (0, Vec::new());
+    for client in clients {
+        let (ok, lost) = client.await.unwrap();
+        served += ok;
+        failed.extend(lost);
+    }
+    assert!(served > 100, "only {served} requests went through");
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed: {failed:?}",
+        failed.len(),
+        served as usize + failed.len()
+    );
+    running.shutdown().await;
 }
 
 #[tokio::test]
