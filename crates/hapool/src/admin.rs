@@ -66,6 +66,29 @@ pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, Prome
     Ok((listener, install_metrics()?))
 }
 
+/// As [`bind`], with `SO_REUSEPORT`, as a gateway binds its listeners: a
+/// successor started on the same addresses binds them beside the running
+/// gateway, which then stops (docs/operations.md, "Restarting a gateway
+/// without losing a connection").
+pub(crate) async fn bind_shared(
+    addr: SocketAddr,
+) -> anyhow::Result<(TcpListener, PrometheusHandle)> {
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        socket.listen(1024)
+    };
+    let listener =
+        listen().with_context(|| format!("cannot listen on {addr} for the admin port"))?;
+    Ok((listener, install_metrics()?))
+}
+
 /// Who may do what on the admin port: plain HTTP and no token (reading
 /// only what is not secret), or HTTPS, optionally with an operator token.
 #[derive(Clone, Default)]

@@ -719,7 +719,7 @@ async fn run(args: GatewayArgs, planned: Planned, effective: toml::Table) -> any
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot watch for SIGHUP")?;
     let admin = match planned.admin {
-        Some(addr) => Some(crate::admin::bind(addr).await?),
+        Some(addr) => Some(crate::admin::bind_shared(addr).await?),
         None => None,
     };
     let gateway = Gateway::start(planned.config)

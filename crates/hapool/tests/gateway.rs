@@ -528,3 +528,34 @@ fn a_running_gateway_reads_its_configuration_again_on_sighup_and_on_ctl_reload()
     let shown = config();
     assert!(shown.contains(&b) && !shown.contains(&a), "{shown}");
 }
+
+#[test]
+fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
+    let scratch = common::Scratch::new("gateway_successor");
+    let a = backend("a");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let path = scratch.write("gw.toml", &static_gateway(&listen, &admin, &[&a], ""));
+    let path = path.to_str().unwrap();
+    let mut first = spawn(&["gateway", "--config", path]);
+    wait_line(&mut first, "gateway on");
+    until("a answers", || get(&listen) == "a");
+    // The successor starts on the same listener and admin addresses while
+    // the first serves; then the first is stopped.
+    let mut second = spawn(&["gateway", "--config", path]);
+    wait_line(&mut second, "gateway on");
+    let _killed = Killed(vec![second]);
+    let stopped = Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(first.wait().unwrap().success());
+    // Both addresses are the successor's.
+    for _ in 0..4 {
+        assert_eq!(get(&listen), "a");
+    }
+    let (code, list, err) = hapool(&["gateway", "ctl", "--admin", &admin, "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(list.contains(&a), "{list}");
+}
