@@ -1137,10 +1137,10 @@ async fn accept_loop(
     // one), or are refused when there are none. The connections the kernel
     // has already queued for it, and those handed to this worker, were
     // accepted: they are served here (the other workers' loops may be
-    // ending too). Like every connection asked to finish before its first
-    // request, each still waits a little for one (`FirstRequest`).
-    // Asked of the socket itself: the runtime's idea of its readiness may
-    // be older than the last connections.
+    // ending too); like every connection asked to finish before its first
+    // request, each still waits a little for one (`FirstRequest`). The
+    // queue is asked of the socket itself: the runtime's record of its
+    // readiness may be older than the last connections.
     if let Ok(socket) = socket.into_std() {
         while let Ok((stream, peer)) = socket.accept() {
             let stream = stream

@@ -14,6 +14,7 @@ use tracing::info;
 
 use crate::hedge::{self, Budget};
 use crate::proxy_protocol::ProxyProtocol;
+use crate::reload::changed_names;
 use crate::response_time::ResponseTime;
 use crate::select::{
     AdminState, Availability, Candidate, Choice, Strategy, Thresholds, availability_index, select,
@@ -110,7 +111,7 @@ impl PoolSettings {
 
     /// The names of the settings `new` changes.
     pub fn changes(&self, new: &Self) -> Vec<&'static str> {
-        [
+        changed_names([
             ("members", self.source != new.source),
             ("strategy", self.strategy != new.strategy),
             (
@@ -124,10 +125,7 @@ impl PoolSettings {
             ("probe_rise", self.probe_rise != new.probe_rise),
             ("probe_fall", self.probe_fall != new.probe_fall),
             ("proxy_protocol", self.proxy_protocol != new.proxy_protocol),
-        ]
-        .into_iter()
-        .filter_map(|(name, changed)| changed.then_some(name))
-        .collect()
+        ])
     }
 
     /// Why `new` cannot replace these settings in a running pool (it takes

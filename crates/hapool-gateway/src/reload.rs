@@ -47,6 +47,16 @@ pub struct Reloaded {
     pub needs_restart: Vec<String>,
 }
 
+/// The names of the settings marked changed, in order.
+pub(crate) fn changed_names<const N: usize>(
+    settings: [(&'static str, bool); N],
+) -> Vec<&'static str> {
+    settings
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+}
+
 impl ListenerConfig {
     /// What a running listener cannot take from `new` in place (a new
     /// listener replaces it); `None` when it can (new certificates, or
@@ -74,7 +84,7 @@ impl Limits {
     /// Which limits differ in `new`, by name.
     fn changes(&self, new: &Self) -> Vec<&'static str> {
         let old = self;
-        [
+        changed_names([
             (
                 "connect_timeout",
                 new.connect_timeout != old.connect_timeout,
@@ -106,10 +116,7 @@ impl Limits {
                 "tcp_idle_timeout",
                 new.tcp_idle_timeout != old.tcp_idle_timeout,
             ),
-        ]
-        .into_iter()
-        .filter_map(|(name, changed)| changed.then_some(name))
-        .collect()
+        ])
     }
 }
 
@@ -118,7 +125,7 @@ impl GatewayConfig {
     /// upkeep: each setting by name. None of these changes while the
     /// gateway runs.
     fn fixed_changes(&self, running: &Self) -> Vec<&'static str> {
-        [
+        changed_names([
             ("registrars", self.registrars != running.registrars),
             ("threads", self.workers != running.workers),
             (
@@ -127,10 +134,7 @@ impl GatewayConfig {
             ),
             ("member_cache", self.member_cache != running.member_cache),
             ("access_log", self.access_log != running.access_log),
-        ]
-        .into_iter()
-        .filter_map(|(name, changed)| changed.then_some(name))
-        .collect()
+        ])
     }
 }
 

@@ -22,6 +22,7 @@ use crate::member_cache::MemberCache;
 use crate::member_http::Target;
 use crate::pool::{Member, Pool, PoolSet, ProbeKind};
 use crate::proxy_protocol::ProxyProtocol;
+use crate::reload::changed_names;
 use crate::{GatewayConfig, Shared, tcp};
 
 /// The timers of the upkeep, and the bounds of every pool's session table.
@@ -53,7 +54,7 @@ impl Upkeep {
 
     /// Which settings differ in `new`, by name.
     pub(crate) fn changes(&self, new: &Self) -> Vec<&'static str> {
-        [
+        changed_names([
             ("refresh", new.refresh != self.refresh),
             ("probe_interval", new.probe_interval != self.probe_interval),
             ("probe_timeout", new.probe_timeout != self.probe_timeout),
@@ -62,10 +63,7 @@ impl Upkeep {
                 "session_capacity",
                 new.session_capacity != self.session_capacity,
             ),
-        ]
-        .into_iter()
-        .filter_map(|(name, changed)| changed.then_some(name))
-        .collect()
+        ])
     }
 }
 
