@@ -1289,6 +1289,12 @@ impl Serving {
             } else {
                 (peer, local)
             };
+            let with = Served {
+                tcp: &tcp,
+                limits: &limits,
+                shared: &shared,
+                pool: &pool,
+            };
             match acceptor {
                 Some(acceptor) => {
                     // With TLS-session affinity, every ticket this
@@ -1314,12 +1320,6 @@ impl Serving {
                                 local,
                                 tls: issued.map(|issued| TlsSession { issued, resumed }),
                             };
-                            let with = Served {
-                                tcp: &tcp,
-                                limits: &limits,
-                                shared: &shared,
-                                pool: &pool,
-                            };
                             serve_connection(tls, origin, http, with, draining).await;
                         }
                         Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
@@ -1331,12 +1331,6 @@ impl Serving {
                         peer,
                         local,
                         tls: None,
-                    };
-                    let with = Served {
-                        tcp: &tcp,
-                        limits: &limits,
-                        shared: &shared,
-                        pool: &pool,
                     };
                     serve_connection(stream, origin, http, with, draining).await;
                 }

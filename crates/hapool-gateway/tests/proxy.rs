@@ -2385,31 +2385,65 @@ async fn haproxy_in_front_passes_the_client_address_by_either_version() {
     gateway.shutdown().await;
 }
 
+/// Four clients, each opening a new connection per request to a gateway,
+/// until stopped (20 s at most).
+struct ConnectionLoad {
+    stop: Arc<AtomicBool>,
+    /// Each client's answered requests, and when its failures came.
+    clients: Vec<JoinHandle<(u32, Vec<Duration>)>>,
+}
+
+impl ConnectionLoad {
+    fn start(gateway: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..4)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let (mut ok, mut failed) = (0_u32, Vec::new());
+                    let started = Instant::now();
+                    while !stop.load(Ordering::Relaxed)
+                        && started.elapsed() < Duration::from_secs(20)
+                    {
+                        match get_with_preface(Ipv4Addr::LOCALHOST.into(), gateway, b"").await {
+                            Some(_) => ok += 1,
+                            None => failed.push(started.elapsed()),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Self { stop, clients }
+    }
+
+    /// Stops the clients; fails unless more than 100 requests went
+    /// through and no connection failed.
+    async fn none_lost(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut served, mut failed) = (0, Vec::new());
+        for client in self.clients {
+            let (ok, lost) = client.await.unwrap();
+            served += ok;
+            failed.extend(lost);
+        }
+        assert!(served > 100, "only {served} requests went through");
+        assert!(
+            failed.is_empty(),
+            "{} of {} connections failed: {failed:?}",
+            failed.len(),
+            served as usize + failed.len()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_reconfigured_under_load_loses_no_connection() {
     let backends = http_backends(&["a", "b"]).await;
     let gateway = Gateway::start(http_config(&backends)).await.unwrap();
     let view = gateway.view();
     let addr = gateway.local_addrs()[0];
-    let stop = Arc::new(AtomicBool::new(false));
-    // Four clients, each a new connection per request, for as long as the
-    // replacements go on (bounded: 20 s at most).
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0_u32, Vec::new());
-                let started = Instant::now();
-                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(20) {
-                    match get_with_preface(Ipv4Addr::LOCALHOST.into(), addr, b"").await {
-                        Some(_) => ok += 1,
-                        None => failed.push(started.elapsed()),
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
+    let load = ConnectionLoad::start(addr);
     // Ten replacements of the listener (its max_connections changes each
     // time), 100 ms apart.
     for round in 0..10 {
@@ -2421,20 +2455,7 @@ async fn a_listener_reconfigured_under_load_loses_no_connection() {
         assert_eq!(gateway.local_addrs(), [addr]);
     }
     sleep(Duration::from_millis(100)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut served, mut failed) = (0, Vec::new());
-    for client in clients {
-        let (ok, lost) = client.await.unwrap();
-        served += ok;
-        failed.extend(lost);
-    }
-    assert!(served > 100, "only {served} requests went through");
-    assert!(
-        failed.is_empty(),
-        "{} of {} connections failed: {failed:?}",
-        failed.len(),
-        served as usize + failed.len()
-    );
+    load.none_lost().await;
     gateway.shutdown().await;
 }
 
@@ -2550,25 +2571,7 @@ async fn handovers_under_load() {
     let backends = http_backends(&["a", "b"]).await;
     let first = Gateway::start(http_config(&backends)).await.unwrap();
     let addr = first.local_addrs()[0];
-    let stop = Arc::new(AtomicBool::new(false));
-    // Four clients, each a new connection per request, until the handover
-    // is over (bounded: 20 s at most).
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0_u32, Vec::new());
-                let started = Instant::now();
-                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(20) {
-                    match get_with_preface(Ipv4Addr::LOCALHOST.into(), addr, b"").await {
-                        Some(_) => ok += 1,
-                        None => failed.push(started.elapsed()),
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
+    let load = ConnectionLoad::start(addr);
     // Three handovers: a successor starts on the same address (its own
     // sockets beside the running one's), then the running one stops.
     let mut running = first;
@@ -2582,20 +2585,7 @@ async fn handovers_under_load() {
         running = successor;
     }
     sleep(Duration::from_millis(200)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut served, mut failed) = (0, Vec::new());
-    for client in clients {
-        let (ok, lost) = client.await.unwrap();
-        served += ok;
-        failed.extend(lost);
-    }
-    assert!(served > 100, "only {served} requests went through");
-    assert!(
-        failed.is_empty(),
-        "{} of {} connections failed: {failed:?}",
-        failed.len(),
-        served as usize + failed.len()
-    );
+    load.none_lost().await;
     running.shutdown().await;
 }
 
