@@ -32,6 +32,7 @@ mod response_time;
 pub mod select;
 pub mod sessions;
 mod tcp;
+pub mod tickets;
 pub mod tls;
 mod upkeep;
 mod worker_runtime;
@@ -73,6 +74,7 @@ pub use crate::reload::Reloaded;
 pub use crate::select::{AdminState, Availability, Strategy};
 use crate::sessions::SessionTable;
 use crate::tcp::TcpProxy;
+use crate::tickets::{SessionTickets, TicketKeys};
 use crate::tls::LiveTls;
 use crate::upkeep::{Upkeep, probe_all, prober, refresh, refresher, sweeper};
 pub use crate::worker_runtime::worker_runtime;
@@ -247,6 +249,10 @@ pub struct GatewayConfig {
     /// answered and per TCP connection closed (see `access_log`). None
     /// (no access log) by default.
     pub access_log: Option<std::path::PathBuf>,
+    /// Session ticket keys shared with other gateways, so that a TLS
+    /// session begun at one resumes at another ([`tickets`]). `None`
+    /// (each gateway makes its own keys) by default.
+    pub ticket_keys: Option<TicketKeys>,
 }
 
 impl GatewayConfig {
@@ -331,6 +337,7 @@ impl GatewayConfig {
             member_tls: None,
             member_cache: None,
             access_log: None,
+            ticket_keys: None,
         }
     }
 }
@@ -386,6 +393,9 @@ pub enum GatewayError {
     /// A pool takes its members from registrars, but none are configured.
     #[error("pool {0:?} takes its members from registrars, but no registrar is configured")]
     NoRegistrars(String),
+    /// Session ticket keys of the gateway's own cannot be made.
+    #[error("cannot make session ticket keys: {0}")]
+    Tickets(rustls::Error),
     /// A worker thread cannot be started.
     #[error("cannot start a gateway worker thread: {0}")]
     Thread(std::io::Error),
@@ -439,6 +449,9 @@ pub(crate) struct Shared {
     started: Instant,
     /// Where requests and connections are logged, when they are.
     pub(crate) access_log: Option<AccessLog>,
+    /// The session tickets of every TLS listener, which a reload may
+    /// give new keys.
+    pub(crate) tickets: Arc<SessionTickets>,
 }
 
 impl Shared {
@@ -561,6 +574,7 @@ impl Listening {
         config: &ListenerConfig,
         pool: &Arc<Pool>,
         workers: usize,
+        tickets: &Arc<SessionTickets>,
     ) -> Result<(Self, Vec<WorkerListener>), GatewayError> {
         let at = config.address;
         let sockets = bind_reuseport(at, workers.max(1)).map_err(|source| GatewayError::Bind {
@@ -569,7 +583,7 @@ impl Listening {
         })?;
         let address = sockets[0].local_addr().unwrap_or(at);
         let (admission, inboxes) = Admission::new(sockets.len(), config.max_connections);
-        let tls = config.tls.clone().map(LiveTls::new);
+        let tls = config.tls.as_deref().map(|c| LiveTls::new(c, tickets));
         let (closing, closed) = watch::channel(false);
         let (spec, specs) = watch::channel(Arc::new(Spec {
             config: config.clone(),
@@ -625,14 +639,14 @@ impl Listening {
     /// sockets: open connections finish as they were. `config` keeps the
     /// address; its certificates, when it has TLS, are taken as a reload
     /// takes them ([`LiveTls::replace`]).
-    fn respec(&self, config: &ListenerConfig, pool: &Arc<Pool>) {
+    fn respec(&self, config: &ListenerConfig, pool: &Arc<Pool>, tickets: &Arc<SessionTickets>) {
         let running = self.current();
         let tls = match (&running.tls, &config.tls) {
             (Some(live), Some(tls)) => {
                 live.replace(tls);
                 Some(live.clone())
             }
-            (None, Some(tls)) => Some(LiveTls::new(tls.clone())),
+            (None, Some(tls)) => Some(LiveTls::new(tls, tickets)),
             (_, None) => None,
         };
         self.admission.set_max(config.max_connections);
@@ -783,13 +797,16 @@ impl Gateway {
             .iter()
             .map(|settings| Arc::new(config.new_pool(settings)))
             .collect();
+        let tickets = Arc::new(
+            SessionTickets::new(config.ticket_keys.as_ref()).map_err(GatewayError::Tickets)?,
+        );
         let mut opened = Vec::new();
         for listener in &config.listeners {
             let pool = pools
                 .iter()
                 .find(|p| *p.handle() == listener.pool)
                 .expect("checked: every listener's pool is configured");
-            opened.push(Listening::open(listener, pool, config.workers)?);
+            opened.push(Listening::open(listener, pool, config.workers, &tickets)?);
         }
         let access_log = match &config.access_log {
             Some(path) => {
@@ -821,6 +838,7 @@ impl Gateway {
             last_limit_log: AtomicU64::new(0),
             started: Instant::now(),
             access_log,
+            tickets,
         };
         let shared = Arc::new(shared);
         let mut tasks = JoinSet::new();

@@ -2,7 +2,9 @@
 //! ([`GatewayView::reload`]).
 //!
 //! What a reload can change is what the gateway reads per connection or
-//! per choice: a TLS listener's certificates (`tls::LiveTls`), a pool's
+//! per choice: a TLS listener's certificates (`tls::LiveTls`), the keys
+//! every TLS listener seals and opens session tickets with
+//! (`tickets::SessionTickets`, changed in place), a pool's
 //! settings and static members ([`Pool::reconfigure`]), and the set of
 //! listeners and pools itself. A listener whose other settings change
 //! (protocol, pool, TLS on or off, affinity, `max_connections`, the PROXY
@@ -225,14 +227,31 @@ impl GatewayView {
                 Some((i, None)) => plans.push(Plan::Keep(i)),
                 Some((i, Some(what))) => plans.push(Plan::Respec(i, pool, what)),
                 None => {
-                    opened.push(Listening::open(new, &pool, self.workers.len())?);
+                    opened.push(Listening::open(
+                        new,
+                        &pool,
+                        self.workers.len(),
+                        &self.shared.tickets,
+                    )?);
                     plans.push(Plan::Open);
                 }
             }
         }
 
+        let tickets = self
+            .shared
+            .tickets
+            .prepare(config.ticket_keys.as_ref())
+            .map_err(GatewayError::Tickets)?;
+
         // Everything that can fail has been done; from here on, changes.
-        // The limits first, so that listeners opened or respecified below
+        // The ticket keys first: every TLS listener, new or kept, seals
+        // with the same.
+        if let Some((tickets, line)) = tickets {
+            self.shared.tickets.install(tickets);
+            done.applied.push(line);
+        }
+        // Then the limits, so that listeners opened or respecified below
         // start with them.
         let limits = self.shared.limits();
         let what = limits.changes(&config.limits);
@@ -309,7 +328,7 @@ impl GatewayView {
                 Plan::Hold(found) => listeners.extend(found.map(|i| running[i].clone())),
                 Plan::Respec(i, pool, what) => {
                     let listening = &running[i];
-                    listening.respec(new, &pool);
+                    listening.respec(new, &pool, &self.shared.tickets);
                     done.applied.push(format!(
                         "listener {}: {what} changed (new connections; open ones go on as they were)",
                         listening.address()

@@ -10,6 +10,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::tickets::SessionTickets;
+
 /// One certificate and the names it serves.
 #[derive(Debug)]
 pub struct Certificate {
@@ -40,9 +42,6 @@ pub enum TlsSetupError {
     /// Two certificates claim one name.
     #[error("the name {0:?} is given to two certificates")]
     DuplicateName(String),
-    /// The session ticket keys cannot be made.
-    #[error("cannot make session ticket keys: {0}")]
-    Tickets(rustls::Error),
 }
 
 #[derive(Debug)]
@@ -99,10 +98,6 @@ pub fn server_config(
     .with_no_client_auth()
     .with_cert_resolver(Arc::new(SniResolver { by_name, default }));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    // Stateless tickets (keys rotated every six hours): any number of
-    // clients can resume, and each ticket carries the session id that TLS
-    // session affinity keys on.
-    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsSetupError::Tickets)?;
     Ok(Arc::new(config))
 }
 
@@ -113,8 +108,14 @@ pub fn server_config(
 pub(crate) struct LiveTls(Arc<RwLock<Arc<rustls::ServerConfig>>>);
 
 impl LiveTls {
-    pub(crate) fn new(config: Arc<rustls::ServerConfig>) -> Self {
-        Self(Arc::new(RwLock::new(config)))
+    /// Serves with `config`'s certificates and settings, and the
+    /// gateway's session tickets (stateless: any number of clients can
+    /// resume, and each ticket carries the session id that TLS session
+    /// affinity keys on).
+    pub(crate) fn new(config: &rustls::ServerConfig, tickets: &Arc<SessionTickets>) -> Self {
+        let mut config = config.clone();
+        config.ticketer = tickets.clone();
+        Self(Arc::new(RwLock::new(Arc::new(config))))
     }
 
     /// What accepts the next connection.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hapool_gateway::http::STATE_HEADER;
+use hapool_gateway::tickets::TicketKeys;
 use hapool_gateway::tls::{Certificate, server_config};
 use hapool_gateway::{
     AdminState, Affinity, Availability, Gateway, GatewayConfig, ListenerConfig, MemberSource,
@@ -2019,6 +2020,126 @@ async fn a_reload_gives_a_tls_listener_new_certificates_and_sessions_still_resum
         assert!(resumed, "round {round}: the session did not resume");
         assert_eq!(member, home, "round {round}: the session moved");
     }
+    gateway.shutdown().await;
+}
+
+const KEY_1: &str = "5f0c6b1e2d3a4958677685a4b3c2d1e0f00112233445566778899aabbccddeef";
+const KEY_2: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+
+fn ticket_keys(lines: &[&str]) -> TicketKeys {
+    TicketKeys::parse(&lines.join("\n"), Duration::from_secs(3600)).unwrap()
+}
+
+/// A gateway in front of `backends` with a TLS listener keeping sessions
+/// by TLS session, sealing tickets with `keys` (its own when `None`).
+fn tls_session_config(backends: &[SocketAddr], keys: Option<TicketKeys>) -> GatewayConfig {
+    let mut config = http_config(backends);
+    config.listeners[0].tls =
+        Some(server_config(vec![certificate("alpha")], &[b"http/1.1"]).unwrap());
+    config.listeners[0].affinity = Affinity::TlsSession;
+    config.ticket_keys = keys;
+    config
+}
+
+async fn tls_gateway(backends: &[SocketAddr], keys: Option<TicketKeys>) -> Gateway {
+    Gateway::start(tls_session_config(backends, keys))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn gateways_sharing_ticket_keys_resume_each_others_tls_sessions() {
+    let backends = http_backends(&["a", "b", "c"]).await;
+    let first = tls_gateway(&backends, Some(ticket_keys(&[KEY_1]))).await;
+    // A successor, or the gateway the virtual address moves to.
+    let second = tls_gateway(&backends, Some(ticket_keys(&[KEY_1]))).await;
+    let stranger = tls_gateway(&backends, None).await;
+    let [first_at, second_at, stranger_at] =
+        [&first, &second, &stranger].map(|g| g.local_addrs()[0]);
+    for round in 0..3 {
+        let client = tls_client();
+        let (_, resumed, _) = tls_request(first_at, &client, "/login").await;
+        assert!(!resumed, "round {round}: nothing to resume yet");
+        let (_, resumed, _) = tls_request(second_at, &client, "/").await;
+        assert!(
+            resumed,
+            "round {round}: the other gateway's ticket did not resume"
+        );
+        // Back at the first, with the ticket the second gave.
+        let (_, resumed, _) = tls_request(first_at, &client, "/").await;
+        assert!(
+            resumed,
+            "round {round}: the second gateway's ticket did not resume"
+        );
+        // A gateway with keys of its own cannot open it, and serves the
+        // client with a full handshake.
+        let (_, resumed, _) = tls_request(stranger_at, &client, "/").await;
+        assert!(!resumed, "round {round}: a ticket opened without its key");
+    }
+    // The gateway's own keys do not travel either.
+    let client = tls_client();
+    tls_request(stranger_at, &client, "/").await;
+    let (_, resumed, _) = tls_request(first_at, &client, "/").await;
+    assert!(!resumed);
+    for gateway in [first, second, stranger] {
+        gateway.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_reload_rotates_ticket_keys_and_tickets_of_a_key_still_listed_resume() {
+    let backends = http_backends(&["a", "b", "c"]).await;
+    let config = |keys| tls_session_config(&backends, keys);
+    let gateway = Gateway::start(config(None)).await.unwrap();
+    let view = gateway.view();
+    let addr = gateway.local_addrs()[0];
+    let own = tls_client();
+    tls_request(addr, &own, "/").await;
+    // Shared keys replace the gateway's own: its tickets no longer open.
+    let done = view
+        .reload(config(Some(ticket_keys(&[KEY_1]))))
+        .await
+        .unwrap();
+    assert!(
+        done.applied[0].starts_with("ticket_keys: 1 key(s), sealing with "),
+        "{done:?}"
+    );
+    assert!(!tls_request(addr, &own, "/").await.1);
+    let [early, late] = [tls_client(), tls_client()];
+    let (home, _, _) = tls_request(addr, &early, "/login").await;
+    tls_request(addr, &late, "/").await;
+    // A new key first: it seals, the old one still opens.
+    let rotated = config(Some(ticket_keys(&[KEY_2, KEY_1])));
+    let done = view.reload(rotated.clone()).await.unwrap();
+    assert!(
+        done.applied[0].starts_with("ticket_keys: 2 key(s), sealing with "),
+        "{done:?}"
+    );
+    let (member, resumed, _) = tls_request(addr, &early, "/").await;
+    assert!(
+        resumed,
+        "a ticket of the old key, still listed, did not resume"
+    );
+    assert_eq!(member, home, "the session stayed with its member");
+    // The same keys again change nothing (the certificates are read
+    // again, as on every reload).
+    let done = view.reload(rotated).await.unwrap();
+    assert_eq!(
+        done.applied,
+        [format!("listener {addr}: certificates loaded")]
+    );
+    // The old key gone: a ticket it sealed no longer resumes; the client
+    // is served with a full handshake.
+    view.reload(config(Some(ticket_keys(&[KEY_2]))))
+        .await
+        .unwrap();
+    let (_, resumed, _) = tls_request(addr, &late, "/").await;
+    assert!(!resumed, "a ticket of a key no longer listed resumed");
+    // Back to keys of the gateway's own.
+    let done = view.reload(config(None)).await.unwrap();
+    assert!(done.applied[0].starts_with("ticket_keys: none"), "{done:?}");
+    assert!(!tls_request(addr, &late, "/").await.1);
+    assert!(tls_request(addr, &late, "/").await.1);
     gateway.shutdown().await;
 }
 

@@ -24,7 +24,7 @@ use crate::admin::{Access, AdminClient};
 
 /// Keys whose string value names a file that is a key, a certificate or a
 /// token.
-const FILE_KEYS: [&str; 7] = [
+const FILE_KEYS: [&str; 8] = [
     "certificate",
     "cert",
     "key",
@@ -32,6 +32,7 @@ const FILE_KEYS: [&str; 7] = [
     "ca",
     "member_ca",
     "token_file",
+    "ticket_keys",
 ];
 
 /// Keys whose value is itself secret.
@@ -442,6 +443,8 @@ key = "/etc/hapool/r.key"
 [[registrar.rules]]
 pools = ["web"]
 tokens = ["0123456789abcdef"]
+[gateway]
+ticket_keys = "/etc/hapool/ticket-keys"
 "#;
 
     #[test]
@@ -458,6 +461,7 @@ tokens = ["0123456789abcdef"]
         assert_eq!(
             seen,
             [
+                "gateway.ticket_keys=/etc/hapool/ticket-keys",
                 "registrar.rules[0].tokens",
                 "registrar.tls.certificate=/etc/hapool/r.pem",
                 "registrar.tls.key=/etc/hapool/r.key",
@@ -465,7 +469,9 @@ tokens = ["0123456789abcdef"]
         );
         let text = toml::to_string(&value).unwrap();
         assert!(
-            !text.contains("0123456789abcdef") && !text.contains("r.key"),
+            !text.contains("0123456789abcdef")
+                && !text.contains("r.key")
+                && !text.contains("ticket-keys"),
             "{text}"
         );
         assert!(text.contains("pools = [\"web\"]"), "{text}");

@@ -12,6 +12,7 @@ use axum::Router;
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use hapool_gateway::tickets::{self, TicketKeys, TicketKeysError};
 use hapool_gateway::tls::{Certificate, server_config};
 use hapool_gateway::{
     AdminState, Affinity, Gateway, GatewayConfig, GatewayView, Limits, ListenerConfig,
@@ -44,6 +45,13 @@ pub(crate) struct GatewayFile {
     member_cache: Option<PathBuf>,
     /// The file the access log is appended to; no access log when absent.
     access_log: Option<PathBuf>,
+    /// TLS session ticket keys shared with other gateways (one key of 64
+    /// hex digits per line, the first sealing); each gateway makes its
+    /// own when absent.
+    ticket_keys: Option<PathBuf>,
+    /// How long a ticket sealed with the shared keys resumes. Default 6h.
+    #[serde(default, with = "humantime_serde")]
+    ticket_lifetime: Option<Duration>,
     /// Worker threads serving the listeners. Default: one per core.
     threads: Option<usize>,
     /// How often registrar pools are resolved again. Default 1s.
@@ -436,6 +444,16 @@ impl TryFrom<GatewayFile> for Planned {
         }
         config.member_cache = file.member_cache;
         config.access_log = file.access_log;
+        config.ticket_keys = match (&file.ticket_keys, file.ticket_lifetime) {
+            (Some(path), lifetime) => Some(read_ticket_keys(path, lifetime)?),
+            (None, Some(_)) => {
+                return Err(BadConfig(
+                    "gateway.ticket_lifetime: applies to gateway.ticket_keys, which is not set"
+                        .into(),
+                ));
+            }
+            (None, None) => None,
+        };
         config.refresh = file.refresh.unwrap_or(config.refresh);
         config.probe_interval = file.probe_interval.unwrap_or(config.probe_interval);
         config.probe_timeout = file.probe_timeout.unwrap_or(config.probe_timeout);
@@ -473,6 +491,36 @@ impl TryFrom<GatewayFile> for Planned {
             threads: file.threads,
         })
     }
+}
+
+/// The shared ticket keys in `path`, good for `lifetime`. A file others
+/// than its owner can read is taken, with a warning: whoever reads it can
+/// read the session secrets of every ticket its keys sealed.
+fn read_ticket_keys(
+    path: &std::path::Path,
+    lifetime: Option<Duration>,
+) -> Result<TicketKeys, BadConfig> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BadConfig(format!("gateway.ticket_keys: cannot read {shown}: {e}")))?;
+    let keys = TicketKeys::parse(&text, lifetime.unwrap_or(tickets::DEFAULT_LIFETIME)).map_err(
+        |e| match e {
+            TicketKeysError::Lifetime(_) => BadConfig(format!("gateway.ticket_lifetime: {e}")),
+            e => BadConfig(format!("gateway.ticket_keys: {shown}: {e}")),
+        },
+    )?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            warn!(
+                file = %shown,
+                mode = format!("{mode:o}"),
+                "gateway.ticket_keys can be read by users other than its owner (chmod 600): whoever reads it can read the secrets of the TLS sessions its keys sealed"
+            );
+        }
+    }
+    Ok(keys)
 }
 
 /// One line per listener and pool, for `check-config`.
@@ -520,6 +568,14 @@ pub(crate) fn describe(file: GatewayFile) -> Result<Vec<String>, BadConfig> {
             },
         ));
     }
+    if let Some(keys) = &planned.config.ticket_keys {
+        lines.push(format!(
+            "gateway TLS session tickets: {} shared key(s), sealing with {}, good for {}",
+            keys.len(),
+            keys.sealing_id(),
+            humantime::format_duration(keys.lifetime())
+        ));
+    }
     Ok(lines)
 }
 
@@ -528,7 +584,7 @@ pub(crate) fn describe(file: GatewayFile) -> Result<Vec<String>, BadConfig> {
 #[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct GatewayArgs {
     #[command(subcommand)]
-    ctl: Option<GatewayCommand>,
+    command: Option<GatewayCommand>,
     /// A configuration file with a `[gateway]` table.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -565,6 +621,9 @@ enum ProtocolArg {
 enum GatewayCommand {
     /// Operate a running gateway through its admin port.
     Ctl(CtlArgs),
+    /// Print a new TLS session ticket key: a line for the file that
+    /// `gateway.ticket_keys` names.
+    TicketKey,
 }
 
 #[derive(clap::Args)]
@@ -654,8 +713,16 @@ fn planned(args: &GatewayArgs) -> anyhow::Result<(Planned, toml::Table)> {
 
 /// `hapool gateway`: builds the runtime with the configured threads.
 pub(crate) fn main(args: GatewayArgs) -> anyhow::Result<()> {
-    if let Some(GatewayCommand::Ctl(ctl)) = args.ctl {
-        return crate::runtime()?.block_on(control(ctl));
+    match args.command {
+        Some(GatewayCommand::Ctl(ctl)) => return crate::runtime()?.block_on(control(ctl)),
+        Some(GatewayCommand::TicketKey) => {
+            println!(
+                "{}",
+                TicketKeys::new_key().context("no random bytes for a key")?
+            );
+            return Ok(());
+        }
+        None => {}
     }
     let (planned, effective) = planned(&args)?;
     // This runtime serves the admin port, probes and registrar lookups;

@@ -397,6 +397,111 @@ fn gateway_configuration_errors_are_named() {
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }
 
+#[test]
+fn shared_ticket_keys_are_made_read_and_their_faults_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = common::Scratch::new("gateway_ticket_keys");
+    let new_key = || {
+        let (code, out, err) = hapool(&["gateway", "ticket-key"]);
+        assert_eq!(code, 0, "{err}");
+        let key = out.trim().to_owned();
+        assert!(
+            key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{out}"
+        );
+        key
+    };
+    let (first, second) = (new_key(), new_key());
+    assert_ne!(first, second);
+    let keys_file = |name: &str, text: &str, mode: u32| {
+        let path = scratch.write(name, text);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let config = |name: &str, more: &str| {
+        let text = format!(
+            "[gateway]\n{more}[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n"
+        );
+        scratch.write(name, &text).to_str().unwrap().to_owned()
+    };
+    let check = |path: &str| hapool(&["check-config", path]);
+    // Two gateways reading files with the same first key seal alike.
+    let here = keys_file(
+        "here",
+        &format!("# rotated today\n{first}\n{second}\n"),
+        0o600,
+    );
+    let there = keys_file("there", &format!("{first}\n"), 0o600);
+    let (code, out, err) = check(&config(
+        "here.toml",
+        &format!("ticket_keys = {here:?}\nticket_lifetime = \"2h\"\n"),
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("chmod"), "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("gateway TLS session tickets: 2 shared key(s), sealing with "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.ends_with(", good for 2h"), "{line}");
+    let (code, out, _) = check(&config("there.toml", &format!("ticket_keys = {there:?}\n")));
+    assert_eq!(code, 0);
+    let sealing = |line: &str| line.split("sealing with ").nth(1).unwrap()[..8].to_owned();
+    let there_line = out
+        .lines()
+        .find(|l| l.contains("sealing with"))
+        .unwrap()
+        .to_owned();
+    assert_eq!(sealing(line), sealing(&there_line));
+    assert!(there_line.ends_with("good for 6h"), "{there_line}");
+    // A file others can read is taken, with a warning.
+    let open = keys_file("open", &format!("{first}\n"), 0o644);
+    let (code, _, err) = check(&config("open.toml", &format!("ticket_keys = {open:?}\n")));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+    // What is wrong is named, and the gateway does not start.
+    let short = keys_file("short", &format!("{first}\n{}\n", &second[..10]), 0o600);
+    let empty = keys_file("empty", "# none yet\n", 0o600);
+    let twice = keys_file("twice", &format!("{first}\n{first}\n"), 0o600);
+    for (i, (more, expected)) in [
+        (
+            "ticket_keys = \"/nonexistent-keys\"\n".to_owned(),
+            "gateway.ticket_keys: cannot read /nonexistent-keys: No such file".to_owned(),
+        ),
+        (
+            format!("ticket_keys = {short:?}\n"),
+            format!(
+                "gateway.ticket_keys: {short}: line 2: 10 characters where a key is 64 hex digits"
+            ),
+        ),
+        (
+            format!("ticket_keys = {empty:?}\n"),
+            format!("gateway.ticket_keys: {empty}: no key"),
+        ),
+        (
+            format!("ticket_keys = {twice:?}\n"),
+            format!("gateway.ticket_keys: {twice}: line 2: the key of line 1 again"),
+        ),
+        (
+            format!("ticket_keys = {there:?}\nticket_lifetime = \"8days\"\n"),
+            "gateway.ticket_lifetime: ticket lifetime 691200s: from 1s to 7 days".to_owned(),
+        ),
+        (
+            "ticket_lifetime = \"1h\"\n".to_owned(),
+            "gateway.ticket_lifetime: applies to gateway.ticket_keys, which is not set".to_owned(),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = config(&format!("bad-{i}.toml"), &more);
+        let (code, _, err) = check(&path);
+        assert_eq!(code, 64, "case {i}: {err}");
+        assert!(err.contains(&expected), "case {i}: {err}");
+        let (code, _, err) = hapool(&["gateway", "--config", &path]);
+        assert_eq!(code, 64, "case {i}: {err}");
+    }
+}
+
 /// A gateway configuration: one HTTP listener on `listen` in front of the
 /// static `members`, with the admin port on `admin` and `more` settings.
 fn static_gateway(listen: &str, admin: &str, members: &[&str], more: &str) -> String {
