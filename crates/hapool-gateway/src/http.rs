@@ -864,6 +864,7 @@ impl HttpProxy {
     ) -> Response<ClientBody> {
         let member = hyper::upgrade::on(&mut response);
         let (mut parts, _) = response.into_parts();
+        answer_in_own_version(&mut parts);
         parts.headers.remove(&self.state_header);
         if extended_connect {
             parts.status = StatusCode::OK;
@@ -917,6 +918,7 @@ impl HttpProxy {
         cookie_names: Option<PoolElementId>,
     ) -> Response<ClientBody> {
         let (mut parts, body) = response.into_parts();
+        answer_in_own_version(&mut parts);
         remove_hop_by_hop(&mut parts.headers);
         let state = parts
             .headers
@@ -972,6 +974,15 @@ impl HttpProxy {
             )),
         )
     }
+}
+
+/// A proxy answers in its own HTTP version, not its member's (RFC 9110,
+/// 6.2): a member's HTTP/1.0 answer goes to an HTTP/1.1 client as
+/// HTTP/1.1 (its body chunked when the member ended it by closing), so
+/// the client keeps its connection. hyper writes HTTP/1.0 to a client
+/// that asked in it, and ignores the version over HTTP/2.
+fn answer_in_own_version(parts: &mut http::response::Parts) {
+    parts.version = Version::HTTP_11;
 }
 
 #[cfg(test)]

@@ -686,6 +686,67 @@ async fn a_kept_member_connection_closed_under_a_get_costs_no_request() {
     gateway.shutdown().await;
 }
 
+/// A member that speaks HTTP/1.0: one answer per connection, its body
+/// ending where the connection does.
+async fn http10_backend() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut read = BufReader::new(read);
+                let mut head = String::new();
+                while !head.ends_with("\r\n\r\n") {
+                    if read.read_line(&mut head).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                }
+                let _ = write
+                    .write_all(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nold")
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn a_member_speaking_http10_is_answered_for_in_the_clients_version() {
+    let member = http10_backend().await;
+    let gateway = http_gateway(static_pool(&[member], ProbeKind::Tcp)).await;
+    let address = gateway.local_addrs()[0];
+    // An HTTP/1.1 client keeps its connection for further requests.
+    let stream = TcpStream::connect(address).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for round in 0..3 {
+        let request = Request::get("/").header("host", "example.test");
+        let response = sender
+            .send_request(request.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(response.version(), http::Version::HTTP_11, "round {round}");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"old");
+    }
+    // An HTTP/1.0 client is answered in HTTP/1.0, the body ending with the
+    // connection.
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nhost: example.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nold"), "{answer}");
+    gateway.shutdown().await;
+}
+
 #[tokio::test]
 async fn http2_clients_are_served() {
     let (backend, _task) = http_backend("a").await;
