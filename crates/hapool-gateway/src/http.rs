@@ -225,6 +225,20 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// Whether the client's `TE` names `trailers`.
+fn takes_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+}
+
 /// Removes the headers that belong to one connection and those the
 /// `Connection` header names. Only headers that are there are removed:
 /// a member's response usually carries `Connection: keep-alive` alone, and
@@ -331,6 +345,12 @@ impl HttpProxy {
     ) -> Result<Response<ClientBody>, Infallible> {
         let (mut parts, body) = request.into_parts();
         let upgrade = upgrade_asked(&parts);
+        if upgrade.is_some() && self.pool.http2() {
+            return Ok(plain(
+                StatusCode::NOT_IMPLEMENTED,
+                "upgrades (WebSocket) are not carried to members spoken to in HTTP/2\n",
+            ));
+        }
         let client_upgrade = upgrade
             .is_some()
             .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
@@ -424,10 +444,7 @@ impl HttpProxy {
                 body,
             );
             self.shared.metrics.requests.increment(1);
-            let target = Target {
-                address: member.address,
-                tls: self.pool.tls(),
-            };
+            let target = self.pool.target(&member);
             let (mut sent, lease) = match (hedge, &held) {
                 (Some(delays), Held::Kept(bytes)) => {
                     let copy = |to: &Member| {
@@ -454,10 +471,7 @@ impl HttpProxy {
                 (member, target)
             } else {
                 let other = lease.member().clone();
-                let target = Target {
-                    address: other.address,
-                    tls: target.tls,
-                };
+                let target = self.pool.target(&other);
                 (other, target)
             };
             if let Ok(Err(MemberError::Stale(_))) = &sent
@@ -510,16 +524,24 @@ impl HttpProxy {
                     self.note_served(&mut answer, served);
                     return Ok(answer);
                 }
-                Ok(Err(e)) => {
+                Ok(Err(mut e)) => {
                     tried.push(member.id);
-                    let connect = matches!(e, MemberError::Connect(_));
+                    let connect = e.is_connect();
                     debug!(pool = %self.pool.handle(), pe_id = %member.id, error = %e, connect, "request to member failed");
                     lease.fail();
                     if connect {
                         self.shared.unreachable(&self.pool, &member);
                     }
+                    // A streamed body that never left goes to the next
+                    // member.
+                    if let Held::Streamed(slot) = &mut held
+                        && let Some(unsent) = e.take_unsent()
+                        && let Either::Right(body) = unsent.into_body()
+                    {
+                        *slot = Some(body);
+                    }
                     let safe = e.unsent() || idempotent;
-                    if !safe || matches!(held, Held::Streamed(_)) {
+                    if !safe || matches!(held, Held::Streamed(None)) {
                         self.shared.metrics.failed.increment(1);
                         return Ok(plain(
                             StatusCode::BAD_GATEWAY,
@@ -606,7 +628,7 @@ impl HttpProxy {
             }
             check = due;
         }
-        Box::pin(self.hedge(lease, member, target.tls, first, sending, tried, copy)).await
+        Box::pin(self.hedge(lease, member, first, sending, tried, copy)).await
     }
 
     /// `first`, the exchange with `member` (leased by `lease`, sent at
@@ -624,7 +646,6 @@ impl HttpProxy {
         &self,
         lease: Lease,
         member: &Member,
-        tls: bool,
         mut first: Pin<&mut F>,
         sending: Instant,
         tried: &mut Vec<PoolElementId>,
@@ -657,10 +678,7 @@ impl HttpProxy {
         };
         self.shared.metrics.hedges.increment(1);
         let second_member = second_lease.member().clone();
-        let second_target = Target {
-            address: second_member.address,
-            tls,
-        };
+        let second_target = self.pool.target(&second_member);
         let second = self.exchange(&second_member, second_target, copy(&second_member), now);
         tokio::pin!(second);
         let raced = timeout_at(deadline, async {
@@ -699,7 +717,7 @@ impl HttpProxy {
         debug!(pool = %self.pool.handle(), pe_id = %member.id, %error, "request to member failed during a hedge");
         tried.push(member.id);
         lease.fail();
-        if matches!(error, MemberError::Connect(_)) {
+        if error.is_connect() {
             self.shared.unreachable(&self.pool, &member);
         }
     }
@@ -799,7 +817,13 @@ impl HttpProxy {
         forwarded_for: HeaderValue,
     ) -> HeaderMap {
         let mut headers = std::mem::take(&mut parts.headers);
+        // A client that takes trailers (gRPC's do) says so to an HTTP/2
+        // member too: the one value of TE that HTTP/2 allows.
+        let trailers = self.pool.http2() && takes_trailers(&headers);
         remove_hop_by_hop(&mut headers);
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         if !headers.contains_key(header::HOST)
             && let Some(authority) = parts.uri.authority()
             && let Ok(host) = HeaderValue::from_str(authority.as_str())

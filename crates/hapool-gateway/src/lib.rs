@@ -465,7 +465,7 @@ impl Shared {
         limits: &watch::Sender<Arc<Limits>>,
         tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Arc<MemberHttp> {
-        MemberHttp::start(tls.cloned().map(TlsConnector::from), limits.subscribe())
+        MemberHttp::start(tls, limits.subscribe())
     }
 
     /// How connections to `pool`'s members are made over TLS, when the

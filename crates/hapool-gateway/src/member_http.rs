@@ -1,4 +1,10 @@
-//! One worker's HTTP/1.1 connections to members.
+//! One worker's HTTP connections to members.
+//!
+//! Members of pools that speak HTTP/2 ([`Target::http2`]) get one
+//! connection each, which carries every request of the worker to them at
+//! once; one the member closed (or went away on) is replaced at the next
+//! request. What follows is about HTTP/1.1, one request at a time per
+//! connection.
 //!
 //! A request goes on an idle connection to its member when there is one,
 //! the most recently used first (so that the others fall idle and close
@@ -29,10 +35,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Uri, Version, header};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http2;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
@@ -40,13 +50,15 @@ use tracing::debug;
 use crate::Limits;
 use crate::connection_io::ConnectionIo;
 use crate::http::MemberBody;
-use crate::tcp::connect_member;
+use crate::tcp::{MemberStream, connect_member};
 
-/// Where a connection goes: a member's address, over TLS or not.
+/// Where a connection goes: a member's address, over TLS or not, in
+/// HTTP/2 or HTTP/1.1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Target {
     pub(crate) address: SocketAddr,
     pub(crate) tls: bool,
+    pub(crate) http2: bool,
 }
 
 /// Why a request to a member failed, and whether any of it was sent.
@@ -54,11 +66,11 @@ pub(crate) struct Target {
 pub(crate) enum MemberError {
     /// No connection could be made: the member is unreachable.
     #[error("cannot connect: {0}")]
-    Connect(std::io::Error),
+    Connect(std::io::Error, Unsent),
     /// The connection failed before the request was written: the request
     /// can go to another member whatever its method.
     #[error("connection failed before the request was sent: {0}")]
-    NotSent(hyper::Error),
+    NotSent(hyper::Error, Unsent),
     /// A connection kept from an earlier request failed under this one
     /// before any answer: most likely the member closed it, idle, as the
     /// request went out. The member may or may not have seen the request.
@@ -69,10 +81,60 @@ pub(crate) enum MemberError {
     Failed(hyper::Error),
 }
 
+/// The request a failure before sending gives back, so that a body that
+/// can be read only once (streamed from the client) can still go to
+/// another member.
+#[derive(Default)]
+pub(crate) struct Unsent(Option<Box<Request<MemberBody>>>);
+
+impl std::fmt::Debug for Unsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "request given back"
+        } else {
+            "-"
+        })
+    }
+}
+
 impl MemberError {
     /// Whether the member saw none of the request.
     pub(crate) fn unsent(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::NotSent(_))
+        matches!(self, Self::Connect(..) | Self::NotSent(..))
+    }
+
+    /// Whether no connection could be made.
+    pub(crate) fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect(..))
+    }
+
+    /// The request, when the failure came before it was sent.
+    pub(crate) fn take_unsent(&mut self) -> Option<Request<MemberBody>> {
+        match self {
+            Self::Connect(_, unsent) | Self::NotSent(_, unsent) => unsent.0.take().map(|r| *r),
+            Self::Stale(_) | Self::Failed(_) => None,
+        }
+    }
+
+    /// This failure, giving `request` back if it came before sending.
+    fn giving_back(self, request: Request<MemberBody>) -> Self {
+        let back = || Unsent(Some(Box::new(request)));
+        match self {
+            Self::Connect(e, _) => Self::Connect(e, back()),
+            Self::NotSent(e, _) => Self::NotSent(e, back()),
+            other => other,
+        }
+    }
+
+    /// A failed send on a new connection: unsent, with the request given
+    /// back, when hyper kept it; else failed.
+    fn on_new_connection(mut error: TrySendError<Request<MemberBody>>) -> Self {
+        match error.take_message() {
+            Some(unsent) => {
+                Self::NotSent(error.into_error(), Unsent::default()).giving_back(unsent)
+            }
+            None => Self::Failed(error.into_error()),
+        }
     }
 
     /// The error of a request sent on a kept connection.
@@ -98,26 +160,41 @@ pub(crate) struct MemberHttp {
     /// Looked up twice a request: a fast hash (randomly seeded), as the
     /// keys are member addresses, which clients do not choose.
     idle: Mutex<foldhash::HashMap<Target, Vec<Idle>>>,
-    /// How connections to members over TLS are made; without it they fail.
-    tls: Option<TlsConnector>,
+    /// The one connection to each member spoken to in HTTP/2, and when a
+    /// request last went on it.
+    shared: Mutex<foldhash::HashMap<Target, (http2::SendRequest<MemberBody>, Instant)>>,
+    /// How connections to members over TLS are made (HTTP/1.1, and HTTP/2
+    /// by ALPN); without them they fail.
+    tls: Option<[TlsConnector; 2]>,
     /// The gateway's limits, of which the connect and idle timeouts count
     /// here; a reload may change them (read at each connect and sweep).
     limits: watch::Receiver<Arc<Limits>>,
 }
 
-/// A connection whose response is being read; [`InUse::release`] puts it
-/// back among the idle ones, dropping it closes it.
-pub(crate) struct InUse {
-    home: Arc<MemberHttp>,
-    target: Target,
-    sender: SendRequest<MemberBody>,
+/// An HTTP/1.1 connection whose response is being read;
+/// [`InUse::release`] puts it back among the idle ones, dropping it
+/// closes it. (An HTTP/2 connection stays shared meanwhile.)
+pub(crate) enum InUse {
+    Own {
+        home: Arc<MemberHttp>,
+        target: Target,
+        sender: SendRequest<MemberBody>,
+    },
+    Shared,
 }
 
 impl InUse {
     /// The response has been read to the end: the connection can carry
     /// the next request.
     pub(crate) fn release(self) {
-        self.home.give_back(self.target, self.sender);
+        if let Self::Own {
+            home,
+            target,
+            sender,
+        } = self
+        {
+            home.give_back(target, sender);
+        }
     }
 }
 
@@ -127,11 +204,17 @@ impl MemberHttp {
     /// limits are at the time. Spawns the task that closes idle
     /// connections on the current runtime; it ends with the last handle.
     pub(crate) fn start(
-        tls: Option<TlsConnector>,
+        tls: Option<&Arc<rustls::ClientConfig>>,
         limits: watch::Receiver<Arc<Limits>>,
     ) -> Arc<Self> {
+        let tls = tls.map(|config| {
+            let mut h2 = (**config).clone();
+            h2.alpn_protocols = vec![b"h2".to_vec()];
+            [config.clone(), Arc::new(h2)].map(TlsConnector::from)
+        });
         let this = Arc::new(Self {
             idle: Mutex::new(foldhash::HashMap::default()),
+            shared: Mutex::new(foldhash::HashMap::default()),
             tls,
             limits,
         });
@@ -147,6 +230,9 @@ impl MemberHttp {
         target: Target,
         mut request: Request<MemberBody>,
     ) -> Result<(Response<Incoming>, InUse), MemberError> {
+        if target.http2 {
+            return self.send_http2(target, request).await;
+        }
         while let Some(mut sender) = self.take_idle(target) {
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, self.in_use(target, sender))),
@@ -165,42 +251,114 @@ impl MemberHttp {
         }
         // Boxed: connecting (TLS above all) takes a large future, which
         // would otherwise make every request's future as large.
-        let mut sender = Box::pin(self.connect(target)).await?;
+        let mut sender = match Box::pin(self.connect(target)).await {
+            Ok(sender) => sender,
+            Err(e) => return Err(e.giving_back(request)),
+        };
         match sender.try_send_request(request).await {
             Ok(response) => Ok((response, self.in_use(target, sender))),
-            Err(e) if e.message().is_some() => Err(MemberError::NotSent(e.into_error())),
-            Err(e) => Err(MemberError::Failed(e.into_error())),
+            Err(e) => Err(MemberError::on_new_connection(e)),
+        }
+    }
+
+    /// [`Self::send`] to a member spoken to in HTTP/2: on its connection,
+    /// or on a new one when it has none or the member closed it.
+    async fn send_http2(
+        &self,
+        target: Target,
+        request: Request<MemberBody>,
+    ) -> Result<(Response<Incoming>, InUse), MemberError> {
+        let mut request = in_http2(request, target.tls);
+        let kept = self
+            .shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&target)
+            .filter(|(sender, _)| !sender.is_closed())
+            .map(|(sender, used)| {
+                *used = Instant::now();
+                sender.clone()
+            });
+        if let Some(mut sender) = kept {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, InUse::Shared)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(MemberError::Failed(e.into_error())),
+                },
+            }
+        }
+        let mut sender = match Box::pin(self.connect_http2(target)).await {
+            Ok(sender) => sender,
+            Err(e) => return Err(e.giving_back(request)),
+        };
+        self.shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(target, (sender.clone(), Instant::now()));
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok((response, InUse::Shared)),
+            Err(e) => Err(MemberError::on_new_connection(e)),
         }
     }
 
     fn in_use(self: &Arc<Self>, target: Target, sender: SendRequest<MemberBody>) -> InUse {
-        InUse {
+        InUse::Own {
             home: self.clone(),
             target,
             sender,
         }
     }
 
-    /// A new connection to `target`; its I/O runs in a task of its own
-    /// (which hands the connection over when the member switches
-    /// protocols).
-    async fn connect(&self, target: Target) -> Result<SendRequest<MemberBody>, MemberError> {
+    /// A new connection to `target`, over TLS if it says so.
+    async fn open(&self, target: Target) -> Result<ConnectionIo<MemberStream>, MemberError> {
         let tls = if target.tls {
-            Some(self.tls.as_ref().ok_or_else(|| {
-                MemberError::Connect(std::io::Error::other("no trust for members over TLS"))
-            })?)
+            let connectors = self.tls.as_ref().ok_or_else(|| {
+                MemberError::Connect(
+                    std::io::Error::other("no trust for members over TLS"),
+                    Unsent::default(),
+                )
+            })?;
+            Some(&connectors[usize::from(target.http2)])
         } else {
             None
         };
         let connect_timeout = self.limits.borrow().connect_timeout;
         let stream = connect_member(target.address, &[], tls, connect_timeout)
             .await
-            .map_err(MemberError::Connect)?;
+            .map_err(|e| MemberError::Connect(e, Unsent::default()))?;
+        Ok(ConnectionIo::member(stream))
+    }
+
+    /// A new HTTP/2 connection to `target`; its I/O runs in a task of its
+    /// own, until the member closes it or the last sender is dropped.
+    async fn connect_http2(
+        &self,
+        target: Target,
+    ) -> Result<http2::SendRequest<MemberBody>, MemberError> {
+        let stream = self.open(target).await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| MemberError::NotSent(e, Unsent::default()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(address = %target.address, error = %e, "member connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// A new connection to `target`; its I/O runs in a task of its own
+    /// (which hands the connection over when the member switches
+    /// protocols).
+    async fn connect(&self, target: Target) -> Result<SendRequest<MemberBody>, MemberError> {
+        let stream = self.open(target).await?;
         let (sender, connection) = http1::Builder::new()
             .writev(false)
-            .handshake(TokioIo::new(ConnectionIo::member(stream)))
+            .handshake(TokioIo::new(stream))
             .await
-            .map_err(MemberError::NotSent)?;
+            .map_err(|e| MemberError::NotSent(e, Unsent::default()))?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 debug!(address = %target.address, error = %e, "member connection ended with an error");
@@ -246,7 +404,9 @@ impl MemberHttp {
     }
 
     /// Drops the connections idle since before `now` less the idle
-    /// timeout, and those the member closed.
+    /// timeout, and those the member closed. An HTTP/2 connection counts
+    /// from the last request sent on it; answers still under way on it
+    /// when it is dropped are read to their end before it closes.
     fn close_idle_until(&self, now: Instant) {
         let idle_timeout = self.idle_timeout();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -256,6 +416,13 @@ impl MemberHttp {
             });
             !stack.is_empty()
         });
+        drop(idle);
+        self.shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, (sender, used)| {
+                !sender.is_closed() && now.duration_since(*used) < idle_timeout
+            });
     }
 
     /// How many idle connections to `target` there are.
@@ -267,6 +434,27 @@ impl MemberHttp {
             .get(&target)
             .map_or(0, Vec::len)
     }
+}
+
+/// `request` (origin-form, with a `Host` header) as HTTP/2 wants it: the
+/// host and scheme in the URI, for the `:authority` and `:scheme` pseudo
+/// headers, and no `Host`.
+fn in_http2(request: Request<MemberBody>, tls: bool) -> Request<MemberBody> {
+    let (mut parts, body) = request.into_parts();
+    parts.version = Version::HTTP_2;
+    let host = parts.headers.remove(header::HOST);
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
+    uri.authority = host.and_then(|h| Authority::try_from(h.as_bytes()).ok());
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    // Without an authority (no usable Host), the URI stays origin-form.
+    if uri.authority.is_none() {
+        uri.scheme = None;
+    }
+    parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
+    Request::from_parts(parts, body)
 }
 
 /// Closes idle connections about every second (more often for an idle
@@ -286,6 +474,7 @@ async fn close_idle(home: Weak<MemberHttp>) {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use bytes::Bytes;
@@ -351,7 +540,7 @@ mod tests {
         *request.uri_mut() = "/".parse().unwrap();
         request
             .headers_mut()
-            .insert(http::header::HOST, address.to_string().parse().unwrap());
+            .insert(header::HOST, address.to_string().parse().unwrap());
         request
     }
 
@@ -366,6 +555,7 @@ mod tests {
         Target {
             address,
             tls: false,
+            http2: false,
         }
     }
 
@@ -466,6 +656,95 @@ mod tests {
         assert_eq!(members.idle_count(target(address)), 0);
     }
 
+    /// An answer in two halves, 300 ms apart.
+    struct Halves(Option<Pin<Box<tokio::time::Sleep>>>, u8);
+
+    impl hyper::body::Body for Halves {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            let half = match self.1 {
+                0 => "first ",
+                1 => {
+                    let sleep = self.0.get_or_insert_with(|| {
+                        Box::pin(tokio::time::sleep(Duration::from_millis(300)))
+                    });
+                    std::task::ready!(sleep.as_mut().poll(cx));
+                    "second"
+                }
+                _ => return std::task::Poll::Ready(None),
+            };
+            self.1 += 1;
+            std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(half)))))
+        }
+    }
+
+    /// A member speaking HTTP/2 only, answering in [`Halves`]; counts the
+    /// connections it accepted and those that have ended.
+    async fn h2_member() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (accepted, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, e) = (accepted.clone(), ended.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                a.fetch_add(1, Ordering::SeqCst);
+                let e = e.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(Halves(None, 0)))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                    e.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (address, accepted, ended)
+    }
+
+    #[tokio::test]
+    async fn an_http2_member_gets_one_connection_closed_when_idle_after_its_answers() {
+        let (address, accepted, ended) = h2_member().await;
+        let target = Target {
+            address,
+            tls: false,
+            http2: true,
+        };
+        let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
+        // Three answers under way at once, on one connection.
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            let (response, in_use) = members.send(target, get(address)).await.unwrap();
+            assert!(matches!(in_use, InUse::Shared));
+            answers.push(response);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // Idle for longer than the timeout (as a sweep an hour on would
+        // find it): dropped, yet the answers under way end whole.
+        members.close_idle_until(Instant::now() + Duration::from_secs(3600));
+        for response in answers {
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "first second");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            ended.load(Ordering::SeqCst),
+            1,
+            "the idle connection closed"
+        );
+        // The next request opens a new one.
+        let (response, _) = members.send(target, get(address)).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
     #[tokio::test]
     async fn an_unreachable_member_is_a_connect_error() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -473,9 +752,13 @@ mod tests {
         drop(listener);
         let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
         let e = read_all(&members, target(address)).await.unwrap_err();
-        assert!(matches!(e, MemberError::Connect(_)), "{e:?}");
+        assert!(matches!(e, MemberError::Connect(..)), "{e:?}");
         assert!(e.unsent());
-        let over_tls = Target { address, tls: true };
+        let over_tls = Target {
+            address,
+            tls: true,
+            http2: false,
+        };
         let e = read_all(&members, over_tls).await.unwrap_err();
         assert!(e.to_string().contains("no trust"), "{e}");
     }

@@ -13,6 +13,7 @@ use smallvec::SmallVec;
 use tracing::info;
 
 use crate::hedge::{self, Budget};
+use crate::member_http::Target;
 use crate::proxy_protocol::ProxyProtocol;
 use crate::reload::changed_names;
 use crate::response_time::ResponseTime;
@@ -76,6 +77,11 @@ pub struct PoolSettings {
     /// Whether members are reached over TLS (HTTP pools: requests and
     /// probes go as HTTPS). Needs [`crate::GatewayConfig::member_tls`].
     pub tls: bool,
+    /// Whether HTTP requests go to members over HTTP/2 (with prior
+    /// knowledge, or over TLS by ALPN `h2`), all of a worker's requests to
+    /// a member on one connection, as gRPC servers want; else over
+    /// HTTP/1.1. Whatever the client spoke. Default false.
+    pub http2: bool,
     /// The most HTTP requests, in percent of the pool's requests, that
     /// may also go to a second member when the first is slow to answer
     /// (see `hedge.rs`); 0: never. Default 5.
@@ -121,6 +127,7 @@ impl PoolSettings {
             ("max_sessions", self.max_sessions != new.max_sessions),
             ("probe", self.probe != new.probe),
             ("tls", self.tls != new.tls),
+            ("http2", self.http2 != new.http2),
             ("hedge_percent", self.hedge_percent != new.hedge_percent),
             ("probe_rise", self.probe_rise != new.probe_rise),
             ("probe_fall", self.probe_fall != new.probe_fall),
@@ -437,6 +444,8 @@ pub struct Pool {
     handle: PoolHandle,
     /// Fixed with the handle (see [`PoolSettings::fixed_change`]).
     tls: bool,
+    /// From the settings: read on every request.
+    http2: AtomicBool,
     from_registrars: bool,
     settings: RwLock<Arc<PoolSettings>>,
     view: RwLock<Arc<View>>,
@@ -473,6 +482,7 @@ impl Pool {
             hedges: Budget::new(settings.hedge_percent),
             handle: settings.handle.clone(),
             tls: settings.tls,
+            http2: AtomicBool::new(settings.http2),
             from_registrars: settings.source == MemberSource::Registrars,
             view: RwLock::new(Arc::new(View {
                 members,
@@ -495,6 +505,21 @@ impl Pool {
     /// Whether its members are reached over TLS.
     pub fn tls(&self) -> bool {
         self.tls
+    }
+
+    /// How `member`'s HTTP requests are sent: to its address, over TLS
+    /// or not, in HTTP/2 or HTTP/1.1.
+    pub(crate) fn target(&self, member: &Member) -> Target {
+        Target {
+            address: member.address,
+            tls: self.tls,
+            http2: self.http2.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether its members are spoken to in HTTP/2.
+    pub(crate) fn http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
     }
 
     /// Whether its members come from the registrars (else from the
@@ -725,6 +750,7 @@ impl Pool {
             }
         };
         self.hedges.set_percent(settings.hedge_percent);
+        self.http2.store(settings.http2, Ordering::Relaxed);
         let strategy = settings.strategy.unwrap_or(old.strategy);
         let thresholds = settings.thresholds();
         *self
@@ -906,6 +932,7 @@ mod tests {
             probe_rise: PoolSettings::PROBE_RISE,
             probe_fall: PoolSettings::PROBE_FALL,
             proxy_protocol: None,
+            http2: false,
         }
     }
 

@@ -19,7 +19,6 @@ use tokio::time::{Instant, interval, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
 use crate::member_cache::MemberCache;
-use crate::member_http::Target;
 use crate::pool::{Member, Pool, PoolSet, ProbeKind};
 use crate::proxy_protocol::ProxyProtocol;
 use crate::reload::changed_names;
@@ -177,10 +176,7 @@ pub(crate) async fn probe_one(pool: &Pool, member: &Arc<Member>, shared: &Shared
                 .is_ok()
         }
         ProbeKind::Http { path } => {
-            let target = Target {
-                address: member.address,
-                tls: pool.tls(),
-            };
+            let target = pool.target(member);
             match (
                 path.parse::<hyper::Uri>(),
                 HeaderValue::from_str(member.authority.as_str()),

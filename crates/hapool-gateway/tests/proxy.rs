@@ -96,6 +96,7 @@ fn static_pool(members: &[SocketAddr], probe: ProbeKind) -> PoolSettings {
         max_sessions: None,
         probe,
         tls: false,
+        http2: false,
         hedge_percent: PoolSettings::HEDGE_PERCENT,
         probe_rise: PoolSettings::PROBE_RISE,
         probe_fall: PoolSettings::PROBE_FALL,
@@ -744,6 +745,54 @@ async fn a_member_speaking_http10_is_answered_for_in_the_clients_version() {
     stream.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nold"), "{answer}");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_streamed_body_goes_to_the_next_member_when_the_first_cannot_be_reached() {
+    // The member chosen first (highest priority) goes away once probed:
+    // its port refuses connections.
+    let socket = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let gone = socket.local_addr().unwrap();
+    let accepting = tokio::spawn(async move {
+        loop {
+            let _ = socket.accept().await;
+        }
+    });
+    let live = common::member().await;
+    let mut pool = static_pool(&[gone, live], ProbeKind::Tcp);
+    pool.strategy = Some(Strategy::Priority);
+    if let MemberSource::Static(members) = &mut pool.source {
+        members[0].priority = 5;
+    }
+    pool.probe_fall = 100;
+    let mut config = GatewayConfig::new(vec![listener(Protocol::Http)], vec![pool]);
+    config.probe_interval = Duration::from_secs(3600);
+    let gateway = Gateway::start(config).await.unwrap();
+    accepting.abort();
+    let _ = accepting.await;
+    assert_eq!(
+        gateway.pools()[0].status()[0].availability,
+        Availability::Available
+    );
+    // A chunked body (its length unknown, so not kept for a retry) is
+    // streamed to the member; the connection to the first fails before any
+    // of it left, and it goes whole to the other.
+    let mut stream = TcpStream::connect(gateway.local_addrs()[0]).await.unwrap();
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\
+              connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n11"), "{answer}");
+    let status = gateway.pools()[0].status();
+    assert_eq!(status[0].availability, Availability::Unreachable);
+    assert_eq!(status[1].served, 1);
     gateway.shutdown().await;
 }
 

@@ -316,6 +316,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         max_sessions,
         probe,
         tls: false,
+        http2: false,
         hedge_percent: PoolSettings::HEDGE_PERCENT,
         probe_rise: PoolSettings::PROBE_RISE,
         probe_fall: PoolSettings::PROBE_FALL,

@@ -177,6 +177,9 @@ struct PoolFile {
     /// Reach the members over TLS (HTTPS requests and probes). Default
     /// false.
     tls: Option<bool>,
+    /// Speak HTTP/2 to the members (gRPC servers), with prior knowledge,
+    /// or by ALPN over TLS. Default false: HTTP/1.1.
+    http2: Option<bool>,
     /// The most requests, in percent, also sent to a second member when
     /// the first is slow to answer (GET and HEAD only). Default 5; 0: never.
     hedge_percent: Option<u32>,
@@ -388,6 +391,7 @@ impl TryFrom<GatewayFile> for Planned {
                 max_sessions: p.max_sessions,
                 probe,
                 tls: member_tls,
+                http2: p.http2.unwrap_or(false),
                 hedge_percent,
                 probe_rise,
                 probe_fall,
@@ -549,13 +553,14 @@ pub(crate) fn describe(file: GatewayFile) -> Result<Vec<String>, BadConfig> {
     }
     for p in &planned.config.pools {
         lines.push(format!(
-            "gateway pool {}: {}{}, busy below {}, {}{}",
+            "gateway pool {}: {}{}{}, busy below {}, {}{}",
             p.handle,
             match &p.source {
                 MemberSource::Static(m) => format!("{} static member(s)", m.len()),
                 MemberSource::Registrars => "members from the registrars".into(),
             },
             if p.tls { " reached over TLS" } else { "" },
+            if p.http2 { " in HTTP/2" } else { "" },
             p.availability_threshold,
             p.max_sessions
                 .map_or("no session limit".into(), |m| format!(

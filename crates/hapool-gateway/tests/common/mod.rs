@@ -49,6 +49,7 @@ pub(crate) fn one_member_gateway(
         max_sessions: None,
         probe: ProbeKind::Tcp,
         tls: false,
+        http2: false,
         hedge_percent: PoolSettings::HEDGE_PERCENT,
         probe_rise: PoolSettings::PROBE_RISE,
         probe_fall: PoolSettings::PROBE_FALL,

@@ -1,0 +1,69 @@
+"""A gRPC member and client for the gateway's tests, with grpcio and no
+generated code (messages are raw bytes).
+
+    echo.py serve PORT NAME   serve hapool.Echo on 127.0.0.1:PORT (h2c)
+    echo.py call ADDRESS N    make N rounds of calls through ADDRESS
+
+Say answers "NAME <request>"; Count streams "1", "2", ... up to the number
+asked; Fail ends with NOT_FOUND and a message. The client prints one line
+per call, and "done" at the end.
+"""
+
+import sys
+from concurrent import futures
+
+import grpc
+
+
+def ident(b):
+    return b
+
+
+def serve(port, name):
+    def say(request, context):
+        return name.encode() + b" " + request
+
+    def count(request, context):
+        for i in range(1, int(request) + 1):
+            yield str(i).encode()
+
+    def fail(request, context):
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + request.decode())
+
+    handler = grpc.method_handlers_generic_handler(
+        "hapool.Echo",
+        {
+            "Say": grpc.unary_unary_rpc_method_handler(say, ident, ident),
+            "Count": grpc.unary_stream_rpc_method_handler(count, ident, ident),
+            "Fail": grpc.unary_unary_rpc_method_handler(fail, ident, ident),
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port("127.0.0.1:%d" % port)
+    server.start()
+    print("serving", flush=True)
+    server.wait_for_termination()
+
+
+def call(address, rounds):
+    with grpc.insecure_channel(address) as channel:
+        say = channel.unary_unary("/hapool.Echo/Say", ident, ident)
+        count = channel.unary_stream("/hapool.Echo/Count", ident, ident)
+        fail = channel.unary_unary("/hapool.Echo/Fail", ident, ident)
+        for _ in range(rounds):
+            print("say", say(b"hello", timeout=5).decode(), flush=True)
+            print("count", " ".join(m.decode() for m in count(b"3", timeout=5)), flush=True)
+            try:
+                fail(b"x", timeout=5)
+                print("fail answered", flush=True)
+            except grpc.RpcError as e:
+                print("fail", e.code().name, e.details(), flush=True)
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve(int(sys.argv[2]), sys.argv[3])
+    else:
+        call(sys.argv[2], int(sys.argv[3]))

@@ -1,0 +1,509 @@
+//! Pools whose members speak HTTP/2 (gRPC servers): requests from HTTP/1.1
+//! and HTTP/2 clients alike go to them in HTTP/2, many at once on one
+//! connection, with the trailers the member ends its answers with.
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hapool_gateway::{Availability, Gateway, GatewayConfig, PoolSettings, ProbeKind};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+use tokio::time::{Instant, sleep};
+
+mod common;
+
+/// What an HTTP/2 member saw of each request: method, version, URI,
+/// `x-forwarded-proto`, `te`.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// A member that speaks only HTTP/2 (prior knowledge, or over TLS with
+/// ALPN `h2` when `tls`). It answers `<name> <path>` and ends every
+/// answer with the trailer `grpc-status: 0`; `/slow` answers after 200 ms.
+struct H2Member {
+    address: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    seen: Seen,
+    connections: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl H2Member {
+    async fn start(name: &'static str, tls: bool) -> Self {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = Seen::default();
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = tls.then(|| {
+            let config = hapool_net::tls::server_config(
+                &net_pki("server.pem"),
+                &net_pki("server.key"),
+                None,
+            )
+            .unwrap();
+            let mut config = (*config).clone();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
+        let (count, log, handles) = (accepted.clone(), seen.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let (log, acceptor) = (log.clone(), acceptor.clone());
+                let task = tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let log = log.clone();
+                        async move { Ok::<_, Infallible>(answer(name, request, &log).await) }
+                    });
+                    let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                });
+                handles.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            address,
+            accepted,
+            seen,
+            connections,
+        }
+    }
+
+    /// Closes every connection it has.
+    fn drop_connections(&self) {
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+type Answer = http_body_util::combinators::WithTrailers<
+    Full<Bytes>,
+    std::future::Ready<Option<Result<HeaderMap, Infallible>>>,
+>;
+
+async fn answer(name: &str, request: Request<Incoming>, seen: &Seen) -> Response<Answer> {
+    let header = |n: &str| {
+        request
+            .headers()
+            .get(n)
+            .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned())
+    };
+    seen.lock().unwrap().push(format!(
+        "{} {:?} {} {} {}",
+        request.method(),
+        request.version(),
+        request.uri(),
+        header("x-forwarded-proto"),
+        header("te"),
+    ));
+    let path = request.uri().path().to_owned();
+    if path == "/slow" {
+        sleep(Duration::from_millis(200)).await;
+    }
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let body = Full::new(Bytes::from(format!("{name} {path}")))
+        .with_trailers(std::future::ready(Some(Ok(trailers))));
+    Response::new(body)
+}
+
+fn net_pki(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../hapool-net/tests/pki")
+        .join(name)
+}
+
+/// A gateway with one HTTP listener in front of `member`, spoken to in
+/// HTTP/2, probed with `GET /` (over TLS with `tls`).
+async fn gateway(member: SocketAddr, tls: bool) -> Gateway {
+    let mut config = common::one_member_gateway(member, 2, 1000);
+    config.pools[0] = PoolSettings {
+        http2: true,
+        tls,
+        probe: ProbeKind::Http { path: "/".into() },
+        ..config.pools[0].clone()
+    };
+    if tls {
+        config.member_tls = Some(hapool_net::tls::client_config(&net_pki("ca.pem"), None).unwrap());
+    }
+    config.probe_interval = Duration::from_millis(100);
+    let gateway = Gateway::start(config).await.unwrap();
+    assert_eq!(
+        gateway.pools()[0].status()[0].availability,
+        Availability::Available,
+        "the HTTP/2 probe was answered"
+    );
+    gateway
+}
+
+/// An HTTP/2 client connection (prior knowledge) to `address`.
+async fn h2_client(address: SocketAddr) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let stream = TcpStream::connect(address).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// A request in HTTP/2 with `te: trailers`, as gRPC clients send: the
+/// status, body and trailers of the answer.
+async fn h2_request(
+    sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> (StatusCode, String, Option<HeaderMap>) {
+    let request = Request::post(format!("http://service.test{path}"))
+        .header(header::TE, "trailers")
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    let body = String::from_utf8(collected.to_bytes().to_vec()).unwrap();
+    (status, body, trailers)
+}
+
+#[tokio::test]
+async fn http2_members_answer_every_client_with_trailers_on_one_connection() {
+    let member = H2Member::start("grpc", false).await;
+    let gateway = gateway(member.address, false).await;
+    let address = gateway.local_addrs()[0];
+
+    // An HTTP/2 client: the trailer comes through.
+    let mut client = h2_client(address).await;
+    let (status, body, trailers) = h2_request(&mut client, "/hello.Greeter/SayHello").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "grpc /hello.Greeter/SayHello");
+    let trailers = trailers.expect("the member's trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    {
+        let seen = member.seen.lock().unwrap();
+        let last = seen.last().unwrap();
+        assert_eq!(
+            last, "POST HTTP/2.0 http://service.test/hello.Greeter/SayHello http trailers",
+            "{seen:?}"
+        );
+    }
+
+    // Many requests at once from many clients share each worker's one
+    // connection to the member (the probes have one of their own).
+    let before = member.accepted.load(Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut client = h2_client(address).await;
+        tasks.push(tokio::spawn(async move {
+            let mut answered = Vec::new();
+            for _ in 0..5 {
+                answered.push(h2_request(&mut client, "/slow").await);
+            }
+            answered
+        }));
+    }
+    let started = Instant::now();
+    for task in tasks {
+        for (status, body, trailers) in task.await.unwrap() {
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "grpc /slow"));
+            assert!(trailers.is_some());
+        }
+    }
+    // Forty requests of 200 ms, eight at a time: five rounds, not forty.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let opened = member.accepted.load(Ordering::SeqCst);
+    assert!(
+        opened <= 3,
+        "{opened} connections to the member ({before} before the load): at most one per worker and one for the probes"
+    );
+
+    // An HTTP/1.1 client is answered in HTTP/1.1 from the HTTP/2 member.
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /plain HTTP/1.1\r\nhost: site.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("grpc /plain"), "{text}");
+    assert!(
+        member
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s == "GET HTTP/2.0 http://site.test/plain http -"),
+        "{:?}",
+        member.seen.lock().unwrap()
+    );
+
+    // A WebSocket upgrade cannot be carried over HTTP/2 to the member.
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nhost: site.test\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+              sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = vec![0; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 501");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_closed_http2_member_connection_is_replaced() {
+    let member = H2Member::start("grpc", false).await;
+    let gateway = gateway(member.address, false).await;
+    let address = gateway.local_addrs()[0];
+    let mut client = h2_client(address).await;
+    for round in 0..3 {
+        let (status, body, _) = h2_request(&mut client, "/again").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "grpc /again"),
+            "round {round}"
+        );
+        // The member closes every connection it has, the gateway's
+        // included (as a member restarting would).
+        member.drop_connections();
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(member.accepted.load(Ordering::SeqCst) >= 3);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn http2_members_are_reached_over_tls_by_alpn() {
+    let member = H2Member::start("secure", true).await;
+    let gateway = gateway(member.address, true).await;
+    let mut client = h2_client(gateway.local_addrs()[0]).await;
+    let (status, body, trailers) = h2_request(&mut client, "/over/tls").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "secure /over/tls")
+    );
+    assert_eq!(trailers.unwrap()["grpc-status"], "0");
+    let seen = member.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|s| s == "POST HTTP/2.0 https://service.test/over/tls http trailers"),
+        "{seen:?}"
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_turns_http2_to_members_on_and_off() {
+    // A member that takes both (hyper's automatic server).
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|request: Request<Incoming>| async move {
+                    let version = format!("{:?}", request.version());
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(version))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let config = |http2| {
+        let mut config: GatewayConfig = common::one_member_gateway(address, 1, 100);
+        config.pools[0].http2 = http2;
+        config
+    };
+    let gateway = Gateway::start(config(false)).await.unwrap();
+    let view = gateway.view();
+    let get = || async {
+        let mut client = h2_client(gateway.local_addrs()[0]).await;
+        let response = client
+            .send_request(Request::get("http://x.test/").body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.version(), Version::HTTP_2);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    };
+    assert_eq!(get().await, "HTTP/1.1");
+    let done = view.reload(config(true)).await.unwrap();
+    assert_eq!(done.applied, ["pool web: http2"]);
+    assert_eq!(get().await, "HTTP/2.0");
+    view.reload(config(false)).await.unwrap();
+    assert_eq!(get().await, "HTTP/1.1");
+    gateway.shutdown().await;
+}
+
+/// A Python with grpcio (Debian's `python3-grpcio`), when there is one;
+/// `None` (the calling test is skipped) without, unless
+/// `HAPOOL_REQUIRE_TOOLS=1` (as in CI).
+fn python_with_grpc() -> Option<&'static str> {
+    let found = ["python3", "/usr/bin/python3"].into_iter().find(|python| {
+        std::process::Command::new(python)
+            .args(["-c", "import grpc"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("HAPOOL_REQUIRE_TOOLS").is_none(),
+            "HAPOOL_REQUIRE_TOOLS is set but grpcio is not installed (apt-get install python3-grpcio)"
+        );
+        eprintln!("SKIPPED: grpcio is not installed (apt-get install python3-grpcio)");
+    }
+    found
+}
+
+/// `tests/grpc/echo.py` with `args`.
+fn echo_py(python: &str, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/echo.py"))
+        .args(args);
+    command
+}
+
+/// Kills the gRPC members when the test ends, however it ends.
+struct Members(Vec<std::process::Child>);
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the gRPC client through `gateway` for `rounds`: its output lines.
+async fn grpc_calls(python: &'static str, gateway: SocketAddr, rounds: u32) -> Vec<String> {
+    let (address, rounds) = (gateway.to_string(), rounds.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        echo_py(python, &["call", &address, &rounds])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_go_through_and_survive_a_member_killed() {
+    let Some(python) = python_with_grpc() else {
+        return;
+    };
+    let mut members = Members(Vec::new());
+    let mut addresses = Vec::new();
+    for name in ["a", "b"] {
+        let port = free_port();
+        let mut child = echo_py(python, &["serve", &port.to_string(), name])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "serving");
+        members.0.push(child);
+        addresses.push(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    let mut config = common::one_member_gateway(addresses[0], 2, 1000);
+    config.pools[0] = PoolSettings {
+        http2: true,
+        probe: ProbeKind::Http { path: "/".into() },
+        source: hapool_gateway::MemberSource::Static(
+            addresses
+                .iter()
+                .map(|&address| hapool_gateway::StaticMember {
+                    address,
+                    weight: 1,
+                    priority: 0,
+                })
+                .collect(),
+        ),
+        ..config.pools[0].clone()
+    };
+    let gateway = Gateway::start(config).await.unwrap();
+    let address = gateway.local_addrs()[0];
+    // Unary calls, a server stream, and a call that ends with an error
+    // status, all carried in trailers; both members take calls.
+    let lines = grpc_calls(python, address, 4).await;
+    let count = |line: &str| lines.iter().filter(|l| *l == line).count();
+    assert_eq!(count("count 1 2 3"), 4, "{lines:?}");
+    assert_eq!(count("fail NOT_FOUND no such thing: x"), 4, "{lines:?}");
+    assert!(
+        count("say a hello") >= 1 && count("say b hello") >= 1,
+        "{lines:?}"
+    );
+    assert_eq!(lines.last().map(String::as_str), Some("done"));
+    // One member killed: no call fails; the gateway finds it gone as it
+    // connects, and sends the call, body and all, to the other.
+    let mut b = members.0.pop().unwrap();
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let lines = grpc_calls(python, address, 5).await;
+    let count = |line: &str| lines.iter().filter(|l| *l == line).count();
+    assert_eq!(count("say a hello"), 5, "{lines:?}");
+    assert_eq!(count("count 1 2 3"), 5, "{lines:?}");
+    assert_eq!(lines.last().map(String::as_str), Some("done"));
+    gateway.shutdown().await;
+}
