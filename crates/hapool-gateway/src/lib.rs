@@ -21,6 +21,7 @@ mod admission;
 pub mod body;
 mod connection_io;
 mod drain;
+mod grpc_health;
 mod hedge;
 pub mod http;
 mod member_cache;
@@ -269,6 +270,9 @@ impl GatewayConfig {
             if settings.tls && self.member_tls.is_none() {
                 return Err(GatewayError::NoMemberTrust(handle()));
             }
+            if matches!(settings.probe, ProbeKind::Grpc { .. }) && !settings.http2 {
+                return Err(GatewayError::GrpcProbeWithoutHttp2(handle()));
+            }
             match &settings.source {
                 MemberSource::Registrars if self.registrars.is_empty() => {
                     return Err(GatewayError::NoRegistrars(handle()));
@@ -390,6 +394,10 @@ pub enum GatewayError {
         "pool {0:?} reaches its members over TLS, but no authority for their certificates is configured"
     )]
     NoMemberTrust(String),
+    /// A pool probes its members with the gRPC health check, but does not
+    /// speak HTTP/2 to them.
+    #[error("pool {0:?} probes its members with the gRPC health check, which needs http2")]
+    GrpcProbeWithoutHttp2(String),
     /// A pool takes its members from registrars, but none are configured.
     #[error("pool {0:?} takes its members from registrars, but no registrar is configured")]
     NoRegistrars(String),

@@ -160,9 +160,9 @@ pub(crate) struct MemberHttp {
     /// Looked up twice a request: a fast hash (randomly seeded), as the
     /// keys are member addresses, which clients do not choose.
     idle: Mutex<foldhash::HashMap<Target, Vec<Idle>>>,
-    /// The one connection to each member spoken to in HTTP/2, and when a
-    /// request last went on it.
-    shared: Mutex<foldhash::HashMap<Target, (http2::SendRequest<MemberBody>, Instant)>>,
+    /// The one connection to each member spoken to in HTTP/2, or the one
+    /// being made.
+    shared: Mutex<foldhash::HashMap<Target, Http2Connection>>,
     /// How connections to members over TLS are made (HTTP/1.1, and HTTP/2
     /// by ALPN); without them they fail.
     tls: Option<[TlsConnector; 2]>,
@@ -170,6 +170,19 @@ pub(crate) struct MemberHttp {
     /// here; a reload may change them (read at each connect and sweep).
     limits: watch::Receiver<Arc<Limits>>,
 }
+
+/// A member's HTTP/2 connection.
+enum Http2Connection {
+    /// Open, and when a request last went on it.
+    Ready(http2::SendRequest<MemberBody>, Instant),
+    /// Being made, by a task of its own that every request waiting for it
+    /// hears from: as many requests at once as there are, one connection.
+    Connecting(watch::Receiver<Option<Made>>),
+}
+
+/// How making an HTTP/2 connection went (the error as text: every request
+/// waiting for the connection gets it).
+type Made = Result<http2::SendRequest<MemberBody>, String>;
 
 /// An HTTP/1.1 connection whose response is being read;
 /// [`InUse::release`] puts it back among the idle ones, dropping it
@@ -264,42 +277,90 @@ impl MemberHttp {
     /// [`Self::send`] to a member spoken to in HTTP/2: on its connection,
     /// or on a new one when it has none or the member closed it.
     async fn send_http2(
-        &self,
+        self: &Arc<Self>,
         target: Target,
         request: Request<MemberBody>,
     ) -> Result<(Response<Incoming>, InUse), MemberError> {
         let mut request = in_http2(request, target.tls);
-        let kept = self
-            .shared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(&target)
-            .filter(|(sender, _)| !sender.is_closed())
-            .map(|(sender, used)| {
-                *used = Instant::now();
-                sender.clone()
-            });
-        if let Some(mut sender) = kept {
+        // A connection found closed as the request went out is replaced
+        // once.
+        for _ in 0..2 {
+            let mut sender = match self.http2_connection(target).await {
+                Ok(sender) => sender,
+                Err(e) => return Err(e.giving_back(request)),
+            };
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, InUse::Shared)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(MemberError::Failed(e.into_error())),
-                },
+                Err(mut e) => {
+                    let Some(unsent) = e.take_message() else {
+                        return Err(MemberError::Failed(e.into_error()));
+                    };
+                    if !sender.is_closed() {
+                        let error = MemberError::NotSent(e.into_error(), Unsent::default());
+                        return Err(error.giving_back(unsent));
+                    }
+                    request = unsent;
+                }
             }
         }
-        let mut sender = match Box::pin(self.connect_http2(target)).await {
-            Ok(sender) => sender,
-            Err(e) => return Err(e.giving_back(request)),
+        Err(MemberError::Connect(
+            std::io::Error::other("the member closed each new connection at once"),
+            Unsent(Some(Box::new(request))),
+        ))
+    }
+
+    /// The open HTTP/2 connection to `target`; one made when there is
+    /// none (or the member closed it), or the one being made.
+    async fn http2_connection(
+        self: &Arc<Self>,
+        target: Target,
+    ) -> Result<http2::SendRequest<MemberBody>, MemberError> {
+        let mut making = {
+            let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            match shared.get_mut(&target) {
+                Some(Http2Connection::Ready(sender, used)) if !sender.is_closed() => {
+                    *used = Instant::now();
+                    return Ok(sender.clone());
+                }
+                Some(Http2Connection::Connecting(making)) => making.clone(),
+                _ => {
+                    let (made, making) = watch::channel(None);
+                    shared.insert(target, Http2Connection::Connecting(making.clone()));
+                    tokio::spawn(self.clone().make_http2(target, made));
+                    making
+                }
+            }
         };
-        self.shared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(target, (sender.clone(), Instant::now()));
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok((response, InUse::Shared)),
-            Err(e) => Err(MemberError::on_new_connection(e)),
+        let made = making
+            .wait_for(Option::is_some)
+            .await
+            .map(|made| made.clone())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Err("the connection attempt was abandoned".into()));
+        made.map_err(|e| MemberError::Connect(std::io::Error::other(e), Unsent::default()))
+    }
+
+    /// Makes the HTTP/2 connection to `target`, and tells those waiting.
+    async fn make_http2(self: Arc<Self>, target: Target, made: watch::Sender<Option<Made>>) {
+        let result = self.connect_http2(target).await.map_err(|e| match e {
+            MemberError::Connect(e, _) => e.to_string(),
+            e => e.to_string(),
+        });
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        match &result {
+            Ok(sender) => {
+                shared.insert(
+                    target,
+                    Http2Connection::Ready(sender.clone(), Instant::now()),
+                );
+            }
+            Err(_) => {
+                shared.remove(&target);
+            }
         }
+        drop(shared);
+        made.send_replace(Some(result));
     }
 
     fn in_use(self: &Arc<Self>, target: Target, sender: SendRequest<MemberBody>) -> InUse {
@@ -420,8 +481,11 @@ impl MemberHttp {
         self.shared
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, (sender, used)| {
-                !sender.is_closed() && now.duration_since(*used) < idle_timeout
+            .retain(|_, connection| match connection {
+                Http2Connection::Ready(sender, used) => {
+                    !sender.is_closed() && now.duration_since(*used) < idle_timeout
+                }
+                Http2Connection::Connecting(_) => true,
             });
     }
 
@@ -743,6 +807,52 @@ mod tests {
         let (response, _) = members.send(target, get(address)).await.unwrap();
         response.into_body().collect().await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn requests_at_once_to_an_http2_member_wait_for_one_new_connection() {
+        let (address, accepted, _) = h2_member().await;
+        let target = Target {
+            address,
+            tls: false,
+            http2: true,
+        };
+        let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
+        let sends: Vec<_> = (0..20)
+            .map(|_| {
+                let members = members.clone();
+                tokio::spawn(async move { members.send(target, get(address)).await })
+            })
+            .collect();
+        for send in sends {
+            let (response, _) = send.await.unwrap().unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "first second");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // To a member that cannot be reached: every request is told so, and
+        // given back unsent.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let gone = Target {
+            address: listener.local_addr().unwrap(),
+            ..target
+        };
+        drop(listener);
+        let sends: Vec<_> = (0..5)
+            .map(|_| {
+                let members = members.clone();
+                tokio::spawn(async move { members.send(gone, get(gone.address)).await })
+            })
+            .collect();
+        for send in sends {
+            let Err(mut e) = send.await.unwrap() else {
+                panic!("answered by a member that is gone");
+            };
+            assert!(e.is_connect(), "{e:?}");
+            assert!(e.take_unsent().is_some(), "{e:?}");
+            assert!(e.to_string().starts_with("cannot connect: "), "{e}");
+            assert!(!e.to_string().contains("cannot connect: cannot"), "{e}");
+        }
     }
 
     #[tokio::test]

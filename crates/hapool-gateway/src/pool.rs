@@ -53,6 +53,12 @@ pub enum ProbeKind {
         /// The path to ask for.
         path: String,
     },
+    /// The gRPC health check (`grpc.health.v1.Health/Check`) says
+    /// SERVING. Members spoken to in HTTP/2 only.
+    Grpc {
+        /// The service asked after; empty: the server as a whole.
+        service: String,
+    },
 }
 
 /// A pool's settings. A running gateway can take new ones for a pool

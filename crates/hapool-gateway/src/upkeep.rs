@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, interval, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
+use crate::grpc_health;
 use crate::member_cache::MemberCache;
 use crate::pool::{Member, Pool, PoolSet, ProbeKind};
 use crate::proxy_protocol::ProxyProtocol;
@@ -175,6 +176,7 @@ pub(crate) async fn probe_one(pool: &Pool, member: &Arc<Member>, shared: &Shared
                 .await
                 .is_ok()
         }
+        ProbeKind::Grpc { service } => grpc_check(pool, member, service, shared).await,
         ProbeKind::Http { path } => {
             let target = pool.target(member);
             match (
@@ -212,6 +214,51 @@ pub(crate) async fn probe_one(pool: &Pool, member: &Arc<Member>, shared: &Shared
             warn!(pool = %pool.handle(), pe_id = %member.id, address = %member.address, "pool element does not answer its probe");
         }
     }
+}
+
+/// The gRPC health check of `service` at `member`: answered SERVING, with
+/// a gRPC status of OK, within the probe timeout.
+async fn grpc_check(pool: &Pool, member: &Member, service: &str, shared: &Shared) -> bool {
+    let probe_timeout = shared.upkeep.borrow().probe_timeout;
+    let Ok(host) = HeaderValue::from_str(member.authority.as_str()) else {
+        return false;
+    };
+    let mut request =
+        hyper::Request::new(Either::Left(Full::new(grpc_health::check_request(service))));
+    *request.method_mut() = hyper::Method::POST;
+    *request.uri_mut() = hyper::Uri::from_static(grpc_health::CHECK_PATH);
+    let headers = request.headers_mut();
+    headers.insert(hyper::header::HOST, host);
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(hyper::header::TE, HeaderValue::from_static("trailers"));
+    let check = async {
+        let (response, connection) = shared
+            .probes
+            .send(pool.target(member), request)
+            .await
+            .ok()?;
+        if response.status() != hyper::StatusCode::OK {
+            return None;
+        }
+        // A status in the head: an answer without a message (an error).
+        let in_head = response.headers().get("grpc-status").cloned();
+        let collected = response.into_body().collect().await.ok()?;
+        connection.release();
+        let status = collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .cloned()
+            .or(in_head)?;
+        Some(status == "0" && grpc_health::is_serving(&collected.to_bytes()))
+    };
+    timeout(probe_timeout, check)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// Probes every member of `pools` at once.

@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ struct H2Member {
     accepted: Arc<AtomicUsize>,
     seen: Seen,
     connections: Arc<Mutex<Vec<AbortHandle>>>,
+    /// What its gRPC health check answers: SERVING, or NOT_SERVING.
+    serving: Arc<AtomicBool>,
 }
 
 impl H2Member {
@@ -54,18 +56,23 @@ impl H2Member {
             config.alpn_protocols = vec![b"h2".to_vec()];
             tokio_rustls::TlsAcceptor::from(Arc::new(config))
         });
+        let serving = Arc::new(AtomicBool::new(true));
         let (count, log, handles) = (accepted.clone(), seen.clone(), connections.clone());
+        let health = serving.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 count.fetch_add(1, Ordering::SeqCst);
-                let (log, acceptor) = (log.clone(), acceptor.clone());
+                let (log, acceptor, health) = (log.clone(), acceptor.clone(), health.clone());
                 let task = tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
-                        let log = log.clone();
-                        async move { Ok::<_, Infallible>(answer(name, request, &log).await) }
+                        let (log, health) = (log.clone(), health.clone());
+                        async move {
+                            let serving = health.load(Ordering::SeqCst);
+                            Ok::<_, Infallible>(answer(name, request, &log, serving).await)
+                        }
                     });
                     let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                     match acceptor {
@@ -92,6 +99,7 @@ impl H2Member {
             accepted,
             seen,
             connections,
+            serving,
         }
     }
 
@@ -108,7 +116,12 @@ type Answer = http_body_util::combinators::WithTrailers<
     std::future::Ready<Option<Result<HeaderMap, Infallible>>>,
 >;
 
-async fn answer(name: &str, request: Request<Incoming>, seen: &Seen) -> Response<Answer> {
+async fn answer(
+    name: &str,
+    request: Request<Incoming>,
+    seen: &Seen,
+    serving: bool,
+) -> Response<Answer> {
     let header = |n: &str| {
         request
             .headers()
@@ -129,8 +142,14 @@ async fn answer(name: &str, request: Request<Incoming>, seen: &Seen) -> Response
     }
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    let body = Full::new(Bytes::from(format!("{name} {path}")))
-        .with_trailers(std::future::ready(Some(Ok(trailers))));
+    let body = if path == "/grpc.health.v1.Health/Check" {
+        // A HealthCheckResponse, framed: SERVING (1) or NOT_SERVING (2).
+        let status = if serving { 1 } else { 2 };
+        Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status])
+    } else {
+        Bytes::from(format!("{name} {path}"))
+    };
+    let body = Full::new(body).with_trailers(std::future::ready(Some(Ok(trailers))));
     Response::new(body)
 }
 
@@ -326,6 +345,77 @@ async fn http2_members_are_reached_over_tls_by_alpn() {
 }
 
 #[tokio::test]
+async fn the_grpc_health_check_takes_a_member_out_while_it_is_not_serving() {
+    let [a, b] = [
+        H2Member::start("a", false).await,
+        H2Member::start("b", false).await,
+    ];
+    let mut config = common::one_member_gateway(a.address, 1, 100);
+    config.pools[0] = PoolSettings {
+        http2: true,
+        probe: ProbeKind::Grpc {
+            service: "hapool.Echo".into(),
+        },
+        probe_rise: 1,
+        probe_fall: 1,
+        source: hapool_gateway::MemberSource::Static(
+            [a.address, b.address]
+                .map(|address| hapool_gateway::StaticMember {
+                    address,
+                    weight: 1,
+                    priority: 0,
+                })
+                .to_vec(),
+        ),
+        ..config.pools[0].clone()
+    };
+    config.probe_interval = Duration::from_millis(50);
+    // The health check is a gRPC call: HTTP/2 only.
+    let mut over_http1 = config.clone();
+    over_http1.pools[0].http2 = false;
+    let refused = Gateway::start(over_http1).await.err().unwrap().to_string();
+    assert!(refused.contains("gRPC health check, which needs http2"), "{refused}");
+    let gateway = Gateway::start(config).await.unwrap();
+    let availability = |i: usize| gateway.pools()[0].status()[i].availability;
+    assert_eq!(
+        [availability(0), availability(1)],
+        [Availability::Available; 2]
+    );
+    assert!(
+        a.seen.lock().unwrap().iter().any(|s| s
+            == &format!(
+                "POST HTTP/2.0 http://{}/grpc.health.v1.Health/Check - trailers",
+                a.address
+            )),
+        "{:?}",
+        a.seen.lock().unwrap()
+    );
+    a.serving.store(false, Ordering::SeqCst);
+    eventually("a, not serving, is taken out", || {
+        availability(0) == Availability::Unreachable
+    })
+    .await;
+    let mut client = h2_client(gateway.local_addrs()[0]).await;
+    for _ in 0..4 {
+        assert_eq!(h2_request(&mut client, "/call").await.1, "b /call");
+    }
+    a.serving.store(true, Ordering::SeqCst);
+    eventually("a, serving again, comes back", || {
+        availability(0) == Availability::Available
+    })
+    .await;
+    gateway.shutdown().await;
+}
+
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(5), "never: {what}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_reload_turns_http2_to_members_on_and_off() {
     // A member that takes both (hyper's automatic server).
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
@@ -467,9 +557,13 @@ async fn grpc_calls_go_through_and_survive_a_member_killed() {
         addresses.push(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
     }
     let mut config = common::one_member_gateway(addresses[0], 2, 1000);
+    config.probe_interval = Duration::from_millis(100);
     config.pools[0] = PoolSettings {
         http2: true,
-        probe: ProbeKind::Http { path: "/".into() },
+        probe: ProbeKind::Grpc {
+            service: "hapool.Echo".into(),
+        },
+        probe_fall: 1,
         source: hapool_gateway::MemberSource::Static(
             addresses
                 .iter()
@@ -495,6 +589,39 @@ async fn grpc_calls_go_through_and_survive_a_member_killed() {
         "{lines:?}"
     );
     assert_eq!(lines.last().map(String::as_str), Some("done"));
+    // A member whose health check says NOT_SERVING is taken out; back
+    // when it serves again.
+    let availability = |i: usize| gateway.pools()[0].status()[i].availability;
+    let set_serving = |address: SocketAddr, value: &'static str| async move {
+        let out = tokio::task::spawn_blocking(move || {
+            echo_py(python, &["serving", &address.to_string(), value])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    set_serving(addresses[0], "0").await;
+    eventually("a, not serving, is taken out", || {
+        availability(0) == Availability::Unreachable
+    })
+    .await;
+    let lines = grpc_calls(python, address, 2).await;
+    assert_eq!(
+        lines.iter().filter(|l| *l == "say b hello").count(),
+        2,
+        "{lines:?}"
+    );
+    set_serving(addresses[0], "1").await;
+    eventually("a, serving again, comes back", || {
+        availability(0) == Availability::Available
+    })
+    .await;
     // One member killed: no call fails; the gateway finds it gone as it
     // connects, and sends the call, body and all, to the other.
     let mut b = members.0.pop().unwrap();

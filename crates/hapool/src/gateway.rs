@@ -174,6 +174,8 @@ struct PoolFile {
     probe: Option<String>,
     /// The path an HTTP probe asks for. Default "/".
     probe_path: Option<String>,
+    /// The service a gRPC probe asks after. Default "": the server.
+    probe_service: Option<String>,
     /// Reach the members over TLS (HTTPS requests and probes). Default
     /// false.
     tls: Option<bool>,
@@ -335,10 +337,25 @@ impl TryFrom<GatewayFile> for Planned {
                     }
                     ProbeKind::Http { path }
                 }
+                "grpc" if p.http2 != Some(true) => {
+                    return Err(BadConfig(format!(
+                        "{key}.probe = \"grpc\" needs {key}.http2 = true (gRPC is spoken over HTTP/2)"
+                    )));
+                }
+                "grpc" => ProbeKind::Grpc {
+                    service: p.probe_service.clone().unwrap_or_default(),
+                },
                 other => {
-                    return Err(BadConfig(format!("{key}.probe = {other:?}: http or tcp")));
+                    return Err(BadConfig(format!(
+                        "{key}.probe = {other:?}: http, tcp or grpc"
+                    )));
                 }
             };
+            if p.probe_service.is_some() && !matches!(probe, ProbeKind::Grpc { .. }) {
+                return Err(BadConfig(format!(
+                    "{key}.probe_service: applies to probe = \"grpc\""
+                )));
+            }
             let member_tls = p.tls.unwrap_or(false);
             if member_tls && file.member_ca.is_none() {
                 return Err(BadConfig(format!(

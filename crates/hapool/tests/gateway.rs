@@ -354,6 +354,18 @@ fn gateway_configuration_errors_are_named() {
             "pool \"web\" lists the member 127.0.0.1:2 twice",
         ),
         (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nprobe = \"grpc\"\n",
+            "gateway.pool[0].probe = \"grpc\" needs gateway.pool[0].http2 = true",
+        ),
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nprobe_service = \"hapool.Echo\"\n",
+            "gateway.pool[0].probe_service: applies to probe = \"grpc\"",
+        ),
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nprobe = \"udp\"\n",
+            "gateway.pool[0].probe = \"udp\": http, tcp or grpc",
+        ),
+        (
             "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nprobe_fall = 0\n",
             "gateway.pool[0].probe_fall = 0: at least 1",
         ),

@@ -5,8 +5,13 @@ generated code (messages are raw bytes).
     echo.py call ADDRESS N    make N rounds of calls through ADDRESS
 
 Say answers "NAME <request>"; Count streams "1", "2", ... up to the number
-asked; Fail ends with NOT_FOUND and a message. The client prints one line
-per call, and "done" at the end.
+asked; Fail ends with NOT_FOUND and a message; Serving b"0" or b"1" sets
+what the server's health check (grpc.health.v1.Health/Check, for the
+server as a whole and for "hapool.Echo") answers: NOT_SERVING or SERVING;
+another service is NOT_FOUND. The client prints one line per call, and
+"done" at the end.
+
+    echo.py serving ADDRESS 0|1   call Serving on one server
 """
 
 import sys
@@ -30,16 +35,35 @@ def serve(port, name):
     def fail(request, context):
         context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + request.decode())
 
-    handler = grpc.method_handlers_generic_handler(
+    health = {"serving": True}
+
+    def set_serving(request, context):
+        health["serving"] = request == b"1"
+        return b""
+
+    def check(request, context):
+        # HealthCheckRequest: field 1 (0x0a), a length, the service name.
+        service = request[2:].decode() if request[:1] == b"\x0a" else ""
+        if service not in ("", "hapool.Echo"):
+            context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        # HealthCheckResponse: field 1 (0x08), SERVING 1 or NOT_SERVING 2.
+        return b"\x08\x01" if health["serving"] else b"\x08\x02"
+
+    echo = grpc.method_handlers_generic_handler(
         "hapool.Echo",
         {
             "Say": grpc.unary_unary_rpc_method_handler(say, ident, ident),
             "Count": grpc.unary_stream_rpc_method_handler(count, ident, ident),
             "Fail": grpc.unary_unary_rpc_method_handler(fail, ident, ident),
+            "Serving": grpc.unary_unary_rpc_method_handler(set_serving, ident, ident),
         },
     )
+    checks = grpc.method_handlers_generic_handler(
+        "grpc.health.v1.Health",
+        {"Check": grpc.unary_unary_rpc_method_handler(check, ident, ident)},
+    )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((echo, checks))
     server.add_insecure_port("127.0.0.1:%d" % port)
     server.start()
     print("serving", flush=True)
@@ -62,8 +86,16 @@ def call(address, rounds):
     print("done", flush=True)
 
 
+def serving(address, value):
+    with grpc.insecure_channel(address) as channel:
+        channel.unary_unary("/hapool.Echo/Serving", ident, ident)(value.encode(), timeout=5)
+    print("done", flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(int(sys.argv[2]), sys.argv[3])
+    elif sys.argv[1] == "serving":
+        serving(sys.argv[2], sys.argv[3])
     else:
         call(sys.argv[2], int(sys.argv[3]))
