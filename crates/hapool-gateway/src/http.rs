@@ -277,7 +277,60 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ClientBody> {
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response.extensions_mut().insert(OwnAnswer(text));
     response
+}
+
+/// Marks an answer of the gateway's own (not a member's), with its text.
+#[derive(Clone, Copy)]
+struct OwnAnswer(&'static str);
+
+/// Whether `request` is a gRPC call: HTTP/2, `application/grpc…`.
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request.version() == Version::HTTP_2
+        && request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// An answer of the gateway's own to a gRPC call, as gRPC clients read
+/// one: status 200 and no message, the gRPC status (mapped from the HTTP
+/// one as gRPC maps them) and the text in `grpc-status` and
+/// `grpc-message`. A member's answer goes as it is.
+fn for_grpc(response: Response<ClientBody>) -> Response<ClientBody> {
+    let Some(&OwnAnswer(text)) = response.extensions().get::<OwnAnswer>() else {
+        return response;
+    };
+    let code: u16 = match response.status().as_u16() {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    };
+    let mut answer = Response::new(Either::Right(Full::new(Bytes::new())));
+    let headers = answer.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code));
+    // Printable ASCII goes as it is, anything else percent-encoded.
+    let mut message = String::new();
+    for byte in text.trim_end().bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            message.push(char::from(byte));
+        } else {
+            message.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    if let Ok(message) = HeaderValue::from_str(&message) {
+        headers.insert("grpc-message", message);
+    }
+    *answer.extensions_mut() = response.into_parts().0.extensions;
+    answer
 }
 
 impl HttpProxy {
@@ -288,12 +341,15 @@ impl HttpProxy {
         forwarded_for: HeaderValue,
         tls: Option<TlsSession>,
     ) -> Result<Response<ClientBody>, Infallible> {
-        if self.shared.access_log.is_some() {
+        let grpc = is_grpc(&request);
+        let Ok(answer) = if self.shared.access_log.is_some() {
             // On the heap: the request's own future stays as small when
             // nothing is logged.
-            return Box::pin(self.answer_logged(request, forwarded_for, tls)).await;
-        }
-        self.answer(request, forwarded_for, tls).await
+            Box::pin(self.answer_logged(request, forwarded_for, tls)).await
+        } else {
+            self.answer(request, forwarded_for, tls).await
+        };
+        Ok(if grpc { for_grpc(answer) } else { answer })
     }
 
     /// [`Self::answer`], with a line in the access log once the answer's

@@ -374,7 +374,10 @@ async fn the_grpc_health_check_takes_a_member_out_while_it_is_not_serving() {
     let mut over_http1 = config.clone();
     over_http1.pools[0].http2 = false;
     let refused = Gateway::start(over_http1).await.err().unwrap().to_string();
-    assert!(refused.contains("gRPC health check, which needs http2"), "{refused}");
+    assert!(
+        refused.contains("gRPC health check, which needs http2"),
+        "{refused}"
+    );
     let gateway = Gateway::start(config).await.unwrap();
     let availability = |i: usize| gateway.pools()[0].status()[i].availability;
     assert_eq!(
@@ -413,6 +416,52 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         assert!(started.elapsed() < Duration::from_secs(5), "never: {what}");
         sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_grpc_call_no_member_can_take_is_answered_with_a_grpc_status() {
+    // A pool whose one member's port refuses connections.
+    let gone = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut config = common::one_member_gateway(gone, 1, 10);
+    config.pools[0].http2 = true;
+    let empty = Gateway::start(config).await.unwrap();
+    let mut client = h2_client(empty.local_addrs()[0]).await;
+    let call = |content_type: &'static str| {
+        Request::post("http://service.test/hapool.Echo/Say")
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::TE, "trailers")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let response = client.send_request(call("application/grpc")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "application/grpc");
+    assert_eq!(headers["grpc-status"], "14", "UNAVAILABLE: {headers:?}");
+    assert_eq!(
+        headers["grpc-message"],
+        "no pool element can serve the request"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.is_empty());
+    // Not a gRPC call: the plain answer.
+    let response = client.send_request(call("application/json")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!response.headers().contains_key("grpc-status"));
+    empty.shutdown().await;
+    // A member's own answers go as they are, its errors included.
+    let member = H2Member::start("grpc", false).await;
+    let gateway = gateway(member.address, false).await;
+    let mut client = h2_client(gateway.local_addrs()[0]).await;
+    let response = client.send_request(call("application/grpc")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(!response.headers().contains_key("grpc-status"));
+    let collected = response.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    gateway.shutdown().await;
 }
 
 #[tokio::test]
@@ -632,5 +681,15 @@ async fn grpc_calls_go_through_and_survive_a_member_killed() {
     assert_eq!(count("say a hello"), 5, "{lines:?}");
     assert_eq!(count("count 1 2 3"), 5, "{lines:?}");
     assert_eq!(lines.last().map(String::as_str), Some("done"));
+    // The last one killed too: calls fail, with a gRPC status that says
+    // why.
+    let mut a = members.0.pop().unwrap();
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let lines = grpc_calls(python, address, 1).await;
+    assert_eq!(
+        lines[0], "say UNAVAILABLE no pool element can serve the request",
+        "{lines:?}"
+    );
     gateway.shutdown().await;
 }

@@ -76,14 +76,18 @@ def call(address, rounds):
         count = channel.unary_stream("/hapool.Echo/Count", ident, ident)
         fail = channel.unary_unary("/hapool.Echo/Fail", ident, ident)
         for _ in range(rounds):
-            print("say", say(b"hello", timeout=5).decode(), flush=True)
-            print("count", " ".join(m.decode() for m in count(b"3", timeout=5)), flush=True)
-            try:
-                fail(b"x", timeout=5)
-                print("fail answered", flush=True)
-            except grpc.RpcError as e:
-                print("fail", e.code().name, e.details(), flush=True)
+            attempt("say", lambda: say(b"hello", timeout=5).decode())
+            attempt("count", lambda: " ".join(m.decode() for m in count(b"3", timeout=5)))
+            attempt("fail", lambda: fail(b"x", timeout=5))
     print("done", flush=True)
+
+
+def attempt(label, call):
+    """Prints the label and the answer, or the error's code and details."""
+    try:
+        print(label, call(), flush=True)
+    except grpc.RpcError as e:
+        print(label, e.code().name, e.details(), flush=True)
 
 
 def serving(address, value):
