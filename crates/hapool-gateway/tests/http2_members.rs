@@ -560,13 +560,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Runs the gRPC client through `gateway` for `rounds`: its output lines.
-async fn grpc_calls(python: &'static str, gateway: SocketAddr, rounds: u32) -> Vec<String> {
-    let (address, rounds) = (gateway.to_string(), rounds.to_string());
+/// Runs `tests/grpc/echo.py` with `args` to its end: its output lines.
+async fn run_echo_py(python: &'static str, args: Vec<String>) -> Vec<String> {
     let out = tokio::task::spawn_blocking(move || {
-        echo_py(python, &["call", &address, &rounds])
-            .output()
-            .unwrap()
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        echo_py(python, &args).output().unwrap()
     })
     .await
     .unwrap();
@@ -580,6 +578,12 @@ async fn grpc_calls(python: &'static str, gateway: SocketAddr, rounds: u32) -> V
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// Runs the gRPC client through `gateway` for `rounds`: its output lines.
+async fn grpc_calls(python: &'static str, gateway: SocketAddr, rounds: u32) -> Vec<String> {
+    let args = vec!["call".into(), gateway.to_string(), rounds.to_string()];
+    run_echo_py(python, args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -641,19 +645,11 @@ async fn grpc_calls_go_through_and_survive_a_member_killed() {
     // A member whose health check says NOT_SERVING is taken out; back
     // when it serves again.
     let availability = |i: usize| gateway.pools()[0].status()[i].availability;
-    let set_serving = |address: SocketAddr, value: &'static str| async move {
-        let out = tokio::task::spawn_blocking(move || {
-            echo_py(python, &["serving", &address.to_string(), value])
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let set_serving = |address: SocketAddr, value: &str| {
+        run_echo_py(
+            python,
+            vec!["serving".into(), address.to_string(), value.into()],
+        )
     };
     set_serving(addresses[0], "0").await;
     eventually("a, not serving, is taken out", || {

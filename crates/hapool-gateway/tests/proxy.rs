@@ -628,40 +628,62 @@ async fn a_client_that_shuts_its_sending_side_still_gets_its_answer() {
     gateway.shutdown().await;
 }
 
-/// A backend that answers one request per connection with `ok`, and
-/// closes a connection without a word when a second request comes on it
-/// (as a server whose keep-alive timeout runs out as the request arrives).
-async fn one_request_per_connection_backend() -> SocketAddr {
+/// A backend written by hand, for answers hyper would not give: each
+/// connection is handed to `serve` with its read half buffered.
+async fn raw_backend<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(BufReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf) -> Fut
+        + Send
+        + Copy
+        + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut read = BufReader::new(read);
-                for answered in 0..2 {
-                    let mut line = String::new();
-                    while !line.ends_with("\r\n\r\n") {
-                        if read.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                    }
-                    let length = line
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length: "))
-                        .map_or(0, |n| n.parse().unwrap());
-                    let mut body = vec![0; length];
-                    read.read_exact(&mut body).await.unwrap();
-                    if answered == 1 {
-                        return;
-                    }
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    write.write_all(answer).await.unwrap();
-                }
-            });
+            let (read, write) = stream.into_split();
+            tokio::spawn(serve(BufReader::new(read), write));
         }
     });
     address
+}
+
+/// The next request head on `read` (up to its blank line); `None` once
+/// the client has closed.
+async fn read_head(read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<String> {
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        if read.read_line(&mut head).await.unwrap_or(0) == 0 {
+            return None;
+        }
+    }
+    Some(head)
+}
+
+/// A backend that answers one request per connection with `ok`, and
+/// closes a connection without a word when a second request comes on it
+/// (as a server whose keep-alive timeout runs out as the request arrives).
+async fn one_request_per_connection_backend() -> SocketAddr {
+    raw_backend(|mut read, mut write| async move {
+        for answered in 0..2 {
+            let Some(head) = read_head(&mut read).await else {
+                return;
+            };
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |n| n.parse().unwrap());
+            let mut body = vec![0; length];
+            read.read_exact(&mut body).await.unwrap();
+            if answered == 1 {
+                return;
+            }
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            write.write_all(answer).await.unwrap();
+        }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -690,26 +712,14 @@ async fn a_kept_member_connection_closed_under_a_get_costs_no_request() {
 /// A member that speaks HTTP/1.0: one answer per connection, its body
 /// ending where the connection does.
 async fn http10_backend() -> SocketAddr {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut read = BufReader::new(read);
-                let mut head = String::new();
-                while !head.ends_with("\r\n\r\n") {
-                    if read.read_line(&mut head).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                }
-                let _ = write
-                    .write_all(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nold")
-                    .await;
-            });
+    raw_backend(|mut read, mut write| async move {
+        if read_head(&mut read).await.is_some() {
+            let _ = write
+                .write_all(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nold")
+                .await;
         }
-    });
-    address
+    })
+    .await
 }
 
 #[tokio::test]
