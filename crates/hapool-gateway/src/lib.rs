@@ -553,6 +553,8 @@ pub struct GatewayStatus {
     pub listeners: Vec<ListenerStatus>,
     /// Pools.
     pub pools: Vec<PoolStatus>,
+    /// The keys TLS session tickets are sealed with.
+    pub tickets: tickets::TicketStatus,
 }
 
 /// A listener of the running gateway.
@@ -1026,6 +1028,7 @@ impl GatewayView {
                     members: p.status(),
                 })
                 .collect(),
+            tickets: self.shared.tickets.status(),
         }
     }
 

@@ -292,6 +292,22 @@ impl ProducesTickets for TicketKeys {
     }
 }
 
+/// Which keys a gateway's session tickets are sealed with, as `/status`
+/// shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TicketStatus {
+    /// Keys from `ticket_keys`, shared with other gateways; else the
+    /// gateway's own.
+    pub shared: bool,
+    /// How many shared keys there are.
+    pub keys: usize,
+    /// The first four bytes of the sealing key's name, in hex
+    /// ([`TicketKeys::sealing_id`]).
+    pub sealing: Option<String>,
+    /// How long a ticket resumes, in seconds.
+    pub lifetime_s: Option<u64>,
+}
+
 /// The tickets of every TLS listener of a gateway: the gateway's own keys,
 /// or keys from a file, which a reload may change. Every listener's
 /// configuration holds this one object, so a reload changes the keys of
@@ -346,6 +362,24 @@ impl SessionTickets {
             None => "ticket_keys: none, the gateway's own keys from now on (tickets of the shared keys no longer resume)".to_owned(),
         };
         Ok(Some((next, line)))
+    }
+
+    /// What `/status` says of them.
+    pub(crate) fn status(&self) -> TicketStatus {
+        match self.current() {
+            Current::Own(_) => TicketStatus {
+                shared: false,
+                keys: 0,
+                sealing: None,
+                lifetime_s: None,
+            },
+            Current::Shared(keys) => TicketStatus {
+                shared: true,
+                keys: keys.len(),
+                sealing: Some(keys.sealing_id()),
+                lifetime_s: Some(keys.lifetime().as_secs()),
+            },
+        }
     }
 
     /// Takes what [`Self::prepare`] made.

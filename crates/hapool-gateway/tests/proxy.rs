@@ -2215,6 +2215,8 @@ async fn a_reload_rotates_ticket_keys_and_tickets_of_a_key_still_listed_resume()
     let addr = gateway.local_addrs()[0];
     let own = tls_client();
     tls_request(addr, &own, "/").await;
+    let tickets = || view.status().tickets;
+    assert!(!tickets().shared);
     // Shared keys replace the gateway's own: its tickets no longer open.
     let done = view
         .reload(config(Some(ticket_keys(&[KEY_1]))))
@@ -2225,6 +2227,10 @@ async fn a_reload_rotates_ticket_keys_and_tickets_of_a_key_still_listed_resume()
         "{done:?}"
     );
     assert!(!tls_request(addr, &own, "/").await.1);
+    let status = tickets();
+    assert!(status.shared && status.keys == 1, "{status:?}");
+    assert_eq!(status.sealing, Some(ticket_keys(&[KEY_1]).sealing_id()));
+    assert_eq!(status.lifetime_s, Some(3600));
     let [early, late] = [tls_client(), tls_client()];
     let (home, _, _) = tls_request(addr, &early, "/login").await;
     tls_request(addr, &late, "/").await;
@@ -2235,6 +2241,9 @@ async fn a_reload_rotates_ticket_keys_and_tickets_of_a_key_still_listed_resume()
         done.applied[0].starts_with("ticket_keys: 2 key(s), sealing with "),
         "{done:?}"
     );
+    let status = tickets();
+    assert_eq!(status.keys, 2);
+    assert_eq!(status.sealing, Some(ticket_keys(&[KEY_2]).sealing_id()));
     let (member, resumed, _) = tls_request(addr, &early, "/").await;
     assert!(
         resumed,
@@ -2258,6 +2267,7 @@ async fn a_reload_rotates_ticket_keys_and_tickets_of_a_key_still_listed_resume()
     // Back to keys of the gateway's own.
     let done = view.reload(config(None)).await.unwrap();
     assert!(done.applied[0].starts_with("ticket_keys: none"), "{done:?}");
+    assert!(!tickets().shared);
     assert!(!tls_request(addr, &late, "/").await.1);
     assert!(tls_request(addr, &late, "/").await.1);
     gateway.shutdown().await;

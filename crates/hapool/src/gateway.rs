@@ -1061,6 +1061,16 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
                     open
                 );
             }
+            let tickets = &doc["tickets"];
+            if tickets["shared"].as_bool().unwrap_or(false) {
+                println!(
+                    "TLS session tickets: {} shared key(s), sealing with {}",
+                    tickets["keys"].as_u64().unwrap_or(0),
+                    tickets["sealing"].as_str().unwrap_or("?")
+                );
+            } else {
+                println!("TLS session tickets: the gateway's own keys");
+            }
         }
         CtlAction::Reload => {
             let (code, body) = client.post("/reload").await?;
