@@ -27,7 +27,7 @@ use crate::access_log::HttpLine;
 use crate::body::{AtEnd, OnEnd};
 use crate::hedge;
 use crate::member_http::{InUse, MemberError, MemberHttp, Target};
-use crate::pool::{Lease, Member, Pool};
+use crate::pool::{Lease, Member, Pool, Port};
 use crate::select::Availability;
 use crate::sessions::{Session, SessionKey};
 use crate::{Affinity, Limits, Shared, TlsSession};
@@ -89,6 +89,9 @@ pub(crate) struct HttpProxy {
     pub(crate) members: Arc<MemberHttp>,
     /// Whether clients reach this listener over TLS.
     pub(crate) tls: bool,
+    /// The port of the members its requests go to (the HTTPS port, when
+    /// the pool has one, for a TLS listener).
+    pub(crate) port: Port,
     /// What keeps sessions together: the cookie, the TLS session, or
     /// nothing.
     pub(crate) affinity: Affinity,
@@ -455,11 +458,11 @@ impl HttpProxy {
                 .as_ref()
                 .filter(|_| attempt == 0)
                 .and_then(|s| self.pool.member(s.member))
-                .filter(|m| self.pool.availability(m).keeps_session());
+                .filter(|m| self.pool.availability(m, self.port).keeps_session());
             let (lease, hedge) = match affine {
                 Some(member) => (Pool::lease(member), None),
                 None => {
-                    let Some(chosen) = self.pool.choose(&tried, now.into_std()) else {
+                    let Some(chosen) = self.pool.choose(&tried, now.into_std(), self.port) else {
                         break;
                     };
                     if let Some(s) = &session
@@ -500,7 +503,7 @@ impl HttpProxy {
                 body,
             );
             self.shared.metrics.requests.increment(1);
-            let target = self.pool.target(&member);
+            let target = self.pool.target(&member, self.port);
             let (mut sent, lease) = match (hedge, &held) {
                 (Some(delays), Held::Kept(bytes)) => {
                     let copy = |to: &Member| {
@@ -527,7 +530,7 @@ impl HttpProxy {
                 (member, target)
             } else {
                 let other = lease.member().clone();
-                let target = self.pool.target(&other);
+                let target = self.pool.target(&other, self.port);
                 (other, target)
             };
             if let Ok(Err(MemberError::Stale(_))) = &sent
@@ -586,7 +589,7 @@ impl HttpProxy {
                     debug!(pool = %self.pool.handle(), pe_id = %member.id, error = %e, connect, "request to member failed");
                     lease.fail();
                     if connect {
-                        self.shared.unreachable(&self.pool, &member);
+                        self.shared.unreachable(&self.pool, &member, self.port);
                     }
                     // A streamed body that never left goes to the next
                     // member.
@@ -717,7 +720,7 @@ impl HttpProxy {
         let second_lease = match self
             .pool
             .take_hedge()
-            .then(|| self.pool.choose(&skip, now.into_std()))
+            .then(|| self.pool.choose(&skip, now.into_std(), self.port))
         {
             Some(Some(second)) if second.availability == Availability::Available => {
                 Some(second.lease)
@@ -734,7 +737,7 @@ impl HttpProxy {
         };
         self.shared.metrics.hedges.increment(1);
         let second_member = second_lease.member().clone();
-        let second_target = self.pool.target(&second_member);
+        let second_target = self.pool.target(&second_member, self.port);
         let second = self.exchange(&second_member, second_target, copy(&second_member), now);
         tokio::pin!(second);
         let raced = timeout_at(deadline, async {
@@ -774,7 +777,7 @@ impl HttpProxy {
         tried.push(member.id);
         lease.fail();
         if error.is_connect() {
-            self.shared.unreachable(&self.pool, &member);
+            self.shared.unreachable(&self.pool, &member, self.port);
         }
     }
 

@@ -68,7 +68,7 @@ use crate::member_cache::MemberCache;
 use crate::member_http::MemberHttp;
 use crate::pool::PoolSet;
 pub use crate::pool::{
-    Chosen, Member, MemberSource, MemberStatus, Pool, PoolSettings, ProbeKind, StaticMember,
+    Chosen, Member, MemberSource, MemberStatus, Pool, PoolSettings, Port, ProbeKind, StaticMember,
 };
 pub use crate::proxy_protocol::ProxyProtocol;
 pub use crate::reload::Reloaded;
@@ -273,6 +273,14 @@ impl GatewayConfig {
             if matches!(settings.probe, ProbeKind::Grpc { .. }) && !settings.http2 {
                 return Err(GatewayError::GrpcProbeWithoutHttp2(handle()));
             }
+            if settings.https_port.is_some() {
+                if settings.tls {
+                    return Err(GatewayError::HttpsPortWithTls(handle()));
+                }
+                if self.member_tls.is_none() {
+                    return Err(GatewayError::NoMemberTrust(handle()));
+                }
+            }
             match &settings.source {
                 MemberSource::Registrars if self.registrars.is_empty() => {
                     return Err(GatewayError::NoRegistrars(handle()));
@@ -398,6 +406,12 @@ pub enum GatewayError {
     /// speak HTTP/2 to them.
     #[error("pool {0:?} probes its members with the gRPC health check, which needs http2")]
     GrpcProbeWithoutHttp2(String),
+    /// A pool gives its members an HTTPS port, but reaches them over TLS
+    /// at their address already.
+    #[error(
+        "pool {0:?} has an https_port and tls: with tls every request goes over TLS to the member's address"
+    )]
+    HttpsPortWithTls(String),
     /// A pool takes its members from registrars, but none are configured.
     #[error("pool {0:?} takes its members from registrars, but no registrar is configured")]
     NoRegistrars(String),
@@ -484,13 +498,15 @@ impl Shared {
             .flatten()
     }
 
-    /// Marks `member` unreachable (the prober lets it back in), and tells
-    /// the registrars when the pool is theirs.
-    pub(crate) fn unreachable(&self, pool: &Pool, member: &Member) {
-        if member.set_reachable(false) {
-            warn!(pool = %pool.handle(), pe_id = %member.id, address = %member.address, "pool element unreachable");
+    /// Marks `member`'s `port` unreachable (the prober lets it back in),
+    /// and tells the registrars when the pool is theirs and the port is
+    /// the one they know.
+    pub(crate) fn unreachable(&self, pool: &Pool, member: &Member, port: Port) {
+        if member.set_reachable_at(port, false) {
+            warn!(pool = %pool.handle(), pe_id = %member.id, address = %pool.target(member, port).address, "pool element unreachable");
             counter!("hapool_gateway_unreachable_total").increment(1);
             if pool.from_registrars()
+                && port == Port::Main
                 && let Some(reports) = &self.reports
             {
                 let _ = reports.try_send((pool.handle().clone(), member.id));
@@ -1245,6 +1261,7 @@ impl Serving {
                     shared: shared.clone(),
                     members,
                     tls: listener.tls.is_some(),
+                    port: pool.port_for(listener.tls.is_some()),
                     affinity: listener.affinity,
                     state_header: http::STATE_HEADER.parse().expect("a valid header name"),
                 }),

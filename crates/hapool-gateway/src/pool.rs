@@ -88,6 +88,14 @@ pub struct PoolSettings {
     /// a member on one connection, as gRPC servers want; else over
     /// HTTP/1.1. Whatever the client spoke. Default false.
     pub http2: bool,
+    /// The port on which the members also serve HTTPS (at the IP of their
+    /// address), as the Internet Cluster Manager knows each server's HTTP
+    /// and HTTPS ports: requests that came to the gateway over TLS go
+    /// there over TLS, others to the member's address; each port is
+    /// probed on its own, and a member takes a request only while the
+    /// port of its scheme answers. HTTP listeners only; needs
+    /// [`crate::GatewayConfig::member_tls`]. None by default.
+    pub https_port: Option<u16>,
     /// The most HTTP requests, in percent of the pool's requests, that
     /// may also go to a second member when the first is slow to answer
     /// (see `hedge.rs`); 0: never. Default 5.
@@ -134,6 +142,7 @@ impl PoolSettings {
             ("probe", self.probe != new.probe),
             ("tls", self.tls != new.tls),
             ("http2", self.http2 != new.http2),
+            ("https_port", self.https_port != new.https_port),
             ("hedge_percent", self.hedge_percent != new.hedge_percent),
             ("probe_rise", self.probe_rise != new.probe_rise),
             ("probe_fall", self.probe_fall != new.probe_fall),
@@ -152,8 +161,65 @@ impl PoolSettings {
             Some("its members come from elsewhere (static or registrars)")
         } else if new.tls != self.tls {
             Some("its members are reached with TLS or without it")
+        } else if new.https_port != self.https_port {
+            Some("its members' HTTPS port")
         } else {
             None
+        }
+    }
+}
+
+/// Which of a member's ports a request goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// Its address (over TLS when the pool says [`PoolSettings::tls`]).
+    Main,
+    /// Its IP at the pool's [`PoolSettings::https_port`], over TLS.
+    Https,
+}
+
+/// Whether one of a member's ports answers, as its probes and the
+/// gateway's connections have found.
+#[derive(Debug, Default)]
+struct Reach {
+    reachable: AtomicBool,
+    /// Probes in a row that agreed: answered when positive, failed when
+    /// negative.
+    probe_streak: AtomicI32,
+    /// Whether the gateway has ever reached it.
+    ever_reached: AtomicBool,
+}
+
+impl Reach {
+    fn is(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, reachable: bool) -> bool {
+        if reachable {
+            self.ever_reached.store(true, Ordering::Relaxed);
+        } else {
+            self.probe_streak.store(0, Ordering::Relaxed);
+        }
+        self.reachable.swap(reachable, Ordering::Relaxed) != reachable
+    }
+
+    fn record(&self, answered: bool, rise: u32, fall: u32) -> bool {
+        let last = self.probe_streak.load(Ordering::Relaxed);
+        let streak = match (answered, last) {
+            (true, 1..) => last.saturating_add(1),
+            (true, _) => 1,
+            (false, ..=-1) => last.saturating_sub(1),
+            (false, _) => -1,
+        };
+        self.probe_streak.store(streak, Ordering::Relaxed);
+        let runs = streak.unsigned_abs();
+        if self.is() {
+            !answered && runs >= fall && self.set(false)
+        } else {
+            answered
+                && (runs >= rise || !self.ever_reached.load(Ordering::Relaxed))
+                && self.set(true)
         }
     }
 }
@@ -174,12 +240,9 @@ pub struct Member {
     weight: AtomicU32,
     priority: AtomicU32,
     admin: AtomicU8,
-    reachable: AtomicBool,
-    /// Probes in a row that agreed: answered when positive, failed when
-    /// negative.
-    probe_streak: AtomicI32,
-    /// Whether the gateway has ever reached it.
-    ever_reached: AtomicBool,
+    /// Whether its address answers, and its HTTPS port (when the pool
+    /// has one); probed before use, so not at first.
+    reach: [Reach; 2],
     active: AtomicU32,
     chosen: AtomicU64,
     /// The choice's count of its new sessions (`select::turns_after`).
@@ -207,10 +270,7 @@ impl Member {
             weight: AtomicU32::new(weight),
             priority: AtomicU32::new(priority),
             admin: AtomicU8::new(0),
-            // Probed before use.
-            reachable: AtomicBool::new(false),
-            probe_streak: AtomicI32::new(0),
-            ever_reached: AtomicBool::new(false),
+            reach: Default::default(),
             active: AtomicU32::new(0),
             chosen: AtomicU64::new(0),
             turns: AtomicU64::new(0),
@@ -253,44 +313,40 @@ impl Member {
         self.admin.store(code, Ordering::Relaxed);
     }
 
-    /// Whether its last probe or connection attempt succeeded.
+    /// Whether its address answered its last probe or connection
+    /// attempt (as its probes decide: [`Self::record_probe`]).
     pub fn is_reachable(&self) -> bool {
-        self.reachable.load(Ordering::Relaxed)
+        self.is_reachable_at(Port::Main)
     }
 
-    /// Marks it reachable or not, whatever its probes said; `true` when
-    /// that changed its reachability. Marked unreachable, it needs
-    /// [`PoolSettings::probe_rise`] answers in a row to come back.
+    /// Whether `port` answered its last probe or connection attempt.
+    pub fn is_reachable_at(&self, port: Port) -> bool {
+        self.reach[port as usize].is()
+    }
+
+    /// Marks its address reachable or not, whatever its probes said;
+    /// `true` when that changed its reachability. Marked unreachable, it
+    /// needs [`PoolSettings::probe_rise`] answers in a row to come back.
     pub fn set_reachable(&self, reachable: bool) -> bool {
-        if reachable {
-            self.ever_reached.store(true, Ordering::Relaxed);
-        } else {
-            self.probe_streak.store(0, Ordering::Relaxed);
-        }
-        self.reachable.swap(reachable, Ordering::Relaxed) != reachable
+        self.set_reachable_at(Port::Main, reachable)
     }
 
-    /// Records a probe's outcome: a member comes back after `rise`
+    /// [`Self::set_reachable`] for `port`.
+    pub fn set_reachable_at(&self, port: Port, reachable: bool) -> bool {
+        self.reach[port as usize].set(reachable)
+    }
+
+    /// Records a probe of its address: it comes back after `rise`
     /// answers in a row (at the first, when the gateway has never reached
     /// it), and goes out after `fall` failures in a row. `true` when that
     /// changed its reachability.
     pub fn record_probe(&self, answered: bool, rise: u32, fall: u32) -> bool {
-        let last = self.probe_streak.load(Ordering::Relaxed);
-        let streak = match (answered, last) {
-            (true, 1..) => last.saturating_add(1),
-            (true, _) => 1,
-            (false, ..=-1) => last.saturating_sub(1),
-            (false, _) => -1,
-        };
-        self.probe_streak.store(streak, Ordering::Relaxed);
-        let runs = streak.unsigned_abs();
-        if self.is_reachable() {
-            !answered && runs >= fall && self.set_reachable(false)
-        } else {
-            answered
-                && (runs >= rise || !self.ever_reached.load(Ordering::Relaxed))
-                && self.set_reachable(true)
-        }
+        self.record_probe_at(Port::Main, answered, rise, fall)
+    }
+
+    /// [`Self::record_probe`] for `port`.
+    pub fn record_probe_at(&self, port: Port, answered: bool, rise: u32, fall: u32) -> bool {
+        self.reach[port as usize].record(answered, rise, fall)
     }
 
     /// Sessions (HTTP requests, TCP connections) open to it now.
@@ -333,7 +389,7 @@ impl Member {
         }
     }
 
-    fn candidate(&self, capacity: Option<u32>, now: Instant) -> Candidate {
+    fn candidate(&self, capacity: Option<u32>, now: Instant, port: Port) -> Candidate {
         let load = self.registered_load.load(Ordering::Relaxed);
         let sessions = self.active();
         Candidate {
@@ -344,7 +400,7 @@ impl Member {
             weight: self.weight.load(Ordering::Relaxed),
             priority: self.priority.load(Ordering::Relaxed),
             admin: self.admin(),
-            reachable: self.is_reachable(),
+            reachable: self.is_reachable_at(port),
         }
     }
 }
@@ -361,8 +417,12 @@ pub struct MemberStatus {
     pub home: Option<String>,
     /// The operator's mark.
     pub admin: AdminState,
-    /// How it stands for a new session.
+    /// How it stands for a new session (from a client that came over
+    /// TLS, when the pool has an HTTPS port: `availability_https`).
     pub availability: Availability,
+    /// How it stands for a new session from a client that came over TLS,
+    /// when the pool has an HTTPS port.
+    pub availability_https: Option<Availability>,
     /// Its availability index.
     pub availability_index: u8,
     /// Sessions open now.
@@ -450,6 +510,8 @@ pub struct Pool {
     handle: PoolHandle,
     /// Fixed with the handle (see [`PoolSettings::fixed_change`]).
     tls: bool,
+    /// Fixed with the handle too.
+    https_port: Option<u16>,
     /// From the settings: read on every request.
     http2: AtomicBool,
     from_registrars: bool,
@@ -488,6 +550,7 @@ impl Pool {
             hedges: Budget::new(settings.hedge_percent),
             handle: settings.handle.clone(),
             tls: settings.tls,
+            https_port: settings.https_port,
             http2: AtomicBool::new(settings.http2),
             from_registrars: settings.source == MemberSource::Registrars,
             view: RwLock::new(Arc::new(View {
@@ -513,14 +576,38 @@ impl Pool {
         self.tls
     }
 
-    /// How `member`'s HTTP requests are sent: to its address, over TLS
-    /// or not, in HTTP/2 or HTTP/1.1.
-    pub(crate) fn target(&self, member: &Member) -> Target {
-        Target {
-            address: member.address,
-            tls: self.tls,
-            http2: self.http2.load(Ordering::Relaxed),
+    /// How `member`'s HTTP requests are sent to `port`: to its address,
+    /// over TLS or not, or to its HTTPS port; in HTTP/2 or HTTP/1.1.
+    pub(crate) fn target(&self, member: &Member, port: Port) -> Target {
+        let http2 = self.http2.load(Ordering::Relaxed);
+        match (port, self.https_port) {
+            (Port::Https, Some(https)) => Target {
+                address: SocketAddr::new(member.address.ip(), https),
+                tls: true,
+                http2,
+            },
+            _ => Target {
+                address: member.address,
+                tls: self.tls,
+                http2,
+            },
         }
+    }
+
+    /// The port of its members that requests from clients of a listener
+    /// go to: the HTTPS port, when there is one, for clients that came
+    /// over TLS (`tls_client`).
+    pub fn port_for(&self, tls_client: bool) -> Port {
+        if tls_client && self.https_port.is_some() {
+            Port::Https
+        } else {
+            Port::Main
+        }
+    }
+
+    /// The port on which its members also serve HTTPS, if any.
+    pub fn https_port(&self) -> Option<u16> {
+        self.https_port
     }
 
     /// Whether its members are spoken to in HTTP/2.
@@ -559,18 +646,18 @@ impl Pool {
         self.snapshot().members.iter().find(|m| m.id == id).cloned()
     }
 
-    /// How `member` stands for a new session now.
-    pub fn availability(&self, member: &Member) -> Availability {
+    /// How `member` stands for a new session to `port` now.
+    pub fn availability(&self, member: &Member, port: Port) -> Availability {
         let thresholds = self.snapshot().thresholds;
         member
-            .candidate(thresholds.max_sessions, Instant::now())
+            .candidate(thresholds.max_sessions, Instant::now(), port)
             .availability(&thresholds)
     }
 
-    /// Chooses a member for a new session, skipping those in `tried`, and
-    /// opens a session on it; `now` is when (response times older than a
-    /// second by then no longer count).
-    pub fn choose(&self, tried: &[PoolElementId], now: Instant) -> Option<Chosen> {
+    /// Chooses a member for a new session to `port`, skipping those in
+    /// `tried`, and opens a session on it; `now` is when (response times
+    /// older than a second by then no longer count).
+    pub fn choose(&self, tried: &[PoolElementId], now: Instant, port: Port) -> Option<Chosen> {
         // Read under the lock rather than from a snapshot: one shared
         // counter fewer to touch on every request.
         let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
@@ -580,7 +667,7 @@ impl Pool {
         let candidates: SmallVec<[Candidate; 16]> = view
             .members
             .iter()
-            .map(|m| m.candidate(capacity, now))
+            .map(|m| m.candidate(capacity, now, port))
             .collect();
         let Choice {
             index,
@@ -843,7 +930,7 @@ impl Pool {
         view.members
             .iter()
             .map(|m| {
-                let candidate = m.candidate(capacity, now);
+                let candidate = m.candidate(capacity, now, Port::Main);
                 MemberStatus {
                     id: m.id.0,
                     address: m.address,
@@ -853,6 +940,10 @@ impl Pool {
                     },
                     admin: candidate.admin,
                     availability: candidate.availability(&thresholds),
+                    availability_https: self.https_port.map(|_| {
+                        m.candidate(capacity, now, Port::Https)
+                            .availability(&thresholds)
+                    }),
                     availability_index: candidate.availability_index,
                     active: candidate.sessions,
                     chosen: m.chosen(),
@@ -939,6 +1030,7 @@ mod tests {
             probe_fall: PoolSettings::PROBE_FALL,
             proxy_protocol: None,
             http2: false,
+            https_port: None,
         }
     }
 
@@ -963,7 +1055,8 @@ mod tests {
         assert_eq!(fresh.len(), 2);
         assert_eq!(pool.strategy(), Strategy::LeastLoaded);
         assert!(
-            pool.choose(&[], std::time::Instant::now()).is_none(),
+            pool.choose(&[], std::time::Instant::now(), Port::Main)
+                .is_none(),
             "not probed yet"
         );
         for m in &fresh {
@@ -973,7 +1066,9 @@ mod tests {
             lease,
             availability,
             ..
-        } = pool.choose(&[], std::time::Instant::now()).unwrap();
+        } = pool
+            .choose(&[], std::time::Instant::now(), Port::Main)
+            .unwrap();
         assert_eq!(
             (lease.member().id, availability),
             (PoolElementId(1), Availability::Available)
@@ -992,7 +1087,9 @@ mod tests {
             lease: second,
             availability,
             ..
-        } = pool.choose(&[], std::time::Instant::now()).unwrap();
+        } = pool
+            .choose(&[], std::time::Instant::now(), Port::Main)
+            .unwrap();
         assert_eq!(
             (second.member().id, availability),
             (PoolElementId(1), Availability::Busy)
@@ -1028,7 +1125,10 @@ mod tests {
         for m in pool.members() {
             m.set_reachable(true);
         }
-        let lease = pool.choose(&[], std::time::Instant::now()).unwrap().lease;
+        let lease = pool
+            .choose(&[], std::time::Instant::now(), Port::Main)
+            .unwrap()
+            .lease;
         let id = lease.member().id;
         let now = Instant::now();
         assert!(pool.sessions.bind(
@@ -1041,7 +1141,10 @@ mod tests {
         assert!(pool.set_admin(id, AdminState::PendingDelete));
         // No new sessions for it.
         for _ in 0..3 {
-            let other = pool.choose(&[], std::time::Instant::now()).unwrap().lease;
+            let other = pool
+                .choose(&[], std::time::Instant::now(), Port::Main)
+                .unwrap()
+                .lease;
             assert_ne!(other.member().id, id);
         }
         assert!(pool.remove_drained().is_empty(), "a request is open");

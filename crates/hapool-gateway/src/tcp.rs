@@ -18,7 +18,7 @@ use tokio_rustls::client::TlsStream;
 use tracing::{debug, warn};
 
 use crate::access_log::TcpLine;
-use crate::pool::{Lease, Member, Pool};
+use crate::pool::{Lease, Member, Pool, Port};
 use crate::sessions::SessionKey;
 use crate::{Affinity, Limits, Origin, Shared};
 
@@ -319,10 +319,14 @@ impl TcpProxy {
                 .as_ref()
                 .filter(|_| attempt == 0)
                 .and_then(|s| self.pool.member(s.member))
-                .filter(|m| self.pool.availability(m).keeps_session());
+                .filter(|m| self.pool.availability(m, Port::Main).keeps_session());
             let lease = match affine {
                 Some(member) => Pool::lease(member),
-                None => self.pool.choose(&tried, std::time::Instant::now())?.lease,
+                None => {
+                    self.pool
+                        .choose(&tried, std::time::Instant::now(), Port::Main)?
+                        .lease
+                }
             };
             let member = lease.member().clone();
             tried.push(member.id);
@@ -352,7 +356,7 @@ impl TcpProxy {
                 Err(e) => {
                     debug!(pool = %self.pool.handle(), pe_id = %member.id, error = %e, "cannot reach the pool element");
                     lease.fail();
-                    self.shared.unreachable(&self.pool, &member);
+                    self.shared.unreachable(&self.pool, &member, Port::Main);
                     self.shared.metrics.retries.increment(1);
                 }
             }

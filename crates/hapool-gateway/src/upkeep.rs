@@ -16,11 +16,13 @@ use http_body_util::{BodyExt, Either, Full};
 use metrics::counter;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, interval, sleep_until, timeout};
+use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
 use crate::grpc_health;
 use crate::member_cache::MemberCache;
-use crate::pool::{Member, Pool, PoolSet, ProbeKind};
+use crate::member_http::Target;
+use crate::pool::{Member, Pool, PoolSet, Port, ProbeKind};
 use crate::proxy_protocol::ProxyProtocol;
 use crate::reload::changed_names;
 use crate::{GatewayConfig, Shared, tcp};
@@ -160,69 +162,80 @@ pub(crate) async fn refresher(
     }
 }
 
-/// Probes `member` as its pool says (a TCP connect, or an HTTP request
-/// answered below 500), and marks it reachable or not.
+/// Probes `member` as its pool says (a TCP connect, an HTTP request
+/// answered below 500, or the gRPC health check), at its address and at
+/// its HTTPS port when the pool has one, and marks each reachable or not.
 pub(crate) async fn probe_one(pool: &Pool, member: &Arc<Member>, shared: &Shared) {
+    let ports: &[Port] = if pool.https_port().is_some() {
+        &[Port::Main, Port::Https]
+    } else {
+        &[Port::Main]
+    };
+    for &port in ports {
+        let ok = probe_port(pool, member, port, shared).await;
+        let settings = pool.settings();
+        if member.record_probe_at(port, ok, settings.probe_rise, settings.probe_fall) {
+            let address = pool.target(member, port).address;
+            if ok {
+                info!(pool = %pool.handle(), pe_id = %member.id, %address, "pool element answers");
+            } else {
+                warn!(pool = %pool.handle(), pe_id = %member.id, %address, "pool element does not answer its probe");
+            }
+        }
+    }
+}
+
+/// One probe of `member`'s `port`: whether it passed.
+async fn probe_port(pool: &Pool, member: &Member, port: Port, shared: &Shared) -> bool {
     let probe_timeout = shared.upkeep.borrow().probe_timeout;
-    let ok = match &pool.settings().probe {
+    let target = pool.target(member, port);
+    let Ok(host) = HeaderValue::from_str(&target.address.to_string()) else {
+        return false;
+    };
+    match &pool.settings().probe {
         ProbeKind::Tcp => {
-            let tls = shared.member_tls_for(pool);
+            let tls = if target.tls {
+                shared.member_tls.clone().map(TlsConnector::from)
+            } else {
+                None
+            };
             // A connection of the gateway's own, with no client to name.
             let preface = pool
                 .settings()
                 .proxy_protocol
                 .map_or(Vec::new(), ProxyProtocol::local_header);
-            tcp::connect_member(member.address, &preface, tls.as_ref(), probe_timeout)
+            tcp::connect_member(target.address, &preface, tls.as_ref(), probe_timeout)
                 .await
                 .is_ok()
         }
-        ProbeKind::Grpc { service } => grpc_check(pool, member, service, shared).await,
+        ProbeKind::Grpc { service } => grpc_check(target, host, service, shared).await,
         ProbeKind::Http { path } => {
-            let target = pool.target(member);
-            match (
-                path.parse::<hyper::Uri>(),
-                HeaderValue::from_str(member.authority.as_str()),
-            ) {
-                (Ok(uri), Ok(host)) => {
-                    let mut request =
-                        hyper::Request::new(Either::Left(Full::new(bytes::Bytes::new())));
-                    *request.uri_mut() = uri;
-                    request.headers_mut().insert(hyper::header::HOST, host);
-                    match timeout(probe_timeout, shared.probes.send(target, request)).await {
-                        Ok(Ok((response, connection))) => {
-                            let ok = response.status().as_u16() < 500;
-                            // Read the body so the connection can be reused.
-                            if let Ok(Ok(_)) =
-                                timeout(probe_timeout, response.into_body().collect()).await
-                            {
-                                connection.release();
-                            }
-                            ok
-                        }
-                        _ => false,
+            let Ok(uri) = path.parse::<hyper::Uri>() else {
+                return false;
+            };
+            let mut request = hyper::Request::new(Either::Left(Full::new(bytes::Bytes::new())));
+            *request.uri_mut() = uri;
+            request.headers_mut().insert(hyper::header::HOST, host);
+            match timeout(probe_timeout, shared.probes.send(target, request)).await {
+                Ok(Ok((response, connection))) => {
+                    let ok = response.status().as_u16() < 500;
+                    // Read the body so the connection can be reused.
+                    if let Ok(Ok(_)) = timeout(probe_timeout, response.into_body().collect()).await
+                    {
+                        connection.release();
                     }
+                    ok
                 }
                 _ => false,
             }
         }
-    };
-    let settings = pool.settings();
-    if member.record_probe(ok, settings.probe_rise, settings.probe_fall) {
-        if ok {
-            info!(pool = %pool.handle(), pe_id = %member.id, address = %member.address, "pool element answers");
-        } else {
-            warn!(pool = %pool.handle(), pe_id = %member.id, address = %member.address, "pool element does not answer its probe");
-        }
     }
 }
 
-/// The gRPC health check of `service` at `member`: answered SERVING, with
+/// The gRPC health check of `service` at `target`: answered SERVING, with
 /// a gRPC status of OK, within the probe timeout.
-async fn grpc_check(pool: &Pool, member: &Member, service: &str, shared: &Shared) -> bool {
+async fn grpc_check(target: Target, host: HeaderValue, service: &str, shared: &Shared) -> bool {
     let probe_timeout = shared.upkeep.borrow().probe_timeout;
-    let Ok(host) = HeaderValue::from_str(member.authority.as_str()) else {
-        return false;
-    };
     let mut request =
         hyper::Request::new(Either::Left(Full::new(grpc_health::check_request(service))));
     *request.method_mut() = hyper::Method::POST;
@@ -235,11 +248,7 @@ async fn grpc_check(pool: &Pool, member: &Member, service: &str, shared: &Shared
     );
     headers.insert(hyper::header::TE, HeaderValue::from_static("trailers"));
     let check = async {
-        let (response, connection) = shared
-            .probes
-            .send(pool.target(member), request)
-            .await
-            .ok()?;
+        let (response, connection) = shared.probes.send(target, request).await.ok()?;
         if response.status() != hyper::StatusCode::OK {
             return None;
         }

@@ -97,6 +97,7 @@ fn static_pool(members: &[SocketAddr], probe: ProbeKind) -> PoolSettings {
         probe,
         tls: false,
         http2: false,
+        https_port: None,
         hedge_percent: PoolSettings::HEDGE_PERCENT,
         probe_rise: PoolSettings::PROBE_RISE,
         probe_fall: PoolSettings::PROBE_FALL,
@@ -1568,6 +1569,125 @@ async fn https_backend(name: &'static str) -> SocketAddr {
 /// A TCP backend over TLS that answers each line with `<name> <line>`.
 async fn tls_echo_backend(name: &'static str) -> SocketAddr {
     tls_backend(move |stream| echo_lines(stream, name)).await
+}
+
+/// An HTTPS server at `address` (certificate for 127.0.0.1–3 from
+/// `members-ca.pem`) answering `<name> https`; dropping the handle stops
+/// it.
+async fn https_port(name: &'static str, listener: TcpListener) -> JoinHandle<()> {
+    let config =
+        hapool_net::tls::server_config(&pki("members.pem"), &pki("members.key"), None).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            connections.spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = service_fn(move |_: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                        "{name} https"
+                    )))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn clients_over_tls_go_to_the_members_https_port_probed_on_its_own() {
+    // Two members, at 127.0.0.1 and 127.0.0.2, each with an HTTP port of
+    // its own and HTTPS on one port number at both addresses.
+    let (mut first, mut second) = (None, None);
+    for _ in 0..20 {
+        let one = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = one.local_addr().unwrap().port();
+        if let Ok(two) = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), port)).await {
+            (first, second) = (Some(one), Some(two));
+            break;
+        }
+    }
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let port = first.local_addr().unwrap().port();
+    let a_https = https_port("a", first).await;
+    let _b_https = https_port("b", second).await;
+    let a = http_backend("a").await.0;
+    let b_listener = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0))
+        .await
+        .unwrap();
+    let b = b_listener.local_addr().unwrap();
+    tokio::spawn(serve_backend(b_listener, "b"));
+    let pool = PoolSettings {
+        https_port: Some(port),
+        strategy: Some(Strategy::RoundRobin),
+        probe_rise: 1,
+        probe_fall: 1,
+        ..static_pool(&[a, b], http_probe())
+    };
+    let plain = ListenerConfig {
+        affinity: Affinity::None,
+        ..listener(Protocol::Http)
+    };
+    let over_tls = ListenerConfig {
+        tls: Some(server_config(vec![certificate("alpha")], &[b"http/1.1"]).unwrap()),
+        ..plain.clone()
+    };
+    let mut config = GatewayConfig::new(vec![plain, over_tls], vec![pool.clone()]);
+    config.probe_interval = Duration::from_millis(50);
+    // Without trust for the members' certificates: refused.
+    let refused = Gateway::start(config.clone())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(refused.contains("over TLS"), "{refused}");
+    config.member_tls = Some(hapool_net::tls::client_config(&pki("members-ca.pem"), None).unwrap());
+    let gateway = Gateway::start(config).await.unwrap();
+    let [http_at, https_at] = [gateway.local_addrs()[0], gateway.local_addrs()[1]];
+    let status = gateway.pools()[0].status();
+    for member in &status {
+        assert_eq!(member.availability, Availability::Available, "{status:?}");
+        assert_eq!(
+            member.availability_https,
+            Some(Availability::Available),
+            "{status:?}"
+        );
+    }
+    let answers = |over_tls: bool| async move {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            let body = if over_tls {
+                tls_get(https_at, "alpha.example").await.1
+            } else {
+                get(&client(), http_at, "/", None).await.1
+            };
+            seen.insert(body.split(' ').take(2).collect::<Vec<_>>().join(" "));
+        }
+        seen.into_iter().collect::<Vec<_>>()
+    };
+    // Each client's scheme to the members' port of that scheme.
+    assert_eq!(answers(false).await, ["a -", "b -"]);
+    assert_eq!(answers(true).await, ["a https", "b https"]);
+    // a's HTTPS port goes away: its probes take that port out, and HTTPS
+    // clients go to b alone, while HTTP clients still reach both.
+    a_https.abort();
+    let _ = a_https.await;
+    eventually("a's HTTPS port is found gone", || {
+        gateway.pools()[0].status()[0].availability_https == Some(Availability::Unreachable)
+    })
+    .await;
+    assert_eq!(
+        gateway.pools()[0].status()[0].availability,
+        Availability::Available
+    );
+    assert_eq!(answers(true).await, ["b https"]);
+    assert_eq!(answers(false).await, ["a -", "b -"]);
+    gateway.shutdown().await;
 }
 
 #[tokio::test]

@@ -317,6 +317,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         probe,
         tls: false,
         http2: false,
+        https_port: None,
         hedge_percent: PoolSettings::HEDGE_PERCENT,
         probe_rise: PoolSettings::PROBE_RISE,
         probe_fall: PoolSettings::PROBE_FALL,

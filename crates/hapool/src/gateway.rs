@@ -182,6 +182,9 @@ struct PoolFile {
     /// Speak HTTP/2 to the members (gRPC servers), with prior knowledge,
     /// or by ALPN over TLS. Default false: HTTP/1.1.
     http2: Option<bool>,
+    /// The port on which the members also serve HTTPS: clients that came
+    /// over TLS are sent there over TLS (needs gateway.member_ca).
+    https_port: Option<u16>,
     /// The most requests, in percent, also sent to a second member when
     /// the first is slow to answer (GET and HEAD only). Default 5; 0: never.
     hedge_percent: Option<u32>,
@@ -357,6 +360,16 @@ impl TryFrom<GatewayFile> for Planned {
                 )));
             }
             let member_tls = p.tls.unwrap_or(false);
+            if p.https_port.is_some() && file.member_ca.is_none() {
+                return Err(BadConfig(format!(
+                    "{key}.https_port needs gateway.member_ca (the authority of the members' certificates)"
+                )));
+            }
+            if p.https_port.is_some() && member_tls {
+                return Err(BadConfig(format!(
+                    "{key}.https_port and {key}.tls = true: with tls every request goes over TLS to the member's address"
+                )));
+            }
             if member_tls && file.member_ca.is_none() {
                 return Err(BadConfig(format!(
                     "{key}.tls = true needs gateway.member_ca (the authority of the members' certificates)"
@@ -409,6 +422,7 @@ impl TryFrom<GatewayFile> for Planned {
                 probe,
                 tls: member_tls,
                 http2: p.http2.unwrap_or(false),
+                https_port: p.https_port,
                 hedge_percent,
                 probe_rise,
                 probe_fall,
@@ -570,7 +584,7 @@ pub(crate) fn describe(file: GatewayFile) -> Result<Vec<String>, BadConfig> {
     }
     for p in &planned.config.pools {
         lines.push(format!(
-            "gateway pool {}: {}{}{}, busy below {}, {}{}",
+            "gateway pool {}: {}{}{}{}, busy below {}, {}{}",
             p.handle,
             match &p.source {
                 MemberSource::Static(m) => format!("{} static member(s)", m.len()),
@@ -578,6 +592,9 @@ pub(crate) fn describe(file: GatewayFile) -> Result<Vec<String>, BadConfig> {
             },
             if p.tls { " reached over TLS" } else { "" },
             if p.http2 { " in HTTP/2" } else { "" },
+            p.https_port.map_or(String::new(), |port| format!(
+                ", HTTPS clients to port {port} over TLS"
+            )),
             p.availability_threshold,
             p.max_sessions
                 .map_or("no session limit".into(), |m| format!(
@@ -1010,6 +1027,9 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
                             us => format!("{:.1}", us as f64 / 1000.0),
                         },
                     );
+                    if let Some(https) = m["availability_https"].as_str() {
+                        println!("{:<16} {:<9} HTTPS port: {https}", "", "");
+                    }
                 }
             }
         }

@@ -50,6 +50,7 @@ pub(crate) fn one_member_gateway(
         probe: ProbeKind::Tcp,
         tls: false,
         http2: false,
+        https_port: None,
         hedge_percent: PoolSettings::HEDGE_PERCENT,
         probe_rise: PoolSettings::PROBE_RISE,
         probe_fall: PoolSettings::PROBE_FALL,
