@@ -162,7 +162,7 @@ pub(crate) struct MemberHttp {
     idle: Mutex<foldhash::HashMap<Target, Vec<Idle>>>,
     /// The one connection to each member spoken to in HTTP/2, or the one
     /// being made.
-    shared: Mutex<foldhash::HashMap<Target, Http2Connection>>,
+    http2: Mutex<foldhash::HashMap<Target, Http2Connection>>,
     /// How connections to members over TLS are made (HTTP/1.1, and HTTP/2
     /// by ALPN); without them they fail.
     tls: Option<[TlsConnector; 2]>,
@@ -227,7 +227,7 @@ impl MemberHttp {
         });
         let this = Arc::new(Self {
             idle: Mutex::new(foldhash::HashMap::default()),
-            shared: Mutex::new(foldhash::HashMap::default()),
+            http2: Mutex::new(foldhash::HashMap::default()),
             tls,
             limits,
         });
@@ -316,8 +316,8 @@ impl MemberHttp {
         target: Target,
     ) -> Result<http2::SendRequest<MemberBody>, MemberError> {
         let mut making = {
-            let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-            match shared.get_mut(&target) {
+            let mut connections = self.http2.lock().unwrap_or_else(PoisonError::into_inner);
+            match connections.get_mut(&target) {
                 Some(Http2Connection::Ready(sender, used)) if !sender.is_closed() => {
                     *used = Instant::now();
                     return Ok(sender.clone());
@@ -325,7 +325,7 @@ impl MemberHttp {
                 Some(Http2Connection::Connecting(making)) => making.clone(),
                 _ => {
                     let (made, making) = watch::channel(None);
-                    shared.insert(target, Http2Connection::Connecting(making.clone()));
+                    connections.insert(target, Http2Connection::Connecting(making.clone()));
                     tokio::spawn(self.clone().make_http2(target, made));
                     making
                 }
@@ -347,19 +347,19 @@ impl MemberHttp {
             MemberError::Connect(e, _) => e.to_string(),
             e => e.to_string(),
         });
-        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut connections = self.http2.lock().unwrap_or_else(PoisonError::into_inner);
         match &result {
             Ok(sender) => {
-                shared.insert(
+                connections.insert(
                     target,
                     Http2Connection::Ready(sender.clone(), Instant::now()),
                 );
             }
             Err(_) => {
-                shared.remove(&target);
+                connections.remove(&target);
             }
         }
-        drop(shared);
+        drop(connections);
         made.send_replace(Some(result));
     }
 
@@ -478,7 +478,7 @@ impl MemberHttp {
             !stack.is_empty()
         });
         drop(idle);
-        self.shared
+        self.http2
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|_, connection| match connection {
