@@ -551,6 +551,12 @@ impl HttpProxy {
             }
             match sent {
                 Ok(Ok((response, connection))) => {
+                    let errors = member.count_answer(response.status().is_server_error());
+                    let limit = self.pool.error_limit();
+                    if limit != 0 && errors == limit {
+                        warn!(pool = %self.pool.handle(), pe_id = %member.id, errors, "pool element answered with server errors in a row: out until its probes pass");
+                        self.shared.unreachable(&self.pool, &member, self.port);
+                    }
                     let served = Served {
                         member: (member.id, member.address),
                         attempts: u32::try_from(tried.len()).map_or(u32::MAX, |n| n + 1),

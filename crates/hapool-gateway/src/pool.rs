@@ -96,6 +96,11 @@ pub struct PoolSettings {
     /// port of its scheme answers. HTTP listeners only; needs
     /// [`crate::GatewayConfig::member_tls`]. None by default.
     pub https_port: Option<u16>,
+    /// After this many answers in a row with a server error (5xx), a
+    /// member is taken out of the choice as an unreachable one is, until
+    /// its probes bring it back (HAProxy's `observe layer7` with
+    /// `on-error mark-down`). None (off) by default.
+    pub error_limit: Option<u32>,
     /// The most HTTP requests, in percent of the pool's requests, that
     /// may also go to a second member when the first is slow to answer
     /// (see `hedge.rs`); 0: never. Default 5.
@@ -143,6 +148,7 @@ impl PoolSettings {
             ("tls", self.tls != new.tls),
             ("http2", self.http2 != new.http2),
             ("https_port", self.https_port != new.https_port),
+            ("error_limit", self.error_limit != new.error_limit),
             ("hedge_percent", self.hedge_percent != new.hedge_percent),
             ("probe_rise", self.probe_rise != new.probe_rise),
             ("probe_fall", self.probe_fall != new.probe_fall),
@@ -243,6 +249,8 @@ pub struct Member {
     /// Whether its address answers, and its HTTPS port (when the pool
     /// has one); probed before use, so not at first.
     reach: [Reach; 2],
+    /// Its answers in a row with a server error.
+    error_streak: AtomicU32,
     active: AtomicU32,
     chosen: AtomicU64,
     /// The choice's count of its new sessions (`select::turns_after`).
@@ -271,6 +279,7 @@ impl Member {
             priority: AtomicU32::new(priority),
             admin: AtomicU8::new(0),
             reach: Default::default(),
+            error_streak: AtomicU32::new(0),
             active: AtomicU32::new(0),
             chosen: AtomicU64::new(0),
             turns: AtomicU64::new(0),
@@ -362,6 +371,21 @@ impl Member {
     /// Counts a failed request or connection.
     pub fn count_failure(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an HTTP answer it gave, a server error (5xx) or not: its
+    /// server errors in a row since.
+    pub fn count_answer(&self, server_error: bool) -> u32 {
+        if server_error {
+            self.error_streak.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            // Read first: most answers find no streak to end, and a read
+            // leaves the line shared among the workers.
+            if self.error_streak.load(Ordering::Relaxed) != 0 {
+                self.error_streak.store(0, Ordering::Relaxed);
+            }
+            0
+        }
     }
 
     /// Counts bytes carried (TCP).
@@ -514,6 +538,8 @@ pub struct Pool {
     https_port: Option<u16>,
     /// From the settings: read on every request.
     http2: AtomicBool,
+    /// From the settings (0: off): read on every answer.
+    error_limit: AtomicU32,
     from_registrars: bool,
     settings: RwLock<Arc<PoolSettings>>,
     view: RwLock<Arc<View>>,
@@ -552,6 +578,7 @@ impl Pool {
             tls: settings.tls,
             https_port: settings.https_port,
             http2: AtomicBool::new(settings.http2),
+            error_limit: AtomicU32::new(settings.error_limit.unwrap_or(0)),
             from_registrars: settings.source == MemberSource::Registrars,
             view: RwLock::new(Arc::new(View {
                 members,
@@ -608,6 +635,11 @@ impl Pool {
     /// The port on which its members also serve HTTPS, if any.
     pub fn https_port(&self) -> Option<u16> {
         self.https_port
+    }
+
+    /// The server errors in a row that take a member out (0: none do).
+    pub(crate) fn error_limit(&self) -> u32 {
+        self.error_limit.load(Ordering::Relaxed)
     }
 
     /// Whether its members are spoken to in HTTP/2.
@@ -844,6 +876,8 @@ impl Pool {
         };
         self.hedges.set_percent(settings.hedge_percent);
         self.http2.store(settings.http2, Ordering::Relaxed);
+        self.error_limit
+            .store(settings.error_limit.unwrap_or(0), Ordering::Relaxed);
         let strategy = settings.strategy.unwrap_or(old.strategy);
         let thresholds = settings.thresholds();
         *self
@@ -1031,6 +1065,7 @@ mod tests {
             proxy_protocol: None,
             http2: false,
             https_port: None,
+            error_limit: None,
         }
     }
 
@@ -1242,5 +1277,14 @@ mod tests {
         // With 1 and 1, every probe decides.
         assert!(member.record_probe(false, 1, 1));
         assert!(member.record_probe(true, 1, 1));
+    }
+
+    #[test]
+    fn server_errors_count_only_in_a_row() {
+        let member = Member::new(PoolElementId(1), "127.0.0.1:1".parse().unwrap(), 1, 0);
+        assert_eq!(member.count_answer(true), 1);
+        assert_eq!(member.count_answer(true), 2);
+        assert_eq!(member.count_answer(false), 0);
+        assert_eq!(member.count_answer(true), 1);
     }
 }

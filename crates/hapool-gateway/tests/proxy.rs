@@ -98,6 +98,7 @@ fn static_pool(members: &[SocketAddr], probe: ProbeKind) -> PoolSettings {
         tls: false,
         http2: false,
         https_port: None,
+        error_limit: None,
         hedge_percent: PoolSettings::HEDGE_PERCENT,
         probe_rise: PoolSettings::PROBE_RISE,
         probe_fall: PoolSettings::PROBE_FALL,
@@ -756,6 +757,72 @@ async fn a_member_speaking_http10_is_answered_for_in_the_clients_version() {
     stream.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nold"), "{answer}");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_member_answering_server_errors_in_a_row_is_taken_out_until_its_probes_pass() {
+    // a's application is broken (503 to everything) while its health
+    // page still answers.
+    let socket = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let a = socket.local_addr().unwrap();
+    tokio::spawn(serve_http(
+        socket,
+        |request: Request<Incoming>| async move {
+            let mut response = Response::new(Full::new(Bytes::from("a broken")));
+            if request.uri().path() != "/health" {
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            response
+        },
+    ));
+    let (b, _task) = http_backend("b").await;
+    let config = |probe_interval| {
+        let pool = PoolSettings {
+            strategy: Some(Strategy::RoundRobin),
+            error_limit: Some(3),
+            probe_rise: 1,
+            ..static_pool(
+                &[a, b],
+                ProbeKind::Http {
+                    path: "/health".into(),
+                },
+            )
+        };
+        let mut config = GatewayConfig::new(
+            vec![ListenerConfig {
+                affinity: Affinity::None,
+                ..listener(Protocol::Http)
+            }],
+            vec![pool],
+        );
+        config.probe_interval = probe_interval;
+        config
+    };
+    let gateway = Gateway::start(config(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let addr = gateway.local_addrs()[0];
+    let client = client();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(get(&client, addr, "/", None).await.0.as_u16());
+    }
+    // In turn, until a's third error in a row; then b alone.
+    assert_eq!(statuses, [503, 200, 503, 200, 503, 200, 200, 200, 200, 200]);
+    let status = gateway.pools()[0].status();
+    assert_eq!(status[0].availability, Availability::Unreachable);
+    assert_eq!(status[1].availability, Availability::Available);
+    // Its health page answers: the next probe brings it back.
+    gateway
+        .view()
+        .reload(config(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    eventually("a is back after its probe", || {
+        gateway.pools()[0].status()[0].availability == Availability::Available
+    })
+    .await;
     gateway.shutdown().await;
 }
 

@@ -318,6 +318,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         tls: false,
         http2: false,
         https_port: None,
+        error_limit: None,
         hedge_percent: PoolSettings::HEDGE_PERCENT,
         probe_rise: PoolSettings::PROBE_RISE,
         probe_fall: PoolSettings::PROBE_FALL,

@@ -185,6 +185,9 @@ struct PoolFile {
     /// The port on which the members also serve HTTPS: clients that came
     /// over TLS are sent there over TLS (needs gateway.member_ca).
     https_port: Option<u16>,
+    /// Server errors (5xx) in a row that take a member out until its
+    /// probes pass. Default: none do.
+    error_limit: Option<u32>,
     /// The most requests, in percent, also sent to a second member when
     /// the first is slow to answer (GET and HEAD only). Default 5; 0: never.
     hedge_percent: Option<u32>,
@@ -360,6 +363,9 @@ impl TryFrom<GatewayFile> for Planned {
                 )));
             }
             let member_tls = p.tls.unwrap_or(false);
+            if p.error_limit == Some(0) {
+                return Err(BadConfig(format!("{key}.error_limit = 0: at least 1")));
+            }
             if p.https_port.is_some() && file.member_ca.is_none() {
                 return Err(BadConfig(format!(
                     "{key}.https_port needs gateway.member_ca (the authority of the members' certificates)"
@@ -423,6 +429,7 @@ impl TryFrom<GatewayFile> for Planned {
                 tls: member_tls,
                 http2: p.http2.unwrap_or(false),
                 https_port: p.https_port,
+                error_limit: p.error_limit,
                 hedge_percent,
                 probe_rise,
                 probe_fall,

@@ -366,6 +366,14 @@ fn gateway_configuration_errors_are_named() {
             "gateway.pool[0].probe = \"udp\": http, tcp or grpc",
         ),
         (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nerror_limit = 0\n",
+            "gateway.pool[0].error_limit = 0: at least 1",
+        ),
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nhttps_port = 443\n",
+            "gateway.pool[0].https_port needs gateway.member_ca",
+        ),
+        (
             "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nprobe_fall = 0\n",
             "gateway.pool[0].probe_fall = 0: at least 1",
         ),

@@ -51,6 +51,7 @@ pub(crate) fn one_member_gateway(
         tls: false,
         http2: false,
         https_port: None,
+        error_limit: None,
         hedge_percent: PoolSettings::HEDGE_PERCENT,
         probe_rise: PoolSettings::PROBE_RISE,
         probe_fall: PoolSettings::PROBE_FALL,
