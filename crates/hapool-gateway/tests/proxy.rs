@@ -1714,6 +1714,7 @@ async fn clients_over_tls_go_to_the_members_https_port_probed_on_its_own() {
         .to_string();
     assert!(refused.contains("over TLS"), "{refused}");
     config.member_tls = Some(hapool_net::tls::client_config(&pki("members-ca.pem"), None).unwrap());
+    let config_with_trust = config.clone();
     let gateway = Gateway::start(config).await.unwrap();
     let [http_at, https_at] = [gateway.local_addrs()[0], gateway.local_addrs()[1]];
     let status = gateway.pools()[0].status();
@@ -1754,6 +1755,14 @@ async fn clients_over_tls_go_to_the_members_https_port_probed_on_its_own() {
     );
     assert_eq!(answers(true).await, ["b https"]);
     assert_eq!(answers(false).await, ["a -", "b -"]);
+    // Another HTTPS port takes a restart.
+    let mut moved = config_with_trust;
+    moved.pools[0].https_port = Some(port.wrapping_add(1));
+    let done = gateway.view().reload(moved).await.unwrap();
+    assert_eq!(
+        done.needs_restart[0], "pool web: its members' HTTPS port",
+        "{done:?}"
+    );
     gateway.shutdown().await;
 }
 
