@@ -631,17 +631,24 @@ async fn grpc_calls_go_through_and_survive_a_member_killed() {
     };
     let gateway = Gateway::start(config).await.unwrap();
     let address = gateway.local_addrs()[0];
-    // Unary calls, a server stream, and a call that ends with an error
-    // status, all carried in trailers; both members take calls.
+    // Unary calls, a server stream, a call streaming both ways, and a call
+    // that ends with an error status, all carried in trailers; both
+    // members take calls.
     let lines = grpc_calls(python, address, 4).await;
     let count = |line: &str| lines.iter().filter(|l| *l == line).count();
     assert_eq!(count("count 1 2 3"), 4, "{lines:?}");
     assert_eq!(count("fail NOT_FOUND no such thing: x"), 4, "{lines:?}");
-    assert!(
-        count("say a hello") >= 1 && count("say b hello") >= 1,
-        "{lines:?}"
-    );
+    // A call streaming both ways, each message sent once the answer to
+    // the one before has come back through the gateway.
+    assert_eq!(count("chat 1 2 3"), 4, "{lines:?}");
+    assert_eq!(count("say a hello") + count("say b hello"), 4, "{lines:?}");
     assert_eq!(lines.last().map(String::as_str), Some("done"));
+    let served: Vec<u64> = gateway.pools()[0]
+        .status()
+        .iter()
+        .map(|m| m.served)
+        .collect();
+    assert!(served.iter().all(|&n| n > 0), "{served:?}");
     // A member whose health check says NOT_SERVING is taken out; back
     // when it serves again.
     let availability = |i: usize| gateway.pools()[0].status()[i].availability;

@@ -5,7 +5,8 @@ generated code (messages are raw bytes).
     echo.py call ADDRESS N    make N rounds of calls through ADDRESS
 
 Say answers "NAME <request>"; Count streams "1", "2", ... up to the number
-asked; Fail ends with NOT_FOUND and a message; Serving b"0" or b"1" sets
+asked; Chat answers each message of a stream as it comes; Fail ends with
+NOT_FOUND and a message; Serving b"0" or b"1" sets
 what the server's health check (grpc.health.v1.Health/Check, for the
 server as a whole and for "hapool.Echo") answers: NOT_SERVING or SERVING;
 another service is NOT_FOUND. The client prints one line per call, and
@@ -14,6 +15,7 @@ another service is NOT_FOUND. The client prints one line per call, and
     echo.py serving ADDRESS 0|1   call Serving on one server
 """
 
+import queue
 import sys
 from concurrent import futures
 
@@ -31,6 +33,10 @@ def serve(port, name):
     def count(request, context):
         for i in range(1, int(request) + 1):
             yield str(i).encode()
+
+    def chat(requests, context):
+        for request in requests:
+            yield name.encode() + b" " + request
 
     def fail(request, context):
         context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + request.decode())
@@ -54,6 +60,7 @@ def serve(port, name):
         {
             "Say": grpc.unary_unary_rpc_method_handler(say, ident, ident),
             "Count": grpc.unary_stream_rpc_method_handler(count, ident, ident),
+            "Chat": grpc.stream_stream_rpc_method_handler(chat, ident, ident),
             "Fail": grpc.unary_unary_rpc_method_handler(fail, ident, ident),
             "Serving": grpc.unary_unary_rpc_method_handler(set_serving, ident, ident),
         },
@@ -75,11 +82,30 @@ def call(address, rounds):
         say = channel.unary_unary("/hapool.Echo/Say", ident, ident)
         count = channel.unary_stream("/hapool.Echo/Count", ident, ident)
         fail = channel.unary_unary("/hapool.Echo/Fail", ident, ident)
+        chat = channel.stream_stream("/hapool.Echo/Chat", ident, ident)
         for _ in range(rounds):
             attempt("say", lambda: say(b"hello", timeout=5).decode())
             attempt("count", lambda: " ".join(m.decode() for m in count(b"3", timeout=5)))
             attempt("fail", lambda: fail(b"x", timeout=5))
+            attempt("chat", lambda: converse(chat))
     print("done", flush=True)
+
+
+def converse(chat):
+    """Three messages, each sent only once the answer to the one before
+    has come: both directions of one call open at once."""
+    outgoing = queue.Queue()
+
+    def messages():
+        while (message := outgoing.get()) is not None:
+            yield message
+
+    outgoing.put(b"1")
+    answers = []
+    for answer in chat(messages(), timeout=5):
+        answers.append(answer.decode().split()[-1])
+        outgoing.put(str(len(answers) + 1).encode() if len(answers) < 3 else None)
+    return " ".join(answers)
 
 
 def attempt(label, call):
