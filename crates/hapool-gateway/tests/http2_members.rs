@@ -267,13 +267,11 @@ async fn http2_members_answer_every_client_with_trailers_on_one_connection() {
     );
 
     // An HTTP/1.1 client is answered in HTTP/1.1 from the HTTP/2 member.
-    let mut stream = TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(b"GET /plain HTTP/1.1\r\nhost: site.test\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
+    let text = common::raw_exchange(
+        address,
+        b"GET /plain HTTP/1.1\r\nhost: site.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("grpc /plain"), "{text}");
     assert!(

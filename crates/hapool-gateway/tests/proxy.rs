@@ -748,13 +748,8 @@ async fn a_member_speaking_http10_is_answered_for_in_the_clients_version() {
     }
     // An HTTP/1.0 client is answered in HTTP/1.0, the body ending with the
     // connection.
-    let mut stream = TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.0\r\nhost: example.test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
+    let answer =
+        common::raw_exchange(address, b"GET / HTTP/1.0\r\nhost: example.test\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nold"), "{answer}");
     gateway.shutdown().await;
@@ -856,16 +851,12 @@ async fn a_streamed_body_goes_to_the_next_member_when_the_first_cannot_be_reache
     // A chunked body (its length unknown, so not kept for a retry) is
     // streamed to the member; the connection to the first fails before any
     // of it left, and it goes whole to the other.
-    let mut stream = TcpStream::connect(gateway.local_addrs()[0]).await.unwrap();
-    stream
-        .write_all(
-            b"POST /upload HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\
-              connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
+    let answer = common::raw_exchange(
+        gateway.local_addrs()[0],
+        b"POST /upload HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\
+          connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("\r\n\r\n11"), "{answer}");
     let status = gateway.pools()[0].status();

@@ -85,6 +85,17 @@ pub(crate) async fn member() -> SocketAddr {
     address
 }
 
+/// Writes `request` as it is on a new connection to `address`, and reads
+/// what comes back until the connection closes.
+pub(crate) async fn raw_exchange(address: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
 /// Serves HTTP/1.1 on `listener` (upgrades included), answering every
 /// request with `answer`.
 pub(crate) async fn serve_http<A, F>(listener: TcpListener, answer: A)
