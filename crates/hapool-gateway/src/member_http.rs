@@ -293,7 +293,15 @@ impl MemberHttp {
                 Ok(response) => return Ok((response, InUse::Shared)),
                 Err(mut e) => {
                     let Some(unsent) = e.take_message() else {
-                        return Err(MemberError::Failed(e.into_error()));
+                        let error = e.into_error();
+                        // The member refused the stream: it did not
+                        // process the request (RFC 9113, 8.7), whose
+                        // body, if kept, can go elsewhere.
+                        return Err(if refused_stream(&error) {
+                            MemberError::NotSent(error, Unsent::default())
+                        } else {
+                            MemberError::Failed(error)
+                        });
                     };
                     if !sender.is_closed() {
                         let error = MemberError::NotSent(e.into_error(), Unsent::default());
@@ -498,6 +506,21 @@ impl MemberHttp {
             .get(&target)
             .map_or(0, Vec::len)
     }
+}
+
+/// Whether `error` is the member's refusal of an HTTP/2 stream
+/// (`RST_STREAM` with REFUSED_STREAM).
+fn refused_stream(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.is_reset()
+                && h2.is_remote()
+                && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// `request` (origin-form, with a `Host` header) as HTTP/2 wants it: the
@@ -853,6 +876,32 @@ mod tests {
             assert!(e.to_string().starts_with("cannot connect: "), "{e}");
             assert!(!e.to_string().contains("cannot connect: cannot"), "{e}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_stream_an_http2_member_refuses_is_unsent() {
+        // A member that refuses every stream, as one at its limit of
+        // streams or shutting down does.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut connection = h2::server::handshake(stream).await.unwrap();
+            while let Some(Ok((_, mut respond))) = connection.accept().await {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+            }
+        });
+        let target = Target {
+            address,
+            tls: false,
+            http2: true,
+        };
+        let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
+        let Err(e) = members.send(target, get(address)).await else {
+            panic!("a refused stream answered");
+        };
+        assert!(matches!(e, MemberError::NotSent(..)), "{e:?}");
+        assert!(e.unsent() && !e.is_connect());
     }
 
     #[tokio::test]

@@ -463,6 +463,61 @@ async fn a_grpc_call_no_member_can_take_is_answered_with_a_grpc_status() {
 }
 
 #[tokio::test]
+async fn a_request_a_member_refuses_goes_to_another_when_its_body_was_kept() {
+    // A member that refuses every stream (as one at its limit of streams,
+    // or shutting down, does), preferred by the choice.
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let refusing = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    let good = H2Member::start("good", false).await;
+    let mut config = common::one_member_gateway(refusing, 1, 10);
+    config.pools[0] = PoolSettings {
+        http2: true,
+        strategy: Some(hapool_gateway::Strategy::Priority),
+        source: hapool_gateway::MemberSource::Static(vec![
+            hapool_gateway::StaticMember {
+                address: refusing,
+                weight: 1,
+                priority: 5,
+            },
+            hapool_gateway::StaticMember {
+                address: good.address,
+                weight: 1,
+                priority: 0,
+            },
+        ]),
+        ..config.pools[0].clone()
+    };
+    let gateway = Gateway::start(config).await.unwrap();
+    // A POST with its length, kept for another attempt: the refusal says
+    // the member did not process it, so it goes to the other.
+    let answer = common::raw_exchange(
+        gateway.local_addrs()[0],
+        b"POST /order HTTP/1.1\r\nhost: shop.test\r\ncontent-length: 5\r\n\
+          connection: close\r\n\r\nhello",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("good /order"), "{answer}");
+    // The refusing member is not taken for unreachable: it answered.
+    let status = gateway.pools()[0].status();
+    assert_eq!(status[0].availability, Availability::Available);
+    assert_eq!(status[0].failed, 1);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_reload_turns_http2_to_members_on_and_off() {
     // A member that takes both (hyper's automatic server).
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
