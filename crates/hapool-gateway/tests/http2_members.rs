@@ -356,15 +356,7 @@ async fn the_grpc_health_check_takes_a_member_out_while_it_is_not_serving() {
         },
         probe_rise: 1,
         probe_fall: 1,
-        source: hapool_gateway::MemberSource::Static(
-            [a.address, b.address]
-                .map(|address| hapool_gateway::StaticMember {
-                    address,
-                    weight: 1,
-                    priority: 0,
-                })
-                .to_vec(),
-        ),
+        source: common::static_members(&[(a.address, 0), (b.address, 0)]),
         ..config.pools[0].clone()
     };
     config.probe_interval = Duration::from_millis(50);
@@ -485,18 +477,7 @@ async fn a_request_a_member_refuses_goes_to_another_when_its_body_was_kept() {
     config.pools[0] = PoolSettings {
         http2: true,
         strategy: Some(hapool_gateway::Strategy::Priority),
-        source: hapool_gateway::MemberSource::Static(vec![
-            hapool_gateway::StaticMember {
-                address: refusing,
-                weight: 1,
-                priority: 5,
-            },
-            hapool_gateway::StaticMember {
-                address: good.address,
-                weight: 1,
-                priority: 0,
-            },
-        ]),
+        source: common::static_members(&[(refusing, 5), (good.address, 0)]),
         ..config.pools[0].clone()
     };
     let gateway = Gateway::start(config).await.unwrap();
@@ -670,16 +651,7 @@ async fn grpc_calls_go_through_and_survive_a_member_killed() {
             service: "hapool.Echo".into(),
         },
         probe_fall: 1,
-        source: hapool_gateway::MemberSource::Static(
-            addresses
-                .iter()
-                .map(|&address| hapool_gateway::StaticMember {
-                    address,
-                    weight: 1,
-                    priority: 0,
-                })
-                .collect(),
-        ),
+        source: common::static_members(&[(addresses[0], 0), (addresses[1], 0)]),
         ..config.pools[0].clone()
     };
     let gateway = Gateway::start(config).await.unwrap();

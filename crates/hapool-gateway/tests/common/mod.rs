@@ -62,6 +62,20 @@ pub(crate) fn one_member_gateway(
     config
 }
 
+/// Static members at these addresses, with these priorities, weight 1.
+pub(crate) fn static_members(members: &[(SocketAddr, u32)]) -> MemberSource {
+    MemberSource::Static(
+        members
+            .iter()
+            .map(|&(address, priority)| StaticMember {
+                address,
+                weight: 1,
+                priority,
+            })
+            .collect(),
+    )
+}
+
 /// The length of `/big`'s answer: larger than any buffer on the way.
 pub(crate) const BIG: usize = 300_000;
 
