@@ -551,10 +551,11 @@ impl HttpProxy {
             }
             match sent {
                 Ok(Ok((response, connection))) => {
-                    let errors = member.count_answer(response.status().is_server_error());
                     let limit = self.pool.error_limit();
-                    if limit != 0 && errors == limit {
-                        warn!(pool = %self.pool.handle(), pe_id = %member.id, errors, "pool element answered with server errors in a row: out until its probes pass");
+                    if limit != 0
+                        && member.count_answer(response.status().is_server_error()) == limit
+                    {
+                        warn!(pool = %self.pool.handle(), pe_id = %member.id, errors = limit, "pool element answered with server errors in a row: out until its probes pass");
                         self.shared.unreachable(&self.pool, &member, self.port);
                     }
                     let served = Served {

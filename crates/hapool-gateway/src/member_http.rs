@@ -126,14 +126,23 @@ impl MemberError {
         }
     }
 
-    /// A failed send on a new connection: unsent, with the request given
-    /// back, when hyper kept it; else failed.
-    fn on_new_connection(mut error: TrySendError<Request<MemberBody>>) -> Self {
+    /// A failed send on a new connection, or on a member's HTTP/2 one:
+    /// unsent, with the request given back, when hyper kept it; unsent too
+    /// when the member refused the stream (it did not process the request,
+    /// RFC 9113 8.7, whose body, if kept, can go elsewhere); else failed.
+    fn on_send(mut error: TrySendError<Request<MemberBody>>) -> Self {
         match error.take_message() {
             Some(unsent) => {
                 Self::NotSent(error.into_error(), Unsent::default()).giving_back(unsent)
             }
-            None => Self::Failed(error.into_error()),
+            None => {
+                let error = error.into_error();
+                if refused_stream(&error) {
+                    Self::NotSent(error, Unsent::default())
+                } else {
+                    Self::Failed(error)
+                }
+            }
         }
     }
 
@@ -270,7 +279,7 @@ impl MemberHttp {
         };
         match sender.try_send_request(request).await {
             Ok(response) => Ok((response, self.in_use(target, sender))),
-            Err(e) => Err(MemberError::on_new_connection(e)),
+            Err(e) => Err(MemberError::on_send(e)),
         }
     }
 
@@ -292,22 +301,13 @@ impl MemberHttp {
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, InUse::Shared)),
                 Err(mut e) => {
-                    let Some(unsent) = e.take_message() else {
-                        let error = e.into_error();
-                        // The member refused the stream: it did not
-                        // process the request (RFC 9113, 8.7), whose
-                        // body, if kept, can go elsewhere.
-                        return Err(if refused_stream(&error) {
-                            MemberError::NotSent(error, Unsent::default())
-                        } else {
-                            MemberError::Failed(error)
-                        });
-                    };
-                    if !sender.is_closed() {
-                        let error = MemberError::NotSent(e.into_error(), Unsent::default());
-                        return Err(error.giving_back(unsent));
+                    if sender.is_closed()
+                        && let Some(unsent) = e.take_message()
+                    {
+                        request = unsent;
+                        continue;
                     }
-                    request = unsent;
+                    return Err(MemberError::on_send(e));
                 }
             }
         }
@@ -646,6 +646,14 @@ mod tests {
         }
     }
 
+    /// `address` without TLS, in HTTP/2.
+    fn target_http2(address: SocketAddr) -> Target {
+        Target {
+            http2: true,
+            ..target(address)
+        }
+    }
+
     #[tokio::test]
     async fn a_connection_is_reused_once_its_response_is_read() {
         let (address, accepted) = member(usize::MAX).await;
@@ -799,11 +807,7 @@ mod tests {
     #[tokio::test]
     async fn an_http2_member_gets_one_connection_closed_when_idle_after_its_answers() {
         let (address, accepted, ended) = h2_member().await;
-        let target = Target {
-            address,
-            tls: false,
-            http2: true,
-        };
+        let target = target_http2(address);
         let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
         // Three answers under way at once, on one connection.
         let mut answers = Vec::new();
@@ -835,11 +839,7 @@ mod tests {
     #[tokio::test]
     async fn requests_at_once_to_an_http2_member_wait_for_one_new_connection() {
         let (address, accepted, _) = h2_member().await;
-        let target = Target {
-            address,
-            tls: false,
-            http2: true,
-        };
+        let target = target_http2(address);
         let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
         let sends: Vec<_> = (0..20)
             .map(|_| {
@@ -891,11 +891,7 @@ mod tests {
                 respond.send_reset(h2::Reason::REFUSED_STREAM);
             }
         });
-        let target = Target {
-            address,
-            tls: false,
-            http2: true,
-        };
+        let target = target_http2(address);
         let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
         let Err(e) = members.send(target, get(address)).await else {
             panic!("a refused stream answered");

@@ -321,14 +321,23 @@ enum Current {
     Shared(TicketKeys),
 }
 
+/// Keys a reload has made ready for [`SessionTickets::install`].
+pub(crate) struct Prepared(Current);
+
+impl Current {
+    /// `keys`, or new keys of the gateway's own.
+    fn of(keys: Option<&TicketKeys>) -> Result<Self, rustls::Error> {
+        Ok(match keys {
+            Some(keys) => Self::Shared(keys.clone()),
+            None => Self::Own(rustls::crypto::ring::Ticketer::new()?),
+        })
+    }
+}
+
 impl SessionTickets {
     /// Tickets sealed with `keys`, or with keys of the gateway's own.
     pub(crate) fn new(keys: Option<&TicketKeys>) -> Result<Self, rustls::Error> {
-        let current = match keys {
-            Some(keys) => Current::Shared(keys.clone()),
-            None => Current::Own(rustls::crypto::ring::Ticketer::new()?),
-        };
-        Ok(Self(RwLock::new(current)))
+        Ok(Self(RwLock::new(Current::of(keys)?)))
     }
 
     fn current(&self) -> Current {
@@ -345,13 +354,13 @@ impl SessionTickets {
     pub(crate) fn prepare(
         &self,
         keys: Option<&TicketKeys>,
-    ) -> Result<Option<(Self, String)>, rustls::Error> {
-        let next = match (self.current(), keys) {
+    ) -> Result<Option<(Prepared, String)>, rustls::Error> {
+        match (self.current(), keys) {
             (Current::Shared(now), Some(new)) if now == *new => return Ok(None),
             (Current::Own(_), None) => return Ok(None),
-            (_, Some(new)) => Self::new(Some(new))?,
-            (Current::Shared(_), None) => Self::new(None)?,
-        };
+            _ => {}
+        }
+        let next = Prepared(Current::of(keys)?);
         let line = match keys {
             Some(keys) => format!(
                 "ticket_keys: {} key(s), sealing with {}, tickets good for {} (new handshakes at once)",
@@ -383,9 +392,8 @@ impl SessionTickets {
     }
 
     /// Takes what [`Self::prepare`] made.
-    pub(crate) fn install(&self, next: Self) {
-        let next = next.0.into_inner().unwrap_or_else(PoisonError::into_inner);
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = next;
+    pub(crate) fn install(&self, next: Prepared) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = next.0;
     }
 }
 

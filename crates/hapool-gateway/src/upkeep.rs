@@ -192,7 +192,8 @@ async fn probe_port(pool: &Pool, member: &Member, port: Port, shared: &Shared) -
     let Ok(host) = HeaderValue::from_str(&target.address.to_string()) else {
         return false;
     };
-    match &pool.settings().probe {
+    let settings = pool.settings();
+    match &settings.probe {
         ProbeKind::Tcp => {
             let tls = if target.tls {
                 shared.member_tls.clone().map(TlsConnector::from)
@@ -200,8 +201,7 @@ async fn probe_port(pool: &Pool, member: &Member, port: Port, shared: &Shared) -
                 None
             };
             // A connection of the gateway's own, with no client to name.
-            let preface = pool
-                .settings()
+            let preface = settings
                 .proxy_protocol
                 .map_or(Vec::new(), ProxyProtocol::local_header);
             tcp::connect_member(target.address, &preface, tls.as_ref(), probe_timeout)
