@@ -63,6 +63,11 @@ impl PoolUser {
         }
     }
 
+    /// The registrars it asks, in order of preference.
+    pub fn registrars(&self) -> &[SocketAddr] {
+        &self.config.registrars
+    }
+
     /// The PEs of `pool`, best first by the pool's policy, from the cache
     /// while it is fresh.
     pub async fn resolve(&self, pool: &PoolHandle) -> Result<Vec<PoolElement>, ClientError> {

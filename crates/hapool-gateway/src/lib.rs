@@ -45,7 +45,6 @@ use std::time::Duration;
 
 use ::http::HeaderValue;
 use drain::{FIRST_REQUEST_WINDOW, FirstRequest, UntilDrained};
-use hapool_client::{PoolUser, PuConfig};
 use hapool_wire::{PoolElementId, PoolHandle};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -77,7 +76,9 @@ use crate::sessions::SessionTable;
 use crate::tcp::TcpProxy;
 use crate::tickets::{SessionTickets, TicketKeys};
 use crate::tls::LiveTls;
-use crate::upkeep::{Upkeep, probe_all, prober, refresh, refresher, sweeper};
+use crate::upkeep::{
+    Registrars, Upkeep, pool_user, probe_all, prober, refresh, refresher, sweeper,
+};
 pub use crate::worker_runtime::worker_runtime;
 
 /// What a listener speaks.
@@ -466,7 +467,8 @@ pub(crate) struct Shared {
     /// Trust for members reached over TLS.
     pub(crate) member_tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) metrics: GatewayMetrics,
-    reports: Option<mpsc::Sender<(PoolHandle, PoolElementId)>>,
+    /// Members of registrar pools found unreachable, for the registrars.
+    reports: mpsc::Sender<(PoolHandle, PoolElementId)>,
     last_limit_log: AtomicU64,
     started: Instant,
     /// Where requests and connections are logged, when they are.
@@ -505,11 +507,8 @@ impl Shared {
         if member.set_reachable_at(port, false) {
             warn!(pool = %pool.handle(), pe_id = %member.id, address = %pool.target(member, port).address, "pool element unreachable");
             counter!("hapool_gateway_unreachable_total").increment(1);
-            if pool.from_registrars()
-                && port == Port::Main
-                && let Some(reports) = &self.reports
-            {
-                let _ = reports.try_send((pool.handle().clone(), member.id));
+            if pool.from_registrars() && port == Port::Main {
+                let _ = self.reports.try_send((pool.handle().clone(), member.id));
             }
         }
     }
@@ -571,6 +570,9 @@ pub struct GatewayStatus {
     pub pools: Vec<PoolStatus>,
     /// The keys TLS session tickets are sealed with.
     pub tickets: tickets::TicketStatus,
+    /// The registrars asked for the members of registrar pools, in order
+    /// of preference.
+    pub registrars: Vec<SocketAddr>,
 }
 
 /// A listener of the running gateway.
@@ -860,7 +862,7 @@ impl Gateway {
                 hedge_wins: counter!("hapool_gateway_hedge_wins_total"),
                 handed: counter!("hapool_gateway_connections_handed_total"),
             },
-            reports: (!config.registrars.is_empty()).then_some(reports),
+            reports,
             last_limit_log: AtomicU64::new(0),
             started: Instant::now(),
             access_log,
@@ -874,11 +876,7 @@ impl Gateway {
             .into_iter()
             .filter(|p| p.from_registrars())
             .collect();
-        let pool_user = (!config.registrars.is_empty()).then(|| {
-            let mut pu = PuConfig::new(config.registrars.clone());
-            pu.cache_ttl = Duration::ZERO;
-            Arc::new(PoolUser::new(pu))
-        });
+        let registrars = Arc::new(Registrars::new(pool_user(&config.registrars)));
         // The members last known, until a registrar says otherwise.
         let mut cache = config.member_cache.clone().map(MemberCache::open);
         if let Some(cache) = &cache {
@@ -888,19 +886,18 @@ impl Gateway {
                 }
             }
         }
-        if let Some(pu) = &pool_user {
-            refresh(pu, &registrar_pools, &shared, &mut cache).await;
+        let pu = registrars.borrow().clone();
+        if let Some(pu) = pu {
+            refresh(&pu, &registrar_pools, &shared, &mut cache).await;
         }
         probe_all(&pools.all(), &shared).await;
-        if let Some(pu) = &pool_user {
-            tasks.spawn(refresher(
-                pu.clone(),
-                pools.clone(),
-                shared.clone(),
-                report_rx,
-                cache,
-            ));
-        }
+        tasks.spawn(refresher(
+            registrars.subscribe(),
+            pools.clone(),
+            shared.clone(),
+            report_rx,
+            cache,
+        ));
         tasks.spawn(prober(pools.clone(), shared.clone()));
         tasks.spawn(sweeper(pools.clone()));
         let worker_count = config.workers.max(1);
@@ -952,7 +949,7 @@ impl Gateway {
                 config: Arc::new(config),
                 reloading: Arc::new(tokio::sync::Mutex::new(())),
                 workers: inboxes.into(),
-                pool_user,
+                registrars,
             },
             tasks,
             workers,
@@ -1020,8 +1017,9 @@ pub struct GatewayView {
     reloading: Arc<tokio::sync::Mutex<()>>,
     /// Where each worker takes the listeners a reload opens.
     workers: Arc<[mpsc::UnboundedSender<WorkerListener>]>,
-    /// Resolves registrar pools (when registrars are configured).
-    pool_user: Option<Arc<PoolUser>>,
+    /// Resolves registrar pools (when registrars are configured); a
+    /// reload may change them.
+    registrars: Arc<Registrars>,
 }
 
 impl GatewayView {
@@ -1045,6 +1043,12 @@ impl GatewayView {
                 })
                 .collect(),
             tickets: self.shared.tickets.status(),
+            registrars: self
+                .registrars
+                .borrow()
+                .as_ref()
+                .map(|pu| pu.registrars().to_vec())
+                .unwrap_or_default(),
         }
     }
 

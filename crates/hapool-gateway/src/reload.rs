@@ -17,11 +17,12 @@
 //! reset.) A listener no longer configured closes: it takes what the
 //! kernel has queued for it first, and its open connections finish. The
 //! upkeep's timers (refresh, probes) apply from their next round, and new
-//! session bounds to every pool's table at once. What the workers were
-//! built with (threads, member trust, the access log), the registrars and
-//! what
-//! a pool is at heart (where its members come from, TLS to them) take a
-//! restart; the reload names each such difference rather than half-apply
+//! session bounds to every pool's table at once. New registrars are asked
+//! at once for every registrar pool that stays (a pool none of them
+//! answers for keeps the members it had), and from then on by the
+//! refresher and by reports of unreachable members. What the workers were
+//! built with (threads, member trust, the access log) and what a pool is
+//! at heart (where its members come from, TLS to them) take a restart; the reload names each such difference rather than half-apply
 //! it. The new configuration is checked whole, and every new listener
 //! bound, before anything changes: a reload that cannot be done changes
 //! nothing.
@@ -32,10 +33,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::pool::Pool;
-use crate::upkeep::{Upkeep, probe_all, probe_one, refresh};
+use crate::upkeep::{Upkeep, pool_user, probe_all, probe_one, refresh};
 use crate::{
-    GatewayConfig, GatewayError, GatewayView, Limits, ListenerConfig, Listening, MemberSource,
-    PoolSettings,
+    GatewayConfig, GatewayError, GatewayView, Limits, ListenerConfig, Listening, PoolSettings,
 };
 
 /// What a reload did, and what it left for a restart.
@@ -128,7 +128,6 @@ impl GatewayConfig {
     /// gateway runs.
     fn fixed_changes(&self, running: &Self) -> Vec<&'static str> {
         changed_names([
-            ("registrars", self.registrars != running.registrars),
             ("threads", self.workers != running.workers),
             (
                 "member_ca",
@@ -180,9 +179,6 @@ impl GatewayView {
                         changed.push((pool, settings));
                     }
                     fixed
-                }
-                None if settings.source == MemberSource::Registrars && self.pool_user.is_none() => {
-                    Some("new, and the running gateway has no registrars to ask")
                 }
                 None if settings.tls && self.shared.member_tls.is_none() => {
                     Some("new, and the running gateway has no member_ca")
@@ -277,11 +273,46 @@ impl GatewayView {
                 what.join(", ")
             ));
         }
+        // The registrars before the pools, so that a new registrar pool is
+        // resolved by the new registrars.
+        let asking = self.registrars.borrow().clone();
+        let asked = asking.as_ref().map_or(&[][..], |pu| pu.registrars());
+        if config.registrars != asked {
+            let pu = pool_user(&config.registrars);
+            self.registrars.send_replace(pu.clone());
+            let list: Vec<String> = config.registrars.iter().map(ToString::to_string).collect();
+            done.applied.push(match pu {
+                None => "registrars: none".to_owned(),
+                Some(pu) => {
+                    // Every registrar pool that stays is asked again now.
+                    let staying: Vec<Arc<Pool>> = self
+                        .pools
+                        .all()
+                        .into_iter()
+                        .filter(|p| {
+                            p.from_registrars()
+                                && config.pools.iter().any(|c| c.handle == *p.handle())
+                        })
+                        .collect();
+                    let list = list.join(", ");
+                    if staying.is_empty() {
+                        format!("registrars: {list}")
+                    } else {
+                        let answered = refresh(&pu, &staying, &self.shared, &mut None).await;
+                        format!(
+                            "registrars: {list} ({answered} of {} registrar pool(s) resolved by them)",
+                            staying.len()
+                        )
+                    }
+                }
+            });
+        }
         for pool in &added {
             if pool.from_registrars() {
-                if let Some(pu) = &self.pool_user {
+                let asking = self.registrars.borrow().clone();
+                if let Some(pu) = asking {
                     let pools = std::slice::from_ref(pool);
-                    refresh(pu, pools, &self.shared, &mut None).await;
+                    refresh(&pu, pools, &self.shared, &mut None).await;
                 }
             } else {
                 probe_all(std::slice::from_ref(pool), &self.shared).await;

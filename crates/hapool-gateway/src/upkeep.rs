@@ -6,11 +6,12 @@
 //! and for how long, is the [`Upkeep`] a reload may change: each round
 //! reads it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::http::HeaderValue;
-use hapool_client::PoolUser;
+use hapool_client::{PoolUser, PuConfig};
 use hapool_wire::{PoolElementId, PoolHandle};
 use http_body_util::{BodyExt, Either, Full};
 use metrics::counter;
@@ -92,13 +93,15 @@ async fn next_round(
 }
 
 /// Resolves every registrar pool once; keeps the last answer of a pool
-/// when no registrar answers.
+/// when no registrar answers. Returns how many pools a registrar
+/// answered for.
 pub(crate) async fn refresh(
     pu: &PoolUser,
     pools: &[Arc<Pool>],
     shared: &Shared,
     cache: &mut Option<MemberCache>,
-) {
+) -> usize {
+    let mut answered = 0;
     for pool in pools {
         match pu.members(pool.handle()).await {
             Ok(elements) => {
@@ -109,6 +112,7 @@ pub(crate) async fn refresh(
                 for member in fresh {
                     probe_one(pool, &member, shared).await;
                 }
+                answered += 1;
             }
             Err(hapool_client::ClientError::Refused(cause)) => {
                 // The registrars know no such pool (any more): it is empty.
@@ -117,6 +121,7 @@ pub(crate) async fn refresh(
                     cache.record(pool.handle(), &[]);
                 }
                 pool.update(&[]);
+                answered += 1;
             }
             Err(e) => {
                 counter!("hapool_gateway_registrar_errors_total").increment(1);
@@ -124,14 +129,30 @@ pub(crate) async fn refresh(
             }
         }
     }
+    answered
+}
+
+/// The registrars the gateway asks, as one of their pool users: none
+/// when the configuration names none. A reload may replace it.
+pub(crate) type Registrars = watch::Sender<Option<Arc<PoolUser>>>;
+
+/// A pool user of `registrars` for the gateway: it asks every time (the
+/// gateway keeps the answers itself), or none for an empty list.
+pub(crate) fn pool_user(registrars: &[SocketAddr]) -> Option<Arc<PoolUser>> {
+    (!registrars.is_empty()).then(|| {
+        let mut config = PuConfig::new(registrars.to_vec());
+        config.cache_ttl = Duration::ZERO;
+        Arc::new(PoolUser::new(config))
+    })
 }
 
 /// Resolves the registrar pools every `refresh` (the first time one
 /// `refresh` after it starts: the gateway resolved them as it started),
 /// and between rounds reports members found unreachable to the
-/// registrars.
+/// registrars. Each round and each report goes to the registrars
+/// configured at that moment.
 pub(crate) async fn refresher(
-    pu: Arc<PoolUser>,
+    registrars: watch::Receiver<Option<Arc<PoolUser>>>,
     pools: PoolSet,
     shared: Arc<Shared>,
     mut reports: mpsc::Receiver<(PoolHandle, PoolElementId)>,
@@ -146,6 +167,9 @@ pub(crate) async fn refresher(
             tokio::select! {
                 () = &mut round => break,
                 Some((pool, pe_id)) = reports.recv() => {
+                    // Only registrar pools are reported, and they exist
+                    // only while there are registrars.
+                    let Some(pu) = registrars.borrow().clone() else { continue };
                     if let Err(e) = pu.report_unreachable(&pool, pe_id).await {
                         debug!(pool = %pool, pe_id = %pe_id, error = %e, "cannot report an unreachable pool element");
                     }
@@ -153,6 +177,9 @@ pub(crate) async fn refresher(
             }
         }
         started = Instant::now();
+        let Some(pu) = registrars.borrow().clone() else {
+            continue;
+        };
         let registrar_pools: Vec<Arc<Pool>> = pools
             .all()
             .into_iter()

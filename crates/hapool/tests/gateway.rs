@@ -684,3 +684,124 @@ fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
     assert_eq!(code, 0, "{err}");
     assert!(list.contains(&a), "{list}");
 }
+
+/// A registrar of its own on loopback, and `hapool pe` keeping `server`
+/// registered with it in pool `web`.
+fn registrar_with(server: &str) -> (String, Killed) {
+    let mut registrar = spawn(&["registrar", "--listen", "127.0.0.1:0"]);
+    let line = wait_line(&mut registrar, "registrar ");
+    let address = line.rsplit(' ').next().unwrap().to_owned();
+    let pe = spawn(&[
+        "pe",
+        "--registrar",
+        &address,
+        "--pool",
+        "web",
+        "--address",
+        server,
+    ]);
+    (address, Killed(vec![registrar, pe]))
+}
+
+#[test]
+fn a_reload_changes_the_registrars_a_gateway_asks() {
+    let scratch = common::Scratch::new("gateway_reload_registrars");
+    let (a, b, s) = (backend("a"), backend("b"), backend("s"));
+    let (first, _first) = registrar_with(&a);
+    let (second, _second) = registrar_with(&b);
+    // A registrar address nothing listens on.
+    let silent = format!("127.0.0.1:{}", free_port());
+    let front = format!("127.0.0.1:{}", free_port());
+    let web = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    // Without registrars: one static pool.
+    let file = |registrars: &[&str], with_web: bool| {
+        let registrars: Vec<String> = registrars.iter().map(|r| format!("{r:?}")).collect();
+        let mut text = format!(
+            "[gateway]\nadmin = {admin:?}\nregistrars = [{}]\nrefresh = \"200ms\"\nprobe_interval = \"100ms\"\n\
+             [[gateway.listener]]\nlisten = {front:?}\npool = \"front\"\naffinity = false\n\
+             [[gateway.pool]]\nhandle = \"front\"\nmembers = [{s:?}]\n",
+            registrars.join(", ")
+        );
+        if with_web {
+            text += &format!(
+                "[[gateway.listener]]\nlisten = {web:?}\npool = \"web\"\naffinity = false\n[[gateway.pool]]\nhandle = \"web\"\n"
+            );
+        }
+        text
+    };
+    let path = scratch.write("gw.toml", &file(&[], false));
+    let path = path.to_str().unwrap();
+    let mut gateway = spawn(&["gateway", "--config", path]);
+    wait_line(&mut gateway, "gateway on");
+    let _gateway = Killed(vec![gateway]);
+    until("s answers", || get(&front) == "s");
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["gateway", "ctl", "--admin", &admin];
+        all.extend_from_slice(args);
+        hapool(&all)
+    };
+    let registrars_shown = || {
+        let response = get_path(&admin, "/status");
+        let (_, body) = response.split_once("\r\n\r\n").unwrap();
+        let status: serde_json::Value = serde_json::from_str(body).unwrap();
+        status["registrars"].clone()
+    };
+    assert_eq!(registrars_shown(), serde_json::json!([]));
+
+    // Registrars, and a registrar pool with its listener.
+    scratch.write("gw.toml", &file(&[&first], true));
+    let (code, out, err) = ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("in effect: registrars: {first}\n")),
+        "{out}"
+    );
+    assert!(
+        out.contains("in effect: pool web: added (1 member(s), 1 answering)"),
+        "{out}"
+    );
+    assert!(!out.contains("restart"), "{out}");
+    until("a answers for web", || get(&web) == "a");
+    assert_eq!(registrars_shown(), serde_json::json!([first]));
+
+    // Other registrars: they name b, and a leaves.
+    scratch.write("gw.toml", &file(&[&second], true));
+    let (code, out, err) = ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "in effect: registrars: {second} (1 of 1 registrar pool(s) resolved by them)"
+        )),
+        "{out}"
+    );
+    for _ in 0..6 {
+        assert_eq!(get(&web), "b", "the new registrars' member only");
+    }
+    assert_eq!(get(&front), "s");
+
+    // Registrars that do not answer: the pool keeps its members.
+    scratch.write("gw.toml", &file(&[&silent], true));
+    let (code, out, err) = ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "in effect: registrars: {silent} (0 of 1 registrar pool(s) resolved by them)"
+        )),
+        "{out}"
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    for _ in 0..6 {
+        assert_eq!(get(&web), "b", "served from the last known members");
+    }
+    assert_eq!(registrars_shown(), serde_json::json!([silent]));
+
+    // No registrars, and no registrar pool.
+    scratch.write("gw.toml", &file(&[], false));
+    let (code, out, err) = ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("in effect: registrars: none"), "{out}");
+    assert!(out.contains("in effect: pool web: removed"), "{out}");
+    assert_eq!(registrars_shown(), serde_json::json!([]));
+    assert_eq!(get(&front), "s");
+}
