@@ -2839,8 +2839,29 @@ async fn haproxy_in_front_passes_the_client_address_by_either_version() {
 /// until stopped (20 s at most).
 struct ConnectionLoad {
     stop: Arc<AtomicBool>,
-    /// Each client's answered requests, and when its failures came.
-    clients: Vec<JoinHandle<(u32, Vec<Duration>)>>,
+    /// Each client's answered requests, and when its failures came and
+    /// what they were.
+    clients: Vec<JoinHandle<(u32, Vec<(Duration, String)>)>>,
+}
+
+/// One GET on a connection of its own: the answer's body, or at which
+/// step and how the exchange failed.
+async fn get_on_new_connection(to: SocketAddr) -> Result<String, String> {
+    let mut stream = tokio::net::TcpStream::connect(to)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    match (read, answer.split_once("\r\n\r\n")) {
+        (_, Some((head, body))) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        (Ok(_), _) => Err(format!("answer: {answer:?}")),
+        (Err(e), _) => Err(format!("read after {} bytes: {e}", answer.len())),
+    }
 }
 
 impl ConnectionLoad {
@@ -2855,9 +2876,9 @@ impl ConnectionLoad {
                     while !stop.load(Ordering::Relaxed)
                         && started.elapsed() < Duration::from_secs(20)
                     {
-                        match get_with_preface(Ipv4Addr::LOCALHOST.into(), gateway, b"").await {
-                            Some(_) => ok += 1,
-                            None => failed.push(started.elapsed()),
+                        match get_on_new_connection(gateway).await {
+                            Ok(_) => ok += 1,
+                            Err(why) => failed.push((started.elapsed(), why)),
                         }
                     }
                     (ok, failed)
