@@ -128,8 +128,9 @@ impl MemberError {
 
     /// A failed send on a new connection, or on a member's HTTP/2 one:
     /// unsent, with the request given back, when hyper kept it; unsent too
-    /// when the member refused the stream (it did not process the request,
-    /// RFC 9113 8.7, whose body, if kept, can go elsewhere); else failed.
+    /// when the member did not process the stream (it refused it, or it is
+    /// above the last stream of the member's GOAWAY: the request's body,
+    /// if kept, can go elsewhere); else failed.
     fn on_send(mut error: TrySendError<Request<MemberBody>>) -> Self {
         match error.take_message() {
             Some(unsent) => {
@@ -137,7 +138,7 @@ impl MemberError {
             }
             None => {
                 let error = error.into_error();
-                if refused_stream(&error) {
+                if unprocessed_stream(&error) {
                     Self::NotSent(error, Unsent::default())
                 } else {
                     Self::Failed(error)
@@ -508,15 +509,18 @@ impl MemberHttp {
     }
 }
 
-/// Whether `error` is the member's refusal of an HTTP/2 stream
-/// (`RST_STREAM` with REFUSED_STREAM).
-fn refused_stream(error: &hyper::Error) -> bool {
+/// Whether `error` says the member did not process the HTTP/2 stream: it
+/// refused it (`RST_STREAM` with REFUSED_STREAM, RFC 9113 8.7), or the
+/// stream is above the last one its GOAWAY names (RFC 9113 6.8; h2 gives
+/// the GOAWAY as the error of those streams alone: a stream at or below
+/// it that the closing connection cuts short fails as a broken pipe).
+fn unprocessed_stream(error: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-            return h2.is_reset()
-                && h2.is_remote()
-                && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.is_remote()
+                && (h2.is_go_away()
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
         }
         source = cause.source();
     }

@@ -498,6 +498,86 @@ async fn a_request_a_member_refuses_goes_to_another_when_its_body_was_kept() {
     gateway.shutdown().await;
 }
 
+/// A member that answers the first request of each connection with a
+/// GOAWAY whose last stream identifier is 0: by RFC 9113 6.8 it
+/// processed none of the connection's streams. Its frames are written by
+/// hand, so that the GOAWAY comes before anything else.
+async fn going_away_member() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if stream.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                // An empty SETTINGS frame.
+                let _ = stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+                loop {
+                    let mut head = [0u8; 9];
+                    if stream.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                    let mut payload = vec![0u8; length];
+                    if stream.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    match (head[3], head[4] & 1) {
+                        // SETTINGS, not an acknowledgement: acknowledged.
+                        (4, 0) => {
+                            let _ = stream.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+                        }
+                        // HEADERS: GOAWAY, last stream 0, NO_ERROR; then
+                        // the connection closes.
+                        (1, _) => {
+                            let mut goaway = vec![0, 0, 8, 7, 0, 0, 0, 0, 0];
+                            goaway.extend_from_slice(&[0; 8]);
+                            let _ = stream.write_all(&goaway).await;
+                            sleep(Duration::from_millis(50)).await;
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn a_stream_above_the_last_one_of_a_members_goaway_goes_to_another() {
+    let going = going_away_member().await;
+    let good = H2Member::start("good", false).await;
+    let mut config = common::one_member_gateway(going, 1, 10);
+    config.pools[0] = PoolSettings {
+        http2: true,
+        strategy: Some(hapool_gateway::Strategy::Priority),
+        source: common::static_members(&[(going, 5), (good.address, 0)]),
+        ..config.pools[0].clone()
+    };
+    let gateway = Gateway::start(config).await.unwrap();
+    for body in [&b""[..], b"hello"] {
+        // A GET, and a POST whose body was kept for another attempt: the
+        // member said it processed neither, so each goes to the other.
+        let request = if body.is_empty() {
+            b"GET /page HTTP/1.1\r\nhost: shop.test\r\nconnection: close\r\n\r\n".to_vec()
+        } else {
+            let mut post = b"POST /order HTTP/1.1\r\nhost: shop.test\r\ncontent-length: 5\r\n\
+                connection: close\r\n\r\n"
+                .to_vec();
+            post.extend_from_slice(body);
+            post
+        };
+        let answer = common::raw_exchange(gateway.local_addrs()[0], &request).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("good /"), "{answer}");
+    }
+    gateway.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_reload_turns_http2_to_members_on_and_off() {
     // A member that takes both (hyper's automatic server).
