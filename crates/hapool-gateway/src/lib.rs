@@ -22,6 +22,7 @@ pub mod body;
 mod connection_io;
 mod drain;
 mod grpc_health;
+mod handover;
 mod hedge;
 pub mod http;
 mod member_cache;
@@ -40,7 +41,7 @@ mod worker_runtime;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use ::http::HeaderValue;
@@ -251,6 +252,11 @@ pub struct GatewayConfig {
     /// answered and per TCP connection closed (see `access_log`). None
     /// (no access log) by default.
     pub access_log: Option<std::path::PathBuf>,
+    /// A Unix socket on which the gateway hands its listening sockets to a
+    /// gateway started to replace it, and from which it first asks the
+    /// gateway before for them (see `handover`). None by default: a
+    /// successor binds its own sockets beside.
+    pub handover: Option<std::path::PathBuf>,
     /// Session ticket keys shared with other gateways, so that a TLS
     /// session begun at one resumes at another ([`tickets`]). `None`
     /// (each gateway makes its own keys) by default.
@@ -350,6 +356,7 @@ impl GatewayConfig {
             member_tls: None,
             member_cache: None,
             access_log: None,
+            handover: None,
             ticket_keys: None,
         }
     }
@@ -435,6 +442,14 @@ pub enum GatewayError {
     Bind {
         /// The address.
         address: SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The handover socket cannot be made.
+    #[error("cannot make the handover socket {}: {source}", path.display())]
+    Handover {
+        /// The path configured.
+        path: std::path::PathBuf,
         /// What the system said.
         source: std::io::Error,
     },
@@ -581,6 +596,11 @@ struct Listening {
     /// Where it is bound (its configured address may have port 0).
     address: SocketAddr,
     admission: Arc<Admission>,
+    /// Copies of its sockets, kept to hand to a successor when the
+    /// gateway has a `handover` socket (empty otherwise, and once it
+    /// closes or shuts down, so that its sockets then close with the
+    /// workers' own).
+    kept: Arc<Mutex<Vec<std::net::TcpListener>>>,
     /// Set when a reload closes it.
     closing: Arc<watch::Sender<bool>>,
     /// What its workers serve new connections with; a reload may change
@@ -596,20 +616,41 @@ struct Spec {
 }
 
 impl Listening {
-    /// Binds `config`'s address once per worker, and prepares what each
-    /// of `workers` serves it with.
+    /// Takes the `inherited` sockets and binds `config`'s address as many
+    /// times more as it takes to have one socket per worker, and prepares
+    /// what each socket is served with (socket `i` by worker `i` modulo
+    /// `workers`). With `keep`, copies of the sockets are kept for a
+    /// handover.
     fn open(
         config: &ListenerConfig,
         pool: &Arc<Pool>,
         workers: usize,
         tickets: &Arc<SessionTickets>,
+        inherited: Vec<std::net::TcpListener>,
+        keep: bool,
     ) -> Result<(Self, Vec<WorkerListener>), GatewayError> {
-        let at = config.address;
-        let sockets = bind_reuseport(at, workers.max(1)).map_err(|source| GatewayError::Bind {
-            address: at,
-            source,
-        })?;
+        let at = inherited
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or(config.address);
+        let mut sockets = inherited;
+        let more = workers.max(1).saturating_sub(sockets.len());
+        sockets.extend(
+            bind_reuseport(at, more).map_err(|source| GatewayError::Bind {
+                address: at,
+                source,
+            })?,
+        );
         let address = sockets[0].local_addr().unwrap_or(at);
+        let kept = if keep {
+            sockets
+                .iter()
+                .map(std::net::TcpListener::try_clone)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| GatewayError::Bind { address, source })?
+        } else {
+            Vec::new()
+        };
         let (admission, inboxes) = Admission::new(sockets.len(), config.max_connections);
         let tls = config.tls.as_deref().map(|c| LiveTls::new(c, tickets));
         let (closing, closed) = watch::channel(false);
@@ -635,6 +676,7 @@ impl Listening {
         let listening = Self {
             address,
             admission,
+            kept: Arc::new(Mutex::new(kept)),
             closing: Arc::new(closing),
             spec: Arc::new(spec),
         };
@@ -661,6 +703,32 @@ impl Listening {
     /// Where it listens.
     fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The address it was configured with (a successor with the same
+    /// configuration asks for its sockets by it).
+    fn configured_address(&self) -> SocketAddr {
+        self.current().config.address
+    }
+
+    /// New copies of its sockets for a successor (none when the gateway
+    /// has no `handover` socket, or once it stops).
+    fn handover_copies(&self) -> std::io::Result<Vec<std::net::TcpListener>> {
+        self.kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(std::net::TcpListener::try_clone)
+            .collect()
+    }
+
+    /// Drops the copies kept for a handover: the sockets close once the
+    /// workers close theirs (unless a successor holds copies).
+    fn release(&self) {
+        self.kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// Serves new connections as `config` says, with `pool`, on the same
@@ -691,6 +759,7 @@ impl Listening {
     /// Stops accepting on every worker (connections already queued are
     /// still taken); its open connections finish as on a shutdown.
     fn close(&self) {
+        self.release();
         let _ = self.closing.send(true);
         info!(address = %self.address(), "listener closed: its open connections finish");
     }
@@ -828,14 +897,33 @@ impl Gateway {
         let tickets = Arc::new(
             SessionTickets::new(config.ticket_keys.as_ref()).map_err(GatewayError::Tickets)?,
         );
+        // The listening sockets of the gateway before, when it hands them
+        // over: served here as well as there until it stops, then here
+        // alone; none of them ever closes.
+        let mut inherited = match &config.handover {
+            Some(path) => handover::ask(path).await,
+            None => handover::Inherited::default(),
+        };
         let mut opened = Vec::new();
         for listener in &config.listeners {
             let pool = pools
                 .iter()
                 .find(|p| *p.handle() == listener.pool)
                 .expect("checked: every listener's pool is configured");
-            opened.push(Listening::open(listener, pool, config.workers, &tickets)?);
+            opened.push(Listening::open(
+                listener,
+                pool,
+                config.workers,
+                &tickets,
+                inherited.take(listener.address),
+                config.handover.is_some(),
+            )?);
         }
+        for address in inherited.left() {
+            info!(%address, "the gateway before listened here; this configuration does not, and leaves its sockets to it");
+        }
+        drop(inherited);
+        let handover_socket = config.handover.as_deref().map(handover::bind).transpose()?;
         let access_log = match &config.access_log {
             Some(path) => {
                 Some(
@@ -906,9 +994,13 @@ impl Gateway {
             (0..worker_count).map(|_| Vec::new()).collect();
         for (listening, serves) in opened {
             listeners.push(listening);
-            for (worker, serve) in per_worker.iter_mut().zip(serves) {
-                worker.push(serve);
+            for (i, serve) in serves.into_iter().enumerate() {
+                per_worker[i % worker_count].push(serve);
             }
+        }
+        let listeners = Arc::new(RwLock::new(listeners));
+        if let (Some(socket), Some(path)) = (handover_socket, &config.handover) {
+            tasks.spawn(handover::serve(socket, path.clone(), listeners.clone()));
         }
         // One worker started from a single-threaded runtime is served by
         // that runtime, so that the process keeps one thread: in a process
@@ -944,7 +1036,7 @@ impl Gateway {
         Ok(Self {
             view: GatewayView {
                 pools,
-                listeners: Arc::new(RwLock::new(listeners)),
+                listeners,
                 shared,
                 config: Arc::new(config),
                 reloading: Arc::new(tokio::sync::Mutex::new(())),
@@ -980,6 +1072,9 @@ impl Gateway {
     /// workers to end (open connections are closed).
     pub async fn shutdown(mut self) {
         self.tasks.shutdown().await;
+        for listening in self.view.listening() {
+            listening.release();
+        }
         let mut threads = Vec::new();
         let mut tasks = Vec::new();
         for worker in std::mem::take(&mut self.workers) {

@@ -135,6 +135,7 @@ impl GatewayConfig {
             ),
             ("member_cache", self.member_cache != running.member_cache),
             ("access_log", self.access_log != running.access_log),
+            ("handover", self.handover != running.handover),
         ])
     }
 }
@@ -228,6 +229,8 @@ impl GatewayView {
                         &pool,
                         self.workers.len(),
                         &self.shared.tickets,
+                        Vec::new(),
+                        self.config.handover.is_some(),
                     )?);
                     plans.push(Plan::Open);
                 }
@@ -368,9 +371,9 @@ impl GatewayView {
                 }
                 Plan::Open => {
                     let (listening, per_worker) = opened.next().expect("one bound per plan");
-                    for (worker, serve) in self.workers.iter().zip(per_worker) {
+                    for (i, serve) in per_worker.into_iter().enumerate() {
                         // A worker that has stopped serves nothing more.
-                        let _ = worker.send(serve);
+                        let _ = self.workers[i % self.workers.len()].send(serve);
                     }
                     done.applied
                         .push(format!("listener {}: opened", listening.address()));

@@ -2839,17 +2839,25 @@ async fn haproxy_in_front_passes_the_client_address_by_either_version() {
 /// until stopped (20 s at most).
 struct ConnectionLoad {
     stop: Arc<AtomicBool>,
-    /// Each client's answered requests, and when its failures came and
-    /// what they were.
-    clients: Vec<JoinHandle<(u32, Vec<(Duration, String)>)>>,
+    /// Each client's answered requests, and its failures.
+    clients: Vec<JoinHandle<(u32, Lost)>>,
 }
+
+/// When each lost connection failed (from the start of the load), and how.
+type Lost = Vec<(Duration, String)>;
 
 /// One GET on a connection of its own: the answer's body, or at which
 /// step and how the exchange failed.
 async fn get_on_new_connection(to: SocketAddr) -> Result<String, String> {
-    let mut stream = tokio::net::TcpStream::connect(to)
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket
+        .bind((Ipv4Addr::LOCALHOST, 0).into())
+        .map_err(|e| format!("bind: {e}"))?;
+    let from = socket.local_addr().map_err(|e| format!("bind: {e}"))?;
+    let mut stream = socket
+        .connect(to)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| format!("connect from {from}: {e}"))?;
     stream
         .write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
         .await
@@ -2966,98 +2974,107 @@ async fn connections_accepted_before_a_shutdown_are_answered() {
     }
 }
 
-/// Runs `ip` with `args`; whether it succeeded.
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// A network namespace of the test's own, removed when dropped.
-struct Namespace(String);
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.0]);
-    }
-}
-
-/// A successor gateway started on the same address (its own sockets
-/// beside the running one's, `SO_REUSEPORT`), then the running one
-/// stopped, three times under a load of new connections: none is lost.
-/// Run in a network namespace of its own whose kernel moves the
-/// connections still in a closing listener's handshake to the others on
-/// its address (`net.ipv4.tcp_migrate_req = 1`, as docs/operations.md
-/// says to set; without it about one handover in thirty reset one
-/// connection): the test binary runs itself there.
-#[test]
-fn a_gateway_handing_its_port_to_a_successor_loses_no_connection() {
-    const INSIDE: &str = "HAPOOL_TEST_HANDOVER_INSIDE";
-    const NAME: &str = "a_gateway_handing_its_port_to_a_successor_loses_no_connection";
-    if std::env::var_os(INSIDE).is_some() {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(handovers_under_load());
-        return;
-    }
-    let ns = Namespace(format!("hapool-handover-{}", std::process::id()));
-    if !ip(&["netns", "add", &ns.0]) {
-        assert!(
-            std::env::var_os("HAPOOL_REQUIRE_TOOLS").is_none(),
-            "HAPOOL_REQUIRE_TOOLS is set but no network namespace could be made (root and iproute2)"
-        );
-        eprintln!("SKIPPED: no network namespace (needs root and iproute2)");
-        return;
-    }
-    assert!(ip(&["-n", &ns.0, "link", "set", "lo", "up"]));
-    assert!(ip(&[
-        "netns",
-        "exec",
-        &ns.0,
-        "sysctl",
-        "-qw",
-        "net.ipv4.tcp_migrate_req=1"
-    ]));
-    let me = std::env::current_exe().unwrap();
-    let run = Command::new("ip")
-        .args(["netns", "exec", &ns.0])
-        .arg(me)
-        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
-        .env(INSIDE, "1")
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success() && out.contains("1 passed"),
-        "{out}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-}
-
-async fn handovers_under_load() {
+/// A successor gateway started with the same `handover` socket takes the
+/// running one's listening sockets, then the running one is stopped,
+/// three times under a load of new connections, each successor with
+/// another number of workers: none is lost, and the address never has
+/// more sockets than the most workers one of them had (the sockets are
+/// handed on, not bound beside).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_handing_its_port_to_a_successor_loses_no_connection() {
     let backends = http_backends(&["a", "b"]).await;
-    let first = Gateway::start(http_config(&backends)).await.unwrap();
-    let addr = first.local_addrs()[0];
-    let load = ConnectionLoad::start(addr);
-    // Three handovers: a successor starts on the same address (its own
-    // sockets beside the running one's), then the running one stops.
-    let mut running = first;
-    for _ in 0..3 {
-        sleep(Duration::from_millis(200)).await;
+    let path = std::env::temp_dir().join(format!("hapool-handover-{}.sock", std::process::id()));
+    let with_workers = |workers: usize, addr: Option<SocketAddr>| {
         let mut config = http_config(&backends);
-        config.listeners[0].address = addr;
-        let successor = Gateway::start(config).await.unwrap();
+        config.workers = workers;
+        config.handover = Some(path.clone());
+        if let Some(addr) = addr {
+            config.listeners[0].address = addr;
+        }
+        config
+    };
+    let first = Gateway::start(with_workers(2, None)).await.unwrap();
+    let addr = first.local_addrs()[0];
+    assert_eq!(listening_sockets(addr).unwrap_or(2), 2);
+    let load = ConnectionLoad::start(addr);
+    let mut running = first;
+    let mut sockets = 2;
+    for workers in [1, 3, 2] {
+        sleep(Duration::from_millis(200)).await;
+        let successor = Gateway::start(with_workers(workers, Some(addr)))
+            .await
+            .unwrap();
+        // Both serve the same sockets, and more when the successor has
+        // more workers than there are sockets.
+        sockets = workers.max(sockets);
+        assert_eq!(listening_sockets(addr).unwrap_or(sockets), sockets);
         sleep(Duration::from_millis(100)).await;
         running.shutdown().await;
         running = successor;
     }
     sleep(Duration::from_millis(200)).await;
     load.none_lost().await;
+    assert_eq!(
+        listening_sockets(addr).unwrap_or(3),
+        3,
+        "the third successor's"
+    );
     running.shutdown().await;
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A handover path with a stale socket file (its gateway died), or with
+/// something there that answers nonsense: the gateway starts all the
+/// same, binding its own sockets, and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_socket_that_cannot_be_used_leaves_the_gateway_binding_its_own() {
+    let backends = http_backends(&["a"]).await;
+    let path =
+        std::env::temp_dir().join(format!("hapool-handover-stale-{}.sock", std::process::id()));
+    let mut config = http_config(&backends);
+    config.workers = 2;
+    config.handover = Some(path.clone());
+    // A socket file nobody listens on any more.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let gateway = Gateway::start(config.clone()).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    assert_eq!(listening_sockets(addr).unwrap_or(2), 2);
+    assert_eq!(served_by(&get(&client(), addr, "/", None).await.1), "a");
+    gateway.shutdown().await;
+    // Something that answers, but not with sockets.
+    let _ = std::fs::remove_file(&path);
+    let liar = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = liar.accept().await {
+            let _ = stream.write_all(b"no sockets here").await;
+        }
+    });
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    assert_eq!(listening_sockets(addr).unwrap_or(2), 2);
+    assert_eq!(served_by(&get(&client(), addr, "/", None).await.1), "a");
+    gateway.shutdown().await;
+    let _ = std::fs::remove_file(&path);
+}
+
+/// How many sockets listen on `addr`, as `ss` (iproute2) counts them
+/// (asking the kernel for listening sockets only); `None`, and the
+/// check skipped, without `ss`, unless `HAPOOL_REQUIRE_TOOLS=1`.
+fn listening_sockets(addr: SocketAddr) -> Option<usize> {
+    let Ok(out) = Command::new("ss")
+        .args(["-Hltn", &format!("src {addr}")])
+        .output()
+    else {
+        assert!(
+            std::env::var_os("HAPOOL_REQUIRE_TOOLS").is_none(),
+            "HAPOOL_REQUIRE_TOOLS is set but ss is not installed (apt-get install iproute2)"
+        );
+        eprintln!("SKIPPED: the count of listening sockets (no ss: apt-get install iproute2)");
+        return None;
+    };
+    assert!(out.status.success(), "{out:?}");
+    Some(String::from_utf8_lossy(&out.stdout).lines().count())
 }
 
 #[tokio::test]

@@ -3,8 +3,10 @@
 //! So far: [`MessageReader`] and [`write_message`], which carry ASAP or ENRP
 //! messages over any byte stream (TCP or TLS; SCTP later), one message after
 //! another, framed by the length in each header; [`tls`], which builds
-//! TLS configurations and reads client identities; and [`vrrp`], VRRP's
-//! raw socket, virtual addresses and gratuitous ARP on Linux.
+//! TLS configurations and reads client identities; [`vrrp`], VRRP's
+//! raw socket, virtual addresses and gratuitous ARP on Linux; and
+//! [`passing`], open sockets handed to another process over a Unix
+//! socket.
 //!
 //! Never holds protocol state: what a message means is for the state
 //! machines in `hapool-proto` and `hapool-vrrp`.
@@ -14,6 +16,7 @@
 //! safe interface offers; the block says why it is sound. Everything else
 //! denies unsafe code.
 
+pub mod passing;
 pub mod tls;
 pub mod vrrp;
 

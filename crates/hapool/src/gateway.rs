@@ -45,6 +45,9 @@ pub(crate) struct GatewayFile {
     member_cache: Option<PathBuf>,
     /// The file the access log is appended to; no access log when absent.
     access_log: Option<PathBuf>,
+    /// A Unix socket for handing the listening sockets to a successor
+    /// (and asking a predecessor for them); none when absent.
+    handover: Option<PathBuf>,
     /// TLS session ticket keys shared with other gateways (one key of 64
     /// hex digits per line, the first sealing); each gateway makes its
     /// own when absent.
@@ -469,6 +472,7 @@ impl TryFrom<GatewayFile> for Planned {
         for (key, file) in [
             ("member_cache", &file.member_cache),
             ("access_log", &file.access_log),
+            ("handover", &file.handover),
         ] {
             if let Some(file) = file {
                 let dir = file
@@ -486,6 +490,7 @@ impl TryFrom<GatewayFile> for Planned {
         }
         config.member_cache = file.member_cache;
         config.access_log = file.access_log;
+        config.handover = file.handover;
         config.ticket_keys = match (&file.ticket_keys, file.ticket_lifetime) {
             (Some(path), lifetime) => Some(read_ticket_keys(path, lifetime)?),
             (None, Some(_)) => {

@@ -225,11 +225,13 @@ fn the_systemd_units_run_hapool_commands_that_exist() {
             "/bin/kill -HUP $MAINPID"
         ]
     );
-    // The example's access log and member cache directories are writable.
+    // The example's access log, member cache and handover directories are
+    // writable.
     let example = read("deploy/gateway.toml");
     for (dir, directive) in [
         ("/var/lib/hapool/", "StateDirectory=hapool"),
         ("/var/log/hapool/", "LogsDirectory=hapool"),
+        ("/run/hapool/", "RuntimeDirectoryPreserve=yes"),
     ] {
         assert!(
             example.contains(dir) && gateway.contains(directive),

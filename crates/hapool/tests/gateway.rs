@@ -661,10 +661,47 @@ fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
     let listen = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
     let path = scratch.write("gw.toml", &static_gateway(&listen, &admin, &[&a], ""));
+    successor_takes_over(&path, &listen, &admin, &a);
+    // With a handover socket: the successor serves the same sockets.
+    let socket = path.with_file_name("handover.sock");
+    let with_handover = format!("handover = {:?}\n", socket.display().to_string());
+    scratch.write(
+        "gw.toml",
+        &static_gateway(&listen, &admin, &[&a], &with_handover),
+    );
+    successor_takes_over(&path, &listen, &admin, &a);
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "the owner's alone"
+    );
+    // Anything but a socket at the path is not replaced: the start fails,
+    // naming it.
+    std::fs::remove_file(&socket).unwrap();
+    std::fs::write(&socket, "keep me").unwrap();
+    let (code, _, err) = hapool(&["gateway", "--config", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!(
+            "cannot make the handover socket {}",
+            socket.display()
+        )) && err.contains("something other than a socket is there"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "keep me");
+}
+
+/// Starts a gateway with the file at `path`, then a successor with the
+/// same file, and stops the first: the successor serves `listen` and the
+/// admin port.
+fn successor_takes_over(path: &std::path::Path, listen: &str, admin: &str, a: &str) {
     let path = path.to_str().unwrap();
     let mut first = spawn(&["gateway", "--config", path]);
     wait_line(&mut first, "gateway on");
-    until("a answers", || get(&listen) == "a");
+    until("a answers", || get(listen) == "a");
     // The successor starts on the same listener and admin addresses while
     // the first serves; then the first is stopped.
     let mut second = spawn(&["gateway", "--config", path]);
@@ -678,11 +715,11 @@ fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
     assert!(first.wait().unwrap().success());
     // Both addresses are the successor's.
     for _ in 0..4 {
-        assert_eq!(get(&listen), "a");
+        assert_eq!(get(listen), "a");
     }
-    let (code, list, err) = hapool(&["gateway", "ctl", "--admin", &admin, "list"]);
+    let (code, list, err) = hapool(&["gateway", "ctl", "--admin", admin, "list"]);
     assert_eq!(code, 0, "{err}");
-    assert!(list.contains(&a), "{list}");
+    assert!(list.contains(a), "{list}");
 }
 
 /// A registrar of its own on loopback, and `hapool pe` keeping `server`
