@@ -21,11 +21,12 @@
 //! at once for every registrar pool that stays (a pool none of them
 //! answers for keeps the members it had), and from then on by the
 //! refresher and by reports of unreachable members. What the workers were
-//! built with (threads, member trust, the access log) and what a pool is
-//! at heart (where its members come from, TLS to them) take a restart; the reload names each such difference rather than half-apply
-//! it. The new configuration is checked whole, and every new listener
-//! bound, before anything changes: a reload that cannot be done changes
-//! nothing.
+//! built with (threads, member trust, the access log, the handover
+//! socket) and what a pool is at heart (where its members come from, TLS
+//! to them) take a restart; the reload names each such difference rather
+//! than half-apply it. The new configuration is checked whole, and every
+//! new listener bound, before anything changes: a reload that cannot be
+//! done changes nothing.
 
 use std::sync::{Arc, PoisonError};
 
@@ -283,7 +284,6 @@ impl GatewayView {
         if config.registrars != asked {
             let pu = pool_user(&config.registrars);
             self.registrars.send_replace(pu.clone());
-            let list: Vec<String> = config.registrars.iter().map(ToString::to_string).collect();
             done.applied.push(match pu {
                 None => "registrars: none".to_owned(),
                 Some(pu) => {
@@ -297,6 +297,8 @@ impl GatewayView {
                                 && config.pools.iter().any(|c| c.handle == *p.handle())
                         })
                         .collect();
+                    let list: Vec<String> =
+                        config.registrars.iter().map(ToString::to_string).collect();
                     let list = list.join(", ");
                     if staying.is_empty() {
                         format!("registrars: {list}")
