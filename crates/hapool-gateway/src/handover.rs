@@ -76,7 +76,8 @@ impl Inherited {
     }
 
     /// The addresses handed over and not taken: listeners the new
-    /// configuration no longer has. Their sockets close when this drops.
+    /// configuration no longer has. The copies here close when this drops;
+    /// the sockets themselves when the gateway before stops.
     pub(crate) fn left(&self) -> Vec<SocketAddr> {
         self.0.iter().map(|(offer, _)| offer.bound).collect()
     }
@@ -124,6 +125,8 @@ enum HandoverError {
     NotListening { address: SocketAddr, why: String },
 }
 
+/// Connects to `path`, asks for the listeners, and checks what came: as
+/// many sockets as the answer names, each listening where it says.
 async fn exchange(path: &Path) -> Result<Inherited, HandoverError> {
     let mut stream = UnixStream::connect(path)
         .await

@@ -3023,6 +3023,52 @@ async fn a_gateway_handing_its_port_to_a_successor_loses_no_connection() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// A successor whose configuration has listeners the gateway before did
+/// not, and lacks one it had: it takes the sockets of the listener both
+/// have, binds the new one, and leaves the other to the gateway before,
+/// whose stop closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_takes_the_sockets_of_the_listeners_it_shares_with_the_gateway_before() {
+    let backends = http_backends(&["a"]).await;
+    let path = std::env::temp_dir().join(format!(
+        "hapool-handover-listeners-{}.sock",
+        std::process::id()
+    ));
+    let mut before = http_config(&backends);
+    before.workers = 2;
+    before.handover = Some(path.clone());
+    before.listeners.push(listener(Protocol::Http));
+    let first = Gateway::start(before.clone()).await.unwrap();
+    let [kept, dropped] = first.local_addrs()[..] else {
+        panic!("two listeners")
+    };
+    // The first listener as it is bound; another address for the second
+    // (the same configured address, port 0 as before, would be the same
+    // listener to the successor).
+    let mut after = before;
+    after.listeners[0].address = kept;
+    after.listeners[1].address = (Ipv4Addr::new(127, 0, 0, 2), 0).into();
+    let second = Gateway::start(after).await.unwrap();
+    let [shared, new] = second.local_addrs()[..] else {
+        panic!("two listeners")
+    };
+    assert_eq!(shared, kept);
+    assert!(new != kept && new != dropped);
+    // The shared listener's two sockets, not four; the new one's own.
+    assert_eq!(listening_sockets(kept).unwrap_or(2), 2);
+    assert_eq!(listening_sockets(new).unwrap_or(2), 2);
+    first.shutdown().await;
+    for addr in [kept, new] {
+        assert_eq!(served_by(&get(&client(), addr, "/", None).await.1), "a");
+    }
+    assert!(
+        TcpStream::connect(dropped).await.is_err(),
+        "the listener only the gateway before had closed with it"
+    );
+    second.shutdown().await;
+    let _ = std::fs::remove_file(&path);
+}
+
 /// A handover path with a stale socket file (its gateway died), or with
 /// something there that answers nonsense: the gateway starts all the
 /// same, binding its own sockets, and serves.
