@@ -2983,7 +2983,7 @@ async fn connections_accepted_before_a_shutdown_are_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_handing_its_port_to_a_successor_loses_no_connection() {
     let backends = http_backends(&["a", "b"]).await;
-    let path = std::env::temp_dir().join(format!("hapool-handover-{}.sock", std::process::id()));
+    let path = handover_path("under-load");
     let with_workers = |workers: usize, addr: Option<SocketAddr>| {
         let mut config = http_config(&backends);
         config.workers = workers;
@@ -3030,10 +3030,7 @@ async fn a_gateway_handing_its_port_to_a_successor_loses_no_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successor_takes_the_sockets_of_the_listeners_it_shares_with_the_gateway_before() {
     let backends = http_backends(&["a"]).await;
-    let path = std::env::temp_dir().join(format!(
-        "hapool-handover-listeners-{}.sock",
-        std::process::id()
-    ));
+    let path = handover_path("listeners");
     let mut before = http_config(&backends);
     before.workers = 2;
     before.handover = Some(path.clone());
@@ -3075,8 +3072,7 @@ async fn a_successor_takes_the_sockets_of_the_listeners_it_shares_with_the_gatew
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handover_socket_that_cannot_be_used_leaves_the_gateway_binding_its_own() {
     let backends = http_backends(&["a"]).await;
-    let path =
-        std::env::temp_dir().join(format!("hapool-handover-stale-{}.sock", std::process::id()));
+    let path = handover_path("stale");
     let mut config = http_config(&backends);
     config.workers = 2;
     config.handover = Some(path.clone());
@@ -3102,6 +3098,14 @@ async fn a_handover_socket_that_cannot_be_used_leaves_the_gateway_binding_its_ow
     assert_eq!(served_by(&get(&client(), addr, "/", None).await.1), "a");
     gateway.shutdown().await;
     let _ = std::fs::remove_file(&path);
+}
+
+/// A handover socket path of this test process's own for the test `what`.
+fn handover_path(what: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "hapool-handover-{what}-{}.sock",
+        std::process::id()
+    ))
 }
 
 /// How many sockets listen on `addr`, as `ss` (iproute2) counts them

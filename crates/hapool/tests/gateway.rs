@@ -785,11 +785,17 @@ fn a_reload_changes_the_registrars_a_gateway_asks() {
         status["registrars"].clone()
     };
     assert_eq!(registrars_shown(), serde_json::json!([]));
+    // The file with `registrars`, and the web pool or not, reloaded: what
+    // the reload says.
+    let reload = |registrars: &[&str], with_web: bool| {
+        scratch.write("gw.toml", &file(registrars, with_web));
+        let (code, out, err) = ctl(&["reload"]);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
 
     // Registrars, and a registrar pool with its listener.
-    scratch.write("gw.toml", &file(&[&first], true));
-    let (code, out, err) = ctl(&["reload"]);
-    assert_eq!(code, 0, "{err}");
+    let out = reload(&[&first], true);
     assert!(
         out.contains(&format!("in effect: registrars: {first}\n")),
         "{out}"
@@ -803,9 +809,7 @@ fn a_reload_changes_the_registrars_a_gateway_asks() {
     assert_eq!(registrars_shown(), serde_json::json!([first]));
 
     // Other registrars: they name b, and a leaves.
-    scratch.write("gw.toml", &file(&[&second], true));
-    let (code, out, err) = ctl(&["reload"]);
-    assert_eq!(code, 0, "{err}");
+    let out = reload(&[&second], true);
     assert!(
         out.contains(&format!(
             "in effect: registrars: {second} (1 of 1 registrar pool(s) resolved by them)"
@@ -818,9 +822,7 @@ fn a_reload_changes_the_registrars_a_gateway_asks() {
     assert_eq!(get(&front), "s");
 
     // Registrars that do not answer: the pool keeps its members.
-    scratch.write("gw.toml", &file(&[&silent], true));
-    let (code, out, err) = ctl(&["reload"]);
-    assert_eq!(code, 0, "{err}");
+    let out = reload(&[&silent], true);
     assert!(
         out.contains(&format!(
             "in effect: registrars: {silent} (0 of 1 registrar pool(s) resolved by them)"
@@ -834,9 +836,7 @@ fn a_reload_changes_the_registrars_a_gateway_asks() {
     assert_eq!(registrars_shown(), serde_json::json!([silent]));
 
     // No registrars, and no registrar pool.
-    scratch.write("gw.toml", &file(&[], false));
-    let (code, out, err) = ctl(&["reload"]);
-    assert_eq!(code, 0, "{err}");
+    let out = reload(&[], false);
     assert!(out.contains("in effect: registrars: none"), "{out}");
     assert!(out.contains("in effect: pool web: removed"), "{out}");
     assert_eq!(registrars_shown(), serde_json::json!([]));
