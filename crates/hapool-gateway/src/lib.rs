@@ -557,8 +557,12 @@ pub struct ListenerStatus {
     pub tls: bool,
     /// What keeps its sessions with their members.
     pub affinity: Affinity,
-    /// Open client connections, per worker.
+    /// Open client connections, per listening socket (one per worker,
+    /// or more when the gateway before had more workers).
     pub connections: Vec<usize>,
+    /// How many of its sockets were taken from the gateway before over
+    /// the handover socket (the others it bound itself).
+    pub taken_over: usize,
 }
 
 /// A pool as `/status` shows it.
@@ -601,6 +605,8 @@ struct Listening {
     /// closes or shuts down, so that its sockets then close with the
     /// workers' own).
     kept: Arc<Mutex<Vec<std::net::TcpListener>>>,
+    /// How many of its sockets came from the gateway before.
+    taken_over: usize,
     /// Set when a reload closes it.
     closing: Arc<watch::Sender<bool>>,
     /// What its workers serve new connections with; a reload may change
@@ -633,6 +639,7 @@ impl Listening {
             .first()
             .and_then(|s| s.local_addr().ok())
             .unwrap_or(config.address);
+        let taken_over = inherited.len();
         let mut sockets = inherited;
         let more = workers.max(1).saturating_sub(sockets.len());
         sockets.extend(
@@ -677,6 +684,7 @@ impl Listening {
             address,
             admission,
             kept: Arc::new(Mutex::new(kept)),
+            taken_over,
             closing: Arc::new(closing),
             spec: Arc::new(spec),
         };
@@ -697,6 +705,7 @@ impl Listening {
             tls: spec.tls.is_some(),
             affinity: spec.config.affinity,
             connections: self.admission.open(),
+            taken_over: self.taken_over,
         }
     }
 

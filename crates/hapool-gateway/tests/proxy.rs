@@ -3054,6 +3054,9 @@ async fn a_successor_takes_the_sockets_of_the_listeners_it_shares_with_the_gatew
     // The shared listener's two sockets, not four; the new one's own.
     assert_eq!(listening_sockets(kept).unwrap_or(2), 2);
     assert_eq!(listening_sockets(new).unwrap_or(2), 2);
+    let status = second.view().status();
+    let taken: Vec<usize> = status.listeners.iter().map(|l| l.taken_over).collect();
+    assert_eq!(taken, [2, 0]);
     first.shutdown().await;
     for addr in [kept, new] {
         assert_eq!(served_by(&get(&client(), addr, "/", None).await.1), "a");

@@ -1069,18 +1069,25 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
         CtlAction::Listeners => {
             let doc = status(&client).await?;
             println!(
-                "{:<24} {:<9} {:<16} {:<4} {:<15} {:>11}",
-                "ADDRESS", "PROTOCOL", "POOL", "TLS", "AFFINITY", "CONNECTIONS"
+                "{:<24} {:<9} {:<16} {:<4} {:<15} {:>11} {:>7} {:>10}",
+                "ADDRESS",
+                "PROTOCOL",
+                "POOL",
+                "TLS",
+                "AFFINITY",
+                "CONNECTIONS",
+                "SOCKETS",
+                "TAKEN-OVER"
             );
             for l in doc["listeners"].as_array().into_iter().flatten() {
-                let open: u64 = l["connections"]
-                    .as_array()
+                let per_socket = l["connections"].as_array();
+                let open: u64 = per_socket
                     .into_iter()
                     .flatten()
                     .filter_map(Value::as_u64)
                     .sum();
                 println!(
-                    "{:<24} {:<9} {:<16} {:<4} {:<15} {:>11}",
+                    "{:<24} {:<9} {:<16} {:<4} {:<15} {:>11} {:>7} {:>10}",
                     l["address"].as_str().unwrap_or("?"),
                     l["protocol"].as_str().unwrap_or("?"),
                     l["pool"].as_str().unwrap_or("?"),
@@ -1090,7 +1097,9 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
                         "no"
                     },
                     l["affinity"].as_str().unwrap_or("?"),
-                    open
+                    open,
+                    per_socket.map_or(0, Vec::len),
+                    l["taken_over"].as_u64().unwrap_or(0)
                 );
             }
             let tickets = &doc["tickets"];

@@ -661,7 +661,7 @@ fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
     let listen = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
     let path = scratch.write("gw.toml", &static_gateway(&listen, &admin, &[&a], ""));
-    successor_takes_over(&path, &listen, &admin, &a);
+    drop(successor_takes_over(&path, &listen, &admin, &a));
     // With a handover socket: the successor serves the same sockets.
     let socket = path.with_file_name("handover.sock");
     let with_handover = format!("handover = {:?}\n", socket.display().to_string());
@@ -669,7 +669,18 @@ fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
         "gw.toml",
         &static_gateway(&listen, &admin, &[&a], &with_handover),
     );
-    successor_takes_over(&path, &listen, &admin, &a);
+    let successor = successor_takes_over(&path, &listen, &admin, &a);
+    // `ctl listeners`: every socket of the listener was taken over.
+    let (code, listeners, err) = hapool(&["gateway", "ctl", "--admin", &admin, "listeners"]);
+    assert_eq!(code, 0, "{err}");
+    let line = listeners
+        .lines()
+        .find(|l| l.starts_with(&listen))
+        .unwrap_or_else(|| panic!("no {listen} in:\n{listeners}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (sockets, taken) = (words[words.len() - 2], words[words.len() - 1]);
+    assert!(sockets != "0" && sockets == taken, "{listeners}");
+    drop(successor);
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let meta = std::fs::metadata(&socket).unwrap();
     assert!(meta.file_type().is_socket());
@@ -696,8 +707,8 @@ fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
 
 /// Starts a gateway with the file at `path`, then a successor with the
 /// same file, and stops the first: the successor serves `listen` and the
-/// admin port.
-fn successor_takes_over(path: &std::path::Path, listen: &str, admin: &str, a: &str) {
+/// admin port. The successor runs until the result is dropped.
+fn successor_takes_over(path: &std::path::Path, listen: &str, admin: &str, a: &str) -> Killed {
     let path = path.to_str().unwrap();
     let mut first = spawn(&["gateway", "--config", path]);
     wait_line(&mut first, "gateway on");
@@ -706,7 +717,7 @@ fn successor_takes_over(path: &std::path::Path, listen: &str, admin: &str, a: &s
     // the first serves; then the first is stopped.
     let mut second = spawn(&["gateway", "--config", path]);
     wait_line(&mut second, "gateway on");
-    let _killed = Killed(vec![second]);
+    let killed = Killed(vec![second]);
     let stopped = Command::new("kill")
         .args(["-TERM", &first.id().to_string()])
         .status()
@@ -720,6 +731,7 @@ fn successor_takes_over(path: &std::path::Path, listen: &str, admin: &str, a: &s
     let (code, list, err) = hapool(&["gateway", "ctl", "--admin", admin, "list"]);
     assert_eq!(code, 0, "{err}");
     assert!(list.contains(a), "{list}");
+    killed
 }
 
 /// A registrar of its own on loopback, and `hapool pe` keeping `server`
