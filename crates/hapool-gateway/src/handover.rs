@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use hapool_net::passing::{self, PassError};
@@ -35,7 +35,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
-use crate::{GatewayError, Listening};
+use crate::{GatewayError, Listening, SideListener};
 
 /// What a successor asks for.
 const ASK: &str = "listeners\n";
@@ -216,6 +216,7 @@ pub(crate) async fn serve(
     listener: UnixListener,
     path: PathBuf,
     listeners: Arc<RwLock<Vec<Listening>>>,
+    side: Arc<Mutex<Vec<SideListener>>>,
 ) {
     info!(path = %path.display(), "handing listening sockets to a successor on request");
     loop {
@@ -231,7 +232,27 @@ pub(crate) async fn serve(
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        match timeout(WAIT, hand_over(stream, &path, &listening)).await {
+        // Copies of the side listeners, taken now (not across a wait).
+        let side_copies = side
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|s| {
+                Ok((
+                    s.address,
+                    s.socket.local_addr()?,
+                    vec![s.socket.try_clone()?],
+                ))
+            })
+            .collect::<io::Result<Vec<_>>>();
+        let side_copies = match side_copies {
+            Ok(copies) => copies,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "handover: cannot copy a side listener");
+                continue;
+            }
+        };
+        match timeout(WAIT, hand_over(stream, &path, &listening, side_copies)).await {
             Ok(Ok(count)) => {
                 info!(path = %path.display(), sockets = count, "listening sockets handed to a successor");
             }
@@ -242,7 +263,12 @@ pub(crate) async fn serve(
 }
 
 /// Answers one asker: the listeners and copies of their sockets.
-async fn hand_over(stream: UnixStream, path: &Path, listening: &[Listening]) -> io::Result<usize> {
+async fn hand_over(
+    stream: UnixStream,
+    path: &Path,
+    listening: &[Listening],
+    side: Vec<(SocketAddr, SocketAddr, Vec<std::net::TcpListener>)>,
+) -> io::Result<usize> {
     // The socket file is this gateway's, made as its user.
     let me = std::fs::metadata(path)?.uid();
     let asker = stream.peer_cred()?.uid();
@@ -262,22 +288,25 @@ async fn hand_over(stream: UnixStream, path: &Path, listening: &[Listening]) -> 
         ));
     }
     let stream = reader.into_inner();
-    let copies: Vec<(&Listening, Vec<std::net::TcpListener>)> = listening
+    // (configured address, bound address, sockets) of every listener and
+    // side listener.
+    let mut copies = listening
         .iter()
-        .map(|l| Ok((l, l.handover_copies()?)))
-        .collect::<io::Result<_>>()?;
+        .map(|l| Ok((l.configured_address(), l.address(), l.handover_copies()?)))
+        .collect::<io::Result<Vec<_>>>()?;
+    copies.extend(side);
     let offers: Vec<Offer> = copies
         .iter()
-        .map(|(listening, sockets)| Offer {
-            address: listening.configured_address(),
-            bound: listening.address(),
+        .map(|(address, bound, sockets)| Offer {
+            address: *address,
+            bound: *bound,
             sockets: sockets.len(),
         })
         .collect();
     let text = serde_json::to_vec(&offers).map_err(io::Error::other)?;
     let fds: Vec<_> = copies
         .iter()
-        .flat_map(|(_, sockets)| sockets.iter().map(AsFd::as_fd))
+        .flat_map(|(_, _, sockets)| sockets.iter().map(AsFd::as_fd))
         .collect();
     stream
         .async_io(Interest::WRITABLE, || {

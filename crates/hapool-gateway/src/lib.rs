@@ -257,6 +257,11 @@ pub struct GatewayConfig {
     /// gateway before for them (see `handover`). None by default: a
     /// successor binds its own sockets beside.
     pub handover: Option<std::path::PathBuf>,
+    /// Addresses the gateway binds (one socket each, `SO_REUSEPORT`) for
+    /// the program around it to serve, such as an admin port, and hands to
+    /// a successor with its listeners ([`Gateway::side_listener`]). None by
+    /// default.
+    pub side_listeners: Vec<SocketAddr>,
     /// Session ticket keys shared with other gateways, so that a TLS
     /// session begun at one resumes at another ([`tickets`]). `None`
     /// (each gateway makes its own keys) by default.
@@ -357,6 +362,7 @@ impl GatewayConfig {
             member_cache: None,
             access_log: None,
             handover: None,
+            side_listeners: Vec::new(),
             ticket_keys: None,
         }
     }
@@ -777,6 +783,9 @@ impl Listening {
 /// A running gateway.
 pub struct Gateway {
     view: GatewayView,
+    /// The side listeners, kept for [`Gateway::side_listener`] and for a
+    /// successor.
+    side: Arc<Mutex<Vec<SideListener>>>,
     tasks: JoinSet<()>,
     /// One thread per worker, each with its own single-threaded runtime,
     /// its own listening sockets (SO_REUSEPORT: the kernel spreads the
@@ -785,6 +794,14 @@ pub struct Gateway {
     /// connection is served. A single worker started from a
     /// single-threaded runtime runs on it instead.
     workers: Vec<Worker>,
+}
+
+/// A socket the gateway keeps for the program around it (an admin port),
+/// and hands to a successor with its listeners.
+struct SideListener {
+    /// As configured.
+    address: SocketAddr,
+    socket: std::net::TcpListener,
 }
 
 /// Binds `count` sockets to `address` with SO_REUSEPORT (an ephemeral port
@@ -928,6 +945,16 @@ impl Gateway {
                 config.handover.is_some(),
             )?);
         }
+        let mut side = Vec::with_capacity(config.side_listeners.len());
+        for &address in &config.side_listeners {
+            let socket = match inherited.take(address).pop() {
+                Some(socket) => socket,
+                None => bind_reuseport(address, 1)
+                    .map_err(|source| GatewayError::Bind { address, source })?
+                    .remove(0),
+            };
+            side.push(SideListener { address, socket });
+        }
         for address in inherited.left() {
             info!(%address, "the gateway before listened here; this configuration does not, and leaves its sockets to it");
         }
@@ -1008,8 +1035,14 @@ impl Gateway {
             }
         }
         let listeners = Arc::new(RwLock::new(listeners));
+        let side = Arc::new(Mutex::new(side));
         if let (Some(socket), Some(path)) = (handover_socket, &config.handover) {
-            tasks.spawn(handover::serve(socket, path.clone(), listeners.clone()));
+            tasks.spawn(handover::serve(
+                socket,
+                path.clone(),
+                listeners.clone(),
+                side.clone(),
+            ));
         }
         // One worker started from a single-threaded runtime is served by
         // that runtime, so that the process keeps one thread: in a process
@@ -1043,6 +1076,7 @@ impl Gateway {
             workers.push(Worker { stop, run });
         }
         Ok(Self {
+            side,
             view: GatewayView {
                 pools,
                 listeners,
@@ -1072,6 +1106,25 @@ impl Gateway {
         self.view.pool(handle)
     }
 
+    /// A socket of the side listener configured at `address`
+    /// ([`GatewayConfig::side_listeners`]), taken from the gateway before
+    /// or bound, for the caller to serve.
+    pub fn side_listener(&self, address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+        self.side
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|s| s.address == address)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{address} is not a side listener of the gateway"),
+                )
+            })?
+            .socket
+            .try_clone()
+    }
+
     /// A view that can be shared with the admin port.
     pub fn view(&self) -> GatewayView {
         self.view.clone()
@@ -1084,6 +1137,10 @@ impl Gateway {
         for listening in self.view.listening() {
             listening.release();
         }
+        self.side
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         let mut threads = Vec::new();
         let mut tasks = Vec::new();
         for worker in std::mem::take(&mut self.workers) {

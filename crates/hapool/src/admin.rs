@@ -51,7 +51,7 @@ fn status_events(
 }
 
 /// Installs the process-wide Prometheus recorder.
-fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")
@@ -66,27 +66,19 @@ pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, Prome
     Ok((listener, install_metrics()?))
 }
 
-/// As [`bind`], with `SO_REUSEPORT`, as a gateway binds its listeners: a
-/// successor started on the same addresses binds them beside the running
-/// gateway, which then stops (docs/operations.md, "Restarting a gateway
-/// without losing a connection").
-pub(crate) async fn bind_shared(
-    addr: SocketAddr,
+/// The admin port on a socket made elsewhere (a gateway binds its admin
+/// port with its listeners, and hands it to a successor with them; docs/
+/// operations.md, "Restarting a gateway without losing a connection"),
+/// with the metrics recorder installed before.
+pub(crate) fn serve_on(
+    socket: std::net::TcpListener,
+    metrics: PrometheusHandle,
 ) -> anyhow::Result<(TcpListener, PrometheusHandle)> {
-    let listen = || -> std::io::Result<TcpListener> {
-        let socket = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(true)?;
-        socket.bind(addr)?;
-        socket.listen(1024)
-    };
-    let listener =
-        listen().with_context(|| format!("cannot listen on {addr} for the admin port"))?;
-    Ok((listener, install_metrics()?))
+    socket
+        .set_nonblocking(true)
+        .context("the admin port's socket")?;
+    let listener = TcpListener::from_std(socket).context("the admin port's socket")?;
+    Ok((listener, metrics))
 }
 
 /// Who may do what on the admin port: plain HTTP and no token (reading

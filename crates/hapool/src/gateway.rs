@@ -759,6 +759,7 @@ fn planned(args: &GatewayArgs) -> anyhow::Result<(Planned, toml::Table)> {
     if let Some(threads) = planned.threads {
         planned.config.workers = threads;
     }
+    planned.config.side_listeners = planned.admin.into_iter().collect();
     Ok((planned, effective))
 }
 
@@ -836,13 +837,32 @@ async fn run(args: GatewayArgs, planned: Planned, effective: toml::Table) -> any
     // never ends it.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot watch for SIGHUP")?;
-    let admin = match planned.admin {
-        Some(addr) => Some(crate::admin::bind_shared(addr).await?),
-        None => None,
+    // The recorder first, so that the gateway's first gauges are recorded;
+    // the admin port's socket is the gateway's (a side listener, taken from
+    // the gateway before like its listeners).
+    let metrics = planned
+        .admin
+        .map(|_| crate::admin::install_metrics())
+        .transpose()?;
+    let gateway = Gateway::start(planned.config).await.map_err(|e| match e {
+        hapool_gateway::GatewayError::Bind { address, source }
+            if Some(address) == planned.admin =>
+        {
+            BadConfig(format!(
+                "cannot listen on {address} for the admin port: {source}"
+            ))
+        }
+        e => BadConfig(e.to_string()),
+    })?;
+    let admin = match (planned.admin, metrics) {
+        (Some(addr), Some(metrics)) => {
+            let socket = gateway
+                .side_listener(addr)
+                .with_context(|| format!("the admin port {addr}"))?;
+            Some(crate::admin::serve_on(socket, metrics)?)
+        }
+        _ => None,
     };
-    let gateway = Gateway::start(planned.config)
-        .await
-        .map_err(|e| BadConfig(e.to_string()))?;
     let view = gateway.view();
     let reloader = Arc::new(Reloader {
         args,

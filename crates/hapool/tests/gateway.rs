@@ -415,6 +415,23 @@ fn gateway_configuration_errors_are_named() {
     ]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    // So is the admin port's.
+    let (code, _, err) = hapool(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--pool",
+        "web",
+        "--member",
+        "127.0.0.1:2",
+        "--admin",
+        &addr,
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr} for the admin port")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -661,7 +678,7 @@ fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
     let listen = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
     let path = scratch.write("gw.toml", &static_gateway(&listen, &admin, &[&a], ""));
-    drop(successor_takes_over(&path, &listen, &admin, &a));
+    drop(successor_takes_over(&path, &listen, &admin, &a, false));
     // With a handover socket: the successor serves the same sockets.
     let socket = path.with_file_name("handover.sock");
     let with_handover = format!("handover = {:?}\n", socket.display().to_string());
@@ -669,7 +686,7 @@ fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
         "gw.toml",
         &static_gateway(&listen, &admin, &[&a], &with_handover),
     );
-    let successor = successor_takes_over(&path, &listen, &admin, &a);
+    let successor = successor_takes_over(&path, &listen, &admin, &a, true);
     // `ctl listeners`: every socket of the listener was taken over.
     let (code, listeners, err) = hapool(&["gateway", "ctl", "--admin", &admin, "listeners"]);
     assert_eq!(code, 0, "{err}");
@@ -707,8 +724,16 @@ fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
 
 /// Starts a gateway with the file at `path`, then a successor with the
 /// same file, and stops the first: the successor serves `listen` and the
-/// admin port. The successor runs until the result is dropped.
-fn successor_takes_over(path: &std::path::Path, listen: &str, admin: &str, a: &str) -> Killed {
+/// admin port. While both run, the admin port has one socket when it was
+/// `handed_over`, else one each. The successor runs until the result is
+/// dropped.
+fn successor_takes_over(
+    path: &std::path::Path,
+    listen: &str,
+    admin: &str,
+    a: &str,
+    handed_over: bool,
+) -> Killed {
     let path = path.to_str().unwrap();
     let mut first = spawn(&["gateway", "--config", path]);
     wait_line(&mut first, "gateway on");
@@ -718,6 +743,9 @@ fn successor_takes_over(path: &std::path::Path, listen: &str, admin: &str, a: &s
     let mut second = spawn(&["gateway", "--config", path]);
     wait_line(&mut second, "gateway on");
     let killed = Killed(vec![second]);
+    if let Some(sockets) = listening_sockets(admin) {
+        assert_eq!(sockets, if handed_over { 1 } else { 2 }, "{admin}");
+    }
     let stopped = Command::new("kill")
         .args(["-TERM", &first.id().to_string()])
         .status()
@@ -732,6 +760,24 @@ fn successor_takes_over(path: &std::path::Path, listen: &str, admin: &str, a: &s
     assert_eq!(code, 0, "{err}");
     assert!(list.contains(a), "{list}");
     killed
+}
+
+/// How many sockets listen on `addr`, as `ss` (iproute2) counts them;
+/// `None`, and the check skipped, without `ss`, unless
+/// `HAPOOL_REQUIRE_TOOLS=1`.
+fn listening_sockets(addr: &str) -> Option<usize> {
+    let Ok(out) = Command::new("ss")
+        .args(["-Hltn", &format!("src {addr}")])
+        .output()
+    else {
+        assert!(
+            std::env::var_os("HAPOOL_REQUIRE_TOOLS").is_none(),
+            "HAPOOL_REQUIRE_TOOLS is set but ss is not installed (apt-get install iproute2)"
+        );
+        eprintln!("SKIPPED: the count of listening sockets (no ss: apt-get install iproute2)");
+        return None;
+    };
+    Some(String::from_utf8_lossy(&out.stdout).lines().count())
 }
 
 /// A registrar of its own on loopback, and `hapool pe` keeping `server`
