@@ -228,31 +228,7 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let listening = listeners
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        // Copies of the side listeners, taken now (not across a wait).
-        let side_copies = side
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|s| {
-                Ok((
-                    s.address,
-                    s.socket.local_addr()?,
-                    vec![s.socket.try_clone()?],
-                ))
-            })
-            .collect::<io::Result<Vec<_>>>();
-        let side_copies = match side_copies {
-            Ok(copies) => copies,
-            Err(e) => {
-                warn!(path = %path.display(), error = %e, "handover: cannot copy a side listener");
-                continue;
-            }
-        };
-        match timeout(WAIT, hand_over(stream, &path, &listening, side_copies)).await {
+        match timeout(WAIT, hand_over(stream, &path, &listeners, &side)).await {
             Ok(Ok(count)) => {
                 info!(path = %path.display(), sockets = count, "listening sockets handed to a successor");
             }
@@ -262,12 +238,13 @@ pub(crate) async fn serve(
     }
 }
 
-/// Answers one asker: the listeners and copies of their sockets.
+/// Answers one asker: the listeners and side listeners, and copies of
+/// their sockets.
 async fn hand_over(
     stream: UnixStream,
     path: &Path,
-    listening: &[Listening],
-    side: Vec<(SocketAddr, SocketAddr, Vec<std::net::TcpListener>)>,
+    listeners: &RwLock<Vec<Listening>>,
+    side: &Mutex<Vec<SideListener>>,
 ) -> io::Result<usize> {
     // The socket file is this gateway's, made as its user.
     let me = std::fs::metadata(path)?.uid();
@@ -288,25 +265,12 @@ async fn hand_over(
         ));
     }
     let stream = reader.into_inner();
-    // (configured address, bound address, sockets) of every listener and
-    // side listener.
-    let mut copies = listening
-        .iter()
-        .map(|l| Ok((l.configured_address(), l.address(), l.handover_copies()?)))
-        .collect::<io::Result<Vec<_>>>()?;
-    copies.extend(side);
-    let offers: Vec<Offer> = copies
-        .iter()
-        .map(|(address, bound, sockets)| Offer {
-            address: *address,
-            bound: *bound,
-            sockets: sockets.len(),
-        })
-        .collect();
+    let copies = copies(listeners, side)?;
+    let offers: Vec<&Offer> = copies.iter().map(|(offer, _)| offer).collect();
     let text = serde_json::to_vec(&offers).map_err(io::Error::other)?;
     let fds: Vec<_> = copies
         .iter()
-        .flat_map(|(_, _, sockets)| sockets.iter().map(AsFd::as_fd))
+        .flat_map(|(_, sockets)| sockets.iter().map(AsFd::as_fd))
         .collect();
     stream
         .async_io(Interest::WRITABLE, || {
@@ -317,4 +281,37 @@ async fn hand_over(
         })
         .await?;
     Ok(fds.len())
+}
+
+/// Every listener and side listener as offered, with copies of its
+/// sockets, as they are now.
+fn copies(
+    listeners: &RwLock<Vec<Listening>>,
+    side: &Mutex<Vec<SideListener>>,
+) -> io::Result<Vec<(Offer, Vec<std::net::TcpListener>)>> {
+    let offer = |address, bound, sockets: Vec<std::net::TcpListener>| {
+        let offer = Offer {
+            address,
+            bound,
+            sockets: sockets.len(),
+        };
+        (offer, sockets)
+    };
+    let mut copies = listeners
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|l| {
+            Ok(offer(
+                l.configured_address(),
+                l.address(),
+                l.handover_copies()?,
+            ))
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    for s in side.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+        let sockets = vec![s.socket.try_clone()?];
+        copies.push(offer(s.address, s.socket.local_addr()?, sockets));
+    }
+    Ok(copies)
 }
