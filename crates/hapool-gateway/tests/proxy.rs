@@ -31,6 +31,8 @@ use tokio::time::{Instant, sleep};
 
 mod common;
 
+use common::listening::listening_sockets;
+
 use common::serve_http;
 
 /// An HTTP backend named `name`:
@@ -3111,25 +3113,6 @@ fn handover_path(what: &str) -> std::path::PathBuf {
         "hapool-handover-{what}-{}.sock",
         std::process::id()
     ))
-}
-
-/// How many sockets listen on `addr`, as `ss` (iproute2) counts them
-/// (asking the kernel for listening sockets only); `None`, and the
-/// check skipped, without `ss`, unless `HAPOOL_REQUIRE_TOOLS=1`.
-fn listening_sockets(addr: SocketAddr) -> Option<usize> {
-    let Ok(out) = Command::new("ss")
-        .args(["-Hltn", &format!("src {addr}")])
-        .output()
-    else {
-        assert!(
-            std::env::var_os("HAPOOL_REQUIRE_TOOLS").is_none(),
-            "HAPOOL_REQUIRE_TOOLS is set but ss is not installed (apt-get install iproute2)"
-        );
-        eprintln!("SKIPPED: the count of listening sockets (no ss: apt-get install iproute2)");
-        return None;
-    };
-    assert!(out.status.success(), "{out:?}");
-    Some(String::from_utf8_lossy(&out.stdout).lines().count())
 }
 
 #[tokio::test]

@@ -575,17 +575,11 @@ fn a_running_gateway_reads_its_configuration_again_on_sighup_and_on_ctl_reload()
         hapool(&all)
     };
     let admin_get = |path: &str| get_path(&admin, path);
-    let (code, listeners, err) = ctl(&["listeners"]);
-    assert_eq!(code, 0, "{err}");
-    let line = listeners
-        .lines()
-        .find(|l| l.starts_with(&listen))
-        .unwrap_or_else(|| panic!("no {listen} in:\n{listeners}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
+    let words = listener_line(&admin, &listen);
     assert_eq!(
         words[..5],
         [listen.as_str(), "http", "web", "no", "none"],
-        "{line}"
+        "{words:?}"
     );
     // Each member's series, rendered from what the gateway knows now.
     let metrics = admin_get("/metrics");
@@ -688,15 +682,9 @@ fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
     );
     let successor = successor_takes_over(&path, &listen, &admin, &a, true);
     // `ctl listeners`: every socket of the listener was taken over.
-    let (code, listeners, err) = hapool(&["gateway", "ctl", "--admin", &admin, "listeners"]);
-    assert_eq!(code, 0, "{err}");
-    let line = listeners
-        .lines()
-        .find(|l| l.starts_with(&listen))
-        .unwrap_or_else(|| panic!("no {listen} in:\n{listeners}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let (sockets, taken) = (words[words.len() - 2], words[words.len() - 1]);
-    assert!(sockets != "0" && sockets == taken, "{listeners}");
+    let words = listener_line(&admin, &listen);
+    let (sockets, taken) = (&words[words.len() - 2], &words[words.len() - 1]);
+    assert!(sockets != "0" && sockets == taken, "{words:?}");
     drop(successor);
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let meta = std::fs::metadata(&socket).unwrap();
@@ -720,6 +708,18 @@ fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
         "{err}"
     );
     assert_eq!(std::fs::read_to_string(&socket).unwrap(), "keep me");
+}
+
+/// The words of `listen`'s line in `hapool gateway ctl listeners` of the
+/// gateway whose admin port is `admin`.
+fn listener_line(admin: &str, listen: &str) -> Vec<String> {
+    let (code, listeners, err) = hapool(&["gateway", "ctl", "--admin", admin, "listeners"]);
+    assert_eq!(code, 0, "{err}");
+    let line = listeners
+        .lines()
+        .find(|l| l.starts_with(listen))
+        .unwrap_or_else(|| panic!("no {listen} in:\n{listeners}"));
+    line.split_whitespace().map(str::to_owned).collect()
 }
 
 /// Starts a gateway with the file at `path`, then a successor with the
@@ -762,23 +762,10 @@ fn successor_takes_over(
     killed
 }
 
-/// How many sockets listen on `addr`, as `ss` (iproute2) counts them;
-/// `None`, and the check skipped, without `ss`, unless
-/// `HAPOOL_REQUIRE_TOOLS=1`.
-fn listening_sockets(addr: &str) -> Option<usize> {
-    let Ok(out) = Command::new("ss")
-        .args(["-Hltn", &format!("src {addr}")])
-        .output()
-    else {
-        assert!(
-            std::env::var_os("HAPOOL_REQUIRE_TOOLS").is_none(),
-            "HAPOOL_REQUIRE_TOOLS is set but ss is not installed (apt-get install iproute2)"
-        );
-        eprintln!("SKIPPED: the count of listening sockets (no ss: apt-get install iproute2)");
-        return None;
-    };
-    Some(String::from_utf8_lossy(&out.stdout).lines().count())
-}
+/// `listening_sockets`, shared with the gateway crate's tests.
+#[path = "../../hapool-gateway/tests/common/listening.rs"]
+mod listening;
+use listening::listening_sockets;
 
 /// A registrar of its own on loopback, and `hapool pe` keeping `server`
 /// registered with it in pool `web`.

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod listening;
+
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -82,7 +84,13 @@ pub(crate) const BIG: usize = 300_000;
 /// A member answering `GET /big` with `BIG` bytes and any other request
 /// with the length of its body.
 pub(crate) async fn member() -> SocketAddr {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    // Room for every connection a test opens at once: tokio's `bind`
+    // listens with a backlog of 128, and a burst beyond it has a
+    // connection's handshake retried a second later, past the gateway's
+    // connect timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+    let listener = socket.listen(4096).unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(serve_http(
         listener,
