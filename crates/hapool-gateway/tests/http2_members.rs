@@ -454,6 +454,18 @@ async fn a_grpc_call_no_member_can_take_is_answered_with_a_grpc_status() {
     gateway.shutdown().await;
 }
 
+/// An `http2` pool of `first`, chosen first, and `then` behind it.
+fn preferring(first: SocketAddr, then: SocketAddr) -> GatewayConfig {
+    let mut config = common::one_member_gateway(first, 1, 10);
+    config.pools[0] = PoolSettings {
+        http2: true,
+        strategy: Some(hapool_gateway::Strategy::Priority),
+        source: common::static_members(&[(first, 5), (then, 0)]),
+        ..config.pools[0].clone()
+    };
+    config
+}
+
 #[tokio::test]
 async fn a_request_a_member_refuses_goes_to_another_when_its_body_was_kept() {
     // A member that refuses every stream (as one at its limit of streams,
@@ -473,14 +485,9 @@ async fn a_request_a_member_refuses_goes_to_another_when_its_body_was_kept() {
         }
     });
     let good = H2Member::start("good", false).await;
-    let mut config = common::one_member_gateway(refusing, 1, 10);
-    config.pools[0] = PoolSettings {
-        http2: true,
-        strategy: Some(hapool_gateway::Strategy::Priority),
-        source: common::static_members(&[(refusing, 5), (good.address, 0)]),
-        ..config.pools[0].clone()
-    };
-    let gateway = Gateway::start(config).await.unwrap();
+    let gateway = Gateway::start(preferring(refusing, good.address))
+        .await
+        .unwrap();
     // A POST with its length, kept for another attempt: the refusal says
     // the member did not process it, so it goes to the other.
     let answer = common::raw_exchange(
@@ -551,14 +558,9 @@ async fn going_away_member() -> SocketAddr {
 async fn a_stream_above_the_last_one_of_a_members_goaway_goes_to_another() {
     let going = going_away_member().await;
     let good = H2Member::start("good", false).await;
-    let mut config = common::one_member_gateway(going, 1, 10);
-    config.pools[0] = PoolSettings {
-        http2: true,
-        strategy: Some(hapool_gateway::Strategy::Priority),
-        source: common::static_members(&[(going, 5), (good.address, 0)]),
-        ..config.pools[0].clone()
-    };
-    let gateway = Gateway::start(config).await.unwrap();
+    let gateway = Gateway::start(preferring(going, good.address))
+        .await
+        .unwrap();
     for body in [&b""[..], b"hello"] {
         // A GET, and a POST whose body was kept for another attempt: the
         // member said it processed neither, so each goes to the other.

@@ -2989,9 +2989,7 @@ async fn a_gateway_handing_its_port_to_a_successor_loses_no_connection() {
     let backends = http_backends(&["a", "b"]).await;
     let path = handover_path("under-load");
     let with_workers = |workers: usize, addr: Option<SocketAddr>| {
-        let mut config = http_config(&backends);
-        config.workers = workers;
-        config.handover = Some(path.clone());
+        let mut config = handover_config(&backends, workers, &path);
         if let Some(addr) = addr {
             config.listeners[0].address = addr;
         }
@@ -3035,9 +3033,7 @@ async fn a_gateway_handing_its_port_to_a_successor_loses_no_connection() {
 async fn a_successor_takes_the_sockets_of_the_listeners_it_shares_with_the_gateway_before() {
     let backends = http_backends(&["a"]).await;
     let path = handover_path("listeners");
-    let mut before = http_config(&backends);
-    before.workers = 2;
-    before.handover = Some(path.clone());
+    let mut before = handover_config(&backends, 2, &path);
     before.listeners.push(listener(Protocol::Http));
     let first = Gateway::start(before.clone()).await.unwrap();
     let [kept, dropped] = first.local_addrs()[..] else {
@@ -3080,9 +3076,7 @@ async fn a_successor_takes_the_sockets_of_the_listeners_it_shares_with_the_gatew
 async fn a_handover_socket_that_cannot_be_used_leaves_the_gateway_binding_its_own() {
     let backends = http_backends(&["a"]).await;
     let path = handover_path("stale");
-    let mut config = http_config(&backends);
-    config.workers = 2;
-    config.handover = Some(path.clone());
+    let config = handover_config(&backends, 2, &path);
     // A socket file nobody listens on any more.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
@@ -3105,6 +3099,18 @@ async fn a_handover_socket_that_cannot_be_used_leaves_the_gateway_binding_its_ow
     assert_eq!(served_by(&get(&client(), addr, "/", None).await.1), "a");
     gateway.shutdown().await;
     let _ = std::fs::remove_file(&path);
+}
+
+/// `http_config` with `workers` and the handover socket at `path`.
+fn handover_config(
+    backends: &[SocketAddr],
+    workers: usize,
+    path: &std::path::Path,
+) -> GatewayConfig {
+    let mut config = http_config(backends);
+    config.workers = workers;
+    config.handover = Some(path.to_owned());
+    config
 }
 
 /// A handover socket path of this test process's own for the test `what`.
