@@ -3,7 +3,9 @@
 //! connection, with the trailers the member ends its answers with.
 
 use std::convert::Infallible;
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -668,19 +670,91 @@ impl Drop for Members {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+impl Members {
+    /// Starts `tests/grpc/echo.py` serving as `name`: its address, once
+    /// it says it serves (within [`PROCESS_LIMIT`]).
+    fn start(&mut self, python: &str, name: &str) -> SocketAddr {
+        let mut child = echo_py(python, &["serve", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        // Kept from here, so that the member is killed whatever happens.
+        self.0.push(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(PROCESS_LIMIT)
+            .unwrap_or_else(|_| panic!("gRPC member {name}: not serving after {PROCESS_LIMIT:?}"));
+        let port = line
+            .trim()
+            .strip_prefix("serving ")
+            .and_then(|port| port.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("gRPC member {name} said {line:?}, not \"serving PORT\""));
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    }
+}
+
+/// How long a gRPC member may take to start, and a gRPC client beyond
+/// its calls' own deadlines (5 s each) to end.
+const PROCESS_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs `command` to its end, for `limit` at most: its output. A process
+/// still running then is killed, and the test fails with what it printed,
+/// instead of waiting for it for ever.
+fn output_within(mut command: std::process::Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut read = Vec::new();
+            let _ = pipe.read_to_end(&mut read);
+            read
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let Some(status) = status else {
+        panic!(
+            "{command:?} still running after {limit:?}, killed; it printed:\n{}{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 /// Runs `tests/grpc/echo.py` with `args` to its end: its output lines.
-async fn run_echo_py(python: &'static str, args: Vec<String>) -> Vec<String> {
+async fn run_echo_py(python: &'static str, args: Vec<String>, limit: Duration) -> Vec<String> {
     let out = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        echo_py(python, &args).output().unwrap()
+        output_within(echo_py(python, &args), limit)
     })
     .await
     .unwrap();
@@ -696,10 +770,12 @@ async fn run_echo_py(python: &'static str, args: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-/// Runs the gRPC client through `gateway` for `rounds`: its output lines.
+/// Runs the gRPC client through `gateway` for `rounds` (four calls each):
+/// its output lines.
 async fn grpc_calls(python: &'static str, gateway: SocketAddr, rounds: u32) -> Vec<String> {
     let args = vec!["call".into(), gateway.to_string(), rounds.to_string()];
-    run_echo_py(python, args).await
+    let calls = Duration::from_secs(5) * 4 * rounds;
+    run_echo_py(python, args, calls + PROCESS_LIMIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -708,23 +784,7 @@ async fn grpc_calls_go_through_and_survive_a_member_killed() {
         return;
     };
     let mut members = Members(Vec::new());
-    let mut addresses = Vec::new();
-    for name in ["a", "b"] {
-        let port = free_port();
-        let mut child = echo_py(python, &["serve", &port.to_string(), name])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(line.trim(), "serving");
-        members.0.push(child);
-        addresses.push(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-    }
+    let addresses = [members.start(python, "a"), members.start(python, "b")];
     let mut config = common::one_member_gateway(addresses[0], 2, 1000);
     config.probe_interval = Duration::from_millis(100);
     config.pools[0] = PoolSettings {
@@ -763,6 +823,7 @@ async fn grpc_calls_go_through_and_survive_a_member_killed() {
         run_echo_py(
             python,
             vec!["serving".into(), address.to_string(), value.into()],
+            PROCESS_LIMIT,
         )
     };
     set_serving(addresses[0], "0").await;
