@@ -567,8 +567,11 @@ pub struct ListenerStatus {
     /// or more when the gateway before had more workers).
     pub connections: Vec<usize>,
     /// How many of its sockets were taken from the gateway before over
-    /// the handover socket (the others it bound itself).
+    /// the handover socket (the others it bound itself, or was passed).
     pub taken_over: usize,
+    /// How many of its sockets the service manager passed (socket
+    /// activation); workers beyond them share them.
+    pub passed: usize,
 }
 
 /// A pool as `/status` shows it.
@@ -613,6 +616,8 @@ struct Listening {
     kept: Arc<Mutex<Vec<std::net::TcpListener>>>,
     /// How many of its sockets came from the gateway before.
     taken_over: usize,
+    /// How many of its sockets the service manager passed.
+    passed: usize,
     /// Set when a reload closes it.
     closing: Arc<watch::Sender<bool>>,
     /// What its workers serve new connections with; a reload may change
@@ -628,32 +633,44 @@ struct Spec {
 }
 
 impl Listening {
-    /// Takes the `inherited` sockets and binds `config`'s address as many
-    /// times more as it takes to have one socket per worker, and prepares
-    /// what each socket is served with (socket `i` by worker `i` modulo
-    /// `workers`). With `keep`, copies of the sockets are kept for a
-    /// handover.
+    /// Takes the sockets the service manager `passed` and the `inherited`
+    /// ones, and has one socket per worker: more copies of the passed
+    /// ones when there are any (they stay open while the service
+    /// restarts; one bound here would close with this process, and a
+    /// connection in its handshake then with it), or else as many more
+    /// bound to `config`'s address as it takes. Prepares what each socket
+    /// is served with (socket `i` by worker `i` modulo `workers`). With
+    /// `keep`, copies of the sockets are kept for a handover.
     fn open(
         config: &ListenerConfig,
         pool: &Arc<Pool>,
         workers: usize,
         tickets: &Arc<SessionTickets>,
+        passed: Vec<std::net::TcpListener>,
         inherited: Vec<std::net::TcpListener>,
         keep: bool,
     ) -> Result<(Self, Vec<WorkerListener>), GatewayError> {
-        let at = inherited
+        let (passed_count, taken_over) = (passed.len(), inherited.len());
+        let mut sockets = passed;
+        sockets.extend(inherited);
+        let at = sockets
             .first()
             .and_then(|s| s.local_addr().ok())
             .unwrap_or(config.address);
-        let taken_over = inherited.len();
-        let mut sockets = inherited;
-        let more = workers.max(1).saturating_sub(sockets.len());
-        sockets.extend(
-            bind_reuseport(at, more).map_err(|source| GatewayError::Bind {
-                address: at,
-                source,
-            })?,
-        );
+        let bind_failed = |source| GatewayError::Bind {
+            address: at,
+            source,
+        };
+        let wanted = workers.max(1);
+        if passed_count > 0 {
+            for i in 0..wanted.saturating_sub(sockets.len()) {
+                let copy = sockets[i % passed_count].try_clone().map_err(bind_failed)?;
+                sockets.push(copy);
+            }
+        } else {
+            let more = wanted.saturating_sub(sockets.len());
+            sockets.extend(bind_reuseport(at, more).map_err(bind_failed)?);
+        }
         let address = sockets[0].local_addr().unwrap_or(at);
         let kept = if keep {
             sockets
@@ -691,6 +708,7 @@ impl Listening {
             admission,
             kept: Arc::new(Mutex::new(kept)),
             taken_over,
+            passed: passed_count,
             closing: Arc::new(closing),
             spec: Arc::new(spec),
         };
@@ -712,6 +730,7 @@ impl Listening {
             affinity: spec.config.affinity,
             connections: self.admission.open(),
             taken_over: self.taken_over,
+            passed: self.passed,
         }
     }
 
@@ -914,7 +933,29 @@ impl Gateway {
     /// Binds every listener, learns and probes the members once, and
     /// starts serving.
     pub async fn start(config: GatewayConfig) -> Result<Self, GatewayError> {
+        Self::start_with_passed(config, Vec::new()).await
+    }
+
+    /// [`Gateway::start`] with listening sockets the service manager
+    /// `passed` (socket activation, `hapool_net::activation`), each with
+    /// the address it is bound to: a listener or side listener configured
+    /// with that address serves it instead of binding one. A passed socket
+    /// no listener is configured for is not served (a warning says so).
+    pub async fn start_with_passed(
+        config: GatewayConfig,
+        mut passed: Vec<(SocketAddr, std::net::TcpListener)>,
+    ) -> Result<Self, GatewayError> {
         config.check()?;
+        let mut take_passed = |address: SocketAddr| {
+            let (these, others) = std::mem::take(&mut passed)
+                .into_iter()
+                .partition(|(at, _)| *at == address);
+            passed = others;
+            these
+                .into_iter()
+                .map(|(_, socket)| socket)
+                .collect::<Vec<_>>()
+        };
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
@@ -941,13 +982,16 @@ impl Gateway {
                 pool,
                 config.workers,
                 &tickets,
+                take_passed(listener.address),
                 inherited.take(listener.address),
                 config.handover.is_some(),
             )?);
         }
         let mut side = Vec::with_capacity(config.side_listeners.len());
         for &address in &config.side_listeners {
-            let socket = match inherited.take(address).pop() {
+            let mut sockets = take_passed(address);
+            sockets.extend(inherited.take(address));
+            let socket = match sockets.into_iter().next() {
                 Some(socket) => socket,
                 None => bind_reuseport(address, 1)
                     .map_err(|source| GatewayError::Bind { address, source })?
@@ -959,6 +1003,10 @@ impl Gateway {
             info!(%address, "the gateway before listened here; this configuration does not, and leaves its sockets to it");
         }
         drop(inherited);
+        for (address, _) in &passed {
+            warn!(%address, "the service manager passed a socket listening here, but no listener is configured for it: not served");
+        }
+        drop(passed);
         let handover_socket = config.handover.as_deref().map(handover::bind).transpose()?;
         let access_log = match &config.access_log {
             Some(path) => {

@@ -231,6 +231,7 @@ impl GatewayView {
                         self.workers.len(),
                         &self.shared.tickets,
                         Vec::new(),
+                        Vec::new(),
                         self.config.handover.is_some(),
                     )?);
                     plans.push(Plan::Open);

@@ -4,18 +4,21 @@
 //! messages over any byte stream (TCP or TLS; SCTP later), one message after
 //! another, framed by the length in each header; [`tls`], which builds
 //! TLS configurations and reads client identities; [`vrrp`], VRRP's
-//! raw socket, virtual addresses and gratuitous ARP on Linux; and
+//! raw socket, virtual addresses and gratuitous ARP on Linux;
 //! [`passing`], open sockets handed to another process over a Unix
-//! socket.
+//! socket; and [`activation`], listening sockets the service manager
+//! passed to the process (socket activation).
 //!
 //! Never holds protocol state: what a message means is for the state
 //! machines in `hapool-proto` and `hapool-vrrp`.
 //!
-//! The one place of hapool with unsafe code is here: building the
-//! link-layer address a gratuitous ARP is sent to (`vrrp.rs`), which no
-//! safe interface offers; the block says why it is sound. Everything else
+//! The one place of hapool with unsafe code is here: the system calls of
+//! the VRRP socket that no safe interface offers (`vrrp.rs`), and taking
+//! ownership of the descriptors a service manager passed by number
+//! (`activation.rs`); each block says why it is sound. Everything else
 //! denies unsafe code.
 
+pub mod activation;
 pub mod passing;
 pub mod tls;
 pub mod vrrp;

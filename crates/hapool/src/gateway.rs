@@ -776,11 +776,15 @@ pub(crate) fn main(args: GatewayArgs) -> anyhow::Result<()> {
         }
         None => {}
     }
+    // Taken before anything else opens a descriptor or reads the
+    // configuration: a service manager's sockets are this process's.
+    let passed = hapool_net::activation::passed_listeners()
+        .map_err(|e| BadConfig(format!("socket activation: {e}")))?;
     let (planned, effective) = planned(&args)?;
     // This runtime serves the admin port, probes and registrar lookups;
     // the workers run their own, except a single worker, which runs on
     // this one (built as a worker's is, for that).
-    hapool_gateway::worker_runtime()?.block_on(run(args, planned, effective))
+    hapool_gateway::worker_runtime()?.block_on(run(args, planned, effective, passed))
 }
 
 /// Settings of `[gateway]` that only `hapool` reads; a change to one takes
@@ -832,7 +836,12 @@ impl Reloader {
     }
 }
 
-async fn run(args: GatewayArgs, planned: Planned, effective: toml::Table) -> anyhow::Result<()> {
+async fn run(
+    args: GatewayArgs,
+    planned: Planned,
+    effective: toml::Table,
+    passed: Vec<(SocketAddr, std::net::TcpListener)>,
+) -> anyhow::Result<()> {
     // Watched from the start: a SIGHUP once the gateway is up reloads it,
     // never ends it.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -844,16 +853,21 @@ async fn run(args: GatewayArgs, planned: Planned, effective: toml::Table) -> any
         .admin
         .map(|_| crate::admin::install_metrics())
         .transpose()?;
-    let gateway = Gateway::start(planned.config).await.map_err(|e| match e {
-        hapool_gateway::GatewayError::Bind { address, source }
-            if Some(address) == planned.admin =>
-        {
-            BadConfig(format!(
-                "cannot listen on {address} for the admin port: {source}"
-            ))
-        }
-        e => BadConfig(e.to_string()),
-    })?;
+    for (address, _) in &passed {
+        println!("listening socket on {address} passed by the service manager");
+    }
+    let gateway = Gateway::start_with_passed(planned.config, passed)
+        .await
+        .map_err(|e| match e {
+            hapool_gateway::GatewayError::Bind { address, source }
+                if Some(address) == planned.admin =>
+            {
+                BadConfig(format!(
+                    "cannot listen on {address} for the admin port: {source}"
+                ))
+            }
+            e => BadConfig(e.to_string()),
+        })?;
     let admin = match (planned.admin, metrics) {
         (Some(addr), Some(metrics)) => {
             let socket = gateway
@@ -1089,7 +1103,7 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
         CtlAction::Listeners => {
             let doc = status(&client).await?;
             println!(
-                "{:<24} {:<9} {:<16} {:<4} {:<15} {:>11} {:>7} {:>10}",
+                "{:<24} {:<9} {:<16} {:<4} {:<15} {:>11} {:>7} {:>10} {:>6}",
                 "ADDRESS",
                 "PROTOCOL",
                 "POOL",
@@ -1097,7 +1111,8 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
                 "AFFINITY",
                 "CONNECTIONS",
                 "SOCKETS",
-                "TAKEN-OVER"
+                "TAKEN-OVER",
+                "PASSED"
             );
             for l in doc["listeners"].as_array().into_iter().flatten() {
                 let per_socket = l["connections"].as_array();
@@ -1107,7 +1122,7 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
                     .filter_map(Value::as_u64)
                     .sum();
                 println!(
-                    "{:<24} {:<9} {:<16} {:<4} {:<15} {:>11} {:>7} {:>10}",
+                    "{:<24} {:<9} {:<16} {:<4} {:<15} {:>11} {:>7} {:>10} {:>6}",
                     l["address"].as_str().unwrap_or("?"),
                     l["protocol"].as_str().unwrap_or("?"),
                     l["pool"].as_str().unwrap_or("?"),
@@ -1119,7 +1134,8 @@ async fn control(args: CtlArgs) -> anyhow::Result<()> {
                     l["affinity"].as_str().unwrap_or("?"),
                     open,
                     per_socket.map_or(0, Vec::len),
-                    l["taken_over"].as_u64().unwrap_or(0)
+                    l["taken_over"].as_u64().unwrap_or(0),
+                    l["passed"].as_u64().unwrap_or(0)
                 );
             }
             let tickets = &doc["tickets"];

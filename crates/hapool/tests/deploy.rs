@@ -238,4 +238,21 @@ fn the_systemd_units_run_hapool_commands_that_exist() {
             "{dir}"
         );
     }
+    // The socket unit holds the example's listening addresses, every
+    // listener's and the admin port's, and no other.
+    let socket = read("deploy/systemd/hapool-gateway.socket");
+    let held: BTreeSet<&str> = socket
+        .lines()
+        .filter_map(|l| l.strip_prefix("ListenStream="))
+        .collect();
+    let example: toml::Table = toml::from_str(&example).unwrap();
+    let gateway = example["gateway"].as_table().unwrap();
+    let mut configured: BTreeSet<&str> = gateway["listener"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["listen"].as_str().unwrap())
+        .collect();
+    configured.insert(gateway["admin"].as_str().unwrap());
+    assert_eq!(held, configured);
 }

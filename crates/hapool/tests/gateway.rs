@@ -7,6 +7,8 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn hapool(args: &[&str]) -> (i32, String, String) {
@@ -683,8 +685,10 @@ fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
     let successor = successor_takes_over(&path, &listen, &admin, &a, true);
     // `ctl listeners`: every socket of the listener was taken over.
     let words = listener_line(&admin, &listen);
-    let (sockets, taken) = (&words[words.len() - 2], &words[words.len() - 1]);
+    // SOCKETS, TAKEN-OVER, PASSED.
+    let (sockets, taken) = (&words[words.len() - 3], &words[words.len() - 2]);
     assert!(sockets != "0" && sockets == taken, "{words:?}");
+    assert_eq!(words[words.len() - 1], "0", "{words:?}");
     drop(successor);
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let meta = std::fs::metadata(&socket).unwrap();
@@ -886,4 +890,254 @@ fn a_reload_changes_the_registrars_a_gateway_asks() {
     assert!(out.contains("in effect: pool web: removed"), "{out}");
     assert_eq!(registrars_shown(), serde_json::json!([]));
     assert_eq!(get(&front), "s");
+}
+
+/// A Python 3, when there is one; `None` (the calling test is skipped)
+/// without, unless `HAPOOL_REQUIRE_TOOLS=1` (as in CI).
+fn python() -> Option<&'static str> {
+    let found = ["python3", "/usr/bin/python3"].into_iter().find(|python| {
+        Command::new(python)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("HAPOOL_REQUIRE_TOOLS").is_none(),
+            "HAPOOL_REQUIRE_TOOLS is set but there is no python3 (apt-get install python3)"
+        );
+        eprintln!("SKIPPED: no python3 (apt-get install python3)");
+    }
+    found
+}
+
+/// `tests/activate.py`: a service manager holding listening sockets and
+/// starting and stopping a gateway with them, one command at a time.
+struct ServiceManager {
+    child: Child,
+    input: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ServiceManager {
+    /// Listens on 127.0.0.1 (a port the system gives) to run `hapool
+    /// gateway --config <config>`; the address.
+    fn new(python: &str, config: &std::path::Path) -> (Self, String) {
+        let mut child = Command::new(python)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/activate.py"))
+            .args(["127.0.0.1:0", "--", env!("CARGO_BIN_EXE_hapool")])
+            .args(["gateway", "--config", config.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take();
+        let reader = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in reader.lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut manager = Self {
+            child,
+            input,
+            lines,
+        };
+        let line = manager.line("listening ");
+        let address = line.trim_start_matches("listening ").to_owned();
+        (manager, address)
+    }
+
+    /// The next line of the manager or its gateway that starts with
+    /// `prefix` (the ones before are passed over).
+    fn line(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no line {prefix:?}: {e}"),
+            }
+        }
+    }
+
+    /// Says `command` (`start`, `stop`).
+    fn say(&mut self, command: &str) {
+        let input = self.input.as_mut().expect("open until dropped");
+        writeln!(input, "{command}").unwrap();
+    }
+}
+
+impl Drop for ServiceManager {
+    fn drop(&mut self) {
+        // Its input closed, it stops the gateway and ends.
+        drop(self.input.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_gateway_serves_the_sockets_its_service_manager_passed_and_a_restart_refuses_nothing() {
+    let Some(python) = python() else {
+        return;
+    };
+    let scratch = common::Scratch::new("gateway_activation");
+    let a = backend("a");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let path = scratch.write("gw.toml", "");
+    let (mut manager, listen) = ServiceManager::new(python, &path);
+    // Two threads: both serve the one socket passed, and bind none.
+    scratch.write(
+        "gw.toml",
+        &static_gateway(&listen, &admin, &[&a], "threads = 2\n"),
+    );
+    manager.say("start");
+    assert_eq!(
+        manager.line("listening socket on"),
+        format!("listening socket on {listen} passed by the service manager")
+    );
+    manager.line("gateway on");
+    until("a answers", || get(&listen) == "a");
+    if let Some(sockets) = listening_sockets(&listen) {
+        assert_eq!(sockets, 1, "{listen}");
+    }
+    let words = listener_line(&admin, &listen);
+    // SOCKETS (one per worker), TAKEN-OVER, PASSED.
+    assert_eq!(words[words.len() - 3..], ["2", "0", "1"], "{words:?}");
+    // Requests one after another, each on a new connection, while the
+    // gateway is stopped and started twice: none fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (listen, stop) = (listen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match try_get(&listen) {
+                    Ok(body) if body == "a" => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(300));
+        manager.say("stop");
+        assert_eq!(manager.line("stopped"), "stopped 0");
+        // No gateway runs: a connection made now waits in the socket's
+        // queue, and the next gateway answers it.
+        let waiting = {
+            let listen = listen.clone();
+            std::thread::spawn(move || try_get(&listen))
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        manager.say("start");
+        manager.line("gateway on");
+        assert_eq!(waiting.join().unwrap().unwrap(), "a");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    assert!(ok > 10, "{ok} answered");
+    if let Some(sockets) = listening_sockets(&listen) {
+        assert_eq!(sockets, 1, "{listen}");
+    }
+    drop(manager);
+}
+
+/// GET / through `addr` on a new connection, with every failure an error:
+/// the body of a 200.
+fn try_get(addr: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => Err(std::io::Error::other(format!("answered {response:?}"))),
+    }
+}
+
+#[test]
+fn descriptors_a_service_manager_did_not_pass_as_listening_sockets_are_named() {
+    let scratch = common::Scratch::new("gateway_activation_errors");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let path = scratch.write(
+        "gw.toml",
+        &static_gateway(&listen, &admin, &["127.0.0.1:9"], ""),
+    );
+    // The shell sets LISTEN_PID to its own process id, which `exec` hands
+    // to the gateway, as a service manager does.
+    // `hapool gateway` run by the shell after `setup`, with LISTEN_PID
+    // the shell's process id, which `exec` hands to the gateway, as a
+    // service manager does, unless `setup` sets it.
+    let gateway = |setup: &str| {
+        let script = format!(
+            "LISTEN_PID=$$\n{setup}\nexport LISTEN_PID\nexec \"$0\" gateway --config \"$1\""
+        );
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            &script,
+            env!("CARGO_BIN_EXE_hapool"),
+            path.to_str().unwrap(),
+        ]);
+        command
+    };
+    let run = |setup: &str| {
+        let out = gateway(setup).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (setup, said) in [
+        (
+            // Closed, whatever the test inherited there.
+            "exec 3>&-; export LISTEN_FDS=1",
+            "socket activation: descriptor 3 is not open, though LISTEN_FDS says it was passed",
+        ),
+        (
+            "exec 3</dev/null; export LISTEN_FDS=1",
+            "socket activation: descriptor 3 passed by the service manager is not a listening TCP socket: not a socket",
+        ),
+        (
+            "export LISTEN_FDS=x",
+            "socket activation: LISTEN_FDS is \"x\", not a number of descriptors",
+        ),
+    ] {
+        let (code, err) = run(setup);
+        assert_eq!(code, Some(64), "{setup}: {err}");
+        assert!(err.contains(said), "{setup}: {err}");
+    }
+    // LISTEN_PID naming another process: nothing was passed to this one,
+    // and it binds its own.
+    let mut gateway = gateway("LISTEN_PID=1; export LISTEN_FDS=1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = wait_line(&mut gateway, "gateway on");
+    let _gateway = Killed(vec![gateway]);
+    assert!(line.contains(&listen), "{line}");
 }
