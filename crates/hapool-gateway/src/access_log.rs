@@ -28,6 +28,10 @@
 //! [`LOOK_EVERY`] when a rotation has renamed or removed it: neither a
 //! rotation that moves the file (logrotate's default) nor one that
 //! truncates it in place (`copytruncate`) needs a signal.
+//!
+//! A reload can start, change or stop the log ([`LogSlot`]): requests
+//! answered from then on go to the new file, and the writer of the old
+//! one ends once it has written what it was sent.
 
 use std::fmt::{self, Write as _};
 use std::fs::{File, OpenOptions};
@@ -35,7 +39,9 @@ use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use hapool_wire::PoolElementId;
@@ -100,6 +106,51 @@ impl AccessLog {
                 self.dropped.increment(1);
             }
         }
+    }
+}
+
+/// The access log in use, if any, with its file: set at the start, and
+/// changed by a reload while the workers log to it.
+#[derive(Debug, Default)]
+pub(crate) struct LogSlot {
+    /// Whether there is a log: what every request looks at first.
+    on: AtomicBool,
+    current: RwLock<Option<(PathBuf, AccessLog)>>,
+}
+
+impl LogSlot {
+    /// Whether requests are logged.
+    pub(crate) fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// Runs `log` with the access log, when there is one.
+    pub(crate) fn with(&self, log: impl FnOnce(&AccessLog)) {
+        if !self.is_on() {
+            return;
+        }
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, access_log)) = current.as_ref() {
+            log(access_log);
+        }
+    }
+
+    /// The file logged to.
+    pub(crate) fn path(&self) -> Option<PathBuf> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        current.as_ref().map(|(path, _)| path.clone())
+    }
+
+    /// Logs to `log` (opened from its path) from now on, or to none; the
+    /// log before, if any, is written out by its writer, which then ends.
+    pub(crate) fn set(&self, log: Option<(PathBuf, AccessLog)>) {
+        let on = log.is_some();
+        let before = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(PoisonError::into_inner),
+            log,
+        );
+        self.on.store(on, Ordering::Relaxed);
+        drop(before);
     }
 }
 

@@ -345,7 +345,7 @@ impl HttpProxy {
         tls: Option<TlsSession>,
     ) -> Result<Response<ClientBody>, Infallible> {
         let grpc = is_grpc(&request);
-        let Ok(answer) = if self.shared.access_log.is_some() {
+        let Ok(answer) = if self.shared.access_log.is_on() {
             // On the heap: the request's own future stays as small when
             // nothing is logged.
             Box::pin(self.answer_logged(request, forwarded_for, tls)).await
@@ -373,7 +373,7 @@ impl HttpProxy {
         let client = forwarded_for.clone();
         let this = self.clone();
         let Ok(response) = this.answer(request, forwarded_for, tls).await;
-        if let Some(log) = &self.shared.access_log {
+        self.shared.access_log.with(|log| {
             let served = response.extensions().get::<Served>();
             log.http(&HttpLine {
                 client: client.to_str().unwrap_or("-"),
@@ -390,7 +390,7 @@ impl HttpProxy {
                     .and_then(|v| v.to_str().ok()?.parse().ok()),
                 head: started.elapsed(),
             });
-        }
+        });
         Ok(response)
     }
 
@@ -869,7 +869,7 @@ impl HttpProxy {
     /// Notes on `answer` who served it, for the access log (only when
     /// there is one).
     fn note_served(&self, answer: &mut Response<ClientBody>, served: Served) {
-        if self.shared.access_log.is_some() {
+        if self.shared.access_log.is_on() {
             answer.extensions_mut().insert(served);
         }
     }

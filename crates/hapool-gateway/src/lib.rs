@@ -60,7 +60,7 @@ use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, LogSlot};
 use crate::admission::{Admission, Admitted, Handed, Placed};
 use crate::connection_io::{ConnectionIo, SendStalled};
 use crate::http::HttpProxy;
@@ -493,7 +493,7 @@ pub(crate) struct Shared {
     last_limit_log: AtomicU64,
     started: Instant,
     /// Where requests and connections are logged, when they are.
-    pub(crate) access_log: Option<AccessLog>,
+    pub(crate) access_log: LogSlot,
     /// The session tickets of every TLS listener, which a reload may
     /// give new keys.
     pub(crate) tickets: Arc<SessionTickets>,
@@ -849,6 +849,21 @@ fn bind_reuseport(
     Ok(sockets)
 }
 
+/// The access log at `path`, opened, or none without a path.
+fn open_access_log(
+    path: Option<&std::path::Path>,
+) -> Result<Option<(std::path::PathBuf, AccessLog)>, GatewayError> {
+    path.map(|path| {
+        AccessLog::open(path)
+            .map(|log| (path.to_owned(), log))
+            .map_err(|source| GatewayError::AccessLog {
+                path: path.to_owned(),
+                source,
+            })
+    })
+    .transpose()
+}
+
 /// A worker thread: serves its listeners on a runtime of its own.
 fn worker_thread(
     listeners: Vec<WorkerListener>,
@@ -1008,17 +1023,8 @@ impl Gateway {
         }
         drop(passed);
         let handover_socket = config.handover.as_deref().map(handover::bind).transpose()?;
-        let access_log = match &config.access_log {
-            Some(path) => {
-                Some(
-                    AccessLog::open(path).map_err(|source| GatewayError::AccessLog {
-                        path: path.clone(),
-                        source,
-                    })?,
-                )
-            }
-            None => None,
-        };
+        let access_log = LogSlot::default();
+        access_log.set(open_access_log(config.access_log.as_deref())?);
         let (reports, report_rx) = mpsc::channel(1024);
         let limits = watch::Sender::new(Arc::new(config.limits.clone()));
         let shared = Shared {

@@ -20,8 +20,10 @@
 //! session bounds to every pool's table at once. New registrars are asked
 //! at once for every registrar pool that stays (a pool none of them
 //! answers for keeps the members it had), and from then on by the
-//! refresher and by reports of unreachable members. What the workers were
-//! built with (threads, member trust, the access log, the handover
+//! refresher and by reports of unreachable members. The access log can
+//! be started, moved to another file or stopped: requests answered (and
+//! TCP connections closed) from then on are logged to the new file. What
+//! the workers were built with (threads, member trust, the handover
 //! socket) and what a pool is at heart (where its members come from, TLS
 //! to them) take a restart; the reload names each such difference rather
 //! than half-apply it. The new configuration is checked whole, and every
@@ -37,6 +39,7 @@ use crate::pool::Pool;
 use crate::upkeep::{Upkeep, pool_user, probe_all, probe_one, refresh};
 use crate::{
     GatewayConfig, GatewayError, GatewayView, Limits, ListenerConfig, Listening, PoolSettings,
+    open_access_log,
 };
 
 /// What a reload did, and what it left for a restart.
@@ -135,7 +138,6 @@ impl GatewayConfig {
                 self.member_tls.is_some() != running.member_tls.is_some(),
             ),
             ("member_cache", self.member_cache != running.member_cache),
-            ("access_log", self.access_log != running.access_log),
             ("handover", self.handover != running.handover),
         ])
     }
@@ -244,6 +246,13 @@ impl GatewayView {
             .tickets
             .prepare(config.ticket_keys.as_ref())
             .map_err(GatewayError::Tickets)?;
+        // A new access log file is opened now, so that one that cannot be
+        // changes nothing.
+        let access_log = if config.access_log == self.shared.access_log.path() {
+            None
+        } else {
+            Some(open_access_log(config.access_log.as_deref())?)
+        };
 
         // Everything that can fail has been done; from here on, changes.
         // The ticket keys first: every TLS listener, new or kept, seals
@@ -251,6 +260,15 @@ impl GatewayView {
         if let Some((tickets, line)) = tickets {
             self.shared.tickets.install(tickets);
             done.applied.push(line);
+        }
+        if let Some(log) = access_log {
+            done.applied.push(match &log {
+                Some((path, _)) => {
+                    format!("access_log: {} (from the next request)", path.display())
+                }
+                None => "access_log: off".to_owned(),
+            });
+            self.shared.access_log.set(log);
         }
         // Then the limits, so that listeners opened or respecified below
         // start with them.

@@ -293,7 +293,7 @@ impl TcpProxy {
         carried: Option<(u64, u64)>,
         started: Instant,
     ) {
-        if let Some(log) = &self.shared.access_log {
+        self.shared.access_log.with(|log| {
             log.tcp(&TcpLine {
                 client,
                 pool: &self.pool.handle().to_string(),
@@ -302,7 +302,7 @@ impl TcpProxy {
                 received: carried.map(|(_, down)| down),
                 duration: started.elapsed(),
             });
-        }
+        });
     }
 
     /// The member for the session the connection continues (its affine

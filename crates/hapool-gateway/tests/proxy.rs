@@ -1928,6 +1928,88 @@ async fn an_access_log_that_cannot_be_opened_stops_the_start() {
     );
 }
 
+#[tokio::test]
+async fn a_reload_starts_moves_and_stops_the_access_log() {
+    let (web, _task) = http_backend("a").await;
+    let dir = std::env::temp_dir().join(format!("hapool-access-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (first, second) = (dir.join("first.log"), dir.join("second.log"));
+    let with_log = |path: Option<&std::path::Path>| {
+        let mut config = GatewayConfig::new(
+            vec![listener(Protocol::Http)],
+            vec![static_pool(&[web], http_probe())],
+        );
+        config.access_log = path.map(std::path::Path::to_owned);
+        config
+    };
+    let gateway = Gateway::start(with_log(None)).await.unwrap();
+    let view = gateway.view();
+    let addr = gateway.local_addrs()[0];
+    let client = client();
+    // Each request names its step; the lines of a file, once written.
+    let request = |step: &'static str| {
+        let client = client.clone();
+        async move {
+            let (status, _, _) = get(&client, addr, &format!("/{step}"), None).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    };
+    let lines = |path: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    request("unlogged").await;
+    let done = view.reload(with_log(Some(&first))).await.unwrap();
+    assert_eq!(
+        done.applied,
+        [format!(
+            "access_log: {} (from the next request)",
+            first.display()
+        )]
+    );
+    assert!(done.needs_restart.is_empty(), "{done:?}");
+    request("to-first").await;
+    eventually("the first file's line", || lines(&first).len() == 1).await;
+    // The same file again changes nothing.
+    let done = view.reload(with_log(Some(&first))).await.unwrap();
+    assert!(done.applied.is_empty(), "{done:?}");
+    let done = view.reload(with_log(Some(&second))).await.unwrap();
+    assert_eq!(
+        done.applied,
+        [format!(
+            "access_log: {} (from the next request)",
+            second.display()
+        )]
+    );
+    request("to-second").await;
+    eventually("the second file's line", || lines(&second).len() == 1).await;
+    // A file that cannot be opened changes nothing, and is named.
+    let nowhere = dir.join("no-such-dir").join("access.log");
+    let refused = view.reload(with_log(Some(&nowhere))).await.unwrap_err();
+    assert!(
+        refused.to_string().contains(&nowhere.display().to_string()),
+        "{refused}"
+    );
+    request("still-second").await;
+    eventually("the second file's next line", || lines(&second).len() == 2).await;
+    let done = view.reload(with_log(None)).await.unwrap();
+    assert_eq!(done.applied, ["access_log: off"]);
+    request("unlogged-again").await;
+    gateway.shutdown().await;
+    let (first, second) = (lines(&first), lines(&second));
+    assert!(
+        first[0].contains("request=\"GET /to-first HTTP/1.1\""),
+        "{first:?}"
+    );
+    assert!(second[0].contains("GET /to-second "), "{second:?}");
+    assert!(second[1].contains("GET /still-second "), "{second:?}");
+    assert_eq!((first.len(), second.len()), (1, 2), "nothing more logged");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 // ----------------------------------------------------------------- reload
 
 /// A gateway's configuration: one HTTP listener in front of a static
