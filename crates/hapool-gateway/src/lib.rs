@@ -564,7 +564,8 @@ pub struct ListenerStatus {
     /// What keeps its sessions with their members.
     pub affinity: Affinity,
     /// Open client connections, per listening socket (one per worker,
-    /// or more when the gateway before had more workers).
+    /// or more when the gateway before had more workers; a socket the
+    /// service manager passed, shared by the workers, once per worker).
     pub connections: Vec<usize>,
     /// How many of its sockets were taken from the gateway before over
     /// the handover socket (the others it bound itself, or was passed).
