@@ -485,8 +485,8 @@ pub(crate) struct Shared {
     /// The probes' connections to members (each worker has its own for
     /// requests).
     probes: Arc<MemberHttp>,
-    /// Trust for members reached over TLS.
-    pub(crate) member_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Trust for members reached over TLS, which a reload may replace.
+    pub(crate) member_trust: watch::Sender<MemberTrust>,
     pub(crate) metrics: GatewayMetrics,
     /// Members of registrar pools found unreachable, for the registrars.
     reports: mpsc::Sender<(PoolHandle, PoolElementId)>,
@@ -508,16 +508,16 @@ impl Shared {
     /// Connections to members for one worker (or for the probes).
     fn member_http(
         limits: &watch::Sender<Arc<Limits>>,
-        tls: Option<&Arc<rustls::ClientConfig>>,
+        trust: &watch::Sender<MemberTrust>,
     ) -> Arc<MemberHttp> {
-        MemberHttp::start(tls, limits.subscribe())
+        MemberHttp::start(trust.subscribe(), limits.subscribe())
     }
 
-    /// How connections to `pool`'s members are made over TLS, when the
-    /// pool says they are.
+    /// How a connection to `pool`'s members is made over TLS now, when
+    /// the pool says they are.
     pub(crate) fn member_tls_for(&self, pool: &Pool) -> Option<TlsConnector> {
         pool.tls()
-            .then(|| self.member_tls.clone().map(TlsConnector::from))
+            .then(|| self.member_trust.borrow().connector(false))
             .flatten()
     }
 
@@ -850,6 +850,35 @@ fn bind_reuseport(
     Ok(sockets)
 }
 
+/// How members are reached over TLS: connectors made with the trust the
+/// gateway was given (`member_ca`), for HTTP/1.1 and TCP, and for HTTP/2
+/// (ALPN `h2`); none without it. Read as each connection to a member is
+/// made, so that trust a reload brings holds from the next connection.
+#[derive(Clone, Default)]
+pub(crate) struct MemberTrust(Option<[TlsConnector; 2]>);
+
+impl MemberTrust {
+    fn new(config: Option<&Arc<rustls::ClientConfig>>) -> Self {
+        Self(config.map(|config| {
+            let mut h2 = (**config).clone();
+            h2.alpn_protocols = vec![b"h2".to_vec()];
+            [config.clone(), Arc::new(h2)].map(TlsConnector::from)
+        }))
+    }
+
+    /// The connector for a connection spoken in HTTP/2 or not; none
+    /// without trust.
+    pub(crate) fn connector(&self, http2: bool) -> Option<TlsConnector> {
+        self.0
+            .as_ref()
+            .map(|connectors| connectors[usize::from(http2)].clone())
+    }
+
+    fn is_some(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 /// The access log at `path`, opened, or none without a path.
 fn open_access_log(
     path: Option<&std::path::Path>,
@@ -887,7 +916,7 @@ async fn serve_worker(
     shared: Arc<Shared>,
     stopped: oneshot::Receiver<()>,
 ) {
-    let members = Shared::member_http(&shared.limits, shared.member_tls.as_ref());
+    let members = Shared::member_http(&shared.limits, &shared.member_trust);
     let (drain, draining) = watch::channel(false);
     // This worker's place in each of its listeners' counts.
     let mut counted: Vec<(Arc<Admission>, usize)> = Vec::new();
@@ -1028,11 +1057,12 @@ impl Gateway {
         access_log.set(open_access_log(config.access_log.as_deref())?);
         let (reports, report_rx) = mpsc::channel(1024);
         let limits = watch::Sender::new(Arc::new(config.limits.clone()));
+        let member_trust = watch::Sender::new(MemberTrust::new(config.member_tls.as_ref()));
         let shared = Shared {
-            probes: Shared::member_http(&limits, config.member_tls.as_ref()),
+            probes: Shared::member_http(&limits, &member_trust),
             limits,
             upkeep: watch::Sender::new(Upkeep::of(&config)),
-            member_tls: config.member_tls.clone(),
+            member_trust,
             metrics: GatewayMetrics {
                 requests: counter!("hapool_gateway_requests_total"),
                 retries: counter!("hapool_gateway_retries_total"),
@@ -1492,7 +1522,6 @@ impl Serving {
             limits: limits.clone(),
             shared: shared.clone(),
             affinity: listener.affinity,
-            member_tls: shared.member_tls_for(&pool),
         });
         Self {
             acceptor: tls,

@@ -32,6 +32,7 @@
 //! for `Send` futures.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -44,13 +45,12 @@ use hyper::client::conn::http2;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
-use tokio_rustls::TlsConnector;
 use tracing::debug;
 
-use crate::Limits;
 use crate::connection_io::ConnectionIo;
 use crate::http::MemberBody;
 use crate::tcp::{MemberStream, connect_member};
+use crate::{Limits, MemberTrust};
 
 /// Where a connection goes: a member's address, over TLS or not, in
 /// HTTP/2 or HTTP/1.1.
@@ -174,8 +174,11 @@ pub(crate) struct MemberHttp {
     /// being made.
     http2: Mutex<foldhash::HashMap<Target, Http2Connection>>,
     /// How connections to members over TLS are made (HTTP/1.1, and HTTP/2
-    /// by ALPN); without them they fail.
-    tls: Option<[TlsConnector; 2]>,
+    /// by ALPN), which a reload may change; without trust they fail.
+    trust: watch::Receiver<MemberTrust>,
+    /// How many times the trust changed while it ran: a connection to a
+    /// member over TLS made before the last change is not kept.
+    trust_changes: AtomicU64,
     /// The gateway's limits, of which the connect and idle timeouts count
     /// here; a reload may change them (read at each connect and sweep).
     limits: watch::Receiver<Arc<Limits>>,
@@ -202,6 +205,8 @@ pub(crate) enum InUse {
         home: Arc<MemberHttp>,
         target: Target,
         sender: SendRequest<MemberBody>,
+        /// [`MemberHttp::trust_changes`] when it was made or taken.
+        trust_changes: u64,
     },
     Shared,
 }
@@ -214,9 +219,10 @@ impl InUse {
             home,
             target,
             sender,
+            trust_changes,
         } = self
         {
-            home.give_back(target, sender);
+            home.give_back(target, sender, trust_changes);
         }
     }
 }
@@ -227,21 +233,17 @@ impl MemberHttp {
     /// limits are at the time. Spawns the task that closes idle
     /// connections on the current runtime; it ends with the last handle.
     pub(crate) fn start(
-        tls: Option<&Arc<rustls::ClientConfig>>,
+        trust: watch::Receiver<MemberTrust>,
         limits: watch::Receiver<Arc<Limits>>,
     ) -> Arc<Self> {
-        let tls = tls.map(|config| {
-            let mut h2 = (**config).clone();
-            h2.alpn_protocols = vec![b"h2".to_vec()];
-            [config.clone(), Arc::new(h2)].map(TlsConnector::from)
-        });
         let this = Arc::new(Self {
             idle: Mutex::new(foldhash::HashMap::default()),
             http2: Mutex::new(foldhash::HashMap::default()),
-            tls,
+            trust: trust.clone(),
+            trust_changes: AtomicU64::new(0),
             limits,
         });
-        tokio::spawn(close_idle(Arc::downgrade(&this)));
+        tokio::spawn(close_idle(Arc::downgrade(&this), trust));
         this
     }
 
@@ -257,8 +259,9 @@ impl MemberHttp {
             return self.send_http2(target, request).await;
         }
         while let Some(mut sender) = self.take_idle(target) {
+            let trust_changes = self.trust_changes();
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, self.in_use(target, sender))),
+                Ok(response) => return Ok((response, self.in_use(target, sender, trust_changes))),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => request = unsent,
                     None => {
@@ -274,12 +277,12 @@ impl MemberHttp {
         }
         // Boxed: connecting (TLS above all) takes a large future, which
         // would otherwise make every request's future as large.
-        let mut sender = match Box::pin(self.connect(target)).await {
-            Ok(sender) => sender,
+        let (mut sender, trust_changes) = match Box::pin(self.connect(target)).await {
+            Ok(made) => made,
             Err(e) => return Err(e.giving_back(request)),
         };
         match sender.try_send_request(request).await {
-            Ok(response) => Ok((response, self.in_use(target, sender))),
+            Ok(response) => Ok((response, self.in_use(target, sender, trust_changes))),
             Err(e) => Err(MemberError::on_send(e)),
         }
     }
@@ -352,12 +355,18 @@ impl MemberHttp {
 
     /// Makes the HTTP/2 connection to `target`, and tells those waiting.
     async fn make_http2(self: Arc<Self>, target: Target, made: watch::Sender<Option<Made>>) {
+        let trust_changes = self.trust_changes();
         let result = self.connect_http2(target).await.map_err(|e| match e {
             MemberError::Connect(e, _) => e.to_string(),
             e => e.to_string(),
         });
         let mut connections = self.http2.lock().unwrap_or_else(PoisonError::into_inner);
         match &result {
+            // Made with the trust before a change: used by the requests
+            // that waited for it, not kept.
+            Ok(_) if target.tls && trust_changes != self.trust_changes() => {
+                connections.remove(&target);
+            }
             Ok(sender) => {
                 connections.insert(
                     target,
@@ -372,29 +381,54 @@ impl MemberHttp {
         made.send_replace(Some(result));
     }
 
-    fn in_use(self: &Arc<Self>, target: Target, sender: SendRequest<MemberBody>) -> InUse {
+    fn in_use(
+        self: &Arc<Self>,
+        target: Target,
+        sender: SendRequest<MemberBody>,
+        trust_changes: u64,
+    ) -> InUse {
         InUse::Own {
             home: self.clone(),
             target,
             sender,
+            trust_changes,
         }
+    }
+
+    fn trust_changes(&self) -> u64 {
+        self.trust_changes.load(Ordering::Relaxed)
+    }
+
+    /// The trust changed: connections to members over TLS made before are
+    /// closed once their answers are read (those idle at once), and new
+    /// ones are checked with the new trust.
+    fn forget_tls_connections(&self) {
+        self.trust_changes.fetch_add(1, Ordering::Relaxed);
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|target, _| !target.tls);
+        self.http2
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|target, _| !target.tls);
     }
 
     /// A new connection to `target`, over TLS if it says so.
     async fn open(&self, target: Target) -> Result<ConnectionIo<MemberStream>, MemberError> {
         let tls = if target.tls {
-            let connectors = self.tls.as_ref().ok_or_else(|| {
+            let connector = self.trust.borrow().connector(target.http2);
+            Some(connector.ok_or_else(|| {
                 MemberError::Connect(
                     std::io::Error::other("no trust for members over TLS"),
                     Unsent::default(),
                 )
-            })?;
-            Some(&connectors[usize::from(target.http2)])
+            })?)
         } else {
             None
         };
         let connect_timeout = self.limits.borrow().connect_timeout;
-        let stream = connect_member(target.address, &[], tls, connect_timeout)
+        let stream = connect_member(target.address, &[], tls.as_ref(), connect_timeout)
             .await
             .map_err(|e| MemberError::Connect(e, Unsent::default()))?;
         Ok(ConnectionIo::member(stream))
@@ -419,10 +453,11 @@ impl MemberHttp {
         Ok(sender)
     }
 
-    /// A new connection to `target`; its I/O runs in a task of its own
-    /// (which hands the connection over when the member switches
-    /// protocols).
-    async fn connect(&self, target: Target) -> Result<SendRequest<MemberBody>, MemberError> {
+    /// A new connection to `target`, with [`Self::trust_changes`] as it
+    /// was made; its I/O runs in a task of its own (which hands the
+    /// connection over when the member switches protocols).
+    async fn connect(&self, target: Target) -> Result<(SendRequest<MemberBody>, u64), MemberError> {
+        let trust_changes = self.trust_changes();
         let stream = self.open(target).await?;
         let (sender, connection) = http1::Builder::new()
             .writev(false)
@@ -434,7 +469,7 @@ impl MemberHttp {
                 debug!(address = %target.address, error = %e, "member connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok((sender, trust_changes))
     }
 
     /// The most recently used idle connection to `target` that can take a
@@ -452,8 +487,8 @@ impl MemberHttp {
         None
     }
 
-    fn give_back(&self, target: Target, sender: SendRequest<MemberBody>) {
-        if sender.is_closed() {
+    fn give_back(&self, target: Target, sender: SendRequest<MemberBody>, trust_changes: u64) {
+        if sender.is_closed() || (target.tls && trust_changes != self.trust_changes()) {
             return;
         }
         let entry = Idle {
@@ -550,16 +585,30 @@ fn in_http2(request: Request<MemberBody>, tls: bool) -> Request<MemberBody> {
 
 /// Closes idle connections about every second (more often for an idle
 /// timeout under two seconds), for as long as the connections' owner lives.
-async fn close_idle(home: Weak<MemberHttp>) {
+/// Forgets the connections over TLS when the trust changes.
+async fn close_idle(home: Weak<MemberHttp>, mut trust: watch::Receiver<MemberTrust>) {
+    let mut trusted = true;
     loop {
         let Some(every) = home.upgrade().map(|h| {
             (h.idle_timeout() / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
         }) else {
             return;
         };
-        tokio::time::sleep(every).await;
-        let Some(home) = home.upgrade() else { return };
-        home.close_idle_until(Instant::now());
+        tokio::select! {
+            () = tokio::time::sleep(every) => {
+                let Some(home) = home.upgrade() else { return };
+                home.close_idle_until(Instant::now());
+            }
+            // Once the gateway has dropped the trust's sender, it stops
+            // changing.
+            changed = trust.changed(), if trusted => match changed {
+                Ok(()) => {
+                    let Some(home) = home.upgrade() else { return };
+                    home.forget_tls_connections();
+                }
+                Err(_) => trusted = false,
+            },
+        }
     }
 }
 
@@ -574,6 +623,11 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    /// No trust for members over TLS.
+    fn no_trust() -> watch::Receiver<MemberTrust> {
+        watch::channel(MemberTrust::default()).1
+    }
 
     /// Limits with a connect timeout of one second and `idle`.
     fn timeouts(idle: Duration) -> watch::Receiver<Arc<Limits>> {
@@ -661,7 +715,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_reused_once_its_response_is_read() {
         let (address, accepted) = member(usize::MAX).await;
-        let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
+        let members = MemberHttp::start(no_trust(), timeouts(Duration::from_secs(60)));
         for _ in 0..5 {
             assert_eq!(read_all(&members, target(address)).await.unwrap(), "ok");
         }
@@ -680,7 +734,7 @@ mod tests {
     async fn a_kept_connection_closed_under_a_request_is_stale_and_older_ones_go_too() {
         // The member answers one request per connection.
         let (address, accepted) = member(1).await;
-        let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
+        let members = MemberHttp::start(no_trust(), timeouts(Duration::from_secs(60)));
         // Two connections, both idle after their first answer.
         let (first, held) = members.send(target(address), get(address)).await.unwrap();
         read_all(&members, target(address)).await.unwrap();
@@ -715,7 +769,7 @@ mod tests {
                 let _ = write.write_all(answer).await;
             }
         });
-        let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
+        let members = MemberHttp::start(no_trust(), timeouts(Duration::from_secs(60)));
         assert_eq!(read_all(&members, target(address)).await.unwrap(), "ok");
         tokio::time::sleep(Duration::from_millis(100)).await;
         members.close_idle_until(Instant::now());
@@ -727,7 +781,7 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_close_after_the_idle_timeout() {
         let (address, accepted) = member(usize::MAX).await;
-        let members = MemberHttp::start(None, timeouts(Duration::from_millis(100)));
+        let members = MemberHttp::start(no_trust(), timeouts(Duration::from_millis(100)));
         read_all(&members, target(address)).await.unwrap();
         assert_eq!(members.idle_count(target(address)), 1);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -740,7 +794,7 @@ mod tests {
     async fn a_shorter_idle_timeout_takes_effect_on_connections_already_idle() {
         let (address, _) = member(usize::MAX).await;
         let (limits, watched) = watch::channel(Arc::new(Limits::default()));
-        let members = MemberHttp::start(None, watched);
+        let members = MemberHttp::start(no_trust(), watched);
         read_all(&members, target(address)).await.unwrap();
         assert_eq!(members.idle_count(target(address)), 1);
         limits.send_modify(|l| {
@@ -812,7 +866,7 @@ mod tests {
     async fn an_http2_member_gets_one_connection_closed_when_idle_after_its_answers() {
         let (address, accepted, ended) = h2_member().await;
         let target = target_http2(address);
-        let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
+        let members = MemberHttp::start(no_trust(), timeouts(Duration::from_secs(60)));
         // Three answers under way at once, on one connection.
         let mut answers = Vec::new();
         for _ in 0..3 {
@@ -844,7 +898,7 @@ mod tests {
     async fn requests_at_once_to_an_http2_member_wait_for_one_new_connection() {
         let (address, accepted, _) = h2_member().await;
         let target = target_http2(address);
-        let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
+        let members = MemberHttp::start(no_trust(), timeouts(Duration::from_secs(60)));
         let sends: Vec<_> = (0..20)
             .map(|_| {
                 let members = members.clone();
@@ -896,7 +950,7 @@ mod tests {
             }
         });
         let target = target_http2(address);
-        let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
+        let members = MemberHttp::start(no_trust(), timeouts(Duration::from_secs(60)));
         let Err(e) = members.send(target, get(address)).await else {
             panic!("a refused stream answered");
         };
@@ -909,7 +963,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         drop(listener);
-        let members = MemberHttp::start(None, timeouts(Duration::from_secs(60)));
+        let members = MemberHttp::start(no_trust(), timeouts(Duration::from_secs(60)));
         let e = read_all(&members, target(address)).await.unwrap_err();
         assert!(matches!(e, MemberError::Connect(..)), "{e:?}");
         assert!(e.unsent());

@@ -22,10 +22,13 @@
 //! answers for keeps the members it had), and from then on by the
 //! refresher and by reports of unreachable members. The access log can
 //! be started, moved to another file or stopped: requests answered (and
-//! TCP connections closed) from then on are logged to the new file. What
-//! the workers were built with (threads, member trust, the handover
-//! socket) and what a pool is at heart (where its members come from, TLS
-//! to them) take a restart; the reload names each such difference rather
+//! TCP connections closed) from then on are logged to the new file. The
+//! trust for members over TLS is taken as read again (a new authority
+//! file, or the same file with new contents): connections to members
+//! made from then on are checked with it (`MemberTrust`). What the
+//! workers were built with (threads, the handover socket) and what a
+//! pool is at heart (where its members come from, TLS to them) take a
+//! restart; the reload names each such difference rather
 //! than half-apply it. The new configuration is checked whole, and every
 //! new listener bound, before anything changes: a reload that cannot be
 //! done changes nothing.
@@ -38,8 +41,8 @@ use tracing::{info, warn};
 use crate::pool::Pool;
 use crate::upkeep::{Upkeep, pool_user, probe_all, probe_one, refresh};
 use crate::{
-    GatewayConfig, GatewayError, GatewayView, Limits, ListenerConfig, Listening, PoolSettings,
-    open_access_log,
+    GatewayConfig, GatewayError, GatewayView, Limits, ListenerConfig, Listening, MemberTrust,
+    PoolSettings, open_access_log,
 };
 
 /// What a reload did, and what it left for a restart.
@@ -133,10 +136,6 @@ impl GatewayConfig {
     fn fixed_changes(&self, running: &Self) -> Vec<&'static str> {
         changed_names([
             ("threads", self.workers != running.workers),
-            (
-                "member_ca",
-                self.member_tls.is_some() != running.member_tls.is_some(),
-            ),
             ("member_cache", self.member_cache != running.member_cache),
             ("handover", self.handover != running.handover),
         ])
@@ -183,9 +182,6 @@ impl GatewayView {
                         changed.push((pool, settings));
                     }
                     fixed
-                }
-                None if settings.tls && self.shared.member_tls.is_none() => {
-                    Some("new, and the running gateway has no member_ca")
                 }
                 None => {
                     added.push(Arc::new(config.new_pool(settings)));
@@ -260,6 +256,18 @@ impl GatewayView {
         if let Some((tickets, line)) = tickets {
             self.shared.tickets.install(tickets);
             done.applied.push(line);
+        }
+        // Trust for members over TLS, as read again: connections made
+        // from now on use it.
+        if config.member_tls.is_some() || self.shared.member_trust.borrow().is_some() {
+            self.shared
+                .member_trust
+                .send_replace(MemberTrust::new(config.member_tls.as_ref()));
+            done.applied.push(if config.member_tls.is_some() {
+                "member trust: loaded (connections to members made from now on)".to_owned()
+            } else {
+                "member trust: none".to_owned()
+            });
         }
         if let Some(log) = access_log {
             done.applied.push(match &log {

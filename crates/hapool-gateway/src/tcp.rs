@@ -29,8 +29,6 @@ pub(crate) struct TcpProxy {
     pub(crate) limits: Arc<Limits>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) affinity: Affinity,
-    /// Set when the pool's members are reached over TLS.
-    pub(crate) member_tls: Option<TlsConnector>,
 }
 
 /// A connection to a member.
@@ -334,7 +332,7 @@ impl TcpProxy {
             match connect_member(
                 member.address,
                 preface,
-                self.member_tls.as_ref(),
+                self.shared.member_tls_for(&self.pool).as_ref(),
                 self.limits.connect_timeout,
             )
             .await

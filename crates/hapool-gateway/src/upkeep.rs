@@ -17,7 +17,6 @@ use http_body_util::{BodyExt, Either, Full};
 use metrics::counter;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, interval, sleep_until, timeout};
-use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
 use crate::grpc_health;
@@ -223,7 +222,7 @@ async fn probe_port(pool: &Pool, member: &Member, port: Port, shared: &Shared) -
     match &settings.probe {
         ProbeKind::Tcp => {
             let tls = if target.tls {
-                shared.member_tls.clone().map(TlsConnector::from)
+                shared.member_trust.borrow().connector(false)
             } else {
                 None
             };

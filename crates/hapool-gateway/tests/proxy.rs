@@ -1826,6 +1826,66 @@ async fn members_are_reached_over_tls_when_the_pool_says_so() {
 }
 
 #[tokio::test]
+async fn a_reload_takes_new_trust_for_members_over_tls() {
+    let web = https_backend("secure").await;
+    let echo = tls_echo_backend("echo").await;
+    let over_tls = |name: &str, member, probe| PoolSettings {
+        handle: PoolHandle::from(name),
+        tls: true,
+        probe_fall: 1,
+        probe_rise: 1,
+        ..static_pool(&[member], probe)
+    };
+    let on = |protocol, name: &str| ListenerConfig {
+        pool: PoolHandle::from(name),
+        ..listener(protocol)
+    };
+    let trusting = |ca: std::path::PathBuf| {
+        let mut config = GatewayConfig::new(
+            vec![on(Protocol::Http, "web"), on(Protocol::Tcp, "echo")],
+            vec![
+                over_tls("web", web, http_probe()),
+                over_tls("echo", echo, ProbeKind::Tcp),
+            ],
+        );
+        config.probe_interval = Duration::from_millis(50);
+        config.member_tls = Some(hapool_net::tls::client_config(&ca, None).unwrap());
+        config
+    };
+    // An authority that did not sign the members' certificates: both are
+    // unreachable, and nothing is served.
+    let gateway = Gateway::start(trusting(pki("ca.pem"))).await.unwrap();
+    let view = gateway.view();
+    let [http_at, tcp_at] = [gateway.local_addrs()[0], gateway.local_addrs()[1]];
+    let reachable = |pool: usize| gateway.pools()[pool].status()[0].availability;
+    assert_eq!(reachable(0), Availability::Unreachable);
+    assert_eq!(reachable(1), Availability::Unreachable);
+    let (status, _, _) = get(&client(), http_at, "/", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The one that did, by a reload: probes pass, and both are served.
+    let done = view.reload(trusting(net_pki("ca.pem"))).await.unwrap();
+    assert_eq!(
+        done.applied,
+        ["member trust: loaded (connections to members made from now on)"]
+    );
+    assert!(done.needs_restart.is_empty(), "{done:?}");
+    eventually("both members trusted", || {
+        reachable(0) == Availability::Available && reachable(1) == Availability::Available
+    })
+    .await;
+    let (status, body, _) = get(&client(), http_at, "/", None).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "secure http"));
+    assert_eq!(tcp_exchange(tcp_at, "over tls").await, "echo over tls");
+    // And back: new connections fail their handshakes again.
+    view.reload(trusting(pki("ca.pem"))).await.unwrap();
+    eventually("both members untrusted again", || {
+        reachable(0) == Availability::Unreachable && reachable(1) == Availability::Unreachable
+    })
+    .await;
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_access_log_has_a_line_per_request_and_per_connection() {
     let (web, _task) = http_backend("a").await;
     let echo = echo_backend("e").await;

@@ -789,7 +789,7 @@ pub(crate) fn main(args: GatewayArgs) -> anyhow::Result<()> {
 
 /// Settings of `[gateway]` that only `hapool` reads; a change to one takes
 /// a restart.
-const FIXED_KEYS: [&str; 3] = ["admin", "admin_tls", "member_ca"];
+const FIXED_KEYS: [&str; 2] = ["admin", "admin_tls"];
 
 /// A running gateway and where its configuration comes from, for reloads.
 struct Reloader {

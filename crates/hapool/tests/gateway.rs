@@ -67,17 +67,23 @@ fn backend(name: &'static str) -> String {
     addr
 }
 
-/// GET `path` from `addr` on a new connection: the whole response.
-fn get_path(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
+/// GET `path` from `addr` on a new connection: the whole response, or
+/// an error, also when the answer has not ended in 10 s.
+fn try_get_path(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    )?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// GET `path` from `addr` on a new connection: the whole response.
+fn get_path(addr: &str, path: &str) -> String {
+    try_get_path(addr, path).unwrap()
 }
 
 /// GET / through `addr` on a new connection; the body, or the status line
@@ -259,10 +265,7 @@ handle = "web"
         ["a", "b"].iter().map(|s| s.to_string()).collect(),
         "served without a registrar"
     );
-    let mut metrics = String::new();
-    let mut stream = TcpStream::connect(&admin).unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    stream.read_to_string(&mut metrics).unwrap();
+    let metrics = get_path(&admin, "/metrics");
     assert!(
         metrics.contains("hapool_gateway_requests_total"),
         "{metrics}"
@@ -1063,14 +1066,7 @@ fn a_gateway_serves_the_sockets_its_service_manager_passed_and_a_restart_refuses
 /// GET / through `addr` on a new connection, with every failure an error:
 /// the body of a 200.
 fn try_get(addr: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    let response = try_get_path(addr, "/")?;
     match response.split_once("\r\n\r\n") {
         Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
         _ => Err(std::io::Error::other(format!("answered {response:?}"))),
