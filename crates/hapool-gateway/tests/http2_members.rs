@@ -629,26 +629,6 @@ async fn a_reload_turns_http2_to_members_on_and_off() {
     gateway.shutdown().await;
 }
 
-/// A Python with grpcio (Debian's `python3-grpcio`), when there is one;
-/// `None` (the calling test is skipped) without, unless
-/// `HAPOOL_REQUIRE_TOOLS=1` (as in CI).
-fn python_with_grpc() -> Option<&'static str> {
-    let found = ["python3", "/usr/bin/python3"].into_iter().find(|python| {
-        std::process::Command::new(python)
-            .args(["-c", "import grpc"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("HAPOOL_REQUIRE_TOOLS").is_none(),
-            "HAPOOL_REQUIRE_TOOLS is set but grpcio is not installed (apt-get install python3-grpcio)"
-        );
-        eprintln!("SKIPPED: grpcio is not installed (apt-get install python3-grpcio)");
-    }
-    found
-}
-
 /// `tests/grpc/echo.py` with `args`.
 fn echo_py(python: &str, args: &[&str]) -> std::process::Command {
     let mut command = std::process::Command::new(python);
@@ -780,7 +760,7 @@ async fn grpc_calls(python: &'static str, gateway: SocketAddr, rounds: u32) -> V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_go_through_and_survive_a_member_killed() {
-    let Some(python) = python_with_grpc() else {
+    let Some(python) = common::tools::python_with("grpc", "python3-grpcio") else {
         return;
     };
     let mut members = Members(Vec::new());

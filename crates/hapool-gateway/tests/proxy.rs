@@ -31,7 +31,7 @@ use tokio::time::{Instant, sleep};
 
 mod common;
 
-use common::listening::listening_sockets;
+use common::tools::listening_sockets;
 
 use common::serve_http;
 

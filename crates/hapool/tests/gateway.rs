@@ -769,10 +769,11 @@ fn successor_takes_over(
     killed
 }
 
-/// `listening_sockets`, shared with the gateway crate's tests.
-#[path = "../../hapool-gateway/tests/common/listening.rs"]
-mod listening;
-use listening::listening_sockets;
+/// `listening_sockets` and `python_with`, shared with the gateway crate's
+/// tests.
+#[path = "../../hapool-gateway/tests/common/tools.rs"]
+mod tools;
+use tools::{listening_sockets, python_with};
 
 /// A registrar of its own on loopback, and `hapool pe` keeping `server`
 /// registered with it in pool `web`.
@@ -895,25 +896,6 @@ fn a_reload_changes_the_registrars_a_gateway_asks() {
     assert_eq!(get(&front), "s");
 }
 
-/// A Python 3, when there is one; `None` (the calling test is skipped)
-/// without, unless `HAPOOL_REQUIRE_TOOLS=1` (as in CI).
-fn python() -> Option<&'static str> {
-    let found = ["python3", "/usr/bin/python3"].into_iter().find(|python| {
-        Command::new(python)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("HAPOOL_REQUIRE_TOOLS").is_none(),
-            "HAPOOL_REQUIRE_TOOLS is set but there is no python3 (apt-get install python3)"
-        );
-        eprintln!("SKIPPED: no python3 (apt-get install python3)");
-    }
-    found
-}
-
 /// `tests/activate.py`: a service manager holding listening sockets and
 /// starting and stopping a gateway with them, one command at a time.
 struct ServiceManager {
@@ -995,7 +977,7 @@ impl Drop for ServiceManager {
 
 #[test]
 fn a_gateway_serves_the_sockets_its_service_manager_passed_and_a_restart_refuses_nothing() {
-    let Some(python) = python() else {
+    let Some(python) = python_with("sys", "python3") else {
         return;
     };
     let scratch = common::Scratch::new("gateway_activation");

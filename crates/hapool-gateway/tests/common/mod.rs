@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-pub(crate) mod listening;
+pub(crate) mod tools;
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
