@@ -1100,12 +1100,14 @@ impl Gateway {
             refresh(&pu, &registrar_pools, &shared, &mut cache).await;
         }
         probe_all(&pools.all(), &shared).await;
+        let member_cache = Arc::new(watch::Sender::new(config.member_cache.clone()));
         tasks.spawn(refresher(
             registrars.subscribe(),
             pools.clone(),
             shared.clone(),
             report_rx,
             cache,
+            member_cache.subscribe(),
         ));
         tasks.spawn(prober(pools.clone(), shared.clone()));
         tasks.spawn(sweeper(pools.clone()));
@@ -1170,6 +1172,7 @@ impl Gateway {
                 reloading: Arc::new(tokio::sync::Mutex::new(())),
                 workers: inboxes.into(),
                 registrars,
+                member_cache,
             },
             tasks,
             workers,
@@ -1266,6 +1269,9 @@ pub struct GatewayView {
     /// Resolves registrar pools (when registrars are configured); a
     /// reload may change them.
     registrars: Arc<Registrars>,
+    /// Where the member lists of registrar pools are kept on disk, if
+    /// anywhere; a reload may change it.
+    member_cache: Arc<watch::Sender<Option<std::path::PathBuf>>>,
 }
 
 impl GatewayView {

@@ -41,6 +41,15 @@ impl MemberCache {
         Self { path, lists }
     }
 
+    /// A cache at `path` that holds nothing yet: the file is written with
+    /// the next answers (whatever it holds now is not read).
+    pub(crate) fn empty(path: PathBuf) -> Self {
+        Self {
+            path,
+            lists: BTreeMap::new(),
+        }
+    }
+
     /// The cached members of `pool`, if any.
     pub(crate) fn members(&self, pool: &PoolHandle) -> Option<&[PoolElement]> {
         self.lists.get(pool).map(Vec::as_slice)

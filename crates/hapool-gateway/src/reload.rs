@@ -25,7 +25,9 @@
 //! TCP connections closed) from then on are logged to the new file. The
 //! trust for members over TLS is taken as read again (a new authority
 //! file, or the same file with new contents): connections to members
-//! made from then on are checked with it (`MemberTrust`). What the
+//! made from then on are checked with it (`MemberTrust`). A new member
+//! cache file is written with the registrars' answers, asked for at
+//! once. What the
 //! workers were built with (threads, the handover socket) and what a
 //! pool is at heart (where its members come from, TLS to them) take a
 //! restart; the reload names each such difference rather
@@ -136,7 +138,6 @@ impl GatewayConfig {
     fn fixed_changes(&self, running: &Self) -> Vec<&'static str> {
         changed_names([
             ("threads", self.workers != running.workers),
-            ("member_cache", self.member_cache != running.member_cache),
             ("handover", self.handover != running.handover),
         ])
     }
@@ -268,6 +269,16 @@ impl GatewayView {
             } else {
                 "member trust: none".to_owned()
             });
+        }
+        if config.member_cache != *self.member_cache.borrow() {
+            done.applied.push(match &config.member_cache {
+                Some(path) => format!(
+                    "member_cache: {} (written with the registrars' next answers)",
+                    path.display()
+                ),
+                None => "member_cache: off".to_owned(),
+            });
+            self.member_cache.send_replace(config.member_cache.clone());
         }
         if let Some(log) = access_log {
             done.applied.push(match &log {

@@ -149,22 +149,39 @@ pub(crate) fn pool_user(registrars: &[SocketAddr]) -> Option<Arc<PoolUser>> {
 /// `refresh` after it starts: the gateway resolved them as it started),
 /// and between rounds reports members found unreachable to the
 /// registrars. Each round and each report goes to the registrars
-/// configured at that moment.
+/// configured at that moment; the answers are kept in the `cache` file
+/// named at that moment (`cache_path`: a new one is written from the
+/// next answers, which a change brings at once).
 pub(crate) async fn refresher(
     registrars: watch::Receiver<Option<Arc<PoolUser>>>,
     pools: PoolSet,
     shared: Arc<Shared>,
     mut reports: mpsc::Receiver<(PoolHandle, PoolElementId)>,
     mut cache: Option<MemberCache>,
+    mut cache_path: watch::Receiver<Option<std::path::PathBuf>>,
 ) {
     let mut upkeep = shared.upkeep.subscribe();
     let mut started = Instant::now();
+    let mut watching_cache = true;
     loop {
         let round = next_round(&mut upkeep, started, |u| u.refresh);
         tokio::pin!(round);
         loop {
             tokio::select! {
                 () = &mut round => break,
+                changed = cache_path.changed(), if watching_cache => {
+                    if changed.is_err() {
+                        // The gateway is going: the file stays as it is.
+                        watching_cache = false;
+                        continue;
+                    }
+                    // Empty: the next answers are all written.
+                    cache = cache_path
+                        .borrow_and_update()
+                        .clone()
+                        .map(MemberCache::empty);
+                    break;
+                }
                 Some((pool, pe_id)) = reports.recv() => {
                     // Only registrar pools are reported, and they exist
                     // only while there are registrars.

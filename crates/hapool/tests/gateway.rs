@@ -622,14 +622,14 @@ fn a_running_gateway_reads_its_configuration_again_on_sighup_and_on_ctl_reload()
     assert_eq!(list.lines().count(), 3, "both members still: {list}");
     // a leaves (it drains: nothing is open, so it goes at once); a limit
     // changes; a setting that takes a restart is named.
-    let cache = std::path::Path::new(path).with_file_name("members");
+    let handover = std::path::Path::new(path).with_file_name("handover.sock");
     scratch.write(
         "gw.toml",
         &static_gateway(
             &listen,
             &admin,
             &[&b],
-            &format!("retries = 1\nsession_idle = \"10m\"\nmember_cache = {cache:?}\n"),
+            &format!("retries = 1\nsession_idle = \"10m\"\nhandover = {handover:?}\n"),
         ),
     );
     let (code, out, err) = ctl(&["reload"]);
@@ -637,10 +637,7 @@ fn a_running_gateway_reads_its_configuration_again_on_sighup_and_on_ctl_reload()
     assert!(out.contains("in effect: pool web: members"), "{out}");
     assert!(out.contains("in effect: limits: retries"), "{out}");
     assert!(out.contains("in effect: upkeep: session_idle"), "{out}");
-    assert!(
-        out.contains("takes a restart: member_cache changed"),
-        "{out}"
-    );
+    assert!(out.contains("takes a restart: handover changed"), "{out}");
     for _ in 0..6 {
         assert_eq!(get(&listen), "b");
     }
@@ -860,6 +857,38 @@ fn a_reload_changes_the_registrars_a_gateway_asks() {
     assert!(!out.contains("restart"), "{out}");
     until("a answers for web", || get(&web) == "a");
     assert_eq!(registrars_shown(), serde_json::json!([first]));
+
+    // A member cache: written with the registrars' answers at once, a's
+    // address in it (an ENRP handle table: a TCP transport parameter with
+    // a's port and an IPv4 address parameter with its address).
+    let cache = std::path::Path::new(path).with_file_name("members");
+    scratch.write(
+        "gw.toml",
+        &file(&[&first], true).replacen(
+            "[gateway]\n",
+            &format!("[gateway]\nmember_cache = {cache:?}\n"),
+            1,
+        ),
+    );
+    let (code, out, err) = ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "in effect: member_cache: {} (written with the registrars' next answers)",
+            cache.display()
+        )),
+        "{out}"
+    );
+    let a_binary: std::net::SocketAddrV4 = a.parse().unwrap();
+    let names_a = |w: &[u8]| {
+        w[..4] == [0, 5, 0, 16]
+            && w[4..6] == a_binary.port().to_be_bytes()
+            && w[8..12] == [0, 1, 0, 8]
+            && w[12..16] == a_binary.ip().octets()
+    };
+    until("the cache file names a", || {
+        std::fs::read(&cache).is_ok_and(|held| held.windows(16).any(names_a))
+    });
 
     // Other registrars: they name b, and a leaves.
     let out = reload(&[&second], true);
