@@ -258,8 +258,13 @@ impl MemberHttp {
         if target.http2 {
             return self.send_http2(target, request).await;
         }
-        while let Some(mut sender) = self.take_idle(target) {
+        loop {
+            // Read before the connection is taken: a change of trust after
+            // it makes it one not to keep.
             let trust_changes = self.trust_changes();
+            let Some(mut sender) = self.take_idle(target) else {
+                break;
+            };
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, self.in_use(target, sender, trust_changes))),
                 Err(mut e) => match e.take_message() {
