@@ -6,8 +6,9 @@
 //! TLS configurations and reads client identities; [`vrrp`], VRRP's
 //! raw socket, virtual addresses and gratuitous ARP on Linux;
 //! [`passing`], open sockets handed to another process over a Unix
-//! socket; and [`activation`], listening sockets the service manager
-//! passed to the process (socket activation).
+//! socket; [`activation`], listening sockets the service manager
+//! passed to the process (socket activation); and [`notify`], the
+//! daemon's state told to the service manager.
 //!
 //! Never holds protocol state: what a message means is for the state
 //! machines in `hapool-proto` and `hapool-vrrp`.
@@ -19,6 +20,7 @@
 //! denies unsafe code.
 
 pub mod activation;
+pub mod notify;
 pub mod passing;
 pub mod tls;
 pub mod vrrp;

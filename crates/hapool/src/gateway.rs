@@ -808,6 +808,17 @@ impl Reloader {
     /// a file that cannot be read, or a configuration the gateway could
     /// not start with, changes nothing.
     async fn reload(&self) -> anyhow::Result<Reloaded> {
+        use crate::serve::tell_service_manager;
+        use hapool_net::notify::{READY, RELOADING};
+        tell_service_manager(RELOADING);
+        let reloaded = self.reload_file().await;
+        tell_service_manager(READY);
+        reloaded
+    }
+
+    /// [`Self::reload`], between telling the service manager that the
+    /// gateway reloads and that it is ready again.
+    async fn reload_file(&self) -> anyhow::Result<Reloaded> {
         let Some(path) = &self.args.config else {
             bail!(
                 "the gateway was started from flags: there is no configuration file to read again"
@@ -924,6 +935,7 @@ async fn run(
             }
         });
     }
+    crate::serve::tell_service_manager(hapool_net::notify::READY);
     let shutdown = crate::serve::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -937,6 +949,7 @@ async fn run(
             }
         }
     }
+    crate::serve::tell_service_manager(hapool_net::notify::STOPPING);
     info!("shutting down: no new connections; open ones finish their request");
     gateway.shutdown().await;
     Ok(())

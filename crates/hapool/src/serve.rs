@@ -13,7 +13,7 @@ use hapool_wire::{
 };
 use tokio::net::TcpListener;
 use tokio::time::{sleep, timeout};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{BadConfig, config};
 
@@ -227,7 +227,9 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
             }
         });
     }
+    tell_service_manager(hapool_net::notify::READY);
     shutdown_signal().await;
+    tell_service_manager(hapool_net::notify::STOPPING);
     info!("shutting down");
     handle.shutdown().await;
     Ok(())
@@ -660,6 +662,17 @@ pub(crate) async fn resolve(args: ResolveArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Tells the service manager `state` (`hapool_net::notify`: `READY=1`
+/// and the like, for units of `Type=notify`) when it listens; one that
+/// cannot be told is warned of, and the daemon goes on.
+pub(crate) fn tell_service_manager(state: &str) {
+    match hapool_net::notify::notify(state) {
+        Ok(true) => debug!(state, "service manager told"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, state, "cannot tell the service manager"),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -700,3 +700,31 @@ fn registrar_over_tls_with_client_certificates() {
     assert!(terminate(pe).success());
     assert!(terminate(registrar).success());
 }
+
+#[test]
+fn a_registrar_tells_its_service_manager_when_it_serves_and_stops() {
+    // An abstract name, as systemd gives (`@/org/freedesktop/...`).
+    let manager = common::NotifySocket::new(None);
+    let mut registrar = Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args(["registrar", "--listen", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &manager.name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(manager.heard(), "READY=1");
+    // Ready is serving: the address it printed takes connections.
+    let mut first = String::new();
+    BufReader::new(registrar.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let address = first.trim().rsplit(' ').next().unwrap();
+    std::net::TcpStream::connect(address).unwrap();
+    let sent = Command::new("kill")
+        .args(["-TERM", &registrar.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    assert_eq!(manager.heard(), "STOPPING=1");
+    assert!(registrar.wait().unwrap().success());
+}

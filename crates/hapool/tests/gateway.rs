@@ -1148,3 +1148,39 @@ fn descriptors_a_service_manager_did_not_pass_as_listening_sockets_are_named() {
     let _gateway = Killed(vec![gateway]);
     assert!(line.contains(&listen), "{line}");
 }
+
+#[test]
+fn a_gateway_tells_its_service_manager_when_it_serves_reloads_and_stops() {
+    let scratch = common::Scratch::new("gateway_notify");
+    let a = backend("a");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let path = scratch.write("gw.toml", &static_gateway(&listen, &admin, &[&a], ""));
+    let manager = common::NotifySocket::new(Some(&path.with_file_name("notify")));
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_hapool"))
+        .args(["gateway", "--config", path.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &manager.name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = gateway.id().to_string();
+    let signal = |name: &str| {
+        let sent = Command::new("kill").args([name, &pid]).status().unwrap();
+        assert!(sent.success());
+    };
+    assert_eq!(manager.heard(), "READY=1");
+    // Ready is serving: a request made at once is answered.
+    assert_eq!(get(&listen), "a");
+    // A reload, by SIGHUP and by `ctl reload`, is announced and ended.
+    signal("-HUP");
+    assert_eq!(manager.heard(), "RELOADING=1");
+    assert_eq!(manager.heard(), "READY=1");
+    let (code, _, err) = hapool(&["gateway", "ctl", "--admin", &admin, "reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(manager.heard(), "RELOADING=1");
+    assert_eq!(manager.heard(), "READY=1");
+    signal("-TERM");
+    assert_eq!(manager.heard(), "STOPPING=1");
+    assert!(gateway.wait().unwrap().success());
+}

@@ -173,3 +173,47 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A service manager's notification socket (`NOTIFY_SOCKET`): what a
+/// daemon of `Type=notify` tells it, message by message.
+pub(crate) struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    /// What `NOTIFY_SOCKET` says: a path, or `@` and an abstract name.
+    pub(crate) name: String,
+}
+
+impl NotifySocket {
+    /// A socket at `path`, or in the abstract namespace without one.
+    pub(crate) fn new(path: Option<&std::path::Path>) -> Self {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let (address, name) = match path {
+            Some(path) => (
+                SocketAddr::from_pathname(path).unwrap(),
+                path.display().to_string(),
+            ),
+            None => {
+                let name = format!("hapool-test-notify-{}", std::process::id());
+                (
+                    SocketAddr::from_abstract_name(name.as_bytes()).unwrap(),
+                    format!("@{name}"),
+                )
+            }
+        };
+        let socket = UnixDatagram::bind_addr(&address).unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+            .unwrap();
+        Self { socket, name }
+    }
+
+    /// The next message (within 15 s).
+    pub(crate) fn heard(&self) -> String {
+        let mut message = [0; 1024];
+        let n = self
+            .socket
+            .recv(&mut message)
+            .expect("a message to the service manager");
+        String::from_utf8_lossy(&message[..n]).into_owned()
+    }
+}
