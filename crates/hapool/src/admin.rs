@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -83,8 +83,14 @@ pub(crate) fn serve_on(
 
 /// Who may do what on the admin port: plain HTTP and no token (reading
 /// only what is not secret), or HTTPS, optionally with an operator token.
+/// Clones share one state, which [`Access::replace`] changes while the
+/// port serves (new certificates, a new token).
 #[derive(Clone, Default)]
-pub(crate) struct Access {
+pub(crate) struct Access(Arc<RwLock<AccessNow>>);
+
+/// What an [`Access`] holds now.
+#[derive(Clone, Default)]
+struct AccessNow {
     tls: Option<Arc<rustls::ServerConfig>>,
     token: Option<Arc<str>>,
 }
@@ -106,21 +112,46 @@ impl Access {
             }
             None => None,
         };
-        Ok(Self {
+        Ok(Self(Arc::new(RwLock::new(AccessNow {
             tls: Some(tls),
             token: token.map(Arc::from),
-        })
+        }))))
+    }
+
+    fn now(&self) -> AccessNow {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether the port is HTTPS.
     pub(crate) fn is_tls(&self) -> bool {
-        self.tls.is_some()
+        self.now().tls.is_some()
+    }
+
+    /// Whether an operator token is configured.
+    fn has_token(&self) -> bool {
+        self.now().token.is_some()
+    }
+
+    /// Takes the certificate and token of `new` for the connections and
+    /// requests from now on. HTTPS cannot be turned on or off while the
+    /// port serves: that is refused, and nothing changes.
+    pub(crate) fn replace(&self, new: &Self) -> Result<(), &'static str> {
+        let new = new.now();
+        let mut now = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if now.tls.is_some() != new.tls.is_some() {
+            return Err("HTTPS turned on or off takes a restart");
+        }
+        *now = new;
+        Ok(())
     }
 
     /// Whether `request` carries the operator token. Always false when
     /// no token is configured.
     pub(crate) fn authorized(&self, headers: &axum::http::HeaderMap) -> bool {
-        let Some(token) = &self.token else {
+        let Some(token) = self.now().token else {
             return false;
         };
         let given = headers
@@ -160,7 +191,7 @@ async fn guard(access: Access, request: Request, next: Next) -> Response {
         *request.method(),
         axum::http::Method::GET | axum::http::Method::HEAD
     );
-    if reads || access.token.is_none() || access.authorized(request.headers()) {
+    if reads || !access.has_token() || access.authorized(request.headers()) {
         return next.run(request).await;
     }
     (
@@ -236,12 +267,11 @@ pub(crate) async fn serve_with(
             let access = access.clone();
             move |request, next| guard(access.clone(), request, next)
         }));
-    let Some(tls) = access.tls else {
+    if !access.is_tls() {
         return axum::serve(listener, app)
             .await
             .context("admin server failed");
-    };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    }
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -252,7 +282,11 @@ pub(crate) async fn serve_with(
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
+        // The certificate of the moment: a reload may have brought another.
+        let Some(tls) = access.now().tls else {
+            continue;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let app = app.clone();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(

@@ -787,9 +787,9 @@ pub(crate) fn main(args: GatewayArgs) -> anyhow::Result<()> {
     hapool_gateway::worker_runtime()?.block_on(run(args, planned, effective, passed))
 }
 
-/// Settings of `[gateway]` that only `hapool` reads; a change to one takes
-/// a restart.
-const FIXED_KEYS: [&str; 2] = ["admin", "admin_tls"];
+/// Settings of `[gateway]` that only `hapool` reads and a reload cannot
+/// change: a change to one takes a restart.
+const FIXED_KEYS: [&str; 1] = ["admin"];
 
 /// A running gateway and where its configuration comes from, for reloads.
 struct Reloader {
@@ -801,6 +801,9 @@ struct Reloader {
     effective: Arc<RwLock<toml::Table>>,
     /// `[gateway]` as the gateway started with it.
     started: toml::Table,
+    /// Who may do what on the admin port, which a reload may give a new
+    /// certificate and token.
+    admin_access: crate::admin::Access,
 }
 
 impl Reloader {
@@ -826,7 +829,19 @@ impl Reloader {
         };
         let (planned, effective) =
             planned(&self.args).with_context(|| format!("{}", path.display()))?;
+        let admin = planned.admin;
         let mut done = self.view.reload(planned.config).await?;
+        // The admin port's certificate and token, as read again.
+        match self.admin_access.replace(&planned.admin_access) {
+            Ok(()) if admin.is_some() && planned.admin_access.is_tls() => done
+                .applied
+                .push("admin_tls: certificate and token loaded (connections from now on)".into()),
+            Ok(()) => {}
+            Err(why) => {
+                warn!(change = %why, "reload: admin_tls not in effect");
+                done.needs_restart.push(format!("admin_tls: {why}"));
+            }
+        }
         let gateway =
             |table: &toml::Table| table.get("gateway").and_then(|g| g.as_table()).cloned();
         let (new, old) = (gateway(&effective).unwrap_or_default(), &self.started);
@@ -898,6 +913,7 @@ async fn run(
             .cloned()
             .unwrap_or_default(),
         effective: Arc::new(RwLock::new(effective)),
+        admin_access: planned.admin_access.clone(),
     });
     for l in view.status().listeners {
         println!(

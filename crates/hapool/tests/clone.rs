@@ -385,5 +385,67 @@ members = ["{backend}"]
     // Without the authority that issued its certificate, nothing is sent.
     let (ok, _, err) = hapool(&["gateway", "ctl", "--admin", &https, "list"]);
     assert!(!ok && err.contains("--ca"), "{err}");
+    // A reload brings another certificate, from another authority, and
+    // another token: the old token no longer changes anything, and the
+    // old authority no longer vouches for the port.
+    let members_pki = |file: &str| {
+        format!(
+            "{}/../hapool-gateway/tests/pki/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    };
+    let text = std::fs::read_to_string(&config).unwrap();
+    let renewed = text
+        .replace(&pki("server.pem"), &members_pki("members.pem"))
+        .replace(&pki("server.key"), &members_pki("members.key"));
+    std::fs::write(&config, renewed).unwrap();
+    let old_token = dir.join("old-token");
+    std::fs::copy(&token, &old_token).unwrap();
+    std::fs::write(&token, "the-next-operator-token\n").unwrap();
+    let (ok, out, err) = ctl(&["--token-file", old_token.to_str().unwrap(), "reload"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("in effect: admin_tls: certificate and token loaded"),
+        "{out}"
+    );
+    let (ok, _, err) = ctl(&["list"]);
+    assert!(!ok, "the old authority is still trusted: {err}");
+    let ctl_new = |extra: &[&str]| {
+        let ca = members_pki("members-ca.pem");
+        let mut args = vec!["gateway", "ctl", "--admin", &https, "--ca", &ca];
+        args.extend_from_slice(extra);
+        hapool(&args)
+    };
+    let (ok, list, err) = ctl_new(&["list"]);
+    assert!(ok && list.contains(&backend), "{list}{err}");
+    let set = |token: &Path| {
+        ctl_new(&[
+            "--token-file",
+            token.to_str().unwrap(),
+            "set",
+            "web",
+            "1",
+            "active",
+        ])
+    };
+    let (ok, _, err) = set(&old_token);
+    assert!(!ok && err.contains("needs the operator token"), "{err}");
+    let (ok, _, err) = set(&token);
+    assert!(ok, "{err}");
+    // HTTPS turned off takes a restart: the port stays as it is.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let start = text.find("[gateway.admin_tls]").unwrap();
+    let end = text.find("[[gateway.listener]]").unwrap();
+    std::fs::write(&config, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    let (ok, out, err) = ctl_new(&["--token-file", token.to_str().unwrap(), "reload"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("takes a restart: admin_tls: HTTPS turned on or off takes a restart"),
+        "{out}"
+    );
+    let (ok, _, err) = set(&token);
+    assert!(ok, "{err}");
+    let (ok, _, err) = ctl_new(&["set", "web", "1", "active"]);
+    assert!(!ok && err.contains("needs the operator token"), "{err}");
     stop(gateway);
 }
