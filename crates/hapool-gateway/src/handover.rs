@@ -210,9 +210,44 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, GatewayError> {
     Ok(listener)
 }
 
+/// The handover socket the gateway serves, if any: set at the start, and
+/// opened, moved or closed by a reload.
+#[derive(Default)]
+pub(crate) struct Serving(Mutex<Option<(PathBuf, tokio::task::AbortHandle)>>);
+
+impl Serving {
+    /// The path served.
+    pub(crate) fn path(&self) -> Option<PathBuf> {
+        let serving = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        serving.as_ref().map(|(path, _)| path.clone())
+    }
+
+    /// Serves `socket` (bound at its path by [`bind`]) from now on, or
+    /// nothing; the socket served before is closed (its file is left: a
+    /// successor may have bound its own there since).
+    pub(crate) fn set(
+        &self,
+        socket: Option<(UnixListener, PathBuf)>,
+        listeners: &Arc<RwLock<Vec<Listening>>>,
+        side: &Arc<Mutex<Vec<SideListener>>>,
+    ) {
+        let next = socket.map(|(socket, path)| {
+            let task = tokio::spawn(serve(socket, path.clone(), listeners.clone(), side.clone()));
+            (path, task.abort_handle())
+        });
+        let before = std::mem::replace(
+            &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
+            next,
+        );
+        if let Some((_, task)) = before {
+            task.abort();
+        }
+    }
+}
+
 /// Hands copies of the gateway's listening sockets to every process of
 /// this user that asks on `listener`, until the task is stopped.
-pub(crate) async fn serve(
+async fn serve(
     listener: UnixListener,
     path: PathBuf,
     listeners: Arc<RwLock<Vec<Listening>>>,

@@ -610,10 +610,10 @@ struct Listening {
     /// Where it is bound (its configured address may have port 0).
     address: SocketAddr,
     admission: Arc<Admission>,
-    /// Copies of its sockets, kept to hand to a successor when the
-    /// gateway has a `handover` socket (empty otherwise, and once it
-    /// closes or shuts down, so that its sockets then close with the
-    /// workers' own).
+    /// Copies of its sockets, kept to hand to a successor that asks on
+    /// the `handover` socket (which a reload may open at any time); empty
+    /// once it closes or the gateway shuts down, so that its sockets then
+    /// close with the workers' own.
     kept: Arc<Mutex<Vec<std::net::TcpListener>>>,
     /// How many of its sockets came from the gateway before.
     taken_over: usize,
@@ -640,8 +640,8 @@ impl Listening {
     /// restarts; one bound here would close with this process, and a
     /// connection in its handshake then with it), or else as many more
     /// bound to `config`'s address as it takes. Prepares what each socket
-    /// is served with (socket `i` by worker `i` modulo `workers`). With
-    /// `keep`, copies of the sockets are kept for a handover.
+    /// is served with (socket `i` by worker `i` modulo `workers`), and
+    /// keeps copies of the sockets for a handover.
     fn open(
         config: &ListenerConfig,
         pool: &Arc<Pool>,
@@ -649,7 +649,6 @@ impl Listening {
         tickets: &Arc<SessionTickets>,
         passed: Vec<std::net::TcpListener>,
         inherited: Vec<std::net::TcpListener>,
-        keep: bool,
     ) -> Result<(Self, Vec<WorkerListener>), GatewayError> {
         let (passed_count, taken_over) = (passed.len(), inherited.len());
         let mut sockets = passed;
@@ -673,15 +672,11 @@ impl Listening {
             sockets.extend(bind_reuseport(at, more).map_err(bind_failed)?);
         }
         let address = sockets[0].local_addr().unwrap_or(at);
-        let kept = if keep {
-            sockets
-                .iter()
-                .map(std::net::TcpListener::try_clone)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| GatewayError::Bind { address, source })?
-        } else {
-            Vec::new()
-        };
+        let kept = sockets
+            .iter()
+            .map(std::net::TcpListener::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| GatewayError::Bind { address, source })?;
         let (admission, inboxes) = Admission::new(sockets.len(), config.max_connections);
         let tls = config.tls.as_deref().map(|c| LiveTls::new(c, tickets));
         let (closing, closed) = watch::channel(false);
@@ -746,8 +741,7 @@ impl Listening {
         self.current().config.address
     }
 
-    /// New copies of its sockets for a successor (none when the gateway
-    /// has no `handover` socket, or once it stops).
+    /// New copies of its sockets for a successor (none once it stops).
     fn handover_copies(&self) -> std::io::Result<Vec<std::net::TcpListener>> {
         self.kept
             .lock()
@@ -803,9 +797,6 @@ impl Listening {
 /// A running gateway.
 pub struct Gateway {
     view: GatewayView,
-    /// The side listeners, kept for [`Gateway::side_listener`] and for a
-    /// successor.
-    side: Arc<Mutex<Vec<SideListener>>>,
     tasks: JoinSet<()>,
     /// One thread per worker, each with its own single-threaded runtime,
     /// its own listening sockets (SO_REUSEPORT: the kernel spreads the
@@ -1029,7 +1020,6 @@ impl Gateway {
                 &tickets,
                 take_passed(listener.address),
                 inherited.take(listener.address),
-                config.handover.is_some(),
             )?);
         }
         let mut side = Vec::with_capacity(config.side_listeners.len());
@@ -1052,7 +1042,10 @@ impl Gateway {
             warn!(%address, "the service manager passed a socket listening here, but no listener is configured for it: not served");
         }
         drop(passed);
-        let handover_socket = config.handover.as_deref().map(handover::bind).transpose()?;
+        let handover_socket = match &config.handover {
+            Some(path) => Some((handover::bind(path)?, path.clone())),
+            None => None,
+        };
         let access_log = LogSlot::default();
         access_log.set(open_access_log(config.access_log.as_deref())?);
         let (reports, report_rx) = mpsc::channel(1024);
@@ -1123,14 +1116,8 @@ impl Gateway {
         }
         let listeners = Arc::new(RwLock::new(listeners));
         let side = Arc::new(Mutex::new(side));
-        if let (Some(socket), Some(path)) = (handover_socket, &config.handover) {
-            tasks.spawn(handover::serve(
-                socket,
-                path.clone(),
-                listeners.clone(),
-                side.clone(),
-            ));
-        }
+        let handover = Arc::new(handover::Serving::default());
+        handover.set(handover_socket, &listeners, &side);
         // One worker started from a single-threaded runtime is served by
         // that runtime, so that the process keeps one thread: in a process
         // of one thread a system call skips the atomic operations that
@@ -1163,8 +1150,9 @@ impl Gateway {
             workers.push(Worker { stop, run });
         }
         Ok(Self {
-            side,
             view: GatewayView {
+                side,
+                handover,
                 pools,
                 listeners,
                 shared,
@@ -1198,7 +1186,8 @@ impl Gateway {
     /// ([`GatewayConfig::side_listeners`]), taken from the gateway before
     /// or bound, for the caller to serve.
     pub fn side_listener(&self, address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-        self.side
+        self.view
+            .side
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
@@ -1222,10 +1211,14 @@ impl Gateway {
     /// workers to end (open connections are closed).
     pub async fn shutdown(mut self) {
         self.tasks.shutdown().await;
+        self.view
+            .handover
+            .set(None, &self.view.listeners, &self.view.side);
         for listening in self.view.listening() {
             listening.release();
         }
-        self.side
+        self.view
+            .side
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
@@ -1269,6 +1262,11 @@ pub struct GatewayView {
     /// Resolves registrar pools (when registrars are configured); a
     /// reload may change them.
     registrars: Arc<Registrars>,
+    /// The side listeners, kept for [`Gateway::side_listener`] and for a
+    /// successor.
+    side: Arc<Mutex<Vec<SideListener>>>,
+    /// The handover socket served, which a reload may change.
+    handover: Arc<handover::Serving>,
     /// Where the member lists of registrar pools are kept on disk, if
     /// anywhere; a reload may change it.
     member_cache: Arc<watch::Sender<Option<std::path::PathBuf>>>,

@@ -27,11 +27,11 @@
 //! file, or the same file with new contents): connections to members
 //! made from then on are checked with it (`MemberTrust`). A new member
 //! cache file is written with the registrars' answers, asked for at
-//! once. What the
-//! workers were built with (threads, the handover socket) and what a
-//! pool is at heart (where its members come from, TLS to them) take a
-//! restart; the reload names each such difference rather
-//! than half-apply it. The new configuration is checked whole, and every
+//! once. The handover socket is opened, moved or closed (listeners keep
+//! copies of their sockets whether or not there is one, for that). The
+//! number of workers (threads) and what a pool is at heart (where its
+//! members come from, TLS to them) take a restart; the reload names each
+//! such difference rather than half-apply it. The new configuration is checked whole, and every
 //! new listener bound, before anything changes: a reload that cannot be
 //! done changes nothing.
 
@@ -40,6 +40,7 @@ use std::sync::{Arc, PoisonError};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::handover;
 use crate::pool::Pool;
 use crate::upkeep::{Upkeep, pool_user, probe_all, probe_one, refresh};
 use crate::{
@@ -136,10 +137,7 @@ impl GatewayConfig {
     /// upkeep: each setting by name. None of these changes while the
     /// gateway runs.
     fn fixed_changes(&self, running: &Self) -> Vec<&'static str> {
-        changed_names([
-            ("threads", self.workers != running.workers),
-            ("handover", self.handover != running.handover),
-        ])
+        changed_names([("threads", self.workers != running.workers)])
     }
 }
 
@@ -231,7 +229,6 @@ impl GatewayView {
                         &self.shared.tickets,
                         Vec::new(),
                         Vec::new(),
-                        self.config.handover.is_some(),
                     )?);
                     plans.push(Plan::Open);
                 }
@@ -243,6 +240,16 @@ impl GatewayView {
             .tickets
             .prepare(config.ticket_keys.as_ref())
             .map_err(GatewayError::Tickets)?;
+        // A new handover socket is bound now, so that one that cannot be
+        // changes nothing.
+        let handover = if config.handover == self.handover.path() {
+            None
+        } else {
+            Some(match &config.handover {
+                Some(path) => Some((handover::bind(path)?, path.clone())),
+                None => None,
+            })
+        };
         // A new access log file is opened now, so that one that cannot be
         // changes nothing.
         let access_log = if config.access_log == self.shared.access_log.path() {
@@ -279,6 +286,16 @@ impl GatewayView {
                 None => "member_cache: off".to_owned(),
             });
             self.member_cache.send_replace(config.member_cache.clone());
+        }
+        if let Some(socket) = handover {
+            done.applied.push(match &socket {
+                Some((_, path)) => format!(
+                    "handover: {} (listening sockets handed to a successor that asks there)",
+                    path.display()
+                ),
+                None => "handover: off".to_owned(),
+            });
+            self.handover.set(socket, &self.listeners, &self.side);
         }
         if let Some(log) = access_log {
             done.applied.push(match &log {

@@ -3213,6 +3213,59 @@ async fn a_successor_takes_the_sockets_of_the_listeners_it_shares_with_the_gatew
     let _ = std::fs::remove_file(&path);
 }
 
+/// A gateway started without a handover socket is given one by a
+/// reload: a successor takes its sockets there; a reload to another path
+/// moves it, and one without closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_opens_moves_and_closes_the_handover_socket() {
+    let backends = http_backends(&["a"]).await;
+    let (path, moved) = (handover_path("reload"), handover_path("reload-moved"));
+    let mut config = http_config(&backends);
+    config.workers = 2;
+    let first = Gateway::start(config.clone()).await.unwrap();
+    let addr = first.local_addrs()[0];
+    let with_handover = |path: &std::path::Path| {
+        let mut config = config.clone();
+        config.handover = Some(path.to_owned());
+        config
+    };
+    let done = first.view().reload(with_handover(&path)).await.unwrap();
+    assert_eq!(
+        done.applied,
+        [format!(
+            "handover: {} (listening sockets handed to a successor that asks there)",
+            path.display()
+        )]
+    );
+    assert!(done.needs_restart.is_empty(), "{done:?}");
+    // Moved: the first path answers no more, the new one does.
+    let done = first.view().reload(with_handover(&moved)).await.unwrap();
+    assert_eq!(done.applied.len(), 1, "{done:?}");
+    assert!(
+        tokio::net::UnixStream::connect(&path).await.is_err(),
+        "the first handover socket is closed"
+    );
+    // A successor asking there serves the very sockets of the first.
+    let second = Gateway::start(with_handover(&moved)).await.unwrap();
+    assert_eq!(second.local_addrs(), [addr]);
+    assert_eq!(second.view().status().listeners[0].taken_over, 2);
+    assert_eq!(listening_sockets(addr).unwrap_or(2), 2);
+    first.shutdown().await;
+    assert_eq!(served_by(&get(&client(), addr, "/", None).await.1), "a");
+    // Closed by a reload without one: a third gateway binds its own
+    // (port 0, as configured: another port).
+    let done = second.view().reload(config.clone()).await.unwrap();
+    assert_eq!(done.applied, ["handover: off"]);
+    let third = Gateway::start(with_handover(&moved)).await.unwrap();
+    assert_eq!(third.view().status().listeners[0].taken_over, 0);
+    assert_ne!(third.local_addrs(), [addr]);
+    third.shutdown().await;
+    second.shutdown().await;
+    for path in [path, moved] {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// A handover path with a stale socket file (its gateway died), or with
 /// something there that answers nonsense: the gateway starts all the
 /// same, binding its own sockets, and serves.

@@ -622,14 +622,14 @@ fn a_running_gateway_reads_its_configuration_again_on_sighup_and_on_ctl_reload()
     assert_eq!(list.lines().count(), 3, "both members still: {list}");
     // a leaves (it drains: nothing is open, so it goes at once); a limit
     // changes; a setting that takes a restart is named.
-    let handover = std::path::Path::new(path).with_file_name("handover.sock");
+    let elsewhere = format!("127.0.0.1:{}", free_port());
     scratch.write(
         "gw.toml",
         &static_gateway(
             &listen,
-            &admin,
+            &elsewhere,
             &[&b],
-            &format!("retries = 1\nsession_idle = \"10m\"\nhandover = {handover:?}\n"),
+            "retries = 1\nsession_idle = \"10m\"\n",
         ),
     );
     let (code, out, err) = ctl(&["reload"]);
@@ -637,7 +637,7 @@ fn a_running_gateway_reads_its_configuration_again_on_sighup_and_on_ctl_reload()
     assert!(out.contains("in effect: pool web: members"), "{out}");
     assert!(out.contains("in effect: limits: retries"), "{out}");
     assert!(out.contains("in effect: upkeep: session_idle"), "{out}");
-    assert!(out.contains("takes a restart: handover changed"), "{out}");
+    assert!(out.contains("takes a restart: admin changed"), "{out}");
     for _ in 0..6 {
         assert_eq!(get(&listen), "b");
     }
