@@ -544,6 +544,17 @@ fn shared_ticket_keys_are_made_read_and_their_faults_named() {
     }
 }
 
+/// A backend answering "a", and the file `gw.toml` in `scratch`: a
+/// gateway in front of it on free ports. The backend's address, the
+/// listener's, the admin port's and the file's path.
+fn in_front_of_a(scratch: &common::Scratch) -> (String, String, String, std::path::PathBuf) {
+    let a = backend("a");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let path = scratch.write("gw.toml", &static_gateway(&listen, &admin, &[&a], ""));
+    (a, listen, admin, path)
+}
+
 /// A gateway configuration: one HTTP listener on `listen` in front of the
 /// static `members`, with the admin port on `admin` and `more` settings.
 fn static_gateway(listen: &str, admin: &str, members: &[&str], more: &str) -> String {
@@ -670,10 +681,7 @@ fn a_running_gateway_reads_its_configuration_again_on_sighup_and_on_ctl_reload()
 #[test]
 fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
     let scratch = common::Scratch::new("gateway_successor");
-    let a = backend("a");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let path = scratch.write("gw.toml", &static_gateway(&listen, &admin, &[&a], ""));
+    let (a, listen, admin, path) = in_front_of_a(&scratch);
     drop(successor_takes_over(&path, &listen, &admin, &a, false));
     // With a handover socket: the successor serves the same sockets.
     let socket = path.with_file_name("handover.sock");
@@ -1152,10 +1160,7 @@ fn descriptors_a_service_manager_did_not_pass_as_listening_sockets_are_named() {
 #[test]
 fn a_gateway_tells_its_service_manager_when_it_serves_reloads_and_stops() {
     let scratch = common::Scratch::new("gateway_notify");
-    let a = backend("a");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let path = scratch.write("gw.toml", &static_gateway(&listen, &admin, &[&a], ""));
+    let (_, listen, admin, path) = in_front_of_a(&scratch);
     let manager = common::NotifySocket::new(Some(&path.with_file_name("notify")));
     let mut gateway = Command::new(env!("CARGO_BIN_EXE_hapool"))
         .args(["gateway", "--config", path.to_str().unwrap()])
