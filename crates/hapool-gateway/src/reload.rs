@@ -31,9 +31,9 @@
 //! copies of their sockets whether or not there is one, for that). The
 //! number of workers (threads) and what a pool is at heart (where its
 //! members come from, TLS to them) take a restart; the reload names each
-//! such difference rather than half-apply it. The new configuration is checked whole, and every
-//! new listener bound, before anything changes: a reload that cannot be
-//! done changes nothing.
+//! such difference rather than half-apply it. The new configuration is
+//! checked whole, and every new listener bound, before anything changes:
+//! a reload that cannot be done changes nothing.
 
 use std::sync::{Arc, PoisonError};
 
@@ -240,8 +240,14 @@ impl GatewayView {
             .tickets
             .prepare(config.ticket_keys.as_ref())
             .map_err(GatewayError::Tickets)?;
-        // A new handover socket is bound now, so that one that cannot be
-        // changes nothing.
+        // A new access log file is opened now, and a new handover socket
+        // bound (last: it replaces a socket file at its path), so that one
+        // that cannot be changes nothing.
+        let access_log = if config.access_log == self.shared.access_log.path() {
+            None
+        } else {
+            Some(open_access_log(config.access_log.as_deref())?)
+        };
         let handover = if config.handover == self.handover.path() {
             None
         } else {
@@ -249,13 +255,6 @@ impl GatewayView {
                 Some(path) => Some((handover::bind(path)?, path.clone())),
                 None => None,
             })
-        };
-        // A new access log file is opened now, so that one that cannot be
-        // changes nothing.
-        let access_log = if config.access_log == self.shared.access_log.path() {
-            None
-        } else {
-            Some(open_access_log(config.access_log.as_deref())?)
         };
 
         // Everything that can fail has been done; from here on, changes.
