@@ -409,7 +409,9 @@ pub(crate) async fn vip(args: VipArgs) -> anyhow::Result<()> {
             }
         });
     }
+    crate::serve::tell_service_manager(hapool_net::notify::READY);
     crate::serve::shutdown_signal().await;
+    crate::serve::tell_service_manager(hapool_net::notify::STOPPING);
     info!("shutting down: masters hand over");
     for handle in handles {
         handle.shutdown().await;

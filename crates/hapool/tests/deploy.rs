@@ -211,14 +211,11 @@ fn the_systemd_units_run_hapool_commands_that_exist() {
             "hapool-{daemon}"
         );
         assert!(unit.contains("NoNewPrivileges=yes"), "hapool-{daemon}");
-        // The registrar and the gateway say when they serve
+        // Each says when it serves
         // (`a_registrar_tells_its_service_manager_when_it_serves_and_stops`,
-        // `a_gateway_tells_its_service_manager_when_it_serves_reloads_and_stops`).
-        let kind = if daemon == "vip" { "simple" } else { "notify" };
-        assert!(
-            unit.contains(&format!("\nType={kind}\n")),
-            "hapool-{daemon}"
-        );
+        // `a_gateway_tells_its_service_manager_when_it_serves_reloads_and_stops`,
+        // `a_configured_member_tracks_notifies_and_reports`).
+        assert!(unit.contains("\nType=notify\n"), "hapool-{daemon}");
     }
     // `systemctl reload hapool-gateway` checks the file, then sends SIGHUP.
     let gateway = read("deploy/systemd/hapool-gateway.service");

@@ -189,8 +189,8 @@ impl Lab {
     }
 
     /// Starts `hapool vip --config` on member `i` with the configuration
-    /// `text`.
-    fn start_config(&mut self, i: usize, text: &str) {
+    /// `text` and the environment variables `vars`.
+    fn start_config(&mut self, i: usize, text: &str, vars: &[(&str, &str)]) {
         let dir = std::env::temp_dir().join(format!("{}-c{i}", self.prefix));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("vip.toml");
@@ -199,6 +199,7 @@ impl Lab {
             .args(["netns", "exec", &self.ns(&Self::member(i))])
             .args([env!("CARGO_BIN_EXE_hapool"), "vip", "--config"])
             .arg(&path)
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -498,6 +499,9 @@ fn a_configured_member_tracks_notifies_and_reports() {
     std::fs::create_dir_all(&dir).unwrap();
     let notified = dir.join("notify.log");
     let down = dir.join("down");
+    // Its service manager hears when it serves (a socket at a path: the
+    // namespace has a network of its own, not files).
+    let manager = common::NotifySocket::new(Some(&dir.join("service-manager")));
     lab.start_config(
         0,
         &format!(
@@ -520,7 +524,9 @@ interval = "100ms"
             notified.display(),
             down.display()
         ),
+        &[("NOTIFY_SOCKET", &manager.name)],
     );
+    assert_eq!(manager.heard(), "READY=1");
     lab.start(1);
     lab.wait_for(0, Duration::from_secs(10));
     lab.settle_on(0);
