@@ -130,9 +130,13 @@ impl Access {
         self.now().tls.is_some()
     }
 
-    /// Whether an operator token is configured.
-    fn has_token(&self) -> bool {
-        self.now().token.is_some()
+    /// Whether a request with `headers` may change something: always
+    /// without an operator token, else only with it (one look at the
+    /// state, which a reload may change between two).
+    fn may_change(&self, headers: &axum::http::HeaderMap) -> bool {
+        self.now()
+            .token
+            .is_none_or(|token| carries(headers, &token))
     }
 
     /// Takes the certificate and token of `new` for the connections and
@@ -151,23 +155,27 @@ impl Access {
     /// Whether `request` carries the operator token. Always false when
     /// no token is configured.
     pub(crate) fn authorized(&self, headers: &axum::http::HeaderMap) -> bool {
-        let Some(token) = self.now().token else {
-            return false;
-        };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        // Compares every byte, so the time taken does not say how much
-        // of a guess was right.
-        given.len() == token.len()
-            && given
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        self.now()
+            .token
+            .is_some_and(|token| carries(headers, &token))
     }
+}
+
+/// Whether `headers` carry `token` (`Authorization: Bearer TOKEN`).
+fn carries(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compares every byte, so the time taken does not say how much
+    // of a guess was right.
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// The token in `path`: its first line, at least [`MIN_TOKEN`] characters.
@@ -191,7 +199,7 @@ async fn guard(access: Access, request: Request, next: Next) -> Response {
         *request.method(),
         axum::http::Method::GET | axum::http::Method::HEAD
     );
-    if reads || !access.has_token() || access.authorized(request.headers()) {
+    if reads || access.may_change(request.headers()) {
         return next.run(request).await;
     }
     (
