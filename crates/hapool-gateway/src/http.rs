@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::{self, FutureExt};
 use hapool_wire::PoolElementId;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -26,7 +27,7 @@ use tracing::{debug, warn};
 use crate::access_log::HttpLine;
 use crate::body::{AtEnd, OnEnd};
 use crate::hedge;
-use crate::member_http::{InUse, MemberError, MemberHttp, Target};
+use crate::member_http::{InUse, MemberError, MemberHttp, MemberRequest, Target};
 use crate::pool::{Lease, Member, Pool, Port};
 use crate::select::Availability;
 use crate::sessions::{Session, SessionKey};
@@ -338,21 +339,25 @@ fn for_grpc(response: Response<ClientBody>) -> Response<ClientBody> {
 
 impl HttpProxy {
     /// Serves one request from `client`.
-    pub(crate) async fn handle(
+    ///
+    /// Not an `async fn`: one would keep the request as its argument and
+    /// the answer's future, which holds it again, beside it; hyper moves
+    /// this future into place for every request.
+    pub(crate) fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
         forwarded_for: HeaderValue,
         tls: Option<TlsSession>,
-    ) -> Result<Response<ClientBody>, Infallible> {
+    ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> + Send + 'static {
         let grpc = is_grpc(&request);
-        let Ok(answer) = if self.shared.access_log.is_on() {
+        let answer = if self.shared.access_log.is_on() {
             // On the heap: the request's own future stays as small when
             // nothing is logged.
-            Box::pin(self.answer_logged(request, forwarded_for, tls)).await
+            future::Either::Left(Box::pin(self.answer_logged(request, forwarded_for, tls)))
         } else {
-            self.answer(request, forwarded_for, tls).await
+            future::Either::Right(self.answer(request, forwarded_for, tls))
         };
-        Ok(if grpc { for_grpc(answer) } else { answer })
+        answer.map(move |Ok(answer)| Ok(if grpc { for_grpc(answer) } else { answer }))
     }
 
     /// [`Self::answer`], with a line in the access log once the answer's
@@ -396,243 +401,254 @@ impl HttpProxy {
 
     /// Answers `request`: from a member when one can serve it, else with
     /// the gateway's own error.
-    async fn answer(
+    ///
+    /// The request is taken apart before the future is made, so that the
+    /// future holds its parts alone, not the request beside them.
+    fn answer(
         self: Arc<Self>,
         request: Request<Incoming>,
         forwarded_for: HeaderValue,
         tls: Option<TlsSession>,
-    ) -> Result<Response<ClientBody>, Infallible> {
+    ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> + Send + 'static {
         let (mut parts, body) = request.into_parts();
-        let upgrade = upgrade_asked(&parts);
-        if upgrade.is_some() && self.pool.http2() {
-            return Ok(plain(
-                StatusCode::NOT_IMPLEMENTED,
-                "upgrades (WebSocket) are not carried to members spoken to in HTTP/2\n",
-            ));
-        }
-        let client_upgrade = upgrade
-            .is_some()
-            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
-            .flatten();
-        let extended_connect = upgrade.as_ref().is_some_and(|u| u.extended_connect);
-        if extended_connect {
-            parts.method = Method::GET;
-        } else if parts.method == Method::CONNECT {
-            // A tunnel to an address of the client's choosing: a forward
-            // proxy's job, not this one's.
-            return Ok(plain(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "CONNECT is not proxied (only an HTTP/2 CONNECT with a protocol)\n",
-            ));
-        }
-        let mut held = match self.hold(body).await {
-            Ok(held) => held,
-            Err(response) => return Ok(response),
-        };
-        let limits = &self.limits;
-        let (key, session, cookie_names) = self.session_of(&parts.headers, tls);
-        let mut headers = self.member_headers(&mut parts, forwarded_for);
-        if let (Some(upgrade), Some(_)) = (&upgrade, &client_upgrade) {
-            // The upgrade is between client and member: its headers go on.
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, upgrade.protocol.clone());
-            if upgrade.extended_connect
-                && upgrade
-                    .protocol
-                    .as_bytes()
-                    .eq_ignore_ascii_case(b"websocket")
-                && !headers.contains_key(header::SEC_WEBSOCKET_KEY)
-            {
-                headers.insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+        async move {
+            let upgrade = upgrade_asked(&parts);
+            if upgrade.is_some() && self.pool.http2() {
+                return Ok(plain(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "upgrades (WebSocket) are not carried to members spoken to in HTTP/2\n",
+                ));
             }
-        }
-        let idempotent = is_idempotent(&parts.method);
-        // Members that failed this request (allocated on the first).
-        let mut tried = Vec::new();
-        let mut handoff = None;
-        for attempt in 0..=limits.retries {
-            // When this attempt starts: for the choice, and as the time its
-            // request goes out.
-            let now = Instant::now();
-            let affine = session
-                .as_ref()
-                .filter(|_| attempt == 0)
-                .and_then(|s| self.pool.member(s.member))
-                .filter(|m| self.pool.availability(m, self.port).keeps_session());
-            let (lease, hedge) = match affine {
-                Some(member) => (Pool::lease(member), None),
-                None => {
-                    let Some(chosen) = self.pool.choose(&tried, now.into_std(), self.port) else {
-                        break;
-                    };
-                    if let Some(s) = &session
-                        && s.member != chosen.lease.member().id
-                    {
-                        handoff.clone_from(&s.state);
+            let client_upgrade = upgrade
+                .is_some()
+                .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+                .flatten();
+            let extended_connect = upgrade.as_ref().is_some_and(|u| u.extended_connect);
+            if extended_connect {
+                parts.method = Method::GET;
+            } else if parts.method == Method::CONNECT {
+                // A tunnel to an address of the client's choosing: a forward
+                // proxy's job, not this one's.
+                return Ok(plain(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "CONNECT is not proxied (only an HTTP/2 CONNECT with a protocol)\n",
+                ));
+            }
+            let mut held = match self.hold(body).await {
+                Ok(held) => held,
+                Err(response) => return Ok(response),
+            };
+            let limits = &self.limits;
+            let (key, session, cookie_names) = self.session_of(&parts.headers, tls);
+            let mut headers = self.member_headers(&mut parts, forwarded_for);
+            if let (Some(upgrade), Some(_)) = (&upgrade, &client_upgrade) {
+                // The upgrade is between client and member: its headers go on.
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, upgrade.protocol.clone());
+                if upgrade.extended_connect
+                    && upgrade
+                        .protocol
+                        .as_bytes()
+                        .eq_ignore_ascii_case(b"websocket")
+                    && !headers.contains_key(header::SEC_WEBSOCKET_KEY)
+                {
+                    headers.insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+                }
+            }
+            let idempotent = is_idempotent(&parts.method);
+            // Members that failed this request (allocated on the first).
+            let mut tried = Vec::new();
+            let mut handoff = None;
+            for attempt in 0..=limits.retries {
+                // When this attempt starts: for the choice, and as the time its
+                // request goes out.
+                let now = Instant::now();
+                let affine = session
+                    .as_ref()
+                    .filter(|_| attempt == 0)
+                    .and_then(|s| self.pool.member(s.member))
+                    .filter(|m| self.pool.availability(m, self.port).keeps_session());
+                let (lease, hedge) = match affine {
+                    Some(member) => (Pool::lease(member), None),
+                    None => {
+                        let Some(chosen) = self.pool.choose(&tried, now.into_std(), self.port)
+                        else {
+                            break;
+                        };
+                        if let Some(s) = &session
+                            && s.member != chosen.lease.member().id
+                        {
+                            handoff.clone_from(&s.state);
+                        }
+                        (chosen.lease, chosen.hedge)
                     }
-                    (chosen.lease, chosen.hedge)
-                }
-            };
-            // Sent to a second member too if its own stops answering: a
-            // safe request that no session ties to a member (and, below,
-            // whose body is in memory).
-            let hedge = hedge.filter(|_| {
-                matches!(parts.method, Method::GET | Method::HEAD)
-                    && session.is_none()
-                    && client_upgrade.is_none()
-            });
-            let member = lease.member().clone();
-            let body = match &mut held {
-                Held::Kept(bytes) => Either::Left(Full::new(bytes.clone())),
-                Held::Streamed(body) => match body.take() {
-                    Some(body) => Either::Right(body),
-                    None => break,
-                },
-            };
-            // The map hyper parsed goes out, a copy stays for another
-            // attempt: the member's connection parses its answer into the
-            // map it sent, and this one has room for an answer's headers
-            // (hyper parsed the request into the previous answer's map),
-            // where a copy, only as large as its contents, would grow.
-            let copy = headers.clone();
-            let outgoing = self.member_request(
-                &parts,
-                std::mem::replace(&mut headers, copy),
-                &member,
-                handoff.as_ref(),
-                body,
-            );
-            self.shared.metrics.requests.increment(1);
-            let target = self.pool.target(&member, self.port);
-            let (mut sent, lease) = match (hedge, &held) {
-                (Some(delays), Held::Kept(bytes)) => {
-                    let copy = |to: &Member| {
-                        let body = Either::Left(Full::new(bytes.clone()));
-                        self.member_request(&parts, headers.clone(), to, None, body)
-                    };
-                    self.send_hedged(
-                        lease, &member, target, outgoing, now, delays, &mut tried, copy,
-                    )
-                    .await
-                }
-                _ => (
-                    timeout(
+                };
+                // Sent to a second member too if its own stops answering: a
+                // safe request that no session ties to a member (and, below,
+                // whose body is in memory).
+                let hedge = hedge.filter(|_| {
+                    matches!(parts.method, Method::GET | Method::HEAD)
+                        && session.is_none()
+                        && client_upgrade.is_none()
+                });
+                let member = lease.member().clone();
+                let body = match &mut held {
+                    Held::Kept(bytes) => Either::Left(Full::new(bytes.clone())),
+                    Held::Streamed(body) => match body.take() {
+                        Some(body) => Either::Right(body),
+                        None => break,
+                    },
+                };
+                // The map hyper parsed goes out, a copy stays for another
+                // attempt: the member's connection parses its answer into the
+                // map it sent, and this one has room for an answer's headers
+                // (hyper parsed the request into the previous answer's map),
+                // where a copy, only as large as its contents, would grow.
+                let copy = headers.clone();
+                let outgoing = self.member_request(
+                    &parts,
+                    std::mem::replace(&mut headers, copy),
+                    &member,
+                    handoff.as_ref(),
+                    body,
+                );
+                self.shared.metrics.requests.increment(1);
+                let target = self.pool.target(&member, self.port);
+                let (mut sent, lease) = match (hedge, &held) {
+                    (Some(delays), Held::Kept(bytes)) => {
+                        let copy = |to: &Member| {
+                            let body = Either::Left(Full::new(bytes.clone()));
+                            self.member_request(&parts, headers.clone(), to, None, body)
+                        };
+                        self.send_hedged(
+                            lease, &member, target, outgoing, now, delays, &mut tried, copy,
+                        )
+                        .await
+                    }
+                    _ => (
+                        timeout(
+                            limits.request_timeout,
+                            self.exchange(&member, target, outgoing, now),
+                        )
+                        .await,
+                        lease,
+                    ),
+                };
+                // The member whose answer (or failure) this is: another one when
+                // a hedge won.
+                let (member, target) = if Arc::ptr_eq(lease.member(), &member) {
+                    (member, target)
+                } else {
+                    let other = lease.member().clone();
+                    let target = self.pool.target(&other, self.port);
+                    (other, target)
+                };
+                if let Ok(Err(MemberError::Stale(_))) = &sent
+                    && idempotent
+                    && let Held::Kept(bytes) = &held
+                {
+                    // The member closed a kept connection as the request went
+                    // out: once more, on a new connection.
+                    self.shared.metrics.retries.increment(1);
+                    let body = Either::Left(Full::new(bytes.clone()));
+                    let again = self.member_request(
+                        &parts,
+                        headers.clone(),
+                        &member,
+                        handoff.as_ref(),
+                        body,
+                    );
+                    sent = timeout(
                         limits.request_timeout,
-                        self.exchange(&member, target, outgoing, now),
+                        self.exchange(&member, target, again, Instant::now()),
                     )
-                    .await,
-                    lease,
-                ),
-            };
-            // The member whose answer (or failure) this is: another one when
-            // a hedge won.
-            let (member, target) = if Arc::ptr_eq(lease.member(), &member) {
-                (member, target)
-            } else {
-                let other = lease.member().clone();
-                let target = self.pool.target(&other, self.port);
-                (other, target)
-            };
-            if let Ok(Err(MemberError::Stale(_))) = &sent
-                && idempotent
-                && let Held::Kept(bytes) = &held
-            {
-                // The member closed a kept connection as the request went
-                // out: once more, on a new connection.
-                self.shared.metrics.retries.increment(1);
-                let body = Either::Left(Full::new(bytes.clone()));
-                let again =
-                    self.member_request(&parts, headers.clone(), &member, handoff.as_ref(), body);
-                sent = timeout(
-                    limits.request_timeout,
-                    self.exchange(&member, target, again, Instant::now()),
-                )
-                .await;
-            }
-            match sent {
-                Ok(Ok((response, connection))) => {
-                    let limit = self.pool.error_limit();
-                    if limit != 0
-                        && member.count_answer(response.status().is_server_error()) == limit
-                    {
-                        warn!(pool = %self.pool.handle(), pe_id = %member.id, errors = limit, "pool element answered with server errors in a row: out until its probes pass");
-                        self.shared.unreachable(&self.pool, &member, self.port);
-                    }
-                    let served = Served {
-                        member: (member.id, member.address),
-                        attempts: u32::try_from(tried.len()).map_or(u32::MAX, |n| n + 1),
-                    };
-                    if response.status() == StatusCode::SWITCHING_PROTOCOLS
-                        && let Some(client_upgrade) = client_upgrade
-                    {
-                        // The connection is the tunnel's now.
-                        drop(connection);
-                        let mut answer =
-                            self.tunnel(response, lease, client_upgrade, extended_connect);
+                    .await;
+                }
+                match sent {
+                    Ok(Ok((response, connection))) => {
+                        let limit = self.pool.error_limit();
+                        if limit != 0
+                            && member.count_answer(response.status().is_server_error()) == limit
+                        {
+                            warn!(pool = %self.pool.handle(), pe_id = %member.id, errors = limit, "pool element answered with server errors in a row: out until its probes pass");
+                            self.shared.unreachable(&self.pool, &member, self.port);
+                        }
+                        let served = Served {
+                            member: (member.id, member.address),
+                            attempts: u32::try_from(tried.len()).map_or(u32::MAX, |n| n + 1),
+                        };
+                        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                            && let Some(client_upgrade) = client_upgrade
+                        {
+                            // The connection is the tunnel's now.
+                            drop(connection);
+                            let mut answer =
+                                self.tunnel(response, lease, client_upgrade, extended_connect);
+                            self.note_served(&mut answer, served);
+                            return Ok(answer);
+                        }
+                        if extended_connect && response.status().is_success() {
+                            // A 2xx would open the client's tunnel to nothing.
+                            return Ok(plain(
+                                StatusCode::BAD_GATEWAY,
+                                "the pool element did not switch protocols\n",
+                            ));
+                        }
+                        let mut answer = self.respond(
+                            response,
+                            connection,
+                            lease,
+                            key,
+                            session.as_ref().map(|s| s.member),
+                            cookie_names,
+                        );
                         self.note_served(&mut answer, served);
                         return Ok(answer);
                     }
-                    if extended_connect && response.status().is_success() {
-                        // A 2xx would open the client's tunnel to nothing.
-                        return Ok(plain(
-                            StatusCode::BAD_GATEWAY,
-                            "the pool element did not switch protocols\n",
-                        ));
+                    Ok(Err(mut e)) => {
+                        tried.push(member.id);
+                        let connect = e.is_connect();
+                        debug!(pool = %self.pool.handle(), pe_id = %member.id, error = %e, connect, "request to member failed");
+                        lease.fail();
+                        if connect {
+                            self.shared.unreachable(&self.pool, &member, self.port);
+                        }
+                        // A streamed body that never left goes to the next
+                        // member.
+                        if let Held::Streamed(slot) = &mut held
+                            && let Some(unsent) = e.take_unsent()
+                            && let Either::Right(body) = unsent.into_body()
+                        {
+                            *slot = Some(body);
+                        }
+                        let safe = e.unsent() || idempotent;
+                        if !safe || matches!(held, Held::Streamed(None)) {
+                            self.shared.metrics.failed.increment(1);
+                            return Ok(plain(
+                                StatusCode::BAD_GATEWAY,
+                                "the pool element failed during the request\n",
+                            ));
+                        }
+                        self.shared.metrics.retries.increment(1);
                     }
-                    let mut answer = self.respond(
-                        response,
-                        connection,
-                        lease,
-                        key,
-                        session.as_ref().map(|s| s.member),
-                        cookie_names,
-                    );
-                    self.note_served(&mut answer, served);
-                    return Ok(answer);
-                }
-                Ok(Err(mut e)) => {
-                    tried.push(member.id);
-                    let connect = e.is_connect();
-                    debug!(pool = %self.pool.handle(), pe_id = %member.id, error = %e, connect, "request to member failed");
-                    lease.fail();
-                    if connect {
-                        self.shared.unreachable(&self.pool, &member, self.port);
-                    }
-                    // A streamed body that never left goes to the next
-                    // member.
-                    if let Held::Streamed(slot) = &mut held
-                        && let Some(unsent) = e.take_unsent()
-                        && let Either::Right(body) = unsent.into_body()
-                    {
-                        *slot = Some(body);
-                    }
-                    let safe = e.unsent() || idempotent;
-                    if !safe || matches!(held, Held::Streamed(None)) {
+                    Err(_) => {
+                        lease.fail();
+                        self.shared.limit_hit("request_timeout", self.pool.handle());
                         self.shared.metrics.failed.increment(1);
                         return Ok(plain(
-                            StatusCode::BAD_GATEWAY,
-                            "the pool element failed during the request\n",
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "the pool element did not answer in time\n",
                         ));
                     }
-                    self.shared.metrics.retries.increment(1);
-                }
-                Err(_) => {
-                    lease.fail();
-                    self.shared.limit_hit("request_timeout", self.pool.handle());
-                    self.shared.metrics.failed.increment(1);
-                    return Ok(plain(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the pool element did not answer in time\n",
-                    ));
                 }
             }
+            self.shared.metrics.failed.increment(1);
+            warn!(pool = %self.pool.handle(), tried = tried.len(), "no pool element can serve the request");
+            Ok(plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no pool element can serve the request\n",
+            ))
         }
-        self.shared.metrics.failed.increment(1);
-        warn!(pool = %self.pool.handle(), tried = tried.len(), "no pool element can serve the request");
-        Ok(plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no pool element can serve the request\n",
-        ))
     }
 
     /// Sends `request` to `member` at `target`, at `sending`; its answer's
@@ -641,7 +657,7 @@ impl HttpProxy {
         &self,
         member: &Member,
         target: Target,
-        request: Request<MemberBody>,
+        request: MemberRequest,
         sending: Instant,
     ) -> Result<(Response<Incoming>, InUse), MemberError> {
         let sent = self.members.send(target, request).await;
@@ -663,11 +679,11 @@ impl HttpProxy {
         lease: Lease,
         member: &Member,
         target: Target,
-        request: Request<MemberBody>,
+        request: MemberRequest,
         sending: Instant,
         delays: hedge::Delays,
         tried: &mut Vec<PoolElementId>,
-        copy: impl FnOnce(&Member) -> Request<MemberBody>,
+        copy: impl FnOnce(&Member) -> MemberRequest,
     ) -> (Sent, Lease) {
         let deadline = sending + self.limits.request_timeout;
         let first = self.exchange(member, target, request, sending);
@@ -715,7 +731,7 @@ impl HttpProxy {
         mut first: Pin<&mut F>,
         sending: Instant,
         tried: &mut Vec<PoolElementId>,
-        copy: impl FnOnce(&Member) -> Request<MemberBody>,
+        copy: impl FnOnce(&Member) -> MemberRequest,
     ) -> (Sent, Lease)
     where
         F: Future<Output = Result<(Response<Incoming>, InUse), MemberError>>,
@@ -914,7 +930,7 @@ impl HttpProxy {
         member: &Member,
         handoff: Option<&Bytes>,
         body: MemberBody,
-    ) -> Request<MemberBody> {
+    ) -> MemberRequest {
         let path = parts
             .uri
             .path_and_query()
@@ -937,7 +953,7 @@ impl HttpProxy {
                 .headers_mut()
                 .insert(self.state_header.clone(), value);
         }
-        request
+        Box::new(request)
     }
 
     /// The member switched protocols: its 101 goes to the client (as 200,

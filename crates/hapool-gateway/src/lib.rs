@@ -1596,34 +1596,16 @@ impl Serving {
             };
             match acceptor {
                 Some(acceptor) => {
-                    // With TLS-session affinity, every ticket this
-                    // connection is given names a fresh session; the
-                    // ticket it resumed with, if any, names the session it
-                    // continues.
-                    let issued: Option<u128> = by_tls_session.then(rand::random);
-                    let accept = acceptor.accept_with(stream, |tls| {
-                        if let Some(issued) = issued {
-                            tls.set_resumption_data(&issued.to_be_bytes());
-                        }
-                    });
-                    match timeout(limits.header_read_timeout, accept).await {
-                        Ok(Ok(tls)) => {
-                            let resumed = tls
-                                .get_ref()
-                                .1
-                                .received_resumption_data()
-                                .and_then(|data| <[u8; 16]>::try_from(data).ok())
-                                .map(u128::from_be_bytes);
-                            let origin = Origin {
-                                peer,
-                                local,
-                                tls: issued.map(|issued| TlsSession { issued, resumed }),
-                            };
-                            serve_connection(tls, origin, http, with, draining).await;
-                        }
-                        Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
-                        Err(_) => shared.limit_hit("header_read_timeout", pool.handle()),
-                    }
+                    // On the heap: a TLS connection's state would otherwise
+                    // make every connection's task, which is moved into
+                    // place as the connection is accepted, as large.
+                    let tls = TlsClient {
+                        acceptor,
+                        by_tls_session,
+                        peer,
+                        local,
+                    };
+                    Box::pin(tls.serve(stream, http, with, draining)).await;
                 }
                 None => {
                     let origin = Origin {
@@ -1635,6 +1617,62 @@ impl Serving {
                 }
             }
         });
+    }
+}
+
+/// A client connection on a TLS listener, before its handshake.
+struct TlsClient {
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// Whether the listener keeps sessions by TLS session.
+    by_tls_session: bool,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+}
+
+impl TlsClient {
+    /// Completes the handshake on `stream`, then serves the connection.
+    async fn serve(
+        self,
+        stream: TcpStream,
+        http: Option<(Arc<auto::Builder<TokioExecutor>>, Arc<HttpProxy>)>,
+        with: Served<'_>,
+        draining: watch::Receiver<bool>,
+    ) {
+        let Self {
+            acceptor,
+            by_tls_session,
+            peer,
+            local,
+        } = self;
+        // With TLS-session affinity, every ticket this connection is given
+        // names a fresh session; the ticket it resumed with, if any, names
+        // the session it continues.
+        let issued: Option<u128> = by_tls_session.then(rand::random);
+        let accept = acceptor.accept_with(stream, |tls| {
+            if let Some(issued) = issued {
+                tls.set_resumption_data(&issued.to_be_bytes());
+            }
+        });
+        match timeout(with.limits.header_read_timeout, accept).await {
+            Ok(Ok(tls)) => {
+                let resumed = tls
+                    .get_ref()
+                    .1
+                    .received_resumption_data()
+                    .and_then(|data| <[u8; 16]>::try_from(data).ok())
+                    .map(u128::from_be_bytes);
+                let origin = Origin {
+                    peer,
+                    local,
+                    tls: issued.map(|issued| TlsSession { issued, resumed }),
+                };
+                serve_connection(tls, origin, http, with, draining).await;
+            }
+            Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
+            Err(_) => with
+                .shared
+                .limit_hit("header_read_timeout", with.pool.handle()),
+        }
     }
 }
 

@@ -81,11 +81,17 @@ pub(crate) enum MemberError {
     Failed(hyper::Error),
 }
 
+/// A request on its way to a member, on the heap: it is handed down
+/// through the exchange's futures, each of which would otherwise hold a
+/// copy of it (some 260 bytes), and every request writes its futures
+/// into place.
+pub(crate) type MemberRequest = Box<Request<MemberBody>>;
+
 /// The request a failure before sending gives back, so that a body that
 /// can be read only once (streamed from the client) can still go to
 /// another member.
 #[derive(Default)]
-pub(crate) struct Unsent(Option<Box<Request<MemberBody>>>);
+pub(crate) struct Unsent(Option<MemberRequest>);
 
 impl std::fmt::Debug for Unsent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,16 +115,16 @@ impl MemberError {
     }
 
     /// The request, when the failure came before it was sent.
-    pub(crate) fn take_unsent(&mut self) -> Option<Request<MemberBody>> {
+    pub(crate) fn take_unsent(&mut self) -> Option<MemberRequest> {
         match self {
-            Self::Connect(_, unsent) | Self::NotSent(_, unsent) => unsent.0.take().map(|r| *r),
+            Self::Connect(_, unsent) | Self::NotSent(_, unsent) => unsent.0.take(),
             Self::Stale(_) | Self::Failed(_) => None,
         }
     }
 
     /// This failure, giving `request` back if it came before sending.
-    fn giving_back(self, request: Request<MemberBody>) -> Self {
-        let back = || Unsent(Some(Box::new(request)));
+    fn giving_back(self, request: MemberRequest) -> Self {
+        let back = || Unsent(Some(request));
         match self {
             Self::Connect(e, _) => Self::Connect(e, back()),
             Self::NotSent(e, _) => Self::NotSent(e, back()),
@@ -134,7 +140,7 @@ impl MemberError {
     fn on_send(mut error: TrySendError<Request<MemberBody>>) -> Self {
         match error.take_message() {
             Some(unsent) => {
-                Self::NotSent(error.into_error(), Unsent::default()).giving_back(unsent)
+                Self::NotSent(error.into_error(), Unsent::default()).giving_back(Box::new(unsent))
             }
             None => {
                 let error = error.into_error();
@@ -253,10 +259,12 @@ impl MemberHttp {
     pub(crate) async fn send(
         self: &Arc<Self>,
         target: Target,
-        mut request: Request<MemberBody>,
+        mut request: MemberRequest,
     ) -> Result<(Response<Incoming>, InUse), MemberError> {
         if target.http2 {
-            return self.send_http2(target, request).await;
+            // Boxed: an HTTP/2 exchange's future would otherwise make every
+            // request's future larger, and every request moves its future.
+            return Box::pin(self.send_http2(target, request)).await;
         }
         loop {
             // Read before the connection is taken: a change of trust after
@@ -265,10 +273,10 @@ impl MemberHttp {
             let Some(mut sender) = self.take_idle(target) else {
                 break;
             };
-            match sender.try_send_request(request).await {
+            match sender.try_send_request(*request).await {
                 Ok(response) => return Ok((response, self.in_use(target, sender, trust_changes))),
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) => request = unsent,
+                    Some(unsent) => request = Box::new(unsent),
                     None => {
                         // The ones idle longer than this one are no fresher.
                         self.idle
@@ -286,7 +294,7 @@ impl MemberHttp {
             Ok(made) => made,
             Err(e) => return Err(e.giving_back(request)),
         };
-        match sender.try_send_request(request).await {
+        match sender.try_send_request(*request).await {
             Ok(response) => Ok((response, self.in_use(target, sender, trust_changes))),
             Err(e) => Err(MemberError::on_send(e)),
         }
@@ -297,15 +305,15 @@ impl MemberHttp {
     async fn send_http2(
         self: &Arc<Self>,
         target: Target,
-        request: Request<MemberBody>,
+        request: MemberRequest,
     ) -> Result<(Response<Incoming>, InUse), MemberError> {
-        let mut request = in_http2(request, target.tls);
+        let mut request = in_http2(*request, target.tls);
         // A connection found closed as the request went out is replaced
         // once.
         for _ in 0..2 {
             let mut sender = match self.http2_connection(target).await {
                 Ok(sender) => sender,
-                Err(e) => return Err(e.giving_back(request)),
+                Err(e) => return Err(e.giving_back(Box::new(request))),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, InUse::Shared)),
@@ -685,13 +693,13 @@ mod tests {
         (address, accepted)
     }
 
-    fn get(address: SocketAddr) -> Request<MemberBody> {
+    fn get(address: SocketAddr) -> MemberRequest {
         let mut request = Request::new(Either::Left(Full::new(Bytes::new())));
         *request.uri_mut() = "/".parse().unwrap();
         request
             .headers_mut()
             .insert(header::HOST, address.to_string().parse().unwrap());
-        request
+        Box::new(request)
     }
 
     async fn read_all(members: &Arc<MemberHttp>, target: Target) -> Result<Bytes, MemberError> {

@@ -259,7 +259,7 @@ async fn probe_port(pool: &Pool, member: &Member, port: Port, shared: &Shared) -
             let mut request = hyper::Request::new(Either::Left(Full::new(bytes::Bytes::new())));
             *request.uri_mut() = uri;
             request.headers_mut().insert(hyper::header::HOST, host);
-            match timeout(probe_timeout, shared.probes.send(target, request)).await {
+            match timeout(probe_timeout, shared.probes.send(target, Box::new(request))).await {
                 Ok(Ok((response, connection))) => {
                     let ok = response.status().as_u16() < 500;
                     // Read the body so the connection can be reused.
@@ -291,7 +291,7 @@ async fn grpc_check(target: Target, host: HeaderValue, service: &str, shared: &S
     );
     headers.insert(hyper::header::TE, HeaderValue::from_static("trailers"));
     let check = async {
-        let (response, connection) = shared.probes.send(target, request).await.ok()?;
+        let (response, connection) = shared.probes.send(target, Box::new(request)).await.ok()?;
         if response.status() != hyper::StatusCode::OK {
             return None;
         }
