@@ -21,6 +21,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
+use smallvec::SmallVec;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, warn};
 
@@ -246,30 +247,38 @@ fn takes_trailers(headers: &HeaderMap) -> bool {
 /// Removes the headers that belong to one connection and those the
 /// `Connection` header names. Only headers that are there are removed:
 /// a member's response usually carries `Connection: keep-alive` alone, and
-/// each removal is a hash and a probe.
+/// each removal is a hash and a probe. The names are looked at once; the
+/// usual `Connection` tokens (`keep-alive`, `upgrade`: headers removed
+/// anyway; `close`: an option) are not looked up.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
+    let mut present: SmallVec<[HeaderName; 4]> = SmallVec::new();
+    for name in headers.keys() {
+        if is_hop_by_hop(name) {
+            present.push(name.clone());
+        }
+    }
+    if present.is_empty() {
         return;
     }
-    let mut named: Vec<HeaderName> = Vec::new();
     for token in headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
     {
-        if headers.contains_key(token)
-            && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+        let usual = [&b"keep-alive"[..], b"close", b"upgrade"]
+            .iter()
+            .any(|t| token.eq_ignore_ascii_case(t));
+        if !usual
+            && let Ok(name) = HeaderName::from_bytes(token)
+            && headers.contains_key(&name)
+            && !present.contains(&name)
         {
-            named.push(name);
+            present.push(name);
         }
     }
-    for name in &named {
+    for name in &present {
         headers.remove(name);
-    }
-    while let Some(name) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() {
-        headers.remove(&name);
     }
 }
 
