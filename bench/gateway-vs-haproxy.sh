@@ -2,8 +2,8 @@
 # hapool gateway against HAProxy in one run, in front of the same three
 # nginx backends on loopback, driven by wrk.
 #
-#   bench/gateway-vs-haproxy.sh [matrix|failover|floor|all]   (default all:
-#                                                             matrix, failover)
+#   bench/gateway-vs-haproxy.sh [matrix|failover|floor|count|all]
+#                                               (default all: matrix, failover)
 #
 # matrix:   2-byte (/) and 4 KiB (/4k) bodies, wrk -t1 -c64 and -t2 -c256,
 #           one and two proxy threads (HAProxy nbthread, hapool --threads);
@@ -24,8 +24,19 @@
 #           in turn; requests/s and the proxy's user and system CPU
 #           microseconds per request. Needs
 #           cargo build --release --example proxy-floor.
+# count:    what this machine's noise does not move: each proxy in turn (one
+#           thread; HAProxy, the gateway, and proxy-floor when built) under
+#           valgrind's callgrind with its cache simulation, loaded by
+#           wrk -t2 -c256 (--timeout 60s) on each of PATHS; instructions
+#           and simulated cache misses (first-level data and instruction,
+#           last level) counted over DUR seconds in the middle of the load,
+#           divided by the requests the backends served meanwhile (their
+#           stub_status; the proxies' health checks, 3 a second, included).
+#           User space only: the kernel's share is not counted. Needs
+#           valgrind (apt-get install -y valgrind).
 #
-# Env: DUR (wrk seconds, default 10), REPS (default 1), WORK (scratch dir);
+# Env: DUR (wrk seconds, default 10), REPS (default 1), WORK (scratch dir),
+# HAPOOL (the gateway's binary, default target/release/hapool);
 # for matrix, to run some of its lines: THREADS (default "1 2"), PATHS
 # (default "/ /4k"), LOADS (wrk threads:connections, default "1:64 2:256"),
 # e.g. THREADS=2 PATHS=/ LOADS=2:256 REPS=5; CLOSE=1 to have wrk ask for
@@ -37,7 +48,7 @@
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-HAPOOL=$ROOT/target/release/hapool
+HAPOOL=${HAPOOL:-$ROOT/target/release/hapool}
 DUR=${DUR:-10}
 REPS=${REPS:-1}
 THREADS=${THREADS:-1 2}
@@ -88,6 +99,7 @@ http {
     listen 127.0.0.1:$port backlog=4096;
     location = /   { return 200 'ok'; }
     location = /4k { alias $W/www/4k.txt; }
+    location = /nginx-status { stub_status; }
   }
 }
 EOF
@@ -171,16 +183,17 @@ port_of() {  # $1 = haproxy|hapool|floor
 }
 start_lb() {  # $1 = haproxy|hapool, $2 = threads, $3 = haproxy extra line
   case $1 in
-    haproxy) haproxy_conf $2 "${3:-}"; haproxy -f $W/conf/haproxy.cfg -db >> $W/logs/haproxy.log 2>&1 & LB=$!;;
-    hapool) hapool_conf $2; RUST_LOG=warn $HAPOOL gateway --config $W/conf/gateway.toml >> $W/logs/hapool.log 2>&1 & LB=$!;;
+    haproxy) haproxy_conf $2 "${3:-}"; $WRAP haproxy -f $W/conf/haproxy.cfg -db >> $W/logs/haproxy.log 2>&1 & LB=$!;;
+    hapool) hapool_conf $2; RUST_LOG=warn $WRAP $HAPOOL gateway --config $W/conf/gateway.toml >> $W/logs/hapool.log 2>&1 & LB=$!;;
   esac
   PIDS+=($LB)
   LB_PORT=$(port_of $1)
   wait_lb $LB_PORT
   sleep 1.5   # every backend checked/probed up
 }
-wait_lb() {  # until the proxy on port $1 answers 200, 10 s at most
-  for _ in $(seq 100); do
+WRAP=""     # a command the proxy runs under (count: valgrind)
+wait_lb() {  # until the proxy on port $1 answers 200, $2 tenths of a second at most (default 100)
+  for _ in $(seq ${2:-100}); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$1/ 2>/dev/null)" = 200 ] && break
     sleep 0.1
   done
@@ -318,11 +331,71 @@ print('%-12s %10.0f %8.2f %8.2f %8.2f' % ('$lb', $rps, u, s, u + s))"
   done
 }
 
+served() {  # requests the three backends have served
+  local n=0 p
+  for p in "${PORTS[@]}"; do
+    n=$((n + $(curl -s http://127.0.0.1:$p/nginx-status | awk 'NR == 3 {print $3}')))
+  done
+  echo $n
+}
+count() {
+  command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install -y valgrind"; exit 1; }
+  local floor_bin=$ROOT/target/release/examples/proxy-floor dur=$DUR
+  echo "== count (callgrind, one proxy thread, wrk -t2 -c256, ${dur}s counted; per request)"
+  printf '%-16s %8s %10s %9s %9s %9s\n' "proxy" "requests" "instr" "D1 miss" "I1 miss" "LL miss"
+  for path in $PATHS; do
+    for lb in haproxy hapool floor; do
+      WRAP="valgrind --tool=callgrind --cache-sim=yes --instr-atstart=no --callgrind-out-file=$W/logs/count-$lb.%p"
+      rm -f $W/logs/count-$lb.*
+      case $lb in
+        floor)
+          [ -x $floor_bin ] || continue
+          LB_PORT=$(port_of floor)
+          $WRAP $floor_bin 127.0.0.1:$LB_PORT 127.0.0.1:${PORTS[0]} 127.0.0.1:${PORTS[1]} 127.0.0.1:${PORTS[2]} \
+            >> $W/logs/floor.log 2>&1 & LB=$!
+          PIDS+=($LB);;
+        *) start_lb $lb 1 > /dev/null;;
+      esac
+      WRAP=""
+      wait_lb $LB_PORT 600
+      sleep 2
+      wrk --timeout 60s -t2 -c256 -d3s http://127.0.0.1:$LB_PORT$path > /dev/null 2>&1
+      wrk --timeout 60s -t2 -c256 -d$((dur + 4))s http://127.0.0.1:$LB_PORT$path > $W/logs/count-$lb.wrk 2>&1 &
+      local load=$!
+      sleep 2
+      callgrind_control -i on $LB > /dev/null 2>&1
+      local n0; n0=$(served)
+      sleep $dur
+      callgrind_control -i off $LB > /dev/null 2>&1
+      local n1; n1=$(served)
+      callgrind_control -d $LB > /dev/null 2>&1
+      wait $load
+      stop_lb
+      # three of the requests counted are the first reads of stub_status
+      python3 - $W/logs/count-$lb.$LB.1 $((n1 - n0 - 3)) "$lb $path" <<'PY'
+import sys
+path, requests, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+events, totals = None, None
+for line in open(path):
+    if line.startswith("events:"):
+        events = line.split()[1:]
+    elif line.startswith(("summary:", "totals:")):
+        totals = [int(x) for x in line.split()[1:]]
+d = dict(zip(events, totals))
+per = lambda *keys: sum(d.get(k, 0) for k in keys) / requests
+print("%-16s %8d %10.0f %9.1f %9.1f %9.2f" % (name, requests, per("Ir"), per("D1mr", "D1mw"),
+      per("I1mr"), per("DLmr", "DLmw", "ILmr")))
+PY
+    done
+  done
+}
+
 for i in 1 2 3; do start_backend $i; done
 case ${1:-all} in
   matrix) matrix;;
   failover) failover;;
   floor) floor;;
+  count) count;;
   all) matrix; failover;;
-  *) echo "usage: $0 [matrix|failover|floor|all]"; exit 1;;
+  *) echo "usage: $0 [matrix|failover|floor|count|all]"; exit 1;;
 esac
