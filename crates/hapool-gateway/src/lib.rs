@@ -1625,7 +1625,9 @@ struct TlsClient {
     acceptor: tokio_rustls::TlsAcceptor,
     /// Whether the listener keeps sessions by TLS session.
     by_tls_session: bool,
+    /// The client's address.
     peer: SocketAddr,
+    /// The gateway's address it connected to, when TCP listeners need it.
     local: Option<SocketAddr>,
 }
 
