@@ -372,7 +372,12 @@ count() {
       wait $load
       stop_lb
       # three of the requests counted are the first reads of stub_status
-      python3 - $W/logs/count-$lb.$LB.1 $((n1 - n0 - 3)) "$lb $path" <<'PY'
+      local served_n=$((n1 - n0 - 3))
+      if [ ! -s $W/logs/count-$lb.$LB.1 ] || [ $served_n -le 0 ]; then
+        echo "$lb $path: nothing counted (see $W/logs/$lb.log and count-$lb.wrk)"
+        continue
+      fi
+      python3 - $W/logs/count-$lb.$LB.1 $served_n "$lb $path" <<'PY'
 import sys
 path, requests, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 events, totals = None, None
