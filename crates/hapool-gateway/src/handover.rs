@@ -189,7 +189,8 @@ async fn exchange(path: &Path) -> Result<Inherited, HandoverError> {
 /// Binds `path` for the gateway's successors: a socket file there (of the
 /// gateway before, which keeps serving its own connections, or one left
 /// by a gateway that died) is replaced; anything else there is an error.
-pub(crate) fn bind(path: &Path) -> Result<UnixListener, GatewayError> {
+/// Returns the socket with its path, as [`Serving::set`] takes it.
+pub(crate) fn bind(path: &Path) -> Result<(UnixListener, PathBuf), GatewayError> {
     let failed = |source: io::Error| GatewayError::Handover {
         path: path.to_owned(),
         source,
@@ -207,7 +208,7 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, GatewayError> {
     }
     let listener = UnixListener::bind(path).map_err(failed)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
-    Ok(listener)
+    Ok((listener, path.to_owned()))
 }
 
 /// The handover socket the gateway serves, if any: set at the start, and

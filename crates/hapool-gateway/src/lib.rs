@@ -1042,10 +1042,7 @@ impl Gateway {
             warn!(%address, "the service manager passed a socket listening here, but no listener is configured for it: not served");
         }
         drop(passed);
-        let handover_socket = match &config.handover {
-            Some(path) => Some((handover::bind(path)?, path.clone())),
-            None => None,
-        };
+        let handover_socket = config.handover.as_deref().map(handover::bind).transpose()?;
         let access_log = LogSlot::default();
         access_log.set(open_access_log(config.access_log.as_deref())?);
         let (reports, report_rx) = mpsc::channel(1024);

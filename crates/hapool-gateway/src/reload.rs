@@ -251,10 +251,7 @@ impl GatewayView {
         let handover = if config.handover == self.handover.path() {
             None
         } else {
-            Some(match &config.handover {
-                Some(path) => Some((handover::bind(path)?, path.clone())),
-                None => None,
-            })
+            Some(config.handover.as_deref().map(handover::bind).transpose()?)
         };
 
         // Everything that can fail has been done; from here on, changes.
