@@ -134,6 +134,12 @@ impl Budget {
         self.percent.store(percent, Ordering::Relaxed);
     }
 
+    /// Whether hedges are allowed at all (a percent above 0): when they
+    /// are not, a request's member is not watched for silence either.
+    pub(crate) fn is_on(&self) -> bool {
+        self.percent.load(Ordering::Relaxed) != 0
+    }
+
     /// Takes one hedge from the allowance, at `now`, when the pool has
     /// taken `requests` requests in all so far; `false` when it is spent.
     pub(crate) fn take(&self, requests: u64, now: Instant) -> bool {
@@ -225,6 +231,8 @@ mod tests {
         assert!(!budget.take(1_000, quiet));
         // None at all when switched off.
         let off = Budget::new(0);
+        assert!(!off.is_on());
         assert!(!off.take(1_000_000, t + 10 * WINDOW));
+        assert!(budget.is_on());
     }
 }

@@ -476,7 +476,7 @@ pub struct Chosen {
     /// How long it may answer nothing while a request waits before the
     /// request is also sent to another member (`hedge.rs`), after the
     /// pool's fastest recent response time; `None` when no member has
-    /// answered lately.
+    /// answered lately or the pool's hedges are off.
     pub(crate) hedge: Option<hedge::Delays>,
 }
 
@@ -723,15 +723,20 @@ impl Pool {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
                 Some(t.saturating_add(1).max(level))
             });
-        let fastest = candidates
-            .iter()
-            .map(|c| c.response_us)
-            .filter(|&us| us > 0)
-            .min();
+        let hedge = if self.hedges.is_on() {
+            let fastest = candidates
+                .iter()
+                .map(|c| c.response_us)
+                .filter(|&us| us > 0)
+                .min();
+            hedge::delays(fastest)
+        } else {
+            None
+        };
         Some(Chosen {
             lease: Self::lease(member),
             availability,
-            hedge: hedge::delays(fastest),
+            hedge,
         })
     }
 
@@ -1201,6 +1206,24 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    #[test]
+    fn a_pool_without_hedges_does_not_watch_for_silence() {
+        let pool = Pool::new(
+            settings(statics(&[(1, 1)])),
+            SessionTable::new(Duration::from_secs(60), 10),
+        );
+        let member = pool.member(PoolElementId(1)).unwrap();
+        member.set_reachable(true);
+        let now = std::time::Instant::now();
+        member.record_response_time(Duration::from_millis(2), now);
+        let chosen = pool.choose(&[], now, Port::Main).unwrap();
+        assert_eq!(chosen.hedge, hedge::delays(Some(2_000)));
+        let mut off = settings(statics(&[(1, 1)]));
+        off.hedge_percent = 0;
+        pool.reconfigure(off);
+        assert_eq!(pool.choose(&[], now, Port::Main).unwrap().hedge, None);
     }
 
     #[test]

@@ -30,7 +30,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// mimalloc: the proxy allocates per request from several threads, where
-/// glibc's allocator showed up in profiles.
+/// glibc's allocator showed up in profiles. Its version 2 (the `v2`
+/// feature): Rust asks every allocation with its alignment, and
+/// version 3 serves an aligned request whose size is not a power of two
+/// above 1 KiB by over-allocating, three times per proxied request
+/// (docs/performance.md, "The allocator's aligned path").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
