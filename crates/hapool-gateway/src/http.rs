@@ -55,6 +55,7 @@ pub const AFFINITY_COOKIE: &str = "hapool";
 /// cookie for the session, and that the gateway sets on a request when the
 /// session moves to another member.
 pub const STATE_HEADER: &str = "x-hapool-state";
+const STATE: HeaderName = HeaderName::from_static(STATE_HEADER);
 
 /// A response body that keeps the member's session open until it is done,
 /// and then gives the member connection back for the next request.
@@ -97,7 +98,6 @@ pub(crate) struct HttpProxy {
     /// What keeps sessions together: the cookie, the TLS session, or
     /// nothing.
     pub(crate) affinity: Affinity,
-    pub(crate) state_header: HeaderName,
 }
 
 /// Who served a request, for the access log: the member that answered
@@ -244,21 +244,38 @@ fn takes_trailers(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Removes the headers that belong to one connection and those the
-/// `Connection` header names. Only headers that are there are removed:
-/// a member's response usually carries `Connection: keep-alive` alone, and
-/// each removal is a hash and a probe. The names are looked at once; the
-/// usual `Connection` tokens (`keep-alive`, `upgrade`: headers removed
-/// anyway; `close`: an option) are not looked up.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
+/// What [`strip`] found of the headers it leaves.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Stripped {
+    /// The value of the gateway's state header ([`STATE_HEADER`]), taken out.
+    state: Option<HeaderValue>,
+    /// Whether a `Host` header stays.
+    host: bool,
+}
+
+/// Removes what the gateway does not pass on: the headers that belong to
+/// one connection, those the `Connection` header names, and its own state
+/// header, whose value it returns. The names are looked at once, and only
+/// headers that are there are removed (each removal is a hash and a
+/// probe): a client's request usually carries none of them, a member's
+/// response `Connection: keep-alive` alone. The usual `Connection` tokens
+/// (`keep-alive`, `upgrade`: headers removed anyway; `close`: an option)
+/// are not looked up.
+fn strip(headers: &mut HeaderMap) -> Stripped {
     let mut present: SmallVec<[HeaderName; 4]> = SmallVec::new();
+    let (mut state, mut host) = (false, false);
     for name in headers.keys() {
         if is_hop_by_hop(name) {
             present.push(name.clone());
+        } else if name == header::HOST {
+            host = true;
+        } else if name == STATE {
+            state = true;
         }
     }
+    let state = if state { headers.remove(STATE) } else { None };
     if present.is_empty() {
-        return;
+        return Stripped { state, host };
     }
     for token in headers
         .get_all(header::CONNECTION)
@@ -279,6 +296,10 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in &present {
         headers.remove(name);
+    }
+    Stripped {
+        state,
+        host: host && !present.contains(&header::HOST),
     }
 }
 
@@ -449,7 +470,7 @@ impl HttpProxy {
             };
             let limits = &self.limits;
             let (key, session, cookie_names) = self.session_of(&parts.headers, tls);
-            let mut headers = self.member_headers(&mut parts, forwarded_for);
+            let (mut headers, host) = self.member_headers(&mut parts, forwarded_for);
             if let (Some(upgrade), Some(_)) = (&upgrade, &client_upgrade) {
                 // The upgrade is between client and member: its headers go on.
                 headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -516,7 +537,7 @@ impl HttpProxy {
                 let copy = headers.clone();
                 let outgoing = self.member_request(
                     &parts,
-                    std::mem::replace(&mut headers, copy),
+                    (std::mem::replace(&mut headers, copy), host),
                     &member,
                     handoff.as_ref(),
                     body,
@@ -527,7 +548,7 @@ impl HttpProxy {
                     (Some(delays), Held::Kept(bytes)) => {
                         let copy = |to: &Member| {
                             let body = Either::Left(Full::new(bytes.clone()));
-                            self.member_request(&parts, headers.clone(), to, None, body)
+                            self.member_request(&parts, (headers.clone(), host), to, None, body)
                         };
                         self.send_hedged(
                             lease, &member, target, outgoing, now, delays, &mut tried, copy,
@@ -562,7 +583,7 @@ impl HttpProxy {
                     let body = Either::Left(Full::new(bytes.clone()));
                     let again = self.member_request(
                         &parts,
-                        headers.clone(),
+                        (headers.clone(), host),
                         &member,
                         handoff.as_ref(),
                         body,
@@ -901,41 +922,43 @@ impl HttpProxy {
 
     /// The headers every attempt sends: the client's, less hop-by-hop
     /// headers and any state cookie of its own, with `Host` (HTTP/2
-    /// clients send an authority instead) and the `X-Forwarded-` headers.
+    /// clients send an authority instead) and the `X-Forwarded-` headers;
+    /// and whether they have a `Host` (a client that sent neither leaves
+    /// it to [`Self::member_request`]).
     fn member_headers(
         &self,
         parts: &mut http::request::Parts,
         forwarded_for: HeaderValue,
-    ) -> HeaderMap {
+    ) -> (HeaderMap, bool) {
         let mut headers = std::mem::take(&mut parts.headers);
         // A client that takes trailers (gRPC's do) says so to an HTTP/2
         // member too: the one value of TE that HTTP/2 allows.
         let trailers = self.pool.http2() && takes_trailers(&headers);
-        remove_hop_by_hop(&mut headers);
+        let mut host = strip(&mut headers).host;
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        if !headers.contains_key(header::HOST)
+        if !host
             && let Some(authority) = parts.uri.authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+            && let Ok(value) = HeaderValue::from_str(authority.as_str())
         {
-            headers.insert(header::HOST, host);
+            headers.insert(header::HOST, value);
+            host = true;
         }
         headers.append(X_FORWARDED_FOR, forwarded_for);
         headers.insert(
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if self.tls { "https" } else { "http" }),
         );
-        headers.remove(&self.state_header);
-        headers
+        (headers, host)
     }
 
     /// The request to `member`: origin-form, with the client's `Host` (the
-    /// member's address when the client sent none).
+    /// member's address when `headers` have none: `host` says).
     fn member_request(
         &self,
         parts: &http::request::Parts,
-        mut headers: HeaderMap,
+        (mut headers, host): (HeaderMap, bool),
         member: &Member,
         handoff: Option<&Bytes>,
         body: MemberBody,
@@ -945,10 +968,8 @@ impl HttpProxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        if !headers.contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(member.authority.as_str())
-        {
-            headers.insert(header::HOST, host);
+        if !host && let Ok(value) = HeaderValue::from_str(member.authority.as_str()) {
+            headers.insert(header::HOST, value);
         }
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
@@ -958,9 +979,7 @@ impl HttpProxy {
         if let Some(state) = handoff
             && let Ok(value) = HeaderValue::from_bytes(state)
         {
-            request
-                .headers_mut()
-                .insert(self.state_header.clone(), value);
+            request.headers_mut().insert(STATE, value);
         }
         Box::new(request)
     }
@@ -980,7 +999,8 @@ impl HttpProxy {
         let member = hyper::upgrade::on(&mut response);
         let (mut parts, _) = response.into_parts();
         answer_in_own_version(&mut parts);
-        parts.headers.remove(&self.state_header);
+        // A 101's `Connection` and `Upgrade` go on to the client.
+        parts.headers.remove(STATE);
         if extended_connect {
             parts.status = StatusCode::OK;
             for name in [
@@ -1034,10 +1054,8 @@ impl HttpProxy {
     ) -> Response<ClientBody> {
         let (mut parts, body) = response.into_parts();
         answer_in_own_version(&mut parts);
-        remove_hop_by_hop(&mut parts.headers);
-        let state = parts
-            .headers
-            .remove(&self.state_header)
+        let state = strip(&mut parts.headers)
+            .state
             .map(|v| Bytes::copy_from_slice(v.as_bytes()));
         let member = lease.member().id;
         if self.affinity != Affinity::None {
@@ -1220,7 +1238,7 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_headers_are_removed() {
+    fn hop_by_hop_headers_and_the_state_header_are_removed() {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONNECTION,
@@ -1241,7 +1259,15 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
-        remove_hop_by_hop(&mut headers);
+        headers.insert(STATE_HEADER, HeaderValue::from_static("cart=3"));
+        let found = strip(&mut headers);
+        assert_eq!(
+            found,
+            Stripped {
+                state: Some(HeaderValue::from_static("cart=3")),
+                host: false
+            }
+        );
         assert_eq!(headers.len(), 1, "{headers:?}");
         assert!(headers.contains_key(header::ACCEPT));
 
@@ -1249,8 +1275,27 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
-        remove_hop_by_hop(&mut headers);
+        assert_eq!(strip(&mut headers), Stripped::default());
         assert_eq!(headers.len(), 1, "{headers:?}");
         assert!(headers.contains_key(header::CONTENT_LENGTH));
+
+        // A client's usual request: nothing goes; its `Host` is found.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("example.com"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        let found = strip(&mut headers);
+        assert_eq!(
+            found,
+            Stripped {
+                state: None,
+                host: true
+            }
+        );
+        assert_eq!(headers.len(), 2, "{headers:?}");
+
+        // A `Host` that `Connection` names goes, and counts as not there.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("host"));
+        assert_eq!(strip(&mut headers), Stripped::default());
+        assert_eq!(headers.len(), 1, "{headers:?}");
     }
 }

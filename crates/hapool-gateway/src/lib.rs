@@ -1514,7 +1514,6 @@ impl Serving {
                     tls: listener.tls.is_some(),
                     port: pool.port_for(listener.tls.is_some()),
                     affinity: listener.affinity,
-                    state_header: http::STATE_HEADER.parse().expect("a valid header name"),
                 }),
             )
         });

@@ -11,6 +11,7 @@
 
 use hapool_wire::PolicyType;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// What an operator has set for a PE.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -274,19 +275,21 @@ pub fn select(
     skip: impl Fn(usize) -> bool,
     random: u64,
 ) -> Option<Choice> {
-    let mut best_tier = None;
-    for (index, candidate) in candidates.iter().enumerate() {
-        if skip(index) {
-            continue;
-        }
-        if let Some(tier) = candidate.availability(thresholds).tier() {
-            best_tier = Some(best_tier.map_or(tier, |best: u8| best.min(tier)));
-        }
-    }
-    let tier = best_tier?;
-    let in_tier = |index: usize| {
-        !skip(index) && candidates[index].availability(thresholds).tier() == Some(tier)
-    };
+    // Each candidate's tier, worked out once (`None`: skipped, or never
+    // chosen); on the stack for up to 16.
+    let tiers: SmallVec<[Option<u8>; 16]> = candidates
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            if skip(index) {
+                None
+            } else {
+                c.availability(thresholds).tier()
+            }
+        })
+        .collect();
+    let tier = tiers.iter().flatten().min().copied()?;
+    let in_tier = |index: usize| tiers[index] == Some(tier);
     let index = match strategy {
         Strategy::Random => {
             let total: u64 = (0..candidates.len())
@@ -341,10 +344,25 @@ pub fn turns_after(candidates: &[Candidate], thresholds: &Thresholds, chosen: us
         .iter()
         .enumerate()
         .filter(|&(i, c)| i != chosen && c.availability(thresholds).tier() == tier)
-        .map(|(_, c)| u128::from(c.turns) * u128::from(this.weight()) / u128::from(c.weight()))
+        .map(|(_, c)| rescaled(c.turns, c.weight(), this.weight()))
         .min()
-        .map_or(0, |floor| u64::try_from(floor).unwrap_or(u64::MAX));
+        .unwrap_or(0);
     this.turns.saturating_add(1).max(floor)
+}
+
+/// `turns` at weight `from`, counted at weight `to`: in 64 bits when the
+/// weights are the same or the product fits (without a 128-bit division),
+/// else in 128.
+fn rescaled(turns: u64, from: u64, to: u64) -> u64 {
+    if from == to {
+        return turns;
+    }
+    match turns.checked_mul(to) {
+        Some(product) => product / from,
+        None => {
+            u64::try_from(u128::from(turns) * u128::from(to) / u128::from(from)).unwrap_or(u64::MAX)
+        }
+    }
 }
 
 /// Whether `a` should be chosen over `b` (strictly; ties keep the earlier);
@@ -705,6 +723,18 @@ mod tests {
             pes[2].reachable = true;
             assert_eq!(give(&mut pes, 30), [10, 10, 10], "{strategy:?}");
         }
+    }
+
+    #[test]
+    fn turns_are_rescaled_exactly_whatever_their_size() {
+        assert_eq!(rescaled(10, 3, 3), 10);
+        assert_eq!(rescaled(10, 2, 1), 5);
+        assert_eq!(rescaled(10, 1, 2), 20);
+        // The product overflows 64 bits, the result does not.
+        let big = u64::MAX / 2;
+        assert_eq!(u128::from(rescaled(big, 4, 3)), u128::from(big) * 3 / 4);
+        // Nor does it fit: the most there is.
+        assert_eq!(rescaled(big, 1, 4), u64::MAX);
     }
 
     #[test]
