@@ -22,11 +22,12 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use smallvec::SmallVec;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout_at};
 use tracing::{debug, warn};
 
 use crate::access_log::HttpLine;
 use crate::body::{AtEnd, OnEnd};
+use crate::deadline::{Clock, Elapsed};
 use crate::hedge;
 use crate::member_http::{InUse, MemberError, MemberHttp, MemberRequest, Target};
 use crate::pool::{Lease, Member, Pool, Port};
@@ -43,7 +44,7 @@ pub(crate) type ClientBody = Either<LeasedBody, Full<Bytes>>;
 
 /// What sending a request to a member came to, within the request
 /// timeout.
-type Sent = Result<Result<(Response<Incoming>, InUse), MemberError>, tokio::time::error::Elapsed>;
+type Sent = Result<Result<(Response<Incoming>, InUse), MemberError>, Elapsed>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -98,6 +99,8 @@ pub(crate) struct HttpProxy {
     /// What keeps sessions together: the cookie, the TLS session, or
     /// nothing.
     pub(crate) affinity: Affinity,
+    /// This worker's deadlines.
+    pub(crate) clock: Clock,
 }
 
 /// Who served a request, for the access log: the member that answered
@@ -556,11 +559,12 @@ impl HttpProxy {
                         .await
                     }
                     _ => (
-                        timeout(
-                            limits.request_timeout,
-                            self.exchange(&member, target, outgoing, now),
-                        )
-                        .await,
+                        self.clock
+                            .within(
+                                limits.request_timeout,
+                                self.exchange(&member, target, outgoing, now),
+                            )
+                            .await,
                         lease,
                     ),
                 };
@@ -588,11 +592,13 @@ impl HttpProxy {
                         handoff.as_ref(),
                         body,
                     );
-                    sent = timeout(
-                        limits.request_timeout,
-                        self.exchange(&member, target, again, Instant::now()),
-                    )
-                    .await;
+                    sent = self
+                        .clock
+                        .within(
+                            limits.request_timeout,
+                            self.exchange(&member, target, again, Instant::now()),
+                        )
+                        .await;
                 }
                 match sent {
                     Ok(Ok((response, connection))) => {
@@ -721,7 +727,7 @@ impl HttpProxy {
         let mut check = Instant::from_std(delays.first_look(sending.into_std()));
         loop {
             if check >= deadline {
-                return (timeout_at(deadline, first).await, lease);
+                return (self.clock.until(deadline, first).await, lease);
             }
             if let Ok(done) = timeout_at(check, &mut first).await {
                 return (Ok(done), lease);
@@ -786,20 +792,22 @@ impl HttpProxy {
             _ => None,
         };
         let Some(second_lease) = second_lease else {
-            return (timeout_at(deadline, first).await, lease);
+            return (self.clock.until(deadline, first).await, lease);
         };
         self.shared.metrics.hedges.increment(1);
         let second_member = second_lease.member().clone();
         let second_target = self.pool.target(&second_member, self.port);
         let second = self.exchange(&second_member, second_target, copy(&second_member), now);
         tokio::pin!(second);
-        let raced = timeout_at(deadline, async {
-            tokio::select! {
-                sent = &mut first => (true, sent),
-                sent = &mut second => (false, sent),
-            }
-        })
-        .await;
+        let raced = self
+            .clock
+            .until(deadline, async {
+                tokio::select! {
+                    sent = &mut first => (true, sent),
+                    sent = &mut second => (false, sent),
+                }
+            })
+            .await;
         match raced {
             Err(elapsed) => {
                 second_lease.fail();
@@ -814,11 +822,11 @@ impl HttpProxy {
             }
             Ok((true, Err(e))) => {
                 self.count_failure(lease, &e, tried);
-                (timeout_at(deadline, second).await, second_lease)
+                (self.clock.until(deadline, second).await, second_lease)
             }
             Ok((false, Err(e))) => {
                 self.count_failure(second_lease, &e, tried);
-                (timeout_at(deadline, first).await, lease)
+                (self.clock.until(deadline, first).await, lease)
             }
         }
     }
@@ -891,11 +899,13 @@ impl HttpProxy {
         {
             return Ok(Held::Streamed(Some(body)));
         }
-        match timeout(
-            self.limits.request_timeout,
-            Limited::new(body, limit).collect(),
-        )
-        .await
+        match self
+            .clock
+            .within(
+                self.limits.request_timeout,
+                Limited::new(body, limit).collect(),
+            )
+            .await
         {
             Ok(Ok(collected)) => Ok(Held::Kept(collected.to_bytes())),
             Ok(Err(_)) => Err(plain(

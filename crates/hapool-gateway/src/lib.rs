@@ -20,6 +20,7 @@ mod access_log;
 mod admission;
 pub mod body;
 mod connection_io;
+mod deadline;
 mod drain;
 mod grpc_health;
 mod handover;
@@ -63,6 +64,7 @@ use tracing::{debug, info, warn};
 use crate::access_log::{AccessLog, LogSlot};
 use crate::admission::{Admission, Admitted, Handed, Placed};
 use crate::connection_io::{ConnectionIo, SendStalled};
+use crate::deadline::Clock;
 use crate::http::HttpProxy;
 use crate::member_cache::MemberCache;
 use crate::member_http::MemberHttp;
@@ -1485,6 +1487,9 @@ impl Serving {
         draining: watch::Receiver<bool>,
     ) -> Self {
         let http = (listener.protocol == Protocol::Http).then(|| {
+            // The header timer and the request timeouts of this worker's
+            // connections (`deadline.rs`).
+            let clock = Clock::start();
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
@@ -1496,7 +1501,7 @@ impl Serving {
                 // each look takes a fresh read buffer while the request
                 // still holds the last one.)
                 .half_close(true)
-                .timer(TokioTimer::new())
+                .timer(clock.clone())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(limits.max_header_bytes.max(8192));
             builder
@@ -1514,6 +1519,7 @@ impl Serving {
                     tls: listener.tls.is_some(),
                     port: pool.port_for(listener.tls.is_some()),
                     affinity: listener.affinity,
+                    clock,
                 }),
             )
         });
