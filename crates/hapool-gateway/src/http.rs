@@ -306,6 +306,8 @@ fn strip(headers: &mut HeaderMap) -> Stripped {
     }
 }
 
+/// The gateway's own answer (an error's: off the usual path).
+#[cold]
 fn plain(status: StatusCode, text: &'static str) -> Response<ClientBody> {
     let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
         text.as_bytes(),
@@ -606,8 +608,7 @@ impl HttpProxy {
                         if limit != 0
                             && member.count_answer(response.status().is_server_error()) == limit
                         {
-                            warn!(pool = %self.pool.handle(), pe_id = %member.id, errors = limit, "pool element answered with server errors in a row: out until its probes pass");
-                            self.shared.unreachable(&self.pool, &member, self.port);
+                            self.out_for_errors(&member, limit);
                         }
                         let served = Served {
                             member: (member.id, member.address),
@@ -642,13 +643,7 @@ impl HttpProxy {
                         return Ok(answer);
                     }
                     Ok(Err(mut e)) => {
-                        tried.push(member.id);
-                        let connect = e.is_connect();
-                        debug!(pool = %self.pool.handle(), pe_id = %member.id, error = %e, connect, "request to member failed");
-                        lease.fail();
-                        if connect {
-                            self.shared.unreachable(&self.pool, &member, self.port);
-                        }
+                        self.count_failure(lease, &e, &mut tried);
                         // A streamed body that never left goes to the next
                         // member.
                         if let Held::Streamed(slot) = &mut held
@@ -678,13 +673,28 @@ impl HttpProxy {
                     }
                 }
             }
-            self.shared.metrics.failed.increment(1);
-            warn!(pool = %self.pool.handle(), tried = tried.len(), "no pool element can serve the request");
-            Ok(plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no pool element can serve the request\n",
-            ))
+            Ok(self.unavailable(tried.len()))
         }
+    }
+
+    /// `member` answered with server errors `limit` times in a row: out
+    /// until its probes pass.
+    #[cold]
+    fn out_for_errors(&self, member: &Member, limit: u32) {
+        warn!(pool = %self.pool.handle(), pe_id = %member.id, errors = limit, "pool element answered with server errors in a row: out until its probes pass");
+        self.shared.unreachable(&self.pool, member, self.port);
+    }
+
+    /// The answer when no member could serve a request (`tried` of them
+    /// failed it).
+    #[cold]
+    fn unavailable(&self, tried: usize) -> Response<ClientBody> {
+        self.shared.metrics.failed.increment(1);
+        warn!(pool = %self.pool.handle(), tried, "no pool element can serve the request");
+        plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no pool element can serve the request\n",
+        )
     }
 
     /// Sends `request` to `member` at `target`, at `sending`; its answer's
@@ -831,10 +841,12 @@ impl HttpProxy {
         }
     }
 
-    /// A member failed a request while another exchange for it went on.
+    /// The member of `lease` failed a request: counted failed, reported
+    /// unreachable when it could not be reached, and added to `tried`.
+    #[cold]
     fn count_failure(&self, lease: Lease, error: &MemberError, tried: &mut Vec<PoolElementId>) {
         let member = lease.member().clone();
-        debug!(pool = %self.pool.handle(), pe_id = %member.id, %error, "request to member failed during a hedge");
+        debug!(pool = %self.pool.handle(), pe_id = %member.id, %error, connect = error.is_connect(), "request to member failed");
         tried.push(member.id);
         lease.fail();
         if error.is_connect() {
@@ -999,6 +1011,7 @@ impl HttpProxy {
     /// once both sides are handed over, the bytes are copied both ways
     /// until either side closes. The member counts the tunnel as an open
     /// session meanwhile.
+    #[cold]
     fn tunnel(
         &self,
         mut response: Response<Incoming>,

@@ -526,6 +526,7 @@ impl Shared {
     /// Marks `member`'s `port` unreachable (the prober lets it back in),
     /// and tells the registrars when the pool is theirs and the port is
     /// the one they know.
+    #[cold]
     pub(crate) fn unreachable(&self, pool: &Pool, member: &Member, port: Port) {
         if member.set_reachable_at(port, false) {
             warn!(pool = %pool.handle(), pe_id = %member.id, address = %pool.target(member, port).address, "pool element unreachable");
@@ -537,6 +538,7 @@ impl Shared {
     }
 
     /// Counts a limit that was hit, and logs it (at most once a second).
+    #[cold]
     pub(crate) fn limit_hit(&self, limit: &'static str, pool: &PoolHandle) {
         counter!("hapool_gateway_limit_hits_total", "limit" => limit).increment(1);
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
