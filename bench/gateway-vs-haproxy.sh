@@ -26,10 +26,11 @@
 #           cargo build --release --example proxy-floor.
 # count:    what this machine's noise does not move: each proxy in turn (one
 #           thread; HAProxy, the gateway, and proxy-floor when built) under
-#           valgrind's callgrind with its cache simulation, loaded by
-#           wrk -t2 -c256 (--timeout 60s) on each of PATHS; instructions
-#           and simulated cache misses (first-level data and instruction,
-#           last level) counted over DUR seconds in the middle of the load,
+#           valgrind's callgrind with its cache and branch simulation,
+#           loaded by wrk -t2 -c256 (--timeout 60s) on each of PATHS;
+#           instructions, simulated cache misses (first-level data and
+#           instruction, last level) and mispredicted branches (conditional
+#           and indirect) counted over DUR seconds in the middle of the load,
 #           divided by the requests the backends served meanwhile (their
 #           stub_status; the proxies' health checks, 3 a second, included).
 #           User space only: the kernel's share is not counted. Needs
@@ -342,10 +343,10 @@ count() {
   command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install -y valgrind"; exit 1; }
   local floor_bin=$ROOT/target/release/examples/proxy-floor dur=$DUR
   echo "== count (callgrind, one proxy thread, wrk -t2 -c256, ${dur}s counted; per request)"
-  printf '%-16s %8s %10s %9s %9s %9s\n' "proxy" "requests" "instr" "D1 miss" "I1 miss" "LL miss"
+  printf '%-16s %8s %10s %9s %9s %9s %9s %9s\n' "proxy" "requests" "instr" "D1 miss" "I1 miss" "LL miss" "cond mis" "ind mis"
   for path in $PATHS; do
     for lb in haproxy hapool floor; do
-      WRAP="valgrind --tool=callgrind --cache-sim=yes --instr-atstart=no --callgrind-out-file=$W/logs/count-$lb.%p"
+      WRAP="valgrind --tool=callgrind --cache-sim=yes --branch-sim=yes --instr-atstart=no --callgrind-out-file=$W/logs/count-$lb.%p"
       rm -f $W/logs/count-$lb.*
       case $lb in
         floor)
@@ -388,8 +389,8 @@ for line in open(path):
         totals = [int(x) for x in line.split()[1:]]
 d = dict(zip(events, totals))
 per = lambda *keys: sum(d.get(k, 0) for k in keys) / requests
-print("%-16s %8d %10.0f %9.1f %9.1f %9.2f" % (name, requests, per("Ir"), per("D1mr", "D1mw"),
-      per("I1mr"), per("DLmr", "DLmw", "ILmr")))
+print("%-16s %8d %10.0f %9.1f %9.1f %9.2f %9.1f %9.1f" % (name, requests, per("Ir"),
+      per("D1mr", "D1mw"), per("I1mr"), per("DLmr", "DLmw", "ILmr"), per("Bcm"), per("Bim")))
 PY
     done
   done
