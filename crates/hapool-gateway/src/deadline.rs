@@ -269,19 +269,40 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    use tokio::task::JoinHandle;
+
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    /// `f`'s output, or a failure if it has not ended within a minute of
+    /// (paused) time: a deadline the clock never wakes would otherwise
+    /// hang the test.
+    async fn ends<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(60), f)
+            .await
+            .expect("never ended")
+    }
+
+    /// A task that waits for the deadline `at` of `clock` and returns how
+    /// long after `start` it ended.
+    fn waiting_task(clock: &Clock, start: Instant, at: Instant) -> JoinHandle<Duration> {
+        let clock = clock.clone();
+        tokio::spawn(async move {
+            ends(clock.deadline(at)).await;
+            start.elapsed()
+        })
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_deadline_ends_at_its_time_not_before() {
         let clock = Clock::start();
         let start = Instant::now();
-        clock.deadline(start + 50 * MS).await;
+        ends(clock.deadline(start + 50 * MS)).await;
         assert_eq!(start.elapsed(), 50 * MS);
         assert_eq!(clock.waiting(), 0);
         // One in the past ends at once.
-        clock.deadline(start).await;
+        ends(clock.deadline(start)).await;
         assert_eq!(start.elapsed(), 50 * MS);
     }
 
@@ -289,18 +310,12 @@ mod tests {
     async fn a_later_deadline_and_then_an_earlier_one_each_end_at_theirs() {
         let clock = Clock::start();
         let start = Instant::now();
-        let late = tokio::spawn({
-            let clock = clock.clone();
-            async move {
-                clock.deadline(start + 100 * MS).await;
-                start.elapsed()
-            }
-        });
+        let late = waiting_task(&clock, start, start + 100 * MS);
         tokio::time::sleep(10 * MS).await;
         // Earlier than the one the clock's timer is set for.
-        clock.deadline(start + 30 * MS).await;
+        ends(clock.deadline(start + 30 * MS)).await;
         assert_eq!(start.elapsed(), 30 * MS);
-        assert_eq!(late.await.unwrap(), 100 * MS);
+        assert_eq!(ends(late).await.unwrap(), 100 * MS);
     }
 
     #[tokio::test(start_paused = true)]
@@ -328,20 +343,11 @@ mod tests {
         let clock = Clock::start();
         let start = Instant::now();
         // The clock's timer is set for the first, which goes.
-        let first = tokio::spawn({
-            let clock = clock.clone();
-            async move { clock.deadline(start + 20 * MS).await }
-        });
-        let second = tokio::spawn({
-            let clock = clock.clone();
-            async move {
-                clock.deadline(start + 60 * MS).await;
-                start.elapsed()
-            }
-        });
+        let first = waiting_task(&clock, start, start + 20 * MS);
+        let second = waiting_task(&clock, start, start + 60 * MS);
         tokio::time::sleep(5 * MS).await;
         first.abort();
-        assert_eq!(second.await.unwrap(), 60 * MS);
+        assert_eq!(ends(second).await.unwrap(), 60 * MS);
         assert_eq!(clock.waiting(), 0);
     }
 
@@ -349,7 +355,7 @@ mod tests {
     async fn the_task_ends_with_the_clock() {
         let clock = Clock::start();
         let task = Arc::downgrade(&clock.0);
-        clock.deadline(Instant::now() + MS).await;
+        ends(clock.deadline(Instant::now() + MS)).await;
         drop(clock);
         tokio::task::yield_now().await;
         assert!(task.upgrade().is_none());
@@ -366,9 +372,9 @@ mod tests {
         use hyper::rt::Timer;
         let clock = Clock::start();
         let start = Instant::now();
-        clock.sleep(15 * MS).await;
+        ends(clock.sleep(15 * MS)).await;
         assert_eq!(start.elapsed(), 15 * MS);
-        clock.sleep_until((start + 40 * MS).into_std()).await;
+        ends(clock.sleep_until((start + 40 * MS).into_std())).await;
         assert_eq!(start.elapsed(), 40 * MS);
     }
 }
