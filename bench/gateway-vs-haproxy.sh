@@ -34,7 +34,8 @@
 #           divided by the requests the backends served meanwhile (their
 #           stub_status; the proxies' health checks, 3 a second, included).
 #           User space only: the kernel's share is not counted. Needs
-#           valgrind (apt-get install -y valgrind).
+#           valgrind (apt-get install -y valgrind). COUNTED (default
+#           "haproxy hapool floor") names the proxies counted.
 #
 # Env: DUR (wrk seconds, default 10), REPS (default 1), WORK (scratch dir),
 # HAPOOL (the gateway's binary, default target/release/hapool);
@@ -345,7 +346,7 @@ count() {
   echo "== count (callgrind, one proxy thread, wrk -t2 -c256, ${dur}s counted; per request)"
   printf '%-16s %8s %10s %9s %9s %9s %9s %9s\n' "proxy" "requests" "instr" "D1 miss" "I1 miss" "LL miss" "cond mis" "ind mis"
   for path in $PATHS; do
-    for lb in haproxy hapool floor; do
+    for lb in ${COUNTED:-haproxy hapool floor}; do
       WRAP="valgrind --tool=callgrind --cache-sim=yes --branch-sim=yes --instr-atstart=no --callgrind-out-file=$W/logs/count-$lb.%p"
       rm -f $W/logs/count-$lb.*
       case $lb in

@@ -1,8 +1,9 @@
 //! Deadlines that cost little each: a request head that must arrive in
-//! time, a member that must answer in time.
+//! time, a member that must answer in time, a member's silence after which
+//! a request is hedged.
 //!
 //! Nearly every such deadline is dropped long before it is due, and there
-//! are two per request. A tokio timer takes the timer driver's lock and a
+//! are two or three per request. A tokio timer takes the timer driver's lock and a
 //! place in its wheel when first polled, and the lock again to leave the
 //! wheel when dropped. Here a deadline is an entry in its worker's
 //! [`Clock`] instead: a time and a waker in a slab, under a lock that only

@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use smallvec::SmallVec;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::access_log::HttpLine;
@@ -739,7 +739,7 @@ impl HttpProxy {
             if check >= deadline {
                 return (self.clock.until(deadline, first).await, lease);
             }
-            if let Ok(done) = timeout_at(check, &mut first).await {
+            if let Ok(done) = self.clock.until(check, &mut first).await {
                 return (Ok(done), lease);
             }
             // This request is one of the member's open sessions.
