@@ -447,7 +447,14 @@ impl HttpProxy {
     ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> + Send + 'static {
         let (mut parts, body) = request.into_parts();
         async move {
-            let upgrade = upgrade_asked(&parts);
+            // hyper hands over a request that has an `Upgrade` header or is
+            // a CONNECT with the means to take its connection (`OnUpgrade`),
+            // which a tunnel needs anyway: any other asks for no upgrade,
+            // and its headers are not looked at.
+            let upgrade = parts
+                .extensions
+                .get::<hyper::upgrade::OnUpgrade>()
+                .and_then(|_| upgrade_asked(&parts));
             if upgrade.is_some() && self.pool.http2() {
                 return Ok(plain(
                     StatusCode::NOT_IMPLEMENTED,
