@@ -3,16 +3,20 @@
 //! a request is hedged.
 //!
 //! Nearly every such deadline is dropped long before it is due, and there
-//! are two or three per request. A tokio timer takes the timer driver's lock and a
-//! place in its wheel when first polled, and the lock again to leave the
-//! wheel when dropped. Here a deadline is an entry in its worker's
-//! [`Clock`] instead: a time and a waker in a slab, under a lock that only
-//! the worker's own thread takes. One tokio timer, run by the clock's task,
-//! fires at the earliest deadline waiting, wakes every entry then due and
-//! is set again for the earliest left. Entries dropped meanwhile are not
-//! looked for: the earliest time kept is only a bound, and a timer that
-//! fires for a deadline no longer there finds nothing due and is set again,
-//! about once per deadline length when all deadlines have the same one.
+//! are two or three per request. A tokio timer takes the timer driver's
+//! lock and a place in its wheel when first polled, and the lock again to
+//! leave the wheel when dropped. Here a deadline is an entry in its
+//! worker's [`Clock`] instead: a time and a waker in a slab, under a lock
+//! that only the worker's own thread takes. One tokio timer, run by the
+//! clock's task, fires at the earliest deadline waiting, wakes every entry
+//! then due and is set again for the earliest left. Entries dropped
+//! meanwhile are not looked for: the earliest time kept is only a bound,
+//! and a timer that fires for a deadline no longer there finds nothing due
+//! and is set again, about once per deadline length when all deadlines
+//! have the same one. With hedges on, the shortest are the looks at a
+//! member's silence, a few milliseconds: the clock then fires about that
+//! often and goes through every entry each time, which under load costs
+//! less per request than a tokio timer did (docs/performance.md).
 //!
 //! A deadline is due at its time, as near as tokio's timer fires then (the
 //! clock's task runs on the same worker as the futures that wait).
