@@ -180,7 +180,8 @@ struct UpgradeAsked {
 
 /// What the request asks to upgrade to, if it asks: over HTTP/1.1 by
 /// `Upgrade` with `upgrade` among the `Connection` tokens, over HTTP/2 by
-/// CONNECT with a `:protocol`.
+/// CONNECT with a `:protocol`. Asked only of a request hyper handed over
+/// with an `OnUpgrade` (see [`HttpProxy::answer`]): no other can be one.
 fn upgrade_asked(parts: &http::request::Parts) -> Option<UpgradeAsked> {
     if parts.version == Version::HTTP_2 && parts.method == Method::CONNECT {
         let protocol = parts.extensions.get::<hyper::ext::Protocol>()?;
