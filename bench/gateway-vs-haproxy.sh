@@ -35,10 +35,15 @@
 #           stub_status; the proxies' health checks, 3 a second, included).
 #           User space only: the kernel's share is not counted. Needs
 #           valgrind (apt-get install -y valgrind). COUNTED (default
-#           "haproxy hapool floor") names the proxies counted.
+#           "haproxy hapool floor") names the proxies counted; COUNT_FLAGS
+#           adds options to valgrind's (e.g. --demangle=no, to keep the
+#           linker's symbol names in the profiles,
+#           $WORK/logs/count-<proxy>.<pid>.1).
 #
 # Env: DUR (wrk seconds, default 10), REPS (default 1), WORK (scratch dir),
-# HAPOOL (the gateway's binary, default target/release/hapool);
+# HAPOOL (the gateway's binary, default target/release/hapool), FLOOR
+# (proxy-floor's, default target/release/examples/proxy-floor; e.g. a
+# build with line tables in another target directory, for a profile);
 # for matrix, to run some of its lines: THREADS (default "1 2"), PATHS
 # (default "/ /4k"), LOADS (wrk threads:connections, default "1:64 2:256"),
 # e.g. THREADS=2 PATHS=/ LOADS=2:256 REPS=5; CLOSE=1 to have wrk ask for
@@ -306,7 +311,7 @@ failover() {
 }
 
 floor() {
-  local floor_bin=$ROOT/target/release/examples/proxy-floor
+  local floor_bin=${FLOOR:-$ROOT/target/release/examples/proxy-floor}
   [ -x $floor_bin ] || { echo "needs $floor_bin: cargo build --release --example proxy-floor"; exit 1; }
   echo "== floor (wrk -t1 -c64 -d${DUR}s on /, one proxy thread; CPU us per request)"
   printf '%-12s %10s %8s %8s %8s\n' "proxy" "req/s" "user" "system" "total"
@@ -342,12 +347,12 @@ served() {  # requests the three backends have served
 }
 count() {
   command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install -y valgrind"; exit 1; }
-  local floor_bin=$ROOT/target/release/examples/proxy-floor dur=$DUR
+  local floor_bin=${FLOOR:-$ROOT/target/release/examples/proxy-floor} dur=$DUR
   echo "== count (callgrind, one proxy thread, wrk -t2 -c256, ${dur}s counted; per request)"
   printf '%-16s %8s %10s %9s %9s %9s %9s %9s\n' "proxy" "requests" "instr" "D1 miss" "I1 miss" "LL miss" "cond mis" "ind mis"
   for path in $PATHS; do
     for lb in ${COUNTED:-haproxy hapool floor}; do
-      WRAP="valgrind --tool=callgrind --cache-sim=yes --branch-sim=yes --instr-atstart=no --callgrind-out-file=$W/logs/count-$lb.%p"
+      WRAP="valgrind --tool=callgrind --cache-sim=yes --branch-sim=yes --instr-atstart=no --callgrind-out-file=$W/logs/count-$lb.%p ${COUNT_FLAGS:-}"
       rm -f $W/logs/count-$lb.*
       case $lb in
         floor)
