@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use hapool_wire::{Policy, PoolElement, PoolElementId, PoolHandle};
 use serde::Serialize;
-use smallvec::SmallVec;
 use tracing::info;
 
 use crate::hedge::{self, Budget};
@@ -694,18 +693,27 @@ impl Pool {
         // counter fewer to touch on every request.
         let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
         let capacity = view.thresholds.max_sessions;
-        // On the stack for pools of up to 16 members: one allocation
-        // fewer per request.
-        let candidates: SmallVec<[Candidate; 16]> = view
-            .members
-            .iter()
-            .map(|m| m.candidate(capacity, now, port))
-            .collect();
+        // On the stack for pools of up to 16 members, filled in place: no
+        // allocation, and no copy of the whole array on its way out of a
+        // constructor.
+        let members = &view.members;
+        let mut on_stack = [Candidate::UNSET; 16];
+        let mut on_heap = Vec::new();
+        let candidates = if members.len() <= on_stack.len() {
+            &mut on_stack[..members.len()]
+        } else {
+            on_heap.resize(members.len(), Candidate::UNSET);
+            &mut on_heap[..]
+        };
+        for (candidate, member) in candidates.iter_mut().zip(members) {
+            *candidate = member.candidate(capacity, now, port);
+        }
+        let candidates = &*candidates;
         let Choice {
             index,
             availability,
         } = select(
-            &candidates,
+            candidates,
             &view.thresholds,
             view.strategy,
             |i| tried.contains(&view.members[i].id),
@@ -717,7 +725,7 @@ impl Pool {
         )?;
         let member = view.members[index].clone();
         member.chosen.fetch_add(1, Ordering::Relaxed);
-        let level = turns_after(&candidates, &view.thresholds, index);
+        let level = turns_after(candidates, &view.thresholds, index);
         let _ = member
             .turns
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {

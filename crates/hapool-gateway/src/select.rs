@@ -11,7 +11,6 @@
 
 use hapool_wire::PolicyType;
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 
 /// What an operator has set for a PE.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -184,6 +183,19 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    /// A place for a candidate not yet filled in: unreachable, never
+    /// chosen.
+    pub const UNSET: Self = Self {
+        availability_index: 0,
+        sessions: 0,
+        turns: 0,
+        response_us: 0,
+        weight: 0,
+        priority: 0,
+        admin: AdminState::Active,
+        reachable: false,
+    };
+
     /// How this PE stands for a new session under `thresholds`.
     pub fn availability(&self, thresholds: &Thresholds) -> Availability {
         if !self.reachable {
@@ -275,21 +287,18 @@ pub fn select(
     skip: impl Fn(usize) -> bool,
     random: u64,
 ) -> Option<Choice> {
-    // Each candidate's tier, worked out once (`None`: skipped, or never
-    // chosen); on the stack for up to 16.
-    let tiers: SmallVec<[Option<u8>; 16]> = candidates
-        .iter()
-        .enumerate()
-        .map(|(index, c)| {
-            if skip(index) {
-                None
-            } else {
-                c.availability(thresholds).tier()
-            }
-        })
-        .collect();
-    let tier = tiers.iter().flatten().min().copied()?;
-    let in_tier = |index: usize| tiers[index] == Some(tier);
+    // A candidate's tier (`None`: skipped, or never chosen), worked out
+    // again where it is needed: a few comparisons, cheaper than keeping
+    // them.
+    let tier_of = |index: usize| {
+        if skip(index) {
+            None
+        } else {
+            candidates[index].availability(thresholds).tier()
+        }
+    };
+    let tier = (0..candidates.len()).filter_map(tier_of).min()?;
+    let in_tier = |index: usize| tier_of(index) == Some(tier);
     let index = match strategy {
         Strategy::Random => {
             let total: u64 = (0..candidates.len())
