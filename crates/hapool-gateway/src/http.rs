@@ -255,6 +255,8 @@ struct Stripped {
     state: Option<HeaderValue>,
     /// Whether a `Host` header stays.
     host: bool,
+    /// Whether a `Set-Cookie` header stays.
+    set_cookie: bool,
 }
 
 /// Removes what the gateway does not pass on: the headers that belong to
@@ -264,22 +266,30 @@ struct Stripped {
 /// probe): a client's request usually carries none of them, a member's
 /// response `Connection: keep-alive` alone. The usual `Connection` tokens
 /// (`keep-alive`, `upgrade`: headers removed anyway; `close`: an option)
-/// are not looked up.
+/// are not looked up. The same walk notes what the caller asks of the
+/// headers left (a request's `Host`, a response's `Set-Cookie`), which
+/// would each take a lookup of their own.
 fn strip(headers: &mut HeaderMap) -> Stripped {
     let mut present: SmallVec<[HeaderName; 4]> = SmallVec::new();
-    let (mut state, mut host) = (false, false);
+    let (mut state, mut host, mut set_cookie) = (false, false, false);
     for name in headers.keys() {
         if is_hop_by_hop(name) {
             present.push(name.clone());
         } else if name == header::HOST {
             host = true;
+        } else if name == header::SET_COOKIE {
+            set_cookie = true;
         } else if name == STATE {
             state = true;
         }
     }
     let state = if state { headers.remove(STATE) } else { None };
     if present.is_empty() {
-        return Stripped { state, host };
+        return Stripped {
+            state,
+            host,
+            set_cookie,
+        };
     }
     for token in headers
         .get_all(header::CONNECTION)
@@ -304,6 +314,7 @@ fn strip(headers: &mut HeaderMap) -> Stripped {
     Stripped {
         state,
         host: host && !present.contains(&header::HOST),
+        set_cookie: set_cookie && !present.contains(&header::SET_COOKIE),
     }
 }
 
@@ -1085,12 +1096,11 @@ impl HttpProxy {
     ) -> Response<ClientBody> {
         let (mut parts, body) = response.into_parts();
         answer_in_own_version(&mut parts);
-        let state = strip(&mut parts.headers)
-            .state
-            .map(|v| Bytes::copy_from_slice(v.as_bytes()));
+        let stripped = strip(&mut parts.headers);
+        let state = stripped.state.map(|v| Bytes::copy_from_slice(v.as_bytes()));
         let member = lease.member().id;
         if self.affinity != Affinity::None {
-            let starts = state.is_some() || parts.headers.contains_key(header::SET_COOKIE);
+            let starts = state.is_some() || stripped.set_cookie;
             let kept = match key {
                 Some(key) if was.is_some() || starts => {
                     let kept = self
@@ -1296,7 +1306,7 @@ mod tests {
             found,
             Stripped {
                 state: Some(HeaderValue::from_static("cart=3")),
-                host: false
+                ..Stripped::default()
             }
         );
         assert_eq!(headers.len(), 1, "{headers:?}");
@@ -1310,6 +1320,16 @@ mod tests {
         assert_eq!(headers.len(), 1, "{headers:?}");
         assert!(headers.contains_key(header::CONTENT_LENGTH));
 
+        // An answer that sets a cookie: found, and it stays, unless
+        // `Connection` names it.
+        headers.insert(header::SET_COOKIE, HeaderValue::from_static("id=1"));
+        let found = strip(&mut headers);
+        assert!(found.set_cookie, "{found:?}");
+        assert_eq!(headers.len(), 2, "{headers:?}");
+        headers.insert(header::CONNECTION, HeaderValue::from_static("set-cookie"));
+        assert_eq!(strip(&mut headers), Stripped::default());
+        assert_eq!(headers.len(), 1, "{headers:?}");
+
         // A client's usual request: nothing goes; its `Host` is found.
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("example.com"));
@@ -1318,8 +1338,8 @@ mod tests {
         assert_eq!(
             found,
             Stripped {
-                state: None,
-                host: true
+                host: true,
+                ..Stripped::default()
             }
         );
         assert_eq!(headers.len(), 2, "{headers:?}");
