@@ -22,7 +22,7 @@
 #           HAProxy, the hapool gateway and proxy-floor (the least a hyper
 #           proxy does per request, crates/hapool/examples/proxy-floor.rs)
 #           in turn; requests/s and the proxy's user and system CPU
-#           microseconds per request. Needs
+#           microseconds per request, p50 and p99. Needs
 #           cargo build --release --example proxy-floor.
 # count:    what this machine's noise does not move: each proxy in turn (one
 #           thread; HAProxy, the gateway, and proxy-floor when built) under
@@ -313,8 +313,8 @@ failover() {
 floor() {
   local floor_bin=${FLOOR:-$ROOT/target/release/examples/proxy-floor}
   [ -x $floor_bin ] || { echo "needs $floor_bin: cargo build --release --example proxy-floor"; exit 1; }
-  echo "== floor (wrk -t1 -c64 -d${DUR}s on /, one proxy thread; CPU us per request)"
-  printf '%-12s %10s %8s %8s %8s\n' "proxy" "req/s" "user" "system" "total"
+  echo "== floor (wrk -t1 -c64 -d${DUR}s on /, one proxy thread; CPU us per request, latency ms)"
+  printf '%-12s %10s %8s %8s %8s %8s %8s\n' "proxy" "req/s" "user" "system" "total" "p50" "p99"
   for rep in $(seq $(( REPS < 3 ? 3 : REPS ))); do
     for lb in haproxy hapool floor; do
       if [ $lb = floor ]; then
@@ -328,11 +328,11 @@ floor() {
       fi
       wrk -t1 -c64 -d1s http://127.0.0.1:$LB_PORT/ > /dev/null 2>&1
       read u0 s0 <<< "$(awk '{print $14, $15}' /proc/$LB/stat)"
-      wrk -t1 -c64 -d${DUR}s http://127.0.0.1:$LB_PORT/ > $W/logs/floor-$lb.wrk 2>&1
+      wrk -t1 -c64 -d${DUR}s --latency http://127.0.0.1:$LB_PORT/ > $W/logs/floor-$lb.wrk 2>&1
       read u1 s1 <<< "$(awk '{print $14, $15}' /proc/$LB/stat)"
       read rps p50 p99 err <<< "$(parse_wrk $W/logs/floor-$lb.wrk)"
       python3 -c "r = $rps * $DUR; u, s = ($u1 - $u0) / $hz * 1e6 / r, ($s1 - $s0) / $hz * 1e6 / r
-print('%-12s %10.0f %8.2f %8.2f %8.2f' % ('$lb', $rps, u, s, u + s))"
+print('%-12s %10.0f %8.2f %8.2f %8.2f %8.2f %8.2f' % ('$lb', $rps, u, s, u + s, $p50, $p99))"
       stop_lb
     done
   done
