@@ -694,8 +694,8 @@ impl Pool {
         let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
         let capacity = view.thresholds.max_sessions;
         // On the stack for pools of up to 16 members, filled in place: no
-        // allocation, and no copy of the whole array on its way out of a
-        // constructor.
+        // allocation, and no copy of the array on its way out of a
+        // collect.
         let members = &view.members;
         let mut on_stack = [Candidate::UNSET; 16];
         let mut on_heap = Vec::new();

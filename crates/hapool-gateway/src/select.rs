@@ -288,7 +288,7 @@ pub fn select(
     random: u64,
 ) -> Option<Choice> {
     // A candidate's tier (`None`: skipped, or never chosen), worked out
-    // again where it is needed: a few comparisons, cheaper than keeping
+    // again where it is needed: a few comparisons, as cheap as keeping
     // them.
     let tier_of = |index: usize| {
         if skip(index) {
