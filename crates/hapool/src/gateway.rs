@@ -776,6 +776,7 @@ pub(crate) fn main(args: GatewayArgs) -> anyhow::Result<()> {
         }
         None => {}
     }
+    without_huge_pages();
     // Taken before anything else opens a descriptor or reads the
     // configuration: a service manager's sockets are this process's.
     let passed = hapool_net::activation::passed_listeners()
@@ -785,6 +786,19 @@ pub(crate) fn main(args: GatewayArgs) -> anyhow::Result<()> {
     // the workers run their own, except a single worker, which runs on
     // this one (built as a worker's is, for that).
     hapool_gateway::worker_runtime()?.block_on(run(args, planned, effective, passed))
+}
+
+/// Turns transparent huge pages off for this process. The allocator
+/// (mimalloc) asks for them for its arenas, and the kernel's khugepaged
+/// then merges the arenas' pages into huge ones while the gateway serves:
+/// it holds the process's memory map and a CPU for 20 ms and more at a
+/// time, and every request under way waits (docs/performance.md,
+/// "Stalls of 20–40 ms"); the CPU per request stayed within the noise
+/// without them.
+fn without_huge_pages() {
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        warn!(error = %e, "transparent huge pages stay on: requests may stall while the kernel merges pages");
+    }
 }
 
 /// Settings of `[gateway]` that only `hapool` reads and a reload cannot

@@ -1189,3 +1189,25 @@ fn a_gateway_tells_its_service_manager_when_it_serves_reloads_and_stops() {
     assert_eq!(manager.heard(), "STOPPING=1");
     assert!(gateway.wait().unwrap().success());
 }
+
+#[test]
+fn a_gateway_runs_without_transparent_huge_pages() {
+    let scratch = common::Scratch::new("gateway_huge_pages");
+    let a = backend("a");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let path = scratch.write("gw.toml", &static_gateway(&listen, &admin, &[&a], ""));
+    let mut gateway = spawn(&["gateway", "--config", path.to_str().unwrap()]);
+    let status = format!("/proc/{}/status", gateway.id());
+    wait_line(&mut gateway, "gateway on");
+    let _killed = Killed(vec![gateway]);
+    until("a answers", || get(&listen) == "a");
+    // The kernel merging the allocator's pages into huge ones would stall
+    // every request under way (src/gateway.rs, without_huge_pages).
+    let status = std::fs::read_to_string(status).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .expect("THP_enabled in /proc/PID/status");
+    assert_eq!(thp.trim(), "0", "{status}");
+}
