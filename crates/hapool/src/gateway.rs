@@ -791,10 +791,10 @@ pub(crate) fn main(args: GatewayArgs) -> anyhow::Result<()> {
 /// Turns transparent huge pages off for this process. The allocator
 /// (mimalloc) asks for them for its arenas, and the kernel's khugepaged
 /// then merges the arenas' pages into huge ones while the gateway serves:
-/// it holds the process's memory map and a CPU for 20 ms and more at a
-/// time, and every request under way waits (docs/performance.md,
-/// "Stalls of 20–40 ms"); the CPU per request stayed within the noise
-/// without them.
+/// it ran for 20 ms at a time, on a CPU the members and clients wait for,
+/// while the gateway's own thread stalled as long, and every request
+/// under way waited (docs/performance.md, "Stalls of 20–40 ms: huge
+/// pages"); the CPU per request stayed within the noise without them.
 fn without_huge_pages() {
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
         warn!(error = %e, "transparent huge pages stay on: requests may stall while the kernel merges pages");
