@@ -46,8 +46,9 @@ fn browser(binary: &str, profile: &std::path::Path) -> Command {
 }
 
 /// Starts Chromium once on each of `profiles` with a blank page, so that
-/// its first start on a machine (caches, a new profile: seconds on a
-/// fresh one) is over before a test times anything against a page.
+/// its first start (a new profile, caches) is over before a test times
+/// anything against a page: the registrar's page came back empty once,
+/// in the first run on a freshly installed machine.
 fn warm_up(binary: &str, profiles: &[&std::path::Path]) {
     for profile in profiles {
         let blank = browser(binary, profile)
