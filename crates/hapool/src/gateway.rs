@@ -965,8 +965,8 @@ async fn run(
             }
         });
     }
-    crate::serve::tell_service_manager(hapool_net::notify::READY);
     let shutdown = crate::serve::shutdown_signal();
+    crate::serve::tell_service_manager(hapool_net::notify::READY);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

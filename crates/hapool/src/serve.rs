@@ -227,8 +227,9 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
             }
         });
     }
+    let stop = shutdown_signal();
     tell_service_manager(hapool_net::notify::READY);
-    shutdown_signal().await;
+    stop.await;
     tell_service_manager(hapool_net::notify::STOPPING);
     info!("shutting down");
     handle.shutdown().await;
@@ -675,21 +676,28 @@ pub(crate) fn tell_service_manager(state: &str) {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Listens for Ctrl-C and SIGTERM from the call on (not from the first
+/// poll), so that a process that tells its service manager it is ready
+/// after calling this has its handlers in place: a manager may stop it at
+/// once. The future resolves on either signal.
+pub(crate) fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+        let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+        async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -409,8 +409,9 @@ pub(crate) async fn vip(args: VipArgs) -> anyhow::Result<()> {
             }
         });
     }
+    let stop = crate::serve::shutdown_signal();
     crate::serve::tell_service_manager(hapool_net::notify::READY);
-    crate::serve::shutdown_signal().await;
+    stop.await;
     crate::serve::tell_service_manager(hapool_net::notify::STOPPING);
     info!("shutting down: masters hand over");
     for handle in handles {

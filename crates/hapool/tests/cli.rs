@@ -713,6 +713,10 @@ fn a_registrar_tells_its_service_manager_when_it_serves_and_stops() {
         .spawn()
         .unwrap();
     assert_eq!(manager.heard(), "READY=1");
+    assert!(
+        common::handles_sigterm(registrar.id()),
+        "ready before it handles SIGTERM"
+    );
     // Ready is serving: the address it printed takes connections.
     let mut first = String::new();
     BufReader::new(registrar.stdout.take().unwrap())

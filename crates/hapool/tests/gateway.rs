@@ -1175,6 +1175,10 @@ fn a_gateway_tells_its_service_manager_when_it_serves_reloads_and_stops() {
         assert!(sent.success());
     };
     assert_eq!(manager.heard(), "READY=1");
+    assert!(
+        common::handles_sigterm(gateway.id()),
+        "ready before it handles SIGTERM"
+    );
     // Ready is serving: a request made at once is answered.
     assert_eq!(get(&listen), "a");
     // A reload, by SIGHUP and by `ctl reload`, is announced and ended.

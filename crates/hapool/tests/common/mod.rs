@@ -174,6 +174,19 @@ impl Drop for Scratch {
     }
 }
 
+/// Whether process `pid` handles SIGTERM now (its `SigCgt` mask in
+/// `/proc`): a daemon that says it is ready must, since its service
+/// manager may stop it at once.
+pub(crate) fn handles_sigterm(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let caught = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .expect("SigCgt in /proc/PID/status");
+    let caught = u64::from_str_radix(caught.trim(), 16).unwrap();
+    caught & (1 << (15 - 1)) != 0
+}
+
 /// A service manager's notification socket (`NOTIFY_SOCKET`): what a
 /// daemon of `Type=notify` tells it, message by message.
 pub(crate) struct NotifySocket {
