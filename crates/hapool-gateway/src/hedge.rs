@@ -17,11 +17,14 @@
 //! recent response time: then only its own answer tells how it is doing.
 //! A member that keeps answering other requests is not sent copies of the
 //! ones still waiting in its queue: they would wait as long elsewhere, and
-//! only add load. The first answer goes to the client and the other
-//! exchange is dropped (its connection closed). A first member that lost
-//! has the time it had taken so far recorded as its response time: a floor
-//! of the real one, enough for the choice to send it nothing more while it
-//! stays that slow.
+//! only add load. The first answer goes to the client; the other
+//! exchange goes on by itself and its answer is read and dropped, so that
+//! its connection carries the next request rather than being closed and
+//! made again (an answer over 64 KiB is not read: its connection is
+//! closed). A first member that lost has the time it had taken so far
+//! recorded as its response time: a floor of the real one, enough for the
+//! choice to send it nothing more while it stays that slow, until its
+//! answer comes and its real time replaces it.
 //!
 //! Hedges are limited per pool to a share of its requests ([`Budget`]): a
 //! pool whose members are all slow is not sent twice the work.

@@ -29,7 +29,7 @@ use crate::access_log::HttpLine;
 use crate::body::{AtEnd, OnEnd};
 use crate::deadline::{Clock, Elapsed};
 use crate::hedge;
-use crate::member_http::{InUse, MemberError, MemberHttp, MemberRequest, Target};
+use crate::member_http::{self, InUse, MemberError, MemberHttp, MemberRequest, Target};
 use crate::pool::{Lease, Member, Pool, Port};
 use crate::select::Availability;
 use crate::sessions::{Session, SessionKey};
@@ -45,6 +45,10 @@ pub(crate) type ClientBody = Either<LeasedBody, Full<Bytes>>;
 /// What sending a request to a member came to, within the request
 /// timeout.
 type Sent = Result<Result<(Response<Incoming>, InUse), MemberError>, Elapsed>;
+
+/// An exchange with a member as a future of its own
+/// ([`HttpProxy::exchange_apart`]).
+type Apart = Pin<Box<dyn Future<Output = Result<(Response<Incoming>, InUse), MemberError>> + Send>>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -583,7 +587,7 @@ impl HttpProxy {
                         self.clock
                             .within(
                                 limits.request_timeout,
-                                self.exchange(&member, target, outgoing, now),
+                                exchange(&self.members, &member, target, outgoing, now),
                             )
                             .await,
                         lease,
@@ -617,7 +621,7 @@ impl HttpProxy {
                         .clock
                         .within(
                             limits.request_timeout,
-                            self.exchange(&member, target, again, Instant::now()),
+                            exchange(&self.members, &member, target, again, Instant::now()),
                         )
                         .await;
                 }
@@ -716,21 +720,36 @@ impl HttpProxy {
         )
     }
 
-    /// Sends `request` to `member` at `target`, at `sending`; its answer's
-    /// response time is recorded for the member.
-    async fn exchange(
+    /// [`exchange`] as a future of its own, which can go on after
+    /// the request that started it has its answer from elsewhere (a
+    /// hedge's): on the heap, so that it is not moved once started.
+    fn exchange_apart(
         &self,
-        member: &Member,
+        member: Arc<Member>,
         target: Target,
         request: MemberRequest,
         sending: Instant,
-    ) -> Result<(Response<Incoming>, InUse), MemberError> {
-        let sent = self.members.send(target, request).await;
-        if sent.is_ok() {
-            let at = Instant::now();
-            member.record_response_time(at - sending, at.into_std());
-        }
-        sent
+    ) -> Apart {
+        let members = Arc::clone(&self.members);
+        Box::pin(async move { exchange(&members, &member, target, request, sending).await })
+    }
+
+    /// The exchange of a hedged request that did not give its answer:
+    /// finished apart, within the request's `deadline`, so that its
+    /// connection carries another request rather than being closed (and
+    /// one made again for the next). The member had the request already;
+    /// reading its answer costs less than a new connection, unless the
+    /// answer is long ([`member_http::finish_unheard`]).
+    fn finish_apart(&self, exchange: Apart, deadline: Instant) {
+        let clock = self.clock.clone();
+        tokio::spawn(async move {
+            let finished = clock.until(deadline, async move {
+                if let Ok((response, connection)) = exchange.await {
+                    member_http::finish_unheard(response, connection).await;
+                }
+            });
+            let _ = finished.await;
+        });
     }
 
     /// Sends `request` to `member` (leased by `lease`) at `sending`; once
@@ -742,7 +761,7 @@ impl HttpProxy {
     async fn send_hedged(
         &self,
         lease: Lease,
-        member: &Member,
+        member: &Arc<Member>,
         target: Target,
         request: MemberRequest,
         sending: Instant,
@@ -751,8 +770,7 @@ impl HttpProxy {
         copy: impl FnOnce(&Member) -> MemberRequest,
     ) -> (Sent, Lease) {
         let deadline = sending + self.limits.request_timeout;
-        let first = self.exchange(member, target, request, sending);
-        tokio::pin!(first);
+        let mut first = self.exchange_apart(Arc::clone(member), target, request, sending);
         let mut check = Instant::from_std(delays.first_look(sending.into_std()));
         loop {
             if check >= deadline {
@@ -783,24 +801,21 @@ impl HttpProxy {
     /// pool's hedge allowance and another available member allow, sends
     /// `copy` of the request to that member too (`hedge.rs`). The first
     /// answer wins; a failure waits for the other exchange. The exchange
-    /// that lost is dropped, which closes its connection; a first member
-    /// that lost has the time it had taken so far recorded as its response
-    /// time, a floor of the real one. Returns the outcome with the lease of
-    /// the member it came from; a member that failed while the other
-    /// exchange went on is counted failed here and added to `tried`.
-    #[allow(clippy::too_many_arguments)]
-    async fn hedge<F>(
+    /// that lost is finished apart ([`Self::finish_apart`]); a first
+    /// member that lost has the time it had taken so far recorded as its
+    /// response time, a floor of the real one, which its answer replaces
+    /// when it comes. Returns the outcome with the lease of the member it
+    /// came from; a member that failed while the other exchange went on is
+    /// counted failed here and added to `tried`.
+    async fn hedge(
         &self,
         lease: Lease,
         member: &Member,
-        mut first: Pin<&mut F>,
+        mut first: Apart,
         sending: Instant,
         tried: &mut Vec<PoolElementId>,
         copy: impl FnOnce(&Member) -> MemberRequest,
-    ) -> (Sent, Lease)
-    where
-        F: Future<Output = Result<(Response<Incoming>, InUse), MemberError>>,
-    {
+    ) -> (Sent, Lease) {
         let deadline = sending + self.limits.request_timeout;
         let mut skip = tried.clone();
         skip.push(member.id);
@@ -826,8 +841,8 @@ impl HttpProxy {
         self.shared.metrics.hedges.increment(1);
         let second_member = second_lease.member().clone();
         let second_target = self.pool.target(&second_member, self.port);
-        let second = self.exchange(&second_member, second_target, copy(&second_member), now);
-        tokio::pin!(second);
+        let request = copy(&second_member);
+        let mut second = self.exchange_apart(second_member, second_target, request, now);
         let raced = self
             .clock
             .until(deadline, async {
@@ -842,11 +857,15 @@ impl HttpProxy {
                 second_lease.fail();
                 (Err(elapsed), lease)
             }
-            Ok((true, Ok(answer))) => (Ok(Ok(answer)), lease),
+            Ok((true, Ok(answer))) => {
+                self.finish_apart(second, deadline);
+                (Ok(Ok(answer)), lease)
+            }
             Ok((false, Ok(answer))) => {
                 self.shared.metrics.hedge_wins.increment(1);
                 let at = Instant::now();
                 member.record_response_time(at - sending, at.into_std());
+                self.finish_apart(first, deadline);
                 (Ok(Ok(answer)), second_lease)
             }
             Ok((true, Err(e))) => {
@@ -1157,6 +1176,23 @@ impl HttpProxy {
 /// that asked in it, and ignores the version over HTTP/2.
 fn answer_in_own_version(parts: &mut http::response::Parts) {
     parts.version = Version::HTTP_11;
+}
+
+/// Sends `request` on `members` to `member` at `target`, at `sending`;
+/// its answer's response time is recorded for the member.
+async fn exchange(
+    members: &Arc<MemberHttp>,
+    member: &Member,
+    target: Target,
+    request: MemberRequest,
+    sending: Instant,
+) -> Result<(Response<Incoming>, InUse), MemberError> {
+    let sent = members.send(target, request).await;
+    if sent.is_ok() {
+        let at = Instant::now();
+        member.record_response_time(at - sending, at.into_std());
+    }
+    sent
 }
 
 #[cfg(test)]

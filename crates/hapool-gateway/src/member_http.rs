@@ -36,9 +36,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Uri, Version, header};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
 use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::client::conn::http2;
@@ -231,6 +233,31 @@ impl InUse {
             home.give_back(target, sender, trust_changes);
         }
     }
+}
+
+/// The longest answer [`finish_unheard`] reads to keep its connection.
+pub(crate) const UNHEARD_LIMIT: usize = 64 * 1024;
+
+/// Reads to its end an answer that nobody waits for any more (the
+/// exchange a hedge made unnecessary), so that its connection goes back
+/// among the idle ones instead of being closed. An answer longer than
+/// [`UNHEARD_LIMIT`] costs more to read than a new connection: its
+/// connection is closed once that much has come, or at once when its
+/// length says so.
+pub(crate) async fn finish_unheard(response: Response<Incoming>, connection: InUse) {
+    let mut body = response.into_body();
+    if body.size_hint().lower() > UNHEARD_LIMIT as u64 {
+        return;
+    }
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return };
+        read += frame.data_ref().map_or(0, Bytes::len);
+        if read > UNHEARD_LIMIT {
+            return;
+        }
+    }
+    connection.release();
 }
 
 impl MemberHttp {
@@ -657,6 +684,19 @@ mod tests {
     /// comes after `per_connection` answered on it (as a member whose
     /// keep-alive timeout runs out just as the request arrives).
     async fn member(per_connection: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+        member_answering(
+            per_connection,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        )
+        .await
+    }
+
+    /// [`member`], answering with `answer` (head and body).
+    async fn member_answering(
+        per_connection: usize,
+        answer: impl AsRef<[u8]> + Send + Sync + 'static,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        let answer = Arc::new(answer);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -665,6 +705,7 @@ mod tests {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
+                let answer = answer.clone();
                 tokio::spawn(async move {
                     let (read, mut write) = stream.into_split();
                     let mut read = BufReader::new(read);
@@ -682,8 +723,7 @@ mod tests {
                         if answered == per_connection {
                             return;
                         }
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if write.write_all(answer).await.is_err() {
+                        if write.write_all((*answer).as_ref()).await.is_err() {
                             return;
                         }
                     }
@@ -722,6 +762,49 @@ mod tests {
         Target {
             http2: true,
             ..target(address)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_nobody_waits_for_is_read_and_its_connection_kept() {
+        let (address, accepted) = member(usize::MAX).await;
+        let members = MemberHttp::start(no_trust(), timeouts(Duration::from_secs(60)));
+        let (response, in_use) = members.send(target(address), get(address)).await.unwrap();
+        finish_unheard(response, in_use).await;
+        assert_eq!(read_all(&members, target(address)).await.unwrap(), "ok");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the connection was kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_answer_nobody_waits_for_closes_its_connection() {
+        let body = "x".repeat(UNHEARD_LIMIT + 1);
+        let with_length = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        // Without a length: read until the limit is passed.
+        let chunked = format!(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        );
+        for answer in [with_length, chunked] {
+            let (address, accepted) = member_answering(usize::MAX, answer).await;
+            let members = MemberHttp::start(no_trust(), timeouts(Duration::from_secs(60)));
+            let (response, in_use) = members.send(target(address), get(address)).await.unwrap();
+            finish_unheard(response, in_use).await;
+            assert_eq!(
+                read_all(&members, target(address)).await.unwrap().len(),
+                body.len()
+            );
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                2,
+                "the connection was closed"
+            );
         }
     }
 
@@ -825,7 +908,7 @@ mod tests {
     /// An answer in two halves, 300 ms apart.
     struct Halves(Option<Pin<Box<tokio::time::Sleep>>>, u8);
 
-    impl hyper::body::Body for Halves {
+    impl Body for Halves {
         type Data = Bytes;
         type Error = std::convert::Infallible;
 

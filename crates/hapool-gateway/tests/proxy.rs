@@ -33,7 +33,7 @@ mod common;
 
 use common::tools::listening_sockets;
 
-use common::serve_http;
+use common::{serve_http, serve_http_counting_closes};
 
 /// An HTTP backend named `name`:
 /// - `/login` sets an application cookie and the state `user=<name>`;
@@ -336,11 +336,16 @@ async fn a_draining_member_keeps_its_sessions_and_gets_no_new_ones() {
 /// An HTTP backend named `name` that answers anything but its probe path
 /// `/` after [`ANSWER`] (so that the members' response times differ by
 /// far less than the choice tells apart, however busy the machine), or
-/// while `stalled` is set after [`STALL`] more; it answers `<name>`.
-async fn stalling_backend(name: &'static str, stalled: Arc<AtomicBool>) -> SocketAddr {
+/// while `stalled` is set after [`STALL`] more; it answers `<name>`, and
+/// counts in `closed` the connections that ended.
+async fn stalling_backend(
+    name: &'static str,
+    stalled: Arc<AtomicBool>,
+    closed: Arc<AtomicUsize>,
+) -> SocketAddr {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_http(listener, move |request: Request<Incoming>| {
+    let answer = move |request: Request<Incoming>| {
         let stalled = stalled.clone();
         async move {
             if request.uri().path() != "/" {
@@ -351,7 +356,8 @@ async fn stalling_backend(name: &'static str, stalled: Arc<AtomicBool>) -> Socke
             }
             Response::new(Full::new(Bytes::from(name)))
         }
-    }));
+    };
+    tokio::spawn(serve_http_counting_closes(listener, answer, closed));
     addr
 }
 
@@ -376,17 +382,21 @@ async fn answers_on_record(client: &HttpClient, addr: SocketAddr) -> u64 {
 /// Three members, the third of which stalls once every member has answered
 /// a few requests; then GETs of `/page` one after the other until one has
 /// gone to the stalled member. Returns how long each took and who answered
-/// it, and the gateway.
-async fn requests_past_a_stall(hedge_percent: u32) -> (Vec<(Duration, String)>, Gateway) {
+/// it, the gateway, and how many of the stalled member's connections
+/// ended (as they end).
+async fn requests_past_a_stall(
+    hedge_percent: u32,
+) -> (Vec<(Duration, String)>, Gateway, Arc<AtomicUsize>) {
     let stalled = Arc::new(AtomicBool::new(false));
+    let closed = Arc::new(AtomicUsize::new(0));
     let mut backends = Vec::new();
     for name in ["a", "b", "c"] {
-        let stalls = if name == "c" {
-            stalled.clone()
+        let (stalls, closes) = if name == "c" {
+            (stalled.clone(), closed.clone())
         } else {
-            Arc::new(AtomicBool::new(false))
+            (Arc::default(), Arc::default())
         };
-        backends.push(stalling_backend(name, stalls).await);
+        backends.push(stalling_backend(name, stalls, closes).await);
     }
     let gateway = http_gateway(PoolSettings {
         hedge_percent,
@@ -409,28 +419,47 @@ async fn requests_past_a_stall(hedge_percent: u32) -> (Vec<(Duration, String)>, 
         assert_eq!(status, StatusCode::OK);
         answers.push((started.elapsed(), body));
     }
-    (answers, gateway)
+    (answers, gateway, closed)
 }
 
 #[tokio::test]
 async fn a_get_that_its_member_is_slow_to_answer_is_answered_by_another() {
-    let (answers, gateway) = requests_past_a_stall(PoolSettings::HEDGE_PERCENT).await;
+    let (answers, gateway, closed) = requests_past_a_stall(PoolSettings::HEDGE_PERCENT).await;
     for (took, by) in &answers {
         assert_ne!(by, "c", "the stalled member's answer came first");
         assert!(*took < STALL / 3, "{took:?}: not hedged");
     }
-    // The stalled member's exchange was dropped with its session, and the
+    // The stalled member's session ended with the hedge's answer, and the
     // time it had taken is on record.
     let pool = gateway.pool(&pool_handle()).unwrap().clone();
     assert_eq!(pool.member(PoolElementId(3)).unwrap().active(), 0);
     let status = pool.status();
     assert!(status[2].response_time_us > 0, "{status:?}");
+    // Its exchange went on: its answer's time replaces the floor once it
+    // comes, and its connection is kept for the next request rather than
+    // closed.
+    let stalled_answer = (STALL / 2).as_micros() as u32;
+    let waiting = Instant::now();
+    while pool.status()[2].response_time_us < stalled_answer {
+        assert!(
+            waiting.elapsed() < STALL * 2,
+            "the stalled member's answer is not on record: {:?}",
+            pool.status()
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        0,
+        "a connection of the stalled member was closed"
+    );
     gateway.shutdown().await;
 }
 
 #[tokio::test]
 async fn without_hedges_a_stalled_member_holds_its_request() {
-    let (answers, gateway) = requests_past_a_stall(0).await;
+    let (answers, gateway, _) = requests_past_a_stall(0).await;
     let (took, by) = answers.last().unwrap();
     assert_eq!(by, "c");
     assert!(*took >= STALL, "{took:?}");

@@ -6,6 +6,8 @@ pub(crate) mod tools;
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
@@ -125,11 +127,24 @@ where
     A: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    serve_http_counting_closes(listener, answer, Arc::default()).await;
+}
+
+/// [`serve_http`], counting in `closed` the connections that ended.
+pub(crate) async fn serve_http_counting_closes<A, F>(
+    listener: TcpListener,
+    answer: A,
+    closed: Arc<AtomicUsize>,
+) where
+    A: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let answer = answer.clone();
+        let closed = closed.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let answered = answer(request);
@@ -139,6 +154,7 @@ where
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()
                 .await;
+            closed.fetch_add(1, Ordering::SeqCst);
         });
     }
 }
