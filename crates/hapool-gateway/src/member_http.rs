@@ -241,9 +241,9 @@ pub(crate) const UNHEARD_LIMIT: usize = 64 * 1024;
 /// Reads to its end an answer that nobody waits for any more (the
 /// exchange a hedge made unnecessary), so that its connection goes back
 /// among the idle ones instead of being closed. An answer longer than
-/// [`UNHEARD_LIMIT`] costs more to read than a new connection: its
-/// connection is closed once that much has come, or at once when its
-/// length says so.
+/// [`UNHEARD_LIMIT`] (a download, say) is not read for the sake of one
+/// connection: its connection is closed once that much has come, or at
+/// once when its length says so.
 pub(crate) async fn finish_unheard(response: Response<Incoming>, connection: InUse) {
     let mut body = response.into_body();
     if body.size_hint().lower() > UNHEARD_LIMIT as u64 {
