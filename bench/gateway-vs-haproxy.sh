@@ -41,7 +41,9 @@
 #           $WORK/logs/count-<proxy>.<pid>.1).
 #
 # Env: DUR (wrk seconds, default 10), REPS (default 1), WORK (scratch dir),
-# HAPOOL (the gateway's binary, default target/release/hapool), FLOOR
+# HAPOOL (the gateway's binary, default target/release/hapool; the figures
+# in docs/performance.md from the forty-first run on are of
+# target/pgo/hapool, built by tools/pgo-build.sh), FLOOR
 # (proxy-floor's, default target/release/examples/proxy-floor; e.g. a
 # build with line tables in another target directory, for a profile);
 # for matrix, to run some of its lines: THREADS (default "1 2"), PATHS
@@ -231,6 +233,7 @@ EOF
 
 matrix() {
   echo "== matrix (DUR=${DUR}s, REPS=$REPS, leastconn / least-loaded, three nginx backends${CLOSE:+, a new connection per request})"
+  echo "hapool: $HAPOOL"
   printf '%-28s %10s %9s %9s %6s %12s\n' "run" "req/s" "p50 ms" "p99 ms" "err" "cpu us/req"
   : > $W/logs/matrix.txt
   local -A pid
