@@ -42,13 +42,17 @@ pub(crate) type MemberBody = Either<Full<Bytes>, Incoming>;
 /// The body of a response to a client.
 pub(crate) type ClientBody = Either<LeasedBody, Full<Bytes>>;
 
+/// What an exchange with a member came to: the answer's head and the
+/// connection it came on, or why there is none.
+type Exchanged = Result<(Response<Incoming>, InUse), MemberError>;
+
 /// What sending a request to a member came to, within the request
 /// timeout.
-type Sent = Result<Result<(Response<Incoming>, InUse), MemberError>, Elapsed>;
+type Sent = Result<Exchanged, Elapsed>;
 
 /// An exchange with a member as a future of its own
 /// ([`HttpProxy::exchange_apart`]).
-type Apart = Pin<Box<dyn Future<Output = Result<(Response<Incoming>, InUse), MemberError>> + Send>>;
+type Apart = Pin<Box<dyn Future<Output = Exchanged> + Send>>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -1186,7 +1190,7 @@ async fn exchange(
     target: Target,
     request: MemberRequest,
     sending: Instant,
-) -> Result<(Response<Incoming>, InUse), MemberError> {
+) -> Exchanged {
     let sent = members.send(target, request).await;
     if sent.is_ok() {
         let at = Instant::now();

@@ -1202,16 +1202,11 @@ fn a_gateway_runs_without_transparent_huge_pages() {
     let admin = format!("127.0.0.1:{}", free_port());
     let path = scratch.write("gw.toml", &static_gateway(&listen, &admin, &[&a], ""));
     let mut gateway = spawn(&["gateway", "--config", path.to_str().unwrap()]);
-    let status = format!("/proc/{}/status", gateway.id());
+    let pid = gateway.id();
     wait_line(&mut gateway, "gateway on");
     let _killed = Killed(vec![gateway]);
     until("a answers", || get(&listen) == "a");
     // The kernel merging the allocator's pages into huge ones would stall
     // every request under way (src/gateway.rs, without_huge_pages).
-    let status = std::fs::read_to_string(status).unwrap();
-    let thp = status
-        .lines()
-        .find_map(|l| l.strip_prefix("THP_enabled:"))
-        .expect("THP_enabled in /proc/PID/status");
-    assert_eq!(thp.trim(), "0", "{status}");
+    assert_eq!(common::proc_status(pid, "THP_enabled"), "0");
 }

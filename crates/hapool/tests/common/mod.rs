@@ -174,16 +174,23 @@ impl Drop for Scratch {
     }
 }
 
+/// The value of `field` (e.g. `SigCgt`) in process `pid`'s
+/// `/proc/PID/status`, trimmed.
+pub(crate) fn proc_status(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"))
+        .trim()
+        .to_owned()
+}
+
 /// Whether process `pid` handles SIGTERM now (its `SigCgt` mask in
 /// `/proc`): a daemon that says it is ready must, since its service
 /// manager may stop it at once.
 pub(crate) fn handles_sigterm(pid: u32) -> bool {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let caught = status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigCgt:"))
-        .expect("SigCgt in /proc/PID/status");
-    let caught = u64::from_str_radix(caught.trim(), 16).unwrap();
+    let caught = u64::from_str_radix(&proc_status(pid, "SigCgt"), 16).unwrap();
     caught & (1 << (15 - 1)) != 0
 }
 
