@@ -300,3 +300,188 @@ impl GatewayConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::pool::StaticMember;
+    use crate::proxy_protocol::ProxyProtocol;
+    use crate::select::Strategy;
+
+    fn member(port: u16) -> StaticMember {
+        StaticMember {
+            address: (Ipv4Addr::LOCALHOST, port).into(),
+            weight: 1,
+            priority: 0,
+        }
+    }
+
+    fn pool(handle: &str) -> PoolSettings {
+        PoolSettings {
+            handle: PoolHandle::from(handle),
+            source: MemberSource::Static(vec![member(8001), member(8002)]),
+            strategy: Some(Strategy::LeastLoaded),
+            availability_threshold: 10,
+            max_sessions: None,
+            probe: ProbeKind::Tcp,
+            tls: false,
+            http2: false,
+            https_port: None,
+            error_limit: None,
+            hedge_percent: PoolSettings::HEDGE_PERCENT,
+            probe_rise: PoolSettings::PROBE_RISE,
+            probe_fall: PoolSettings::PROBE_FALL,
+            proxy_protocol: None,
+        }
+    }
+
+    fn listener(port: u16, protocol: Protocol, pool: &str) -> ListenerConfig {
+        ListenerConfig {
+            address: (Ipv4Addr::LOCALHOST, port).into(),
+            protocol,
+            pool: PoolHandle::from(pool),
+            tls: None,
+            affinity: Affinity::usual(protocol),
+            max_connections: 10_000,
+            accept_proxy_protocol: false,
+        }
+    }
+
+    /// An HTTP listener on pool `web` and a TCP one on pool `mail`.
+    fn config() -> GatewayConfig {
+        GatewayConfig::new(
+            vec![
+                listener(8080, Protocol::Http, "web"),
+                listener(2525, Protocol::Tcp, "mail"),
+            ],
+            vec![pool("web"), pool("mail")],
+        )
+    }
+
+    fn member_trust() -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        )
+    }
+
+    fn refusal(config: &GatewayConfig) -> String {
+        config
+            .check()
+            .expect_err("the configuration is refused")
+            .to_string()
+    }
+
+    #[test]
+    fn a_configuration_of_known_pools_and_fitting_affinities_passes() {
+        config().check().expect("passes");
+    }
+
+    #[test]
+    fn a_pool_configured_twice_is_refused() {
+        let mut config = config();
+        config.pools.push(pool("web"));
+        assert_eq!(refusal(&config), "pool \"web\" is configured twice");
+    }
+
+    #[test]
+    fn a_member_listed_twice_is_refused() {
+        let mut config = config();
+        config.pools[0].source = MemberSource::Static(vec![member(8001), member(8001)]);
+        assert_eq!(
+            refusal(&config),
+            "pool \"web\" lists the member 127.0.0.1:8001 twice"
+        );
+    }
+
+    #[test]
+    fn members_over_tls_need_an_authority_for_their_certificates() {
+        let mut config = config();
+        config.pools[0].tls = true;
+        assert!(refusal(&config).contains("no authority for their certificates"));
+        config.member_tls = Some(member_trust());
+        config.check().expect("passes with an authority");
+    }
+
+    #[test]
+    fn an_https_port_needs_an_authority_and_no_tls_of_the_pool() {
+        let mut config = config();
+        config.pools[0].https_port = Some(8443);
+        assert!(refusal(&config).contains("no authority for their certificates"));
+        config.member_tls = Some(member_trust());
+        config.check().expect("passes with an authority");
+        config.pools[0].tls = true;
+        assert!(refusal(&config).contains("has an https_port and tls"));
+    }
+
+    #[test]
+    fn the_grpc_probe_needs_http2_to_members() {
+        let mut config = config();
+        config.pools[0].probe = ProbeKind::Grpc {
+            service: String::new(),
+        };
+        assert!(refusal(&config).contains("which needs http2"));
+        config.pools[0].http2 = true;
+        config.check().expect("passes over HTTP/2");
+    }
+
+    #[test]
+    fn registrar_pools_need_registrars() {
+        let mut config = config();
+        config.pools[1].source = MemberSource::Registrars;
+        assert_eq!(
+            refusal(&config),
+            "pool \"mail\" takes its members from registrars, but no registrar is configured"
+        );
+        config.registrars.push((Ipv4Addr::LOCALHOST, 3863).into());
+        config.check().expect("passes with a registrar");
+    }
+
+    #[test]
+    fn a_listener_of_a_pool_not_configured_is_refused() {
+        let mut config = config();
+        config
+            .listeners
+            .push(listener(8081, Protocol::Http, "shop"));
+        assert_eq!(
+            refusal(&config),
+            "listener 127.0.0.1:8081 serves pool \"shop\", which is not configured"
+        );
+    }
+
+    #[test]
+    fn an_affinity_the_listener_cannot_key_by_is_refused() {
+        for (protocol, affinity) in [
+            (Protocol::Tcp, Affinity::Cookie),
+            (Protocol::Http, Affinity::ClientAddress),
+            (Protocol::Http, Affinity::TlsSession),
+        ] {
+            let mut config = config();
+            let index = usize::from(protocol == Protocol::Tcp);
+            config.listeners[index].affinity = affinity;
+            let refused = refusal(&config);
+            let address = config.listeners[index].address;
+            assert!(
+                refused.starts_with(&format!("listener {address}: ")),
+                "{protocol:?} with {affinity:?}: {refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_proxy_protocol_to_members_is_for_tcp_listeners_only() {
+        let mut config = config();
+        config.pools[1].proxy_protocol = Some(ProxyProtocol::V2);
+        config.check().expect("a TCP listener may");
+        config.pools[0].proxy_protocol = Some(ProxyProtocol::V1);
+        assert!(
+            refusal(&config).contains("is HTTP, and pool \"web\" sends the PROXY protocol header")
+        );
+    }
+}
