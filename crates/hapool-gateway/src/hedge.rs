@@ -13,7 +13,7 @@
 //! requests every so often, and even a burst of requests that arrived
 //! together is answered about one response time later, so a silence
 //! longer than that is a stall. With this request its only one, it is
-//! [`SLOW_BEYOND`](crate::select::SLOW_BEYOND) times the pool's fastest
+//! [`SLOW_BEYOND`] times the pool's fastest
 //! recent response time: then only its own answer tells how it is doing.
 //! A member that keeps answering other requests is not sent copies of the
 //! ones still waiting in its queue: they would wait as long elsewhere, and

@@ -32,8 +32,9 @@ use crate::hedge;
 use crate::member_http::{self, InUse, MemberError, MemberHttp, MemberRequest, Target};
 use crate::pool::{Lease, Member, Pool, Port};
 use crate::select::Availability;
+use crate::serve::TlsSession;
 use crate::sessions::{Session, SessionKey};
-use crate::{Affinity, Limits, Shared, TlsSession};
+use crate::{Affinity, Limits, Shared};
 
 /// The body of a request to a member: kept in memory (so it can be sent
 /// again), or streamed from the client.

@@ -19,8 +19,9 @@ use tracing::{debug, warn};
 
 use crate::access_log::TcpLine;
 use crate::pool::{Lease, Member, Pool, Port};
+use crate::serve::Origin;
 use crate::sessions::SessionKey;
-use crate::{Affinity, Limits, Origin, Shared};
+use crate::{Affinity, Limits, Shared};
 
 /// One TCP listener's proxy.
 pub(crate) struct TcpProxy {
