@@ -13,6 +13,20 @@
 //!
 //! Main types: [`Gateway`] (start, status, operator marks), [`Pool`],
 //! [`GatewayConfig`]. The crate never parses HTTP itself (hyper does).
+//!
+//! Where things are: this file starts the gateway, its listeners and
+//! workers, and reports its status; `config` holds the configuration and
+//! its checks; `serve` accepts a listener's connections and serves each
+//! (`admission` decides which, `tls` and `tickets` terminate TLS,
+//! `proxy_protocol` reads a header from a proxy in front); `http` and
+//! `tcp` are the two proxies, `member_http` one worker's connections to
+//! members, `connection_io` how sockets are driven, `hedge` and
+//! `response_time` what the HTTP proxy does about slow members; `pool`,
+//! `select` and `sessions` hold the members, the choice and the sessions;
+//! `upkeep` keeps members current (registrars, probes, sweeps, with
+//! `member_cache` on disk); `reload`, `handover` and `drain` change a
+//! running gateway; `access_log` and `worker_runtime` are what their
+//! names say.
 
 #![forbid(unsafe_code)]
 
