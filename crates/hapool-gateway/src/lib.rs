@@ -25,7 +25,9 @@
 //! `select` and `sessions` hold the members, the choice and the sessions;
 //! `upkeep` keeps members current (registrars, probes, sweeps, with
 //! `member_cache` on disk); `reload`, `handover` and `drain` change a
-//! running gateway; `access_log` and `worker_runtime` are what their
+//! running gateway; `grpc_health` is the gRPC probe, `deadline` the
+//! request path's cheap deadlines, [`body`] a response body that acts
+//! once read to its end; `access_log` and `worker_runtime` are what their
 //! names say.
 
 #![forbid(unsafe_code)]
