@@ -308,7 +308,6 @@ mod tests {
     use super::*;
     use crate::pool::StaticMember;
     use crate::proxy_protocol::ProxyProtocol;
-    use crate::select::Strategy;
 
     fn member(port: u16) -> StaticMember {
         StaticMember {
@@ -319,22 +318,10 @@ mod tests {
     }
 
     fn pool(handle: &str) -> PoolSettings {
-        PoolSettings {
-            handle: PoolHandle::from(handle),
-            source: MemberSource::Static(vec![member(8001), member(8002)]),
-            strategy: Some(Strategy::LeastLoaded),
-            availability_threshold: 10,
-            max_sessions: None,
-            probe: ProbeKind::Tcp,
-            tls: false,
-            http2: false,
-            https_port: None,
-            error_limit: None,
-            hedge_percent: PoolSettings::HEDGE_PERCENT,
-            probe_rise: PoolSettings::PROBE_RISE,
-            probe_fall: PoolSettings::PROBE_FALL,
-            proxy_protocol: None,
-        }
+        PoolSettings::new(
+            PoolHandle::from(handle),
+            MemberSource::Static(vec![member(8001), member(8002)]),
+        )
     }
 
     fn listener(port: u16, protocol: Protocol, pool: &str) -> ListenerConfig {

@@ -126,6 +126,35 @@ impl PoolSettings {
     /// The default probes in a row that take a member out.
     pub const PROBE_FALL: u32 = 2;
 
+    /// Pool `handle` with its members from `source` and every other
+    /// setting at its default: the least loaded member for static pools
+    /// (registrar pools follow their registered policy), BUSY below an
+    /// availability index of 10, no session limit, TCP probes, HTTP/1.1 in
+    /// the clear to members, hedges up to [`Self::HEDGE_PERCENT`], probes
+    /// in a row [`Self::PROBE_RISE`] and [`Self::PROBE_FALL`].
+    pub fn new(handle: PoolHandle, source: MemberSource) -> Self {
+        let strategy = match source {
+            MemberSource::Static(_) => Some(Strategy::LeastLoaded),
+            MemberSource::Registrars => None,
+        };
+        Self {
+            handle,
+            source,
+            strategy,
+            availability_threshold: 10,
+            max_sessions: None,
+            probe: ProbeKind::Tcp,
+            tls: false,
+            http2: false,
+            https_port: None,
+            error_limit: None,
+            hedge_percent: Self::HEDGE_PERCENT,
+            probe_rise: Self::PROBE_RISE,
+            probe_fall: Self::PROBE_FALL,
+            proxy_protocol: None,
+        }
+    }
+
     fn thresholds(&self) -> Thresholds {
         Thresholds {
             availability_threshold: self.availability_threshold,
@@ -1065,20 +1094,9 @@ mod tests {
 
     fn settings(source: MemberSource) -> PoolSettings {
         PoolSettings {
-            handle: PoolHandle::new(&b"web"[..]),
-            source,
             strategy: None,
-            availability_threshold: 10,
             max_sessions: Some(2),
-            probe: ProbeKind::Tcp,
-            tls: false,
-            hedge_percent: PoolSettings::HEDGE_PERCENT,
-            probe_rise: PoolSettings::PROBE_RISE,
-            probe_fall: PoolSettings::PROBE_FALL,
-            proxy_protocol: None,
-            http2: false,
-            https_port: None,
-            error_limit: None,
+            ..PoolSettings::new(PoolHandle::new(&b"web"[..]), source)
         }
     }
 

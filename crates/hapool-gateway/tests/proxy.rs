@@ -14,7 +14,7 @@ use hapool_gateway::tickets::TicketKeys;
 use hapool_gateway::tls::{Certificate, server_config};
 use hapool_gateway::{
     AdminState, Affinity, Availability, Gateway, GatewayConfig, ListenerConfig, MemberSource,
-    PoolSettings, ProbeKind, Protocol, ProxyProtocol, StaticMember, Strategy,
+    PoolSettings, ProbeKind, Protocol, ProxyProtocol, Strategy,
 };
 use hapool_wire::{PoolElementId, PoolHandle};
 use http::{Request, Response, StatusCode, header};
@@ -81,30 +81,10 @@ fn pool_handle() -> PoolHandle {
 }
 
 fn static_pool(members: &[SocketAddr], probe: ProbeKind) -> PoolSettings {
+    let members: Vec<_> = members.iter().map(|&address| (address, 0)).collect();
     PoolSettings {
-        handle: pool_handle(),
-        source: MemberSource::Static(
-            members
-                .iter()
-                .map(|&address| StaticMember {
-                    address,
-                    weight: 1,
-                    priority: 0,
-                })
-                .collect(),
-        ),
-        strategy: Some(Strategy::LeastLoaded),
-        availability_threshold: 10,
-        max_sessions: None,
         probe,
-        tls: false,
-        http2: false,
-        https_port: None,
-        error_limit: None,
-        hedge_percent: PoolSettings::HEDGE_PERCENT,
-        probe_rise: PoolSettings::PROBE_RISE,
-        probe_fall: PoolSettings::PROBE_FALL,
-        proxy_protocol: None,
+        ..PoolSettings::new(pool_handle(), common::static_members(&members))
     }
 }
 

@@ -309,20 +309,9 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     // With a session limit, the gateway's own count of open requests
     // weighs in the availability index beside the registered load.
     let registrar_pool = |handle: &str, probe, max_sessions| PoolSettings {
-        handle: PoolHandle::from(handle),
-        source: MemberSource::Registrars,
-        strategy: None,
-        availability_threshold: 10,
         max_sessions,
         probe,
-        tls: false,
-        http2: false,
-        https_port: None,
-        error_limit: None,
-        hedge_percent: PoolSettings::HEDGE_PERCENT,
-        probe_rise: PoolSettings::PROBE_RISE,
-        probe_fall: PoolSettings::PROBE_FALL,
-        proxy_protocol: None,
+        ..PoolSettings::new(PoolHandle::from(handle), MemberSource::Registrars)
     };
     let listener = |protocol, pool: &str, affinity| ListenerConfig {
         address: (Ipv4Addr::LOCALHOST, 0).into(),

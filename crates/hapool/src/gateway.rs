@@ -419,13 +419,9 @@ impl TryFrom<GatewayFile> for Planned {
                 }
                 None => MemberSource::Registrars,
             };
+            let defaults = PoolSettings::new(handle, source);
             pools.push(PoolSettings {
-                handle,
-                strategy: p.strategy.or(match source {
-                    MemberSource::Static(_) => Some(Strategy::LeastLoaded),
-                    MemberSource::Registrars => None,
-                }),
-                source,
+                strategy: p.strategy.or(defaults.strategy),
                 availability_threshold: threshold,
                 max_sessions: p.max_sessions,
                 probe,
@@ -437,6 +433,7 @@ impl TryFrom<GatewayFile> for Planned {
                 probe_rise,
                 probe_fall,
                 proxy_protocol: p.proxy_protocol,
+                ..defaults
             });
         }
         for (i, l) in listeners.iter().enumerate() {

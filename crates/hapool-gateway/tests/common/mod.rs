@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 
 use hapool_gateway::{
-    Affinity, GatewayConfig, ListenerConfig, MemberSource, PoolSettings, ProbeKind, Protocol,
-    StaticMember, Strategy,
+    Affinity, GatewayConfig, ListenerConfig, MemberSource, PoolSettings, Protocol, StaticMember,
 };
 use hapool_wire::PoolHandle;
 use http_body_util::{BodyExt, Full};
@@ -41,26 +40,7 @@ pub(crate) fn one_member_gateway(
         max_connections,
         accept_proxy_protocol: false,
     };
-    let pool = PoolSettings {
-        handle,
-        source: MemberSource::Static(vec![StaticMember {
-            address: member,
-            weight: 1,
-            priority: 0,
-        }]),
-        strategy: Some(Strategy::LeastLoaded),
-        availability_threshold: 10,
-        max_sessions: None,
-        probe: ProbeKind::Tcp,
-        tls: false,
-        http2: false,
-        https_port: None,
-        error_limit: None,
-        hedge_percent: PoolSettings::HEDGE_PERCENT,
-        probe_rise: PoolSettings::PROBE_RISE,
-        probe_fall: PoolSettings::PROBE_FALL,
-        proxy_protocol: None,
-    };
+    let pool = PoolSettings::new(handle, static_members(&[(member, 0)]));
     let mut config = GatewayConfig::new(vec![listener], vec![pool]);
     config.workers = workers;
     config
