@@ -13,8 +13,8 @@
 //! requests every so often, and even a burst of requests that arrived
 //! together is answered about one response time later, so a silence
 //! longer than that is a stall. With this request its only one, it is
-//! [`SLOW_BEYOND`] times the pool's fastest
-//! recent response time: then only its own answer tells how it is doing.
+//! [`SLOW_BEYOND`] times the pool's fastest recent response time: then
+//! only its own answer tells how it is doing.
 //! A member that keeps answering other requests is not sent copies of the
 //! ones still waiting in its queue: they would wait as long elsewhere, and
 //! only add load. The first answer goes to the client; the other
