@@ -3,26 +3,10 @@
 use std::io::{BufRead, BufReader};
 
 mod common;
+use common::{hapool, hapool_code};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn hapool(args: &[&str]) -> (bool, String, String) {
-    let (code, out, err) = hapool_code(args);
-    (code == 0, out, err)
-}
-
-fn hapool_code(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hapool"))
-        .args(args)
-        .output()
-        .expect("run hapool");
-    (
-        out.status.code().expect("exited"),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
 
 #[test]
 fn wire_decode_prints_each_message_of_a_stream() {

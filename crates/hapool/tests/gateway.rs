@@ -3,6 +3,7 @@
 //! to drain one, and the registrar killed while traffic goes on.
 
 mod common;
+use common::hapool_code;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -10,18 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-fn hapool(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hapool"))
-        .args(args)
-        .output()
-        .expect("run hapool");
-    (
-        out.status.code().expect("exited"),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -190,7 +179,7 @@ handle = "web"
 "#
         ),
     );
-    let (code, out, err) = hapool(&["check-config", config.to_str().unwrap()]);
+    let (code, out, err) = hapool_code(&["check-config", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains(&format!("gateway listener {listen} (Http) -> pool web")),
@@ -218,7 +207,7 @@ handle = "web"
     let ctl = |args: &[&str]| {
         let mut all = vec!["gateway", "ctl", "--admin", &admin];
         all.extend_from_slice(args);
-        hapool(&all)
+        hapool_code(&all)
     };
     let (code, list, err) = ctl(&["list"]);
     assert_eq!(code, 0, "{err}");
@@ -397,19 +386,19 @@ fn gateway_configuration_errors_are_named() {
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = scratch.write(&format!("bad-{i}.toml"), text);
-        let (code, out, err) = hapool(&["check-config", path.to_str().unwrap()]);
+        let (code, out, err) = hapool_code(&["check-config", path.to_str().unwrap()]);
         assert_eq!(code, 64, "case {i}: {out}{err}");
         assert!(err.contains(expected), "case {i}: {err}");
-        let (code, _, err) = hapool(&["gateway", "--config", path.to_str().unwrap()]);
+        let (code, _, err) = hapool_code(&["gateway", "--config", path.to_str().unwrap()]);
         assert_eq!(code, 64, "case {i}: {err}");
     }
-    let (code, _, err) = hapool(&["gateway"]);
+    let (code, _, err) = hapool_code(&["gateway"]);
     assert_eq!(code, 64);
     assert!(err.contains("--config FILE"), "{err}");
     // A listener address in use is named.
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (code, _, err) = hapool(&[
+    let (code, _, err) = hapool_code(&[
         "gateway",
         "--listen",
         &addr,
@@ -421,7 +410,7 @@ fn gateway_configuration_errors_are_named() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
     // So is the admin port's.
-    let (code, _, err) = hapool(&[
+    let (code, _, err) = hapool_code(&[
         "gateway",
         "--listen",
         "127.0.0.1:0",
@@ -444,7 +433,7 @@ fn shared_ticket_keys_are_made_read_and_their_faults_named() {
     use std::os::unix::fs::PermissionsExt;
     let scratch = common::Scratch::new("gateway_ticket_keys");
     let new_key = || {
-        let (code, out, err) = hapool(&["gateway", "ticket-key"]);
+        let (code, out, err) = hapool_code(&["gateway", "ticket-key"]);
         assert_eq!(code, 0, "{err}");
         let key = out.trim().to_owned();
         assert!(
@@ -466,7 +455,7 @@ fn shared_ticket_keys_are_made_read_and_their_faults_named() {
         );
         scratch.write(name, &text).to_str().unwrap().to_owned()
     };
-    let check = |path: &str| hapool(&["check-config", path]);
+    let check = |path: &str| hapool_code(&["check-config", path]);
     // Two gateways reading files with the same first key seal alike.
     let here = keys_file(
         "here",
@@ -539,7 +528,7 @@ fn shared_ticket_keys_are_made_read_and_their_faults_named() {
         let (code, _, err) = check(&path);
         assert_eq!(code, 64, "case {i}: {err}");
         assert!(err.contains(&expected), "case {i}: {err}");
-        let (code, _, err) = hapool(&["gateway", "--config", &path]);
+        let (code, _, err) = hapool_code(&["gateway", "--config", &path]);
         assert_eq!(code, 64, "case {i}: {err}");
     }
 }
@@ -588,7 +577,7 @@ fn a_running_gateway_reads_its_configuration_again_on_sighup_and_on_ctl_reload()
     let ctl = |args: &[&str]| {
         let mut all = vec!["gateway", "ctl", "--admin", &admin];
         all.extend_from_slice(args);
-        hapool(&all)
+        hapool_code(&all)
     };
     let admin_get = |path: &str| get_path(&admin, path);
     let words = listener_line(&admin, &listen);
@@ -710,7 +699,7 @@ fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
     // naming it.
     std::fs::remove_file(&socket).unwrap();
     std::fs::write(&socket, "keep me").unwrap();
-    let (code, _, err) = hapool(&["gateway", "--config", path.to_str().unwrap()]);
+    let (code, _, err) = hapool_code(&["gateway", "--config", path.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(
         err.contains(&format!(
@@ -725,7 +714,7 @@ fn a_successor_gateway_takes_the_addresses_of_the_one_it_replaces() {
 /// The words of `listen`'s line in `hapool gateway ctl listeners` of the
 /// gateway whose admin port is `admin`.
 fn listener_line(admin: &str, listen: &str) -> Vec<String> {
-    let (code, listeners, err) = hapool(&["gateway", "ctl", "--admin", admin, "listeners"]);
+    let (code, listeners, err) = hapool_code(&["gateway", "ctl", "--admin", admin, "listeners"]);
     assert_eq!(code, 0, "{err}");
     let line = listeners
         .lines()
@@ -768,7 +757,7 @@ fn successor_takes_over(
     for _ in 0..4 {
         assert_eq!(get(listen), "a");
     }
-    let (code, list, err) = hapool(&["gateway", "ctl", "--admin", admin, "list"]);
+    let (code, list, err) = hapool_code(&["gateway", "ctl", "--admin", admin, "list"]);
     assert_eq!(code, 0, "{err}");
     assert!(list.contains(a), "{list}");
     killed
@@ -834,7 +823,7 @@ fn a_reload_changes_the_registrars_a_gateway_asks() {
     let ctl = |args: &[&str]| {
         let mut all = vec!["gateway", "ctl", "--admin", &admin];
         all.extend_from_slice(args);
-        hapool(&all)
+        hapool_code(&all)
     };
     let registrars_shown = || {
         let response = get_path(&admin, "/status");
@@ -1185,7 +1174,7 @@ fn a_gateway_tells_its_service_manager_when_it_serves_reloads_and_stops() {
     signal("-HUP");
     assert_eq!(manager.heard(), "RELOADING=1");
     assert_eq!(manager.heard(), "READY=1");
-    let (code, _, err) = hapool(&["gateway", "ctl", "--admin", &admin, "reload"]);
+    let (code, _, err) = hapool_code(&["gateway", "ctl", "--admin", &admin, "reload"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(manager.heard(), "RELOADING=1");
     assert_eq!(manager.heard(), "READY=1");

@@ -8,12 +8,19 @@ use std::process::{Command, Stdio};
 /// Runs `hapool ARGS` to the end: success, standard output, standard
 /// error.
 pub(crate) fn hapool(args: &[&str]) -> (bool, String, String) {
+    let (code, out, err) = hapool_code(args);
+    (code == 0, out, err)
+}
+
+/// Runs `hapool ARGS` to the end: exit code, standard output, standard
+/// error.
+pub(crate) fn hapool_code(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_hapool"))
         .args(args)
         .output()
         .expect("run hapool");
     (
-        out.status.success(),
+        out.status.code().expect("hapool exited by a signal"),
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
     )
