@@ -2,7 +2,7 @@
 # hapool gateway against HAProxy in one run, in front of the same three
 # nginx backends on loopback, driven by wrk.
 #
-#   bench/gateway-vs-haproxy.sh [matrix|failover|floor|count|all]
+#   bench/gateway-vs-haproxy.sh [matrix|failover|floor|count|variants|all]
 #                                               (default all: matrix, failover)
 #
 # matrix:   2-byte (/) and 4 KiB (/4k) bodies, wrk -t1 -c64 and -t2 -c256,
@@ -39,6 +39,18 @@
 #           adds options to valgrind's (e.g. --demangle=no, to keep the
 #           linker's symbol names in the profiles,
 #           $WORK/logs/count-<proxy>.<pid>.1).
+# variants: gateways of several configurations (or builds) up side by side
+#           with HAProxy, taking turns on each line of the matrix's
+#           THREADS/PATHS/LOADS, the first place rotating between rounds;
+#           per round the line of each, and the connections the backends
+#           accepted meanwhile (the proxies' checks and probes included);
+#           at the end each one's medians over the REPS rounds (at least
+#           3), with the p99's range. VARIANTS names them, space-separated,
+#           as NAME:SETTINGS, the settings TOML lines separated by ';' for
+#           the pool (or for [gateway] when the line starts with '@'), e.g.
+#           VARIANTS='default: rr:strategy="round-robin" idle:@member_idle_timeout="60s"';
+#           BIN_<NAME> runs that one from another binary, ENV_<NAME>
+#           ("VAR=value ...") with more environment.
 #
 # Env: DUR (wrk seconds, default 10), REPS (default 1), WORK (scratch dir),
 # HAPOOL (the gateway's binary, default target/release/hapool; the figures
@@ -341,6 +353,99 @@ print('%-12s %10.0f %8.2f %8.2f %8.2f %8.2f %8.2f' % ('$lb', $rps, u, s, u + s, 
   done
 }
 
+variant_conf() {  # $1 = name, $2 = settings, $3 = threads, $4 = port, $5 = admin port
+  local line pool_lines=() gateway_lines=()
+  IFS=';' read -ra lines <<< "$2"
+  for line in "${lines[@]}"; do
+    case $line in
+      @*) gateway_lines+=("${line#@}");;
+      ?*) pool_lines+=("$line");;
+    esac
+  done
+  {
+    echo "[gateway]"
+    echo "threads = $3"
+    echo "admin = \"127.0.0.1:$5\""
+    printf '%s\n' "${gateway_lines[@]}"
+    echo "[[gateway.listener]]"
+    echo "listen = \"127.0.0.1:$4\""
+    echo "pool = \"web\""
+    echo "[[gateway.pool]]"
+    echo "handle = \"web\""
+    echo "members = [\"127.0.0.1:${PORTS[0]}\", \"127.0.0.1:${PORTS[1]}\", \"127.0.0.1:${PORTS[2]}\"]"
+    printf '%s\n' "${pool_lines[@]}"
+  } > $W/conf/variant-$1.toml
+}
+variants() {
+  [ -n "${VARIANTS:-}" ] || { echo "variants needs VARIANTS='NAME:SETTINGS ...'"; exit 1; }
+  local reps=$(( REPS < 3 ? 3 : REPS ))
+  echo "== variants (DUR=${DUR}s, $reps rounds, taking turns, the first place rotating): $VARIANTS"
+  printf '%-5s %-12s %-14s %9s %8s %8s %5s %8s %9s\n' "round" "line" "proxy" "req/s" "p50 ms" "p99 ms" "err" "cpu us" "accepted"
+  : > $W/logs/variants.txt
+  for threads in $THREADS; do
+    local -A pid=() port=()
+    start_lb haproxy $threads; pid[haproxy]=$LB; port[haproxy]=$LB_PORT
+    local names=(haproxy) n=0 v
+    for v in $VARIANTS; do
+      local name=${v%%:*} settings=${v#*:}
+      n=$((n + 1)); port[$name]=$((18200 + n))
+      variant_conf "$name" "$settings" $threads ${port[$name]} $((18220 + n))
+      local bin_var="BIN_$name" env_var="ENV_$name"
+      local bin=${!bin_var:-$HAPOOL}
+      [ -x "$bin" ] || { echo "$name: no binary $bin"; exit 1; }
+      env ${!env_var:-} RUST_LOG=warn "$bin" gateway --config $W/conf/variant-$name.toml \
+        >> $W/logs/variant-$name.log 2>&1 &
+      pid[$name]=$!; PIDS+=(${pid[$name]})
+      names+=("$name")
+    done
+    for name in "${names[@]}"; do
+      wait_lb ${port[$name]}
+      kill -0 ${pid[$name]} 2>/dev/null || { echo "$name did not start: $W/logs/variant-$name.log"; tail -3 $W/logs/variant-$name.log; exit 1; }
+    done
+    sleep 1.5   # every backend checked/probed up
+    for name in "${names[@]}"; do
+      wrk -t1 -c16 -d1s http://127.0.0.1:${port[$name]}/ > /dev/null 2>&1   # warm-up
+    done
+    for rep in $(seq $reps); do
+      for path in $PATHS; do
+        for load in $LOADS; do
+          read t c <<< "${load/:/ }"
+          local line; line="t$threads$( [ $path = / ] && echo _ok || echo _4k )_c$c"
+          for name in "${names[@]}"; do
+            local a0 t0 t1; a0=$(accepted); t0=$(ticks ${pid[$name]})
+            wrk -t$t -c$c -d${DUR}s --latency http://127.0.0.1:${port[$name]}$path > $W/logs/variant.wrk 2>&1
+            t1=$(ticks ${pid[$name]})
+            read rps p50 p99 err <<< "$(parse_wrk $W/logs/variant.wrk)"
+            local cpu; cpu=$(python3 -c "print(f'{($t1-$t0)/$hz*1e6/max(round($rps*$DUR),1):.1f}')")
+            printf '%-5s %-12s %-14s %9s %8s %8s %5s %8s %9s\n' $rep $line $name $rps $p50 $p99 $err $cpu $(( $(accepted) - a0 )) \
+              | tee -a $W/logs/variants.txt
+          done
+        done
+      done
+      names=("${names[@]:1}" "${names[0]}")   # the first place rotates
+    done
+    for name in "${names[@]}"; do stop_lb ${pid[$name]}; done
+  done
+  echo "== medians over $reps rounds (p99's range)"
+  python3 - $W/logs/variants.txt <<'PY'
+import collections, statistics, sys
+rows = collections.defaultdict(list)
+for fields in (line.split() for line in open(sys.argv[1])):
+    rows[(fields[1], fields[2])].append([float(x) for x in fields[3:9]])
+for (line, name), runs in rows.items():
+    med = lambda i: statistics.median(r[i] for r in runs)
+    p99 = [r[2] for r in runs]
+    print(f"{line:<12} {name:<14} {med(0):>9.0f} req/s  p50 {med(1):.2f}  p99 {med(2):.2f} ({min(p99):.2f}-{max(p99):.2f})  cpu {med(4):.1f}  accepted {med(5):.0f}")
+PY
+}
+
+accepted() {  # connections the three backends have accepted
+  local n=0 p
+  for p in "${PORTS[@]}"; do
+    n=$((n + $(curl -s http://127.0.0.1:$p/nginx-status | awk 'NR == 3 {print $1}')))
+  done
+  echo $n
+}
 served() {  # requests the three backends have served
   local n=0 p
   for p in "${PORTS[@]}"; do
@@ -411,6 +516,7 @@ case ${1:-all} in
   failover) failover;;
   floor) floor;;
   count) count;;
+  variants) variants;;
   all) matrix; failover;;
-  *) echo "usage: $0 [matrix|failover|floor|count|all]"; exit 1;;
+  *) echo "usage: $0 [matrix|failover|floor|count|variants|all]"; exit 1;;
 esac
