@@ -214,7 +214,7 @@ pub(crate) fn bind(path: &Path) -> Result<(UnixListener, PathBuf), GatewayError>
 /// The handover socket the gateway serves, if any: set at the start, and
 /// opened, moved or closed by a reload.
 #[derive(Default)]
-pub(crate) struct Serving(Mutex<Option<(PathBuf, tokio::task::AbortHandle)>>);
+pub(crate) struct Serving(Mutex<Option<(PathBuf, tokio::task::JoinHandle<()>)>>);
 
 impl Serving {
     /// The path served.
@@ -224,9 +224,10 @@ impl Serving {
     }
 
     /// Serves `socket` (bound at its path by [`bind`]) from now on, or
-    /// nothing; the socket served before is closed (its file is left: a
-    /// successor may have bound its own there since).
-    pub(crate) fn set(
+    /// nothing; the socket served before is closed by the time this
+    /// returns (its file is left: a successor may have bound its own there
+    /// since).
+    pub(crate) async fn set(
         &self,
         socket: Option<(UnixListener, PathBuf)>,
         listeners: &Arc<RwLock<Vec<Listening>>>,
@@ -234,14 +235,17 @@ impl Serving {
     ) {
         let next = socket.map(|(socket, path)| {
             let task = tokio::spawn(serve(socket, path.clone(), listeners.clone(), side.clone()));
-            (path, task.abort_handle())
+            (path, task)
         });
         let before = std::mem::replace(
             &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
             next,
         );
         if let Some((_, task)) = before {
+            // The socket closes when the task's future is dropped, which
+            // an abort only asks for: the task ends once it has been.
             task.abort();
+            let _ = task.await;
         }
     }
 }

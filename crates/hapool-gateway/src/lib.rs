@@ -841,7 +841,7 @@ impl Gateway {
         let listeners = Arc::new(RwLock::new(listeners));
         let side = Arc::new(Mutex::new(side));
         let handover = Arc::new(handover::Serving::default());
-        handover.set(handover_socket, &listeners, &side);
+        handover.set(handover_socket, &listeners, &side).await;
         // One worker started from a single-threaded runtime is served by
         // that runtime, so that the process keeps one thread: in a process
         // of one thread a system call skips the atomic operations that
@@ -937,7 +937,8 @@ impl Gateway {
         self.tasks.shutdown().await;
         self.view
             .handover
-            .set(None, &self.view.listeners, &self.view.side);
+            .set(None, &self.view.listeners, &self.view.side)
+            .await;
         for listening in self.view.listening() {
             listening.release();
         }

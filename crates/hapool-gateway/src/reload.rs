@@ -291,7 +291,7 @@ impl GatewayView {
                 ),
                 None => "handover: off".to_owned(),
             });
-            self.handover.set(socket, &self.listeners, &self.side);
+            self.handover.set(socket, &self.listeners, &self.side).await;
         }
         if let Some(log) = access_log {
             done.applied.push(match &log {
