@@ -439,20 +439,15 @@ for (line, name), runs in rows.items():
 PY
 }
 
-accepted() {  # connections the three backends have accepted
+backends_total() {  # $1 = 1: connections the three backends have accepted, 3: requests served (stub_status)
   local n=0 p
   for p in "${PORTS[@]}"; do
-    n=$((n + $(curl -s http://127.0.0.1:$p/nginx-status | awk 'NR == 3 {print $1}')))
+    n=$((n + $(curl -s http://127.0.0.1:$p/nginx-status | awk -v f=$1 'NR == 3 {print $f}')))
   done
   echo $n
 }
-served() {  # requests the three backends have served
-  local n=0 p
-  for p in "${PORTS[@]}"; do
-    n=$((n + $(curl -s http://127.0.0.1:$p/nginx-status | awk 'NR == 3 {print $3}')))
-  done
-  echo $n
-}
+accepted() { backends_total 1; }
+served() { backends_total 3; }
 count() {
   command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install -y valgrind"; exit 1; }
   local floor_bin=${FLOOR:-$ROOT/target/release/examples/proxy-floor} dur=$DUR
