@@ -181,20 +181,8 @@ EOF
   done
 }
 
-hapool_conf() {  # $1 = threads
-  cat > $W/conf/gateway.toml <<EOF
-[gateway]
-threads = $1
-admin = "127.0.0.1:$ADMIN_PORT"
-
-[[gateway.listener]]
-listen = "127.0.0.1:$HAPOOL_PORT"
-pool = "web"
-
-[[gateway.pool]]
-handle = "web"
-members = ["127.0.0.1:${PORTS[0]}", "127.0.0.1:${PORTS[1]}", "127.0.0.1:${PORTS[2]}"]
-EOF
+hapool_conf() {  # $1 = threads: the gateway's defaults (variant_conf, below)
+  variant_conf hapool "" $1 $HAPOOL_PORT $ADMIN_PORT
 }
 
 LB=""        # the PID of the proxy start_lb started last
@@ -205,7 +193,7 @@ port_of() {  # $1 = haproxy|hapool|floor
 start_lb() {  # $1 = haproxy|hapool, $2 = threads, $3 = haproxy extra line
   case $1 in
     haproxy) haproxy_conf $2 "${3:-}"; $WRAP haproxy -f $W/conf/haproxy.cfg -db >> $W/logs/haproxy.log 2>&1 & LB=$!;;
-    hapool) hapool_conf $2; RUST_LOG=warn $WRAP $HAPOOL gateway --config $W/conf/gateway.toml >> $W/logs/hapool.log 2>&1 & LB=$!;;
+    hapool) hapool_conf $2; RUST_LOG=warn $WRAP $HAPOOL gateway --config $W/conf/variant-hapool.toml >> $W/logs/hapool.log 2>&1 & LB=$!;;
   esac
   PIDS+=($LB)
   LB_PORT=$(port_of $1)
