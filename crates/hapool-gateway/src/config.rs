@@ -174,6 +174,10 @@ pub struct GatewayConfig {
     /// single worker started from a single-threaded runtime runs on it).
     /// Default: one per core.
     pub workers: usize,
+    /// Whether workers on threads of their own are pinned each to a CPU
+    /// of its own, when there are no more of them than CPUs the process
+    /// may run on (`worker_runtime`). Default: yes.
+    pub pin_workers: bool,
     /// How members of pools with [`PoolSettings::tls`] are reached: the
     /// authorities their certificates must come from (a member's
     /// certificate names its IP address). `None`: no pool may use TLS.
@@ -291,6 +295,7 @@ impl GatewayConfig {
             session_capacity: 1_000_000,
             limits: Limits::default(),
             workers: std::thread::available_parallelism().map_or(1, usize::from),
+            pin_workers: true,
             member_tls: None,
             member_cache: None,
             access_log: None,

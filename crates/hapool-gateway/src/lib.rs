@@ -329,6 +329,9 @@ pub struct GatewayStatus {
     /// The registrars asked for the members of registrar pools, in order
     /// of preference.
     pub registrars: Vec<SocketAddr>,
+    /// The CPU each worker is pinned to, in the workers' order; `None`
+    /// when they are not pinned (`GatewayConfig::pin_workers`).
+    pub worker_cpus: Option<Vec<usize>>,
 }
 
 /// A listener of the running gateway.
@@ -612,13 +615,35 @@ fn open_access_log(
     .transpose()
 }
 
-/// A worker thread: serves its listeners on a runtime of its own.
+/// The CPU each of `workers` worker threads is to be pinned to, if they
+/// are pinned (`worker_runtime::worker_cpus`).
+fn pinned_cpus(workers: usize) -> Option<Arc<[usize]>> {
+    let allowed = match worker_runtime::allowed_cpus() {
+        Ok(allowed) => allowed,
+        Err(e) => {
+            warn!(error = %e, "the CPUs this process may run on are not known: workers not pinned");
+            return None;
+        }
+    };
+    let cpus = worker_runtime::worker_cpus(workers, &allowed)?;
+    info!(cpus = ?cpus, "workers pinned, each to a CPU of its own");
+    Some(cpus.into())
+}
+
+/// A worker thread: serves its listeners on a runtime of its own, pinned
+/// to `cpu` if given.
 fn worker_thread(
+    cpu: Option<usize>,
     listeners: Vec<WorkerListener>,
     added: UnboundedReceiver<WorkerListener>,
     shared: Arc<Shared>,
     stopped: oneshot::Receiver<()>,
 ) {
+    if let Some(cpu) = cpu
+        && let Err(e) = worker_runtime::pin_this_thread(cpu)
+    {
+        warn!(cpu, error = %e, "a worker cannot be pinned to its CPU: it runs wherever the scheduler puts it");
+    }
     match worker_runtime() {
         Ok(runtime) => runtime.block_on(serve_worker(listeners, added, shared, stopped)),
         Err(e) => tracing::error!(error = %e, "cannot start a gateway worker"),
@@ -850,6 +875,11 @@ impl Gateway {
         let on_this_thread = worker_count == 1
             && tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::CurrentThread;
+        let worker_cpus = if config.pin_workers && !on_this_thread {
+            pinned_cpus(worker_count)
+        } else {
+            None
+        };
         let mut workers = Vec::new();
         let mut inboxes = Vec::new();
         for (n, worker_listeners) in per_worker.into_iter().enumerate() {
@@ -865,9 +895,10 @@ impl Gateway {
                     stopped,
                 )))
             } else {
+                let cpu = worker_cpus.as_ref().map(|cpus| cpus[n]);
                 let thread = std::thread::Builder::new()
                     .name(format!("hapool-gw-{n}"))
-                    .spawn(move || worker_thread(worker_listeners, added, shared, stopped))
+                    .spawn(move || worker_thread(cpu, worker_listeners, added, shared, stopped))
                     .map_err(GatewayError::Thread)?;
                 WorkerRun::Thread(thread)
             };
@@ -883,6 +914,7 @@ impl Gateway {
                 config: Arc::new(config),
                 reloading: Arc::new(tokio::sync::Mutex::new(())),
                 workers: inboxes.into(),
+                worker_cpus,
                 registrars,
                 member_cache,
             },
@@ -984,6 +1016,8 @@ pub struct GatewayView {
     reloading: Arc<tokio::sync::Mutex<()>>,
     /// Where each worker takes the listeners a reload opens.
     workers: Arc<[mpsc::UnboundedSender<WorkerListener>]>,
+    /// The CPU each worker is pinned to, if they are.
+    worker_cpus: Option<Arc<[usize]>>,
     /// Resolves registrar pools (when registrars are configured); a
     /// reload may change them.
     registrars: Arc<Registrars>,
@@ -1024,6 +1058,7 @@ impl GatewayView {
                 .as_ref()
                 .map(|pu| pu.registrars().to_vec())
                 .unwrap_or_default(),
+            worker_cpus: self.worker_cpus.as_deref().map(<[usize]>::to_vec),
         }
     }
 

@@ -137,7 +137,10 @@ impl GatewayConfig {
     /// upkeep: each setting by name. None of these changes while the
     /// gateway runs.
     fn fixed_changes(&self, running: &Self) -> Vec<&'static str> {
-        changed_names([("threads", self.workers != running.workers)])
+        changed_names([
+            ("threads", self.workers != running.workers),
+            ("pin_workers", self.pin_workers != running.pin_workers),
+        ])
     }
 }
 

@@ -1,6 +1,16 @@
 //! The runtime a gateway worker runs on: one thread, looking at its
 //! sockets every [`EVENT_INTERVAL`] tasks, and giving way before it sleeps
-//! after a long stretch awake.
+//! after a long stretch awake; and the CPU a worker thread is pinned to.
+//!
+//! **A CPU for each worker.** Workers on threads of their own are pinned
+//! each to a CPU of its own, the first worker to the first CPU the process
+//! may run on, and so on, when there are no more workers than such CPUs
+//! (`GatewayConfig::pin_workers`). Left to the scheduler, two workers
+//! now and then end up on one CPU, woken there by the traffic of the
+//! other, and the connections of one wait while the other runs (two
+//! workers on two CPUs, 64 connections: docs/performance.md, "A CPU for
+//! each worker"). A single worker, or more workers than CPUs, is not
+//! pinned: there the scheduler moving threads is what shares the CPUs.
 //!
 //! **Giving way.** A worker under load shares its CPU with the processes
 //! it talks to (on a small machine, the members and the clients too). When
@@ -17,6 +27,9 @@
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
+
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::unistd::Pid;
 
 /// Tasks a worker runs between two looks at its sockets' readiness while
 /// tasks are waiting (tokio's default is 61). Under load every request
@@ -63,6 +76,28 @@ pub fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// The CPUs the calling thread may run on, in order.
+pub(crate) fn allowed_cpus() -> nix::Result<Vec<usize>> {
+    let set = sched_getaffinity(Pid::from_raw(0))?;
+    Ok((0..CpuSet::count())
+        .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+        .collect())
+}
+
+/// The CPU each of `workers` worker threads is pinned to, among the
+/// `allowed` ones: the `n`th worker to the `n`th CPU, when there are at
+/// least two workers and no more than CPUs; `None` (not pinned) else.
+pub(crate) fn worker_cpus(workers: usize, allowed: &[usize]) -> Option<Vec<usize>> {
+    (workers >= 2 && workers <= allowed.len()).then(|| allowed[..workers].to_vec())
+}
+
+/// Pins the calling thread to `cpu`.
+pub(crate) fn pin_this_thread(cpu: usize) -> nix::Result<()> {
+    let mut set = CpuSet::new();
+    set.set(cpu)?;
+    sched_setaffinity(Pid::from_raw(0), &set)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +118,37 @@ mod tests {
         assert!(gives_way(Some(woke), woke + 10 * GIVE_WAY_AFTER));
         // A clock read before the wake (another thread's) is no stretch.
         assert!(!gives_way(Some(woke + GIVE_WAY_AFTER), woke));
+    }
+
+    #[test]
+    fn workers_are_pinned_one_to_a_cpu_only_when_the_cpus_go_round() {
+        assert_eq!(worker_cpus(2, &[0, 1]), Some(vec![0, 1]));
+        // The process's own CPUs, in order, not the machine's first ones.
+        assert_eq!(worker_cpus(2, &[2, 5, 7]), Some(vec![2, 5]));
+        assert_eq!(worker_cpus(3, &[2, 5, 7]), Some(vec![2, 5, 7]));
+        // One worker: the scheduler moves it to whichever CPU is free.
+        assert_eq!(worker_cpus(1, &[0, 1]), None);
+        // More workers than CPUs: two would share one.
+        assert_eq!(worker_cpus(3, &[0, 1]), None);
+        assert_eq!(worker_cpus(2, &[]), None);
+    }
+
+    #[test]
+    fn a_thread_is_pinned_to_the_cpu_asked_for() {
+        let allowed = allowed_cpus().unwrap();
+        assert!(!allowed.is_empty());
+        let last = *allowed.last().unwrap();
+        let pinned = std::thread::spawn(move || {
+            pin_this_thread(last).unwrap();
+            allowed_cpus().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(pinned, [last]);
+        // Only that thread: this one keeps its CPUs.
+        assert_eq!(allowed_cpus().unwrap(), allowed);
+        // A CPU beyond any the kernel knows is refused, not ignored.
+        assert!(pin_this_thread(CpuSet::count()).is_err());
     }
 
     #[test]

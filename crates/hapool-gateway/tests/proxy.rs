@@ -2229,6 +2229,7 @@ async fn a_reload_opens_replaces_and_closes_listeners_and_pools() {
     let cache = std::env::temp_dir().join("hapool-reload-test-cache");
     config.member_cache = Some(cache.clone());
     config.workers += 1;
+    config.pin_workers = !config.pin_workers;
     let done = view.reload(config.clone()).await.unwrap();
     assert_eq!(
         done.applied,
@@ -2245,7 +2246,10 @@ async fn a_reload_opens_replaces_and_closes_listeners_and_pools() {
             format!("listener {second}: opened"),
         ]
     );
-    assert_eq!(done.needs_restart, ["threads changed"]);
+    assert_eq!(
+        done.needs_restart,
+        ["threads changed", "pin_workers changed"]
+    );
     assert_eq!(gateway.local_addrs(), [first, second]);
     let (status, body, _) = slow.await.unwrap();
     assert_eq!(

@@ -1,8 +1,8 @@
 //! Where the gateway's workers run: a single worker started from a
 //! single-threaded runtime runs on that runtime, and the process gains no
-//! thread; more workers run on threads of their own. Alone in its file,
-//! so that its process runs no other test's gateway while threads are
-//! counted.
+//! thread; more workers run on threads of their own, each pinned to a CPU
+//! of its own when the CPUs go round. Alone in its file, so that its
+//! process runs no other test's gateway while threads are counted.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,6 +28,38 @@ fn threads() -> Vec<String> {
         .unwrap()
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
         .collect()
+}
+
+/// The CPUs a thread of this process may run on, as the kernel lists them
+/// (`Cpus_allowed_list`: `0-1`, `0,2`, ...).
+fn cpus_of(task: &std::path::Path) -> Vec<usize> {
+    let status = std::fs::read_to_string(task.join("status")).unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim();
+    list.split(',')
+        .flat_map(|range| {
+            let (from, to) = range.split_once('-').unwrap_or((range, range));
+            from.parse::<usize>().unwrap()..=to.parse::<usize>().unwrap()
+        })
+        .collect()
+}
+
+/// The CPUs each gateway worker thread may run on, by worker.
+fn worker_cpus() -> Vec<(String, Vec<usize>)> {
+    let mut workers: Vec<(String, Vec<usize>)> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let name = name.trim().strip_prefix("hapool-gw-")?.to_owned();
+            Some((name, cpus_of(&path)))
+        })
+        .collect();
+    workers.sort();
+    workers
 }
 
 /// The process's threads named as gateway workers (a new thread takes its
@@ -94,4 +126,55 @@ async fn one_worker_runs_on_the_starting_runtime_and_more_on_threads_of_their_ow
     exchange(gateway.local_addrs()[0]).await;
     gateway.shutdown().await;
     assert_eq!(worker_threads(0).await, 0, "two workers stopped");
+}
+
+#[tokio::test]
+async fn workers_are_pinned_each_to_a_cpu_of_its_own_unless_told_not_to() {
+    let member = common::member().await;
+    let allowed = cpus_of(std::path::Path::new("/proc/thread-self"));
+    let pins = allowed.len() >= 2;
+
+    let gateway = Gateway::start(config(member, 2)).await.unwrap();
+    assert_eq!(worker_threads(2).await, 2);
+    // A worker pins itself as it starts: wait for both.
+    let mut seen = worker_cpus();
+    for _ in 0..100 {
+        if !pins || seen.iter().all(|(_, cpus)| cpus.len() == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen = worker_cpus();
+    }
+    let status = serde_json::to_value(gateway.view().status()).unwrap();
+    if pins {
+        let expected = vec![
+            ("0".to_owned(), vec![allowed[0]]),
+            ("1".to_owned(), vec![allowed[1]]),
+        ];
+        assert_eq!(
+            seen, expected,
+            "the first two of the process's CPUs {allowed:?}"
+        );
+        assert_eq!(
+            status["worker_cpus"],
+            serde_json::json!([allowed[0], allowed[1]])
+        );
+    } else {
+        assert!(seen.iter().all(|(_, cpus)| *cpus == allowed), "{seen:?}");
+        assert!(status["worker_cpus"].is_null());
+    }
+    exchange(gateway.local_addrs()[0]).await;
+    gateway.shutdown().await;
+    assert_eq!(worker_threads(0).await, 0);
+    // The starting thread keeps all its CPUs.
+    assert_eq!(cpus_of(std::path::Path::new("/proc/thread-self")), allowed);
+
+    let mut unpinned = config(member, 2);
+    unpinned.pin_workers = false;
+    let gateway = Gateway::start(unpinned).await.unwrap();
+    assert_eq!(worker_threads(2).await, 2);
+    let seen = worker_cpus();
+    assert!(seen.iter().all(|(_, cpus)| *cpus == allowed), "{seen:?}");
+    assert!(serde_json::to_value(gateway.view().status()).unwrap()["worker_cpus"].is_null());
+    gateway.shutdown().await;
 }

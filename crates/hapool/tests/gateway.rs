@@ -308,6 +308,10 @@ fn gateway_configuration_errors_are_named() {
             "gateway.threads = 0",
         ),
         (
+            "[gateway]\npin_workers = \"yes\"\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
+            "invalid type: string \"yes\", expected a boolean",
+        ),
+        (
             "[gateway]\nmax_header_bytes = 100\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
             "gateway.max_header_bytes = 100: at least 8192",
         ),
@@ -1198,4 +1202,36 @@ fn a_gateway_runs_without_transparent_huge_pages() {
     // The kernel merging the allocator's pages into huge ones would stall
     // every request under way (src/gateway.rs, without_huge_pages).
     assert_eq!(common::proc_status(pid, "THP_enabled"), "0");
+}
+
+#[test]
+fn pin_workers_in_the_file_decides_whether_workers_are_pinned() {
+    let scratch = common::Scratch::new("gateway_pin_workers");
+    let a = backend("a");
+    for (more, pinned) in [
+        ("threads = 2\n", true),
+        ("threads = 2\npin_workers = false\n", false),
+    ] {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let path = scratch.write("gw.toml", &static_gateway(&listen, &admin, &[&a], more));
+        let mut gateway = spawn(&["gateway", "--config", path.to_str().unwrap()]);
+        wait_line(&mut gateway, "gateway on");
+        let gateway = Killed(vec![gateway]);
+        until("a answers", || get(&listen) == "a");
+        let response = get_path(&admin, "/status");
+        let (_, body) = response.split_once("\r\n\r\n").unwrap();
+        let status: serde_json::Value = serde_json::from_str(body).unwrap();
+        let cpus = &status["worker_cpus"];
+        // Pinned: two CPUs, each its own; on a machine of one CPU, never.
+        let two_cpus = std::thread::available_parallelism().map_or(1, usize::from) >= 2;
+        if pinned && two_cpus {
+            let cpus = cpus.as_array().unwrap_or_else(|| panic!("{status}"));
+            assert_eq!(cpus.len(), 2, "{status}");
+            assert_ne!(cpus[0], cpus[1], "{status}");
+        } else {
+            assert!(cpus.is_null(), "{more}: {status}");
+        }
+        drop(gateway);
+    }
 }

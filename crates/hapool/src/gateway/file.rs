@@ -48,6 +48,9 @@ pub(crate) struct GatewayFile {
     ticket_lifetime: Option<Duration>,
     /// Worker threads serving the listeners. Default: one per core.
     pub(super) threads: Option<usize>,
+    /// Whether worker threads are pinned each to a CPU of its own (when
+    /// there are no more of them than CPUs). Default: true.
+    pin_workers: Option<bool>,
     /// How often registrar pools are resolved again. Default 1s.
     #[serde(default, with = "humantime_serde")]
     refresh: Option<Duration>,
@@ -489,6 +492,7 @@ impl TryFrom<GatewayFile> for Planned {
             }
             (None, None) => None,
         };
+        config.pin_workers = file.pin_workers.unwrap_or(config.pin_workers);
         config.refresh = file.refresh.unwrap_or(config.refresh);
         config.probe_interval = file.probe_interval.unwrap_or(config.probe_interval);
         config.probe_timeout = file.probe_timeout.unwrap_or(config.probe_timeout);
