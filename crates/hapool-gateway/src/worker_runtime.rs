@@ -10,7 +10,8 @@
 //! other, and the connections of one wait while the other runs (two
 //! workers on two CPUs, 64 connections: docs/performance.md, "A CPU for
 //! each worker"). A single worker, or more workers than CPUs, is not
-//! pinned: there the scheduler moving threads is what shares the CPUs.
+//! pinned: two workers would then share a CPU, and a single one was not
+//! seen to move between CPUs under load.
 //!
 //! **Giving way.** A worker under load shares its CPU with the processes
 //! it talks to (on a small machine, the members and the clients too). When
