@@ -1,10 +1,13 @@
 //! Where the gateway's workers run: a single worker started from a
 //! single-threaded runtime runs on that runtime, and the process gains no
 //! thread; more workers run on threads of their own, each pinned to a CPU
-//! of its own when the CPUs go round. Alone in its file, so that its
-//! process runs no other test's gateway while threads are counted.
+//! of its own when the CPUs go round. Alone in their file, and taking
+//! turns ([`ONE_AT_A_TIME`]), so that no other test's gateway runs in
+//! the process while threads are counted.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +18,21 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 mod common;
+
+/// Held by each test of this file for as long as it runs.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Runs `test` on a single-threaded runtime of its own while holding
+/// [`ONE_AT_A_TIME`]: the runtime, and any thread it started, is gone
+/// before the next test's turn.
+fn in_turn(test: impl Future<Output = ()>) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test);
+}
 
 fn config(member: SocketAddr, workers: usize) -> GatewayConfig {
     let mut config = common::one_member_gateway(member, workers, 100);
@@ -112,69 +130,73 @@ async fn exchange(gateway: SocketAddr) {
     }
 }
 
-#[tokio::test]
-async fn one_worker_runs_on_the_starting_runtime_and_more_on_threads_of_their_own() {
-    let member = common::member().await;
-    let before = threads().len();
-    let gateway = Gateway::start(config(member, 1)).await.unwrap();
-    exchange(gateway.local_addrs()[0]).await;
-    assert_eq!(threads().len(), before, "one worker: no thread more");
-    gateway.shutdown().await;
+#[test]
+fn one_worker_runs_on_the_starting_runtime_and_more_on_threads_of_their_own() {
+    in_turn(async {
+        let member = common::member().await;
+        let before = threads().len();
+        let gateway = Gateway::start(config(member, 1)).await.unwrap();
+        exchange(gateway.local_addrs()[0]).await;
+        assert_eq!(threads().len(), before, "one worker: no thread more");
+        gateway.shutdown().await;
 
-    let gateway = Gateway::start(config(member, 2)).await.unwrap();
-    assert_eq!(worker_threads(2).await, 2, "two workers");
-    exchange(gateway.local_addrs()[0]).await;
-    gateway.shutdown().await;
-    assert_eq!(worker_threads(0).await, 0, "two workers stopped");
+        let gateway = Gateway::start(config(member, 2)).await.unwrap();
+        assert_eq!(worker_threads(2).await, 2, "two workers");
+        exchange(gateway.local_addrs()[0]).await;
+        gateway.shutdown().await;
+        assert_eq!(worker_threads(0).await, 0, "two workers stopped");
+    });
 }
 
-#[tokio::test]
-async fn workers_are_pinned_each_to_a_cpu_of_its_own_unless_told_not_to() {
-    let member = common::member().await;
-    let allowed = cpus_of(std::path::Path::new("/proc/thread-self"));
-    let pins = allowed.len() >= 2;
+#[test]
+fn workers_are_pinned_each_to_a_cpu_of_its_own_unless_told_not_to() {
+    in_turn(async {
+        let member = common::member().await;
+        let allowed = cpus_of(std::path::Path::new("/proc/thread-self"));
+        let pins = allowed.len() >= 2;
 
-    let gateway = Gateway::start(config(member, 2)).await.unwrap();
-    assert_eq!(worker_threads(2).await, 2);
-    // A worker pins itself as it starts: wait for both.
-    let mut seen = worker_cpus();
-    for _ in 0..100 {
-        if !pins || seen.iter().all(|(_, cpus)| cpus.len() == 1) {
-            break;
+        let gateway = Gateway::start(config(member, 2)).await.unwrap();
+        assert_eq!(worker_threads(2).await, 2);
+        // A worker pins itself as it starts: wait for both.
+        let mut seen = worker_cpus();
+        for _ in 0..100 {
+            if !pins || seen.iter().all(|(_, cpus)| cpus.len() == 1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            seen = worker_cpus();
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        seen = worker_cpus();
-    }
-    let status = serde_json::to_value(gateway.view().status()).unwrap();
-    if pins {
-        let expected = vec![
-            ("0".to_owned(), vec![allowed[0]]),
-            ("1".to_owned(), vec![allowed[1]]),
-        ];
-        assert_eq!(
-            seen, expected,
-            "the first two of the process's CPUs {allowed:?}"
-        );
-        assert_eq!(
-            status["worker_cpus"],
-            serde_json::json!([allowed[0], allowed[1]])
-        );
-    } else {
-        assert!(seen.iter().all(|(_, cpus)| *cpus == allowed), "{seen:?}");
-        assert!(status["worker_cpus"].is_null());
-    }
-    exchange(gateway.local_addrs()[0]).await;
-    gateway.shutdown().await;
-    assert_eq!(worker_threads(0).await, 0);
-    // The starting thread keeps all its CPUs.
-    assert_eq!(cpus_of(std::path::Path::new("/proc/thread-self")), allowed);
+        let status = serde_json::to_value(gateway.view().status()).unwrap();
+        if pins {
+            let expected = vec![
+                ("0".to_owned(), vec![allowed[0]]),
+                ("1".to_owned(), vec![allowed[1]]),
+            ];
+            assert_eq!(
+                seen, expected,
+                "the first two of the process's CPUs {allowed:?}"
+            );
+            assert_eq!(
+                status["worker_cpus"],
+                serde_json::json!([allowed[0], allowed[1]])
+            );
+        } else {
+            assert!(seen.iter().all(|(_, cpus)| *cpus == allowed), "{seen:?}");
+            assert!(status["worker_cpus"].is_null());
+        }
+        exchange(gateway.local_addrs()[0]).await;
+        gateway.shutdown().await;
+        assert_eq!(worker_threads(0).await, 0);
+        // The starting thread keeps all its CPUs.
+        assert_eq!(cpus_of(std::path::Path::new("/proc/thread-self")), allowed);
 
-    let mut unpinned = config(member, 2);
-    unpinned.pin_workers = false;
-    let gateway = Gateway::start(unpinned).await.unwrap();
-    assert_eq!(worker_threads(2).await, 2);
-    let seen = worker_cpus();
-    assert!(seen.iter().all(|(_, cpus)| *cpus == allowed), "{seen:?}");
-    assert!(serde_json::to_value(gateway.view().status()).unwrap()["worker_cpus"].is_null());
-    gateway.shutdown().await;
+        let mut unpinned = config(member, 2);
+        unpinned.pin_workers = false;
+        let gateway = Gateway::start(unpinned).await.unwrap();
+        assert_eq!(worker_threads(2).await, 2);
+        let seen = worker_cpus();
+        assert!(seen.iter().all(|(_, cpus)| *cpus == allowed), "{seen:?}");
+        assert!(serde_json::to_value(gateway.view().status()).unwrap()["worker_cpus"].is_null());
+        gateway.shutdown().await;
+    });
 }
