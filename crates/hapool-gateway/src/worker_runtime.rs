@@ -5,11 +5,11 @@
 //! **A CPU for each worker.** Workers on threads of their own are pinned
 //! each to a CPU of its own, the first worker to the first CPU the process
 //! may run on, and so on, when there are no more workers than such CPUs
-//! (`GatewayConfig::pin_workers`). Left to the scheduler, two workers
-//! now and then end up on one CPU, woken there by the traffic of the
-//! other, and the connections of one wait while the other runs (two
-//! workers on two CPUs, 64 connections: docs/performance.md, "A CPU for
-//! each worker"). A single worker, or more workers than CPUs, is not
+//! (`GatewayConfig::pin_workers`). Left to the scheduler, two workers on
+//! two CPUs answered with a longer tail at 64 connections
+//! (docs/performance.md, "A CPU for each worker"); our reading is that
+//! now and then both end up on one CPU and the connections of one wait
+//! while the other runs. A single worker, or more workers than CPUs, is not
 //! pinned: two workers would then share a CPU, and a single one was not
 //! seen to move between CPUs under load.
 //!
