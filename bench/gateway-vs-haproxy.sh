@@ -45,7 +45,9 @@
 #           per round the line of each, and the connections the backends
 #           accepted meanwhile (the proxies' checks and probes included);
 #           at the end each one's medians over the REPS rounds (at least
-#           3), with the p99's range. VARIANTS names them, space-separated,
+#           3), with the p99's range, and the rounds in which each
+#           gateway's p99 was shorter than HAProxy's and than the first
+#           gateway's in the same round. VARIANTS names them, space-separated,
 #           as NAME:SETTINGS, the settings TOML lines separated by ';' for
 #           the pool (or for [gateway] when the line starts with '@'), e.g.
 #           VARIANTS='default: rr:strategy="round-robin" idle:@member_idle_timeout="60s"';
@@ -418,12 +420,29 @@ variants() {
   python3 - $W/logs/variants.txt <<'PY'
 import collections, statistics, sys
 rows = collections.defaultdict(list)
+p99_by_round = collections.defaultdict(dict)   # (line, name) -> {round: p99}
 for fields in (line.split() for line in open(sys.argv[1])):
     rows[(fields[1], fields[2])].append([float(x) for x in fields[3:9]])
+    p99_by_round[(fields[1], fields[2])][fields[0]] = float(fields[5])
 for (line, name), runs in rows.items():
     med = lambda i: statistics.median(r[i] for r in runs)
     p99 = [r[2] for r in runs]
     print(f"{line:<12} {name:<14} {med(0):>9.0f} req/s  p50 {med(1):.2f}  p99 {med(2):.2f} ({min(p99):.2f}-{max(p99):.2f})  cpu {med(4):.1f}  accepted {med(5):.0f}")
+# Pairs of the same round are nearer in time than the medians: the rounds
+# in which each gateway's p99 was the shorter, against HAProxy and against
+# the first gateway named.
+print("== rounds in which the p99 was shorter than the other's in the same round")
+for line in dict.fromkeys(line for line, _ in rows):
+    names = [name for l, name in rows if l == line]
+    for name in names[1:]:
+        mine = p99_by_round[(line, name)]
+        pairs = []
+        for other in names[:names.index(name)][:2]:
+            theirs = p99_by_round[(line, other)]
+            common = [r for r in mine if r in theirs]
+            shorter = sum(mine[r] < theirs[r] for r in common)
+            pairs.append(f"than {other} in {shorter} of {len(common)}")
+        print(f"{line:<12} {name:<14} " + ", ".join(pairs))
 PY
 }
 
