@@ -615,21 +615,6 @@ fn open_access_log(
     .transpose()
 }
 
-/// The CPU each of `workers` worker threads is to be pinned to, if they
-/// are pinned (`worker_runtime::worker_cpus`).
-fn pinned_cpus(workers: usize) -> Option<Arc<[usize]>> {
-    let allowed = match worker_runtime::allowed_cpus() {
-        Ok(allowed) => allowed,
-        Err(e) => {
-            warn!(error = %e, "the CPUs this process may run on are not known: workers not pinned");
-            return None;
-        }
-    };
-    let cpus = worker_runtime::worker_cpus(workers, &allowed)?;
-    info!(cpus = ?cpus, "workers pinned, each to a CPU of its own");
-    Some(cpus.into())
-}
-
 /// A worker thread: serves its listeners on a runtime of its own, pinned
 /// to `cpu` if given.
 fn worker_thread(
@@ -876,7 +861,7 @@ impl Gateway {
             && tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::CurrentThread;
         let worker_cpus = if config.pin_workers && !on_this_thread {
-            pinned_cpus(worker_count)
+            worker_runtime::pinned_cpus(worker_count)
         } else {
             None
         };

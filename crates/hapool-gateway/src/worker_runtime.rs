@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
+use tracing::{info, warn};
 
 /// Tasks a worker runs between two looks at its sockets' readiness while
 /// tasks are waiting (tokio's default is 61). Under load every request
@@ -83,6 +84,22 @@ pub(crate) fn allowed_cpus() -> nix::Result<Vec<usize>> {
     Ok((0..CpuSet::count())
         .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
         .collect())
+}
+
+/// The CPU each of `workers` worker threads is to be pinned to, if they
+/// are pinned ([`worker_cpus`] of the CPUs this process may run on); says
+/// which in the log, or why they are not.
+pub(crate) fn pinned_cpus(workers: usize) -> Option<std::sync::Arc<[usize]>> {
+    let allowed = match allowed_cpus() {
+        Ok(allowed) => allowed,
+        Err(e) => {
+            warn!(error = %e, "the CPUs this process may run on are not known: workers not pinned");
+            return None;
+        }
+    };
+    let cpus = worker_cpus(workers, &allowed)?;
+    info!(cpus = ?cpus, "workers pinned, each to a CPU of its own");
+    Some(cpus.into())
 }
 
 /// The CPU each of `workers` worker threads is pinned to, among the
