@@ -19,10 +19,19 @@
 #           HAProxy with its usual `retries 3` + `option redispatch`, and
 #           with `retry-on all-retryable-errors`; hapool with its defaults.
 # floor:    one proxy thread, wrk -t1 -c64 on /, REPS rounds (at least 3):
-#           HAProxy, the hapool gateway and proxy-floor (the least a hyper
-#           proxy does per request, crates/hapool/examples/proxy-floor.rs)
-#           in turn; requests/s and the proxy's user and system CPU
-#           microseconds per request, p50 and p99. Needs
+#           HAProxy, the hapool gateway and proxy-floor (the least a proxy
+#           on hyper and tokio does per request,
+#           crates/hapool/examples/proxy-floor.rs), all up for the run and
+#           taking turns, the first place rotating between rounds;
+#           requests/s, the proxy's user and system CPU microseconds per
+#           request, p50/p95/p98/p99/p99.9 (wrk's histogram, by a Lua
+#           script), and at the end each one's medians and the rounds in
+#           which its p99 was shorter than HAProxy's. FLOORS (default
+#           "pooled") names proxy-floor's shapes to run, each as floor-SHAPE
+#           (pooled, inline, splice; SHAPE+N adds N microseconds of busy
+#           work per request, e.g. FLOORS="pooled splice splice+4"); TCP=1
+#           adds HAProxy in `mode tcp` and the gateway with a TCP listener
+#           (no affinity), bytes carried without HTTP. Needs
 #           cargo build --release --example proxy-floor.
 # count:    what this machine's noise does not move: each proxy in turn (one
 #           thread; HAProxy, the gateway, and proxy-floor when built) under
@@ -49,7 +58,8 @@
 #           gateway's p99 was shorter than HAProxy's and than the first
 #           gateway's in the same round. VARIANTS names them, space-separated,
 #           as NAME:SETTINGS, the settings TOML lines separated by ';' for
-#           the pool (or for [gateway] when the line starts with '@'), e.g.
+#           the pool (or for [gateway] when the line starts with '@', for
+#           the listener when it starts with '>'), e.g.
 #           VARIANTS='default: rr:strategy="round-robin" idle:@member_idle_timeout="60s"';
 #           BIN_<NAME> runs that one from another binary, ENV_<NAME>
 #           ("VAR=value ...") with more environment.
@@ -318,37 +328,82 @@ failover() {
 floor() {
   local floor_bin=${FLOOR:-$ROOT/target/release/examples/proxy-floor}
   [ -x $floor_bin ] || { echo "needs $floor_bin: cargo build --release --example proxy-floor"; exit 1; }
-  echo "== floor (wrk -t1 -c64 -d${DUR}s on /, one proxy thread; CPU us per request, latency ms)"
-  printf '%-12s %10s %8s %8s %8s %8s %8s\n' "proxy" "req/s" "user" "system" "total" "p50" "p99"
+  cat > $W/conf/percentiles.lua <<'EOF'
+done = function(summary, latency, requests)
+  io.write(string.format("percentiles %.3f %.3f %.3f %.3f %.3f\n", latency:percentile(50) / 1000,
+    latency:percentile(95) / 1000, latency:percentile(98) / 1000, latency:percentile(99) / 1000,
+    latency:percentile(99.9) / 1000))
+end
+EOF
+  # Every proxy up on a port of its own for the whole run, one thread each.
+  local -A pid=() port=()
+  local order=() lb shape n=0
+  start_lb haproxy 1; pid[haproxy]=$LB; port[haproxy]=$LB_PORT; order+=(haproxy)
+  start_lb hapool 1; pid[hapool]=$LB; port[hapool]=$LB_PORT; order+=(hapool)
+  if [ -n "${TCP:-}" ]; then
+    sed -e "s/127.0.0.1:$HAPROXY_PORT/127.0.0.1:$((HAPROXY_PORT - 1))/" -e 's/mode http/mode tcp/' \
+      $W/conf/haproxy.cfg > $W/conf/haproxy-tcp.cfg
+    haproxy -f $W/conf/haproxy-tcp.cfg -db >> $W/logs/haproxy.log 2>&1 & pid[haproxy-tcp]=$!
+    port[haproxy-tcp]=$((HAPROXY_PORT - 1)); order+=(haproxy-tcp)
+    variant_conf tcp '>protocol = "tcp";>affinity = "none"' 1 $((HAPOOL_PORT + 1)) $((ADMIN_PORT - 1))
+    RUST_LOG=warn $HAPOOL gateway --config $W/conf/variant-tcp.toml >> $W/logs/hapool.log 2>&1 & pid[hapool-tcp]=$!
+    port[hapool-tcp]=$((HAPOOL_PORT + 1)); order+=(hapool-tcp)
+    PIDS+=(${pid[haproxy-tcp]} ${pid[hapool-tcp]})
+  fi
+  for shape in ${FLOORS:-pooled}; do
+    # pooled, inline or splice, with +N: N microseconds of busy work per request
+    local work=0 base=$shape; [[ $shape == *+* ]] && { work=${shape#*+}; base=${shape%+*}; }
+    lb=floor-$shape; port[$lb]=$((FLOOR_PORT + n)); n=$((n + 1)); order+=($lb)
+    $floor_bin --shape $base --work-us $work 127.0.0.1:${port[$lb]} \
+      127.0.0.1:${PORTS[0]} 127.0.0.1:${PORTS[1]} 127.0.0.1:${PORTS[2]} >> $W/logs/floor.log 2>&1 & pid[$lb]=$!
+    PIDS+=(${pid[$lb]})
+  done
+  for lb in "${order[@]}"; do
+    wait_lb ${port[$lb]}
+    wrk -t1 -c64 -d1s http://127.0.0.1:${port[$lb]}/ > /dev/null 2>&1   # warm-up
+  done
+  sleep 1.5   # every backend checked/probed up
+  echo "== floor (wrk -t1 -c64 -d${DUR}s on /, one proxy thread, the proxies taking turns; CPU us per request, latency ms)"
+  printf '%-5s %-20s %8s %6s %6s %6s %6s %6s %6s %6s\n' "round" "proxy" "req/s" "user" "system" "p50" "p95" "p98" "p99" "p99.9"
+  : > $W/logs/floor.txt
+  local rep i
   for rep in $(seq $(( REPS < 3 ? 3 : REPS ))); do
-    for lb in haproxy hapool floor; do
-      if [ $lb = floor ]; then
-        LB_PORT=$(port_of floor)
-        $floor_bin 127.0.0.1:$LB_PORT 127.0.0.1:${PORTS[0]} 127.0.0.1:${PORTS[1]} 127.0.0.1:${PORTS[2]} \
-          >> $W/logs/floor.log 2>&1 & LB=$!
-        PIDS+=($LB)
-        wait_lb $LB_PORT
-      else
-        start_lb $lb 1
-      fi
-      wrk -t1 -c64 -d1s http://127.0.0.1:$LB_PORT/ > /dev/null 2>&1
-      read u0 s0 <<< "$(awk '{print $14, $15}' /proc/$LB/stat)"
-      wrk -t1 -c64 -d${DUR}s --latency http://127.0.0.1:$LB_PORT/ > $W/logs/floor-$lb.wrk 2>&1
-      read u1 s1 <<< "$(awk '{print $14, $15}' /proc/$LB/stat)"
+    for i in $(seq 0 $(( ${#order[@]} - 1 ))); do
+      lb=${order[$(( (rep - 1 + i) % ${#order[@]} ))]}   # the first place rotating between rounds
+      read u0 s0 <<< "$(awk '{print $14, $15}' /proc/${pid[$lb]}/stat)"
+      wrk -t1 -c64 -d${DUR}s --latency -s $W/conf/percentiles.lua http://127.0.0.1:${port[$lb]}/ > $W/logs/floor-$lb.wrk 2>&1
+      read u1 s1 <<< "$(awk '{print $14, $15}' /proc/${pid[$lb]}/stat)"
       read rps p50 p99 err <<< "$(parse_wrk $W/logs/floor-$lb.wrk)"
+      read -r _ q50 q95 q98 q99 q999 <<< "$(grep '^percentiles' $W/logs/floor-$lb.wrk)"
       python3 -c "r = $rps * $DUR; u, s = ($u1 - $u0) / $hz * 1e6 / r, ($s1 - $s0) / $hz * 1e6 / r
-print('%-12s %10.0f %8.2f %8.2f %8.2f %8.2f %8.2f' % ('$lb', $rps, u, s, u + s, $p50, $p99))"
-      stop_lb
+print('%-5s %-20s %8.0f %6.2f %6.2f %6.2f %6.2f %6.2f %6.2f %6.2f' % ($rep, '$lb', $rps, u, s, $q50, $q95, $q98, $q99, $q999))" \
+        | tee -a $W/logs/floor.txt
     done
   done
+  for lb in "${order[@]}"; do stop_lb ${pid[$lb]}; done
+  echo "== medians over the rounds (the p99's range; rounds in which the p99 was shorter than HAProxy's)"
+  python3 - $W/logs/floor.txt <<'PY'
+import statistics, sys
+rows, rounds = {}, {}
+for f in (line.split() for line in open(sys.argv[1])):
+    rows.setdefault(f[1], []).append([float(x) for x in f[2:]])
+    rounds.setdefault(f[0], {})[f[1]] = float(f[8])
+for name, rs in rows.items():
+    m = [statistics.median(r[i] for r in rs) for i in range(8)]
+    p99 = [r[6] for r in rs]
+    shorter = sum(1 for r in rounds.values() if name in r and "haproxy" in r and r[name] < r["haproxy"])
+    print(f"{name:<20} {m[0]:8.0f} " + " ".join(f"{v:6.2f}" for v in m[1:])
+          + f"  ({min(p99):.2f}-{max(p99):.2f}) {shorter} of {len(rs)}")
+PY
 }
 
 variant_conf() {  # $1 = name, $2 = settings, $3 = threads, $4 = port, $5 = admin port
-  local line pool_lines=() gateway_lines=()
+  local line pool_lines=() gateway_lines=() listener_lines=()
   IFS=';' read -ra lines <<< "$2"
   for line in "${lines[@]}"; do
     case $line in
       @*) gateway_lines+=("${line#@}");;
+      '>'*) listener_lines+=("${line#>}");;
       ?*) pool_lines+=("$line");;
     esac
   done
@@ -360,6 +415,7 @@ variant_conf() {  # $1 = name, $2 = settings, $3 = threads, $4 = port, $5 = admi
     echo "[[gateway.listener]]"
     echo "listen = \"127.0.0.1:$4\""
     echo "pool = \"web\""
+    printf '%s\n' "${listener_lines[@]}"
     echo "[[gateway.pool]]"
     echo "handle = \"web\""
     echo "members = [\"127.0.0.1:${PORTS[0]}\", \"127.0.0.1:${PORTS[1]}\", \"127.0.0.1:${PORTS[2]}\"]"

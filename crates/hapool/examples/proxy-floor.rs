@@ -1,74 +1,142 @@
-//! The least an HTTP/1.1 reverse proxy built on hyper and tokio does per
-//! request, as a yardstick for the gateway: one thread, requests sent
-//! round robin to the backends over kept connections (given back, as the
-//! gateway does, once a response has been read), each message written with
-//! one `send` (as the gateway writes them), nothing else (no
+//! The least a reverse proxy on hyper and tokio does per request, as a
+//! yardstick for the gateway: one thread, nothing but the forwarding (no
 //! timeouts, no header rewriting, no sessions, no failover, no metrics).
 //! `bench/gateway-vs-haproxy.sh floor` runs it beside the gateway and
-//! HAProxy.
+//! HAProxy. Its shapes (`--shape`):
 //!
-//! `proxy-floor LISTEN BACKEND...`, addresses as `127.0.0.1:8080`.
+//! - `pooled` (the default): HTTP/1.1, each request sent round robin to
+//!   the backends over kept connections shared by all clients and given
+//!   back, as the gateway does, once the answer has been read; each
+//!   message written with one `send`, as the gateway writes them. A
+//!   request is polled four times in two tasks: the client's connection
+//!   reads it, the backend's connection sends it and reads the answer, the
+//!   client's connection writes that.
+//! - `inline`: HTTP/1.1, each client connection with a backend connection
+//!   of its own (round robin when the client connects), driven within the
+//!   client connection's task: a request is handed over and its answer
+//!   handed back within one poll of that task, two polls per request.
+//! - `splice`: no HTTP; the bytes of each client connection copied to a
+//!   backend connection of its own and back, as the gateway's TCP
+//!   listeners do.
+//!
+//! `--work-us N` adds N microseconds of busy work (a spin on the clock) to
+//! each request (with `splice`, to each read from a client), to tell how
+//! much of a difference is the work's amount rather than its kind.
+//!
+//! `proxy-floor [--shape pooled|inline|splice] [--work-us N] LISTEN
+//! BACKEND...`, addresses as `127.0.0.1:8080`.
 
 #![allow(missing_docs)]
 
 use std::cell::RefCell;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use hapool_gateway::body::{AtEnd, OnEnd};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The backends and the idle connections to each.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    Pooled,
+    Inline,
+    Splice,
+}
+
+/// The backends, the next in turn, and the idle shared connections to each.
 struct Backends {
     addresses: Vec<SocketAddr>,
     next: usize,
     idle: Vec<Vec<SendRequest<Incoming>>>,
 }
 
+impl Backends {
+    fn next(&mut self) -> usize {
+        self.next = (self.next + 1) % self.addresses.len();
+        self.next
+    }
+}
+
 type Shared = Rc<RefCell<Backends>>;
 
-/// A backend connection whose response is being read; it goes back to
-/// the idle ones once the body has been read to the end.
+/// A client connection's own backend connection (`inline`), while no
+/// request is on it.
+type Own = Rc<RefCell<Option<SendRequest<Incoming>>>>;
+
+/// Where a backend connection goes back to once its answer has been read.
+enum Home {
+    Shared(Shared, usize),
+    Own(Own),
+}
+
+/// A backend connection whose answer is being read.
 struct GiveBack {
     connection: SendRequest<Incoming>,
-    backends: Shared,
-    backend: usize,
+    home: Home,
 }
 
 impl AtEnd for GiveBack {
     fn at_end(self) {
-        self.backends.borrow_mut().idle[self.backend].push(self.connection);
+        match self.home {
+            Home::Shared(backends, backend) => {
+                backends.borrow_mut().idle[backend].push(self.connection);
+            }
+            Home::Own(own) => *own.borrow_mut() = Some(self.connection),
+        }
     }
 }
 
-async fn connect(address: SocketAddr) -> std::io::Result<SendRequest<Incoming>> {
+/// Spins for `work` (nothing when zero).
+fn busy(work: Duration) {
+    if !work.is_zero() {
+        let start = Instant::now();
+        while start.elapsed() < work {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+async fn connect(
+    address: SocketAddr,
+) -> std::io::Result<(
+    SendRequest<Incoming>,
+    Connection<TokioIo<TcpStream>, Incoming>,
+)> {
     let stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
-    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+    hyper::client::conn::http1::Builder::new()
         .writev(false)
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(std::io::Error::other)?;
-    tokio::task::spawn_local(connection);
-    Ok(sender)
+        .map_err(std::io::Error::other)
 }
 
-async fn proxy(
-    backends: Shared,
-    request: Request<Incoming>,
-) -> Result<Response<OnEnd<Incoming, GiveBack>>, std::io::Error> {
+/// The connection a request goes on: the client's own, or an idle shared
+/// one to the next backend, or a new shared one.
+async fn checkout(backends: &Shared, own: Option<&Own>) -> std::io::Result<GiveBack> {
+    if let Some(own) = own {
+        let connection = own.borrow_mut().take();
+        let connection = connection.ok_or_else(|| std::io::Error::other("no connection"))?;
+        let home = Home::Own(own.clone());
+        return Ok(GiveBack { connection, home });
+    }
     let (backend, idle) = {
         let mut b = backends.borrow_mut();
-        b.next = (b.next + 1) % b.addresses.len();
-        let backend = b.next;
+        let backend = b.next();
         let mut idle = None;
         while let Some(sender) = b.idle[backend].pop() {
             if sender.is_ready() {
@@ -78,32 +146,246 @@ async fn proxy(
         }
         (backend, idle)
     };
-    let mut sender = match idle {
+    let connection = match idle {
         Some(sender) => sender,
         None => {
             let address = backends.borrow().addresses[backend];
-            connect(address).await?
+            let (sender, connection) = connect(address).await?;
+            tokio::task::spawn_local(connection);
+            sender
         }
     };
-    let response = sender
+    let home = Home::Shared(backends.clone(), backend);
+    Ok(GiveBack { connection, home })
+}
+
+async fn proxy(
+    backends: Shared,
+    own: Option<Own>,
+    work: Duration,
+    request: Request<Incoming>,
+) -> Result<Response<OnEnd<Incoming, GiveBack>>, std::io::Error> {
+    busy(work);
+    let mut give_back = checkout(&backends, own.as_ref()).await?;
+    // A connection given back at the end of an answer may not yet have
+    // finished with it.
+    give_back
+        .connection
+        .ready()
+        .await
+        .map_err(std::io::Error::other)?;
+    let response = give_back
+        .connection
         .send_request(request)
         .await
         .map_err(std::io::Error::other)?;
-    Ok(response.map(|body| {
-        OnEnd::new(
-            body,
-            GiveBack {
-                connection: sender,
-                backends,
-                backend,
-            },
-        )
-    }))
+    Ok(response.map(|body| OnEnd::new(body, give_back)))
+}
+
+/// Serves one client connection over HTTP/1.1.
+async fn serve_http(stream: TcpStream, backends: Shared, shape: Shape, work: Duration) {
+    let (own, backend_connection) = if shape == Shape::Inline {
+        let address = {
+            let mut b = backends.borrow_mut();
+            let backend = b.next();
+            b.addresses[backend]
+        };
+        match connect(address).await {
+            Ok((sender, connection)) => {
+                (Some(Rc::new(RefCell::new(Some(sender)))), Some(connection))
+            }
+            Err(e) => return eprintln!("proxy-floor: {address}: {e}"),
+        }
+    } else {
+        (None, None)
+    };
+    let service = hyper::service::service_fn(move |request| {
+        let (backends, own) = (backends.clone(), own.clone());
+        async move {
+            Ok::<_, Infallible>(
+                proxy(backends, own, work, request)
+                    .await
+                    .unwrap_or_else(|e| {
+                        eprintln!("proxy-floor: {e}");
+                        std::process::exit(1)
+                    }),
+            )
+        }
+    });
+    let client_connection = hyper::server::conn::http1::Builder::new()
+        .writev(false)
+        .serve_connection(TokioIo::new(stream), service);
+    match backend_connection {
+        Some(backend_connection) => {
+            let _ = Together::new(client_connection, backend_connection).await;
+        }
+        None => {
+            let _ = client_connection.await;
+        }
+    }
+}
+
+/// Whether the task was woken while [`Together`] polled its two futures.
+struct Woken {
+    polling: AtomicBool,
+    woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        if !self.polling.load(Ordering::SeqCst)
+            && let Some(task) = self.task.lock().expect("not poisoned").as_ref()
+        {
+            task.wake_by_ref();
+        }
+    }
+}
+
+/// A client connection and its own backend connection in one task: both
+/// polled, and again while either woke the task meanwhile (the one handing
+/// work to the other), so that a request goes to the backend, and its
+/// answer to the client, in the poll that brought it. Ends with the client
+/// connection.
+struct Together<A, B> {
+    client: Pin<Box<A>>,
+    backend: Option<Pin<Box<B>>>,
+    woken: Arc<Woken>,
+    waker: Waker,
+}
+
+impl<A: Future, B: Future> Together<A, B> {
+    fn new(client: A, backend: B) -> Self {
+        let woken = Arc::new(Woken {
+            polling: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
+            task: Mutex::new(None),
+        });
+        let waker = Waker::from(woken.clone());
+        Self {
+            client: Box::pin(client),
+            backend: Some(Box::pin(backend)),
+            woken,
+            waker,
+        }
+    }
+}
+
+impl<A: Future, B: Future> Future for Together<A, B> {
+    type Output = A::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<A::Output> {
+        {
+            let mut task = self.woken.task.lock().expect("not poisoned");
+            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        let this = &mut *self;
+        let mut inner = Context::from_waker(&this.waker);
+        for _ in 0..16 {
+            this.woken.polling.store(true, Ordering::SeqCst);
+            this.woken.woken.store(false, Ordering::SeqCst);
+            if let Poll::Ready(out) = this.client.as_mut().poll(&mut inner) {
+                this.woken.polling.store(false, Ordering::SeqCst);
+                return Poll::Ready(out);
+            }
+            if let Some(backend) = this.backend.as_mut()
+                && backend.as_mut().poll(&mut inner).is_ready()
+            {
+                this.backend = None;
+            }
+            this.woken.polling.store(false, Ordering::SeqCst);
+            if !this.woken.woken.load(Ordering::SeqCst) {
+                return Poll::Pending;
+            }
+        }
+        // Still handing work back and forth: the rest in a later poll.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// A client's stream that spins for `work` after each read of some bytes.
+struct Working {
+    stream: TcpStream,
+    work: Duration,
+}
+
+impl AsyncRead for Working {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            busy(self.work);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Working {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Copies one client connection's bytes to a backend connection of its
+/// own and back.
+async fn splice(stream: TcpStream, backends: Shared, work: Duration) {
+    let address = {
+        let mut b = backends.borrow_mut();
+        let backend = b.next();
+        b.addresses[backend]
+    };
+    let mut backend = match TcpStream::connect(address).await {
+        Ok(backend) => backend,
+        Err(e) => return eprintln!("proxy-floor: {address}: {e}"),
+    };
+    let _ = backend.set_nodelay(true);
+    let mut client = Working { stream, work };
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let usage = "usage: proxy-floor LISTEN BACKEND...";
+    let usage = "usage: proxy-floor [--shape pooled|inline|splice] [--work-us N] LISTEN BACKEND...";
+    let mut args = std::env::args().skip(1).peekable();
+    let (mut shape, mut work) = (Shape::Pooled, Duration::ZERO);
+    while let Some(flag) = args.next_if(|a| a.starts_with("--")) {
+        let value = args.next().expect(usage);
+        match flag.as_str() {
+            "--shape" => {
+                shape = match value.as_str() {
+                    "pooled" => Shape::Pooled,
+                    "inline" => Shape::Inline,
+                    "splice" => Shape::Splice,
+                    _ => panic!("{usage}"),
+                }
+            }
+            "--work-us" => work = Duration::from_micros(value.parse().expect(usage)),
+            _ => panic!("{usage}"),
+        }
+    }
     let listen: SocketAddr = args.next().expect(usage).parse().expect(usage);
     let addresses: Vec<SocketAddr> = args.map(|a| a.parse().expect(usage)).collect();
     assert!(!addresses.is_empty(), "{usage}");
@@ -128,21 +410,10 @@ fn main() {
             };
             let _ = stream.set_nodelay(true);
             let backends = backends.clone();
-            tokio::task::spawn_local(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let backends = backends.clone();
-                    async move {
-                        Ok::<_, Infallible>(proxy(backends, request).await.unwrap_or_else(|e| {
-                            eprintln!("proxy-floor: {e}");
-                            std::process::exit(1)
-                        }))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .writev(false)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            match shape {
+                Shape::Splice => tokio::task::spawn_local(splice(stream, backends, work)),
+                _ => tokio::task::spawn_local(serve_http(stream, backends, shape, work)),
+            };
         }
     });
 }
