@@ -69,6 +69,11 @@ impl Backends {
         self.next = (self.next + 1) % self.addresses.len();
         self.next
     }
+
+    fn next_address(&mut self) -> SocketAddr {
+        let backend = self.next();
+        self.addresses[backend]
+    }
 }
 
 type Shared = Rc<RefCell<Backends>>;
@@ -185,11 +190,7 @@ async fn proxy(
 /// Serves one client connection over HTTP/1.1.
 async fn serve_http(stream: TcpStream, backends: Shared, shape: Shape, work: Duration) {
     let (own, backend_connection) = if shape == Shape::Inline {
-        let address = {
-            let mut b = backends.borrow_mut();
-            let backend = b.next();
-            b.addresses[backend]
-        };
+        let address = backends.borrow_mut().next_address();
         match connect(address).await {
             Ok((sender, connection)) => {
                 (Some(Rc::new(RefCell::new(Some(sender)))), Some(connection))
@@ -353,11 +354,7 @@ impl tokio::io::AsyncWrite for Working {
 /// Copies one client connection's bytes to a backend connection of its
 /// own and back.
 async fn splice(stream: TcpStream, backends: Shared, work: Duration) {
-    let address = {
-        let mut b = backends.borrow_mut();
-        let backend = b.next();
-        b.addresses[backend]
-    };
+    let address = backends.borrow_mut().next_address();
     let mut backend = match TcpStream::connect(address).await {
         Ok(backend) => backend,
         Err(e) => return eprintln!("proxy-floor: {address}: {e}"),
@@ -367,28 +364,67 @@ async fn splice(stream: TcpStream, backends: Shared, work: Duration) {
     let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
 }
 
-fn main() {
-    let usage = "usage: proxy-floor [--shape pooled|inline|splice] [--work-us N] LISTEN BACKEND...";
-    let mut args = std::env::args().skip(1).peekable();
+/// What the command line asks for.
+struct Arguments {
+    shape: Shape,
+    work: Duration,
+    listen: SocketAddr,
+    addresses: Vec<SocketAddr>,
+}
+
+fn arguments(mut args: impl Iterator<Item = String>) -> Result<Arguments, String> {
+    let address = |a: String| a.parse().map_err(|e| format!("address {a:?}: {e}"));
     let (mut shape, mut work) = (Shape::Pooled, Duration::ZERO);
-    while let Some(flag) = args.next_if(|a| a.starts_with("--")) {
-        let value = args.next().expect(usage);
-        match flag.as_str() {
+    let mut positional = Vec::new();
+    while let Some(arg) = args.next() {
+        if !arg.starts_with("--") {
+            positional.push(address(arg)?);
+            continue;
+        }
+        let value = args.next().ok_or(format!("{arg} needs a value"))?;
+        match arg.as_str() {
             "--shape" => {
                 shape = match value.as_str() {
                     "pooled" => Shape::Pooled,
                     "inline" => Shape::Inline,
                     "splice" => Shape::Splice,
-                    _ => panic!("{usage}"),
+                    _ => return Err(format!("no shape {value:?}")),
                 }
             }
-            "--work-us" => work = Duration::from_micros(value.parse().expect(usage)),
-            _ => panic!("{usage}"),
+            "--work-us" => {
+                let micros = value
+                    .parse()
+                    .map_err(|e| format!("--work-us {value:?}: {e}"))?;
+                work = Duration::from_micros(micros);
+            }
+            _ => return Err(format!("no option {arg}")),
         }
     }
-    let listen: SocketAddr = args.next().expect(usage).parse().expect(usage);
-    let addresses: Vec<SocketAddr> = args.map(|a| a.parse().expect(usage)).collect();
-    assert!(!addresses.is_empty(), "{usage}");
+    if positional.len() < 2 {
+        return Err("a listening address and at least one backend".into());
+    }
+    let listen = positional.remove(0);
+    Ok(Arguments {
+        shape,
+        work,
+        listen,
+        addresses: positional,
+    })
+}
+
+fn main() {
+    let Arguments {
+        shape,
+        work,
+        listen,
+        addresses,
+    } = arguments(std::env::args().skip(1)).unwrap_or_else(|e| {
+        eprintln!("proxy-floor: {e}");
+        eprintln!(
+            "usage: proxy-floor [--shape pooled|inline|splice] [--work-us N] LISTEN BACKEND..."
+        );
+        std::process::exit(2)
+    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .event_interval(256)
