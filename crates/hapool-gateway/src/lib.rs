@@ -86,6 +86,7 @@ pub use crate::proxy_protocol::ProxyProtocol;
 pub use crate::reload::Reloaded;
 pub use crate::select::{AdminState, Availability, Strategy};
 use crate::serve::{WorkerListener, accept_loop};
+pub use crate::tcp::OnRead;
 use crate::tickets::SessionTickets;
 use crate::tls::LiveTls;
 use crate::upkeep::{

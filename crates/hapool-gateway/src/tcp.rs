@@ -96,13 +96,21 @@ impl AsyncWrite for MemberStream {
     }
 }
 
-/// A stream that notes when bytes come in from it.
-struct Watched<'a, S> {
+/// `inner`, calling `on_read` each time bytes come in from it: the TCP
+/// proxy notes that its connection moved.
+pub struct OnRead<S, F> {
     inner: S,
-    moved: &'a AtomicBool,
+    on_read: F,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
+impl<S, F> OnRead<S, F> {
+    /// `inner`, calling `on_read` after each read that brought bytes.
+    pub fn new(inner: S, on_read: F) -> Self {
+        Self { inner, on_read }
+    }
+}
+
+impl<S: AsyncRead + Unpin, F: FnMut() + Unpin> AsyncRead for OnRead<S, F> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -111,13 +119,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
         let before = buf.filled().len();
         let read = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.moved.store(true, Ordering::Relaxed);
+            (self.on_read)();
         }
         read
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
+impl<S: AsyncWrite + Unpin, F: Unpin> AsyncWrite for OnRead<S, F> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -253,14 +261,8 @@ impl TcpProxy {
     {
         let idle = self.limits.tcp_idle_timeout;
         let moved = AtomicBool::new(false);
-        let mut client = Watched {
-            inner: client,
-            moved: &moved,
-        };
-        let mut member = Watched {
-            inner: member,
-            moved: &moved,
-        };
+        let mut client = OnRead::new(client, || moved.store(true, Ordering::Relaxed));
+        let mut member = OnRead::new(member, || moved.store(true, Ordering::Relaxed));
         let copy = copy_bidirectional(&mut client, &mut member);
         tokio::pin!(copy);
         // Looked at eight times per idle timeout: closed at most an

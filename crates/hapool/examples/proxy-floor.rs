@@ -39,12 +39,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use hapool_gateway::OnRead;
 use hapool_gateway::body::{AtEnd, OnEnd};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 #[global_allocator]
@@ -312,45 +312,6 @@ impl<A: Future, B: Future> Future for Together<A, B> {
     }
 }
 
-/// A client's stream that spins for `work` after each read of some bytes.
-struct Working {
-    stream: TcpStream,
-    work: Duration,
-}
-
-impl AsyncRead for Working {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            busy(self.work);
-        }
-        polled
-    }
-}
-
-impl tokio::io::AsyncWrite for Working {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
 /// Copies one client connection's bytes to a backend connection of its
 /// own and back.
 async fn splice(stream: TcpStream, backends: Shared, work: Duration) {
@@ -360,7 +321,7 @@ async fn splice(stream: TcpStream, backends: Shared, work: Duration) {
         Err(e) => return eprintln!("proxy-floor: {address}: {e}"),
     };
     let _ = backend.set_nodelay(true);
-    let mut client = Working { stream, work };
+    let mut client = OnRead::new(stream, move || busy(work));
     let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
 }
 
