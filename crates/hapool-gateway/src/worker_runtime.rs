@@ -79,7 +79,7 @@ pub fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// The CPUs the calling thread may run on, in order.
-pub(crate) fn allowed_cpus() -> nix::Result<Vec<usize>> {
+fn allowed_cpus() -> nix::Result<Vec<usize>> {
     let set = sched_getaffinity(Pid::from_raw(0))?;
     Ok((0..CpuSet::count())
         .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
@@ -105,7 +105,7 @@ pub(crate) fn pinned_cpus(workers: usize) -> Option<std::sync::Arc<[usize]>> {
 /// The CPU each of `workers` worker threads is pinned to, among the
 /// `allowed` ones: the `n`th worker to the `n`th CPU, when there are at
 /// least two workers and no more than CPUs; `None` (not pinned) else.
-pub(crate) fn worker_cpus(workers: usize, allowed: &[usize]) -> Option<Vec<usize>> {
+fn worker_cpus(workers: usize, allowed: &[usize]) -> Option<Vec<usize>> {
     (workers >= 2 && workers <= allowed.len()).then(|| allowed[..workers].to_vec())
 }
 
