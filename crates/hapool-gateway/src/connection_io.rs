@@ -110,12 +110,15 @@ impl<S> ConnectionIo<S> {
     }
 
     /// Whether this write waits a turn: then the task is woken again, to
-    /// run after the tasks already ready.
+    /// run after the tasks already ready. Such a write starts a message,
+    /// which the worker counts towards letting the scheduler look at its
+    /// slice (`worker_runtime`).
     fn yield_first(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.defer_next {
             return false;
         }
         self.defer_next = false;
+        crate::worker_runtime::message_sent();
         cx.waker().wake_by_ref();
         true
     }
@@ -221,6 +224,7 @@ mod tests {
         let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
+        let counted = crate::worker_runtime::messages_counted();
 
         // At the start, as after a read: the write yields and wakes its task.
         assert!(poll_write(&mut stream, &mut cx, b"one").is_pending());
@@ -246,6 +250,8 @@ mod tests {
             poll_write(&mut stream, &mut cx, b"three"),
             Poll::Ready(Ok(5))
         ));
+        // Two messages, each counted once for the scheduler's look.
+        assert_eq!(crate::worker_runtime::messages_counted(), counted + 2);
 
         let mut got = [0; 11];
         peer.read_exact(&mut got).await.unwrap();
