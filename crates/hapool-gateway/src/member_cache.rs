@@ -5,10 +5,15 @@
 //! The file is one ENRP_HANDLE_TABLE_RESPONSE message, the format in
 //! which registrars exchange their handle tables: decoding it checks it as
 //! thoroughly as a message from a peer. It is written to a temporary file
-//! beside it and renamed over the old one, so a crash or a full disk
-//! leaves the previous list, never half of one.
+//! beside it, flushed to the disk, and renamed over the old one, so a
+//! crash (of the gateway or of the machine) or a full disk leaves the
+//! previous list, never half of one. A write that failed is tried again
+//! with the next answer from the registrars, even when the members did
+//! not change.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use hapool_wire::{
@@ -20,6 +25,8 @@ use tracing::{info, warn};
 pub(crate) struct MemberCache {
     path: PathBuf,
     lists: BTreeMap<PoolHandle, Vec<PoolElement>>,
+    /// Whether the file lags behind `lists` because its last write failed.
+    behind: bool,
 }
 
 impl MemberCache {
@@ -38,7 +45,11 @@ impl MemberCache {
                 BTreeMap::new()
             }
         };
-        Self { path, lists }
+        Self {
+            path,
+            lists,
+            behind: false,
+        }
     }
 
     /// A cache at `path` that holds nothing yet: the file is written with
@@ -47,6 +58,7 @@ impl MemberCache {
         Self {
             path,
             lists: BTreeMap::new(),
+            behind: false,
         }
     }
 
@@ -56,23 +68,47 @@ impl MemberCache {
     }
 
     /// Records the registrars' answer for `pool`, and writes the file when
-    /// the pool's members (identifiers and addresses) changed; a load
-    /// update alone is not worth a write.
-    pub(crate) fn record(&mut self, pool: &PoolHandle, elements: &[PoolElement]) {
+    /// the pool's members (identifiers and addresses) changed, or when the
+    /// last write failed; a load update alone is not worth a write. A
+    /// failing write is logged once, and again when a write succeeds. The
+    /// file is written on a thread for blocking work: flushing it to the
+    /// disk can take long, and the calling task may share its thread with
+    /// a worker serving requests.
+    pub(crate) async fn record(&mut self, pool: &PoolHandle, elements: &[PoolElement]) {
         let same = self
             .lists
             .get(pool)
             .is_some_and(|cached| membership(cached) == membership(elements));
-        if same {
+        if same && !self.behind {
             return;
         }
-        if elements.is_empty() {
-            self.lists.remove(pool);
-        } else {
-            self.lists.insert(pool.clone(), elements.to_vec());
+        if !same {
+            if elements.is_empty() {
+                self.lists.remove(pool);
+            } else {
+                self.lists.insert(pool.clone(), elements.to_vec());
+            }
         }
-        if let Err(e) = save(&self.path, &self.lists) {
-            warn!(error = %e, "the member cache is not up to date");
+        let (path, lists) = (self.path.clone(), self.lists.clone());
+        let saved = tokio::task::spawn_blocking(move || save(&path, &lists))
+            .await
+            .unwrap_or_else(|e| {
+                Err(MemberCacheError::Write {
+                    path: self.path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
+        match saved {
+            Ok(()) if self.behind => {
+                self.behind = false;
+                info!(path = %self.path.display(), "the member cache is up to date again");
+            }
+            Ok(()) => {}
+            Err(e) if !self.behind => {
+                self.behind = true;
+                warn!(error = %e, "the member cache is not up to date: written again with the next answer");
+            }
+            Err(_) => {}
         }
     }
 }
@@ -180,12 +216,23 @@ pub(crate) fn save(
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".new");
     let temporary = PathBuf::from(temporary);
-    std::fs::write(&temporary, &bytes)
+    File::create(&temporary)
+        .and_then(|mut file| {
+            file.write_all(&bytes)?;
+            file.sync_all()
+        })
         .and_then(|()| std::fs::rename(&temporary, path))
         .map_err(|source| {
             let _ = std::fs::remove_file(&temporary);
             write_error(source)
-        })
+        })?;
+    // The rename itself is on the disk once the directory is: without
+    // this, a machine that crashes now may come back with the old list,
+    // which is still a whole one, so a failure here is not an error.
+    if let Some(directory) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = File::open(directory).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -235,6 +282,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.starts_with("cannot write"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_made_with_the_next_answer() {
+        let dir =
+            std::env::temp_dir().join(format!("hapool-member-cache-retry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The directory does not exist yet: the write fails, as on a full
+        // disk, and nothing is left behind.
+        let path = dir.join("members");
+        let mut cache = MemberCache::empty(path.clone());
+        let web = PoolHandle::from("web");
+        let members = [element(1, 8001), element(2, 8002)];
+        cache.record(&web, &members).await;
+        assert!(cache.behind);
+        assert!(!path.exists());
+        // The same members again, once the file can be written: written now,
+        // where an unchanged list alone is not.
+        std::fs::create_dir_all(&dir).unwrap();
+        cache.record(&web, &members).await;
+        assert!(!cache.behind);
+        assert_eq!(
+            load(&path).unwrap().get(&web).map(Vec::as_slice),
+            Some(&members[..])
+        );
+        assert!(!dir.join("members.new").exists());
+        // Up to date: an unchanged list is not written again.
+        std::fs::remove_file(&path).unwrap();
+        cache.record(&web, &members).await;
+        assert!(!path.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -105,7 +105,7 @@ pub(crate) async fn refresh(
         match pu.members(pool.handle()).await {
             Ok(elements) => {
                 if let Some(cache) = cache {
-                    cache.record(pool.handle(), &elements);
+                    cache.record(pool.handle(), &elements).await;
                 }
                 let fresh = pool.update(&elements);
                 for member in fresh {
@@ -117,7 +117,7 @@ pub(crate) async fn refresh(
                 // The registrars know no such pool (any more): it is empty.
                 debug!(pool = %pool.handle(), ?cause, "registrars name no member");
                 if let Some(cache) = cache {
-                    cache.record(pool.handle(), &[]);
+                    cache.record(pool.handle(), &[]).await;
                 }
                 pool.update(&[]);
                 answered += 1;
