@@ -104,10 +104,11 @@ pub(crate) async fn refresh(
     for pool in pools {
         match pu.members(pool.handle()).await {
             Ok(elements) => {
+                // The pool first: the cache's write may wait for the disk.
+                let fresh = pool.update(&elements);
                 if let Some(cache) = cache {
                     cache.record(pool.handle(), &elements).await;
                 }
-                let fresh = pool.update(&elements);
                 for member in fresh {
                     probe_one(pool, &member, shared).await;
                 }
@@ -116,10 +117,10 @@ pub(crate) async fn refresh(
             Err(hapool_client::ClientError::Refused(cause)) => {
                 // The registrars know no such pool (any more): it is empty.
                 debug!(pool = %pool.handle(), ?cause, "registrars name no member");
+                pool.update(&[]);
                 if let Some(cache) = cache {
                     cache.record(pool.handle(), &[]).await;
                 }
-                pool.update(&[]);
                 answered += 1;
             }
             Err(e) => {
