@@ -382,12 +382,14 @@ pub(crate) struct PeArgs {
     /// instead of a TCP connect.
     #[arg(long, conflicts_with = "probe_command")]
     probe_http: Option<String>,
-    /// Probe health with this shell command (exit status 0 passes) instead
-    /// of a TCP connect.
+    /// Probe health with this shell command (exit status 0 passes within
+    /// 5 s; past that it is killed, with whatever it started) instead of a
+    /// TCP connect.
     #[arg(long)]
     probe_command: Option<String>,
     /// Read the load (a percentage) from this shell command's output at
-    /// every probe, and re-register when it changes.
+    /// every probe (within 5 s, as `--probe-command`), and re-register when
+    /// it changes.
     #[arg(long, conflicts_with = "load_url")]
     load_command: Option<String>,
     /// Read the load (a percentage) from the body of a GET of this URL at
@@ -507,22 +509,14 @@ async fn healthy(args: &PeArgs) -> bool {
 /// `None` when neither is given.
 async fn read_load(args: &PeArgs) -> Option<anyhow::Result<f64>> {
     let text = if let Some(command) = &args.load_command {
-        let output = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .output();
-        match timeout(Duration::from_secs(5), output).await {
-            Ok(Ok(out)) if out.status.success() => {
-                String::from_utf8_lossy(&out.stdout).into_owned()
+        match crate::probe::run_shell(command, Duration::from_secs(5)).await {
+            Ok((status, output)) if status.success() => {
+                String::from_utf8_lossy(&output).into_owned()
             }
-            Ok(Ok(out)) => {
-                return Some(Err(anyhow::anyhow!(
-                    "--load-command exited with {}",
-                    out.status
-                )));
+            Ok((status, _)) => {
+                return Some(Err(anyhow::anyhow!("--load-command exited with {status}")));
             }
-            Ok(Err(e)) => return Some(Err(anyhow::anyhow!("--load-command cannot run: {e}"))),
-            Err(_) => return Some(Err(anyhow::anyhow!("--load-command took over 5 s"))),
+            Err(e) => return Some(Err(anyhow::anyhow!("--load-command {e}"))),
         }
     } else if let Some(url) = &args.load_url {
         match timeout(Duration::from_secs(2), crate::admin::http_get(url)).await {
