@@ -54,8 +54,14 @@ pub(crate) enum ShellError {
     TimedOut(Duration),
 }
 
+/// The most of a command's standard output kept: a probe's or a load
+/// command's answer is a line. A command that writes more blocks once its
+/// pipe is full, and is killed at its time limit.
+const OUTPUT_KEPT: u64 = 64 * 1024;
+
 /// Runs `command` with `sh -c`, and returns its exit status and standard
-/// output (its standard error goes where the daemon's does). The shell
+/// output, at most [`OUTPUT_KEPT`] bytes of it (its standard error goes
+/// where the daemon's does). The shell
 /// runs in a process group of its own; past `limit` the whole group is
 /// killed, so a command that hangs, or leaves something running that
 /// holds its output open, leaves no process behind, however often it is
@@ -76,7 +82,10 @@ pub(crate) async fn run_shell(
     let mut stdout = child.stdout.take().expect("standard output is piped");
     let finished = timeout(limit, async {
         let mut output = Vec::new();
-        stdout.read_to_end(&mut output).await?;
+        (&mut stdout)
+            .take(OUTPUT_KEPT)
+            .read_to_end(&mut output)
+            .await?;
         Ok::<_, std::io::Error>((child.wait().await?, output))
     })
     .await;
@@ -104,6 +113,15 @@ mod tests {
         assert_eq!(output, b"42\n");
         let (status, _) = run_shell("exit 3", Duration::from_secs(5)).await.unwrap();
         assert_eq!(status.code(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_command_that_writes_too_much_is_stopped_at_its_limit() {
+        // A megabyte: more than is kept and than the pipe holds.
+        let error = run_shell("head -c 1000000 /dev/zero", Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ShellError::TimedOut(_)), "{error}");
     }
 
     /// Whether process `pid` is gone (or dead, waiting to be reaped).
