@@ -61,11 +61,10 @@ const OUTPUT_KEPT: u64 = 64 * 1024;
 
 /// Runs `command` with `sh -c`, and returns its exit status and standard
 /// output, at most [`OUTPUT_KEPT`] bytes of it (its standard error goes
-/// where the daemon's does). The shell
-/// runs in a process group of its own; past `limit` the whole group is
-/// killed, so a command that hangs, or leaves something running that
-/// holds its output open, leaves no process behind, however often it is
-/// run.
+/// where the daemon's does). The shell runs in a process group of its
+/// own; past `limit` the whole group is killed, so a command that hangs,
+/// or leaves something running that holds its output open, leaves no
+/// process behind, however often it is run.
 pub(crate) async fn run_shell(
     command: &str,
     limit: Duration,
