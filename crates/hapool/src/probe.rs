@@ -36,12 +36,15 @@ impl Probe {
                 Ok(Ok((code, _))) if code.is_success()
             ),
             Self::Command(command) => matches!(
-                run_shell(command, Duration::from_secs(5)).await,
+                run_shell(command, COMMAND_LIMIT).await,
                 Ok((status, _)) if status.success()
             ),
         }
     }
 }
+
+/// How long a probe or load command may run before it is killed.
+pub(crate) const COMMAND_LIMIT: Duration = Duration::from_secs(5);
 
 /// Why a shell command gave no answer.
 #[derive(Debug, thiserror::Error)]

@@ -509,7 +509,7 @@ async fn healthy(args: &PeArgs) -> bool {
 /// `None` when neither is given.
 async fn read_load(args: &PeArgs) -> Option<anyhow::Result<f64>> {
     let text = if let Some(command) = &args.load_command {
-        match crate::probe::run_shell(command, Duration::from_secs(5)).await {
+        match crate::probe::run_shell(command, crate::probe::COMMAND_LIMIT).await {
             Ok((status, output)) if status.success() => {
                 String::from_utf8_lossy(&output).into_owned()
             }
