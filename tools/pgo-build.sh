@@ -11,8 +11,9 @@
 #
 # The training work, with the counting build:
 #   1. `hapool demo --duration 20s --clients 32`: three registrars in a
-#      cluster, the pool element library, the gateway proxying HTTP and TCP
-#      clients, a server's and a registrar's death;
+#      cluster, the pool element library, the gateway proxying HTTP (answers
+#      of a few bytes and of 4 KiB) and TCP clients, a server's and a
+#      registrar's death;
 #   2. a registrar loaded by `hapool bench` (registrations,
 #      re-registrations, resolutions), stopped with SIGTERM.
 # Neither is the gateway benchmark's load (nginx members, wrk clients).

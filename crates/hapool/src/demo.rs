@@ -3,12 +3,13 @@
 //! Three registrars in one ENRP cluster; an HTTP pool `web` (Least Used)
 //! of three servers and a TCP echo pool `echo` (Weighted Round Robin) of
 //! two, each server kept registered by the pool element library; a gateway
-//! in front of both pools; a steady client load through the gateway. A
-//! third of the way in, server `web-2` dies; half way, registrar 2 stops
-//! without a word to its peers. A progress line each second shows requests
-//! served and failed and which registrar is home for how many PEs; the
-//! summary says when each death was detected and whether any client
-//! request failed.
+//! in front of both pools; a steady client load through the gateway (each
+//! HTTP client asks in turn for a server's name, a few bytes, and its
+//! page, 4 KiB). A third of the way in, server `web-2` dies; half way,
+//! registrar 2 stops without a word to its peers. A progress line each
+//! second shows requests served and failed and which registrar is home
+//! for how many PEs; the summary says when each death was detected and
+//! whether any client request failed.
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -86,7 +87,28 @@ async fn registrar(id: u32, peers: Vec<SocketAddr>) -> anyhow::Result<RegistrarH
     )?)
 }
 
-/// An HTTP server answering every request with its name.
+/// The size of the page a demo web server serves at [`PAGE_PATH`].
+const PAGE_BYTES: usize = 4096;
+
+/// The path of a demo web server's page; every other path is answered
+/// with the server's name alone.
+const PAGE_PATH: &str = "/page";
+
+/// The page `name` serves: its name, then filler lines, [`PAGE_BYTES`] in
+/// all.
+fn page(name: &str) -> Bytes {
+    let mut page = format!("{name}\n").into_bytes();
+    let line = b"hapool demo page: filler for a response of a few KiB\n";
+    while page.len() < PAGE_BYTES {
+        let room = PAGE_BYTES - page.len();
+        page.extend_from_slice(&line[..room.min(line.len())]);
+    }
+    Bytes::from(page)
+}
+
+/// An HTTP server answering [`PAGE_PATH`] with its page and every other
+/// request with its name: a few KiB and a few bytes, as a site's pages
+/// and its API.
 async fn web_server(name: String) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let addr = listener.local_addr()?;
@@ -96,10 +118,15 @@ async fn web_server(name: String) -> anyhow::Result<(SocketAddr, JoinHandle<()>)
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let body = Bytes::from(format!("{name}\n"));
+            let short = Bytes::from(format!("{name}\n"));
+            let long = page(&name);
             connections.spawn(async move {
-                let service = hyper::service::service_fn(move |_request| {
-                    let body = body.clone();
+                let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+                    let body = if request.uri().path() == PAGE_PATH {
+                        long.clone()
+                    } else {
+                        short.clone()
+                    };
                     async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(body))) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -192,16 +219,23 @@ fn http_load(gateway: SocketAddr, counts: Arc<Counts>) -> JoinHandle<()> {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<Empty<Bytes>>();
-        let uri: hyper::Uri = format!("http://{gateway}/").parse().expect("a URI");
-        loop {
-            match client.get(uri.clone()).await {
+        let name_uri: hyper::Uri = format!("http://{gateway}/").parse().expect("a URI");
+        let page_uri: hyper::Uri = format!("http://{gateway}{PAGE_PATH}")
+            .parse()
+            .expect("a URI");
+        // Each client asks for a server's name and its page in turn.
+        for uri in [name_uri, page_uri].iter().cycle() {
+            // An answer counts once its whole body has come.
+            let served = match client.get(uri.clone()).await {
                 Ok(response) if response.status().is_success() => {
-                    let _ = response.into_body().collect().await;
-                    counts.http_ok.fetch_add(1, Ordering::Relaxed);
+                    response.into_body().collect().await.is_ok()
                 }
-                _ => {
-                    counts.http_failed.fetch_add(1, Ordering::Relaxed);
-                }
+                _ => false,
+            };
+            if served {
+                counts.http_ok.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counts.http_failed.fetch_add(1, Ordering::Relaxed);
             }
             sleep(Duration::from_millis(5)).await;
         }
@@ -559,4 +593,18 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_its_servers_name_then_filler_to_its_size() {
+        let page = page("web-1");
+        assert_eq!(page.len(), PAGE_BYTES);
+        assert!(page.starts_with(b"web-1\n"));
+        assert!(page[6..].starts_with(b"hapool demo page: "));
+        assert!(page.iter().all(u8::is_ascii));
+    }
 }
