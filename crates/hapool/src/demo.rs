@@ -98,11 +98,9 @@ const PAGE_PATH: &str = "/page";
 /// all.
 fn page(name: &str) -> Bytes {
     let mut page = format!("{name}\n").into_bytes();
-    let line = b"hapool demo page: filler for a response of a few KiB\n";
-    while page.len() < PAGE_BYTES {
-        let room = PAGE_BYTES - page.len();
-        page.extend_from_slice(&line[..room.min(line.len())]);
-    }
+    let filler = b"hapool demo page: filler for a response of a few KiB\n";
+    let room = PAGE_BYTES.saturating_sub(page.len());
+    page.extend(filler.iter().cycle().take(room));
     Bytes::from(page)
 }
 
@@ -112,14 +110,15 @@ fn page(name: &str) -> Bytes {
 async fn web_server(name: String) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let addr = listener.local_addr()?;
+    let short = Bytes::from(format!("{name}\n"));
+    let long = page(&name);
     let task = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let short = Bytes::from(format!("{name}\n"));
-            let long = page(&name);
+            let (short, long) = (short.clone(), long.clone());
             connections.spawn(async move {
                 let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
                     let body = if request.uri().path() == PAGE_PATH {
