@@ -1,11 +1,16 @@
-//! A response body that acts once it has been read to the end: the
-//! gateway gives the member connection it came on back for the next
-//! request then.
+//! Bodies on their way through the gateway: a response body that acts
+//! once it has been read to the end (the gateway gives the member
+//! connection it came on back for the next request then), and a request
+//! body streamed from the client that tells when the client's side of it
+//! failed.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-use hyper::body::{Body, Frame, SizeHint};
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// What happens when a body has been read to the end.
 pub trait AtEnd {
@@ -60,6 +65,62 @@ impl<B: Body + Unpin, E: AtEnd + Unpin> Body for OnEnd<B, E> {
             Poll::Ready(Some(Err(_))) | Poll::Pending => false,
         };
         self.end_if(done);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body streamed from the client to a member. When the
+/// client's side of it fails (a malformed chunk, or the client gone before
+/// its end), the exchange with the member fails with it: [`BrokenOff`]
+/// then says the fault is the client's, not the member's.
+pub(crate) struct Upload {
+    inner: Incoming,
+    broken_off: BrokenOff,
+}
+
+/// Whether an [`Upload`] failed on the client's side.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct BrokenOff(Arc<AtomicBool>);
+
+impl BrokenOff {
+    /// Whether the client's body failed.
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Upload {
+    /// `inner`, and what tells whether it failed.
+    pub(crate) fn new(inner: Incoming) -> (Self, BrokenOff) {
+        let broken_off = BrokenOff::default();
+        let upload = Self {
+            inner,
+            broken_off: broken_off.clone(),
+        };
+        (upload, broken_off)
+    }
+}
+
+impl Body for Upload {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.broken_off.0.store(true, Ordering::Relaxed);
+        }
         polled
     }
 

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::access_log::HttpLine;
-use crate::body::{AtEnd, OnEnd};
+use crate::body::{AtEnd, BrokenOff, OnEnd, Upload};
 use crate::deadline::{Clock, Elapsed};
 use crate::hedge;
 use crate::member_http::{self, InUse, MemberError, MemberHttp, MemberRequest, Target};
@@ -38,7 +38,7 @@ use crate::{Affinity, Limits, Shared};
 
 /// The body of a request to a member: kept in memory (so it can be sent
 /// again), or streamed from the client.
-pub(crate) type MemberBody = Either<Full<Bytes>, Incoming>;
+pub(crate) type MemberBody = Either<Full<Bytes>, Upload>;
 
 /// The body of a response to a client.
 pub(crate) type ClientBody = Either<LeasedBody, Full<Bytes>>;
@@ -84,12 +84,30 @@ impl AtEnd for Released {
     }
 }
 
+/// The answer to a request whose body could not be read: malformed, or
+/// the client gone before its end.
+#[cold]
+fn unreadable_body() -> Response<ClientBody> {
+    plain(
+        StatusCode::BAD_REQUEST,
+        "the request body could not be read\n",
+    )
+}
+
 /// The request body as the proxy holds it.
 enum Held {
     /// In memory: can be sent to another member.
     Kept(Bytes),
-    /// Streamed: can be sent once.
-    Streamed(Option<Incoming>),
+    /// Streamed: can be sent once; and whether the client's side of it
+    /// failed.
+    Streamed(Option<Upload>, BrokenOff),
+}
+
+impl Held {
+    /// Whether the client's side of a streamed body failed.
+    fn broken_off(&self) -> bool {
+        matches!(self, Self::Streamed(_, broken_off) if broken_off.is_set())
+    }
 }
 
 /// One HTTP listener's proxy.
@@ -327,6 +345,19 @@ fn strip(headers: &mut HeaderMap) -> Stripped {
     }
 }
 
+/// What is wrong with a request's `Host` header, if anything (RFC 9112,
+/// 3.2): an HTTP/1.1 request has one, and no request has more than one.
+fn host_fault(version: Version, headers: &HeaderMap) -> Option<&'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Some("a request has one Host header, not more\n"),
+        (None, _) if version == Version::HTTP_11 => {
+            Some("an HTTP/1.1 request needs a Host header\n")
+        }
+        _ => None,
+    }
+}
+
 /// The gateway's own answer (an error's: off the usual path).
 #[cold]
 fn plain(status: StatusCode, text: &'static str) -> Response<ClientBody> {
@@ -497,6 +528,9 @@ impl HttpProxy {
                     "CONNECT is not proxied (only an HTTP/2 CONNECT with a protocol)\n",
                 ));
             }
+            if let Some(fault) = host_fault(parts.version, &parts.headers) {
+                return Ok(plain(StatusCode::BAD_REQUEST, fault));
+            }
             let mut held = match self.hold(body).await {
                 Ok(held) => held,
                 Err(response) => return Ok(response),
@@ -557,7 +591,7 @@ impl HttpProxy {
                 let member = lease.member().clone();
                 let body = match &mut held {
                     Held::Kept(bytes) => Either::Left(Full::new(bytes.clone())),
-                    Held::Streamed(body) => match body.take() {
+                    Held::Streamed(body, _) => match body.take() {
                         Some(body) => Either::Right(body),
                         None => break,
                     },
@@ -670,18 +704,25 @@ impl HttpProxy {
                         self.note_served(&mut answer, served);
                         return Ok(answer);
                     }
+                    Ok(Err(_)) if held.broken_off() => {
+                        // The client's body failed, and the exchange with
+                        // it: the member is not at fault.
+                        debug!(pool = %self.pool.handle(), pe_id = %member.id, "the client's request body failed on its way to the member");
+                        lease.end_for_client();
+                        return Ok(unreadable_body());
+                    }
                     Ok(Err(mut e)) => {
                         self.count_failure(lease, &e, &mut tried);
                         // A streamed body that never left goes to the next
                         // member.
-                        if let Held::Streamed(slot) = &mut held
+                        if let Held::Streamed(slot, _) = &mut held
                             && let Some(unsent) = e.take_unsent()
                             && let Either::Right(body) = unsent.into_body()
                         {
                             *slot = Some(body);
                         }
                         let safe = e.unsent() || idempotent;
-                        if !safe || matches!(held, Held::Streamed(None)) {
+                        if !safe || matches!(held, Held::Streamed(None, _)) {
                             self.shared.metrics.failed.increment(1);
                             return Ok(plain(
                                 StatusCode::BAD_GATEWAY,
@@ -952,7 +993,8 @@ impl HttpProxy {
             .upper()
             .is_none_or(|upper| upper > limit as u64)
         {
-            return Ok(Held::Streamed(Some(body)));
+            let (upload, broken_off) = Upload::new(body);
+            return Ok(Held::Streamed(Some(upload), broken_off));
         }
         match self
             .clock
@@ -963,10 +1005,7 @@ impl HttpProxy {
             .await
         {
             Ok(Ok(collected)) => Ok(Held::Kept(collected.to_bytes())),
-            Ok(Err(_)) => Err(plain(
-                StatusCode::BAD_REQUEST,
-                "the request body could not be read\n",
-            )),
+            Ok(Err(_)) => Err(unreadable_body()),
             Err(_) => {
                 self.shared.limit_hit("request_timeout", self.pool.handle());
                 Err(plain(
@@ -1219,6 +1258,26 @@ mod tests {
             HttpProxy::handle;
         let size = returned_size(handle);
         assert!(size <= 2_048, "a request's future is {size} bytes");
+    }
+
+    #[test]
+    fn a_request_has_one_host_and_an_http11_one_has_one_at_least() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            host_fault(Version::HTTP_11, &headers),
+            Some("an HTTP/1.1 request needs a Host header\n")
+        );
+        assert_eq!(host_fault(Version::HTTP_10, &headers), None);
+        assert_eq!(host_fault(Version::HTTP_2, &headers), None);
+        headers.insert(header::HOST, HeaderValue::from_static("a"));
+        assert_eq!(host_fault(Version::HTTP_11, &headers), None);
+        headers.append(header::HOST, HeaderValue::from_static("b"));
+        for version in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
+            assert_eq!(
+                host_fault(version, &headers),
+                Some("a request has one Host header, not more\n")
+            );
+        }
     }
 
     #[test]

@@ -527,6 +527,12 @@ impl Lease {
         self.member.count_failure();
     }
 
+    /// Ends a session the client broke off (its request body failed on
+    /// the way): counted as neither served nor a failure of the member's.
+    pub fn end_for_client(mut self) {
+        self.ok = false;
+    }
+
     /// Gives back a lease that carried nothing: the member is counted as
     /// neither chosen nor served.
     pub fn cancel(mut self) {

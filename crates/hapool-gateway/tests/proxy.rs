@@ -879,6 +879,72 @@ async fn a_streamed_body_goes_to_the_next_member_when_the_first_cannot_be_reache
 }
 
 #[tokio::test]
+async fn a_client_body_that_breaks_off_is_the_clients_fault_not_the_members() {
+    let member = common::member().await;
+    let gateway = http_gateway(static_pool(&[member], ProbeKind::Tcp)).await;
+    let address = gateway.local_addrs()[0];
+    // A chunked body (streamed to the member) whose second chunk's size is
+    // not a number: a 400, as for a body kept whole, not a member's 502.
+    let answer = common::raw_exchange(
+        address,
+        b"POST /upload HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\
+          connection: close\r\n\r\n5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // A client that goes away in the middle of its body.
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+    eventually("the request is with the member", || {
+        gateway.pools()[0].status()[0].active == 1
+    })
+    .await;
+    drop(stream);
+    eventually("the exchange is over", || {
+        gateway.pools()[0].status()[0].active == 0
+    })
+    .await;
+    // Neither counts against the member, which stays in the choice.
+    let status = gateway.pools()[0].status();
+    assert_eq!(status[0].failed, 0, "{status:?}");
+    assert_eq!(status[0].availability, Availability::Available);
+    let (code, body, _) = get(&client(), address, "/", None).await;
+    assert_eq!((code, body.as_str()), (StatusCode::OK, "0"));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_http11_request_without_a_host_or_with_two_is_refused() {
+    let member = common::member().await;
+    let gateway = http_gateway(static_pool(&[member], ProbeKind::Tcp)).await;
+    let address = gateway.local_addrs()[0];
+    let answer =
+        common::raw_exchange(address, b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.ends_with("an HTTP/1.1 request needs a Host header\n"),
+        "{answer}"
+    );
+    let answer = common::raw_exchange(
+        address,
+        b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // HTTP/1.0 had no Host: the member's address stands in.
+    let answer = common::raw_exchange(address, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert_eq!(gateway.pools()[0].status()[0].chosen, 1);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn http2_clients_are_served() {
     let (backend, _task) = http_backend("a").await;
     let gateway = http_gateway(static_pool(&[backend], http_probe())).await;
