@@ -345,6 +345,12 @@ fn strip(headers: &mut HeaderMap) -> Stripped {
     }
 }
 
+/// An authority as a `Host` header has it: without user information.
+fn host_of(authority: &http::uri::Authority) -> &str {
+    let all = authority.as_str();
+    all.rsplit_once('@').map_or(all, |(_, host)| host)
+}
+
 /// What is wrong with a request's `Host` header, if anything (RFC 9112,
 /// 3.2): an HTTP/1.1 request has one, and no request has more than one.
 fn host_fault(version: Version, headers: &HeaderMap) -> Option<&'static str> {
@@ -1025,8 +1031,9 @@ impl HttpProxy {
     }
 
     /// The headers every attempt sends: the client's, less hop-by-hop
-    /// headers and any state cookie of its own, with `Host` (HTTP/2
-    /// clients send an authority instead) and the `X-Forwarded-` headers;
+    /// headers and any state cookie of its own, with `Host` (the
+    /// authority the request names, if it names one: HTTP/2 clients send
+    /// one instead) and the `X-Forwarded-` headers;
     /// and whether they have a `Host` (a client that sent neither leaves
     /// it to [`Self::member_request`]).
     fn member_headers(
@@ -1042,9 +1049,12 @@ impl HttpProxy {
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        if !host
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(value) = HeaderValue::from_str(authority.as_str())
+        // A request that names its authority (an HTTP/2 one, or HTTP/1.1
+        // in absolute form) goes to the member with that as its `Host`,
+        // whatever `Host` it had (RFC 9112, 3.2.2; RFC 9113, 8.3.1), so the
+        // member answers for the site the gateway took it to be for.
+        if let Some(authority) = parts.uri.authority()
+            && let Ok(value) = HeaderValue::from_str(host_of(authority))
         {
             headers.insert(header::HOST, value);
             host = true;
@@ -1258,6 +1268,14 @@ mod tests {
             HttpProxy::handle;
         let size = returned_size(handle);
         assert!(size <= 2_048, "a request's future is {size} bytes");
+    }
+
+    #[test]
+    fn an_authority_loses_its_user_information_as_a_host() {
+        let host = |a: &'static str| host_of(&http::uri::Authority::from_static(a)).to_owned();
+        assert_eq!(host("example.org:8080"), "example.org:8080");
+        assert_eq!(host("user:secret@example.org"), "example.org");
+        assert_eq!(host("[::1]:80"), "[::1]:80");
     }
 
     #[test]

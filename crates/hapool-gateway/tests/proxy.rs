@@ -920,27 +920,43 @@ async fn a_client_body_that_breaks_off_is_the_clients_fault_not_the_members() {
 }
 
 #[tokio::test]
-async fn an_http11_request_without_a_host_or_with_two_is_refused() {
-    let member = common::member().await;
+async fn a_request_reaches_its_member_with_one_host() {
+    // A member answering with the Host it was sent.
+    let socket = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let member = socket.local_addr().unwrap();
+    tokio::spawn(serve_http(
+        socket,
+        |request: Request<Incoming>| async move {
+            let hosts: Vec<_> = request.headers().get_all(header::HOST).iter().collect();
+            Response::new(Full::new(Bytes::from(format!("{hosts:?}"))))
+        },
+    ));
     let gateway = http_gateway(static_pool(&[member], ProbeKind::Tcp)).await;
     let address = gateway.local_addrs()[0];
-    let answer =
-        common::raw_exchange(address, b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+    let exchange = |request: &'static str| common::raw_exchange(address, request.as_bytes());
+    let answer = exchange("GET / HTTP/1.1\r\nhost: site.test\r\nconnection: close\r\n\r\n").await;
+    assert!(answer.ends_with("[\"site.test\"]"), "{answer}");
+    // None, or two: refused before any member is chosen.
+    let answer = exchange("GET / HTTP/1.1\r\nconnection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(
         answer.ends_with("an HTTP/1.1 request needs a Host header\n"),
         "{answer}"
     );
-    let answer = common::raw_exchange(
-        address,
-        b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n",
+    let answer =
+        exchange("GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(gateway.pools()[0].status()[0].chosen, 1);
+    // The authority of a request in absolute form is its host.
+    let answer = exchange(
+        "GET http://user@other.test:8080/ HTTP/1.1\r\nhost: site.test\r\nconnection: close\r\n\r\n",
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.ends_with("[\"other.test:8080\"]"), "{answer}");
     // HTTP/1.0 had no Host: the member's address stands in.
-    let answer = common::raw_exchange(address, b"GET / HTTP/1.0\r\n\r\n").await;
+    let answer = exchange("GET / HTTP/1.0\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
-    assert_eq!(gateway.pools()[0].status()[0].chosen, 1);
+    assert!(answer.ends_with(&format!("[\"{member}\"]")), "{answer}");
     gateway.shutdown().await;
 }
 
