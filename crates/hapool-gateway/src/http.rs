@@ -353,15 +353,16 @@ fn host_of(authority: &http::uri::Authority) -> &str {
 
 /// What is wrong with a request's `Host` header, if anything (RFC 9112,
 /// 3.2): an HTTP/1.1 request has one, and no request has more than one.
-fn host_fault(version: Version, headers: &HeaderMap) -> Option<&'static str> {
-    let mut hosts = headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => Some("a request has one Host header, not more\n"),
-        (None, _) if version == Version::HTTP_11 => {
-            Some("an HTTP/1.1 request needs a Host header\n")
-        }
-        _ => None,
+/// `host` says whether it has one (from [`strip`]'s walk); only when some
+/// header has several values is `Host` looked up.
+fn host_fault(version: Version, host: bool, headers: &HeaderMap) -> Option<&'static str> {
+    if !host {
+        return (version == Version::HTTP_11)
+            .then_some("an HTTP/1.1 request needs a Host header\n");
     }
+    let several = headers.len() != headers.keys_len()
+        && headers.get_all(header::HOST).iter().nth(1).is_some();
+    several.then_some("a request has one Host header, not more\n")
 }
 
 /// The gateway's own answer (an error's: off the usual path).
@@ -534,16 +535,16 @@ impl HttpProxy {
                     "CONNECT is not proxied (only an HTTP/2 CONNECT with a protocol)\n",
                 ));
             }
-            if let Some(fault) = host_fault(parts.version, &parts.headers) {
-                return Ok(plain(StatusCode::BAD_REQUEST, fault));
-            }
             let mut held = match self.hold(body).await {
                 Ok(held) => held,
                 Err(response) => return Ok(response),
             };
             let limits = &self.limits;
             let (key, session, cookie_names) = self.session_of(&parts.headers, tls);
-            let (mut headers, host) = self.member_headers(&mut parts, forwarded_for);
+            let (mut headers, host) = match self.member_headers(&mut parts, forwarded_for) {
+                Ok(headers) => headers,
+                Err(fault) => return Ok(plain(StatusCode::BAD_REQUEST, fault)),
+            };
             if let (Some(upgrade), Some(_)) = (&upgrade, &client_upgrade) {
                 // The upgrade is between client and member: its headers go on.
                 headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -1035,17 +1036,21 @@ impl HttpProxy {
     /// authority the request names, if it names one: HTTP/2 clients send
     /// one instead) and the `X-Forwarded-` headers;
     /// and whether they have a `Host` (a client that sent neither leaves
-    /// it to [`Self::member_request`]).
+    /// it to [`Self::member_request`]); or what is wrong with the request's
+    /// `Host` ([`host_fault`]).
     fn member_headers(
         &self,
         parts: &mut http::request::Parts,
         forwarded_for: HeaderValue,
-    ) -> (HeaderMap, bool) {
+    ) -> Result<(HeaderMap, bool), &'static str> {
         let mut headers = std::mem::take(&mut parts.headers);
         // A client that takes trailers (gRPC's do) says so to an HTTP/2
         // member too: the one value of TE that HTTP/2 allows.
         let trailers = self.pool.http2() && takes_trailers(&headers);
         let mut host = strip(&mut headers).host;
+        if let Some(fault) = host_fault(parts.version, host, &headers) {
+            return Err(fault);
+        }
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
@@ -1064,7 +1069,7 @@ impl HttpProxy {
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if self.tls { "https" } else { "http" }),
         );
-        (headers, host)
+        Ok((headers, host))
     }
 
     /// The request to `member`: origin-form, with the client's `Host` (the
@@ -1280,19 +1285,25 @@ mod tests {
 
     #[test]
     fn a_request_has_one_host_and_an_http11_one_has_one_at_least() {
+        let fault = |version, headers: &mut HeaderMap| {
+            let host = strip(headers).host;
+            host_fault(version, host, headers)
+        };
         let mut headers = HeaderMap::new();
+        headers.append(header::ACCEPT, HeaderValue::from_static("a/b"));
+        headers.append(header::ACCEPT, HeaderValue::from_static("c/d"));
         assert_eq!(
-            host_fault(Version::HTTP_11, &headers),
+            fault(Version::HTTP_11, &mut headers),
             Some("an HTTP/1.1 request needs a Host header\n")
         );
-        assert_eq!(host_fault(Version::HTTP_10, &headers), None);
-        assert_eq!(host_fault(Version::HTTP_2, &headers), None);
+        assert_eq!(fault(Version::HTTP_10, &mut headers), None);
+        assert_eq!(fault(Version::HTTP_2, &mut headers), None);
         headers.insert(header::HOST, HeaderValue::from_static("a"));
-        assert_eq!(host_fault(Version::HTTP_11, &headers), None);
+        assert_eq!(fault(Version::HTTP_11, &mut headers), None);
         headers.append(header::HOST, HeaderValue::from_static("b"));
         for version in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
             assert_eq!(
-                host_fault(version, &headers),
+                fault(version, &mut headers),
                 Some("a request has one Host header, not more\n")
             );
         }
