@@ -12,16 +12,19 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-/// What happens when a body has been read to the end.
+/// What happens when a body has been read to the end, or failed before.
 pub trait AtEnd {
     /// The body has been read to the end.
     fn at_end(self);
+
+    /// Reading the body failed, with `error`, before its end.
+    fn broken(self, error: &(dyn std::error::Error + 'static));
 }
 
 /// `inner`, with `end` run once it has been read to the end, or when it
 /// is dropped with nothing left to read (the body of a HEAD, 204 or 304
-/// answer may never be read). A body dropped before its end drops `end`
-/// without running it.
+/// answer may never be read), and told when reading it failed. A body
+/// dropped before its end (its reader gone) drops `end` without either.
 pub struct OnEnd<B: Body, E: AtEnd> {
     inner: B,
     end: Option<E>,
@@ -50,7 +53,12 @@ impl<B: Body, E: AtEnd> Drop for OnEnd<B, E> {
     }
 }
 
-impl<B: Body + Unpin, E: AtEnd + Unpin> Body for OnEnd<B, E> {
+impl<B, E> Body for OnEnd<B, E>
+where
+    B: Body + Unpin,
+    B::Error: std::error::Error + 'static,
+    E: AtEnd + Unpin,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -62,7 +70,13 @@ impl<B: Body + Unpin, E: AtEnd + Unpin> Body for OnEnd<B, E> {
         let done = match &polled {
             Poll::Ready(None) => true,
             Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
-            Poll::Ready(Some(Err(_))) | Poll::Pending => false,
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(end) = self.end.take() {
+                    end.broken(error);
+                }
+                false
+            }
+            Poll::Pending => false,
         };
         self.end_if(done);
         polled
@@ -139,57 +153,98 @@ mod tests {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
     use std::collections::VecDeque;
-    use std::convert::Infallible;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    struct Count(Arc<AtomicUsize>);
+    /// Counts the ends run, and the bodies told they broke.
+    #[derive(Clone, Default)]
+    struct Count(Arc<(AtomicUsize, AtomicUsize)>);
 
-    impl AtEnd for Count {
-        fn at_end(self) {
-            self.0.fetch_add(1, Ordering::Relaxed);
+    impl Count {
+        fn ends(&self) -> usize {
+            self.0.0.load(Ordering::Relaxed)
+        }
+
+        fn breaks(&self) -> usize {
+            self.0.1.load(Ordering::Relaxed)
         }
     }
 
-    /// A body of several frames, which knows its end only once asked for
-    /// a frame past the last.
-    struct Frames(VecDeque<Bytes>);
+    impl AtEnd for Count {
+        fn at_end(self) {
+            self.0.0.fetch_add(1, Ordering::Relaxed);
+        }
+
+        fn broken(self, _: &(dyn std::error::Error + 'static)) {
+            self.0.1.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A body of several frames, or errors, which knows its end only once
+    /// asked for a frame past the last.
+    struct Frames(VecDeque<Result<Bytes, std::io::Error>>);
+
+    impl Frames {
+        fn new(frames: impl IntoIterator<Item = Result<&'static str, &'static str>>) -> Self {
+            let frame = |f: Result<&'static str, &'static str>| {
+                f.map(Bytes::from).map_err(std::io::Error::other)
+            };
+            Self(frames.into_iter().map(frame).collect())
+        }
+    }
 
     impl Body for Frames {
         type Data = Bytes;
-        type Error = Infallible;
+        type Error = std::io::Error;
 
         fn poll_frame(
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            Poll::Ready(self.0.pop_front().map(|data| Ok(Frame::data(data))))
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|f| f.map(Frame::data)))
         }
     }
 
     #[tokio::test]
     async fn the_end_runs_once_when_read_to_the_end_or_dropped_empty() {
-        let ends = Arc::new(AtomicUsize::new(0));
-        let body = OnEnd::new(Full::new(Bytes::from_static(b"ok")), Count(ends.clone()));
+        let count = Count::default();
+        let body = OnEnd::new(Full::new(Bytes::from_static(b"ok")), count.clone());
         assert_eq!(body.collect().await.unwrap().to_bytes(), "ok");
-        assert_eq!(ends.load(Ordering::Relaxed), 1, "read to the end");
+        assert_eq!(count.ends(), 1, "read to the end");
 
-        drop(OnEnd::new(Full::new(Bytes::new()), Count(ends.clone())));
-        assert_eq!(ends.load(Ordering::Relaxed), 2, "nothing to read");
+        drop(OnEnd::new(Full::new(Bytes::new()), count.clone()));
+        assert_eq!(count.ends(), 2, "nothing to read");
 
-        let frames = || Frames(VecDeque::from([Bytes::from("a"), Bytes::from("b")]));
-        let mut body = OnEnd::new(frames(), Count(ends.clone()));
+        let frames = || Frames::new([Ok("a"), Ok("b")]);
+        let mut body = OnEnd::new(frames(), count.clone());
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "a");
         drop(body);
-        assert_eq!(ends.load(Ordering::Relaxed), 2, "dropped before its end");
+        assert_eq!(count.ends(), 2, "dropped before its end");
 
-        let body = OnEnd::new(frames(), Count(ends.clone()));
+        let body = OnEnd::new(frames(), count.clone());
         assert_eq!(body.collect().await.unwrap().to_bytes(), "ab");
+        assert_eq!(count.ends(), 3, "the end found past the last frame");
+        assert_eq!(count.breaks(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_is_told_broken_once_and_never_ended() {
+        let count = Count::default();
+        let mut body = OnEnd::new(Frames::new([Ok("a"), Err("cut"), Ok("b")]), count.clone());
         assert_eq!(
-            ends.load(Ordering::Relaxed),
-            3,
-            "the end found past the last frame"
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "a"
         );
+        assert_eq!(body.frame().await.unwrap().unwrap_err().to_string(), "cut");
+        assert_eq!(count.breaks(), 1);
+        // Read on past the failure, and dropped empty: nothing more.
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "b"
+        );
+        assert!(body.frame().await.is_none());
+        drop(body);
+        assert_eq!((count.ends(), count.breaks()), (0, 1));
     }
 }

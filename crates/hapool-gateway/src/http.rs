@@ -21,6 +21,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
+use metrics::counter;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -75,12 +76,32 @@ pub(crate) type LeasedBody = OnEnd<Incoming, Released>;
 /// it has been read.
 pub(crate) struct Released {
     connection: InUse,
-    _lease: Lease,
+    lease: Lease,
 }
 
 impl AtEnd for Released {
     fn at_end(self) {
         self.connection.release();
+    }
+
+    /// The member broke its answer off (it closed, or sent a malformed
+    /// body): the client's connection or stream is cut, so that the client
+    /// sees the answer unfinished; the member's connection closes, and the
+    /// session counts as the member's failure.
+    #[cold]
+    fn broken(self, error: &(dyn std::error::Error + 'static)) {
+        let member = self.lease.member();
+        // hyper's error names the step ("error reading a body"), its
+        // sources what went wrong.
+        let mut why = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            why = format!("{why}: {cause}");
+            source = cause.source();
+        }
+        warn!(pe_id = %member.id, address = %member.address, error = %why, "pool element broke its answer off");
+        counter!("hapool_gateway_broken_answers_total").increment(1);
+        self.lease.fail();
     }
 }
 
@@ -334,6 +355,13 @@ fn strip(headers: &mut HeaderMap) -> Stripped {
         {
             present.push(name);
         }
+    }
+    // A length beside a transfer coding is wrong, and the coding wins
+    // (RFC 9112, 6.3): the length is not passed on, as the coding is
+    // not, so that the message goes on with the length of what it holds.
+    if present.contains(&header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        present.push(header::CONTENT_LENGTH);
     }
     for name in &present {
         headers.remove(name);
@@ -683,9 +711,10 @@ impl HttpProxy {
                             member: (member.id, member.address),
                             attempts: u32::try_from(tried.len()).map_or(u32::MAX, |n| n + 1),
                         };
-                        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-                            && let Some(client_upgrade) = client_upgrade
-                        {
+                        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                            let Some(client_upgrade) = client_upgrade else {
+                                return Ok(self.switched_unasked(lease));
+                            };
                             // The connection is the tunnel's now.
                             drop(connection);
                             let mut answer =
@@ -751,6 +780,21 @@ impl HttpProxy {
             }
             Ok(self.unavailable(tried.len()))
         }
+    }
+
+    /// The member answered a request that asked for no upgrade with 101
+    /// (Switching Protocols): no answer to pass on (over HTTP/2 none can
+    /// be), and its connection is in a protocol the gateway does not know.
+    #[cold]
+    fn switched_unasked(&self, lease: Lease) -> Response<ClientBody> {
+        let member = lease.member();
+        warn!(pool = %self.pool.handle(), pe_id = %member.id, "pool element switched protocols unasked");
+        lease.fail();
+        self.shared.metrics.failed.increment(1);
+        plain(
+            StatusCode::BAD_GATEWAY,
+            "the pool element switched protocols unasked\n",
+        )
     }
 
     /// `member` answered with server errors `limit` times in a row: out
@@ -1217,13 +1261,7 @@ impl HttpProxy {
         }
         Response::from_parts(
             parts,
-            Either::Left(OnEnd::new(
-                body,
-                Released {
-                    connection,
-                    _lease: lease,
-                },
-            )),
+            Either::Left(OnEnd::new(body, Released { connection, lease })),
         )
     }
 }
@@ -1448,6 +1486,16 @@ mod tests {
         assert_eq!(strip(&mut headers), Stripped::default());
         assert_eq!(headers.len(), 1, "{headers:?}");
         assert!(headers.contains_key(header::CONTENT_LENGTH));
+
+        // An answer with a length and a transfer coding: the coding wins,
+        // and neither goes on.
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert_eq!(strip(&mut headers), Stripped::default());
+        assert!(headers.is_empty(), "{headers:?}");
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
 
         // An answer that sets a cookie: found, and it stays, unless
         // `Connection` names it.

@@ -919,6 +919,80 @@ async fn a_client_body_that_breaks_off_is_the_clients_fault_not_the_members() {
     gateway.shutdown().await;
 }
 
+/// A member whose answers break HTTP's rules, by path: a length beside a
+/// transfer coding, a switch of protocols no request asked for, and a body
+/// cut off before its length.
+async fn rule_breaking_backend() -> SocketAddr {
+    raw_backend(|mut read, mut write| async move {
+        while let Some(head) = read_head(&mut read).await {
+            let answer: &[u8] = match head.split(' ').nth(1) {
+                Some("/both") => {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\ntransfer-encoding: chunked\r\n\r\n\
+                      2\r\nhi\r\n0\r\n\r\n"
+                }
+                Some("/switch") => {
+                    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: other\r\n\
+                                    connection: upgrade\r\n\r\n"
+                }
+                Some("/cut") => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789",
+                _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            };
+            if write.write_all(answer).await.is_err() || !answer.ends_with(b"\r\n\r\n") {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_member_answer_that_breaks_the_rules_goes_on_only_as_http_allows() {
+    let member = rule_breaking_backend().await;
+    let gateway = http_gateway(static_pool(&[member], ProbeKind::Tcp)).await;
+    let address = gateway.local_addrs()[0];
+    let client = client();
+    let failed = || gateway.pools()[0].status()[0].failed;
+    // The transfer coding wins over the length (RFC 9112, 6.3), which does
+    // not go on: the client reads the two bytes and keeps its connection.
+    for _ in 0..2 {
+        let response = client
+            .request(
+                Request::get(format!("http://{address}/both"))
+                    .body(Empty::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.headers().get(header::CONTENT_LENGTH), None);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"hi");
+    }
+    assert_eq!(failed(), 0);
+    // A switch nobody asked for is the member's failure: 502.
+    let (status, body, _) = get(&client, address, "/switch", None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(body, "the pool element switched protocols unasked\n");
+    assert_eq!(failed(), 1);
+    // An answer cut off: the client sees it unfinished, not as a whole
+    // answer, and the member is counted as having failed it.
+    let response = client
+        .request(
+            Request::get(format!("http://{address}/cut"))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await;
+    let whole = match response {
+        Ok(response) => response.into_body().collect().await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!whole, "a cut answer arrived whole");
+    eventually("the cut answer counts against the member", || failed() == 2).await;
+    let (status, body, _) = get(&client, address, "/", None).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    gateway.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_request_reaches_its_member_with_one_host() {
     // A member answering with the Host it was sent.
