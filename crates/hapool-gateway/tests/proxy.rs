@@ -932,7 +932,7 @@ async fn rule_breaking_backend() -> SocketAddr {
                 }
                 Some("/switch") => {
                     b"HTTP/1.1 101 Switching Protocols\r\nupgrade: other\r\n\
-                                    connection: upgrade\r\n\r\n"
+                      connection: upgrade\r\n\r\n"
                 }
                 Some("/cut") => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789",
                 _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",

@@ -103,6 +103,10 @@ impl AtEnd for GiveBack {
             Home::Own(own) => *own.borrow_mut() = Some(self.connection),
         }
     }
+
+    /// A connection whose answer broke off is not given back: dropped, it
+    /// closes.
+    fn broken(self, _: &(dyn std::error::Error + 'static)) {}
 }
 
 /// Spins for `work` (nothing when zero).
