@@ -302,6 +302,16 @@ pub enum Event {
         /// What it reported.
         error: OperationError,
     },
+    /// A peer's presence gave this registrar's own ENRP address as the
+    /// peer's: two registrars configured with one address, or a forgery.
+    /// The presence is ignored, so that this registrar does not take
+    /// itself for a peer (nor declare dead the peer it has at that address).
+    PeerClaimsOwnAddress {
+        /// The claimed sender.
+        sender: RegistrarId,
+        /// The address it gave.
+        address: SocketAddr,
+    },
     /// An ENRP message was not for this registrar (wrong receiver id) or
     /// claimed to come from it.
     PeerMessageIgnored {

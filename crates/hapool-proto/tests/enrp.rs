@@ -10,7 +10,7 @@ use hapool_handlespace::ConnectionId;
 use hapool_proto::{EnrpConfig, Event, Registrar, RegistrarConfig, Transmit};
 use hapool_wire::{
     AsapMessage, EnrpBody, EnrpMessage, Message, Policy, PoolElement, PoolElementId, PoolHandle,
-    RegistrarId, Transport,
+    RegistrarId, ServerInformation, Transport,
 };
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -412,6 +412,37 @@ fn messages_for_another_registrar_are_ignored() {
     assert!(c.events.iter().any(|(i, e)| *i == 0
         && matches!(e, Event::PeerMessageIgnored { receiver, .. } if receiver.0 == 77)));
     assert_eq!(c.node(0).peers().len(), 1);
+}
+
+#[test]
+fn a_presence_giving_this_registrars_own_address_is_ignored() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let now = c.now;
+    let forged = EnrpMessage {
+        sender: RegistrarId(77),
+        receiver: RegistrarId(1),
+        body: EnrpBody::Presence {
+            reply_required: true,
+            checksum: 0,
+            server_info: Some(ServerInformation {
+                registrar_id: RegistrarId(77),
+                transport: Transport::tcp(address(0)),
+            }),
+        },
+    };
+    c.nodes[0]
+        .as_mut()
+        .unwrap()
+        .handle_peer_message(forged, now);
+    c.drain(0);
+    assert!(c.events.iter().any(|(i, e)| *i == 0
+        && matches!(e, Event::PeerClaimsOwnAddress { sender, address: a }
+            if sender.0 == 77 && *a == address(0))));
+    let mut peers: Vec<u32> = c.node(0).peers().iter().map(|p| p.id.0).collect();
+    peers.sort_unstable();
+    assert_eq!(peers, [2, 3], "registrar 0 took itself for a peer");
+    c.settle();
+    assert_eq!(c.node(0).peers().len(), 2);
 }
 
 #[test]

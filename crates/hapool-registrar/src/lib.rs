@@ -738,6 +738,9 @@ fn log_event(event: &Event) {
             cause,
         } => warn!(%peer, pool = %pool_handle, ?cause, "cannot store a PE from a peer"),
         Event::PeerError { peer, error } => warn!(%peer, ?error, "peer reports an error"),
+        Event::PeerClaimsOwnAddress { sender, address } => {
+            warn!(%sender, %address, "a peer's presence gives this registrar's own ENRP address; ignored (two registrars configured with one address?)");
+        }
         Event::PeerMessageIgnored { sender, receiver } => {
             warn!(%sender, %receiver, "ENRP message not for this registrar");
         }
@@ -775,6 +778,10 @@ async fn peer_read_loop<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 (sender, reports)
             }
             Ok(None) => return,
+            Err(hapool_net::ReadError::Io(e)) => {
+                info!(%peer, error = %e, "ENRP connection lost");
+                return;
+            }
             Err(e) => {
                 warn!(%peer, error = %e, "malformed ENRP input");
                 let cause = match &e {
@@ -1064,6 +1071,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
             Ok(None) => break,
+            Err(hapool_net::ReadError::Io(e)) => {
+                // A reset or a dead peer: the connection's loss is handled
+                // (and its PEs removed) as for a close.
+                debug!(connection = id.0, error = %e, "connection lost");
+                break;
+            }
             Err(e) => {
                 warn!(connection = id.0, error = %e, "malformed input");
                 if let hapool_net::ReadError::Decode(d) = &e

@@ -236,6 +236,111 @@ async fn bad_input_gets_its_error_and_disturbs_nothing() {
     r.shutdown().await;
 }
 
+/// Mutated messages (bits flipped, bytes set, length fields changed,
+/// pieces cut off or repeated), one to three on each of 600 connections:
+/// whatever of them decodes reaches the state machine, the rest gets its
+/// error or a close, and the PE registered meanwhile stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_messages_from_many_connections_disturb_no_registration() {
+    use hapool_wire::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let r = registrar(9).await;
+    let addr = vec![r.local_addr()];
+    let kept = 0x5a5a_0001;
+    let _pe = start_pe(addr.clone(), kept, 0).await;
+    let other = PoolHandle::from("fuzz");
+    let seeds: Vec<Vec<u8>> = [
+        AsapMessage::Registration {
+            pool_handle: other.clone(),
+            pool_element: element(7, 10),
+            auth_token: None,
+        },
+        AsapMessage::Deregistration {
+            pool_handle: other.clone(),
+            pe_id: PoolElementId(7),
+        },
+        AsapMessage::HandleResolution {
+            subscribe: false,
+            pool_handle: other.clone(),
+            items: Some(3),
+        },
+        AsapMessage::EndpointKeepAliveAck {
+            pool_handle: other.clone(),
+            pe_id: PoolElementId(7),
+        },
+        AsapMessage::EndpointUnreachable {
+            pool_handle: other,
+            pe_id: PoolElementId(7),
+        },
+    ]
+    .iter()
+    .map(|m| m.to_bytes().unwrap().to_vec())
+    .collect();
+    // xorshift64: the same mutations in every run.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut below = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut answered = 0;
+    for _ in 0..600 {
+        let mut bytes = Vec::new();
+        for _ in 0..1 + below(3) {
+            let mut m = seeds[below(seeds.len())].clone();
+            for _ in 0..1 + below(4) {
+                let at = below(m.len());
+                match below(6) {
+                    0 => m[at] ^= 1 << below(8),
+                    1 => m[at] = below(256) as u8,
+                    2 => m.truncate(at.max(4)),
+                    3 => m.extend((0..1 + below(32)).map(|_| below(256) as u8)),
+                    4 => {
+                        // A parameter's length field (or the header's).
+                        let field = (at & !3) + 2;
+                        if field + 2 <= m.len() {
+                            let length = [0, 3, 4, 5, 0xffff, below(0x10000)][below(6)] as u16;
+                            m[field..field + 2].copy_from_slice(&length.to_be_bytes());
+                        }
+                    }
+                    _ => {
+                        let end = at + below(m.len() - at + 1);
+                        let piece = m[at..end].to_vec();
+                        m.splice(end..end, piece);
+                    }
+                }
+            }
+            if below(5) != 0 && m.len() >= 4 {
+                // Mostly a header length that frames the message.
+                let length = m.len().min(0xffff) as u16;
+                m[2..4].copy_from_slice(&length.to_be_bytes());
+            }
+            bytes.extend(m);
+        }
+        let mut stream = TcpStream::connect(r.local_addr()).await.unwrap();
+        let _ = stream.write_all(&bytes).await;
+        let mut answer = [0; 4096];
+        if let Ok(Ok(1..)) =
+            tokio::time::timeout(Duration::from_millis(20), stream.read(&mut answer)).await
+        {
+            answered += 1;
+        }
+    }
+    // Resolutions, registration responses and errors came back.
+    assert!(answered > 100, "{answered} of 600 connections answered");
+    assert!(ids(&r).await.contains(&kept));
+    let got = pu(addr).resolve(&pool()).await.unwrap();
+    let found = got
+        .iter()
+        .find(|e| e.id.0 == kept)
+        .expect("the PE resolves");
+    assert_eq!(found.policy, Policy::LeastUsed { load: 0 });
+    assert_eq!(found.user_transport, element(kept, 0).user_transport);
+    r.shutdown().await;
+}
+
 /// A PE whose registration is alive but whose server is down: the pool
 /// user skips it, reports it unreachable, and connects to the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -151,6 +151,12 @@ pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    if let Some(enrp) = enrp_listen
+        && enrp_tls.is_none()
+        && !enrp.ip().is_loopback()
+    {
+        warn!(%enrp, "ENRP without TLS: anyone who reaches this port can change the handlespace and this registrar's view of its peers ([registrar.enrp.tls] makes it mutual TLS)");
+    }
     if config.rules.is_empty() {
         warn!("no registration rules configured: any client may register into any pool");
     } else {
@@ -800,6 +806,14 @@ pub(crate) fn check_file(path: &Path) -> anyhow::Result<()> {
             e.heartbeat_cycle,
             e.max_time_last_heard,
             e.max_time_no_response
+        );
+    }
+    if let Some(enrp) = r.enrp_listen
+        && r.enrp_tls.is_none()
+        && !enrp.ip().is_loopback()
+    {
+        println!(
+            "warning: ENRP on {enrp} without TLS: anyone who reaches it can change the handlespace and the registrar's view of its peers"
         );
     }
     if c.rules.is_empty() {

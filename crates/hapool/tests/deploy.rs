@@ -29,6 +29,14 @@ fn the_three_node_configurations_are_valid_and_scraped() {
         assert!(out.contains(&format!("registrar 0000000{n}")), "{out}");
         assert!(out.contains("gateway listener 0.0.0.0:80"), "{out}");
         assert!(out.contains("virtual router 51"), "{out}");
+        // ENRP on the nodes' network is left without TLS (commented out
+        // in the files), and the check says what that leaves open.
+        assert!(
+            out.contains(&format!(
+                "warning: ENRP on 192.0.2.1{n}:9901 without TLS: anyone who reaches it"
+            )),
+            "{out}"
+        );
         // Each admin port the node configures is a Prometheus target.
         for port in [3880, 3882, 3890] {
             let target = format!("\"192.0.2.1{n}:{port}\"");

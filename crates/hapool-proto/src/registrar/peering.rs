@@ -471,6 +471,13 @@ impl Registrar {
         let Some(address) = address else {
             return;
         };
+        if Some(address) == self.config.enrp.address {
+            self.events.push_back(Event::PeerClaimsOwnAddress {
+                sender: from,
+                address,
+            });
+            return;
+        }
         // A presence from a peer being taken over cancels the takeover.
         self.peering.takeovers.remove(&from);
         let new = !self.peering.peers.contains_key(&from);
