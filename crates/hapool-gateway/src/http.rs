@@ -768,7 +768,9 @@ impl HttpProxy {
                         self.shared.metrics.retries.increment(1);
                     }
                     Err(_) => {
+                        let member = lease.member().clone();
                         lease.fail();
+                        self.count_error(&member);
                         self.shared.limit_hit("request_timeout", self.pool.handle());
                         self.shared.metrics.failed.increment(1);
                         return Ok(plain(
@@ -789,7 +791,9 @@ impl HttpProxy {
     fn switched_unasked(&self, lease: Lease) -> Response<ClientBody> {
         let member = lease.member();
         warn!(pool = %self.pool.handle(), pe_id = %member.id, "pool element switched protocols unasked");
+        let member = member.clone();
         lease.fail();
+        self.count_error(&member);
         self.shared.metrics.failed.increment(1);
         plain(
             StatusCode::BAD_GATEWAY,
@@ -797,12 +801,24 @@ impl HttpProxy {
         )
     }
 
-    /// `member` answered with server errors `limit` times in a row: out
-    /// until its probes pass.
+    /// `member` answered with server errors, or failed its exchanges,
+    /// `limit` times in a row: out until its probes pass.
     #[cold]
     fn out_for_errors(&self, member: &Member, limit: u32) {
-        warn!(pool = %self.pool.handle(), pe_id = %member.id, errors = limit, "pool element answered with server errors in a row: out until its probes pass");
+        warn!(pool = %self.pool.handle(), pe_id = %member.id, errors = limit, "pool element answered with server errors or failed in a row: out until its probes pass");
         self.shared.unreachable(&self.pool, member, self.port);
+    }
+
+    /// An exchange `member` failed (an answer that is not HTTP's, a
+    /// connection it broke, no answer in time) counts toward `error_limit`
+    /// as a server error does, as HAProxy's `observe layer7` counts
+    /// invalid answers and timeouts.
+    #[cold]
+    fn count_error(&self, member: &Member) {
+        let limit = self.pool.error_limit();
+        if limit != 0 && member.count_answer(true) == limit {
+            self.out_for_errors(member, limit);
+        }
     }
 
     /// The answer when no member could serve a request (`tried` of them
@@ -986,6 +1002,8 @@ impl HttpProxy {
         lease.fail();
         if error.is_connect() {
             self.shared.unreachable(&self.pool, &member, self.port);
+        } else {
+            self.count_error(&member);
         }
     }
 

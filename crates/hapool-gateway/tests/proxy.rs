@@ -835,6 +835,49 @@ async fn a_member_answering_server_errors_in_a_row_is_taken_out_until_its_probes
 }
 
 #[tokio::test]
+async fn a_member_failing_in_a_row_counts_toward_the_error_limit() {
+    // a accepts connections (its probe passes) and answers every request
+    // with something that is not HTTP.
+    let a = raw_backend(|mut read, mut write| async move {
+        while read_head(&mut read).await.is_some() {
+            if write.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let (b, _task) = http_backend("b").await;
+    let pool = PoolSettings {
+        strategy: Some(Strategy::RoundRobin),
+        error_limit: Some(3),
+        ..static_pool(&[a, b], ProbeKind::Tcp)
+    };
+    let mut config = GatewayConfig::new(
+        vec![ListenerConfig {
+            affinity: Affinity::None,
+            ..listener(Protocol::Http)
+        }],
+        vec![pool],
+    );
+    config.probe_interval = Duration::from_secs(3600);
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    let client = client();
+    // Each GET a fails goes on to b: the client sees none of it.
+    for _ in 0..8 {
+        let (status, body, _) = get(&client, addr, "/", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with('b'), "{body}");
+    }
+    // a's third failure in a row took it out, as three 5xx would have.
+    let status = gateway.pools()[0].status();
+    assert_eq!(status[0].availability, Availability::Unreachable);
+    assert_eq!(status[0].failed, 3);
+    assert_eq!(status[1].availability, Availability::Available);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_streamed_body_goes_to_the_next_member_when_the_first_cannot_be_reached() {
     // The member chosen first (highest priority) goes away once probed:
     // its port refuses connections.
