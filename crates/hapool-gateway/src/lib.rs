@@ -86,7 +86,7 @@ pub use crate::proxy_protocol::ProxyProtocol;
 pub use crate::reload::Reloaded;
 pub use crate::select::{AdminState, Availability, Strategy};
 use crate::serve::{WorkerListener, accept_loop};
-pub use crate::tcp::OnRead;
+pub use crate::tcp::{OnRead, Seen};
 use crate::tickets::SessionTickets;
 use crate::tls::LiveTls;
 use crate::upkeep::{

@@ -6,7 +6,7 @@ use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +30,16 @@ pub(crate) struct TcpProxy {
     pub(crate) limits: Arc<Limits>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) affinity: Affinity,
+}
+
+/// How a connection ended: the bytes sent to the member and back (or
+/// why they are not known), the bytes the member sent as counted on the
+/// way, and whether the member's side ended (closed, or failed) before
+/// the client's.
+struct Carried {
+    ended: std::io::Result<(u64, u64)>,
+    down: u64,
+    member_first: bool,
 }
 
 /// A connection to a member.
@@ -96,50 +106,80 @@ impl AsyncWrite for MemberStream {
     }
 }
 
-/// `inner`, calling `on_read` each time bytes come in from it: the TCP
-/// proxy notes that its connection moved.
+/// What an [`OnRead`] stream saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// A read brought this many bytes.
+    Bytes(usize),
+    /// A read found the stream's end.
+    End,
+    /// A read or a write failed.
+    Failed,
+}
+
+/// `inner`, telling `on_read` what it sees: each read that brings bytes
+/// (the TCP proxy notes that its connection moved), and its end or
+/// failure (which side of a connection closed first).
 pub struct OnRead<S, F> {
     inner: S,
     on_read: F,
 }
 
 impl<S, F> OnRead<S, F> {
-    /// `inner`, calling `on_read` after each read that brought bytes.
+    /// `inner`, calling `on_read` with what each read or failed write
+    /// saw.
     pub fn new(inner: S, on_read: F) -> Self {
         Self { inner, on_read }
     }
 }
 
-impl<S: AsyncRead + Unpin, F: FnMut() + Unpin> AsyncRead for OnRead<S, F> {
+impl<S, F: FnMut(Seen)> OnRead<S, F> {
+    fn failed<T>(&mut self, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if let Poll::Ready(Err(_)) = &polled {
+            (self.on_read)(Seen::Failed);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncRead + Unpin, F: FnMut(Seen) + Unpin> AsyncRead for OnRead<S, F> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         let read = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            (self.on_read)();
+        let came = buf.filled().len() - before;
+        match &read {
+            Poll::Ready(Ok(())) if came > 0 => (self.on_read)(Seen::Bytes(came)),
+            Poll::Ready(Ok(())) if room => (self.on_read)(Seen::End),
+            Poll::Ready(Err(_)) => (self.on_read)(Seen::Failed),
+            _ => {}
         }
         read
     }
 }
 
-impl<S: AsyncWrite + Unpin, F: Unpin> AsyncWrite for OnRead<S, F> {
+impl<S: AsyncWrite + Unpin, F: FnMut(Seen) + Unpin> AsyncWrite for OnRead<S, F> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.failed(written)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        self.failed(flushed)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let shut = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.failed(shut)
     }
 }
 
@@ -229,7 +269,15 @@ impl TcpProxy {
             self.log(peer, None, None, started);
             return;
         };
-        let carried = match self.carry(&mut client, &mut member).await {
+        let Carried {
+            ended,
+            down,
+            member_first,
+        } = self.carry(&mut client, &mut member).await;
+        if down > 0 {
+            self.answered(lease.member());
+        }
+        let carried = match ended {
             Ok((up, down)) => {
                 lease.member().count_bytes(up + down);
                 Some((up, down))
@@ -246,41 +294,68 @@ impl TcpProxy {
             }
         };
         self.log(peer, Some(lease.member()), carried, started);
+        if member_first && down == 0 {
+            self.closed_unanswered(lease, peer);
+        }
+    }
+
+    /// The member closed (or broke) a connection before the client did,
+    /// with not a byte in answer: the member's failure, which
+    /// `error_limit` counts as the HTTP proxy counts a failed exchange. A
+    /// port that accepts while the server behind it closes every
+    /// connection is found so, where a TCP probe passes.
+    #[cold]
+    fn closed_unanswered(&self, lease: Lease, client: SocketAddr) {
+        let member = lease.member().clone();
+        debug!(pool = %self.pool.handle(), pe_id = %member.id, %client, "the pool element closed the connection without answering");
+        lease.fail();
+        let limit = self.pool.error_limit();
+        if limit != 0 && member.count_answer(true) == limit {
+            warn!(pool = %self.pool.handle(), pe_id = %member.id, errors = limit, "pool element closed connections without answering in a row: out until its probes pass");
+            self.shared.unreachable(&self.pool, &member, Port::Main);
+        }
+    }
+
+    /// The member answered on a connection: a run of failures ends.
+    fn answered(&self, member: &Member) {
+        if self.pool.error_limit() != 0 {
+            member.count_answer(false);
+        }
     }
 
     /// Carries bytes both ways until either side closes (the bytes sent
     /// to the member and back), or until nothing has moved either way for
-    /// the idle timeout (`TimedOut`).
-    async fn carry<S>(
-        &self,
-        client: &mut S,
-        member: &mut MemberStream,
-    ) -> std::io::Result<(u64, u64)>
+    /// the idle timeout (`TimedOut`); and what the member sent and whether
+    /// it ended first, however the connection ended.
+    async fn carry<S>(&self, client: &mut S, member: &mut MemberStream) -> Carried
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let idle = self.limits.tcp_idle_timeout;
         let moved = AtomicBool::new(false);
-        let mut client = OnRead::new(client, || moved.store(true, Ordering::Relaxed));
-        let mut member = OnRead::new(member, || moved.store(true, Ordering::Relaxed));
-        let copy = copy_bidirectional(&mut client, &mut member);
-        tokio::pin!(copy);
-        // Looked at eight times per idle timeout: closed at most an
-        // eighth of it late.
-        let mut look = tokio::time::interval((idle / 8).max(Duration::from_millis(1)));
-        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_moved = Instant::now();
-        loop {
-            tokio::select! {
-                carried = &mut copy => return carried,
-                now = look.tick() => {
-                    if moved.swap(false, Ordering::Relaxed) {
-                        last_moved = now;
-                    } else if now.duration_since(last_moved) >= idle {
-                        return Err(std::io::ErrorKind::TimedOut.into());
-                    }
-                }
+        let client_ended = AtomicBool::new(false);
+        let member_first = AtomicBool::new(false);
+        let down = AtomicU64::new(0);
+        let mut client = OnRead::new(client, |seen| {
+            if let Seen::Bytes(_) = seen {
+                moved.store(true, Ordering::Relaxed);
+            } else {
+                client_ended.store(true, Ordering::Relaxed);
             }
+        });
+        let mut member = OnRead::new(member, |seen| {
+            if let Seen::Bytes(n) = seen {
+                moved.store(true, Ordering::Relaxed);
+                down.fetch_add(n as u64, Ordering::Relaxed);
+            } else if !client_ended.load(Ordering::Relaxed) {
+                member_first.store(true, Ordering::Relaxed);
+            }
+        });
+        let ended = copy_until_idle(&mut client, &mut member, &moved, idle).await;
+        Carried {
+            ended,
+            down: down.load(Ordering::Relaxed),
+            member_first: member_first.load(Ordering::Relaxed),
         }
     }
 
@@ -363,5 +438,38 @@ impl TcpProxy {
             }
         }
         None
+    }
+}
+
+/// `copy_bidirectional`, or `TimedOut` once nothing has moved for
+/// `idle`.
+async fn copy_until_idle<A, B>(
+    client: &mut A,
+    member: &mut B,
+    moved: &AtomicBool,
+    idle: Duration,
+) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let copy = copy_bidirectional(client, member);
+    tokio::pin!(copy);
+    // Looked at eight times per idle timeout: closed at most an
+    // eighth of it late.
+    let mut look = tokio::time::interval((idle / 8).max(Duration::from_millis(1)));
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_moved = Instant::now();
+    loop {
+        tokio::select! {
+            carried = &mut copy => return carried,
+            now = look.tick() => {
+                if moved.swap(false, Ordering::Relaxed) {
+                    last_moved = now;
+                } else if now.duration_since(last_moved) >= idle {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+            }
+        }
     }
 }

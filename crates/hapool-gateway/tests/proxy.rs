@@ -1241,6 +1241,48 @@ async fn tcp_sessions_stay_with_the_client_address_and_skip_refusing_members() {
 }
 
 #[tokio::test]
+async fn a_tcp_member_closing_without_answering_counts_toward_the_error_limit() {
+    // The preferred member's port accepts (its probe passes), and the
+    // server behind it closes every connection at once.
+    let socket = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let closer = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = socket.accept().await {
+            drop(stream);
+        }
+    });
+    let b = echo_backend("b").await;
+    let mut pool = static_pool(&[closer, b], ProbeKind::Tcp);
+    pool.strategy = Some(Strategy::Priority);
+    pool.error_limit = Some(2);
+    if let MemberSource::Static(members) = &mut pool.source {
+        members[0].priority = 5;
+    }
+    let mut config = GatewayConfig::new(vec![listener(Protocol::Tcp)], vec![pool]);
+    config.probe_interval = Duration::from_secs(3600);
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    let failed = |i: usize| gateway.pools()[0].status()[i].failed;
+    // The client's address keeps it with the closing member, which
+    // answers nothing, twice...
+    for n in 1..=2 {
+        assert_eq!(tcp_exchange(addr, "hello").await, "");
+        eventually("the unanswered connection counts", || failed(0) == n).await;
+    }
+    // ... and is out: the session goes on at b.
+    let status = gateway.pools()[0].status();
+    assert_eq!(status[0].availability, Availability::Unreachable);
+    assert_eq!(tcp_exchange(addr, "hello").await, "b hello");
+    // Clients that connect and leave without a word are not b's failure.
+    for _ in 0..3 {
+        drop(TcpStream::connect(addr).await.unwrap());
+    }
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(failed(1), 0);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn limits_are_enforced_with_a_clear_answer() {
     let (backend, _task) = http_backend("a").await;
     let mut config = GatewayConfig::new(

@@ -39,8 +39,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use hapool_gateway::OnRead;
 use hapool_gateway::body::{AtEnd, OnEnd};
+use hapool_gateway::{OnRead, Seen};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper::{Request, Response};
@@ -325,7 +325,11 @@ async fn splice(stream: TcpStream, backends: Shared, work: Duration) {
         Err(e) => return eprintln!("proxy-floor: {address}: {e}"),
     };
     let _ = backend.set_nodelay(true);
-    let mut client = OnRead::new(stream, move || busy(work));
+    let mut client = OnRead::new(stream, move |seen| {
+        if let Seen::Bytes(_) = seen {
+            busy(work);
+        }
+    });
     let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
 }
 
