@@ -993,7 +993,9 @@ impl HttpProxy {
     }
 
     /// The member of `lease` failed a request: counted failed, reported
-    /// unreachable when it could not be reached, and added to `tried`.
+    /// unreachable when it could not be reached, else counted toward
+    /// `error_limit` (unless a kept connection went stale under it), and
+    /// added to `tried`.
     #[cold]
     fn count_failure(&self, lease: Lease, error: &MemberError, tried: &mut Vec<PoolElementId>) {
         let member = lease.member().clone();
@@ -1002,7 +1004,9 @@ impl HttpProxy {
         lease.fail();
         if error.is_connect() {
             self.shared.unreachable(&self.pool, &member, self.port);
-        } else {
+        } else if !matches!(error, MemberError::Stale(_)) {
+            // A kept connection the member closed as the request went out
+            // is the keep-alive's race, not a sign of a failing member.
             self.count_error(&member);
         }
     }

@@ -138,6 +138,17 @@ impl Cluster {
         }
     }
 
+    /// Hands node `i` a message from outside the cluster (a forgery), and
+    /// collects what it does.
+    fn forge(&mut self, i: usize, message: EnrpMessage) {
+        let now = self.now;
+        self.nodes[i]
+            .as_mut()
+            .unwrap()
+            .handle_peer_message(message, now);
+        self.drain(i);
+    }
+
     /// Runs timers for `ms` milliseconds, 10 ms at a time.
     fn run(&mut self, ms: u64) {
         let end = self.now + Duration::from_millis(ms);
@@ -396,7 +407,6 @@ fn a_late_deletion_from_an_old_home_does_not_remove_a_moved_pe() {
 #[test]
 fn messages_for_another_registrar_are_ignored() {
     let mut c = Cluster::new(&[1, 2]);
-    let now = c.now;
     let forged = EnrpMessage {
         sender: RegistrarId(2),
         receiver: RegistrarId(77),
@@ -404,11 +414,7 @@ fn messages_for_another_registrar_are_ignored() {
             target: RegistrarId(1),
         },
     };
-    c.nodes[0]
-        .as_mut()
-        .unwrap()
-        .handle_peer_message(forged, now);
-    c.drain(0);
+    c.forge(0, forged);
     assert!(c.events.iter().any(|(i, e)| *i == 0
         && matches!(e, Event::PeerMessageIgnored { receiver, .. } if receiver.0 == 77)));
     assert_eq!(c.node(0).peers().len(), 1);
@@ -417,7 +423,6 @@ fn messages_for_another_registrar_are_ignored() {
 #[test]
 fn a_presence_giving_this_registrars_own_address_is_ignored() {
     let mut c = Cluster::new(&[1, 2, 3]);
-    let now = c.now;
     let forged = EnrpMessage {
         sender: RegistrarId(77),
         receiver: RegistrarId(1),
@@ -430,11 +435,7 @@ fn a_presence_giving_this_registrars_own_address_is_ignored() {
             }),
         },
     };
-    c.nodes[0]
-        .as_mut()
-        .unwrap()
-        .handle_peer_message(forged, now);
-    c.drain(0);
+    c.forge(0, forged);
     assert!(c.events.iter().any(|(i, e)| *i == 0
         && matches!(e, Event::PeerClaimsOwnAddress { sender, address: a }
             if sender.0 == 77 && *a == address(0))));
