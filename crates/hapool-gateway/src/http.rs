@@ -701,12 +701,12 @@ impl HttpProxy {
                 }
                 match sent {
                     Ok(Ok((response, connection))) => {
-                        let limit = self.pool.error_limit();
-                        if limit != 0
-                            && member.count_answer(response.status().is_server_error()) == limit
-                        {
-                            self.out_for_errors(&member, limit);
-                        }
+                        self.shared.count_toward_error_limit(
+                            &self.pool,
+                            &member,
+                            self.port,
+                            response.status().is_server_error(),
+                        );
                         let served = Served {
                             member: (member.id, member.address),
                             attempts: u32::try_from(tried.len()).map_or(u32::MAX, |n| n + 1),
@@ -770,7 +770,8 @@ impl HttpProxy {
                     Err(_) => {
                         let member = lease.member().clone();
                         lease.fail();
-                        self.count_error(&member);
+                        self.shared
+                            .count_toward_error_limit(&self.pool, &member, self.port, true);
                         self.shared.limit_hit("request_timeout", self.pool.handle());
                         self.shared.metrics.failed.increment(1);
                         return Ok(plain(
@@ -789,36 +790,16 @@ impl HttpProxy {
     /// be), and its connection is in a protocol the gateway does not know.
     #[cold]
     fn switched_unasked(&self, lease: Lease) -> Response<ClientBody> {
-        let member = lease.member();
+        let member = lease.member().clone();
         warn!(pool = %self.pool.handle(), pe_id = %member.id, "pool element switched protocols unasked");
-        let member = member.clone();
         lease.fail();
-        self.count_error(&member);
+        self.shared
+            .count_toward_error_limit(&self.pool, &member, self.port, true);
         self.shared.metrics.failed.increment(1);
         plain(
             StatusCode::BAD_GATEWAY,
             "the pool element switched protocols unasked\n",
         )
-    }
-
-    /// `member` answered with server errors, or failed its exchanges,
-    /// `limit` times in a row: out until its probes pass.
-    #[cold]
-    fn out_for_errors(&self, member: &Member, limit: u32) {
-        warn!(pool = %self.pool.handle(), pe_id = %member.id, errors = limit, "pool element answered with server errors or failed in a row: out until its probes pass");
-        self.shared.unreachable(&self.pool, member, self.port);
-    }
-
-    /// An exchange `member` failed (an answer that is not HTTP's, a
-    /// connection it broke, no answer in time) counts toward `error_limit`
-    /// as a server error does, as HAProxy's `observe layer7` counts
-    /// invalid answers and timeouts.
-    #[cold]
-    fn count_error(&self, member: &Member) {
-        let limit = self.pool.error_limit();
-        if limit != 0 && member.count_answer(true) == limit {
-            self.out_for_errors(member, limit);
-        }
     }
 
     /// The answer when no member could serve a request (`tried` of them
@@ -1007,7 +988,8 @@ impl HttpProxy {
         } else if !matches!(error, MemberError::Stale(_)) {
             // A kept connection the member closed as the request went out
             // is the keep-alive's race, not a sign of a failing member.
-            self.count_error(&member);
+            self.shared
+                .count_toward_error_limit(&self.pool, &member, self.port, true);
         }
     }
 

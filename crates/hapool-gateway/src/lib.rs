@@ -247,6 +247,31 @@ impl Shared {
             .flatten()
     }
 
+    /// Counts an exchange with `member` toward its pool's `error_limit`:
+    /// one it `failed` (a server error, an answer that breaks HTTP's
+    /// rules, a TCP connection closed unanswered) lengthens the run, any
+    /// other ends it; at the limit the member is out until its probes
+    /// pass.
+    #[inline]
+    pub(crate) fn count_toward_error_limit(
+        &self,
+        pool: &Pool,
+        member: &Member,
+        port: Port,
+        failed: bool,
+    ) {
+        let limit = pool.error_limit();
+        if limit != 0 && member.count_answer(failed) == limit {
+            self.out_for_errors(pool, member, port, limit);
+        }
+    }
+
+    #[cold]
+    fn out_for_errors(&self, pool: &Pool, member: &Member, port: Port, limit: u32) {
+        warn!(pool = %pool.handle(), pe_id = %member.id, errors = limit, "pool element answered with server errors or failed in a row: out until its probes pass");
+        self.unreachable(pool, member, port);
+    }
+
     /// Marks `member`'s `port` unreachable (the prober lets it back in),
     /// and tells the registrars when the pool is theirs and the port is
     /// the one they know.

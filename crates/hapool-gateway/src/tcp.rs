@@ -275,7 +275,8 @@ impl TcpProxy {
             member_first,
         } = self.carry(&mut client, &mut member).await;
         if down > 0 {
-            self.answered(lease.member());
+            self.shared
+                .count_toward_error_limit(&self.pool, lease.member(), Port::Main, false);
         }
         let carried = match ended {
             Ok((up, down)) => {
@@ -309,18 +310,8 @@ impl TcpProxy {
         let member = lease.member().clone();
         debug!(pool = %self.pool.handle(), pe_id = %member.id, %client, "the pool element closed the connection without answering");
         lease.fail();
-        let limit = self.pool.error_limit();
-        if limit != 0 && member.count_answer(true) == limit {
-            warn!(pool = %self.pool.handle(), pe_id = %member.id, errors = limit, "pool element closed connections without answering in a row: out until its probes pass");
-            self.shared.unreachable(&self.pool, &member, Port::Main);
-        }
-    }
-
-    /// The member answered on a connection: a run of failures ends.
-    fn answered(&self, member: &Member) {
-        if self.pool.error_limit() != 0 {
-            member.count_answer(false);
-        }
+        self.shared
+            .count_toward_error_limit(&self.pool, &member, Port::Main, true);
     }
 
     /// Carries bytes both ways until either side closes (the bytes sent
