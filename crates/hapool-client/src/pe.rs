@@ -32,7 +32,8 @@ pub struct PeConfig {
     /// The PE: its transport, policy and registration life. An id of 0 is
     /// replaced by a random one.
     pub element: PoolElement,
-    /// How often to re-register without a change. Default 10 s.
+    /// How often to re-register without a change. Default 10 s, or a
+    /// third of the registration life when that is shorter.
     pub reregistration_interval: Duration,
     /// How long to wait for a TCP connection to a registrar. Default 1 s.
     pub connect_timeout: Duration,

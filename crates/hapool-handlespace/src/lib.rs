@@ -701,11 +701,15 @@ impl Handlespace {
     }
 
     /// Makes `to` the home of every PE `from` is home for (an ENRP
-    /// takeover); returns the PEs taken over.
+    /// takeover) at `now`; returns the PEs taken over. Their registration
+    /// life starts again: the new home has not heard from them yet, and a
+    /// PE that re-registered only with its old home (whose keep-alives kept
+    /// it alive there) would otherwise run out at once.
     pub fn take_over(
         &mut self,
         from: RegistrarId,
         to: RegistrarId,
+        now: Instant,
     ) -> Vec<(PoolHandle, PoolElementId)> {
         let Some(owned) = self.owners.remove(&from) else {
             return Vec::new();
@@ -714,7 +718,7 @@ impl Handlespace {
         for &(pool_index, id) in &owned.elements {
             let pool = self.pool_at_mut(pool_index);
             let slot = pool.slot_of(id).expect("owner index in step");
-            pool.modify(slot, |entry| entry.rehome(to));
+            pool.modify(slot, |entry| entry.rehome(to, now));
             taken.push((pool.handle().clone(), id));
             self.schedule(pool_index, slot);
         }
@@ -791,7 +795,7 @@ mod tests {
         assert_eq!(expired, vec![1, 3]);
         assert!(hs.get(&handle, PoolElementId(2)).is_some());
         // Taken over, PE 2 runs out here too.
-        hs.take_over(peer, me);
+        hs.take_over(peer, me, start);
         assert_eq!(hs.expire_until(later).len(), 1);
         assert!(hs.is_empty());
     }

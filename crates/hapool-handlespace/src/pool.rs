@@ -107,11 +107,13 @@ impl PeEntry {
         self.selection.degradation
     }
 
-    /// Gives the PE a new home registrar; whoever registered it at the old
-    /// home no longer owns it.
-    pub(crate) fn rehome(&mut self, home: hapool_wire::RegistrarId) {
+    /// Gives the PE a new home registrar at `now` (a takeover): whoever
+    /// registered it at the old home no longer owns it, and its
+    /// registration life starts again.
+    pub(crate) fn rehome(&mut self, home: hapool_wire::RegistrarId, now: Instant) {
         self.element.home_registrar = home;
         self.registrant = None;
+        self.last_confirmed = now;
     }
 
     /// Replaces the registration (a re-registration): selection history

@@ -311,12 +311,13 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 prop_assert_eq!(got, expected);
             }
             Op::TakeOver { from, to } => {
-                let got = hs.take_over(RegistrarId(from), RegistrarId(to)).len();
+                let got = hs.take_over(RegistrarId(from), RegistrarId(to), now).len();
                 let mut expected = 0;
                 for pe in model.pes.values_mut() {
                     if pe.element.home_registrar.0 == from {
                         pe.element.home_registrar = RegistrarId(to);
                         pe.conn = None;
+                        pe.confirmed = now;
                         expected += 1;
                     }
                 }

@@ -349,7 +349,7 @@ fn owner_index_checksums_and_takeover() {
     assert!(hs.owned_by(a).all(|(_, e)| e.element().home_registrar == a));
 
     // B dies; A takes its PEs over.
-    let taken = hs.take_over(b, a);
+    let taken = hs.take_over(b, a, now);
     assert_eq!(taken.len(), 6);
     assert_eq!(hs.owned_count(a), 10);
     assert_eq!(hs.owned_count(b), 0);

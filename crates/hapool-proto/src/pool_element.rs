@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hapool_wire::{AsapMessage, CauseCode, Policy, PoolElement, PoolHandle};
 
+/// The shortest re-registration interval a short registration life leads
+/// to.
+const MIN_REREGISTRATION_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How a pool element registers.
 #[derive(Clone, Debug)]
 pub struct PeSessionConfig {
@@ -29,7 +33,8 @@ pub struct PeSessionConfig {
     pub pool_handle: PoolHandle,
     /// The PE: its id, transport, policy and registration life.
     pub element: PoolElement,
-    /// How often to re-register without a change.
+    /// How often to re-register without a change; a third of the
+    /// registration life when that is shorter.
     pub reregistration_interval: Duration,
     /// How long to wait for a connection and for a registration response.
     pub request_timeout: Duration,
@@ -160,6 +165,18 @@ impl PeSession {
         }
     }
 
+    /// How often the PE re-registers: as configured, and at least three
+    /// times in a registration life. The registrars other than its home
+    /// renew their copies only at its registrations; if the home stalls
+    /// and is taken over, the new home gives the PE one life from the
+    /// takeover, and a PE that re-registered less often than its life would
+    /// find another registrar only after its copies ran out.
+    fn reregistration_interval(&self) -> Duration {
+        let life = Duration::from_millis(u64::from(self.config.element.registration_life));
+        let by_life = (life / 3).max(MIN_REREGISTRATION_INTERVAL);
+        self.config.reregistration_interval.min(by_life)
+    }
+
     fn registration(&self) -> AsapMessage {
         AsapMessage::Registration {
             pool_handle: self.config.pool_handle.clone(),
@@ -213,7 +230,7 @@ impl PeSession {
                 } else {
                     self.failures = 0;
                     self.status = PeStatus::Registered(r);
-                    self.deadline = Some(now + self.config.reregistration_interval);
+                    self.deadline = Some(now + self.reregistration_interval());
                     self.events.push_back(PeEvent::Registered(r));
                 }
             }
@@ -243,7 +260,7 @@ impl PeSession {
 
     fn reregister(&mut self, now: Instant) {
         self.output.push_back(PeOutput::Send(self.registration()));
-        self.deadline = Some(now + self.config.reregistration_interval);
+        self.deadline = Some(now + self.reregistration_interval());
         self.answer_due
             .get_or_insert(now + self.config.request_timeout);
     }

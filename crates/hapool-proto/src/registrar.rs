@@ -312,6 +312,20 @@ pub enum Event {
         /// The address it gave.
         address: SocketAddr,
     },
+    /// A peer announced a PE as registered there while the PE was on a live
+    /// connection here, and the PE, asked by a keep-alive, settled it: it
+    /// answered here (`kept`: the peers were told it stays), or it left
+    /// this connection, and the peer's copy was taken.
+    Claimed {
+        /// The pool.
+        pool_handle: PoolHandle,
+        /// The PE.
+        pe_id: PoolElementId,
+        /// The peer that announced it.
+        by: RegistrarId,
+        /// Whether the PE stayed with this registrar.
+        kept: bool,
+    },
     /// An ENRP message was not for this registrar (wrong receiver id) or
     /// claimed to come from it.
     PeerMessageIgnored {
@@ -329,6 +343,9 @@ struct Supervision {
     /// When the next keep-alive is due, or when the awaited ack times out.
     due: Instant,
     awaiting_ack: bool,
+    /// When the peers were last told, after a claim, that the PE is this
+    /// registrar's (see [`Registrar::claim`]).
+    reasserted: Option<Instant>,
 }
 
 struct Connection {
@@ -348,6 +365,10 @@ pub struct Registrar {
     handlespace: Handlespace,
     connections: HashMap<ConnectionId, Connection>,
     supervised: HashMap<(PoolHandle, PoolElementId), Supervision>,
+    /// Supervised PEs a peer announced as its own, waiting for the PE to
+    /// settle it: the peer, and its copy until it deleted it again (the
+    /// peers are told the answer either way).
+    claims: HashMap<(PoolHandle, PoolElementId), (RegistrarId, Option<PoolElement>)>,
     timers: BTreeSet<(Instant, PoolHandle, PoolElementId)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -368,6 +389,7 @@ impl Registrar {
             config,
             connections: HashMap::new(),
             supervised: HashMap::new(),
+            claims: HashMap::new(),
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -422,13 +444,13 @@ impl Registrar {
     }
 
     /// A connection ended: every PE registered on it is removed at once.
-    pub fn handle_disconnect(&mut self, connection: ConnectionId, _now: Instant) {
+    pub fn handle_disconnect(&mut self, connection: ConnectionId, now: Instant) {
         self.peering.pending.retain(|(c, _)| *c != connection);
         let Some(conn) = self.connections.remove(&connection) else {
             return;
         };
         for (handle, id) in conn.elements {
-            self.remove(&handle, id, RemovalReason::ConnectionLost);
+            self.remove(&handle, id, RemovalReason::ConnectionLost, now);
         }
     }
 
@@ -549,7 +571,17 @@ impl Registrar {
                     .expect("connected")
                     .elements
                     .insert(key.clone());
-                self.supervise(key, connection, now + self.config.keep_alive_interval);
+                self.supervise(key.clone(), connection, now + self.config.keep_alive_interval);
+                if let Some((by, _)) = self.claims.remove(&key) {
+                    // Registered again here: the announcement below answers
+                    // the peer's claim.
+                    self.events.push_back(Event::Claimed {
+                        pool_handle: pool_handle.clone(),
+                        pe_id,
+                        by,
+                        kept: true,
+                    });
+                }
                 self.send(
                     connection,
                     AsapMessage::RegistrationResponse {
@@ -583,8 +615,10 @@ impl Registrar {
         connection: ConnectionId,
         due: Instant,
     ) {
+        let mut reasserted = None;
         if let Some(old) = self.supervised.get(&key) {
             self.timers.remove(&(old.due, key.0.clone(), key.1));
+            reasserted = old.reasserted;
         }
         self.timers.insert((due, key.0.clone(), key.1));
         self.supervised.insert(
@@ -593,12 +627,72 @@ impl Registrar {
                 connection,
                 due,
                 awaiting_ack: false,
+                reasserted,
             },
         );
     }
 
+    /// Sends a supervised PE a keep-alive; it has until the keep-alive
+    /// timeout to answer.
+    fn ask(&mut self, key: (PoolHandle, PoolElementId), now: Instant) {
+        let Some(s) = self.supervised.get_mut(&key) else {
+            return;
+        };
+        self.timers.remove(&(s.due, key.0.clone(), key.1));
+        s.due = now + self.config.keep_alive_timeout;
+        s.awaiting_ack = true;
+        let connection = s.connection;
+        self.timers.insert((s.due, key.0.clone(), key.1));
+        self.send(
+            connection,
+            AsapMessage::EndpointKeepAlive {
+                home: false,
+                registrar_id: self.config.id,
+                pool_handle: key.0,
+                pe_id: Some(key.1),
+            },
+        );
+    }
+
+    /// Peer `from` announced `element`, which this registrar supervises, as
+    /// registered there: the PE moved, or the announcement is late (a
+    /// registration that waited in a stalled peer's socket while the PE
+    /// went elsewhere, and the peer deletes it again when it finds the
+    /// connection gone). Only the PE knows, so it is asked: a keep-alive
+    /// goes out at once, and the PE stays here until it answers
+    /// ([`Self::on_keep_alive_ack`]: the peers are told it stays) or leaves
+    /// ([`Self::remove`]: the peer's copy is taken, without a deletion).
+    /// A PE that answers at two registrars would have them announce it in
+    /// turn without end; each asks at once only if it has not announced the
+    /// PE within the keep-alive interval, and otherwise waits for the next
+    /// regular keep-alive.
+    fn claim(&mut self, from: RegistrarId, handle: PoolHandle, element: PoolElement, now: Instant) {
+        let key = (handle, element.id);
+        let Some(s) = self.supervised.get(&key) else {
+            return;
+        };
+        let announced_lately = s
+            .reasserted
+            .is_some_and(|at| now.duration_since(at) < self.config.keep_alive_interval);
+        let ask = !s.awaiting_ack && !announced_lately;
+        self.claims.insert(key.clone(), (from, Some(element)));
+        if ask {
+            self.ask(key, now);
+        }
+    }
+
+    /// Peer `from` deleted a PE it had claimed from this registrar.
+    fn withdraw_claim(&mut self, from: RegistrarId, key: &(PoolHandle, PoolElementId)) {
+        if let Some((by, copy)) = self.claims.get_mut(key)
+            && *by == from
+        {
+            *copy = None;
+        }
+    }
+
     fn unsupervise(&mut self, handle: &PoolHandle, id: PoolElementId) {
         let key = (handle.clone(), id);
+        self.claims.remove(&key);
         if let Some(s) = self.supervised.remove(&key) {
             self.timers.remove(&(s.due, key.0.clone(), key.1));
             if let Some(c) = self.connections.get_mut(&s.connection) {
@@ -607,9 +701,33 @@ impl Registrar {
         }
     }
 
-    /// Removes a PE from the handlespace and from supervision.
-    fn remove(&mut self, handle: &PoolHandle, id: PoolElementId, reason: RemovalReason) {
+    /// Removes a PE from the handlespace and from supervision; a PE that
+    /// left its connection here while a peer claimed it takes the peer's
+    /// copy instead ([`Self::claim`]).
+    fn remove(
+        &mut self,
+        handle: &PoolHandle,
+        id: PoolElementId,
+        reason: RemovalReason,
+        now: Instant,
+    ) {
+        let claim = self.claims.remove(&(handle.clone(), id));
         self.unsupervise(handle, id);
+        if let Some((by, Some(element))) = claim
+            && matches!(
+                reason,
+                RemovalReason::KeepAliveTimeout | RemovalReason::ConnectionLost
+            )
+        {
+            self.store_from_peer(by, handle, element, now);
+            self.events.push_back(Event::Claimed {
+                pool_handle: handle.clone(),
+                pe_id: id,
+                by,
+                kept: false,
+            });
+            return;
+        }
         if let Some(element) = self.handlespace.remove(handle, id) {
             self.removed(handle.clone(), element, reason);
         }
@@ -719,9 +837,22 @@ impl Registrar {
         if s.connection != connection || !s.awaiting_ack {
             return;
         }
-        self.supervise(key, connection, now + self.config.keep_alive_interval);
+        self.supervise(key.clone(), connection, now + self.config.keep_alive_interval);
         // The PE is alive: its registration life starts again.
         let _ = self.handlespace.confirm(handle, id, now);
+        if let Some((by, _)) = self.claims.remove(&key) {
+            // It answered here: the peers hear that it stays.
+            self.reassert(handle, id);
+            if let Some(s) = self.supervised.get_mut(&key) {
+                s.reasserted = Some(now);
+            }
+            self.events.push_back(Event::Claimed {
+                pool_handle: handle.clone(),
+                pe_id: id,
+                by,
+                kept: true,
+            });
+        }
     }
 
     fn on_unreachable(
@@ -778,32 +909,13 @@ impl Registrar {
             if due > now {
                 break;
             }
-            self.timers.pop_first();
             let key = (handle, id);
-            let s = self.supervised[&key];
-            if s.awaiting_ack {
-                self.remove(&key.0, key.1, RemovalReason::KeepAliveTimeout);
+            if self.supervised[&key].awaiting_ack {
+                self.timers.pop_first();
+                self.remove(&key.0, key.1, RemovalReason::KeepAliveTimeout, now);
                 continue;
             }
-            let deadline = now + self.config.keep_alive_timeout;
-            self.timers.insert((deadline, key.0.clone(), key.1));
-            self.supervised.insert(
-                key.clone(),
-                Supervision {
-                    connection: s.connection,
-                    due: deadline,
-                    awaiting_ack: true,
-                },
-            );
-            self.send(
-                s.connection,
-                AsapMessage::EndpointKeepAlive {
-                    home: false,
-                    registrar_id: self.config.id,
-                    pool_handle: key.0,
-                    pe_id: Some(key.1),
-                },
-            );
+            self.ask(key, now);
         }
         self.peering_timeout(now);
         for (pool_handle, element) in self.handlespace.expire_until(now) {

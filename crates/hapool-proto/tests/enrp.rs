@@ -43,6 +43,8 @@ struct Cluster {
     asap: Vec<(usize, u64, AsapMessage)>,
     events: Vec<(usize, Event)>,
     page_size: usize,
+    /// HANDLE_UPDATEs sent, by every node.
+    updates: usize,
 }
 
 impl Cluster {
@@ -60,6 +62,7 @@ impl Cluster {
             asap: Vec::new(),
             events: Vec::new(),
             page_size,
+            updates: 0,
         };
         for (i, id) in ids.iter().enumerate() {
             cluster.nodes.push(None);
@@ -100,6 +103,9 @@ impl Cluster {
             match t {
                 Transmit::Peer { to, message } => {
                     let to = (to.port() - 9901) as usize;
+                    if matches!(message.body, EnrpBody::HandleUpdate { .. }) {
+                        self.updates += 1;
+                    }
                     // Through the codec, as on the wire.
                     let bytes = message.to_bytes().unwrap();
                     let message = EnrpMessage::decode(&bytes).unwrap().message;
@@ -181,6 +187,43 @@ impl Cluster {
         );
         self.drain(i);
         self.settle();
+    }
+
+    /// Hands node `i` a message from the PE on `connection`.
+    fn from_pe(&mut self, i: usize, connection: u64, message: AsapMessage) {
+        let now = self.now;
+        self.nodes[i]
+            .as_mut()
+            .unwrap()
+            .handle_message(ConnectionId(connection), message, now);
+        self.drain(i);
+        self.settle();
+    }
+
+    /// The PE on `connection` to node `i` answers the keep-alives it was
+    /// sent there; returns how many.
+    fn answer_keep_alives(&mut self, i: usize, connection: u64) -> usize {
+        let mut asked = Vec::new();
+        self.asap.retain(|(node, c, message)| match message {
+            AsapMessage::EndpointKeepAlive {
+                pool_handle,
+                pe_id: Some(id),
+                ..
+            } if *node == i && *c == connection => {
+                asked.push((pool_handle.clone(), *id));
+                false
+            }
+            _ => true,
+        });
+        let n = asked.len();
+        for (pool_handle, pe_id) in asked {
+            self.from_pe(
+                i,
+                connection,
+                AsapMessage::EndpointKeepAliveAck { pool_handle, pe_id },
+            );
+        }
+        n
     }
 
     /// (PE id, home id) of every PE node `i` holds, sorted.
@@ -388,9 +431,13 @@ fn a_late_deletion_from_an_old_home_does_not_remove_a_moved_pe() {
     c.register(0, 1, pe(10));
     // The PE moves to registrar 1 (a new connection there) ...
     c.register(1, 2, pe(10));
-    for i in 0..3 {
-        assert_eq!(c.view(i), [(10, 2)], "registrar {i}");
-    }
+    assert_eq!(c.view(1), [(10, 2)]);
+    assert_eq!(c.view(2), [(10, 2)]);
+    // (registrar 0, where its connection is still open, asks it)
+    assert_eq!(c.view(0), [(10, 1)]);
+    assert!(c.asap.iter().any(|(node, connection, m)| *node == 0
+        && *connection == 1
+        && matches!(m, AsapMessage::EndpointKeepAlive { .. })));
     // ... and then its old connection to registrar 0 ends.
     let now = c.now;
     c.nodes[0]
@@ -479,4 +526,128 @@ fn a_registrar_added_with_one_peer_finds_the_whole_cluster() {
     c.run(600);
     assert!(c.node(0).peers().iter().all(|p| p.id.0 != 3));
     assert_eq!(c.view(0), [(10, 1), (20, 2)]);
+}
+
+#[test]
+fn a_pe_that_leaves_its_old_home_without_a_word_moves_when_it_does_not_answer() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.register(0, 1, pe(10));
+    // The PE registers at registrar 1; its connection to registrar 0 stays
+    // open but nothing answers there any more (a host cut off).
+    c.register(1, 2, pe(10));
+    assert_eq!(c.view(0), [(10, 1)]);
+    for _ in 0..51 {
+        c.answer_keep_alives(1, 2);
+        c.run(100);
+    }
+    for i in 0..3 {
+        assert_eq!(c.view(i), [(10, 2)], "registrar {i}");
+    }
+    assert!(c.events.iter().any(|(i, e)| *i == 0
+        && matches!(e, Event::Claimed { by, kept: false, .. } if by.0 == 2)));
+    // Taken without a deletion: nothing else was announced.
+    assert!(
+        !c.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Removed { .. }))
+    );
+}
+
+#[test]
+fn a_late_registration_from_a_registrar_back_from_a_stall_leaves_the_pe_at_its_new_home() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.register(0, 1, pe(10));
+    // Registrar 0 stalls (a stopped process): its peers declare it dead
+    // and take the PE over; the PE, whose re-registration there went
+    // unanswered, registers at registrar 1.
+    let stalled = c.nodes[0].take();
+    c.cut[0] = true;
+    c.run(600);
+    c.register(1, 2, pe(10));
+    assert_eq!(c.view(1), [(10, 2)]);
+    assert_eq!(c.view(2), [(10, 2)]);
+    // Back, registrar 0 reads what waited in its sockets: the PE's
+    // re-registration, then the end of that connection. It announces the
+    // PE as its own, then deletes it.
+    c.nodes[0] = stalled;
+    c.cut[0] = false;
+    c.from_pe(
+        0,
+        1,
+        AsapMessage::Registration {
+            pool_handle: PoolHandle::from("p"),
+            pool_element: pe(10),
+            auth_token: None,
+        },
+    );
+    let now = c.now;
+    c.nodes[0]
+        .as_mut()
+        .unwrap()
+        .handle_disconnect(ConnectionId(1), now);
+    c.drain(0);
+    c.settle();
+    // Registrar 1 has the PE on a live connection: it asks the PE, which
+    // answers there, and the others hear that it stays.
+    assert_eq!(c.view(1), [(10, 2)]);
+    assert_eq!(c.answer_keep_alives(1, 2), 1);
+    assert_eq!(c.view(1), [(10, 2)]);
+    assert_eq!(c.view(2), [(10, 2)]);
+    // Registrar 0 is a peer again at its next presence, and copies.
+    c.run(300);
+    for i in 0..3 {
+        assert_eq!(c.view(i), [(10, 2)], "registrar {i}");
+    }
+    assert!(c.events.iter().any(|(i, e)| *i == 1
+        && matches!(e, Event::Claimed { by, kept: true, .. } if by.0 == 1)));
+}
+
+#[test]
+fn a_pe_answering_at_two_registrars_is_announced_at_most_once_a_keep_alive_interval() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.register(0, 1, pe(10));
+    // A PE that keeps both connections and answers on each: registrars 0
+    // and 1 each find it theirs.
+    c.register(1, 2, pe(10));
+    let before = c.updates;
+    for _ in 0..200 {
+        c.answer_keep_alives(0, 1);
+        c.answer_keep_alives(1, 2);
+        c.run(10);
+    }
+    // Two seconds, a keep-alive interval of five: each registrar announced
+    // it at most once after the first claim.
+    assert!(
+        c.updates - before <= 2 * 2,
+        "{} announcements",
+        c.updates - before
+    );
+    for i in 0..3 {
+        assert_eq!(c.view(i).len(), 1, "registrar {i}");
+    }
+}
+
+#[test]
+fn a_pe_taken_over_gets_a_registration_life_from_the_takeover() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    // A life of one keep-alive round (the shortest a registrar keeps), which
+    // the PE's keep-alive answers renew at its home, but not at the peers.
+    let mut short = pe(10);
+    short.registration_life = 10_000;
+    c.register(0, 1, short);
+    c.run(5_000);
+    assert_eq!(c.answer_keep_alives(0, 1), 1);
+    c.run(4_900);
+    // Its home dies 9.9 s after the registration the peers heard.
+    c.nodes[0] = None;
+    c.cut[0] = true;
+    c.run(600);
+    assert_eq!(c.view(1), [(10, 2)]);
+    assert_eq!(c.view(2), [(10, 2)]);
+    // The new home keeps it a whole life from the takeover ...
+    c.run(9_000);
+    assert_eq!(c.view(1), [(10, 2)]);
+    // ... and no longer unless it registers there.
+    c.run(1_500);
+    assert!(c.view(1).is_empty());
 }

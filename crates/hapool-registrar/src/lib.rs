@@ -741,6 +741,20 @@ fn log_event(event: &Event) {
         Event::PeerClaimsOwnAddress { sender, address } => {
             warn!(%sender, %address, "a peer's presence gives this registrar's own ENRP address; ignored (two registrars configured with one address?)");
         }
+        Event::Claimed {
+            pool_handle,
+            pe_id,
+            by,
+            kept: true,
+        } => info!(pool = %pool_handle, %pe_id, peer = %by,
+            "a peer announced a pool element registered here as its own; the element answered here and stays"),
+        Event::Claimed {
+            pool_handle,
+            pe_id,
+            by,
+            kept: false,
+        } => info!(pool = %pool_handle, %pe_id, peer = %by,
+            "a pool element registered here moved to the peer that announced it"),
         Event::PeerMessageIgnored { sender, receiver } => {
             warn!(%sender, %receiver, "ENRP message not for this registrar");
         }

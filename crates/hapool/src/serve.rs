@@ -381,7 +381,8 @@ pub(crate) struct PeArgs {
     /// registered only while the probe passes.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     probe_interval: Duration,
-    /// Registration life.
+    /// Registration life (the PE re-registers every 10 s, or every third of
+    /// this when that is shorter).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     life: Duration,
     /// Probe health with an HTTP GET of this URL (a 2xx answer passes)

@@ -14,7 +14,12 @@
 //!
 //! # Who decides where a PE lives
 //!
-//! - A HANDLE_UPDATE is a fresh registration at its sender: it moves a PE.
+//! - A HANDLE_UPDATE is a fresh registration at its sender: it moves a PE,
+//!   except one on a live connection here. That one the PE settles: it is
+//!   sent a keep-alive, and stays if it answers here, or takes the peer's
+//!   copy if it leaves (`Registrar::claim`). A late update (a registration
+//!   that waited in a stalled registrar's socket while the PE moved on,
+//!   then deleted again) thus cannot take a PE from its live home.
 //! - A handle table only fills in: it never moves a PE away from a home that
 //!   is alive, and a registrar never lets a table or a takeover move a PE it
 //!   supervises; it answers such a claim by announcing the PE again.
@@ -444,11 +449,11 @@ impl Registrar {
                 if let Some(t) = self.peering.takeovers.get_mut(&target) {
                     t.awaiting.remove(&from);
                     if t.awaiting.is_empty() {
-                        self.complete_takeover(target);
+                        self.complete_takeover(target, now);
                     }
                 }
             }
-            EnrpBody::TakeoverServer { target } => self.on_takeover_server(from, target),
+            EnrpBody::TakeoverServer { target } => self.on_takeover_server(from, target, now),
             EnrpBody::Error { error } => {
                 self.events
                     .push_back(Event::PeerError { peer: from, error });
@@ -719,10 +724,17 @@ impl Registrar {
     ) {
         let me = self.config.id;
         let key = (handle.clone(), element.id);
-        if self.supervised.contains_key(&key) {
-            if element.home_registrar != me {
-                // The peer believes another home; this registrar has the PE
-                // on a live connection, so it says so again.
+        if let Some(s) = self.supervised.get_mut(&key) {
+            // The peer believes another home; this registrar has the PE on
+            // a live connection, so it says so again, unless the PE is being
+            // asked already (`Registrar::claim`) or it said so within the
+            // keep-alive interval (two registrars that both hold the PE
+            // would otherwise say so at every audit).
+            let said_lately = s
+                .reasserted
+                .is_some_and(|at| now.duration_since(at) < self.config.keep_alive_interval);
+            if element.home_registrar != me && !said_lately && !self.claims.contains_key(&key) {
+                s.reasserted = Some(now);
                 self.reassert(handle, element.id);
             }
             return;
@@ -745,7 +757,7 @@ impl Registrar {
     }
 
     /// Stores a PE learned from peer `from`.
-    fn store_from_peer(
+    pub(super) fn store_from_peer(
         &mut self,
         from: RegistrarId,
         handle: &PoolHandle,
@@ -765,7 +777,7 @@ impl Registrar {
     }
 
     /// Announces again a PE this registrar supervises.
-    fn reassert(&mut self, handle: &PoolHandle, id: PoolElementId) {
+    pub(super) fn reassert(&mut self, handle: &PoolHandle, id: PoolElementId) {
         if let Some(entry) = self.handlespace.get(handle, id) {
             let element = entry.element().clone();
             self.announce_change(UpdateAction::AddPe, handle, &element);
@@ -787,10 +799,12 @@ impl Registrar {
                 if element.home_registrar == me {
                     return;
                 }
-                // A fresh registration elsewhere: the PE moved.
                 if self.supervised.contains_key(&key) {
-                    self.unsupervise(&handle, element.id);
+                    // On a live connection here: the PE settles it.
+                    self.claim(from, handle, element, now);
+                    return;
                 }
+                // A fresh registration elsewhere: the PE moved.
                 if let Some(sync) = self
                     .peering
                     .peers
@@ -802,6 +816,7 @@ impl Registrar {
                 self.store_from_peer(from, &handle, element, now);
             }
             UpdateAction::DelPe => {
+                self.withdraw_claim(from, &key);
                 let same_home = self
                     .handlespace
                     .get(&handle, element.id)
@@ -839,7 +854,7 @@ impl Registrar {
         self.send_to(from, EnrpBody::InitTakeoverAck { target });
     }
 
-    fn on_takeover_server(&mut self, from: RegistrarId, target: RegistrarId) {
+    fn on_takeover_server(&mut self, from: RegistrarId, target: RegistrarId, now: Instant) {
         self.peering.takeovers.remove(&target);
         if target == self.config.id {
             // Taken over while alive (a partition): the PEs still connected
@@ -856,7 +871,7 @@ impl Registrar {
             self.peering.cursors.remove(&target);
             self.events.push_back(Event::PeerDown { id: target });
         }
-        let taken = self.handlespace.take_over(target, from);
+        let taken = self.handlespace.take_over(target, from, now);
         if !taken.is_empty() {
             self.events.push_back(Event::TakenOver {
                 target,
@@ -891,7 +906,7 @@ impl Registrar {
             },
         );
         if awaiting.is_empty() {
-            self.complete_takeover(id);
+            self.complete_takeover(id, now);
             return;
         }
         for peer in awaiting {
@@ -924,13 +939,13 @@ impl Registrar {
         }
     }
 
-    fn complete_takeover(&mut self, target: RegistrarId) {
+    fn complete_takeover(&mut self, target: RegistrarId, now: Instant) {
         self.peering.takeovers.remove(&target);
         if self.peering.peers.contains_key(&target) {
             return;
         }
         let me = self.config.id;
-        let taken = self.handlespace.take_over(target, me);
+        let taken = self.handlespace.take_over(target, me, now);
         self.broadcast(&EnrpBody::TakeoverServer { target });
         self.events.push_back(Event::TakenOver {
             target,
@@ -1031,7 +1046,7 @@ impl Registrar {
             .map(|(&id, _)| id)
             .collect();
         for target in expired {
-            self.complete_takeover(target);
+            self.complete_takeover(target, now);
         }
     }
 
