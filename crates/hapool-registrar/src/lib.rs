@@ -1064,9 +1064,37 @@ async fn read_loop<R: AsyncRead + Unpin>(
     writer: mpsc::Sender<AsapMessage>,
 ) {
     let mut reader = MessageReader::<_, AsapMessage>::new(read, DEFAULT_MAX_MESSAGE);
+    // What the reader already holds beyond the message in hand.
+    let mut ahead = None;
     loop {
-        match reader.next().await {
+        let read = match ahead.take() {
+            Some(read) => read,
+            None => reader.next().await,
+        };
+        match read {
             Ok(Some(decoded)) => {
+                if matches!(decoded.message, AsapMessage::Registration { .. }) {
+                    // A registration that arrives with the end of its
+                    // connection is not served: the PE has left (it gave up
+                    // waiting, typically while this registrar was stalled,
+                    // and registered elsewhere), nobody can be answered, and
+                    // the PE would be removed again at once. Announced to
+                    // the peers, it would only disturb the PE's new home.
+                    let after = ready_now(&mut reader);
+                    let ended = match &after {
+                        Some(Ok(None)) => true,
+                        Some(Err(e)) => !e.is_recoverable(),
+                        _ => false,
+                    };
+                    ahead = after;
+                    if ended {
+                        debug!(
+                            connection = id.0,
+                            "a registration that came with the end of its connection is not served"
+                        );
+                        continue;
+                    }
+                }
                 if !decoded.reports.is_empty() {
                     let error = OperationError {
                         causes: decoded.reports,
@@ -1108,11 +1136,116 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let _ = inputs.send(Input::Closed { id }).await;
 }
 
+/// What `reader` yields without waiting: the next message, the end of the
+/// stream or an error when the bytes for it are already here, `None` when
+/// it would have to wait. Nothing is lost by asking: the reader keeps what
+/// it read.
+fn ready_now<R: AsyncRead + Unpin>(
+    reader: &mut MessageReader<R, AsapMessage>,
+) -> Option<Result<Option<hapool_wire::Decoded<AsapMessage>>, hapool_net::ReadError>> {
+    let next = std::pin::pin!(reader.next());
+    match next.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(read) => Some(read),
+        std::task::Poll::Pending => None,
+    }
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, mut queue: mpsc::Receiver<AsapMessage>) {
     while let Some(message) = queue.recv().await {
         if let Err(e) = write_message(&mut write, &message).await {
             debug!(error = %e, "write failed");
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hapool_wire::{Message, Policy, PoolElement, PoolElementId, RegistrarId, Transport};
+    use std::time::Duration;
+
+    fn registration(id: u32) -> Vec<u8> {
+        AsapMessage::Registration {
+            pool_handle: PoolHandle::from("p"),
+            pool_element: PoolElement {
+                id: PoolElementId(id),
+                home_registrar: RegistrarId(0),
+                registration_life: 30_000,
+                user_transport: Transport::tcp(([127, 0, 0, 1], 80).into()),
+                policy: Policy::RoundRobin,
+                asap_transport: None,
+            },
+            auth_token: None,
+        }
+        .to_bytes()
+        .unwrap()
+        .to_vec()
+    }
+
+    fn resolution() -> Vec<u8> {
+        AsapMessage::HandleResolution {
+            subscribe: false,
+            pool_handle: PoolHandle::from("p"),
+            items: None,
+        }
+        .to_bytes()
+        .unwrap()
+        .to_vec()
+    }
+
+    /// What the reader of a connection hands the state machine when the
+    /// client sent `bytes` and then, if `end`, closed the connection before
+    /// the reader looked; `None` stands for the connection's end.
+    async fn inputs(bytes: Vec<u8>, end: bool) -> Vec<Option<&'static str>> {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client.write_all(&bytes).await.unwrap();
+        let mut client = Some(client);
+        if end {
+            client = None;
+        }
+        let (tx, mut rx) = mpsc::channel(16);
+        let (writer, _queue) = mpsc::channel(16);
+        let reader = tokio::spawn(read_loop(ConnectionId(1), server, tx, writer));
+        let mut seen = Vec::new();
+        loop {
+            let input = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await;
+            match input {
+                Ok(Some(Input::Message { message, .. })) => seen.push(Some(match message {
+                    AsapMessage::Registration { .. } => "registration",
+                    AsapMessage::HandleResolution { .. } => "resolution",
+                    _ => "other",
+                })),
+                Ok(Some(Input::Closed { .. })) => {
+                    seen.push(None);
+                    break;
+                }
+                Ok(_) => panic!("unexpected input"),
+                // Nothing more while the connection is open: close it.
+                Err(_) => client = None,
+            }
+            let _ = &client;
+        }
+        reader.await.unwrap();
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_registration_that_comes_with_the_end_of_its_connection_is_not_served() {
+        assert_eq!(inputs(registration(1), true).await, [None]);
+        // With the connection open it is, and so is one followed by more.
+        assert_eq!(
+            inputs(registration(1), false).await,
+            [Some("registration"), None]
+        );
+        let mut two = registration(1);
+        two.extend(resolution());
+        two.extend(registration(2));
+        assert_eq!(
+            inputs(two, true).await,
+            [Some("registration"), Some("resolution"), None]
+        );
+        // Other requests are handed on as they were.
+        assert_eq!(inputs(resolution(), true).await, [Some("resolution"), None]);
     }
 }

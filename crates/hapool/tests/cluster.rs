@@ -1,6 +1,8 @@
 //! A registrar cluster as separate processes: three `hapool registrar`
 //! processes, 100 PEs and 10 PUs resolving all the time. One registrar is
-//! killed with SIGKILL, another is cut off from its peers and healed.
+//! killed with SIGKILL, another is cut off from its peers and healed. And
+//! a registrar stopped (SIGSTOP) long enough for its PEs to move, then let
+//! go on (SIGCONT).
 //!
 //! Each registrar has its own loopback address (127.0.0.11 to .13). Its
 //! peers reach its ENRP port through a small proxy in this test, and its
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hapool_client::{PeConfig, PeHandle, PoolUser, PuConfig};
+use hapool_client::{PeConfig, PeHandle, PeState, PoolUser, PuConfig};
 use hapool_wire::{Policy, PoolElement, PoolElementId, PoolHandle, RegistrarId, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -160,10 +162,19 @@ async fn view(admin: SocketAddr) -> Option<BTreeSet<(String, String, String)>> {
     Some(set)
 }
 
-/// Waits until `done` holds for the views of the running registrars;
+/// The admin ports of the registrars that run.
+fn running(nodes: &[Node]) -> Vec<SocketAddr> {
+    nodes
+        .iter()
+        .filter(|n| n.child.is_some())
+        .map(|n| n.admin)
+        .collect()
+}
+
+/// Waits until `done` holds for the views of the registrars at `admins`;
 /// returns how long that took.
 async fn until(
-    nodes: &[Node],
+    admins: &[SocketAddr],
     limit: Duration,
     what: &str,
     done: impl Fn(&[BTreeSet<(String, String, String)>]) -> bool,
@@ -171,8 +182,8 @@ async fn until(
     let start = Instant::now();
     loop {
         let mut views = Vec::new();
-        for n in nodes.iter().filter(|n| n.child.is_some()) {
-            views.push(view(n.admin).await.unwrap_or_default());
+        for admin in admins {
+            views.push(view(*admin).await.unwrap_or_default());
         }
         if done(&views) {
             return start.elapsed();
@@ -190,9 +201,9 @@ fn all_equal(views: &[BTreeSet<(String, String, String)>], count: usize) -> bool
     views.iter().all(|v| v.len() == count && *v == views[0])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_registrars_survive_a_kill_and_a_partition() {
-    let cut = Arc::new(AtomicU8::new(0));
+/// Three registrars (ids 1 to 3), each on its own address and reached by
+/// its peers through a proxy that `cut` controls.
+async fn cluster(cut: &Arc<AtomicU8>) -> Vec<Node> {
     let mut nodes: Vec<Node> = (1..=3)
         .map(|n| Node {
             asap: SocketAddr::new(ip(n), free_port(ip(n))),
@@ -211,6 +222,13 @@ async fn three_registrars_survive_a_kill_and_a_partition() {
         let peers: Vec<SocketAddr> = (0..3).filter(|&p| p != n).map(|p| proxies[p]).collect();
         start(node, n as u8 + 1, &peers);
     }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_registrars_survive_a_kill_and_a_partition() {
+    let cut = Arc::new(AtomicU8::new(0));
+    let mut nodes = cluster(&cut).await;
     let asap: Vec<SocketAddr> = nodes.iter().map(|n| n.asap).collect();
     let pool = PoolHandle::from("web");
 
@@ -237,7 +255,7 @@ async fn three_registrars_survive_a_kill_and_a_partition() {
         pe.wait_registered(Duration::from_secs(10)).await.unwrap();
     }
     let took = until(
-        &nodes,
+        &running(&nodes),
         Duration::from_secs(10),
         "initial convergence",
         |v| all_equal(v, 100),
@@ -281,7 +299,7 @@ async fn three_registrars_survive_a_kill_and_a_partition() {
     child.kill().unwrap();
     child.wait().unwrap();
     let took = until(
-        &nodes,
+        &running(&nodes),
         TAKEOVER_BOUND + SLACK,
         "re-homing after kill -9",
         |v| all_equal(v, 100) && v[0].iter().all(|(_, _, home)| home != "00000001"),
@@ -296,7 +314,7 @@ async fn three_registrars_survive_a_kill_and_a_partition() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     cut.store(0, Ordering::SeqCst);
     let took = until(
-        &nodes,
+        &running(&nodes),
         Duration::from_secs(5),
         "convergence after the heal",
         |v| {
@@ -320,6 +338,120 @@ async fn three_registrars_survive_a_kill_and_a_partition() {
     println!("{resolutions} resolutions, {failures} empty or failed");
     assert!(resolutions > 500, "only {resolutions} resolutions");
     assert_eq!(failures, 0, "resolutions failed while live PEs existed");
+
+    for pe in pes {
+        pe.stop().await;
+    }
+    for node in &mut nodes {
+        if let Some(mut child) = node.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registrar_stopped_and_let_go_on_takes_no_pe_from_its_new_home() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let cut = Arc::new(AtomicU8::new(0));
+    let mut nodes = cluster(&cut).await;
+    let asap: Vec<SocketAddr> = nodes.iter().map(|n| n.asap).collect();
+    let pool = PoolHandle::from("web");
+    // 30 PEs, all at registrar 1 first; a short life, so that they
+    // re-register often, and short timeouts, so that they move soon.
+    let mut pes = Vec::new();
+    for i in 0..30u32 {
+        let element = PoolElement {
+            id: PoolElementId(2000 + i),
+            home_registrar: RegistrarId(0),
+            registration_life: 3_000,
+            user_transport: Transport::tcp((Ipv4Addr::new(10, 9, 1, i as u8), 80).into()),
+            policy: Policy::RoundRobin,
+            asap_transport: None,
+        };
+        let mut config = PeConfig::new(asap.clone(), pool.clone(), element);
+        config.retry_interval = Duration::from_millis(100);
+        config.connect_timeout = Duration::from_millis(200);
+        config.request_timeout = Duration::from_millis(500);
+        pes.push(PeHandle::start(config));
+    }
+    for pe in &mut pes {
+        pe.wait_registered(Duration::from_secs(10)).await.unwrap();
+    }
+    until(&running(&nodes), Duration::from_secs(10), "initial convergence", |v| {
+        all_equal(v, 30) && v[0].iter().all(|(_, _, home)| home == "00000001")
+    })
+    .await;
+
+    // Registrars 2 and 3 are watched throughout: the fewest PEs either
+    // listed at any look.
+    let stop = Arc::new(AtomicU8::new(0));
+    let fewest = Arc::new(AtomicU64::new(u64::MAX));
+    let watcher = {
+        let (stop, fewest) = (stop.clone(), fewest.clone());
+        let admins = [nodes[1].admin, nodes[2].admin];
+        tokio::spawn(async move {
+            while stop.load(Ordering::SeqCst) == 0 {
+                for admin in admins {
+                    if let Some(v) = view(admin).await {
+                        fewest.fetch_min(v.len() as u64, Ordering::SeqCst);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    // Registrar 1 stops: its peers take its PEs over, and the PEs, whose
+    // re-registrations go unanswered, register with registrar 2.
+    let pid = Pid::from_raw(nodes[0].child.as_ref().unwrap().id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let stopped = Instant::now();
+    while !pes
+        .iter()
+        .all(|pe| matches!(pe.state(), PeState::Registered { registrar } if registrar == asap[1]))
+    {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "the PEs did not move"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "registrar 1 stopped: all 30 PEs registered at registrar 2 {:?} later",
+        stopped.elapsed()
+    );
+    let others = [nodes[1].admin, nodes[2].admin];
+    until(&others, Duration::from_secs(2), "the PEs at their new home", |v| {
+        all_equal(v, 30) && v[0].iter().all(|(_, _, home)| home == "00000002")
+    })
+    .await;
+    // Long enough for every registration waiting at registrar 1 to be
+    // one its PE gave up on.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+
+    // Let go on, registrar 1 reads what waited in its sockets: the PEs'
+    // unanswered re-registrations, and the ends of their connections.
+    kill(pid, Signal::SIGCONT).unwrap();
+    let took = until(
+        &running(&nodes),
+        Duration::from_secs(5),
+        "convergence after SIGCONT",
+        |v| all_equal(v, 30) && v[0].iter().all(|(_, _, home)| home == "00000002"),
+    )
+    .await;
+    println!("registrar 1 let go on: the same 30 PEs at all three {took:?} later");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    until(&running(&nodes), Duration::from_secs(1), "still the same", |v| {
+        all_equal(v, 30) && v[0].iter().all(|(_, _, home)| home == "00000002")
+    })
+    .await;
+    stop.store(1, Ordering::SeqCst);
+    watcher.await.unwrap();
+    let fewest = fewest.load(Ordering::SeqCst);
+    assert_eq!(fewest, 30, "registrar 2 or 3 listed only {fewest} of the 30 PEs at some point");
 
     for pe in pes {
         pe.stop().await;
