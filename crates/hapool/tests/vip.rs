@@ -245,6 +245,18 @@ impl Lab {
         let _ = std::fs::remove_file(vrrp);
     }
 
+    /// Sends member `i`'s daemon a signal (`kill` with `signal`).
+    fn signal(&self, i: usize, signal: &str) {
+        let d = self.daemons[i].as_ref().expect("running");
+        assert!(
+            Command::new("kill")
+                .args([signal, &d.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
     fn link(&self, i: usize, up: bool) {
         let ns = self.ns(&Self::member(i));
         assert!(ip(&[
@@ -441,6 +453,41 @@ fn three_members_kill_restart_and_cut() {
     lab.link(0, true);
     lab.wait_for(0, TAKEOVER);
     lab.settle_on(0);
+}
+
+/// The master stalls (SIGSTOP: a frozen process or virtual machine) until
+/// member 2 has taken over, then goes on (SIGCONT): it takes the address
+/// back, and then only it holds the address. (While it is stopped its
+/// address stays on its interface: both hold it, as with any VRRP.)
+#[test]
+fn a_master_stopped_and_let_go_on_takes_the_address_back_alone() {
+    let Some((_one, mut lab)) = lab(3) else {
+        return;
+    };
+    for i in 0..3 {
+        lab.start(i);
+    }
+    lab.wait_for(0, Duration::from_secs(10));
+    lab.settle_on(0);
+    lab.signal(0, "-STOP");
+    let stopped = Instant::now();
+    while !lab.holders().contains(&1) {
+        assert!(
+            stopped.elapsed() < TAKEOVER,
+            "member 2 did not take over; holders {:?}",
+            lab.holders()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("member 2 holds the address {:?} after the master stopped", stopped.elapsed());
+    std::thread::sleep(Duration::from_millis(500));
+    lab.signal(0, "-CONT");
+    let took = lab.wait_for(0, TAKEOVER);
+    lab.settle_on(0);
+    eprintln!("member 1 answers alone again {took:?} after SIGCONT");
+    // And stays so.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(lab.holders(), [0]);
 }
 
 #[test]
