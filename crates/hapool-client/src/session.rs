@@ -16,6 +16,10 @@
 //!   sends COOKIE_ECHO with the latest cookie
 //!   before anything else, and sends again the data not yet answered (so a
 //!   request/response protocol sees no failure; delivery is at least once).
+//!   A PE fails when its connection breaks or ends, and also when it is
+//!   no longer registered while the session waits for its answer
+//!   ([`SessionConfig::liveness_check`]): a hung process or a machine that
+//!   died without a word breaks nothing, but its home registrar removes it.
 //!   [`PoolSession::events`] says when a failover started and finished.
 
 use std::collections::VecDeque;
@@ -45,6 +49,15 @@ pub struct SessionConfig {
     pub connect_timeout: Duration,
     /// PEs to try in one failover before giving up. Default 8.
     pub failover_attempts: usize,
+    /// While data sent to the PE is unanswered, how often the pool user
+    /// asks the registrars whether the PE is still registered; once it is
+    /// not, the session fails over. A PE whose process hangs or whose
+    /// machine dies without a word breaks no connection (the kernel of a
+    /// hung process still accepts and acknowledges; a dead machine sends
+    /// nothing), but its home registrar removes it when it stops answering
+    /// keep-alives. A PE that is slow but registered is waited for. `None`:
+    /// wait for the connection alone. Default 1 s.
+    pub liveness_check: Option<Duration>,
     /// The pool's cookie key: when set, a PE signs every cookie it sends
     /// (HMAC-SHA-256, the tag appended) and refuses an echoed cookie whose
     /// tag does not match, so a PU cannot forge or alter session state.
@@ -98,6 +111,7 @@ impl Default for SessionConfig {
             max_cookie: 64 << 10,
             connect_timeout: Duration::from_secs(1),
             failover_attempts: 8,
+            liveness_check: Some(Duration::from_secs(1)),
             cookie_key: None,
         }
     }
@@ -403,7 +417,21 @@ impl PoolSession {
     /// the new PE's data.
     pub async fn recv(&mut self) -> Result<Bytes, ClientError> {
         loop {
-            match self.conn.recv().await {
+            let frame = match self.config.liveness_check {
+                Some(every) if !self.unanswered.is_empty() => {
+                    match timeout(every, self.conn.recv()).await {
+                        Ok(frame) => frame,
+                        Err(_) => {
+                            if self.element_gone().await {
+                                self.fail_over().await?;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                _ => self.conn.recv().await,
+            };
+            match frame {
                 Ok(Some(SessionFrame::Data(data))) => {
                     self.unanswered.clear();
                     return Ok(data);
@@ -428,6 +456,16 @@ impl PoolSession {
                 }
                 Ok(None) | Err(_) => self.fail_over().await?,
             }
+        }
+    }
+
+    /// Whether the registrars no longer list the PE the session waits on
+    /// (not when they cannot be asked: then nothing is known).
+    async fn element_gone(&self) -> bool {
+        match self.pu.members(&self.pool).await {
+            Ok(members) => !members.iter().any(|m| m.id == self.element.id),
+            Err(ClientError::Refused(cause)) => cause == hapool_wire::CauseCode::UNKNOWN_POOL_HANDLE,
+            Err(_) => false,
         }
     }
 

@@ -797,6 +797,105 @@ async fn a_session_fails_over_to_the_last_will_with_its_cookie() {
     r.shutdown().await;
 }
 
+/// A PE whose process hangs: the kernel still accepts connections to its
+/// port and takes the data sent, but nothing answers, neither the session
+/// nor its registrar's keep-alives. A session waiting on it fails over
+/// once its registrar has removed it; a session waiting on a PE that is
+/// slow but registered waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_waiting_on_a_hung_pe_fails_over_once_the_pe_is_removed() {
+    let r = registrar(0x79).await;
+    // PE 1 (more loaded): a counter server.
+    let CounterPool { pes, firsts, .. } = counter_pool(&r, &[0x4000_0000], Default::default()).await;
+    // PE 9 (the least loaded): a listener nobody accepts on, registered
+    // over a connection nobody reads again.
+    let hung = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let stream = TcpStream::connect(r.local_addr()).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut reader = MessageReader::<_, AsapMessage>::new(read, DEFAULT_MAX_MESSAGE);
+    let registration = AsapMessage::Registration {
+        pool_handle: pool(),
+        pool_element: PoolElement {
+            user_transport: Transport::tcp(hung.local_addr().unwrap()),
+            ..element(9, 0)
+        },
+        auth_token: None,
+    };
+    write_message(&mut write, &registration).await.unwrap();
+    assert!(matches!(
+        reader.next().await.unwrap().unwrap().message,
+        AsapMessage::RegistrationResponse { reject: false, .. }
+    ));
+    let config = hapool_client::SessionConfig {
+        liveness_check: Some(Duration::from_millis(100)),
+        ..Default::default()
+    };
+    let pu = std::sync::Arc::new(pu(vec![r.local_addr()]));
+    let mut session = hapool_client::PoolSession::open(pu.clone(), pool(), config.clone())
+        .await
+        .unwrap();
+    assert_eq!(session.element().id, PoolElementId(9));
+    session.send("add 5".into()).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), session.recv())
+        .await
+        .expect("the session waited on the hung PE")
+        .unwrap();
+    assert_eq!(answer, "5");
+    assert_eq!(session.element().id, PoolElementId(1));
+    assert_eq!(
+        session.events(),
+        [
+            hapool_client::SessionEvent::FailoverStarted {
+                from: PoolElementId(9)
+            },
+            hapool_client::SessionEvent::FailoverFinished {
+                to: PoolElementId(1),
+                cookie_echoed: false
+            }
+        ]
+    );
+    drop(firsts);
+    drop((reader, write, hung));
+
+    // PE 2: registered, answering keep-alives, but each answer takes 600
+    // ms, six liveness checks.
+    let slow = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let mut slow_config = PeConfig::new(
+        vec![r.local_addr()],
+        pool(),
+        PoolElement {
+            user_transport: Transport::tcp(slow.local_addr().unwrap()),
+            ..element(2, 0)
+        },
+    );
+    slow_config.retry_interval = Duration::from_millis(50);
+    let mut slow_pe = PeHandle::start(slow_config);
+    slow_pe.wait_registered(Duration::from_secs(5)).await.unwrap();
+    let server = tokio::spawn(async move {
+        let (stream, _) = slow.accept().await.unwrap();
+        let mut s = hapool_client::ElementSession::new(stream, Default::default());
+        while let Ok(Some(incoming)) = s.recv().await {
+            if let hapool_client::Incoming::Data(data) = incoming {
+                sleep(Duration::from_millis(600)).await;
+                s.send(data).await.unwrap();
+            }
+        }
+    });
+    let mut session = hapool_client::PoolSession::open(pu, pool(), config).await.unwrap();
+    assert_eq!(session.element().id, PoolElementId(2));
+    session.send("slow".into()).await.unwrap();
+    assert_eq!(session.recv().await.unwrap(), "slow");
+    assert_eq!(session.element().id, PoolElementId(2));
+    assert!(session.events().is_empty());
+    drop(session);
+    server.await.unwrap();
+    slow_pe.stop().await;
+    for pe in pes.into_iter().flatten() {
+        pe.stop().await;
+    }
+    r.shutdown().await;
+}
+
 /// Cookies are bounded: a PE cannot send one above the limit, and a PE
 /// that is echoed one above its limit drops it and goes on with fresh
 /// state (the next data still arrives).
