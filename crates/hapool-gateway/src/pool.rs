@@ -116,9 +116,17 @@ pub struct PoolSettings {
     /// (TCP listeners only), so that the member learns the client's
     /// address. None by default.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Registrar pools: how long the pool keeps its last members (chosen
+    /// while their probes pass) when the registrars answer that it has
+    /// none, from the first such answer; a registrar that restarted and
+    /// has not heard from the PEs again answers so. Zero: the answer is
+    /// taken at once. Default [`Self::EMPTY_ANSWER_HOLD`].
+    pub empty_answer_hold: Duration,
 }
 
 impl PoolSettings {
+    /// The default hold of a registrar pool's last members.
+    pub const EMPTY_ANSWER_HOLD: Duration = Duration::from_secs(30);
     /// The default share of hedged requests.
     pub const HEDGE_PERCENT: u32 = 5;
     /// The default probes in a row that bring a member back.
@@ -152,6 +160,7 @@ impl PoolSettings {
             probe_rise: Self::PROBE_RISE,
             probe_fall: Self::PROBE_FALL,
             proxy_protocol: None,
+            empty_answer_hold: Self::EMPTY_ANSWER_HOLD,
         }
     }
 
@@ -181,6 +190,10 @@ impl PoolSettings {
             ("probe_rise", self.probe_rise != new.probe_rise),
             ("probe_fall", self.probe_fall != new.probe_fall),
             ("proxy_protocol", self.proxy_protocol != new.proxy_protocol),
+            (
+                "empty_answer_hold",
+                self.empty_answer_hold != new.empty_answer_hold,
+            ),
         ])
     }
 
@@ -584,6 +597,24 @@ pub struct Pool {
     /// The pool's session table.
     pub sessions: SessionTable,
     hedges: Budget,
+    /// When the registrars first answered that this pool has no member,
+    /// while it keeps its last ones (see [`Pool::registrars_name_none`]).
+    emptied: Mutex<Option<Instant>>,
+}
+
+/// What a registrar pool does with an answer that names no member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EmptyAnswer {
+    /// It keeps its last members; `first`: this answer starts the hold.
+    Held {
+        /// Whether this is the first such answer.
+        first: bool,
+    },
+    /// It takes the answer; `after_hold`: its members were held until now.
+    Taken {
+        /// Whether a hold ends with it.
+        after_hold: bool,
+    },
 }
 
 impl Pool {
@@ -624,7 +655,37 @@ impl Pool {
             deleted: Mutex::new(HashSet::new()),
             unlisted: Mutex::new(HashSet::new()),
             sessions,
+            emptied: Mutex::new(None),
         }
+    }
+
+    /// The registrars answered at `now` that this pool has no member:
+    /// whether it keeps its last members instead, for `empty_answer_hold`
+    /// from the first such answer (if it has members to keep). The PEs of
+    /// a registrar that restarted register again within seconds; until
+    /// then, serving from members whose probes pass beats refusing every
+    /// request, and a member that is really gone fails its probes.
+    pub(crate) fn registrars_name_none(&self, now: Instant) -> EmptyAnswer {
+        let hold = self.settings().empty_answer_hold;
+        let mut emptied = self.emptied.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.snapshot().members.is_empty() || hold.is_zero() {
+            let after_hold = emptied.take().is_some();
+            return EmptyAnswer::Taken { after_hold };
+        }
+        let since = *emptied.get_or_insert(now);
+        if now.duration_since(since) < hold {
+            EmptyAnswer::Held {
+                first: since == now,
+            }
+        } else {
+            *emptied = None;
+            EmptyAnswer::Taken { after_hold: true }
+        }
+    }
+
+    /// The registrars named members of this pool: a hold ends.
+    pub(crate) fn registrars_name_some(&self) {
+        *self.emptied.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// The pool handle.
@@ -1115,6 +1176,44 @@ mod tests {
             policy: Policy::LeastUsed { load },
             asap_transport: None,
         }
+    }
+
+    #[test]
+    fn an_answer_naming_no_member_is_held_off_for_the_hold() {
+        let hold = Duration::from_secs(30);
+        let pool = Pool::new(
+            settings(MemberSource::Registrars),
+            SessionTable::new(Duration::from_secs(60), 10),
+        );
+        let t0 = std::time::Instant::now();
+        // Nothing to keep yet.
+        assert_eq!(
+            pool.registrars_name_none(t0),
+            EmptyAnswer::Taken { after_hold: false }
+        );
+        pool.update(&[element(1, 8001, 0)]);
+        assert_eq!(pool.registrars_name_none(t0), EmptyAnswer::Held { first: true });
+        let later = t0 + hold - Duration::from_millis(1);
+        assert_eq!(pool.registrars_name_none(later), EmptyAnswer::Held { first: false });
+        assert_eq!(
+            pool.registrars_name_none(t0 + hold),
+            EmptyAnswer::Taken { after_hold: true }
+        );
+        // Members named again end a hold: the next empty answer starts
+        // another.
+        assert_eq!(pool.registrars_name_none(t0 + hold), EmptyAnswer::Held { first: true });
+        pool.registrars_name_some();
+        let t1 = t0 + 3 * hold;
+        assert_eq!(pool.registrars_name_none(t1), EmptyAnswer::Held { first: true });
+        // With no hold, the answer is taken at once.
+        pool.reconfigure(PoolSettings {
+            empty_answer_hold: Duration::ZERO,
+            ..settings(MemberSource::Registrars)
+        });
+        assert_eq!(
+            pool.registrars_name_none(t1),
+            EmptyAnswer::Taken { after_hold: true }
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::grpc_health;
 use crate::member_cache::MemberCache;
 use crate::member_http::Target;
-use crate::pool::{Member, Pool, PoolSet, Port, ProbeKind};
+use crate::pool::{EmptyAnswer, Member, Pool, PoolSet, Port, ProbeKind};
 use crate::proxy_protocol::ProxyProtocol;
 use crate::reload::changed_names;
 use crate::{GatewayConfig, Shared, tcp};
@@ -102,31 +102,47 @@ pub(crate) async fn refresh(
 ) -> usize {
     let mut answered = 0;
     for pool in pools {
-        match pu.members(pool.handle()).await {
-            Ok(elements) => {
-                // The pool first: the cache's write may wait for the disk.
-                let fresh = pool.update(&elements);
-                if let Some(cache) = cache {
-                    cache.record(pool.handle(), &elements).await;
-                }
-                for member in fresh {
-                    probe_one(pool, &member, shared).await;
-                }
-                answered += 1;
-            }
+        let elements = match pu.members(pool.handle()).await {
+            Ok(elements) => elements,
             Err(hapool_client::ClientError::Refused(cause)) => {
                 // The registrars know no such pool (any more): it is empty.
                 debug!(pool = %pool.handle(), ?cause, "registrars name no member");
-                pool.update(&[]);
-                if let Some(cache) = cache {
-                    cache.record(pool.handle(), &[]).await;
-                }
-                answered += 1;
+                Vec::new()
             }
             Err(e) => {
                 counter!("hapool_gateway_registrar_errors_total").increment(1);
                 warn!(pool = %pool.handle(), error = %e, "no registrar answered; serving from the last known members");
+                continue;
             }
+        };
+        answered += 1;
+        if elements.is_empty() {
+            match pool.registrars_name_none(Instant::now().into_std()) {
+                EmptyAnswer::Held { first } => {
+                    if first {
+                        warn!(
+                            pool = %pool.handle(),
+                            hold = ?pool.settings().empty_answer_hold,
+                            "the registrars name no member; keeping the last ones while their probes pass (a restarted registrar's PEs register again)"
+                        );
+                    }
+                    continue;
+                }
+                EmptyAnswer::Taken { after_hold: true } => {
+                    warn!(pool = %pool.handle(), "the registrars still name no member; the last ones are let go");
+                }
+                EmptyAnswer::Taken { after_hold: false } => {}
+            }
+        } else {
+            pool.registrars_name_some();
+        }
+        // The pool first: the cache's write may wait for the disk.
+        let fresh = pool.update(&elements);
+        if let Some(cache) = cache {
+            cache.record(pool.handle(), &elements).await;
+        }
+        for member in fresh {
+            probe_one(pool, &member, shared).await;
         }
     }
     answered

@@ -279,6 +279,102 @@ handle = "web"
     });
 }
 
+/// A registrar restarts with an empty handlespace: until the PEs register
+/// again, it answers that the pool has no member. The gateway keeps its
+/// members for `empty_answer_hold` (their probes pass), so no request
+/// fails; a pool whose PE is really gone is let go after the hold.
+#[test]
+fn a_registrar_restarted_empty_leaves_the_pool_its_members_for_a_while() {
+    let scratch = common::Scratch::new("gateway_registrar_restarted_empty");
+    let registrar_addr = format!("127.0.0.1:{}", free_port());
+    let start_registrar = || {
+        let mut registrar = spawn(&["registrar", "--listen", &registrar_addr]);
+        wait_line(&mut registrar, "registrar ");
+        registrar
+    };
+    let a = backend("a");
+    let mut children = Killed(vec![start_registrar()]);
+    children.0.push(spawn(&[
+        "pe",
+        "--registrar",
+        &registrar_addr,
+        "--pool",
+        "web",
+        "--address",
+        &a,
+    ]));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = scratch.write(
+        "gateway.toml",
+        &format!(
+            r#"
+[gateway]
+registrars = ["{registrar_addr}"]
+refresh = "100ms"
+probe_interval = "200ms"
+
+[[gateway.listener]]
+listen = "{listen}"
+pool = "web"
+
+[[gateway.pool]]
+handle = "web"
+empty_answer_hold = "2s"
+"#
+        ),
+    );
+    let mut gateway = spawn(&["gateway", "--config", config.to_str().unwrap()]);
+    wait_line(&mut gateway, "gateway on");
+    children.0.push(gateway);
+    until("a answers through the gateway", || get(&listen) == "a");
+    // Requests all the time while the registrar is killed and started
+    // again at once, empty; its PE registers again a second later.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, listen) = (stop.clone(), listen.clone());
+        std::thread::spawn(move || {
+            let (mut served, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                match get(&listen).as_str() {
+                    "a" => served += 1,
+                    other => failed.push(other.to_owned()),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (served, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut registrar = children.0.remove(0);
+    registrar.kill().unwrap();
+    registrar.wait().unwrap();
+    children.0.push(start_registrar());
+    std::thread::sleep(Duration::from_millis(2_500));
+    stop.store(true, Ordering::SeqCst);
+    let (served, failed) = load.join().unwrap();
+    assert!(served > 100, "only {served} requests");
+    assert!(failed.is_empty(), "{} of {served} failed: {failed:?}", failed.len());
+    // The PE's sidecar stops (its server does not): the registrars name
+    // no member, and after the hold the gateway lets it go.
+    let mut pe = children.0.remove(0);
+    assert!(
+        Command::new("kill")
+            .arg(pe.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    pe.wait().unwrap();
+    let stopped = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get(&listen), "a", "held");
+    until("the pool is let go after the hold", || {
+        get(&listen).starts_with("HTTP/1.1 503")
+    });
+    let took = stopped.elapsed();
+    assert!(took >= Duration::from_secs(2), "let go after {took:?}");
+}
+
 #[test]
 fn gateway_configuration_errors_are_named() {
     let scratch = common::Scratch::new("gateway_configuration_errors_are_named");

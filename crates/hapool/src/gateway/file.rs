@@ -197,6 +197,11 @@ struct PoolFile {
     /// protocol header naming the client (TCP listeners only). Default:
     /// none.
     proxy_protocol: Option<ProxyProtocol>,
+    /// Registrar pools: how long the last members are kept when the
+    /// registrars answer that the pool has none. Default 30s; 0s: not at
+    /// all.
+    #[serde(default, with = "humantime_serde")]
+    empty_answer_hold: Option<Duration>,
 }
 
 /// A static member: "ADDR" or `{ address, weight, priority }`.
@@ -413,6 +418,11 @@ impl TryFrom<GatewayFile> for Planned {
                 }
                 None => MemberSource::Registrars,
             };
+            if p.empty_answer_hold.is_some() && source != MemberSource::Registrars {
+                return Err(BadConfig(format!(
+                    "{key}.empty_answer_hold: only for pools whose members come from the registrars (this one lists its members)"
+                )));
+            }
             let defaults = PoolSettings::new(handle, source);
             pools.push(PoolSettings {
                 strategy: p.strategy.or(defaults.strategy),
@@ -427,6 +437,7 @@ impl TryFrom<GatewayFile> for Planned {
                 probe_rise,
                 probe_fall,
                 proxy_protocol: p.proxy_protocol,
+                empty_answer_hold: p.empty_answer_hold.unwrap_or(defaults.empty_answer_hold),
                 ..defaults
             });
         }
