@@ -2,7 +2,8 @@
 //! processes, 100 PEs and 10 PUs resolving all the time. One registrar is
 //! killed with SIGKILL, another is cut off from its peers and healed. And
 //! a registrar stopped (SIGSTOP) long enough for its PEs to move, then let
-//! go on (SIGCONT).
+//! go on (SIGCONT). And a registrar killed and started again at once with
+//! its id.
 //!
 //! Each registrar has its own loopback address (127.0.0.11 to .13). Its
 //! peers reach its ENRP port through a small proxy in this test, and its
@@ -453,6 +454,86 @@ async fn a_registrar_stopped_and_let_go_on_takes_no_pe_from_its_new_home() {
     let fewest = fewest.load(Ordering::SeqCst);
     assert_eq!(fewest, 30, "registrar 2 or 3 listed only {fewest} of the 30 PEs at some point");
 
+    for pe in pes {
+        pe.stop().await;
+    }
+    for node in &mut nodes {
+        if let Some(mut child) = node.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registrar_restarted_with_its_id_loses_no_pe_anywhere() {
+    let cut = Arc::new(AtomicU8::new(0));
+    let mut nodes = cluster(&cut).await;
+    let asap: Vec<SocketAddr> = nodes.iter().map(|n| n.asap).collect();
+    let proxies: Vec<SocketAddr> = nodes.iter().map(|n| n.proxy).collect();
+    let pool = PoolHandle::from("web");
+    // 30 PEs, all at registrar 1 first.
+    let mut pes = Vec::new();
+    for i in 0..30u32 {
+        let element = PoolElement {
+            id: PoolElementId(3000 + i),
+            home_registrar: RegistrarId(0),
+            registration_life: 30_000,
+            user_transport: Transport::tcp((Ipv4Addr::new(10, 9, 2, i as u8), 80).into()),
+            policy: Policy::RoundRobin,
+            asap_transport: None,
+        };
+        let mut config = PeConfig::new(asap.clone(), pool.clone(), element);
+        config.retry_interval = Duration::from_millis(100);
+        pes.push(PeHandle::start(config));
+    }
+    for pe in &mut pes {
+        pe.wait_registered(Duration::from_secs(10)).await.unwrap();
+    }
+    until(&running(&nodes), Duration::from_secs(10), "initial convergence", |v| {
+        all_equal(v, 30) && v[0].iter().all(|(_, _, home)| home == "00000001")
+    })
+    .await;
+    let stop = Arc::new(AtomicU8::new(0));
+    let fewest = Arc::new(AtomicU64::new(u64::MAX));
+    let watcher = {
+        let (stop, fewest) = (stop.clone(), fewest.clone());
+        let admins = [nodes[1].admin, nodes[2].admin];
+        tokio::spawn(async move {
+            while stop.load(Ordering::SeqCst) == 0 {
+                for admin in admins {
+                    if let Some(v) = view(admin).await {
+                        fewest.fetch_min(v.len() as u64, Ordering::SeqCst);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // Registrar 1 is killed and started again at once, with the same id,
+    // before its peers find it dead.
+    let mut child = nodes[0].child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let peers = [proxies[1], proxies[2]];
+    start(&mut nodes[0], 1, &peers);
+    let took = until(
+        &running(&nodes),
+        Duration::from_secs(10),
+        "convergence after the restart",
+        |v| all_equal(v, 30),
+    )
+    .await;
+    println!("registrar 1 restarted with its id: the same 30 PEs at all three {took:?} later");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    until(&running(&nodes), Duration::from_secs(1), "still the same", |v| {
+        all_equal(v, 30)
+    })
+    .await;
+    stop.store(1, Ordering::SeqCst);
+    watcher.await.unwrap();
+    let fewest = fewest.load(Ordering::SeqCst);
+    assert_eq!(fewest, 30, "registrar 2 or 3 listed only {fewest} of the 30 PEs at some point");
     for pe in pes {
         pe.stop().await;
     }
