@@ -1,16 +1,21 @@
 //! Bodies on their way through the gateway: a response body that acts
 //! once it has been read to the end (the gateway gives the member
-//! connection it came on back for the next request then), and a request
-//! body streamed from the client that tells when the client's side of it
+//! connection it came on back for the next request then), one that fails
+//! when its member sends nothing of it for too long, and a request body
+//! streamed from the client that tells when the client's side of it
 //! failed.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::Instant;
+
+use crate::deadline::{Clock, Deadline};
 
 /// What happens when a body has been read to the end, or failed before.
 pub trait AtEnd {
@@ -80,6 +85,93 @@ where
         };
         self.end_if(done);
         polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `inner`, failing with [`Stalled`] when it has yielded nothing for
+/// `limit` while it was read (a member that hangs in the middle of its
+/// answer: without it the client would wait for ever, and hold the member
+/// connection). The clock runs only while a read waits: a client that
+/// reads slowly is the send timeout's matter. The wait is a deadline of
+/// the worker's clock (`deadline.rs`), as cheap as the request timeout's.
+pub(crate) struct IdleLimit<B> {
+    inner: B,
+    limit: Duration,
+    /// Set again at the start of each wait.
+    deadline: Deadline,
+    /// Whether the deadline runs for the current wait.
+    waiting: bool,
+}
+
+impl<B> IdleLimit<B> {
+    /// `inner`, which may yield nothing for at most `limit` at a time, by
+    /// `clock`.
+    pub(crate) fn new(inner: B, limit: Duration, clock: &Clock) -> Self {
+        Self {
+            inner,
+            limit,
+            deadline: clock.deadline(Instant::now() + limit),
+            waiting: false,
+        }
+    }
+}
+
+/// Why an [`IdleLimit`] body failed: its own failure, or nothing came for
+/// the limit.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IdleLimitError<E: std::error::Error + 'static> {
+    /// The inner body failed.
+    #[error(transparent)]
+    Inner(E),
+    /// Nothing came for the limit.
+    #[error(transparent)]
+    Stalled(Stalled),
+}
+
+/// Nothing of a body came for this long.
+#[derive(Debug, thiserror::Error)]
+#[error("nothing of the answer came for {0:?}")]
+pub(crate) struct Stalled(pub Duration);
+
+impl<B> Body for IdleLimit<B>
+where
+    B: Body + Unpin,
+    B::Error: std::error::Error + 'static,
+{
+    type Data = B::Data;
+    type Error = IdleLimitError<B::Error>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(IdleLimitError::Inner)))
+            }
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    this.deadline.reset(Instant::now() + this.limit);
+                }
+                match Pin::new(&mut this.deadline).poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(IdleLimitError::Stalled(Stalled(
+                        this.limit,
+                    ))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

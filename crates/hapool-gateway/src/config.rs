@@ -126,6 +126,10 @@ pub struct Limits {
     /// A client that takes nothing of what the gateway sends it for this
     /// long is disconnected (HTTP). Default 60 s.
     pub send_timeout: Duration,
+    /// A member that sends nothing more of an answer's body for this long
+    /// has the answer broken off (HTTP): the client sees it unfinished,
+    /// and the member connection closes. Default 60 s.
+    pub answer_idle_timeout: Duration,
     /// A TCP connection that carries no byte either way for this long is
     /// closed (to within an eighth of it). Default 1 h.
     pub tcp_idle_timeout: Duration,
@@ -143,6 +147,7 @@ impl Default for Limits {
             member_idle_timeout: Duration::from_secs(4),
             shutdown_grace: Duration::from_secs(10),
             send_timeout: Duration::from_secs(60),
+            answer_idle_timeout: Duration::from_secs(60),
             tcp_idle_timeout: Duration::from_secs(3600),
         }
     }

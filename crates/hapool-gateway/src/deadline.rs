@@ -130,6 +130,16 @@ pub(crate) struct Deadline {
     entry: Option<usize>,
 }
 
+impl Deadline {
+    /// Moves the deadline to `at`: it waits again, even if it had come.
+    pub(crate) fn reset(&mut self, at: Instant) {
+        if let Some(key) = self.entry.take() {
+            self.clock.lock().entries.remove(key);
+        }
+        self.at = at;
+    }
+}
+
 impl Future for Deadline {
     type Output = ();
 

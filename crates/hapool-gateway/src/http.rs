@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::access_log::HttpLine;
-use crate::body::{AtEnd, BrokenOff, OnEnd, Upload};
+use crate::body::{AtEnd, BrokenOff, IdleLimit, IdleLimitError, OnEnd, Upload};
 use crate::deadline::{Clock, Elapsed};
 use crate::hedge;
 use crate::member_http::{self, InUse, MemberError, MemberHttp, MemberRequest, Target};
@@ -70,7 +70,7 @@ const STATE: HeaderName = HeaderName::from_static(STATE_HEADER);
 
 /// A response body that keeps the member's session open until it is done,
 /// and then gives the member connection back for the next request.
-pub(crate) type LeasedBody = OnEnd<Incoming, Released>;
+pub(crate) type LeasedBody = OnEnd<IdleLimit<Incoming>, Released>;
 
 /// A member connection and the session it carries, until the response on
 /// it has been read.
@@ -84,8 +84,9 @@ impl AtEnd for Released {
         self.connection.release();
     }
 
-    /// The member broke its answer off (it closed, or sent a malformed
-    /// body): the client's connection or stream is cut, so that the client
+    /// The member broke its answer off (it closed, sent a malformed body,
+    /// or sent nothing more of it for `answer_idle_timeout`): the client's
+    /// connection or stream is cut, so that the client
     /// sees the answer unfinished; the member's connection closes, and the
     /// session counts as the member's failure.
     #[cold]
@@ -101,6 +102,9 @@ impl AtEnd for Released {
         }
         warn!(pe_id = %member.id, address = %member.address, error = %why, "pool element broke its answer off");
         counter!("hapool_gateway_broken_answers_total").increment(1);
+        if let Some(IdleLimitError::Stalled(_)) = error.downcast_ref::<IdleLimitError<hyper::Error>>() {
+            counter!("hapool_gateway_limit_hits_total", "limit" => "answer_idle_timeout").increment(1);
+        }
         self.lease.fail();
     }
 }
@@ -1265,7 +1269,10 @@ impl HttpProxy {
         }
         Response::from_parts(
             parts,
-            Either::Left(OnEnd::new(body, Released { connection, lease })),
+            Either::Left(OnEnd::new(
+                IdleLimit::new(body, self.limits.answer_idle_timeout, &self.clock),
+                Released { connection, lease },
+            )),
         )
     }
 }

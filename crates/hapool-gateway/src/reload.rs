@@ -125,6 +125,10 @@ impl Limits {
             ("shutdown_grace", new.shutdown_grace != old.shutdown_grace),
             ("send_timeout", new.send_timeout != old.send_timeout),
             (
+                "answer_idle_timeout",
+                new.answer_idle_timeout != old.answer_idle_timeout,
+            ),
+            (
                 "tcp_idle_timeout",
                 new.tcp_idle_timeout != old.tcp_idle_timeout,
             ),

@@ -1036,6 +1036,76 @@ async fn a_member_answer_that_breaks_the_rules_goes_on_only_as_http_allows() {
     gateway.shutdown().await;
 }
 
+/// A member that stops in the middle of its answer (a hung process: its
+/// connection stays open) has it broken off after `answer_idle_timeout`,
+/// and counted against it; one that sends its body slowly but steadily
+/// does not.
+#[tokio::test]
+async fn a_member_that_stops_in_the_middle_of_its_answer_has_it_broken_off() {
+    let member = raw_backend(|mut read, mut write| async move {
+        while let Some(head) = read_head(&mut read).await {
+            match head.split(' ').nth(1) {
+                Some("/stall") => {
+                    let _ = write
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                        .await;
+                    sleep(Duration::from_secs(60)).await;
+                    return;
+                }
+                Some("/slow") => {
+                    let _ = write
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n")
+                        .await;
+                    for byte in b"steadily" {
+                        sleep(Duration::from_millis(100)).await;
+                        if write.write_all(&[*byte]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                _ => {
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if write.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let mut config = GatewayConfig::new(
+        vec![listener(Protocol::Http)],
+        vec![static_pool(&[member], ProbeKind::Tcp)],
+    );
+    config.probe_interval = Duration::from_millis(100);
+    config.limits.answer_idle_timeout = Duration::from_millis(300);
+    let gateway = Gateway::start(config).await.unwrap();
+    let address = gateway.local_addrs()[0];
+    let client = client();
+    let failed = || gateway.pools()[0].status()[0].failed;
+    let (status, body, _) = get(&client, address, "/slow", None).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "steadily"));
+    assert_eq!(failed(), 0);
+    let asked = Instant::now();
+    let response = client
+        .request(
+            Request::get(format!("http://{address}/stall"))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let collected = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the client was held");
+    assert!(collected.is_err(), "a stalled answer arrived whole");
+    let took = asked.elapsed();
+    assert!(took >= Duration::from_millis(300), "broken off after {took:?}");
+    eventually("the stalled answer counts against the member", || failed() == 1).await;
+    gateway.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_request_reaches_its_member_with_one_host() {
     // A member answering with the Host it was sent.

@@ -476,6 +476,14 @@ fn gateway_configuration_errors_are_named() {
             "gateway.tcp_idle_timeout = 0s: more than 0",
         ),
         (
+            "[gateway]\nanswer_idle_timeout = \"0s\"\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
+            "gateway.answer_idle_timeout = 0s: more than 0",
+        ),
+        (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nempty_answer_hold = \"5s\"\n",
+            "gateway.pool[0].empty_answer_hold: only for pools whose members come from the registrars",
+        ),
+        (
             "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\nprotocol = \"tcp\"\npool = \"web\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\nproxy_protocol = \"v3\"\n",
             "unknown variant `v3`, expected `v1` or `v2`",
         ),

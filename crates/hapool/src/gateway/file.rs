@@ -93,6 +93,10 @@ pub(crate) struct GatewayFile {
     /// Default 60s.
     #[serde(default, with = "humantime_serde")]
     send_timeout: Option<Duration>,
+    /// A member that sends nothing more of an answer for this long has it
+    /// broken off. Default 60s.
+    #[serde(default, with = "humantime_serde")]
+    answer_idle_timeout: Option<Duration>,
     /// A TCP connection idle both ways this long is closed. Default 1h.
     #[serde(default, with = "humantime_serde")]
     tcp_idle_timeout: Option<Duration>,
@@ -523,10 +527,14 @@ impl TryFrom<GatewayFile> for Planned {
                 .unwrap_or(defaults.member_idle_timeout),
             shutdown_grace: file.shutdown_grace.unwrap_or(defaults.shutdown_grace),
             send_timeout: file.send_timeout.unwrap_or(defaults.send_timeout),
+            answer_idle_timeout: file
+                .answer_idle_timeout
+                .unwrap_or(defaults.answer_idle_timeout),
             tcp_idle_timeout: file.tcp_idle_timeout.unwrap_or(defaults.tcp_idle_timeout),
         };
         for (key, value) in [
             ("send_timeout", config.limits.send_timeout),
+            ("answer_idle_timeout", config.limits.answer_idle_timeout),
             ("tcp_idle_timeout", config.limits.tcp_idle_timeout),
         ] {
             if value.is_zero() {
