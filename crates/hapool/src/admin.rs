@@ -275,11 +275,9 @@ pub(crate) async fn serve_with(
             let access = access.clone();
             move |request, next| guard(access.clone(), request, next)
         }));
-    if !access.is_tls() {
-        return axum::serve(listener, app)
-            .await
-            .context("admin server failed");
-    }
+    let tls_port = access.is_tls();
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let mut last_refusal: Option<tokio::time::Instant> = None;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -290,33 +288,62 @@ pub(crate) async fn serve_with(
                 continue;
             }
         };
-        // The certificate of the moment: a reload may have brought another.
-        let Some(tls) = access.now().tls else {
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            // Closed at once: an admin port flooded with connections must
+            // not take the daemon's descriptors.
+            if last_refusal.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                last_refusal = Some(tokio::time::Instant::now());
+                warn!(%peer, limit = MAX_ADMIN_CONNECTIONS, "admin port: too many connections; closing new ones (logged at most once a second)");
+            }
             continue;
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        // The certificate of the moment: a reload may have brought another.
+        let tls = if tls_port {
+            let Some(tls) = access.now().tls else {
+                continue;
+            };
+            Some(tokio_rustls::TlsAcceptor::from(tls))
+        } else {
+            None
+        };
         let app = app.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(
-                Duration::from_secs(10),
-                acceptor.accept(stream),
-            )
-            .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    warn!(%peer, error = %e, "admin port: TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let _permit = permit;
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT);
+            let Some(acceptor) = tls else {
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                return;
+            };
+            let stream =
+                match tokio::time::timeout(ADMIN_HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        warn!(%peer, error = %e, "admin port: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
 }
+
+/// Admin connections open at once; more are closed as they come.
+/// Dashboards keep one open each (`/events`).
+const MAX_ADMIN_CONNECTIONS: usize = 256;
+
+/// How long an admin client has for its TLS handshake, and for each
+/// request's head (slow clients).
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a command reaches a daemon's admin port: `--admin` as
 /// `HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT`; for HTTPS the

@@ -368,6 +368,60 @@ fn status_and_metrics_from_the_admin_port() {
     assert!(err.contains("cannot reach the admin port"), "{err}");
 }
 
+/// The admin port closes a client that does not finish its request head
+/// within 10 s, and new connections past 256 open at once, so that a
+/// flood of idle connections cannot take the daemon's descriptors; it
+/// serves again as soon as they go.
+#[test]
+fn the_admin_port_bounds_slow_and_idle_clients() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let (registrar, _asap, admin) = common::registrar_with_admin(&[]);
+    let _registrar = Running(registrar);
+    let mut slow = std::net::TcpStream::connect(&admin).unwrap();
+    slow.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let _ = slow.read_to_end(&mut got);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(20),
+        "a half-sent request head held the connection {took:?}"
+    );
+    let idle: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| std::net::TcpStream::connect(&admin).unwrap())
+        .collect();
+    for s in &idle {
+        s.set_nonblocking(true).unwrap();
+    }
+    let mut closed = vec![false; idle.len()];
+    let started = Instant::now();
+    while closed.iter().filter(|c| **c).count() < 300 - 256 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "only {} of the connections past 256 closed",
+            closed.iter().filter(|c| **c).count()
+        );
+        for (s, closed) in idle.iter().zip(&mut closed) {
+            *closed |= matches!((&*s).read(&mut [0; 1]), Ok(0));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for (s, closed) in idle.iter().zip(&mut closed) {
+        *closed |= matches!((&*s).read(&mut [0; 1]), Ok(0));
+    }
+    assert_eq!(
+        closed.iter().filter(|c| **c).count(),
+        300 - 256,
+        "the first 256 stay open"
+    );
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(http_get(&admin, "/status").contains("registrar_id"));
+}
+
 #[test]
 fn check_config() {
     let scratch = common::Scratch::new("check_config");
