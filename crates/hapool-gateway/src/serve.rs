@@ -107,6 +107,7 @@ pub(crate) async fn accept_loop(
             warn!(client = %peer, error = %e, "cannot hand a connection to another worker");
         }
     };
+    let (mut failures, mut last_warning) = (0u64, None);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -133,7 +134,14 @@ pub(crate) async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => place(&serving, stream, peer),
             Err(e) => {
-                warn!(%address, error = %e, "accept failed");
+                // Out of descriptors, most likely: wait a little rather
+                // than fail again at once, and say so once a second.
+                failures += 1;
+                if last_warning.is_none_or(|at: std::time::Instant| at.elapsed() >= Duration::from_secs(1)) {
+                    warn!(%address, error = %e, failures, "accept failed (logged at most once a second)");
+                    last_warning = Some(std::time::Instant::now());
+                    failures = 0;
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }

@@ -422,6 +422,75 @@ fn the_admin_port_bounds_slow_and_idle_clients() {
     assert!(http_get(&admin, "/status").contains("registrar_id"));
 }
 
+/// A registrar out of descriptors (64 here, 100 connections open) stops
+/// accepting for a moment after each failure, instead of failing again at
+/// once in a loop: little CPU and a warning a second, not millions; and it
+/// serves again once the connections go.
+#[test]
+fn a_registrar_out_of_descriptors_waits_instead_of_spinning() {
+    use std::io::Read;
+    let scratch = common::Scratch::new("registrar_out_of_descriptors");
+    let log = scratch.write("registrar.log", "");
+    let mut registrar = Command::new("prlimit")
+        .args(["--nofile=64:64", env!("CARGO_BIN_EXE_hapool")])
+        .args(["registrar", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(registrar.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let registrar = Running(registrar);
+    let asap = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let open: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(&asap).unwrap())
+        .collect();
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", registrar.id())).unwrap();
+        let fields: Vec<u64> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        fields[0] + fields[1]
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let (before, started) = (cpu(), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let ticks = cpu() - before;
+    let took = started.elapsed();
+    let mut text = String::new();
+    std::fs::File::open(&log)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let warnings = text.matches("cannot accept connections").count();
+    assert!(
+        (1..=5).contains(&warnings),
+        "{warnings} warnings in {:?}",
+        took + Duration::from_millis(500)
+    );
+    // Clock ticks are hundredths of a second: under a fifth of the time.
+    assert!(ticks < 40, "{ticks} ticks of CPU in {took:?}");
+    drop(open);
+    // Served again: the registrar answers (it knows no pool yet).
+    let started = Instant::now();
+    loop {
+        let (_, _, err) = hapool(&["resolve", "web", "--registrar", &asap]);
+        if err.contains("Unknown Pool Handle") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn check_config() {
     let scratch = common::Scratch::new("check_config");
