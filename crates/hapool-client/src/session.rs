@@ -464,7 +464,9 @@ impl PoolSession {
     async fn element_gone(&self) -> bool {
         match self.pu.members(&self.pool).await {
             Ok(members) => !members.iter().any(|m| m.id == self.element.id),
-            Err(ClientError::Refused(cause)) => cause == hapool_wire::CauseCode::UNKNOWN_POOL_HANDLE,
+            Err(ClientError::Refused(cause)) => {
+                cause == hapool_wire::CauseCode::UNKNOWN_POOL_HANDLE
+            }
             Err(_) => false,
         }
     }

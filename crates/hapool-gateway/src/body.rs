@@ -165,9 +165,9 @@ where
                     this.deadline.reset(Instant::now() + this.limit);
                 }
                 match Pin::new(&mut this.deadline).poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(IdleLimitError::Stalled(Stalled(
-                        this.limit,
-                    ))))),
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(IdleLimitError::Stalled(Stalled(this.limit)))))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

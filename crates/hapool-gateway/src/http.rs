@@ -102,8 +102,11 @@ impl AtEnd for Released {
         }
         warn!(pe_id = %member.id, address = %member.address, error = %why, "pool element broke its answer off");
         counter!("hapool_gateway_broken_answers_total").increment(1);
-        if let Some(IdleLimitError::Stalled(_)) = error.downcast_ref::<IdleLimitError<hyper::Error>>() {
-            counter!("hapool_gateway_limit_hits_total", "limit" => "answer_idle_timeout").increment(1);
+        if let Some(IdleLimitError::Stalled(_)) =
+            error.downcast_ref::<IdleLimitError<hyper::Error>>()
+        {
+            counter!("hapool_gateway_limit_hits_total", "limit" => "answer_idle_timeout")
+                .increment(1);
         }
         self.lease.fail();
     }

@@ -1192,19 +1192,31 @@ mod tests {
             EmptyAnswer::Taken { after_hold: false }
         );
         pool.update(&[element(1, 8001, 0)]);
-        assert_eq!(pool.registrars_name_none(t0), EmptyAnswer::Held { first: true });
+        assert_eq!(
+            pool.registrars_name_none(t0),
+            EmptyAnswer::Held { first: true }
+        );
         let later = t0 + hold - Duration::from_millis(1);
-        assert_eq!(pool.registrars_name_none(later), EmptyAnswer::Held { first: false });
+        assert_eq!(
+            pool.registrars_name_none(later),
+            EmptyAnswer::Held { first: false }
+        );
         assert_eq!(
             pool.registrars_name_none(t0 + hold),
             EmptyAnswer::Taken { after_hold: true }
         );
         // Members named again end a hold: the next empty answer starts
         // another.
-        assert_eq!(pool.registrars_name_none(t0 + hold), EmptyAnswer::Held { first: true });
+        assert_eq!(
+            pool.registrars_name_none(t0 + hold),
+            EmptyAnswer::Held { first: true }
+        );
         pool.registrars_name_some();
         let t1 = t0 + 3 * hold;
-        assert_eq!(pool.registrars_name_none(t1), EmptyAnswer::Held { first: true });
+        assert_eq!(
+            pool.registrars_name_none(t1),
+            EmptyAnswer::Held { first: true }
+        );
         // With no hold, the answer is taken at once.
         pool.reconfigure(PoolSettings {
             empty_answer_hold: Duration::ZERO,

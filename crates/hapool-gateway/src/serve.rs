@@ -137,7 +137,9 @@ pub(crate) async fn accept_loop(
                 // Out of descriptors, most likely: wait a little rather
                 // than fail again at once, and say so once a second.
                 failures += 1;
-                if last_warning.is_none_or(|at: std::time::Instant| at.elapsed() >= Duration::from_secs(1)) {
+                if last_warning
+                    .is_none_or(|at: std::time::Instant| at.elapsed() >= Duration::from_secs(1))
+                {
                     warn!(%address, error = %e, failures, "accept failed (logged at most once a second)");
                     last_warning = Some(std::time::Instant::now());
                     failures = 0;

@@ -1101,8 +1101,14 @@ async fn a_member_that_stops_in_the_middle_of_its_answer_has_it_broken_off() {
         .expect("the client was held");
     assert!(collected.is_err(), "a stalled answer arrived whole");
     let took = asked.elapsed();
-    assert!(took >= Duration::from_millis(300), "broken off after {took:?}");
-    eventually("the stalled answer counts against the member", || failed() == 1).await;
+    assert!(
+        took >= Duration::from_millis(300),
+        "broken off after {took:?}"
+    );
+    eventually("the stalled answer counts against the member", || {
+        failed() == 1
+    })
+    .await;
     gateway.shutdown().await;
 }
 

@@ -571,7 +571,11 @@ impl Registrar {
                     .expect("connected")
                     .elements
                     .insert(key.clone());
-                self.supervise(key.clone(), connection, now + self.config.keep_alive_interval);
+                self.supervise(
+                    key.clone(),
+                    connection,
+                    now + self.config.keep_alive_interval,
+                );
                 if let Some((by, _)) = self.claims.remove(&key) {
                     // Registered again here: the announcement below answers
                     // the peer's claim.
@@ -837,7 +841,11 @@ impl Registrar {
         if s.connection != connection || !s.awaiting_ack {
             return;
         }
-        self.supervise(key.clone(), connection, now + self.config.keep_alive_interval);
+        self.supervise(
+            key.clone(),
+            connection,
+            now + self.config.keep_alive_interval,
+        );
         // The PE is alive: its registration life starts again.
         let _ = self.handlespace.confirm(handle, id, now);
         if let Some((by, _)) = self.claims.remove(&key) {

@@ -190,7 +190,7 @@ impl Cluster {
     }
 
     /// Hands node `i` a message from the PE on `connection`.
-    fn from_pe(&mut self, i: usize, connection: u64, message: AsapMessage) {
+    fn pe_says(&mut self, i: usize, connection: u64, message: AsapMessage) {
         let now = self.now;
         self.nodes[i]
             .as_mut()
@@ -217,7 +217,7 @@ impl Cluster {
         });
         let n = asked.len();
         for (pool_handle, pe_id) in asked {
-            self.from_pe(
+            self.pe_says(
                 i,
                 connection,
                 AsapMessage::EndpointKeepAliveAck { pool_handle, pe_id },
@@ -543,8 +543,12 @@ fn a_pe_that_leaves_its_old_home_without_a_word_moves_when_it_does_not_answer() 
     for i in 0..3 {
         assert_eq!(c.view(i), [(10, 2)], "registrar {i}");
     }
-    assert!(c.events.iter().any(|(i, e)| *i == 0
-        && matches!(e, Event::Claimed { by, kept: false, .. } if by.0 == 2)));
+    assert!(
+        c.events
+            .iter()
+            .any(|(i, e)| *i == 0
+                && matches!(e, Event::Claimed { by, kept: false, .. } if by.0 == 2))
+    );
     // Taken without a deletion: nothing else was announced.
     assert!(
         !c.events
@@ -571,7 +575,7 @@ fn a_late_registration_from_a_registrar_back_from_a_stall_leaves_the_pe_at_its_n
     // PE as its own, then deletes it.
     c.nodes[0] = stalled;
     c.cut[0] = false;
-    c.from_pe(
+    c.pe_says(
         0,
         1,
         AsapMessage::Registration {
@@ -598,8 +602,11 @@ fn a_late_registration_from_a_registrar_back_from_a_stall_leaves_the_pe_at_its_n
     for i in 0..3 {
         assert_eq!(c.view(i), [(10, 2)], "registrar {i}");
     }
-    assert!(c.events.iter().any(|(i, e)| *i == 1
-        && matches!(e, Event::Claimed { by, kept: true, .. } if by.0 == 1)));
+    assert!(
+        c.events.iter().any(
+            |(i, e)| *i == 1 && matches!(e, Event::Claimed { by, kept: true, .. } if by.0 == 1)
+        )
+    );
 }
 
 #[test]

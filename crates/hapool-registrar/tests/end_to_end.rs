@@ -806,7 +806,8 @@ async fn a_session_fails_over_to_the_last_will_with_its_cookie() {
 async fn a_session_waiting_on_a_hung_pe_fails_over_once_the_pe_is_removed() {
     let r = registrar(0x79).await;
     // PE 1 (more loaded): a counter server.
-    let CounterPool { pes, firsts, .. } = counter_pool(&r, &[0x4000_0000], Default::default()).await;
+    let CounterPool { pes, firsts, .. } =
+        counter_pool(&r, &[0x4000_0000], Default::default()).await;
     // PE 9 (the least loaded): a listener nobody accepts on, registered
     // over a connection nobody reads again.
     let hung = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
@@ -870,7 +871,10 @@ async fn a_session_waiting_on_a_hung_pe_fails_over_once_the_pe_is_removed() {
     );
     slow_config.retry_interval = Duration::from_millis(50);
     let mut slow_pe = PeHandle::start(slow_config);
-    slow_pe.wait_registered(Duration::from_secs(5)).await.unwrap();
+    slow_pe
+        .wait_registered(Duration::from_secs(5))
+        .await
+        .unwrap();
     let server = tokio::spawn(async move {
         let (stream, _) = slow.accept().await.unwrap();
         let mut s = hapool_client::ElementSession::new(stream, Default::default());
@@ -881,7 +885,9 @@ async fn a_session_waiting_on_a_hung_pe_fails_over_once_the_pe_is_removed() {
             }
         }
     });
-    let mut session = hapool_client::PoolSession::open(pu, pool(), config).await.unwrap();
+    let mut session = hapool_client::PoolSession::open(pu, pool(), config)
+        .await
+        .unwrap();
     assert_eq!(session.element().id, PoolElementId(2));
     session.send("slow".into()).await.unwrap();
     assert_eq!(session.recv().await.unwrap(), "slow");

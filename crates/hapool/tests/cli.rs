@@ -379,8 +379,10 @@ fn the_admin_port_bounds_slow_and_idle_clients() {
     let (registrar, _asap, admin) = common::registrar_with_admin(&[]);
     let _registrar = Running(registrar);
     let mut slow = std::net::TcpStream::connect(&admin).unwrap();
-    slow.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n").unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    slow.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let started = Instant::now();
     let mut got = Vec::new();
     let _ = slow.read_to_end(&mut got);

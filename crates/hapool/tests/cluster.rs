@@ -339,11 +339,90 @@ async fn three_registrars_survive_a_kill_and_a_partition() {
     println!("{resolutions} resolutions, {failures} empty or failed");
     assert!(resolutions > 500, "only {resolutions} resolutions");
     assert_eq!(failures, 0, "resolutions failed while live PEs existed");
+    stop_all(pes, &mut nodes).await;
+}
 
+/// 30 PEs of pool `web` (ids from `first_id`), all with registrar 1
+/// first, each set by `set`; returned once all are registered and all
+/// three registrars list them at registrar 1.
+async fn thirty_pes_at_registrar_1(
+    nodes: &[Node],
+    first_id: u32,
+    set: impl Fn(&mut PeConfig),
+) -> Vec<PeHandle> {
+    let asap: Vec<SocketAddr> = nodes.iter().map(|n| n.asap).collect();
+    let mut pes = Vec::new();
+    for i in 0..30u32 {
+        let element = PoolElement {
+            id: PoolElementId(first_id + i),
+            home_registrar: RegistrarId(0),
+            registration_life: 30_000,
+            user_transport: Transport::tcp(
+                (Ipv4Addr::new(10, 9, (first_id / 1000) as u8, i as u8), 80).into(),
+            ),
+            policy: Policy::RoundRobin,
+            asap_transport: None,
+        };
+        let mut config = PeConfig::new(asap.clone(), PoolHandle::from("web"), element);
+        config.retry_interval = Duration::from_millis(100);
+        set(&mut config);
+        pes.push(PeHandle::start(config));
+    }
+    for pe in &mut pes {
+        pe.wait_registered(Duration::from_secs(10)).await.unwrap();
+    }
+    until(
+        &running(nodes),
+        Duration::from_secs(10),
+        "initial convergence",
+        |v| all_equal(v, 30) && v[0].iter().all(|(_, _, home)| home == "00000001"),
+    )
+    .await;
+    pes
+}
+
+/// Watches registrars 2 and 3 until stopped: the fewest PEs either listed
+/// at any look.
+struct Fewest {
+    stop: Arc<AtomicU8>,
+    fewest: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Fewest {
+    fn watch(nodes: &[Node]) -> Self {
+        let stop = Arc::new(AtomicU8::new(0));
+        let fewest = Arc::new(AtomicU64::new(u64::MAX));
+        let task = {
+            let (stop, fewest) = (stop.clone(), fewest.clone());
+            let admins = [nodes[1].admin, nodes[2].admin];
+            tokio::spawn(async move {
+                while stop.load(Ordering::SeqCst) == 0 {
+                    for admin in admins {
+                        if let Some(v) = view(admin).await {
+                            fewest.fetch_min(v.len() as u64, Ordering::SeqCst);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        Self { stop, fewest, task }
+    }
+
+    async fn stop(self) -> u64 {
+        self.stop.store(1, Ordering::SeqCst);
+        self.task.await.unwrap();
+        self.fewest.load(Ordering::SeqCst)
+    }
+}
+
+/// Stops the PEs, then kills the registrars.
+async fn stop_all(pes: Vec<PeHandle>, nodes: &mut [Node]) {
     for pe in pes {
         pe.stop().await;
     }
-    for node in &mut nodes {
+    for node in nodes {
         if let Some(mut child) = node.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
@@ -359,51 +438,16 @@ async fn a_registrar_stopped_and_let_go_on_takes_no_pe_from_its_new_home() {
     let cut = Arc::new(AtomicU8::new(0));
     let mut nodes = cluster(&cut).await;
     let asap: Vec<SocketAddr> = nodes.iter().map(|n| n.asap).collect();
-    let pool = PoolHandle::from("web");
-    // 30 PEs, all at registrar 1 first; a short life, so that they
-    // re-register often, and short timeouts, so that they move soon.
-    let mut pes = Vec::new();
-    for i in 0..30u32 {
-        let element = PoolElement {
-            id: PoolElementId(2000 + i),
-            home_registrar: RegistrarId(0),
-            registration_life: 3_000,
-            user_transport: Transport::tcp((Ipv4Addr::new(10, 9, 1, i as u8), 80).into()),
-            policy: Policy::RoundRobin,
-            asap_transport: None,
-        };
-        let mut config = PeConfig::new(asap.clone(), pool.clone(), element);
-        config.retry_interval = Duration::from_millis(100);
+    // A short life, so that the PEs re-register often, and short
+    // timeouts, so that they move soon.
+    let pes = thirty_pes_at_registrar_1(&nodes, 2000, |config| {
+        config.element.registration_life = 3_000;
         config.connect_timeout = Duration::from_millis(200);
         config.request_timeout = Duration::from_millis(500);
-        pes.push(PeHandle::start(config));
-    }
-    for pe in &mut pes {
-        pe.wait_registered(Duration::from_secs(10)).await.unwrap();
-    }
-    until(&running(&nodes), Duration::from_secs(10), "initial convergence", |v| {
-        all_equal(v, 30) && v[0].iter().all(|(_, _, home)| home == "00000001")
     })
     .await;
-
-    // Registrars 2 and 3 are watched throughout: the fewest PEs either
-    // listed at any look.
-    let stop = Arc::new(AtomicU8::new(0));
-    let fewest = Arc::new(AtomicU64::new(u64::MAX));
-    let watcher = {
-        let (stop, fewest) = (stop.clone(), fewest.clone());
-        let admins = [nodes[1].admin, nodes[2].admin];
-        tokio::spawn(async move {
-            while stop.load(Ordering::SeqCst) == 0 {
-                for admin in admins {
-                    if let Some(v) = view(admin).await {
-                        fewest.fetch_min(v.len() as u64, Ordering::SeqCst);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    // Registrars 2 and 3 are watched throughout.
+    let fewest = Fewest::watch(&nodes);
 
     // Registrar 1 stops: its peers take its PEs over, and the PEs, whose
     // re-registrations go unanswered, register with registrar 2.
@@ -425,9 +469,12 @@ async fn a_registrar_stopped_and_let_go_on_takes_no_pe_from_its_new_home() {
         stopped.elapsed()
     );
     let others = [nodes[1].admin, nodes[2].admin];
-    until(&others, Duration::from_secs(2), "the PEs at their new home", |v| {
-        all_equal(v, 30) && v[0].iter().all(|(_, _, home)| home == "00000002")
-    })
+    until(
+        &others,
+        Duration::from_secs(2),
+        "the PEs at their new home",
+        |v| all_equal(v, 30) && v[0].iter().all(|(_, _, home)| home == "00000002"),
+    )
     .await;
     // Long enough for every registration waiting at registrar 1 to be
     // one its PE gave up on.
@@ -445,71 +492,28 @@ async fn a_registrar_stopped_and_let_go_on_takes_no_pe_from_its_new_home() {
     .await;
     println!("registrar 1 let go on: the same 30 PEs at all three {took:?} later");
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    until(&running(&nodes), Duration::from_secs(1), "still the same", |v| {
-        all_equal(v, 30) && v[0].iter().all(|(_, _, home)| home == "00000002")
-    })
+    until(
+        &running(&nodes),
+        Duration::from_secs(1),
+        "still the same",
+        |v| all_equal(v, 30) && v[0].iter().all(|(_, _, home)| home == "00000002"),
+    )
     .await;
-    stop.store(1, Ordering::SeqCst);
-    watcher.await.unwrap();
-    let fewest = fewest.load(Ordering::SeqCst);
-    assert_eq!(fewest, 30, "registrar 2 or 3 listed only {fewest} of the 30 PEs at some point");
-
-    for pe in pes {
-        pe.stop().await;
-    }
-    for node in &mut nodes {
-        if let Some(mut child) = node.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
+    let fewest = fewest.stop().await;
+    assert_eq!(
+        fewest, 30,
+        "registrar 2 or 3 listed only {fewest} of the 30 PEs at some point"
+    );
+    stop_all(pes, &mut nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registrar_restarted_with_its_id_loses_no_pe_anywhere() {
     let cut = Arc::new(AtomicU8::new(0));
     let mut nodes = cluster(&cut).await;
-    let asap: Vec<SocketAddr> = nodes.iter().map(|n| n.asap).collect();
     let proxies: Vec<SocketAddr> = nodes.iter().map(|n| n.proxy).collect();
-    let pool = PoolHandle::from("web");
-    // 30 PEs, all at registrar 1 first.
-    let mut pes = Vec::new();
-    for i in 0..30u32 {
-        let element = PoolElement {
-            id: PoolElementId(3000 + i),
-            home_registrar: RegistrarId(0),
-            registration_life: 30_000,
-            user_transport: Transport::tcp((Ipv4Addr::new(10, 9, 2, i as u8), 80).into()),
-            policy: Policy::RoundRobin,
-            asap_transport: None,
-        };
-        let mut config = PeConfig::new(asap.clone(), pool.clone(), element);
-        config.retry_interval = Duration::from_millis(100);
-        pes.push(PeHandle::start(config));
-    }
-    for pe in &mut pes {
-        pe.wait_registered(Duration::from_secs(10)).await.unwrap();
-    }
-    until(&running(&nodes), Duration::from_secs(10), "initial convergence", |v| {
-        all_equal(v, 30) && v[0].iter().all(|(_, _, home)| home == "00000001")
-    })
-    .await;
-    let stop = Arc::new(AtomicU8::new(0));
-    let fewest = Arc::new(AtomicU64::new(u64::MAX));
-    let watcher = {
-        let (stop, fewest) = (stop.clone(), fewest.clone());
-        let admins = [nodes[1].admin, nodes[2].admin];
-        tokio::spawn(async move {
-            while stop.load(Ordering::SeqCst) == 0 {
-                for admin in admins {
-                    if let Some(v) = view(admin).await {
-                        fewest.fetch_min(v.len() as u64, Ordering::SeqCst);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let pes = thirty_pes_at_registrar_1(&nodes, 3000, |_| {}).await;
+    let fewest = Fewest::watch(&nodes);
     // Registrar 1 is killed and started again at once, with the same id,
     // before its peers find it dead.
     let mut child = nodes[0].child.take().unwrap();
@@ -526,21 +530,17 @@ async fn a_registrar_restarted_with_its_id_loses_no_pe_anywhere() {
     .await;
     println!("registrar 1 restarted with its id: the same 30 PEs at all three {took:?} later");
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    until(&running(&nodes), Duration::from_secs(1), "still the same", |v| {
-        all_equal(v, 30)
-    })
+    until(
+        &running(&nodes),
+        Duration::from_secs(1),
+        "still the same",
+        |v| all_equal(v, 30),
+    )
     .await;
-    stop.store(1, Ordering::SeqCst);
-    watcher.await.unwrap();
-    let fewest = fewest.load(Ordering::SeqCst);
-    assert_eq!(fewest, 30, "registrar 2 or 3 listed only {fewest} of the 30 PEs at some point");
-    for pe in pes {
-        pe.stop().await;
-    }
-    for node in &mut nodes {
-        if let Some(mut child) = node.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
+    let fewest = fewest.stop().await;
+    assert_eq!(
+        fewest, 30,
+        "registrar 2 or 3 listed only {fewest} of the 30 PEs at some point"
+    );
+    stop_all(pes, &mut nodes).await;
 }

@@ -141,15 +141,7 @@ fn gateway_in_front_of_registered_servers() {
     let b = backend("b");
     let mut children = Killed(vec![registrar]);
     for server in [&a, &b] {
-        children.0.push(spawn(&[
-            "pe",
-            "--registrar",
-            &registrar_addr,
-            "--pool",
-            "web",
-            "--address",
-            server,
-        ]));
+        children.0.push(pe_sidecar(&registrar_addr, server));
     }
     let listen = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
@@ -293,16 +285,7 @@ fn a_registrar_restarted_empty_leaves_the_pool_its_members_for_a_while() {
         registrar
     };
     let a = backend("a");
-    let mut children = Killed(vec![start_registrar()]);
-    children.0.push(spawn(&[
-        "pe",
-        "--registrar",
-        &registrar_addr,
-        "--pool",
-        "web",
-        "--address",
-        &a,
-    ]));
+    let mut children = Killed(vec![start_registrar(), pe_sidecar(&registrar_addr, &a)]);
     let listen = format!("127.0.0.1:{}", free_port());
     let config = scratch.write(
         "gateway.toml",
@@ -353,7 +336,11 @@ empty_answer_hold = "2s"
     stop.store(true, Ordering::SeqCst);
     let (served, failed) = load.join().unwrap();
     assert!(served > 100, "only {served} requests");
-    assert!(failed.is_empty(), "{} of {served} failed: {failed:?}", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {served} failed: {failed:?}",
+        failed.len()
+    );
     // The PE's sidecar stops (its server does not): the registrars name
     // no member, and after the hold the gateway lets it go.
     let mut pe = children.0.remove(0);
@@ -883,16 +870,21 @@ fn registrar_with(server: &str) -> (String, Killed) {
     let mut registrar = spawn(&["registrar", "--listen", "127.0.0.1:0"]);
     let line = wait_line(&mut registrar, "registrar ");
     let address = line.rsplit(' ').next().unwrap().to_owned();
-    let pe = spawn(&[
+    let pe = pe_sidecar(&address, server);
+    (address, Killed(vec![registrar, pe]))
+}
+
+/// `hapool pe` keeping `server` registered in pool `web` at `registrar`.
+fn pe_sidecar(registrar: &str, server: &str) -> Child {
+    spawn(&[
         "pe",
         "--registrar",
-        &address,
+        registrar,
         "--pool",
         "web",
         "--address",
         server,
-    ]);
-    (address, Killed(vec![registrar, pe]))
+    ])
 }
 
 #[test]

@@ -479,7 +479,10 @@ fn a_master_stopped_and_let_go_on_takes_the_address_back_alone() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("member 2 holds the address {:?} after the master stopped", stopped.elapsed());
+    eprintln!(
+        "member 2 holds the address {:?} after the master stopped",
+        stopped.elapsed()
+    );
     std::thread::sleep(Duration::from_millis(500));
     lab.signal(0, "-CONT");
     let took = lab.wait_for(0, TAKEOVER);
