@@ -348,6 +348,15 @@ struct Supervision {
     reasserted: Option<Instant>,
 }
 
+impl Supervision {
+    /// Whether the peers were told the PE is this registrar's less than
+    /// `interval` before `now`.
+    fn reasserted_within(&self, interval: Duration, now: Instant) -> bool {
+        self.reasserted
+            .is_some_and(|at| now.duration_since(at) < interval)
+    }
+}
+
 struct Connection {
     registrant: Registrant,
     peer: Option<SocketAddr>,
@@ -675,10 +684,7 @@ impl Registrar {
         let Some(s) = self.supervised.get(&key) else {
             return;
         };
-        let announced_lately = s
-            .reasserted
-            .is_some_and(|at| now.duration_since(at) < self.config.keep_alive_interval);
-        let ask = !s.awaiting_ack && !announced_lately;
+        let ask = !s.awaiting_ack && !s.reasserted_within(self.config.keep_alive_interval, now);
         self.claims.insert(key.clone(), (from, Some(element)));
         if ask {
             self.ask(key, now);

@@ -201,13 +201,26 @@ fn bad_arguments_are_named_and_exit_64() {
 /// Starts `hapool registrar` on a free port; returns it and its address.
 /// Checks the line it prints first.
 fn start_registrar(extra: &[&str]) -> (Running, String) {
-    let mut registrar = Command::new(env!("CARGO_BIN_EXE_hapool"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hapool"));
+    command
         .args(["registrar", "--listen", "127.0.0.1:0"])
         .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    let (registrar, line) = serving(command);
+    if let Some(i) = extra.iter().position(|a| *a == "--id") {
+        assert!(
+            line.starts_with(&format!("registrar {:0>8}", extra[i + 1])),
+            "{line}"
+        );
+    }
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    (registrar, addr)
+}
+
+/// Starts a registrar by `command` and waits for its first line, which
+/// says where it serves ASAP.
+fn serving(mut command: Command) -> (Running, String) {
+    let mut registrar = command.stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(registrar.stdout.take().unwrap())
         .read_line(&mut line)
@@ -216,14 +229,7 @@ fn start_registrar(extra: &[&str]) -> (Running, String) {
         line.starts_with("registrar ") && line.contains(" serving ASAP on "),
         "{line}"
     );
-    if let Some(i) = extra.iter().position(|a| *a == "--id") {
-        assert!(
-            line.starts_with(&format!("registrar {:0>8}", extra[i + 1])),
-            "{line}"
-        );
-    }
-    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
-    (Running(registrar), addr)
+    (Running(registrar), line)
 }
 
 #[test]
@@ -433,18 +439,12 @@ fn a_registrar_out_of_descriptors_waits_instead_of_spinning() {
     use std::io::Read;
     let scratch = common::Scratch::new("registrar_out_of_descriptors");
     let log = scratch.write("registrar.log", "");
-    let mut registrar = Command::new("prlimit")
+    let mut command = Command::new("prlimit");
+    command
         .args(["--nofile=64:64", env!("CARGO_BIN_EXE_hapool")])
         .args(["registrar", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(registrar.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let registrar = Running(registrar);
+        .stderr(std::fs::File::create(&log).unwrap());
+    let (registrar, line) = serving(command);
     let asap = line.trim().rsplit(' ').next().unwrap().to_owned();
     let open: Vec<std::net::TcpStream> = (0..100)
         .map(|_| std::net::TcpStream::connect(&asap).unwrap())

@@ -730,9 +730,7 @@ impl Registrar {
             // asked already (`Registrar::claim`) or it said so within the
             // keep-alive interval (two registrars that both hold the PE
             // would otherwise say so at every audit).
-            let said_lately = s
-                .reasserted
-                .is_some_and(|at| now.duration_since(at) < self.config.keep_alive_interval);
+            let said_lately = s.reasserted_within(self.config.keep_alive_interval, now);
             if element.home_registrar != me && !said_lately && !self.claims.contains_key(&key) {
                 s.reasserted = Some(now);
                 self.reassert(handle, element.id);
