@@ -344,6 +344,16 @@ pub(crate) struct Registrar {
     pub(crate) enrp_tls: Option<hapool_registrar::EnrpTls>,
 }
 
+impl Registrar {
+    /// Where ENRP is served without TLS to more than this machine: anyone
+    /// who reaches that port can change the handlespace and the
+    /// registrar's view of its peers, so it is warned about.
+    pub(crate) fn enrp_unprotected(&self) -> Option<SocketAddr> {
+        self.enrp_listen
+            .filter(|enrp| self.enrp_tls.is_none() && !enrp.ip().is_loopback())
+    }
+}
+
 impl TryFrom<RegistrarFile> for Registrar {
     type Error = BadConfig;
 

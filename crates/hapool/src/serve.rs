@@ -133,28 +133,24 @@ fn registrar_config(args: &RegistrarArgs) -> anyhow::Result<(toml::Table, config
 }
 
 pub(crate) async fn registrar(args: RegistrarArgs) -> anyhow::Result<()> {
-    let (
-        effective,
-        config::Registrar {
-            config,
-            listen,
-            admin,
-            admin_access,
-            tls,
-            announce_to,
-            enrp_listen,
-            enrp_tls,
-            enrp_multicast,
-        },
-    ) = registrar_config(&args)?;
+    let (effective, registrar) = registrar_config(&args)?;
+    let unprotected_enrp = registrar.enrp_unprotected();
+    let config::Registrar {
+        config,
+        listen,
+        admin,
+        admin_access,
+        tls,
+        announce_to,
+        enrp_listen,
+        enrp_tls,
+        enrp_multicast,
+    } = registrar;
     let id = config.id.0;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    if let Some(enrp) = enrp_listen
-        && enrp_tls.is_none()
-        && !enrp.ip().is_loopback()
-    {
+    if let Some(enrp) = unprotected_enrp {
         warn!(%enrp, "ENRP without TLS: anyone who reaches this port can change the handlespace and this registrar's view of its peers ([registrar.enrp.tls] makes it mutual TLS)");
     }
     if config.rules.is_empty() {
@@ -809,10 +805,7 @@ pub(crate) fn check_file(path: &Path) -> anyhow::Result<()> {
             e.max_time_no_response
         );
     }
-    if let Some(enrp) = r.enrp_listen
-        && r.enrp_tls.is_none()
-        && !enrp.ip().is_loopback()
-    {
+    if let Some(enrp) = r.enrp_unprotected() {
         println!(
             "warning: ENRP on {enrp} without TLS: anyone who reaches it can change the handlespace and the registrar's view of its peers"
         );
