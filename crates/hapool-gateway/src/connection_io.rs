@@ -14,10 +14,14 @@
 //! nothing it had not already lost, and a shutdown is not delayed. An idle
 //! worker runs the yielded task again at once.
 //!
-//! **A deadline for the first byte** (client connections): a read fails
-//! with `TimedOut` when the first byte does not arrive in time, against
-//! clients that connect and send nothing. hyper's own header timer starts
-//! only once it knows the protocol.
+//! **A deadline for the protocol** (client connections): a read fails
+//! with `TimedOut` when the client has not shown which protocol it speaks
+//! in time, against clients that connect and send nothing, or only the
+//! beginning of the HTTP/2 preface. hyper's own header timer starts only
+//! once it knows the protocol: HTTP/1.1 as soon as a byte differs from the
+//! preface (the first byte of every method but `PRI`), HTTP/2 once the
+//! whole preface has come, after which the connection's limit is that of
+//! [`Http2Streams::idle`].
 //!
 //! **A deadline for sending** (client connections): a write that cannot
 //! go out because the client takes nothing (its receive window stays
@@ -31,8 +35,41 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Sleep, sleep};
+
+use crate::http2_idle::Http2Streams;
+
+/// What an HTTP/2 client sends first (RFC 9113, section 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Until the client's protocol is known, when it must be known in time.
+struct ProtocolDeadline {
+    deadline: Pin<Box<Sleep>>,
+    /// How much of the preface has come.
+    matched: usize,
+    /// Told when the whole preface has come.
+    streams: Arc<Http2Streams>,
+}
+
+impl ProtocolDeadline {
+    /// Whether the protocol is known once `read` has come too.
+    fn known_after(&mut self, read: &[u8]) -> bool {
+        let expected = &PREFACE[self.matched..];
+        let n = read.len().min(expected.len());
+        if read[..n] != expected[..n] {
+            return true;
+        }
+        self.matched += n;
+        if self.matched == PREFACE.len() {
+            self.streams.preface_read();
+            return true;
+        }
+        false
+    }
+}
 
 /// The error of a write to a client that took nothing for the send
 /// timeout (inside an `io::Error` of kind `TimedOut`).
@@ -44,8 +81,8 @@ pub(crate) struct SendStalled(Duration);
 /// queue, and whose first byte and writes may have deadlines.
 pub(crate) struct ConnectionIo<S> {
     inner: S,
-    /// Until the first byte has come, when it must come in time.
-    first_byte: Option<Pin<Box<Sleep>>>,
+    /// Until the client's protocol is known, when it must be in time.
+    protocol: Option<ProtocolDeadline>,
     /// The next write yields first: set by a read, and at the start.
     defer_next: bool,
     /// How long a write may wait for the peer to take something.
@@ -55,12 +92,22 @@ pub(crate) struct ConnectionIo<S> {
 }
 
 impl<S> ConnectionIo<S> {
-    /// A client connection: its first byte must arrive within
-    /// `first_byte`, and each write go out within `send` of waiting.
-    pub(crate) fn client(inner: S, first_byte: Duration, send: Duration) -> Self {
+    /// A client connection: its protocol must be known within `first`
+    /// (`streams` is told of an HTTP/2 preface), and each write go out
+    /// within `send` of waiting.
+    pub(crate) fn client(
+        inner: S,
+        first: Duration,
+        send: Duration,
+        streams: Arc<Http2Streams>,
+    ) -> Self {
         Self {
             inner,
-            first_byte: Some(Box::pin(sleep(first_byte))),
+            protocol: Some(ProtocolDeadline {
+                deadline: Box::pin(sleep(first)),
+                matched: 0,
+                streams,
+            }),
             defer_next: true,
             send_limit: Some(send),
             send_stalled: None,
@@ -71,7 +118,7 @@ impl<S> ConnectionIo<S> {
     pub(crate) fn member(inner: S) -> Self {
         Self {
             inner,
-            first_byte: None,
+            protocol: None,
             defer_next: true,
             send_limit: None,
             send_stalled: None,
@@ -136,13 +183,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnectionIo<S> {
         if read.is_ready() {
             this.defer_next = true;
         }
-        if let Some(deadline) = &mut this.first_byte {
+        if let Some(protocol) = &mut this.protocol {
             match read {
-                Poll::Ready(Ok(())) if buf.filled().len() > before => this.first_byte = None,
-                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Ok(()))
+                    if buf.filled().len() > before
+                        && protocol.known_after(&buf.filled()[before..]) =>
+                {
+                    this.protocol = None;
+                }
+                Poll::Pending if protocol.deadline.as_mut().poll(cx).is_ready() => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "the client sent nothing in time",
+                        "the client did not show its protocol in time",
                     )));
                 }
                 _ => {}
@@ -261,8 +313,12 @@ mod tests {
     #[tokio::test]
     async fn a_whole_exchange_passes_unchanged() {
         let (ours, mut peer) = duplex(64);
-        let mut stream =
-            ConnectionIo::client(ours, Duration::from_secs(10), Duration::from_secs(1));
+        let mut stream = ConnectionIo::client(
+            ours,
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            Arc::default(),
+        );
         let message: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         let sent = message.clone();
         let echo = tokio::spawn(async move {
@@ -280,7 +336,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_client_that_takes_nothing_for_the_send_timeout_fails_the_write() {
         let (ours, mut peer) = duplex(64);
-        let mut stream = ConnectionIo::client(ours, Duration::from_secs(2), Duration::from_secs(5));
+        let mut stream = ConnectionIo::client(
+            ours,
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+            Arc::default(),
+        );
         // 64 bytes fit; the rest waits for the client, which reads a
         // little after 3 s (the timer starts again), then nothing.
         let reader = tokio::spawn(async move {
@@ -300,16 +361,102 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_client_that_sends_nothing_in_time_gets_a_timed_out_read() {
         let (ours, _peer) = duplex(64);
-        let mut stream = ConnectionIo::client(ours, Duration::from_secs(2), Duration::from_secs(5));
+        let mut stream = ConnectionIo::client(
+            ours,
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+            Arc::default(),
+        );
         let mut byte = [0; 1];
         let error = stream.read(&mut byte).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 
     #[tokio::test(start_paused = true)]
+    async fn part_of_the_http2_preface_does_not_stop_the_deadline() {
+        let (ours, mut peer) = duplex(64);
+        let streams = Arc::new(Http2Streams::default());
+        let mut stream = ConnectionIo::client(
+            ours,
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+            streams,
+        );
+        peer.write_all(&PREFACE[..16]).await.unwrap();
+        let mut some = [0; 64];
+        assert_eq!(stream.read(&mut some).await.unwrap(), 16);
+        let started = tokio::time::Instant::now();
+        let error = stream.read(&mut some).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_whole_preface_ends_the_deadline_and_tells_the_streams() {
+        let (ours, mut peer) = duplex(64);
+        let streams = Arc::new(Http2Streams::default());
+        let mut stream = ConnectionIo::client(
+            ours,
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+            streams.clone(),
+        );
+        // In pieces, as a slow client may send it.
+        let mut some = [0; 64];
+        for piece in PREFACE.chunks(5) {
+            peer.write_all(piece).await.unwrap();
+            assert_eq!(stream.read(&mut some).await.unwrap(), piece.len());
+        }
+        // The connection is HTTP/2 now: its idleness is counted from here,
+        // and reads wait as long as they like.
+        let idle = tokio::spawn({
+            let streams = streams.clone();
+            async move { streams.idle(Duration::from_secs(30)).await }
+        });
+        let late = tokio::spawn(async move {
+            sleep(Duration::from_secs(20)).await;
+            peer.write_all(b"x").await.unwrap();
+            peer
+        });
+        stream.read_exact(&mut some[..1]).await.unwrap();
+        assert!(!idle.is_finished());
+        idle.await.unwrap();
+        drop(late.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_byte_off_the_preface_is_http1_and_ends_the_deadline() {
+        for first in [&b"POST / HTTP/1.1\r\n"[..], b"PRI * HTTP/1.1\r\n", b"G"] {
+            let (ours, mut peer) = duplex(64);
+            let mut stream = ConnectionIo::client(
+                ours,
+                Duration::from_secs(2),
+                Duration::from_secs(5),
+                Arc::default(),
+            );
+            peer.write_all(first).await.unwrap();
+            let mut some = [0; 64];
+            assert_eq!(stream.read(&mut some).await.unwrap(), first.len());
+            let late = tokio::spawn(async move {
+                sleep(Duration::from_secs(60)).await;
+                peer.write_all(b"E").await.unwrap();
+                peer
+            });
+            stream.read_exact(&mut some[..1]).await.unwrap();
+            assert_eq!(some[0], b'E');
+            drop(late.await.unwrap());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn once_the_first_byte_came_the_deadline_is_gone() {
         let (ours, mut peer) = duplex(64);
-        let mut stream = ConnectionIo::client(ours, Duration::from_secs(2), Duration::from_secs(5));
+        let mut stream = ConnectionIo::client(
+            ours,
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+            Arc::default(),
+        );
         peer.write_all(b"G").await.unwrap();
         let mut byte = [0; 1];
         stream.read_exact(&mut byte).await.unwrap();

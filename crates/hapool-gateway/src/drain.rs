@@ -7,6 +7,10 @@
 //! drain is looked at only when its own waker fires: once at the start
 //! (to register), then only when the signal comes.
 //!
+//! A shutdown may be bounded (an idle HTTP/2 connection's, whose client
+//! may never answer its GOAWAY): the connection is then given up once it
+//! has not ended within the bound, with [`Lingered`].
+//!
 //! A connection asked to finish before its first request would be closed
 //! at once, unanswered (an HTTP/1.1 connection shut down while idle
 //! closes): one accepted just before its listener stopped, whose request
@@ -21,6 +25,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::{Sleep, sleep};
 
 /// How long a connection asked to finish before its first request still
 /// waits for one (at most the header read timeout): long enough for a
@@ -72,8 +77,13 @@ impl Wake for DrainWaker {
     }
 }
 
+/// A connection that had not ended this long after a bounded shutdown.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Lingered(pub(crate) Duration);
+
 /// `connection` until it ends; once `drain` completes, `shutdown` is
-/// called on it (and it is served on until it ends).
+/// called on it, and it is served on until it ends, or (when `drain`
+/// gave a bound) at most for that bound.
 pub(crate) struct UntilDrained<'c, C, D> {
     connection: Pin<&'c mut C>,
     drain: Option<Pin<Box<D>>>,
@@ -81,9 +91,11 @@ pub(crate) struct UntilDrained<'c, C, D> {
     waker: Arc<DrainWaker>,
     /// The task waker `waker` wakes, as last handed to it.
     task: Option<Waker>,
+    /// After a bounded shutdown: the bound, and its end.
+    linger: Option<(Duration, Pin<Box<Sleep>>)>,
 }
 
-impl<'c, C: Future, D: Future<Output = ()>> UntilDrained<'c, C, D> {
+impl<'c, C: Future, D: Future<Output = Option<Duration>>> UntilDrained<'c, C, D> {
     pub(crate) fn new(connection: Pin<&'c mut C>, drain: D, shutdown: fn(Pin<&mut C>)) -> Self {
         Self {
             connection,
@@ -94,14 +106,15 @@ impl<'c, C: Future, D: Future<Output = ()>> UntilDrained<'c, C, D> {
                 task: Mutex::new(None),
             }),
             task: None,
+            linger: None,
         }
     }
 }
 
-impl<C: Future, D: Future<Output = ()>> Future for UntilDrained<'_, C, D> {
-    type Output = C::Output;
+impl<C: Future, D: Future<Output = Option<Duration>>> Future for UntilDrained<'_, C, D> {
+    type Output = Result<C::Output, Lingered>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if let Some(drain) = &mut this.drain {
             if !this.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
@@ -114,17 +127,22 @@ impl<C: Future, D: Future<Output = ()>> Future for UntilDrained<'_, C, D> {
             }
             if this.waker.woken.swap(false, Ordering::Acquire) {
                 let waker = Waker::from(this.waker.clone());
-                if drain
-                    .as_mut()
-                    .poll(&mut Context::from_waker(&waker))
-                    .is_ready()
-                {
+                if let Poll::Ready(bound) = drain.as_mut().poll(&mut Context::from_waker(&waker)) {
                     this.drain = None;
                     (this.shutdown)(this.connection.as_mut());
+                    this.linger = bound.map(|bound| (bound, Box::pin(sleep(bound))));
                 }
             }
         }
-        this.connection.as_mut().poll(cx)
+        if let Poll::Ready(served) = this.connection.as_mut().poll(cx) {
+            return Poll::Ready(Ok(served));
+        }
+        if let Some((bound, end)) = &mut this.linger
+            && end.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(Lingered(*bound)));
+        }
+        Poll::Pending
     }
 }
 
@@ -151,7 +169,7 @@ mod tests {
             let first = first.clone();
             async move { first.within(window).await }
         });
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        sleep(Duration::from_secs(1)).await;
         first.came();
         waiting.await.unwrap();
         assert_eq!(started.elapsed(), window + Duration::from_secs(1));
@@ -208,6 +226,7 @@ mod tests {
         let drained = Counted {
             inner: Box::pin(async move {
                 let _ = draining.wait_for(|d| *d).await;
+                None
             }),
             looks: looks.clone(),
         };
@@ -222,10 +241,43 @@ mod tests {
             drain.send(true).unwrap();
         };
         let (polls, ()) = tokio::join!(served, signal);
+        let polls = polls.unwrap();
         assert!(
             polls > 50,
             "the connection is polled on every wake: {polls}"
         );
         assert_eq!(looks.load(Ordering::Relaxed), 2);
+    }
+
+    /// A connection that never ends, though shut down.
+    struct Stuck {
+        shut_down: bool,
+    }
+
+    impl Future for Stuck {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bounded_shutdown_gives_up_a_connection_that_does_not_end() {
+        let bound = Duration::from_secs(10);
+        let mut connection = Stuck { shut_down: false };
+        let started = tokio::time::Instant::now();
+        let served = UntilDrained::new(
+            Pin::new(&mut connection),
+            async move {
+                sleep(Duration::from_secs(3)).await;
+                Some(bound)
+            },
+            |c| c.get_mut().shut_down = true,
+        )
+        .await;
+        assert_eq!(served, Err(Lingered(bound)));
+        assert_eq!(started.elapsed(), Duration::from_secs(3) + bound);
+        assert!(connection.shut_down);
     }
 }

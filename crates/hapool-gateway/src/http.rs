@@ -30,6 +30,7 @@ use crate::access_log::HttpLine;
 use crate::body::{AtEnd, BrokenOff, IdleLimit, IdleLimitError, OnEnd, Upload};
 use crate::deadline::{Clock, Elapsed};
 use crate::hedge;
+use crate::http2_idle::OpenStream;
 use crate::member_http::{self, InUse, MemberError, MemberHttp, MemberRequest, Target};
 use crate::pool::{Lease, Member, Pool, Port};
 use crate::select::Availability;
@@ -73,10 +74,12 @@ const STATE: HeaderName = HeaderName::from_static(STATE_HEADER);
 pub(crate) type LeasedBody = OnEnd<IdleLimit<Incoming>, Released>;
 
 /// A member connection and the session it carries, until the response on
-/// it has been read.
+/// it has been read; and the client's HTTP/2 stream it answers, in its
+/// connection's count of open streams until then (`http2_idle`).
 pub(crate) struct Released {
     connection: InUse,
     lease: Lease,
+    _stream: Option<OpenStream>,
 }
 
 impl AtEnd for Released {
@@ -477,14 +480,20 @@ impl HttpProxy {
         request: Request<Incoming>,
         forwarded_for: HeaderValue,
         tls: Option<TlsSession>,
+        stream: Option<OpenStream>,
     ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> + Send + 'static {
         let grpc = is_grpc(&request);
         let answer = if self.shared.access_log.is_on() {
             // On the heap: the request's own future stays as small when
             // nothing is logged.
-            future::Either::Left(Box::pin(self.answer_logged(request, forwarded_for, tls)))
+            future::Either::Left(Box::pin(self.answer_logged(
+                request,
+                forwarded_for,
+                tls,
+                stream,
+            )))
         } else {
-            future::Either::Right(self.answer(request, forwarded_for, tls))
+            future::Either::Right(self.answer(request, forwarded_for, tls, stream))
         };
         answer.map(move |Ok(answer)| Ok(if grpc { for_grpc(answer) } else { answer }))
     }
@@ -496,6 +505,7 @@ impl HttpProxy {
         request: Request<Incoming>,
         forwarded_for: HeaderValue,
         tls: Option<TlsSession>,
+        stream: Option<OpenStream>,
     ) -> Result<Response<ClientBody>, Infallible> {
         let started = Instant::now();
         let method = request.method().clone();
@@ -506,7 +516,7 @@ impl HttpProxy {
             .map_or_else(|| request.uri().to_string(), ToString::to_string);
         let client = forwarded_for.clone();
         let this = self.clone();
-        let Ok(response) = this.answer(request, forwarded_for, tls).await;
+        let Ok(response) = this.answer(request, forwarded_for, tls, stream).await;
         self.shared.access_log.with(|log| {
             let served = response.extensions().get::<Served>();
             log.http(&HttpLine {
@@ -538,6 +548,7 @@ impl HttpProxy {
         request: Request<Incoming>,
         forwarded_for: HeaderValue,
         tls: Option<TlsSession>,
+        stream: Option<OpenStream>,
     ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> + Send + 'static {
         let (mut parts, body) = request.into_parts();
         async move {
@@ -724,8 +735,13 @@ impl HttpProxy {
                             };
                             // The connection is the tunnel's now.
                             drop(connection);
-                            let mut answer =
-                                self.tunnel(response, lease, client_upgrade, extended_connect);
+                            let mut answer = self.tunnel(
+                                response,
+                                lease,
+                                client_upgrade,
+                                extended_connect,
+                                stream,
+                            );
                             self.note_served(&mut answer, served);
                             return Ok(answer);
                         }
@@ -738,8 +754,11 @@ impl HttpProxy {
                         }
                         let mut answer = self.respond(
                             response,
-                            connection,
-                            lease,
+                            Released {
+                                connection,
+                                lease,
+                                _stream: stream,
+                            },
                             key,
                             session.as_ref().map(|s| s.member),
                             cookie_names,
@@ -1170,6 +1189,7 @@ impl HttpProxy {
         lease: Lease,
         client: hyper::upgrade::OnUpgrade,
         extended_connect: bool,
+        stream: Option<OpenStream>,
     ) -> Response<ClientBody> {
         let member = hyper::upgrade::on(&mut response);
         let (mut parts, _) = response.into_parts();
@@ -1190,6 +1210,8 @@ impl HttpProxy {
         let pool = self.pool.handle().clone();
         tokio::spawn(async move {
             let lease = lease;
+            // An HTTP/2 stream carrying the tunnel is open while it lasts.
+            let _stream = stream;
             match tokio::try_join!(client, member) {
                 Ok((client, member)) => {
                     let (mut client, mut member) = (TokioIo::new(client), TokioIo::new(member));
@@ -1221,8 +1243,7 @@ impl HttpProxy {
     fn respond(
         &self,
         response: Response<Incoming>,
-        connection: InUse,
-        lease: Lease,
+        released: Released,
         key: Option<SessionKey>,
         was: Option<PoolElementId>,
         cookie_names: Option<PoolElementId>,
@@ -1231,7 +1252,7 @@ impl HttpProxy {
         answer_in_own_version(&mut parts);
         let stripped = strip(&mut parts.headers);
         let state = stripped.state.map(|v| Bytes::copy_from_slice(v.as_bytes()));
-        let member = lease.member().id;
+        let member = released.lease.member().id;
         if self.affinity != Affinity::None {
             let starts = state.is_some() || stripped.set_cookie;
             let kept = match key {
@@ -1274,7 +1295,7 @@ impl HttpProxy {
             parts,
             Either::Left(OnEnd::new(
                 IdleLimit::new(body, self.limits.answer_idle_timeout, &self.clock),
-                Released { connection, lease },
+                released,
             )),
         )
     }
@@ -1311,7 +1332,7 @@ mod tests {
     use super::*;
 
     /// The size of what `f` returns, without calling it.
-    fn returned_size<A, B, C, D, R>(_: fn(A, B, C, D) -> R) -> usize {
+    fn returned_size<A, B, C, D, E, R>(_: fn(A, B, C, D, E) -> R) -> usize {
         size_of::<R>()
     }
 
@@ -1321,8 +1342,13 @@ mod tests {
         // with many connections is out of the cache: each 64 bytes is a
         // cache line written cold (docs/performance.md, "Counting instead
         // of timing"). 1,840 bytes when this was written; 4,352 before.
-        let handle: fn(Arc<HttpProxy>, Request<Incoming>, HeaderValue, Option<TlsSession>) -> _ =
-            HttpProxy::handle;
+        let handle: fn(
+            Arc<HttpProxy>,
+            Request<Incoming>,
+            HeaderValue,
+            Option<TlsSession>,
+            Option<OpenStream>,
+        ) -> _ = HttpProxy::handle;
         let size = returned_size(handle);
         assert!(size <= 2_048, "a request's future is {size} bytes");
     }

@@ -43,6 +43,7 @@ mod grpc_health;
 mod handover;
 mod hedge;
 pub mod http;
+mod http2_idle;
 mod member_cache;
 mod member_http;
 pub mod pool;

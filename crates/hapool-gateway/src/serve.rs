@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::http::HeaderValue;
+use ::http::{HeaderValue, Request, Version};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -23,8 +24,9 @@ use crate::admission::{Admission, Admitted, Handed, Placed};
 use crate::config::{Affinity, Limits, ListenerConfig, Protocol};
 use crate::connection_io::{ConnectionIo, SendStalled};
 use crate::deadline::Clock;
-use crate::drain::{FIRST_REQUEST_WINDOW, FirstRequest, UntilDrained};
+use crate::drain::{FIRST_REQUEST_WINDOW, FirstRequest, Lingered, UntilDrained};
 use crate::http::HttpProxy;
+use crate::http2_idle::Http2Streams;
 use crate::member_http::MemberHttp;
 use crate::pool::Pool;
 use crate::proxy_protocol;
@@ -454,22 +456,47 @@ async fn serve_connection<S>(
     let tls = origin.tls;
     let first = Arc::new(FirstRequest::default());
     let asked = first.clone();
-    let service = service_fn(move |request| {
+    let streams = Arc::new(Http2Streams::default());
+    let opened = streams.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
         asked.came();
-        proxy.clone().handle(request, forwarded_for.clone(), tls)
+        // An HTTP/2 stream counts as open until its answer's body has
+        // been read from the member (or the answer is the gateway's own).
+        let stream = (request.version() == Version::HTTP_2).then(|| opened.opened());
+        proxy
+            .clone()
+            .handle(request, forwarded_for.clone(), tls, stream)
     });
     // Asked to finish before its first request (as a connection accepted
     // just before its listener stopped may be), a connection still waits a
     // little for one.
     let window = FIRST_REQUEST_WINDOW.min(limits.header_read_timeout);
+    // An HTTP/2 connection with no stream open for the header read
+    // timeout is shut down (GOAWAY), and given up if it has not closed
+    // within as long again (`http2_idle`).
+    let idle_limit = limits.header_read_timeout;
+    let idle = streams.clone();
     let drain = async move {
-        drained(&mut draining).await;
-        first.within(window).await;
+        tokio::select! {
+            () = async {
+                drained(&mut draining).await;
+                first.within(window).await;
+            } => None,
+            () = idle.idle(idle_limit) => {
+                shared.limit_hit("header_read_timeout", pool.handle());
+                Some(idle_limit)
+            }
+        }
     };
     // hyper's header timeout starts once it knows the protocol; a client
-    // that sends nothing at all is cut off here. Answers go out after the
-    // worker's other ready reads.
-    let stream = ConnectionIo::client(stream, limits.header_read_timeout, limits.send_timeout);
+    // that sends nothing at all, or part of the HTTP/2 preface, is cut off
+    // here. Answers go out after the worker's other ready reads.
+    let stream = ConnectionIo::client(
+        stream,
+        limits.header_read_timeout,
+        limits.send_timeout,
+        streams,
+    );
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     // Draining: the request under way finishes, then the connection
@@ -478,6 +505,13 @@ async fn serve_connection<S>(
         connection.graceful_shutdown();
     })
     .await;
+    let served = match served {
+        Ok(served) => served,
+        Err(Lingered(bound)) => {
+            debug!(client = %peer, ?bound, "idle HTTP/2 connection closed without its GOAWAY answered");
+            return;
+        }
+    };
     if let Err(e) = served {
         let io = e.downcast_ref::<std::io::Error>().or_else(|| {
             std::error::Error::source(&*e).and_then(|s| s.downcast_ref::<std::io::Error>())

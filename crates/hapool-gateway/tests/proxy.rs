@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep};
+use tokio::time::{Instant, sleep, timeout};
 
 mod common;
 
@@ -634,7 +634,7 @@ async fn a_client_that_shuts_its_sending_side_still_gets_its_answer() {
         .unwrap();
     client.shutdown().await.unwrap();
     let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(5), client.read_to_string(&mut answer))
+    timeout(Duration::from_secs(5), client.read_to_string(&mut answer))
         .await
         .expect("the gateway closes the connection after the answer")
         .unwrap();
@@ -1096,7 +1096,7 @@ async fn a_member_that_stops_in_the_middle_of_its_answer_has_it_broken_off() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let collected = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+    let collected = timeout(Duration::from_secs(10), response.into_body().collect())
         .await
         .expect("the client was held");
     assert!(collected.is_err(), "a stalled answer arrived whole");
@@ -1171,6 +1171,56 @@ async fn http2_clients_are_served() {
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"a -");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_http2_connection_with_no_stream_open_is_closed_after_the_header_timeout() {
+    let limit = Duration::from_millis(300);
+    let backend = paced_backend("a").await;
+    let mut config = GatewayConfig::new(
+        vec![listener(Protocol::Http)],
+        vec![static_pool(&[backend], http_probe())],
+    );
+    config.limits.header_read_timeout = limit;
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    // A stream open for longer than the limit (the member takes 1 s) keeps
+    // the connection; once it has ended, the connection is closed with a
+    // GOAWAY after the limit.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = Request::get("http://example.test/long")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"a");
+    assert!(!connection.is_finished(), "open while its stream was");
+    let answered = Instant::now();
+    timeout(Duration::from_secs(3), connection)
+        .await
+        .expect("the idle connection is closed")
+        .unwrap()
+        .unwrap();
+    let idle = answered.elapsed();
+    assert!(idle >= limit - Duration::from_millis(50), "{idle:?}");
+    // A client that sends part of the preface, or the preface and
+    // nothing more (nor answers the GOAWAY), is cut off too.
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    for sent in [&preface[..10], &preface[..]] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(sent).await.unwrap();
+        let mut rest = Vec::new();
+        timeout(Duration::from_secs(3), stream.read_to_end(&mut rest))
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+    }
     gateway.shutdown().await;
 }
 
@@ -3139,7 +3189,7 @@ async fn an_idle_tcp_connection_is_closed_and_a_busy_one_is_not() {
         busy.read_line(&mut line).await.unwrap();
         assert_eq!(line, "a again\n", "the busy connection was closed");
     }
-    let closed = tokio::time::timeout(Duration::from_millis(100), idle.read_line(&mut line))
+    let closed = timeout(Duration::from_millis(100), idle.read_line(&mut line))
         .await
         .expect("the idle connection is closed by now");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
@@ -3579,9 +3629,7 @@ async fn a_reload_opens_moves_and_closes_the_handover_socket() {
         }
     };
     assert!(
-        tokio::time::timeout(Duration::from_secs(2), closed)
-            .await
-            .is_ok(),
+        timeout(Duration::from_secs(2), closed).await.is_ok(),
         "the first handover socket is closed"
     );
     // A successor asking there serves the very sockets of the first.
