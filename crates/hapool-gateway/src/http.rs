@@ -1342,14 +1342,7 @@ mod tests {
         // with many connections is out of the cache: each 64 bytes is a
         // cache line written cold (docs/performance.md, "Counting instead
         // of timing"). 1,840 bytes when this was written; 4,352 before.
-        let handle: fn(
-            Arc<HttpProxy>,
-            Request<Incoming>,
-            HeaderValue,
-            Option<TlsSession>,
-            Option<OpenStream>,
-        ) -> _ = HttpProxy::handle;
-        let size = returned_size(handle);
+        let size = returned_size(HttpProxy::handle);
         assert!(size <= 2_048, "a request's future is {size} bytes");
     }
 
