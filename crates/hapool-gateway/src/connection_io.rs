@@ -81,8 +81,11 @@ pub(crate) struct SendStalled(Duration);
 /// queue, and whose first byte and writes may have deadlines.
 pub(crate) struct ConnectionIo<S> {
     inner: S,
-    /// Until the client's protocol is known, when it must be in time.
-    protocol: Option<ProtocolDeadline>,
+    /// Until the client's protocol is known, when it must be in time. On
+    /// the heap: a word here, as the connection's state is the same size
+    /// for the rest of its life (hyper keeps it beside its own, and with
+    /// many connections each one's is cold when its turn comes).
+    protocol: Option<Box<ProtocolDeadline>>,
     /// The next write yields first: set by a read, and at the start.
     defer_next: bool,
     /// How long a write may wait for the peer to take something.
@@ -103,11 +106,11 @@ impl<S> ConnectionIo<S> {
     ) -> Self {
         Self {
             inner,
-            protocol: Some(ProtocolDeadline {
+            protocol: Some(Box::new(ProtocolDeadline {
                 deadline: Box::pin(sleep(first)),
                 matched: 0,
                 streams,
-            }),
+            })),
             defer_next: true,
             send_limit: Some(send),
             send_stalled: None,
