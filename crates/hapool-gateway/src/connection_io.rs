@@ -264,6 +264,17 @@ mod tests {
         }
     }
 
+    /// A client connection whose protocol must be known within 2 s and
+    /// whose writes may wait 5 s.
+    fn client<S>(ours: S, streams: Arc<Http2Streams>) -> ConnectionIo<S> {
+        ConnectionIo::client(
+            ours,
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+            streams,
+        )
+    }
+
     fn poll_write<S: AsyncWrite + Unpin>(
         stream: &mut ConnectionIo<S>,
         cx: &mut Context<'_>,
@@ -339,12 +350,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_client_that_takes_nothing_for_the_send_timeout_fails_the_write() {
         let (ours, mut peer) = duplex(64);
-        let mut stream = ConnectionIo::client(
-            ours,
-            Duration::from_secs(2),
-            Duration::from_secs(5),
-            Arc::default(),
-        );
+        let mut stream = client(ours, Arc::default());
         // 64 bytes fit; the rest waits for the client, which reads a
         // little after 3 s (the timer starts again), then nothing.
         let reader = tokio::spawn(async move {
@@ -364,12 +370,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_client_that_sends_nothing_in_time_gets_a_timed_out_read() {
         let (ours, _peer) = duplex(64);
-        let mut stream = ConnectionIo::client(
-            ours,
-            Duration::from_secs(2),
-            Duration::from_secs(5),
-            Arc::default(),
-        );
+        let mut stream = client(ours, Arc::default());
         let mut byte = [0; 1];
         let error = stream.read(&mut byte).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
@@ -379,12 +380,7 @@ mod tests {
     async fn part_of_the_http2_preface_does_not_stop_the_deadline() {
         let (ours, mut peer) = duplex(64);
         let streams = Arc::new(Http2Streams::default());
-        let mut stream = ConnectionIo::client(
-            ours,
-            Duration::from_secs(2),
-            Duration::from_secs(5),
-            streams,
-        );
+        let mut stream = client(ours, streams);
         peer.write_all(&PREFACE[..16]).await.unwrap();
         let mut some = [0; 64];
         assert_eq!(stream.read(&mut some).await.unwrap(), 16);
@@ -398,12 +394,7 @@ mod tests {
     async fn the_whole_preface_ends_the_deadline_and_tells_the_streams() {
         let (ours, mut peer) = duplex(64);
         let streams = Arc::new(Http2Streams::default());
-        let mut stream = ConnectionIo::client(
-            ours,
-            Duration::from_secs(2),
-            Duration::from_secs(5),
-            streams.clone(),
-        );
+        let mut stream = client(ours, streams.clone());
         // In pieces, as a slow client may send it.
         let mut some = [0; 64];
         for piece in PREFACE.chunks(5) {
@@ -431,12 +422,7 @@ mod tests {
     async fn a_byte_off_the_preface_is_http1_and_ends_the_deadline() {
         for first in [&b"POST / HTTP/1.1\r\n"[..], b"PRI * HTTP/1.1\r\n", b"G"] {
             let (ours, mut peer) = duplex(64);
-            let mut stream = ConnectionIo::client(
-                ours,
-                Duration::from_secs(2),
-                Duration::from_secs(5),
-                Arc::default(),
-            );
+            let mut stream = client(ours, Arc::default());
             peer.write_all(first).await.unwrap();
             let mut some = [0; 64];
             assert_eq!(stream.read(&mut some).await.unwrap(), first.len());
@@ -454,12 +440,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn once_the_first_byte_came_the_deadline_is_gone() {
         let (ours, mut peer) = duplex(64);
-        let mut stream = ConnectionIo::client(
-            ours,
-            Duration::from_secs(2),
-            Duration::from_secs(5),
-            Arc::default(),
-        );
+        let mut stream = client(ours, Arc::default());
         peer.write_all(b"G").await.unwrap();
         let mut byte = [0; 1];
         stream.read_exact(&mut byte).await.unwrap();

@@ -1153,16 +1153,27 @@ async fn a_request_reaches_its_member_with_one_host() {
     gateway.shutdown().await;
 }
 
+/// An HTTP/2 client connection (prior knowledge) to the gateway at
+/// `addr`, driven by a task of its own.
+async fn h2_connect(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    JoinHandle<hyper::Result<()>>,
+) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(connection))
+}
+
 #[tokio::test]
 async fn http2_clients_are_served() {
     let (backend, _task) = http_backend("a").await;
     let gateway = http_gateway(static_pool(&[backend], http_probe())).await;
-    let stream = TcpStream::connect(gateway.local_addrs()[0]).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let (mut sender, _connection) = h2_connect(gateway.local_addrs()[0]).await;
     let request = Request::get("http://example.test/x")
         .body(Empty::<Bytes>::new())
         .unwrap();
@@ -1188,12 +1199,7 @@ async fn an_http2_connection_with_no_stream_open_is_closed_after_the_header_time
     // A stream open for longer than the limit (the member takes 1 s) keeps
     // the connection; once it has ended, the connection is closed with a
     // GOAWAY after the limit.
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = h2_connect(addr).await;
     let request = Request::get("http://example.test/long")
         .body(Empty::<Bytes>::new())
         .unwrap();
@@ -1882,12 +1888,7 @@ async fn a_websocket_over_http2_is_tunnelled_to_an_http1_member() {
     let backend = upgrade_backend().await;
     let gateway = http_gateway(static_pool(&[backend], http_probe())).await;
     let addr = gateway.local_addrs()[0];
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let (mut sender, _connection) = h2_connect(addr).await;
     // One plain request first, so the gateway's settings (extended
     // CONNECT allowed) have arrived.
     let response = sender
