@@ -17,7 +17,7 @@
 //!   answer is ready;
 //! - [`Http2Streams::idle`] returns once the connection has had no stream
 //!   open for the limit, and the connection is then shut down gracefully
-//!   (GOAWAY), and closed if it has not ended a while after.
+//!   (GOAWAY), and closed if it has not ended within the limit again.
 //!
 //! HTTP/1.1 requests carry no [`OpenStream`], and an HTTP/1.1 connection's
 //! [`Http2Streams::idle`] waits for a preface that never comes, woken by
@@ -36,7 +36,8 @@ use tokio::sync::Notify;
 pub(crate) struct Http2Streams {
     /// The whole connection preface has been read.
     http2: AtomicBool,
-    /// Streams whose response body has not been dropped.
+    /// Streams whose answer has not yet been read from the member (or
+    /// whose tunnel is open).
     open: AtomicUsize,
     /// Told of each change; [`Self::idle`] is its only waiter.
     changed: Notify,
