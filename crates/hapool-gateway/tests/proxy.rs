@@ -1909,6 +1909,29 @@ async fn a_websocket_over_http2_is_tunnelled_to_an_http1_member() {
         .unwrap();
     let response = sender.send_request(plain_connect).await.unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let mut tunnel = h2_websocket(&mut sender, addr).await;
+    for word in ["hello", "over h2"] {
+        tunnel.write_all(word.as_bytes()).await.unwrap();
+        let mut echoed = vec![0u8; word.len()];
+        tunnel.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, word.as_bytes());
+    }
+    assert_eq!(gateway.pools()[0].status()[0].active, 1);
+    drop(tunnel);
+    eventually("the tunnel closes", || {
+        gateway.pools()[0].status()[0].active == 0
+    })
+    .await;
+    gateway.shutdown().await;
+}
+
+/// Opens a WebSocket over the HTTP/2 connection of `sender` (extended
+/// CONNECT to `/chat`), checks the client's answer (200 without the
+/// member's upgrade headers), and returns the tunnel.
+async fn h2_websocket(
+    sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    addr: SocketAddr,
+) -> TokioIo<hyper::upgrade::Upgraded> {
     let mut request = Request::builder()
         .method(http::Method::CONNECT)
         .version(http::Version::HTTP_2)
@@ -1931,19 +1954,52 @@ async fn a_websocket_over_http2_is_tunnelled_to_an_http1_member() {
     ] {
         assert!(!response.headers().contains_key(&name), "{name}");
     }
-    let mut tunnel = TokioIo::new(hyper::upgrade::on(&mut response).await.unwrap());
-    for word in ["hello", "over h2"] {
-        tunnel.write_all(word.as_bytes()).await.unwrap();
-        let mut echoed = vec![0u8; word.len()];
-        tunnel.read_exact(&mut echoed).await.unwrap();
-        assert_eq!(echoed, word.as_bytes());
-    }
-    assert_eq!(gateway.pools()[0].status()[0].active, 1);
+    TokioIo::new(hyper::upgrade::on(&mut response).await.unwrap())
+}
+
+#[tokio::test]
+async fn an_idle_websocket_over_http2_keeps_its_connection_past_the_header_timeout() {
+    let limit = Duration::from_millis(300);
+    let backend = upgrade_backend().await;
+    let mut config = GatewayConfig::new(
+        vec![listener(Protocol::Http)],
+        vec![static_pool(&[backend], http_probe())],
+    );
+    config.probe_interval = Duration::from_millis(100);
+    config.limits.header_read_timeout = limit;
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addrs()[0];
+    let (mut sender, connection) = h2_connect(addr).await;
+    // One plain request first, so the gateway's settings (extended
+    // CONNECT allowed) have arrived.
+    let response = sender
+        .send_request(
+            Request::get(format!("http://{addr}/"))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut tunnel = h2_websocket(&mut sender, addr).await;
+    // The tunnel is the connection's only open stream; it carries nothing
+    // for more than three times the limit and is still there after.
+    sleep(limit * 3 + Duration::from_millis(100)).await;
+    assert!(!connection.is_finished(), "open while its tunnel is");
+    tunnel.write_all(b"still here").await.unwrap();
+    let mut echoed = [0u8; 10];
+    timeout(Duration::from_secs(3), tunnel.read_exact(&mut echoed))
+        .await
+        .expect("the tunnel answers")
+        .unwrap();
+    assert_eq!(&echoed, b"still here");
+    // Once the tunnel has ended, the connection is idle and is closed.
     drop(tunnel);
-    eventually("the tunnel closes", || {
-        gateway.pools()[0].status()[0].active == 0
-    })
-    .await;
+    timeout(Duration::from_secs(3), connection)
+        .await
+        .expect("the idle connection is closed")
+        .unwrap()
+        .unwrap();
     gateway.shutdown().await;
 }
 
