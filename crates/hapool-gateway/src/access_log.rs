@@ -13,7 +13,12 @@
 //! `head_ms` is the time from the request's head to the answer's, and
 //! `length` the answer's `Content-Length` (`-` when it is streamed). An
 //! answer the gateway made itself (no member could serve, a member that
-//! did not answer in time) has `member=-`. Requests refused before they
+//! did not answer in time) has `member=-`. A request given up before its
+//! answer's head was ready (its client reset its HTTP/2 stream or closed
+//! the connection, or the shutdown's grace ran out) has its line when it
+//! is dropped, with `status=-` and the time it waited as `head_ms`.
+//! (An HTTP/1.1 client that goes away is noticed only when its answer is
+//! written: that line has the member's status.) Requests refused before they
 //! are whole (a head over `max_header_bytes`, a malformed one) and
 //! connections refused at `max_connections` have no line: they are
 //! counted in `hapool_gateway_limit_hits_total`.
@@ -162,7 +167,8 @@ pub(crate) struct HttpLine<'a> {
     pub(crate) method: &'a str,
     pub(crate) target: &'a str,
     pub(crate) version: http::Version,
-    pub(crate) status: u16,
+    /// The answer's status; none for a request given up unanswered.
+    pub(crate) status: Option<u16>,
     /// The member that answered, with its address.
     pub(crate) member: Option<(PoolElementId, SocketAddr)>,
     /// The members that failed the request, plus the one that answered
@@ -183,10 +189,11 @@ impl HttpLine<'_> {
             out,
             &format!("{} {} {:?}", self.method, self.target, self.version),
         )?;
-        write!(out, " status={}", self.status)?;
+        write!(out, " status=")?;
+        or_dash(out, self.status)?;
         member(out, self.member)?;
         write!(out, " attempts={} length=", self.attempts)?;
-        count(out, self.length)?;
+        or_dash(out, self.length)?;
         write!(out, " head_ms={:.3}", millis(self.head))
     }
 }
@@ -210,15 +217,15 @@ impl TcpLine<'_> {
         value(out, self.pool)?;
         member(out, self.member)?;
         write!(out, " sent=")?;
-        count(out, self.sent)?;
+        or_dash(out, self.sent)?;
         write!(out, " received=")?;
-        count(out, self.received)?;
+        or_dash(out, self.received)?;
         write!(out, " duration_ms={:.3}", millis(self.duration))
     }
 }
 
 /// A number, or `-` when it is not known.
-fn count(out: &mut String, n: Option<u64>) -> fmt::Result {
+fn or_dash(out: &mut String, n: Option<impl fmt::Display>) -> fmt::Result {
     match n {
         Some(n) => write!(out, "{n}"),
         None => {
@@ -418,7 +425,7 @@ mod tests {
                 method: "GET",
                 target: "/4k",
                 version: http::Version::HTTP_11,
-                status: 200,
+                status: Some(200),
                 member: Some((PoolElementId(2), "127.0.0.1:8082".parse().unwrap())),
                 attempts: 1,
                 length: Some(4096),

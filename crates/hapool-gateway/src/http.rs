@@ -170,6 +170,55 @@ struct Served {
     attempts: u32,
 }
 
+/// A request's line in the access log: written when its answer's head
+/// is ready, or, when the request is dropped unanswered (its client reset
+/// its HTTP/2 stream or closed the connection, or the gateway's shutdown
+/// grace ran out), as it is dropped, with `status=-` and the time it
+/// waited as `head_ms`: a client that gives up on a slow member leaves a
+/// line, as nginx's 499 or HAProxy's `-1` would.
+struct PendingLine {
+    proxy: Arc<HttpProxy>,
+    started: Instant,
+    method: Method,
+    version: Version,
+    target: String,
+    client: HeaderValue,
+    written: bool,
+}
+
+impl PendingLine {
+    fn write(&mut self, response: Option<&Response<ClientBody>>) {
+        self.written = true;
+        self.proxy.shared.access_log.with(|log| {
+            let served = response.and_then(|r| r.extensions().get::<Served>());
+            log.http(&HttpLine {
+                client: self.client.to_str().unwrap_or("-"),
+                pool: &self.proxy.pool.handle().to_string(),
+                method: self.method.as_str(),
+                target: &self.target,
+                version: self.version,
+                status: response.map(|r| r.status().as_u16()),
+                member: served.map(|s| s.member),
+                attempts: served.map_or(0, |s| s.attempts),
+                length: response.and_then(|r| {
+                    r.headers()
+                        .get(header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                }),
+                head: self.started.elapsed(),
+            });
+        });
+    }
+}
+
+impl Drop for PendingLine {
+    fn drop(&mut self) {
+        if !self.written {
+            self.write(None);
+        }
+    }
+}
+
 fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -499,7 +548,7 @@ impl HttpProxy {
     }
 
     /// [`Self::answer`], with a line in the access log once the answer's
-    /// head is ready.
+    /// head is ready, or once the request is given up unanswered.
     async fn answer_logged(
         self: Arc<Self>,
         request: Request<Incoming>,
@@ -507,34 +556,20 @@ impl HttpProxy {
         tls: Option<TlsSession>,
         stream: Option<OpenStream>,
     ) -> Result<Response<ClientBody>, Infallible> {
-        let started = Instant::now();
-        let method = request.method().clone();
-        let version = request.version();
-        let target = request
-            .uri()
-            .path_and_query()
-            .map_or_else(|| request.uri().to_string(), ToString::to_string);
-        let client = forwarded_for.clone();
-        let this = self.clone();
-        let Ok(response) = this.answer(request, forwarded_for, tls, stream).await;
-        self.shared.access_log.with(|log| {
-            let served = response.extensions().get::<Served>();
-            log.http(&HttpLine {
-                client: client.to_str().unwrap_or("-"),
-                pool: &self.pool.handle().to_string(),
-                method: method.as_str(),
-                target: &target,
-                version,
-                status: response.status().as_u16(),
-                member: served.map(|s| s.member),
-                attempts: served.map_or(0, |s| s.attempts),
-                length: response
-                    .headers()
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse().ok()),
-                head: started.elapsed(),
-            });
-        });
+        let mut line = PendingLine {
+            started: Instant::now(),
+            method: request.method().clone(),
+            version: request.version(),
+            target: request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| request.uri().to_string(), ToString::to_string),
+            client: forwarded_for.clone(),
+            proxy: self.clone(),
+            written: false,
+        };
+        let Ok(response) = self.answer(request, forwarded_for, tls, stream).await;
+        line.write(Some(&response));
         Ok(response)
     }
 

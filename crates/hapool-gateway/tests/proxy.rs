@@ -2403,6 +2403,52 @@ async fn the_access_log_has_a_line_per_request_and_per_connection() {
 }
 
 #[tokio::test]
+async fn a_request_its_client_gives_up_on_has_its_line_in_the_access_log() {
+    let backend = paced_backend("a").await;
+    let dir = std::env::temp_dir().join(format!("hapool-abandon-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access.log");
+    let _ = std::fs::remove_file(&path);
+    let mut config = GatewayConfig::new(
+        vec![listener(Protocol::Http)],
+        vec![static_pool(&[backend], http_probe())],
+    );
+    config.access_log = Some(path.clone());
+    let gateway = Gateway::start(config).await.unwrap();
+    let (mut sender, _connection) = h2_connect(gateway.local_addrs()[0]).await;
+    // The member takes a second; the client resets its stream (drops the
+    // request) after a fifth of that.
+    let request = Request::get("http://example.test/long")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let given_up = timeout(Duration::from_millis(200), sender.send_request(request)).await;
+    assert!(given_up.is_err(), "answered before the member could");
+    eventually("the request given up logged", || {
+        std::fs::read_to_string(&path).is_ok_and(|t| t.contains("/long"))
+    })
+    .await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = text.lines().find(|l| l.contains("/long")).unwrap();
+    for field in [
+        "request=\"GET /long HTTP/2.0\"",
+        "status=-",
+        "member=- member_address=-",
+        "length=-",
+    ] {
+        assert!(line.contains(field), "{field:?} not in {line}");
+    }
+    let waited: f64 = line.rsplit_once("head_ms=").unwrap().1.parse().unwrap();
+    assert!((150.0..1000.0).contains(&waited), "{line}");
+    // Its member's session ended with it.
+    eventually("the member's session ended", || {
+        gateway.pools()[0].status()[0].active == 0
+    })
+    .await;
+    gateway.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
 async fn an_access_log_that_cannot_be_opened_stops_the_start() {
     let (web, _task) = http_backend("a").await;
     let mut config = GatewayConfig::new(
