@@ -1230,6 +1230,58 @@ async fn an_http2_connection_with_no_stream_open_is_closed_after_the_header_time
     gateway.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_client_that_resets_its_streams_as_it_opens_them_is_sent_away() {
+    let backend = paced_backend("a").await;
+    let gateway = http_gateway(static_pool(&[backend], http_probe())).await;
+    let addr = gateway.local_addrs()[0];
+    // HTTP/2 "rapid reset": each request's stream reset as soon as it is
+    // sent, so the server does the work while the client's concurrent
+    // streams never fill.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = h2::client::handshake(stream).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut sent = 0;
+    for _ in 0..1000 {
+        let Ok(ready) = sender.clone().ready().await else {
+            break;
+        };
+        sender = ready;
+        let request = Request::get("http://example.test/long").body(()).unwrap();
+        let Ok((_, mut stream)) = sender.send_request(request, true) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+        tokio::task::yield_now().await;
+    }
+    let ended = timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("the gateway ends the connection")
+        .unwrap();
+    // With a GOAWAY that says why, or, when the client was still sending
+    // as the gateway closed, a reset before the client read it.
+    let ended = ended.expect_err("ended by the gateway");
+    assert!(
+        ended.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || ended.is_io(),
+        "{ended} after {sent}"
+    );
+    // A few of the requests reached the member before the gateway called
+    // a halt, not all of them; none is left open, and others are served.
+    let chosen = gateway.pools()[0].status()[0].chosen;
+    assert!(
+        chosen < 500,
+        "{chosen} of {sent} requests went to the member"
+    );
+    eventually("the member's sessions ended", || {
+        gateway.pools()[0].status()[0].active == 0
+    })
+    .await;
+    let (status, body, _) = get(&client(), addr, "/", None).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
+    gateway.shutdown().await;
+}
+
 fn pki(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/pki")
