@@ -2,12 +2,13 @@
 //! once it has been read to the end (the gateway gives the member
 //! connection it came on back for the next request then), one that fails
 //! when its member sends nothing of it for too long, and a request body
-//! streamed from the client that tells when the client's side of it
-//! failed.
+//! streamed from the client that tells how it is getting on: when a part
+//! of it last came, whether the member waits for the next, and whether
+//! the client's side of it failed.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -185,33 +186,65 @@ where
 
 /// A request body streamed from the client to a member. When the
 /// client's side of it fails (a malformed chunk, or the client gone before
-/// its end), the exchange with the member fails with it: [`BrokenOff`]
-/// then says the fault is the client's, not the member's.
+/// its end), the exchange with the member fails with it; its
+/// [`UploadProgress`] then says the fault is the client's, not the
+/// member's, and tells meanwhile when a part of it last came and whether
+/// the member is waiting for the next.
 pub(crate) struct Upload {
     inner: Incoming,
-    broken_off: BrokenOff,
+    progress: UploadProgress,
 }
 
-/// Whether an [`Upload`] failed on the client's side.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct BrokenOff(Arc<AtomicBool>);
+/// How an [`Upload`] is getting on, seen from the request that waits for
+/// its member's answer.
+#[derive(Clone, Debug)]
+pub(crate) struct UploadProgress(Arc<Progress>);
 
-impl BrokenOff {
-    /// Whether the client's body failed.
-    pub(crate) fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+#[derive(Debug)]
+struct Progress {
+    /// The client's side failed.
+    broken_off: AtomicBool,
+    /// The member's connection asked for the next part and the client has
+    /// not sent it yet.
+    waiting_for_client: AtomicBool,
+    started: Instant,
+    /// When a part (or the end) last came, in microseconds from `started`.
+    last_part: AtomicU64,
+}
+
+impl UploadProgress {
+    /// Whether the client's side of the body failed.
+    pub(crate) fn broken_off(&self) -> bool {
+        self.0.broken_off.load(Ordering::Relaxed)
+    }
+
+    /// Whether the member's side waits for the client's next part: the
+    /// client, not the member, is the one keeping the exchange going.
+    pub(crate) fn waiting_for_client(&self) -> bool {
+        self.0.waiting_for_client.load(Ordering::Relaxed)
+    }
+
+    /// When the last part of the body (or its end) came from the client;
+    /// when the upload started, before any.
+    pub(crate) fn last_part(&self) -> Instant {
+        self.0.started + Duration::from_micros(self.0.last_part.load(Ordering::Relaxed))
     }
 }
 
 impl Upload {
-    /// `inner`, and what tells whether it failed.
-    pub(crate) fn new(inner: Incoming) -> (Self, BrokenOff) {
-        let broken_off = BrokenOff::default();
+    /// `inner`, and what tells how it is getting on.
+    pub(crate) fn new(inner: Incoming) -> (Self, UploadProgress) {
+        let progress = UploadProgress(Arc::new(Progress {
+            broken_off: AtomicBool::new(false),
+            waiting_for_client: AtomicBool::new(false),
+            started: Instant::now(),
+            last_part: AtomicU64::new(0),
+        }));
         let upload = Self {
             inner,
-            broken_off: broken_off.clone(),
+            progress: progress.clone(),
         };
-        (upload, broken_off)
+        (upload, progress)
     }
 }
 
@@ -224,8 +257,19 @@ impl Body for Upload {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            self.broken_off.0.store(true, Ordering::Relaxed);
+        let progress = &self.progress.0;
+        progress
+            .waiting_for_client
+            .store(polled.is_pending(), Ordering::Relaxed);
+        match &polled {
+            Poll::Pending => {}
+            Poll::Ready(Some(Err(_))) => progress.broken_off.store(true, Ordering::Relaxed),
+            Poll::Ready(_) => {
+                let since = progress.started.elapsed().as_micros();
+                progress
+                    .last_part
+                    .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+            }
         }
         polled
     }

@@ -102,7 +102,9 @@ pub struct Limits {
     /// Connecting to a member. Default 1 s.
     pub connect_timeout: Duration,
     /// From sending a request to a member to its response headers (and
-    /// for reading a small request body). Default 30 s.
+    /// for reading a small request body); for a streamed request body,
+    /// from its last part, so that an upload has as long as it keeps
+    /// coming. Default 30 s.
     pub request_timeout: Duration,
     /// A client has this long for the TLS handshake and for each request's
     /// headers (slow clients). Default 10 s.

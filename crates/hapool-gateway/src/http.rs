@@ -12,6 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use futures_util::future::{self, FutureExt};
@@ -27,8 +28,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::access_log::HttpLine;
-use crate::body::{AtEnd, BrokenOff, IdleLimit, IdleLimitError, OnEnd, Upload};
-use crate::deadline::{Clock, Elapsed};
+use crate::body::{AtEnd, IdleLimit, IdleLimitError, OnEnd, Upload, UploadProgress};
+use crate::deadline::{Clock, Deadline, Elapsed};
 use crate::hedge;
 use crate::http2_idle::OpenStream;
 use crate::member_http::{self, InUse, MemberError, MemberHttp, MemberRequest, Target};
@@ -125,19 +126,31 @@ fn unreadable_body() -> Response<ClientBody> {
     )
 }
 
+#[cold]
+fn body_too_slow() -> Response<ClientBody> {
+    plain(
+        StatusCode::REQUEST_TIMEOUT,
+        "the request body did not arrive in time\n",
+    )
+}
+
 /// The request body as the proxy holds it.
 enum Held {
     /// In memory: can be sent to another member.
     Kept(Bytes),
-    /// Streamed: can be sent once; and whether the client's side of it
-    /// failed.
-    Streamed(Option<Upload>, BrokenOff),
+    /// Streamed: can be sent once; and how it is getting on.
+    Streamed(Option<Upload>, UploadProgress),
 }
 
 impl Held {
     /// Whether the client's side of a streamed body failed.
     fn broken_off(&self) -> bool {
-        matches!(self, Self::Streamed(_, broken_off) if broken_off.is_set())
+        matches!(self, Self::Streamed(_, progress) if progress.broken_off())
+    }
+
+    /// Whether a streamed body's member waits for the client's next part.
+    fn waiting_for_client(&self) -> bool {
+        matches!(self, Self::Streamed(_, progress) if progress.waiting_for_client())
     }
 }
 
@@ -710,15 +723,18 @@ impl HttpProxy {
                         )
                         .await
                     }
-                    _ => (
-                        self.clock
-                            .within(
-                                limits.request_timeout,
-                                exchange(&self.members, &member, target, outgoing, now),
-                            )
-                            .await,
-                        lease,
-                    ),
+                    _ => {
+                        let exchange = exchange(&self.members, &member, target, outgoing, now);
+                        let sent = match &held {
+                            Held::Kept(_) => {
+                                self.clock.within(limits.request_timeout, exchange).await
+                            }
+                            Held::Streamed(_, progress) => {
+                                self.within_upload(progress, exchange).await
+                            }
+                        };
+                        (sent, lease)
+                    }
                 };
                 // The member whose answer (or failure) this is: another one when
                 // a hedge won.
@@ -827,6 +843,13 @@ impl HttpProxy {
                             ));
                         }
                         self.shared.metrics.retries.increment(1);
+                    }
+                    Err(_) if held.waiting_for_client() => {
+                        // The member waits for the rest of a body the
+                        // client does not send.
+                        lease.end_for_client();
+                        self.shared.limit_hit("request_timeout", self.pool.handle());
+                        return Ok(body_too_slow());
                     }
                     Err(_) => {
                         let member = lease.member().clone();
@@ -1109,8 +1132,8 @@ impl HttpProxy {
             .upper()
             .is_none_or(|upper| upper > limit as u64)
         {
-            let (upload, broken_off) = Upload::new(body);
-            return Ok(Held::Streamed(Some(upload), broken_off));
+            let (upload, progress) = Upload::new(body);
+            return Ok(Held::Streamed(Some(upload), progress));
         }
         match self
             .clock
@@ -1124,12 +1147,40 @@ impl HttpProxy {
             Ok(Err(_)) => Err(unreadable_body()),
             Err(_) => {
                 self.shared.limit_hit("request_timeout", self.pool.handle());
-                Err(plain(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the request body did not arrive in time\n",
-                ))
+                Err(body_too_slow())
             }
         }
+    }
+
+    /// Runs `exchange`, a request whose body is streamed, for as long as
+    /// the body keeps coming and then `request_timeout` more: the limit
+    /// is counted from the last part of the body the client sent (or its
+    /// end), so a long upload is not cut off for its length, nor a client
+    /// that stops sending kept for ever. Whose the fault is when it runs
+    /// out, the client's or the member's, [`Held::waiting_for_client`]
+    /// says.
+    async fn within_upload<F: Future>(
+        &self,
+        progress: &UploadProgress,
+        exchange: F,
+    ) -> Result<F::Output, Elapsed> {
+        let limit = self.limits.request_timeout;
+        let mut exchange = std::pin::pin!(exchange);
+        let mut deadline: Deadline = self.clock.deadline(Instant::now() + limit);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = exchange.as_mut().poll(cx) {
+                return Poll::Ready(Ok(out));
+            }
+            while Pin::new(&mut deadline).poll(cx).is_ready() {
+                let at = progress.last_part() + limit;
+                if at <= Instant::now() {
+                    return Poll::Ready(Err(Elapsed));
+                }
+                deadline.reset(at);
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Notes on `answer` who served it, for the access log (only when

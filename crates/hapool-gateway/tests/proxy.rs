@@ -962,6 +962,56 @@ async fn a_client_body_that_breaks_off_is_the_clients_fault_not_the_members() {
     gateway.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_streamed_upload_has_the_request_timeout_from_its_last_part() {
+    let limit = Duration::from_millis(400);
+    let member = common::member().await;
+    let mut config = GatewayConfig::new(
+        vec![listener(Protocol::Http)],
+        vec![static_pool(&[member], ProbeKind::Tcp)],
+    );
+    config.limits.request_timeout = limit;
+    let gateway = Gateway::start(config).await.unwrap();
+    let address = gateway.local_addrs()[0];
+    let head = b"POST /upload HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\
+                 connection: close\r\n\r\n";
+    // An upload that takes four times the limit, a part every half of it,
+    // reaches its member whole.
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(head).await.unwrap();
+    for _ in 0..8 {
+        stream.write_all(b"5\r\nhello\r\n").await.unwrap();
+        sleep(limit / 2).await;
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n40"), "{answer}");
+    // A client that stops in the middle of its body is answered 408 once
+    // the limit has passed since its last part; the member, which waited
+    // for the rest, is not at fault.
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(head).await.unwrap();
+    stream.write_all(b"5\r\nhello\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut answer = String::new();
+    timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+        .await
+        .expect("the client is answered")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() >= limit - Duration::from_millis(50));
+    let status = gateway.pools()[0].status();
+    assert_eq!(status[0].failed, 0, "{status:?}");
+    assert_eq!(status[0].availability, Availability::Available);
+    eventually("the exchange is over", || {
+        gateway.pools()[0].status()[0].active == 0
+    })
+    .await;
+    gateway.shutdown().await;
+}
+
 /// A member whose answers break HTTP's rules, by path: a length beside a
 /// transfer coding, a switch of protocols no request asked for, and a body
 /// cut off before its length.
