@@ -1203,6 +1203,59 @@ async fn a_request_reaches_its_member_with_one_host() {
     gateway.shutdown().await;
 }
 
+#[tokio::test]
+async fn framing_that_could_smuggle_a_request_is_refused_or_framed_anew() {
+    // A member that notes each request it gets, with its body.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let socket = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let member = socket.local_addr().unwrap();
+    let noted = seen.clone();
+    tokio::spawn(serve_http(socket, move |request: Request<Incoming>| {
+        let noted = noted.clone();
+        async move {
+            let line = format!("{} {}", request.method(), request.uri().path());
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            noted.lock().unwrap().push(format!("{line} {body:?}"));
+            Response::new(Full::new(Bytes::from_static(b"ok")))
+        }
+    }));
+    let gateway = http_gateway(static_pool(&[member], ProbeKind::Tcp)).await;
+    let address = gateway.local_addrs()[0];
+    let exchange = |request: &'static str| async move {
+        timeout(
+            Duration::from_secs(5),
+            common::raw_exchange(address, request.as_bytes()),
+        )
+        .await
+        .expect("the gateway closes the connection")
+    };
+    // A length beside chunked: read as chunked (RFC 9112, 6.3), answered,
+    // and the connection closed, so what follows the chunked body is
+    // never taken for a request.
+    let answer = exchange(
+        "POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n\
+         0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Two lengths, a coding the gateway does not know, chunked not last:
+    // refused.
+    for request in [
+        "POST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ncontent-length: 30\r\n\r\n\
+         abcGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+        "POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: xchunked\r\n\r\n0\r\n\r\n",
+        "POST /d HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        "POST /e HTTP/1.1\r\nhost: x\r\ncontent-length: +3\r\n\r\nabc",
+    ] {
+        let answer = exchange(request).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?}: {answer}");
+    }
+    // The member got one request, framed by the gateway.
+    assert_eq!(*seen.lock().unwrap(), ["POST /a b\"\""]);
+    gateway.shutdown().await;
+}
+
 /// An HTTP/2 client connection (prior knowledge) to the gateway at
 /// `addr`, driven by a task of its own.
 async fn h2_connect(
