@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use crate::access_log::HttpLine;
 use crate::body::{AtEnd, IdleLimit, IdleLimitError, OnEnd, Upload, UploadProgress};
-use crate::deadline::{Clock, Deadline, Elapsed};
+use crate::deadline::{Clock, Elapsed};
 use crate::hedge;
 use crate::http2_idle::OpenStream;
 use crate::member_http::{self, InUse, MemberError, MemberHttp, MemberRequest, Target};
@@ -725,15 +725,17 @@ impl HttpProxy {
                     }
                     _ => {
                         let exchange = exchange(&self.members, &member, target, outgoing, now);
+                        // One wait either way; an upload's, rare, on the heap,
+                        // so that every request's future stays as small.
                         let sent = match &held {
-                            Held::Kept(_) => {
-                                self.clock.within(limits.request_timeout, exchange).await
-                            }
-                            Held::Streamed(_, progress) => {
-                                self.within_upload(progress, exchange).await
-                            }
+                            Held::Kept(_) => future::Either::Left(
+                                self.clock.within(limits.request_timeout, exchange),
+                            ),
+                            Held::Streamed(_, progress) => future::Either::Right(Box::pin(
+                                self.within_upload(progress, exchange),
+                            )),
                         };
-                        (sent, lease)
+                        (sent.await, lease)
                     }
                 };
                 // The member whose answer (or failure) this is: another one when
@@ -1166,7 +1168,7 @@ impl HttpProxy {
     ) -> Result<F::Output, Elapsed> {
         let limit = self.limits.request_timeout;
         let mut exchange = std::pin::pin!(exchange);
-        let mut deadline: Deadline = self.clock.deadline(Instant::now() + limit);
+        let mut deadline = self.clock.deadline(Instant::now() + limit);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(out) = exchange.as_mut().poll(cx) {
                 return Poll::Ready(Ok(out));
