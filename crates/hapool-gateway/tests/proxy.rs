@@ -2044,17 +2044,7 @@ async fn a_websocket_over_http2_is_tunnelled_to_an_http1_member() {
     let gateway = http_gateway(static_pool(&[backend], http_probe())).await;
     let addr = gateway.local_addrs()[0];
     let (mut sender, _connection) = h2_connect(addr).await;
-    // One plain request first, so the gateway's settings (extended
-    // CONNECT allowed) have arrived.
-    let response = sender
-        .send_request(
-            Request::get(format!("http://{addr}/"))
-                .body(Empty::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    settle_h2(&mut sender, addr).await;
     // A CONNECT without a protocol asks for a forward proxy's tunnel.
     let plain_connect = Request::builder()
         .method(http::Method::CONNECT)
@@ -2078,6 +2068,20 @@ async fn a_websocket_over_http2_is_tunnelled_to_an_http1_member() {
     })
     .await;
     gateway.shutdown().await;
+}
+
+/// One plain request over the HTTP/2 connection of `sender`, answered,
+/// so that the gateway's settings (extended CONNECT allowed) have
+/// arrived.
+async fn settle_h2(
+    sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    addr: SocketAddr,
+) {
+    let request = Request::get(format!("http://{addr}/"))
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 /// Opens a WebSocket over the HTTP/2 connection of `sender` (extended
@@ -2125,17 +2129,7 @@ async fn an_idle_websocket_over_http2_keeps_its_connection_past_the_header_timeo
     let gateway = Gateway::start(config).await.unwrap();
     let addr = gateway.local_addrs()[0];
     let (mut sender, connection) = h2_connect(addr).await;
-    // One plain request first, so the gateway's settings (extended
-    // CONNECT allowed) have arrived.
-    let response = sender
-        .send_request(
-            Request::get(format!("http://{addr}/"))
-                .body(Empty::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    settle_h2(&mut sender, addr).await;
     let mut tunnel = h2_websocket(&mut sender, addr).await;
     // The tunnel is the connection's only open stream; it carries nothing
     // for more than three times the limit and is still there after.
