@@ -428,6 +428,24 @@ struct Served<'a> {
     pool: &'a Pool,
 }
 
+/// Whether the gateway's HTTP/2 side ended the connection with a GOAWAY
+/// `ENHANCE_YOUR_CALM`: the client went past one of the HTTP/2 library's
+/// limits on misuse (streams reset as they are opened, "rapid reset";
+/// header blocks continued without end; too many streams it had to
+/// reset for errors).
+fn calmed_down(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_go_away()
+                && !h2.is_remote()
+                && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Serves one client connection, after its PROXY protocol header and TLS
 /// handshake: as TCP to one member, or as HTTP request by request, until
 /// it ends or the worker drains; a limit that ended it is counted.
@@ -527,6 +545,7 @@ async fn serve_connection<S>(
             Some(e) if e.is_parse_too_large() => {
                 shared.limit_hit("max_header_bytes", pool.handle());
             }
+            _ if calmed_down(&*e) => shared.limit_hit("http2_enhance_your_calm", pool.handle()),
             _ => debug!(client = %peer, error = %e, "client connection ended with an error"),
         }
     }

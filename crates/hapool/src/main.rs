@@ -151,10 +151,14 @@ fn main() -> ExitCode {
     };
     // The demo narrates on standard output; its daemons' logs would drown
     // that, so it logs only errors unless RUST_LOG says otherwise.
+    // The HTTP/2 library warns once for every connection whose client
+    // goes past its limits on misuse (a flood of such connections would be
+    // a flood of lines); the gateway counts those and logs them at most
+    // once a second itself (`limit="http2_enhance_your_calm"`).
     let default_level = if matches!(cli.command, Command::Demo(_)) {
         "error"
     } else {
-        "info"
+        "info,h2=error"
     };
     tracing_subscriber::fmt()
         .with_env_filter(
