@@ -1096,3 +1096,17 @@ impl GatewayView {
         self.pools.all()
     }
 }
+
+/// The HTTP/2 library's error behind `error` (it or one of its causes),
+/// if there is one: what a peer's or the library's own RST_STREAM or
+/// GOAWAY said.
+pub(crate) fn h2_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        cause = e.source();
+    }
+    None
+}

@@ -590,16 +590,11 @@ impl MemberHttp {
 /// the GOAWAY as the error of those streams alone: a stream at or below
 /// it that the closing connection cuts short fails as a broken pipe).
 fn unprocessed_stream(error: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-            return h2.is_remote()
-                && (h2.is_go_away()
-                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
-        }
-        source = cause.source();
-    }
-    false
+    crate::h2_cause(error).is_some_and(|h2| {
+        h2.is_remote()
+            && (h2.is_go_away()
+                || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
+    })
 }
 
 /// `request` (origin-form, with a `Host` header) as HTTP/2 wants it: the

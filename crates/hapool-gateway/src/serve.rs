@@ -434,16 +434,9 @@ struct Served<'a> {
 /// header blocks continued without end; too many streams it had to
 /// reset for errors).
 fn calmed_down(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(e) = cause {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.is_go_away()
-                && !h2.is_remote()
-                && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
-        }
-        cause = e.source();
-    }
-    false
+    crate::h2_cause(e).is_some_and(|h2| {
+        h2.is_go_away() && !h2.is_remote() && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+    })
 }
 
 /// Serves one client connection, after its PROXY protocol header and TLS
