@@ -681,6 +681,7 @@ impl HttpProxy {
                         (chosen.lease, chosen.hedge)
                     }
                 };
+                let lease = lease.awaiting_answer();
                 // Sent to a second member too if its own stops answering: a
                 // safe request that no session ties to a member (and, below,
                 // whose body is in memory).
@@ -772,6 +773,8 @@ impl HttpProxy {
                 }
                 match sent {
                     Ok(Ok((response, connection))) => {
+                        let mut lease = lease;
+                        lease.answered();
                         self.shared.count_toward_error_limit(
                             &self.pool,
                             &member,
@@ -984,9 +987,10 @@ impl HttpProxy {
     /// that lost is finished apart ([`Self::finish_apart`]); a first
     /// member that lost has the time it had taken so far recorded as its
     /// response time, a floor of the real one, which its answer replaces
-    /// when it comes. Returns the outcome with the lease of the member it
-    /// came from; a member that failed while the other exchange went on is
-    /// counted failed here and added to `tried`.
+    /// when it comes; the lease of the member that lost ends counted as
+    /// neither served nor failed. Returns the outcome with the lease of
+    /// the member it came from; a member that failed while the other
+    /// exchange went on is counted failed here and added to `tried`.
     async fn hedge(
         &self,
         lease: Lease,
@@ -1006,7 +1010,7 @@ impl HttpProxy {
             .then(|| self.pool.choose(&skip, now.into_std(), self.port))
         {
             Some(Some(second)) if second.availability == Availability::Available => {
-                Some(second.lease)
+                Some(second.lease.awaiting_answer())
             }
             Some(Some(other)) => {
                 // Only busy members left: not worth a second load.

@@ -525,6 +525,7 @@ pub struct Chosen {
 #[derive(Debug)]
 pub struct Lease {
     member: Arc<Member>,
+    /// Counted as served when it ends.
     ok: bool,
 }
 
@@ -544,6 +545,21 @@ impl Lease {
     /// the way): counted as neither served nor a failure of the member's.
     pub fn end_for_client(mut self) {
         self.ok = false;
+    }
+
+    /// The session is a request waiting for the member's answer: until
+    /// [`Self::answered`], it ends as one the client broke off, so that a
+    /// request dropped while it waits (its client reset the stream or
+    /// closed the connection) is not counted served.
+    pub fn awaiting_answer(mut self) -> Self {
+        self.ok = false;
+        self
+    }
+
+    /// The member answered the request the session waited on: it ends
+    /// served (unless it fails after all).
+    pub fn answered(&mut self) {
+        self.ok = true;
     }
 
     /// Gives back a lease that carried nothing: the member is counted as

@@ -2588,9 +2588,23 @@ async fn a_request_its_client_gives_up_on_has_its_line_in_the_access_log() {
     }
     let waited: f64 = line.rsplit_once("head_ms=").unwrap().1.parse().unwrap();
     assert!((150.0..1000.0).contains(&waited), "{line}");
-    // Its member's session ended with it.
+    // Its member's session ended with it, counted as neither served nor
+    // failed: the member did not answer it.
     eventually("the member's session ended", || {
         gateway.pools()[0].status()[0].active == 0
+    })
+    .await;
+    let member = &gateway.pools()[0].status()[0];
+    assert_eq!((member.served, member.failed), (0, 0));
+    // A request answered counts.
+    let request = Request::get("http://example.test/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let answer = sender.send_request(request).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    answer.into_body().collect().await.unwrap();
+    eventually("the answered request counted", || {
+        gateway.pools()[0].status()[0].served == 1
     })
     .await;
     gateway.shutdown().await;

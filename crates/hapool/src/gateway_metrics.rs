@@ -45,7 +45,7 @@ const MEMBER_SERIES: [Series; 8] = [
     Series {
         name: "hapool_gateway_member_served_total",
         kind: "counter",
-        help: "Sessions the member finished.",
+        help: "Sessions the member finished: HTTP requests it answered, TCP connections that ended without failing.",
         value: |m| m.served as f64,
     },
     Series {

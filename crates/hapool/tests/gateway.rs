@@ -1331,3 +1331,107 @@ fn pin_workers_in_the_file_decides_whether_workers_are_pinned() {
         drop(gateway);
     }
 }
+
+/// An HTTP/2 frame: its 9-byte head (length, type, flags, stream) and
+/// `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = length[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A connection to `listen` that has sent HTTP/2's preface and its
+/// (empty) settings.
+fn h2_opened(listen: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(listen).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .unwrap();
+    stream.write_all(&h2_frame(4, 0, 0, &[])).unwrap();
+    stream
+}
+
+/// Reads what `stream` sends until it ends: the gateway closed it (or
+/// reset it, when bytes it did not read were left).
+fn until_closed(stream: &mut TcpStream) {
+    let mut sink = [0; 65536];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the connection did not end: {e}"),
+        }
+    }
+}
+
+#[test]
+fn http2_misuse_is_sent_away_and_counted_as_a_limit_hit() {
+    let scratch = common::Scratch::new("gateway_http2_misuse");
+    let (_a, listen, admin, path) = in_front_of_a(&scratch);
+    let mut gateway = spawn(&[
+        "gateway",
+        "--config",
+        path.to_str().unwrap(),
+        "--threads",
+        "1",
+    ]);
+    wait_line(&mut gateway, "gateway on");
+    let _killed = Killed(vec![gateway]);
+    until("a answers", || get(&listen) == "a");
+    let hits = || -> u64 {
+        let metrics = get_path(&admin, "/metrics");
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(r#"hapool_gateway_limit_hits_total{limit="http2_enhance_your_calm"}"#)
+            })
+            .map_or(0, |l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+    };
+    assert_eq!(hits(), 0);
+    // GET / with `:authority: a` (HPACK: the static table's entries, and
+    // a literal not indexed).
+    let get_block = [0x82, 0x86, 0x84, 0x01, 0x01, b'a'];
+    // Rapid reset: a thousand streams, each reset as it is opened.
+    let mut stream = h2_opened(&listen);
+    let mut burst = Vec::new();
+    for id in (1..2000).step_by(2) {
+        // HEADERS with END_STREAM and END_HEADERS; RST_STREAM CANCEL.
+        burst.extend(h2_frame(1, 0x5, id, &get_block));
+        burst.extend(h2_frame(3, 0, id, &8u32.to_be_bytes()));
+    }
+    // The gateway may end the connection before it has read all of it.
+    let _ = stream.write_all(&burst);
+    until_closed(&mut stream);
+    until("the rapid reset counted", || hits() == 1);
+    // A header block continued without end: HEADERS without END_HEADERS,
+    // then CONTINUATION frames of 16 KB of headers each.
+    let mut stream = h2_opened(&listen);
+    stream.write_all(&h2_frame(1, 0x1, 1, &get_block)).unwrap();
+    let mut junk = Vec::new();
+    while junk.len() < 16_000 {
+        junk.extend_from_slice(&[0x00, 6]);
+        junk.extend_from_slice(b"x-junk");
+        junk.push(100);
+        junk.extend_from_slice(&[b'j'; 100]);
+    }
+    let continuation = h2_frame(9, 0, 1, &junk);
+    let mut sent = 0;
+    while sent < 64 << 20 && stream.write_all(&continuation).is_ok() {
+        sent += continuation.len();
+    }
+    assert!(sent < 64 << 20, "64 MB of one header block taken");
+    until_closed(&mut stream);
+    until("the header flood counted", || hits() == 2);
+    // Neither took the gateway down.
+    assert_eq!(get(&listen), "a");
+}
