@@ -92,6 +92,16 @@ pub struct ListenerConfig {
     /// naming the client; a connection without one is closed. Off by
     /// default.
     pub accept_proxy_protocol: bool,
+    /// HTTP/1.1: a request whose client closes its connection (or shuts
+    /// its sending side) before the answer is given up at once, its
+    /// member's exchange dropped, as nginx does by default and HAProxy
+    /// with `option abortonclose`. Off by default: the client's close is
+    /// then seen when the answer is written, so the member finishes the
+    /// request, and a client that half-closes after its request still
+    /// gets the answer; on, each request also takes a read buffer of its
+    /// own (docs/performance.md, "Half-closed clients"). HTTP/2 requests
+    /// are given up on a reset or a closed connection either way.
+    pub abort_on_close: bool,
 }
 
 /// Limits and timers shared by every listener. A reload may change them:
@@ -345,6 +355,7 @@ mod tests {
             affinity: Affinity::usual(protocol),
             max_connections: 10_000,
             accept_proxy_protocol: false,
+            abort_on_close: false,
         }
     }
 

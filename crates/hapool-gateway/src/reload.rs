@@ -86,6 +86,8 @@ impl ListenerConfig {
             Some("max_connections")
         } else if new.accept_proxy_protocol != self.accept_proxy_protocol {
             Some("accept_proxy_protocol")
+        } else if new.abort_on_close != self.abort_on_close {
+            Some("abort_on_close")
         } else {
             None
         }

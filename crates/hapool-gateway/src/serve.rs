@@ -215,12 +215,13 @@ impl Serving {
                 .http1()
                 // One buffer, written with one `send`: see `member_http`.
                 .writev(false)
-                // A client that shuts its sending side after its request
-                // still gets the answer. (hyper otherwise watches for the
-                // client's end of stream while a request is served, and
-                // each look takes a fresh read buffer while the request
-                // still holds the last one.)
-                .half_close(true)
+                // Unless the listener gives requests up on the client's
+                // close, a client that shuts its sending side after its
+                // request still gets the answer. (hyper otherwise watches
+                // for the client's end of stream while a request is
+                // served, and each look takes a fresh read buffer while
+                // the request still holds the last one.)
+                .half_close(!listener.abort_on_close)
                 .timer(clock.clone())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(limits.max_header_bytes.max(8192));

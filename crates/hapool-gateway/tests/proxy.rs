@@ -97,6 +97,7 @@ fn listener(protocol: Protocol) -> ListenerConfig {
         affinity: Affinity::usual(protocol),
         max_connections: 10_000,
         accept_proxy_protocol: false,
+        abort_on_close: false,
     }
 }
 
@@ -641,6 +642,60 @@ async fn a_client_that_shuts_its_sending_side_still_gets_its_answer() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("a -"), "{answer}");
     gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_listener_that_aborts_on_close_gives_a_request_up_when_its_client_closes() {
+    let member = paced_backend("a").await;
+    let dir = std::env::temp_dir().join(format!("hapool-abort-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access.log");
+    let _ = std::fs::remove_file(&path);
+    let mut config = GatewayConfig::new(
+        vec![ListenerConfig {
+            abort_on_close: true,
+            ..listener(Protocol::Http)
+        }],
+        vec![static_pool(&[member], http_probe())],
+    );
+    config.access_log = Some(path.clone());
+    let gateway = Gateway::start(config).await.unwrap();
+    let mut client = TcpStream::connect(gateway.local_addrs()[0]).await.unwrap();
+    // The member answers `/long` a second later; the client shuts its
+    // sending side a tenth of that after its request.
+    client
+        .write_all(b"GET /long HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the request at its member", || {
+        gateway.pools()[0].status()[0].active == 1
+    })
+    .await;
+    let closed = Instant::now();
+    client.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    // The connection ends without an answer (an end of stream, or a reset
+    // when the gateway closed with the client's FIN unread).
+    let _ = timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+        .await
+        .expect("the gateway closes the connection");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // Given up at once, not when the member answered.
+    eventually("the member's session ended", || {
+        gateway.pools()[0].status()[0].active == 0
+    })
+    .await;
+    assert!(closed.elapsed() < LONG / 2, "{:?}", closed.elapsed());
+    let member = &gateway.pools()[0].status()[0];
+    assert_eq!((member.served, member.failed), (0, 0));
+    eventually("the request given up logged", || {
+        std::fs::read_to_string(&path).is_ok_and(|t| t.contains("/long"))
+    })
+    .await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("status=- member=-"), "{text}");
+    gateway.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A backend written by hand, for answers hyper would not give: each

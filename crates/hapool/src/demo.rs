@@ -354,6 +354,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         affinity,
         max_connections: 10_000,
         accept_proxy_protocol: false,
+        abort_on_close: false,
     };
     let mut config = GatewayConfig::new(
         vec![

@@ -407,6 +407,10 @@ fn gateway_configuration_errors_are_named() {
             "gateway.member_ca: /nonexistent-ca.pem",
         ),
         (
+            "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\nprotocol = \"tcp\"\npool = \"web\"\nabort_on_close = true\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
+            "gateway.listener[0].abort_on_close: for HTTP listeners",
+        ),
+        (
             "[gateway]\n[[gateway.listener]]\nlisten = \"127.0.0.1:1\"\npool = \"web\"\naffinity = \"sticky\"\n[[gateway.pool]]\nhandle = \"web\"\nmembers = [\"127.0.0.1:2\"]\n",
             "gateway.listener[0].affinity = \"sticky\": true, false, \"cookie\", \"client-address\" or \"tls-session\"",
         ),

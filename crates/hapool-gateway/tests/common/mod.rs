@@ -39,6 +39,7 @@ pub(crate) fn one_member_gateway(
         affinity: Affinity::None,
         max_connections,
         accept_proxy_protocol: false,
+        abort_on_close: false,
     };
     let pool = PoolSettings::new(handle, static_members(&[(member, 0)]));
     let mut config = GatewayConfig::new(vec![listener], vec![pool]);

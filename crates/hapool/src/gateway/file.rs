@@ -126,6 +126,8 @@ struct ListenerFile {
     /// Connections start with a PROXY protocol header from a proxy in
     /// front of the gateway. Default false.
     accept_proxy_protocol: Option<bool>,
+    /// HTTP/1.1 requests given up when their client closes. Default false.
+    abort_on_close: Option<bool>,
     /// `[[gateway.listener.certificate]]`: terminate TLS with these.
     #[serde(default)]
     certificate: Vec<CertificateFile>,
@@ -290,6 +292,12 @@ impl TryFrom<GatewayFile> for Planned {
             if max_connections == 0 {
                 return Err(BadConfig(format!("{key}.max_connections = 0: at least 1")));
             }
+            let abort_on_close = l.abort_on_close.unwrap_or(false);
+            if abort_on_close && protocol == Protocol::Tcp {
+                return Err(BadConfig(format!(
+                    "{key}.abort_on_close: for HTTP listeners (a TCP member sees its client's close as it is)"
+                )));
+            }
             listeners.push(ListenerConfig {
                 address: l.listen,
                 protocol,
@@ -298,6 +306,7 @@ impl TryFrom<GatewayFile> for Planned {
                 affinity,
                 max_connections,
                 accept_proxy_protocol: l.accept_proxy_protocol.unwrap_or(false),
+                abort_on_close,
             });
         }
         let mut pools = Vec::new();
@@ -593,13 +602,18 @@ pub(crate) fn describe(file: GatewayFile) -> Result<Vec<String>, BadConfig> {
             Affinity::TlsSession => "affinity by TLS session",
         };
         lines.push(format!(
-            "gateway listener {} ({:?}{}) -> pool {}, {affinity}{}",
+            "gateway listener {} ({:?}{}) -> pool {}, {affinity}{}{}",
             l.address,
             l.protocol,
             if l.tls.is_some() { ", TLS" } else { "" },
             l.pool,
             if l.accept_proxy_protocol {
                 ", client address from a PROXY protocol header"
+            } else {
+                ""
+            },
+            if l.abort_on_close {
+                ", requests given up when their client closes"
             } else {
                 ""
             }
