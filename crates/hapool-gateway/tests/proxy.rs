@@ -149,6 +149,16 @@ async fn get(
     (status, String::from_utf8(body.to_vec()).unwrap(), set)
 }
 
+/// A fresh directory for a test's access log, named after `name`, and
+/// the log's path in it (no file there yet).
+fn access_log_dir(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("hapool-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access.log");
+    let _ = std::fs::remove_file(&path);
+    (dir, path)
+}
+
 /// Waits up to 5 s for `done`, checking every 20 ms; fails naming `what`.
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -647,10 +657,7 @@ async fn a_client_that_shuts_its_sending_side_still_gets_its_answer() {
 #[tokio::test]
 async fn a_listener_that_aborts_on_close_gives_a_request_up_when_its_client_closes() {
     let member = paced_backend("a").await;
-    let dir = std::env::temp_dir().join(format!("hapool-abort-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("access.log");
-    let _ = std::fs::remove_file(&path);
+    let (dir, path) = access_log_dir("abort-test");
     let mut config = GatewayConfig::new(
         vec![ListenerConfig {
             abort_on_close: true,
@@ -2537,10 +2544,7 @@ async fn the_access_log_has_a_line_per_request_and_per_connection() {
         pool: PoolHandle::from(name),
         ..listener(protocol)
     };
-    let dir = std::env::temp_dir().join(format!("hapool-access-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("access.log");
-    let _ = std::fs::remove_file(&path);
+    let (dir, path) = access_log_dir("access-test");
     let mut config = GatewayConfig::new(
         vec![
             on(Protocol::Http, "web"),
@@ -2609,10 +2613,7 @@ async fn the_access_log_has_a_line_per_request_and_per_connection() {
 #[tokio::test]
 async fn a_request_its_client_gives_up_on_has_its_line_in_the_access_log() {
     let backend = paced_backend("a").await;
-    let dir = std::env::temp_dir().join(format!("hapool-abandon-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("access.log");
-    let _ = std::fs::remove_file(&path);
+    let (dir, path) = access_log_dir("abandon-test");
     let mut config = GatewayConfig::new(
         vec![listener(Protocol::Http)],
         vec![static_pool(&[backend], http_probe())],
