@@ -185,11 +185,11 @@ struct Served {
 
 /// A request's line in the access log: written when its answer's head
 /// is ready, or, when the request is dropped unanswered (its client reset
-/// its HTTP/2 stream or closed its HTTP/2 connection, or the gateway's
-/// shutdown grace ran out; an HTTP/1.1 client's close is seen only when
-/// the answer is written, `half_close` in `serve.rs`), as it is dropped, with `status=-` and the time it
-/// waited as `head_ms`: a client that gives up on a slow member leaves a
-/// line, as nginx's 499 or HAProxy's `-1` would.
+/// its HTTP/2 stream or closed its HTTP/2 connection, or closed its
+/// HTTP/1.1 connection on a listener with `abort_on_close`, or the
+/// gateway's shutdown grace ran out), as it is dropped, with `status=-`
+/// and the time it waited as `head_ms`: a client that gives up on a slow
+/// member leaves a line, as nginx's 499 or HAProxy's `-1` would.
 struct PendingLine {
     proxy: Arc<HttpProxy>,
     started: Instant,
